@@ -1,0 +1,1 @@
+//! GFS2 on-disk format.

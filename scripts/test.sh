@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it. Installs the system packages the tests need
+# (gfs2-utils, fuse3, qemu, busybox, ...) when run as root on Debian, then runs
+# formatting/lint checks, every crate's tests, and bounded-time fuzzing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PKGS=(gfs2-utils fuse3 libfuse3-dev pkg-config qemu-system-x86 busybox-static cpio attr acl
+      e2fsprogs fuse2fs xz-utils)
+missing=()
+for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "test.sh: missing Debian packages: ${missing[*]} (run as root to install them)" >&2
+        exit 1
+    fi
+    echo "test.sh: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== cargo test"
+cargo test --workspace --release 2>&1
+if [[ -x scripts/fuzz.sh ]]; then
+    echo "== bounded fuzzing"
+    scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
+fi

@@ -1,0 +1,1 @@
+//! gfs2-fuse library.
