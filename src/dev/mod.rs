@@ -1,0 +1,33 @@
+//! Block devices: where the filesystem's bytes live.
+//!
+//! GFS2 is shared storage: several nodes read and write the same device, so a
+//! device layer must never serve data from a cache of its own. Everything above
+//! it caches only what a glock covers. Implementations: [`file::FileDevice`]
+//! (a local image file or block device) and the network initiators.
+
+pub mod file;
+
+use std::io;
+
+/// A device the filesystem is stored on, addressed in bytes.
+///
+/// Implementations are shared between the threads that serve requests, so all
+/// methods take `&self`. A write is only complete when the call returns `Ok`:
+/// an error means the data may or may not have reached the medium, and the
+/// caller must treat it as lost.
+pub trait BlockDevice: Send + Sync {
+    /// Fill `buf` from byte offset `offset`. Short devices give `UnexpectedEof`.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Write all of `buf` at byte offset `offset`.
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Make every completed write durable (fdatasync, NBD FLUSH, SYNCHRONIZE CACHE).
+    fn flush(&self) -> io::Result<()>;
+    /// Size of the device in bytes.
+    fn size(&self) -> u64;
+    /// Tell the device a range is unused. Optional; the default does nothing.
+    fn discard(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
+    /// A human-readable name for messages ("/dev/sdb", "nbd://host/export").
+    fn describe(&self) -> String;
+}
