@@ -1,0 +1,599 @@
+//! `lock_mem`: an in-process lock manager with the DLM's semantics, so that
+//! several filesystem instances in one process behave as cluster nodes.
+//!
+//! One [`MemLockManager`] stands for the cluster's lock manager; every
+//! instance joins it through [`MemLockManager::proto`], which gives a
+//! [`LockProto`]. Requests that conflict with granted locks wait in a queue
+//! and the holders of the conflicting locks get blocking callbacks; grants and
+//! callbacks are delivered on one thread per joined node, never on the
+//! requester's thread while the manager is locked, so callbacks may call back
+//! into the lockspace.
+//!
+//! Conversions take priority over new requests, new requests are granted in
+//! order (one that cannot be granted holds up those behind it, as in the
+//! DLM), and a conversion deadlock (two holders of PR each converting to EX)
+//! is resolved as `DLM_LKF_CONVDEADLK` does: the later requester's granted
+//! mode is dropped to NL while it waits. A caller converting up from a shared
+//! mode must therefore treat its cached state as lost when the conversion
+//! has to wait (the glock layer invalidates before an up-conversion that does
+//! not complete at once).
+
+use crate::{
+    Grant, GrantStatus, JoinInfo, LockCallbacks, LockError, LockFlags, LockProto, Lockspace, Lvb,
+    Mode, ResName, LVB_SIZE,
+};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+type NodeId = u32;
+
+enum Event {
+    Granted(Grant),
+    Blocking(ResName, Mode),
+}
+
+struct Request {
+    node: NodeId,
+    mode: Mode,
+    flags: LockFlags,
+    /// Holders already told that this request waits for them.
+    notified: HashSet<NodeId>,
+}
+
+#[derive(Default)]
+struct Resource {
+    granted: HashMap<NodeId, Mode>,
+    queue: VecDeque<Request>,
+    lvb: Option<Lvb>,
+    /// Nodes whose granted lock was dropped to NL to break a conversion deadlock.
+    demoted: HashSet<NodeId>,
+}
+
+#[derive(Default)]
+struct Space {
+    members: HashMap<NodeId, mpsc::Sender<Event>>,
+    resources: HashMap<ResName, Resource>,
+}
+
+#[derive(Default)]
+struct State {
+    next_node: NodeId,
+    spaces: HashMap<String, Space>,
+}
+
+/// The in-process cluster lock manager.
+#[derive(Clone, Default)]
+pub struct MemLockManager {
+    state: Arc<Mutex<State>>,
+}
+
+impl MemLockManager {
+    /// A manager with no lockspaces.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A lock module whose lockspaces live in this manager; give one to each
+    /// simulated node.
+    pub fn proto(&self) -> Arc<dyn LockProto> {
+        Arc::new(MemProto { mgr: self.clone() })
+    }
+
+    /// Number of nodes currently holding or waiting for `res` in lockspace `ls`
+    /// (for tests and diagnostics).
+    pub fn holders(&self, ls: &str, res: ResName) -> Vec<Mode> {
+        let st = lock_state(&self.state);
+        st.spaces
+            .get(ls)
+            .and_then(|s| s.resources.get(&res))
+            .map(|r| r.granted.values().copied().collect())
+            .unwrap_or_default()
+    }
+}
+
+fn lock_state(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A panic in a callback thread cannot leave State inconsistent (callbacks
+    // run without the lock), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct MemProto {
+    mgr: MemLockManager,
+}
+
+impl LockProto for MemProto {
+    fn name(&self) -> &'static str {
+        "lock_mem"
+    }
+    fn join(
+        &self,
+        table: &str,
+        callbacks: Arc<dyn LockCallbacks>,
+    ) -> Result<(Arc<dyn Lockspace>, JoinInfo), LockError> {
+        let name = crate::lockspace_name(table)?.to_string();
+        let (tx, rx) = mpsc::channel::<Event>();
+        let mut st = lock_state(&self.mgr.state);
+        st.next_node += 1;
+        let node = st.next_node;
+        let space = st.spaces.entry(name.clone()).or_default();
+        let first = space.members.is_empty();
+        space.members.insert(node, tx);
+        drop(st);
+        std::thread::Builder::new()
+            .name(format!("lock_mem-{name}-{node}"))
+            .spawn(move || {
+                for ev in rx {
+                    match ev {
+                        Event::Granted(g) => callbacks.granted(g),
+                        Event::Blocking(r, m) => callbacks.blocking(r, m),
+                    }
+                }
+            })
+            .map_err(|e| LockError::Manager(format!("spawning callback thread: {e}")))?;
+        Ok((
+            Arc::new(MemSpace {
+                mgr: self.mgr.clone(),
+                name,
+                node,
+            }),
+            JoinInfo { first },
+        ))
+    }
+}
+
+struct MemSpace {
+    mgr: MemLockManager,
+    name: String,
+    node: NodeId,
+}
+
+impl MemSpace {
+    fn with_space<T>(
+        &self,
+        f: impl FnOnce(&mut Space) -> Result<T, LockError>,
+    ) -> Result<T, LockError> {
+        let mut st = lock_state(&self.mgr.state);
+        let space = st.spaces.get_mut(&self.name).ok_or(LockError::Left)?;
+        if !space.members.contains_key(&self.node) {
+            return Err(LockError::Left);
+        }
+        f(space)
+    }
+}
+
+fn grantable(r: &Resource, node: NodeId, mode: Mode) -> bool {
+    r.granted
+        .iter()
+        .all(|(n, m)| *n == node || mode.compatible(*m))
+}
+
+fn send(space: &Space, node: NodeId, ev: Event) {
+    if let Some(tx) = space.members.get(&node) {
+        // A node whose callback thread is gone has left; nothing to tell it.
+        let _ = tx.send(ev);
+    }
+}
+
+fn make_grant(r: &mut Resource, res: ResName, node: NodeId, mode: Mode, flags: LockFlags) -> Grant {
+    r.granted.insert(node, mode);
+    r.demoted.remove(&node);
+    Grant {
+        res,
+        status: GrantStatus::Granted,
+        mode: Some(mode),
+        lvb: flags.want_lvb.then(|| r.lvb.unwrap_or([0; LVB_SIZE])),
+    }
+}
+
+/// Grant whatever waiting requests can be granted now, then tell holders
+/// about the requests they still block.
+fn process(space: &mut Space, res: ResName) {
+    let Some(r) = space.resources.get_mut(&res) else {
+        return;
+    };
+    let mut events = Vec::new();
+    // Conversions first, in queue order.
+    let mut i = 0;
+    while i < r.queue.len() {
+        let q = &r.queue[i];
+        if r.granted.contains_key(&q.node) && grantable(r, q.node, q.mode) {
+            if let Some(q) = r.queue.remove(i) {
+                let g = make_grant(r, res, q.node, q.mode, q.flags);
+                events.push((q.node, Event::Granted(g)));
+            }
+        } else {
+            i += 1;
+        }
+    }
+    // New requests strictly in order.
+    let mut i = 0;
+    while i < r.queue.len() {
+        let q = &r.queue[i];
+        if r.granted.contains_key(&q.node) {
+            i += 1;
+            continue;
+        }
+        if !grantable(r, q.node, q.mode) {
+            break;
+        }
+        if let Some(q) = r.queue.remove(i) {
+            let g = make_grant(r, res, q.node, q.mode, q.flags);
+            events.push((q.node, Event::Granted(g)));
+        }
+    }
+    // Blocking callbacks for what is still waiting.
+    for q in r.queue.iter_mut() {
+        for (holder, m) in r.granted.iter() {
+            if *holder != q.node && !q.mode.compatible(*m) && q.notified.insert(*holder) {
+                events.push((*holder, Event::Blocking(res, q.mode)));
+            }
+        }
+    }
+    if r.granted.is_empty() && r.queue.is_empty() {
+        space.resources.remove(&res);
+    }
+    for (node, ev) in events {
+        send(space, node, ev);
+    }
+}
+
+impl Lockspace for MemSpace {
+    fn lock(
+        &self,
+        res: ResName,
+        mode: Mode,
+        flags: LockFlags,
+        lvb_out: Option<&Lvb>,
+    ) -> Result<Option<Grant>, LockError> {
+        let node = self.node;
+        self.with_space(|space| {
+            let r = space.resources.entry(res).or_default();
+            if r.queue.iter().any(|q| q.node == node) {
+                return Err(LockError::BadRequest {
+                    res,
+                    why: "a request for this lock is already pending",
+                });
+            }
+            let current = r.granted.get(&node).copied();
+            if let (Some(cur), Some(v)) = (current, lvb_out) {
+                if cur.writes_lvb() && mode < cur {
+                    r.lvb = Some(*v);
+                }
+            }
+            let conversion_first = current.is_some();
+            let queue_clear =
+                conversion_first || r.queue.iter().all(|q| r.granted.contains_key(&q.node));
+            if grantable(r, node, mode) && queue_clear {
+                let g = make_grant(r, res, node, mode, flags);
+                // A down-conversion may unblock others.
+                if current.is_some_and(|c| mode < c) {
+                    process(space, res);
+                }
+                return Ok(Some(g));
+            }
+            if flags.try_lock {
+                if current.is_none() && r.queue.is_empty() && r.granted.is_empty() {
+                    space.resources.remove(&res);
+                }
+                return Ok(Some(Grant {
+                    res,
+                    status: GrantStatus::WouldBlock,
+                    mode: current,
+                    lvb: None,
+                }));
+            }
+            // Conversion deadlock: another holder waits to convert to a mode our
+            // granted lock blocks, while its granted lock blocks us. Drop ours to NL.
+            if let Some(cur) = current {
+                let deadlock = r.queue.iter().any(|q| {
+                    q.node != node
+                        && !q.mode.compatible(cur)
+                        && r.granted.get(&q.node).is_some_and(|m| !mode.compatible(*m))
+                });
+                if deadlock {
+                    r.granted.insert(node, Mode::NL);
+                    r.demoted.insert(node);
+                }
+            }
+            r.queue.push_back(Request {
+                node,
+                mode,
+                flags,
+                notified: HashSet::new(),
+            });
+            process(space, res);
+            Ok(None)
+        })
+    }
+
+    fn unlock(&self, res: ResName, lvb_out: Option<&Lvb>) -> Result<(), LockError> {
+        let node = self.node;
+        self.with_space(|space| {
+            let r = space.resources.get_mut(&res).ok_or(LockError::BadRequest {
+                res,
+                why: "unlock of a lock not held",
+            })?;
+            if r.queue.iter().any(|q| q.node == node) {
+                return Err(LockError::BadRequest {
+                    res,
+                    why: "unlock while a request is pending (cancel it first)",
+                });
+            }
+            let cur = r.granted.remove(&node).ok_or(LockError::BadRequest {
+                res,
+                why: "unlock of a lock not held",
+            })?;
+            if let Some(v) = lvb_out {
+                if cur.writes_lvb() {
+                    r.lvb = Some(*v);
+                }
+            }
+            process(space, res);
+            Ok(())
+        })
+    }
+
+    fn cancel(&self, res: ResName) -> Result<(), LockError> {
+        let node = self.node;
+        self.with_space(|space| {
+            let Some(r) = space.resources.get_mut(&res) else {
+                return Ok(());
+            };
+            let Some(pos) = r.queue.iter().position(|q| q.node == node) else {
+                return Ok(());
+            };
+            r.queue.remove(pos);
+            let g = Grant {
+                res,
+                status: GrantStatus::Cancelled,
+                mode: r.granted.get(&node).copied(),
+                lvb: None,
+            };
+            send(space, node, Event::Granted(g));
+            process(space, res);
+            Ok(())
+        })
+    }
+
+    fn first_done(&self) -> Result<(), LockError> {
+        Ok(())
+    }
+
+    fn leave(&self) -> Result<(), LockError> {
+        let node = self.node;
+        let mut st = lock_state(&self.mgr.state);
+        let Some(space) = st.spaces.get_mut(&self.name) else {
+            return Ok(());
+        };
+        // Dropping the sender ends the node's callback thread.
+        space.members.remove(&node);
+        let names: Vec<ResName> = space.resources.keys().copied().collect();
+        for res in names {
+            if let Some(r) = space.resources.get_mut(&res) {
+                r.granted.remove(&node);
+                r.queue.retain(|q| q.node != node);
+                r.demoted.remove(&node);
+            }
+            process(space, res);
+        }
+        if space.members.is_empty() {
+            st.spaces.remove(&self.name);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for MemSpace {
+    fn drop(&mut self) {
+        let _ = self.leave();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::{Receiver, RecvTimeoutError};
+    use std::time::Duration;
+
+    #[derive(Debug, PartialEq)]
+    enum Seen {
+        Granted(Grant),
+        Blocking(ResName, Mode),
+    }
+
+    struct Chan(Mutex<mpsc::Sender<Seen>>);
+    impl LockCallbacks for Chan {
+        fn granted(&self, g: Grant) {
+            let _ = self.0.lock().unwrap().send(Seen::Granted(g));
+        }
+        fn blocking(&self, r: ResName, m: Mode) {
+            let _ = self.0.lock().unwrap().send(Seen::Blocking(r, m));
+        }
+    }
+
+    fn node(mgr: &MemLockManager) -> (Arc<dyn Lockspace>, JoinInfo, Receiver<Seen>) {
+        let (tx, rx) = mpsc::channel();
+        let (ls, info) = mgr
+            .proto()
+            .join("test:fs", Arc::new(Chan(Mutex::new(tx))))
+            .unwrap();
+        (ls, info, rx)
+    }
+
+    fn next(rx: &Receiver<Seen>) -> Seen {
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("no callback")
+    }
+
+    fn quiet(rx: &Receiver<Seen>) {
+        assert_eq!(
+            rx.recv_timeout(Duration::from_millis(100)),
+            Err(RecvTimeoutError::Timeout)
+        );
+    }
+
+    const R: ResName = ResName::new(2, 0x84);
+    const LVB: LockFlags = LockFlags {
+        try_lock: false,
+        want_lvb: true,
+    };
+
+    #[test]
+    fn first_mounter_and_shared_locks() {
+        let mgr = MemLockManager::new();
+        let (a, ia, ra) = node(&mgr);
+        let (b, ib, rb) = node(&mgr);
+        assert!(ia.first);
+        assert!(!ib.first);
+        let ga = a
+            .lock(R, Mode::PR, LockFlags::default(), None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(ga.status, GrantStatus::Granted);
+        let gb = b
+            .lock(R, Mode::PR, LockFlags::default(), None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(gb.mode, Some(Mode::PR));
+        quiet(&ra);
+        quiet(&rb);
+        assert_eq!(mgr.holders("fs", R).len(), 2);
+    }
+
+    #[test]
+    fn conflict_blocks_then_grants_after_unlock_with_lvb() {
+        let mgr = MemLockManager::new();
+        let (a, _, ra) = node(&mgr);
+        let (b, _, rb) = node(&mgr);
+        a.lock(R, Mode::EX, LVB, None).unwrap().unwrap();
+        // B waits; A is told B wants PR.
+        assert_eq!(b.lock(R, Mode::PR, LVB, None).unwrap(), None);
+        assert_eq!(next(&ra), Seen::Blocking(R, Mode::PR));
+        quiet(&rb);
+        // A demotes to NL writing the LVB; B gets it.
+        let lvb = [7u8; LVB_SIZE];
+        let g = a
+            .lock(R, Mode::NL, LockFlags::default(), Some(&lvb))
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.mode, Some(Mode::NL));
+        match next(&rb) {
+            Seen::Granted(g) => {
+                assert_eq!(g.status, GrantStatus::Granted);
+                assert_eq!(g.mode, Some(Mode::PR));
+                assert_eq!(g.lvb, Some(lvb));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A upconverts to EX: blocked by B's PR; B gets a callback.
+        assert_eq!(a.lock(R, Mode::EX, LVB, None).unwrap(), None);
+        assert_eq!(next(&rb), Seen::Blocking(R, Mode::EX));
+        b.unlock(R, None).unwrap();
+        match next(&ra) {
+            Seen::Granted(g) => assert_eq!((g.mode, g.lvb), (Some(Mode::EX), Some(lvb))),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn try_lock_fails_without_queueing_and_cancel_completes() {
+        let mgr = MemLockManager::new();
+        let (a, _, ra) = node(&mgr);
+        let (b, _, rb) = node(&mgr);
+        a.lock(R, Mode::EX, LockFlags::default(), None).unwrap();
+        let try_flags = LockFlags {
+            try_lock: true,
+            want_lvb: false,
+        };
+        let g = b.lock(R, Mode::PR, try_flags, None).unwrap().unwrap();
+        assert_eq!(g.status, GrantStatus::WouldBlock);
+        assert_eq!(g.mode, None);
+        quiet(&ra);
+        assert_eq!(
+            b.lock(R, Mode::PR, LockFlags::default(), None).unwrap(),
+            None
+        );
+        assert_eq!(next(&ra), Seen::Blocking(R, Mode::PR));
+        b.cancel(R).unwrap();
+        match next(&rb) {
+            Seen::Granted(g) => assert_eq!(g.status, GrantStatus::Cancelled),
+            other => panic!("{other:?}"),
+        }
+        // After the cancel, A can unlock and B's queue is empty.
+        a.unlock(R, None).unwrap();
+        quiet(&rb);
+        assert!(mgr.holders("fs", R).is_empty());
+    }
+
+    #[test]
+    fn leave_releases_locks() {
+        let mgr = MemLockManager::new();
+        let (a, _, _ra) = node(&mgr);
+        let (b, _, rb) = node(&mgr);
+        a.lock(R, Mode::EX, LockFlags::default(), None).unwrap();
+        assert_eq!(
+            b.lock(R, Mode::EX, LockFlags::default(), None).unwrap(),
+            None
+        );
+        a.leave().unwrap();
+        match next(&rb) {
+            Seen::Granted(g) => assert_eq!(g.mode, Some(Mode::EX)),
+            other => panic!("{other:?}"),
+        }
+        assert!(a.lock(R, Mode::PR, LockFlags::default(), None).is_err());
+    }
+
+    #[test]
+    fn conversion_deadlock_is_broken() {
+        let mgr = MemLockManager::new();
+        let (a, _, ra) = node(&mgr);
+        let (b, _, rb) = node(&mgr);
+        a.lock(R, Mode::PR, LockFlags::default(), None).unwrap();
+        b.lock(R, Mode::PR, LockFlags::default(), None).unwrap();
+        assert_eq!(
+            a.lock(R, Mode::EX, LockFlags::default(), None).unwrap(),
+            None
+        );
+        assert_eq!(next(&rb), Seen::Blocking(R, Mode::EX));
+        // B's conversion would deadlock: B drops to NL, A gets EX.
+        assert_eq!(
+            b.lock(R, Mode::EX, LockFlags::default(), None).unwrap(),
+            None
+        );
+        match next(&ra) {
+            Seen::Granted(g) => assert_eq!(g.mode, Some(Mode::EX)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(next(&ra), Seen::Blocking(R, Mode::EX));
+        a.unlock(R, None).unwrap();
+        match next(&rb) {
+            Seen::Granted(g) => assert_eq!(g.mode, Some(Mode::EX)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn new_requests_are_fifo() {
+        let mgr = MemLockManager::new();
+        let (a, _, _ra) = node(&mgr);
+        let (b, _, rb) = node(&mgr);
+        let (c, _, rc) = node(&mgr);
+        a.lock(R, Mode::PR, LockFlags::default(), None).unwrap();
+        assert_eq!(
+            b.lock(R, Mode::EX, LockFlags::default(), None).unwrap(),
+            None
+        );
+        // C's PR is compatible with A's but must queue behind B's EX.
+        assert_eq!(
+            c.lock(R, Mode::PR, LockFlags::default(), None).unwrap(),
+            None
+        );
+        quiet(&rc);
+        a.unlock(R, None).unwrap();
+        assert!(matches!(next(&rb), Seen::Granted(_)));
+        assert_eq!(next(&rb), Seen::Blocking(R, Mode::PR));
+        b.unlock(R, None).unwrap();
+        assert!(matches!(next(&rc), Seen::Granted(_)));
+    }
+}
