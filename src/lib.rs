@@ -1,6 +1,15 @@
 //! gfs2-fuse: a userspace implementation of the GFS2 cluster filesystem.
 //!
 //! See ARCHITECTURE.md for the layers. This crate holds everything above the
-//! on-disk format (`gfs2-ondisk`) and the lock modules (`gfs2-lockproto`).
+//! on-disk format and the lock modules (`gfs2-lockproto`).
 
+pub mod buf;
 pub mod dev;
+pub mod error;
+pub mod format;
+pub mod fs;
+pub mod fuse;
+pub mod glock;
+pub mod inode;
+pub mod log;
+pub mod sb;

@@ -1,0 +1,55 @@
+//! The filesystem core's error type, converted to errno at the FUSE boundary.
+
+use std::io;
+
+/// Errors of the filesystem core.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// The device failed.
+    #[error("I/O error on {what}: {source}")]
+    Io {
+        /// What was being read or written.
+        what: String,
+        /// The device's error.
+        source: io::Error,
+    },
+    /// On-disk data is inconsistent. Reported as EIO for the object concerned.
+    #[error("corrupt metadata at block {block}: {why}")]
+    Corrupt {
+        /// The block where the problem was found.
+        block: u64,
+        /// What is wrong.
+        why: String,
+    },
+    /// The filesystem cannot be mounted (bad superblock, options...).
+    #[error("cannot mount: {0}")]
+    Mount(String),
+    /// The lock manager failed.
+    #[error("lock manager: {0}")]
+    Lock(#[from] gfs2_lockproto::LockError),
+    /// A plain errno result (ENOENT, ENOTDIR, ENODATA, ERANGE...).
+    #[error("errno {0}")]
+    Errno(i32),
+}
+
+impl FsError {
+    /// The errno a VFS caller should see.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::Io { .. } | FsError::Corrupt { .. } | FsError::Lock(_) => libc::EIO,
+            FsError::Mount(_) => libc::EINVAL,
+            FsError::Errno(e) => *e,
+        }
+    }
+
+    /// A corruption error.
+    pub fn corrupt(block: u64, why: impl Into<String>) -> Self {
+        FsError::Corrupt {
+            block,
+            why: why.into(),
+        }
+    }
+}
+
+/// Result of filesystem operations.
+pub type Result<T, E = FsError> = std::result::Result<T, E>;

@@ -1,0 +1,584 @@
+//! The filesystem: mount, the read operations a VFS asks for, unmount.
+//! Independent of FUSE so it can be driven directly (tests, fuzzing, tools).
+//!
+//! Every operation takes the glocks of the inodes it reads (shared) for its
+//! duration; what it reads from the metadata cache is valid only while they
+//! are held.
+
+use crate::buf::BufCache;
+use crate::dev::BlockDevice;
+use crate::error::{FsError, Result};
+use crate::format::{Rindex, StatfsChange, Superblock, DINODE_SIZE};
+use crate::glock::{ops::CacheOps, GlockCallbacks, GlockOps, GlockTable, Holder};
+use crate::inode::{bmap, dir, xattr, Inode, Meta};
+use crate::log::recovery::{self, JournalExtent};
+use gfs2_lockproto::{lm_type, LockProto, Mode, ResName};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Mount options, named as the kernel's gfs2 names them.
+#[derive(Clone, Default)]
+pub struct MountOptions {
+    /// `lockproto=`; default: the superblock's.
+    pub lockproto: Option<String>,
+    /// `locktable=`; default: the superblock's.
+    pub locktable: Option<String>,
+    /// `hostdata=jid=N`.
+    pub jid: Option<u32>,
+    /// `ro`.
+    pub read_only: bool,
+    /// `acl`: expose and enforce POSIX ACLs.
+    pub acl: bool,
+    /// `norecovery`: do not replay journals.
+    pub norecovery: bool,
+    /// `spectator`: mount without a journal (read-only, no recovery).
+    pub spectator: bool,
+    /// A lock module to use instead of the one named by `lockproto`
+    /// (`lock_mem` instances sharing one in-process manager).
+    pub lock_module: Option<Arc<dyn LockProto>>,
+    /// Bytes of metadata to cache (default 128 MiB).
+    pub cache_bytes: Option<usize>,
+    /// The device cannot be written (journal replay is then impossible and
+    /// a dirty journal refuses the mount, as the kernel does).
+    pub device_read_only: bool,
+}
+
+/// Attributes of an inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    /// Inode number (dinode address).
+    pub ino: u64,
+    /// Bytes.
+    pub size: u64,
+    /// 512-byte units allocated.
+    pub blocks: u64,
+    /// `st_mode` (type and permissions).
+    pub mode: u32,
+    /// Link count.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Device number.
+    pub rdev: u32,
+    /// Access time (seconds, nanoseconds).
+    pub atime: (i64, u32),
+    /// Modification time.
+    pub mtime: (i64, u32),
+    /// Change time.
+    pub ctime: (i64, u32),
+    /// Preferred I/O size.
+    pub blksize: u32,
+    /// Generation (for NFS-style handles).
+    pub generation: u64,
+}
+
+/// Filesystem usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatFs {
+    /// Block size.
+    pub bsize: u32,
+    /// Data blocks in all resource groups.
+    pub blocks: u64,
+    /// Free blocks.
+    pub bfree: u64,
+    /// Inodes in use plus free blocks (each free block could become one).
+    pub files: u64,
+    /// Free inodes.
+    pub ffree: u64,
+    /// Longest name.
+    pub namelen: u32,
+}
+
+/// A directory entry as returned by [`Fs::readdir`].
+#[derive(Debug, Clone)]
+pub struct DirItem {
+    /// Name.
+    pub name: Vec<u8>,
+    /// Inode.
+    pub ino: u64,
+    /// `DT_*`.
+    pub dtype: u16,
+    /// Offset to resume after this entry.
+    pub next: u64,
+}
+
+/// A journal found in the jindex.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    /// Journal id (N of `journalN`).
+    pub jid: u32,
+    /// The journal's dinode.
+    pub ino: u64,
+    /// Its blocks.
+    pub extents: Vec<JournalExtent>,
+}
+
+/// A mounted GFS2 filesystem.
+pub struct Fs {
+    dev: Arc<dyn BlockDevice>,
+    sb: Superblock,
+    cache: Arc<BufCache>,
+    glocks: Arc<GlockTable>,
+    opts: MountOptions,
+    journals: Vec<Journal>,
+    rindex: Vec<Rindex>,
+    statfs_inos: Vec<u64>,
+    per_node: u64,
+    jid: u32,
+    /// The live lock, held shared for the whole mount.
+    _live: Holder,
+}
+
+fn inode_lock(ino: u64) -> ResName {
+    ResName::new(lm_type::INODE, ino)
+}
+
+impl Fs {
+    /// Mount the filesystem on `dev`.
+    pub fn mount(dev: Arc<dyn BlockDevice>, opts: MountOptions) -> Result<Arc<Fs>> {
+        let sb = crate::sb::read_sb(dev.as_ref())?;
+        let bsize = sb.bsize;
+        let proto: Arc<dyn LockProto> = match &opts.lock_module {
+            Some(p) => p.clone(),
+            None => {
+                let name = opts
+                    .lockproto
+                    .clone()
+                    .unwrap_or_else(|| sb.lockproto.clone());
+                gfs2_lockproto::by_name(&name).ok_or_else(|| {
+                    FsError::Mount(format!("lock protocol {name:?} is not supported"))
+                })?
+            }
+        };
+        let table = opts
+            .locktable
+            .clone()
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| sb.locktable.clone());
+        let table = if table.is_empty() {
+            "nolock:gfs2".to_string()
+        } else {
+            table
+        };
+        let table = if table.contains(':') {
+            table
+        } else {
+            format!("nolock:{table}")
+        };
+        let cache = Arc::new(BufCache::new(
+            dev.clone(),
+            bsize,
+            opts.cache_bytes.unwrap_or(128 << 20),
+        ));
+        let callbacks = GlockCallbacks::new();
+        let (ls, info) = proto.join(&table, callbacks.clone())?;
+        let mut ops: HashMap<u32, Arc<dyn GlockOps>> = HashMap::new();
+        let cops = CacheOps::new(cache.clone());
+        ops.insert(lm_type::INODE, cops.clone());
+        ops.insert(lm_type::RGRP, cops);
+        let glocks = GlockTable::new(ls, &callbacks, ops);
+
+        // As the kernel: the mount lock serialises mounts and recovery, the
+        // live lock is held shared while mounted.
+        let mount_gh = glocks.acquire(ResName::new(lm_type::NONDISK, 0), Mode::EX)?;
+        let live = glocks.acquire(ResName::new(lm_type::NONDISK, 1), Mode::PR)?;
+
+        let mut fs = Fs {
+            dev,
+            sb,
+            cache,
+            glocks,
+            opts,
+            journals: Vec::new(),
+            rindex: Vec::new(),
+            statfs_inos: Vec::new(),
+            per_node: 0,
+            jid: 0,
+            _live: live,
+        };
+        fs.jid = fs.opts.jid.unwrap_or(0);
+        let master = fs.sb.master_dir.addr;
+        let jindex = fs.lookup_sys(master, b"jindex")?;
+        fs.journals = fs.read_jindex(jindex)?;
+        if !fs.opts.spectator && !fs.journals.iter().any(|j| j.jid == fs.jid) {
+            return Err(FsError::Mount(format!(
+                "journal id {} does not exist ({} journals)",
+                fs.jid,
+                fs.journals.len()
+            )));
+        }
+        let rindex = fs.lookup_sys(master, b"rindex")?;
+        fs.rindex = fs.read_rindex(rindex)?;
+        let statfs = fs.lookup_sys(master, b"statfs")?;
+        fs.statfs_inos.push(statfs);
+        let per_node = fs.lookup_sys(master, b"per_node")?;
+        fs.per_node = per_node;
+        for j in &fs.journals {
+            let name = format!("statfs_change{}", j.jid);
+            match fs.lookup_sys(per_node, name.as_bytes()) {
+                Ok(i) => fs.statfs_inos.push(i),
+                Err(FsError::Errno(libc::ENOENT)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+
+        if info.first && !fs.opts.norecovery && !fs.opts.spectator {
+            fs.recover_all()?;
+        }
+        if info.first {
+            fs.glocks.lockspace().first_done()?;
+        }
+        drop(mount_gh);
+        // The root must be readable for the mount to be useful.
+        fs.getattr(fs.root())?;
+        Ok(Arc::new(fs))
+    }
+
+    fn recover_all(&self) -> Result<()> {
+        for j in &self.journals {
+            let jgh = self
+                .glocks
+                .acquire(ResName::new(lm_type::JOURNAL, j.jid as u64), Mode::EX)?;
+            let head = recovery::find_head(self.dev.as_ref(), self.sb.bsize, &j.extents)
+                .map_err(|e| FsError::Mount(format!("journal {}: {e}", j.jid)))?;
+            if head.is_clean() {
+                drop(jgh);
+                continue;
+            }
+            if self.opts.device_read_only {
+                return Err(FsError::Mount(format!(
+                    "journal {} needs recovery but the device is read-only",
+                    j.jid
+                )));
+            }
+            tracing::info!(jid = j.jid, "replaying journal");
+            let per_node_ino = |n: String| {
+                self.with_inode(self.per_node, |m, ip| dir::lookup(m, ip, n.as_bytes()))
+                    .ok()
+                    .flatten()
+                    .map_or(0, |e| e.ino)
+            };
+            let clean = recovery::CleanHeader {
+                writer_jid: self.jid,
+                jinode: j.ino,
+                statfs_addr: per_node_ino(format!("statfs_change{}", j.jid)),
+                quota_addr: per_node_ino(format!("quota_change{}", j.jid)),
+            };
+            let stats =
+                recovery::recover(self.dev.as_ref(), self.sb.bsize, &j.extents, &head, &clean)
+                    .map_err(|e| FsError::Mount(format!("journal {} recovery: {e}", j.jid)))?;
+            tracing::info!(
+                jid = j.jid,
+                replayed = stats.replayed,
+                revoked = stats.revoked,
+                "journal recovered"
+            );
+            // Replay wrote behind the cache's back.
+            self.cache.invalidate_all();
+            drop(jgh);
+        }
+        Ok(())
+    }
+
+    /// Look up a system file in a system directory.
+    fn lookup_sys(&self, dir_ino: u64, name: &[u8]) -> Result<u64> {
+        let e = self.with_inode(dir_ino, |m, ip| dir::lookup(m, ip, name))?;
+        e.map(|e| e.ino)
+            .ok_or(FsError::Errno(libc::ENOENT))
+            .map_err(|err| {
+                if name.starts_with(b"statfs_change") {
+                    err
+                } else {
+                    FsError::Mount(format!(
+                        "system file {} missing from directory {dir_ino}",
+                        String::from_utf8_lossy(name)
+                    ))
+                }
+            })
+    }
+
+    fn read_jindex(&self, jindex: u64) -> Result<Vec<Journal>> {
+        let mut names = Vec::new();
+        self.with_inode(jindex, |m, ip| {
+            dir::readdir(m, ip, 0, |_, e| {
+                names.push(e.clone());
+                true
+            })
+        })?;
+        let mut out = Vec::new();
+        for e in names {
+            let Some(n) = e.name.strip_prefix(b"journal") else {
+                continue;
+            };
+            let Some(jid) = std::str::from_utf8(n)
+                .ok()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let extents = self.with_inode(e.ino, journal_extents)?;
+            out.push(Journal {
+                jid,
+                ino: e.ino,
+                extents,
+            });
+        }
+        out.sort_by_key(|j| j.jid);
+        if out.is_empty() {
+            return Err(FsError::Mount("no journals in the jindex".into()));
+        }
+        Ok(out)
+    }
+
+    fn read_rindex(&self, ino: u64) -> Result<Vec<Rindex>> {
+        let fs_blocks = self.dev.size() / self.sb.bsize as u64;
+        self.with_inode(ino, |m, ip| {
+            let size = usize::try_from(ip.di.size)
+                .ok()
+                .filter(|s| *s <= (1 << 30))
+                .ok_or_else(|| FsError::corrupt(ino, "rindex absurdly large"))?;
+            let mut data = vec![0u8; size];
+            let n = bmap::read_data(m, ip, 0, &mut data)?;
+            data.truncate(n);
+            crate::sb::parse_rindex(&data, fs_blocks, ino)
+        })
+    }
+
+    /// Run `f` on inode `ino` with its glock held shared.
+    pub fn with_inode<T>(
+        &self,
+        ino: u64,
+        f: impl FnOnce(Meta<'_>, &Inode) -> Result<T>,
+    ) -> Result<T> {
+        let gh = self.glocks.acquire(inode_lock(ino), Mode::PR)?;
+        let m = Meta {
+            cache: &self.cache,
+            gh: &gh,
+        };
+        let ip = Inode::read(m, ino)?;
+        f(m, &ip)
+    }
+
+    /// The superblock.
+    pub fn superblock(&self) -> &Superblock {
+        &self.sb
+    }
+    /// The root directory's inode number.
+    pub fn root(&self) -> u64 {
+        self.sb.root_dir.addr
+    }
+    /// Journals found in the jindex.
+    pub fn journals(&self) -> &[Journal] {
+        &self.journals
+    }
+    /// Resource groups from the rindex.
+    pub fn rindex(&self) -> &[Rindex] {
+        &self.rindex
+    }
+    /// The glock table.
+    pub fn glocks(&self) -> &Arc<GlockTable> {
+        &self.glocks
+    }
+    /// The metadata cache.
+    pub fn cache(&self) -> &Arc<BufCache> {
+        &self.cache
+    }
+    /// The mount options.
+    pub fn options(&self) -> &MountOptions {
+        &self.opts
+    }
+
+    fn attr_of(&self, ip: &Inode) -> Attr {
+        let d = &ip.di;
+        let rdev = if matches!(ip.kind(), 0o020000 | 0o060000) {
+            ip.rdev()
+        } else {
+            0
+        };
+        Attr {
+            ino: ip.ino,
+            size: d.size,
+            blocks: d.blocks.saturating_mul(self.sb.bsize as u64 / 512),
+            mode: d.mode,
+            nlink: d.nlink,
+            uid: d.uid,
+            gid: d.gid,
+            rdev,
+            atime: (d.atime as i64, d.atime_nsec.min(999_999_999)),
+            mtime: (d.mtime as i64, d.mtime_nsec.min(999_999_999)),
+            ctime: (d.ctime as i64, d.ctime_nsec.min(999_999_999)),
+            blksize: self.sb.bsize,
+            generation: d.generation,
+        }
+    }
+
+    /// Attributes of `ino`.
+    pub fn getattr(&self, ino: u64) -> Result<Attr> {
+        self.with_inode(ino, |_, ip| Ok(self.attr_of(ip)))
+    }
+
+    /// Look `name` up in directory `parent`: ENOENT when absent.
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
+        if name.len() > 255 {
+            return Err(FsError::Errno(libc::ENAMETOOLONG));
+        }
+        let e = self
+            .with_inode(parent, |m, ip| dir::lookup(m, ip, name))?
+            .ok_or(FsError::Errno(libc::ENOENT))?;
+        self.getattr(e.ino)
+    }
+
+    /// Directory entries from `offset` (0 = start; "." and ".." come first),
+    /// until `emit` returns false. Offsets passed back stay valid across calls.
+    pub fn readdir(
+        &self,
+        ino: u64,
+        offset: u64,
+        mut emit: impl FnMut(&DirItem) -> bool,
+    ) -> Result<()> {
+        self.with_inode(ino, |m, ip| {
+            if !ip.is_dir() {
+                return Err(FsError::Errno(libc::ENOTDIR));
+            }
+            let mut off = offset;
+            if off == 0 {
+                let it = DirItem {
+                    name: b".".to_vec(),
+                    ino,
+                    dtype: 4,
+                    next: 1,
+                };
+                if !emit(&it) {
+                    return Ok(());
+                }
+                off = 1;
+            }
+            if off == 1 {
+                // ".." is a real entry in GFS2 directories; list it from the
+                // directory itself below. Offset 1 just means "after '.'".
+                off = 2;
+            }
+            dir::readdir(m, ip, off - 2, |k, e| {
+                if e.name == b"." {
+                    return true;
+                }
+                emit(&DirItem {
+                    name: e.name.clone(),
+                    ino: e.ino,
+                    dtype: e.de_type,
+                    next: k + 3,
+                })
+            })
+        })
+    }
+
+    /// Read file data.
+    pub fn read(&self, ino: u64, offset: u64, size: usize) -> Result<Vec<u8>> {
+        self.with_inode(ino, |m, ip| {
+            if ip.is_dir() {
+                return Err(FsError::Errno(libc::EISDIR));
+            }
+            let size = size.min(ip.di.size.saturating_sub(offset) as usize);
+            let mut buf = vec![0u8; size];
+            let n = bmap::read_data(m, ip, offset, &mut buf)?;
+            buf.truncate(n);
+            Ok(buf)
+        })
+    }
+
+    /// Target of a symbolic link.
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        self.with_inode(ino, |m, ip| ip.readlink(m))
+    }
+
+    /// `SEEK_DATA` (`hole == false`) or `SEEK_HOLE` from `offset`.
+    pub fn seek(&self, ino: u64, offset: u64, hole: bool) -> Result<u64> {
+        self.with_inode(ino, |m, ip| bmap::seek(m, ip, offset, hole))
+    }
+
+    fn acl_name(name: &[u8]) -> bool {
+        name == b"system.posix_acl_access" || name == b"system.posix_acl_default"
+    }
+
+    /// Value of extended attribute `name` (full name with namespace).
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
+        let (t, n) = xattr::split_name(name).ok_or(FsError::Errno(libc::EOPNOTSUPP))?;
+        if t == xattr::EATYPE_SYS && !Self::acl_name(name) {
+            return Err(FsError::Errno(libc::EOPNOTSUPP));
+        }
+        if Self::acl_name(name) && !self.opts.acl {
+            return Err(FsError::Errno(libc::EOPNOTSUPP));
+        }
+        self.with_inode(ino, |m, ip| xattr::get(m, ip, t, n))?
+            .ok_or(FsError::Errno(libc::ENODATA))
+    }
+
+    /// Names of extended attributes, each with its namespace prefix.
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<Vec<u8>>> {
+        let all = self.with_inode(ino, xattr::list)?;
+        Ok(all
+            .into_iter()
+            .filter(|n| self.opts.acl || !Self::acl_name(n))
+            .collect())
+    }
+
+    /// Filesystem usage: the master statfs plus every node's local changes.
+    pub fn statfs(&self) -> Result<StatFs> {
+        let mut sum = StatfsChange::default();
+        for &ino in &self.statfs_inos {
+            let sc = self.with_inode(ino, |_, ip| {
+                StatfsChange::parse(ip.block.get(DINODE_SIZE..).unwrap_or(&[]))
+                    .ok_or_else(|| FsError::corrupt(ino, "short statfs file"))
+            })?;
+            sum.total = sum.total.saturating_add(sc.total);
+            sum.free = sum.free.saturating_add(sc.free);
+            sum.dinodes = sum.dinodes.saturating_add(sc.dinodes);
+        }
+        let total = sum.total.max(0) as u64;
+        let free = (sum.free.max(0) as u64).min(total);
+        let dinodes = sum.dinodes.max(0) as u64;
+        Ok(StatFs {
+            bsize: self.sb.bsize,
+            blocks: total,
+            bfree: free,
+            files: dinodes.saturating_add(free),
+            ffree: free,
+            namelen: 255,
+        })
+    }
+
+    /// Unmount: drop every glock and leave the lockspace. Journals are left
+    /// as they are (the read path never dirties one).
+    pub fn unmount(&self) -> Result<()> {
+        self.glocks.shutdown()
+    }
+}
+
+/// The block runs of a journal file, in journal order.
+pub fn journal_extents(m: Meta<'_>, ip: &Inode) -> Result<Vec<JournalExtent>> {
+    let bsize = m.bsize() as u64;
+    let nblocks = ip.di.size / bsize;
+    if ip.is_stuffed() || nblocks == 0 {
+        return Err(FsError::corrupt(ip.ino, "journal is empty or stuffed"));
+    }
+    let mut out: Vec<JournalExtent> = Vec::new();
+    let mut lb = 0;
+    while lb < nblocks {
+        let e = bmap::map_extent(m, ip, lb, nblocks - lb)?;
+        let Some(p) = e.phys else {
+            return Err(FsError::corrupt(
+                ip.ino,
+                format!("hole in journal at block {lb}"),
+            ));
+        };
+        out.push(JournalExtent {
+            lblock: lb,
+            phys: p,
+            len: e.len,
+        });
+        lb += e.len;
+    }
+    Ok(out)
+}

@@ -1,0 +1,353 @@
+//! Glocks: every cached object is valid only while its glock is held.
+//!
+//! A [`Glock`] is this node's lock on one resource `(type, number)`, held
+//! through the lock module ([`gfs2_lockproto::Lockspace`]). Local users take
+//! *holders* ([`GlockTable::acquire`] returns a [`Holder`]); the lock stays
+//! granted at the lock-manager level after the last holder goes (so caches
+//! stay valid) until another node's request makes the lock module send a
+//! blocking callback. Then, once no holder remains, the glock is *demoted*:
+//! `go_sync` writes back what it covers, `go_inval` drops what it covers from
+//! the caches, and the lock is converted down. With `lock_nolock` grants are
+//! immediate and callbacks never come, but the path is the same.
+
+pub mod ops;
+
+use crate::error::{FsError, Result};
+use gfs2_lockproto::{Grant, GrantStatus, LockCallbacks, LockFlags, Lockspace, Mode, ResName};
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+
+pub use ops::{GlockOps, NoOps};
+
+/// What a glock type does when it is demoted (the kernel's `glops`).
+struct GlState {
+    /// Mode granted by the lock manager (`None`: no lock exists yet).
+    held: Option<Mode>,
+    /// Local holders by mode.
+    shared: u32,
+    exclusive: bool,
+    /// A request to the lock manager (promotion or demotion) is in flight.
+    busy: bool,
+    /// A blocking callback asked us to go down to this mode.
+    demote: Option<Mode>,
+}
+
+/// One glock.
+pub struct Glock {
+    name: ResName,
+    st: Mutex<GlState>,
+    cv: Condvar,
+}
+
+impl Glock {
+    /// The resource this glock locks.
+    pub fn name(&self) -> ResName {
+        self.name
+    }
+
+    fn lock_st(&self) -> MutexGuard<'_, GlState> {
+        self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The node's glocks, keyed by resource name.
+pub struct GlockTable {
+    ls: Arc<dyn Lockspace>,
+    glocks: Mutex<HashMap<ResName, Arc<Glock>>>,
+    ops: HashMap<u32, Arc<dyn GlockOps>>,
+}
+
+/// Proof that a glock is held in at least `mode` by the current operation.
+/// Cached objects covered by the glock may be used while it lives.
+pub struct Holder {
+    table: Arc<GlockTable>,
+    gl: Arc<Glock>,
+    mode: Mode,
+}
+
+impl Holder {
+    /// The glock's resource name.
+    pub fn name(&self) -> ResName {
+        self.gl.name
+    }
+    /// The mode held.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let mut st = self.gl.lock_st();
+        if self.mode == Mode::EX {
+            st.exclusive = false;
+        } else {
+            st.shared = st.shared.saturating_sub(1);
+        }
+        let idle = st.shared == 0 && !st.exclusive;
+        if idle && st.demote.is_some() && !st.busy {
+            self.table.demote(&self.gl, st);
+        } else {
+            drop(st);
+            self.gl.cv.notify_all();
+        }
+    }
+}
+
+/// The lock module's view of us: routes grants and blocking callbacks to glocks.
+pub struct GlockCallbacks {
+    table: OnceLock<Weak<GlockTable>>,
+}
+
+impl GlockCallbacks {
+    /// Callbacks to pass to [`gfs2_lockproto::LockProto::join`], connected to a
+    /// table later with [`GlockTable::new`].
+    pub fn new() -> Arc<Self> {
+        Arc::new(GlockCallbacks {
+            table: OnceLock::new(),
+        })
+    }
+    fn table(&self) -> Option<Arc<GlockTable>> {
+        self.table.get().and_then(Weak::upgrade)
+    }
+}
+
+impl LockCallbacks for GlockCallbacks {
+    fn granted(&self, grant: Grant) {
+        let Some(t) = self.table() else { return };
+        let Some(gl) = t.find(grant.res) else { return };
+        let mut st = gl.lock_st();
+        st.held = match grant.status {
+            GrantStatus::Granted => grant.mode,
+            _ => grant.mode,
+        };
+        st.busy = false;
+        drop(st);
+        gl.cv.notify_all();
+    }
+
+    fn blocking(&self, res: ResName, wanted: Mode) {
+        let Some(t) = self.table() else { return };
+        let Some(gl) = t.find(res) else { return };
+        let mut st = gl.lock_st();
+        let Some(held) = st.held else { return };
+        let target = if Mode::PR.compatible(wanted) && held >= Mode::PR {
+            Mode::PR
+        } else {
+            Mode::NL
+        };
+        if target >= held {
+            return;
+        }
+        st.demote = Some(st.demote.map_or(target, |d| d.min(target)));
+        if st.shared == 0 && !st.exclusive && !st.busy {
+            t.demote(&gl, st);
+        }
+    }
+}
+
+impl GlockTable {
+    /// A table over a joined lockspace; `callbacks` must be the object given to
+    /// the lock module's `join`. `ops` gives the per-type operations
+    /// (types without an entry get [`NoOps`]).
+    pub fn new(
+        ls: Arc<dyn Lockspace>,
+        callbacks: &GlockCallbacks,
+        ops: HashMap<u32, Arc<dyn GlockOps>>,
+    ) -> Arc<Self> {
+        let t = Arc::new(GlockTable {
+            ls,
+            glocks: Mutex::new(HashMap::new()),
+            ops,
+        });
+        let _ = callbacks.table.set(Arc::downgrade(&t));
+        t
+    }
+
+    /// The lockspace this table locks in.
+    pub fn lockspace(&self) -> &Arc<dyn Lockspace> {
+        &self.ls
+    }
+
+    fn find(&self, name: ResName) -> Option<Arc<Glock>> {
+        self.glocks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&name)
+            .cloned()
+    }
+
+    fn get(&self, name: ResName) -> Arc<Glock> {
+        let mut m = self.glocks.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(name)
+            .or_insert_with(|| {
+                Arc::new(Glock {
+                    name,
+                    st: Mutex::new(GlState {
+                        held: None,
+                        shared: 0,
+                        exclusive: false,
+                        busy: false,
+                        demote: None,
+                    }),
+                    cv: Condvar::new(),
+                })
+            })
+            .clone()
+    }
+
+    fn ops_for(&self, name: ResName) -> Option<&Arc<dyn GlockOps>> {
+        self.ops.get(&name.lk_type)
+    }
+
+    /// Take a holder on `name` in `mode` (PR for reading, EX for changing),
+    /// promoting the lock through the lock module when needed. Blocks until
+    /// the lock is granted.
+    pub fn acquire(self: &Arc<Self>, name: ResName, mode: Mode) -> Result<Holder> {
+        let mode = if mode >= Mode::PW { Mode::EX } else { Mode::PR };
+        let gl = self.get(name);
+        let mut st = gl.lock_st();
+        // The request this thread sent: it may take its holder even when a
+        // demote arrived meanwhile, so that progress is guaranteed.
+        let mut promoted = false;
+        loop {
+            let sufficient = st.held.is_some_and(|h| h >= mode);
+            let local_ok = if mode == Mode::EX {
+                st.shared == 0 && !st.exclusive
+            } else {
+                !st.exclusive
+            };
+            if !st.busy && sufficient && local_ok && (st.demote.is_none() || promoted) {
+                if mode == Mode::EX {
+                    st.exclusive = true;
+                } else {
+                    st.shared += 1;
+                }
+                return Ok(Holder {
+                    table: self.clone(),
+                    gl: gl.clone(),
+                    mode,
+                });
+            }
+            let idle = st.shared == 0 && !st.exclusive;
+            if !st.busy && idle && st.demote.is_some() {
+                self.demote(&gl, st);
+                st = gl.lock_st();
+                continue;
+            }
+            if !st.busy && !sufficient && idle {
+                let was = st.held;
+                st.busy = true;
+                drop(st);
+                let r = self.ls.lock(name, mode, LockFlags::default(), None);
+                st = gl.lock_st();
+                match r {
+                    Ok(Some(g)) => {
+                        st.held = g.mode;
+                        st.busy = false;
+                    }
+                    Ok(None) => {
+                        // Waiting for the grant: a conversion that waits may
+                        // lose its old mode (conversion deadlock), so what we
+                        // cached under it can no longer be trusted.
+                        if was.is_some() {
+                            drop(st);
+                            if let Some(o) = self.ops_for(name) {
+                                o.go_inval(name);
+                            }
+                            st = gl.lock_st();
+                        }
+                        while st.busy {
+                            st = gl.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                        }
+                    }
+                    Err(e) => {
+                        st.busy = false;
+                        drop(st);
+                        gl.cv.notify_all();
+                        return Err(FsError::Lock(e));
+                    }
+                }
+                if st.held.is_some_and(|h| h >= mode) {
+                    promoted = true;
+                } else {
+                    return Err(FsError::Errno(libc::EAGAIN));
+                }
+                gl.cv.notify_all();
+                continue;
+            }
+            st = gl.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Demote `gl` (no holders, not busy, demote requested): sync, invalidate,
+    /// convert down. Takes the state guard and releases it while working.
+    fn demote(&self, gl: &Arc<Glock>, mut st: MutexGuard<'_, GlState>) {
+        let Some(target) = st.demote.take() else {
+            return;
+        };
+        let held = st.held;
+        st.busy = true;
+        drop(st);
+        let name = gl.name;
+        if let Some(o) = self.ops_for(name) {
+            if held == Some(Mode::EX) {
+                if let Err(e) = o.go_sync(name) {
+                    tracing::error!(glock = %name, "sync before demote failed: {e}");
+                }
+            }
+            if target < Mode::PR {
+                o.go_inval(name);
+            }
+        }
+        let r = self.ls.lock(name, target, LockFlags::default(), None);
+        let mut st = gl.lock_st();
+        match r {
+            Ok(Some(g)) => {
+                st.held = g.mode;
+                st.busy = false;
+            }
+            Ok(None) => {
+                while st.busy {
+                    st = gl.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+            Err(e) => {
+                tracing::error!(glock = %name, "demote failed: {e}");
+                st.busy = false;
+            }
+        }
+        drop(st);
+        gl.cv.notify_all();
+    }
+
+    /// Current lock-manager mode of a glock (for tests and diagnostics).
+    pub fn held_mode(&self, name: ResName) -> Option<Mode> {
+        self.find(name).and_then(|g| g.lock_st().held)
+    }
+
+    /// Unmount: sync and drop every glock, then leave the lockspace.
+    pub fn shutdown(&self) -> Result<()> {
+        let all: Vec<Arc<Glock>> = self
+            .glocks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, g)| g)
+            .collect();
+        for gl in all {
+            let held = gl.lock_st().held;
+            if let Some(o) = self.ops_for(gl.name) {
+                if held == Some(Mode::EX) {
+                    o.go_sync(gl.name)?;
+                }
+                o.go_inval(gl.name);
+            }
+            if held.is_some() {
+                self.ls.unlock(gl.name, None)?;
+            }
+        }
+        self.ls.leave()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,253 @@
+//! Directories: stuffed linear directories and exhash directories.
+//!
+//! A small directory keeps its dirents in the dinode block. A large one is
+//! *exhash*: its data (blocks with `JD` headers) is a hash table of `2^depth`
+//! leaf pointers indexed by the top `depth` bits of the name hash; a leaf of
+//! depth `d` is pointed to by `2^(depth - d)` consecutive slots and may be
+//! followed by a chain of overflow leaves (`lf_next`).
+//!
+//! Readdir offsets must stay valid across calls and survive entries being
+//! added or removed meanwhile. Like the kernel we order entries by hash; the
+//! cookie of an entry is `(hash >> 1) << 32 | n`, where `n` numbers the
+//! entries sharing `hash >> 1` in (hash, name) order. Such entries always live
+//! in the same leaf chain, so each chain is sorted on its own and a resumed
+//! readdir starts at the hash-table slot of the cookie's hash.
+
+use super::{Inode, Meta};
+use crate::error::{FsError, Result};
+use crate::format::{
+    be64, dif, disk_hash, mt, Dirent, Leaf, DINODE_SIZE, DIRENT_SIZE, LEAF_SIZE, META_HEADER_SIZE,
+};
+use std::collections::HashSet;
+
+/// A directory entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// The name (no NUL, not necessarily UTF-8).
+    pub name: Vec<u8>,
+    /// Inode number (dinode block address).
+    pub ino: u64,
+    /// `no_formal_ino` of the target.
+    pub formal_ino: u64,
+    /// The name hash as stored.
+    pub hash: u32,
+    /// `DT_*` type.
+    pub de_type: u16,
+}
+
+/// Bound on the leaves of one chain: a cycle or absurd chain is corruption.
+const MAX_CHAIN: usize = 1 << 16;
+
+impl DirEntry {
+    fn group(&self) -> u64 {
+        (self.hash >> 1) as u64
+    }
+}
+
+/// Parse the dirents of a block from byte `start`, skipping unused ones.
+pub fn parse_dirents(block: &[u8], start: usize, blkno: u64) -> Result<Vec<DirEntry>> {
+    let mut out = Vec::new();
+    let mut off = start;
+    while off < block.len() {
+        let d = Dirent::parse(block, off)
+            .ok_or_else(|| FsError::corrupt(blkno, format!("dirent at {off} past the end")))?;
+        let rec = d.rec_len as usize;
+        if rec < DIRENT_SIZE || off + rec > block.len() {
+            return Err(FsError::corrupt(
+                blkno,
+                format!("dirent at {off} with bad rec_len {rec}"),
+            ));
+        }
+        let nl = d.name_len as usize;
+        if nl > rec - DIRENT_SIZE {
+            return Err(FsError::corrupt(
+                blkno,
+                format!("dirent at {off}: name_len {nl} > rec_len {rec}"),
+            ));
+        }
+        if d.inum.addr != 0 && nl > 0 {
+            let name = block[off + DIRENT_SIZE..off + DIRENT_SIZE + nl].to_vec();
+            out.push(DirEntry {
+                name,
+                ino: d.inum.addr,
+                formal_ino: d.inum.formal_ino,
+                hash: d.hash,
+                de_type: d.de_type,
+            });
+        }
+        off += rec;
+    }
+    Ok(out)
+}
+
+/// Read `len` bytes of directory data at `offset`: the stuffed area, or data
+/// blocks that each start with a `JD` metadata header.
+pub fn read_dir_data(m: Meta<'_>, ip: &Inode, offset: u64, len: usize) -> Result<Vec<u8>> {
+    let end = offset
+        .checked_add(len as u64)
+        .filter(|e| *e <= ip.di.size)
+        .ok_or_else(|| FsError::corrupt(ip.ino, "directory read past its size"))?;
+    if ip.is_stuffed() {
+        return ip
+            .stuffed()
+            .get(offset as usize..end as usize)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| FsError::corrupt(ip.ino, "stuffed directory data beyond the block"));
+    }
+    let jbsize = (m.bsize() as usize - META_HEADER_SIZE) as u64;
+    let mut out = Vec::with_capacity(len);
+    let mut pos = offset;
+    while pos < end {
+        let lblock = pos / jbsize;
+        let o = (pos % jbsize) as usize;
+        let n = ((jbsize - o as u64).min(end - pos)) as usize;
+        let blk = super::bmap::map_block(m, ip, lblock)?
+            .ok_or_else(|| FsError::corrupt(ip.ino, format!("hole in directory at {lblock}")))?;
+        let b = m.read(blk, mt::JD)?;
+        out.extend_from_slice(&b[META_HEADER_SIZE + o..META_HEADER_SIZE + o + n]);
+        pos += n as u64;
+    }
+    Ok(out)
+}
+
+fn is_exhash(ip: &Inode) -> bool {
+    ip.di.flags & dif::EXHASH != 0
+}
+
+/// Hash-table slots `[first, first + count)` of an exhash directory.
+fn hash_ptrs(m: Meta<'_>, ip: &Inode, first: u64, count: u64) -> Result<Vec<u64>> {
+    let data = read_dir_data(m, ip, first * 8, (count * 8) as usize)?;
+    Ok(data.chunks_exact(8).filter_map(|c| be64(c, 0)).collect())
+}
+
+/// All entries of the leaf chain starting at `leaf`, and the first leaf's depth.
+fn leaf_chain(m: Meta<'_>, ip: &Inode, leaf: u64) -> Result<(Vec<DirEntry>, u16)> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    let mut blk = leaf;
+    let mut depth = None;
+    while blk != 0 {
+        if !seen.insert(blk) || seen.len() > MAX_CHAIN {
+            return Err(FsError::corrupt(blk, "directory leaf chain loops"));
+        }
+        let b = m.read(blk, mt::LF)?;
+        let lf = Leaf::parse(&b).ok_or_else(|| FsError::corrupt(blk, "short leaf"))?;
+        if lf.depth > ip.di.depth {
+            return Err(FsError::corrupt(
+                blk,
+                format!("leaf depth {} > directory depth {}", lf.depth, ip.di.depth),
+            ));
+        }
+        depth.get_or_insert(lf.depth);
+        out.extend(parse_dirents(&b, LEAF_SIZE, blk)?);
+        blk = lf.next;
+    }
+    Ok((out, depth.unwrap_or(0)))
+}
+
+fn slot_of(hash: u32, depth: u16) -> u64 {
+    if depth == 0 {
+        0
+    } else {
+        (hash >> (32 - depth as u32)) as u64
+    }
+}
+
+/// Look a name up.
+pub fn lookup(m: Meta<'_>, ip: &Inode, name: &[u8]) -> Result<Option<DirEntry>> {
+    if !ip.is_dir() {
+        return Err(FsError::Errno(libc::ENOTDIR));
+    }
+    let hash = disk_hash(name);
+    let entries = if is_exhash(ip) {
+        let slot = slot_of(hash, ip.di.depth);
+        let leaf = hash_ptrs(m, ip, slot, 1)?
+            .first()
+            .copied()
+            .ok_or_else(|| FsError::corrupt(ip.ino, "short hash table"))?;
+        leaf_chain(m, ip, leaf)?.0
+    } else {
+        linear_entries(m, ip)?
+    };
+    Ok(entries
+        .into_iter()
+        .find(|e| e.hash == hash && e.name == name))
+}
+
+fn linear_entries(m: Meta<'_>, ip: &Inode) -> Result<Vec<DirEntry>> {
+    if !ip.is_stuffed() {
+        return Err(FsError::corrupt(
+            ip.ino,
+            "unstuffed directory without a hash table",
+        ));
+    }
+    let _ = m;
+    parse_dirents(&ip.block, DINODE_SIZE, ip.ino)
+}
+
+/// Sort entries of one leaf chain (or a linear directory) and give each its
+/// cookie.
+fn keyed(mut entries: Vec<DirEntry>) -> Vec<(u64, DirEntry)> {
+    entries.sort_by(|a, b| (a.hash, &a.name).cmp(&(b.hash, &b.name)));
+    let mut out = Vec::with_capacity(entries.len());
+    let mut prev = None;
+    let mut n = 0u64;
+    for e in entries {
+        let g = e.group();
+        if prev == Some(g) {
+            n += 1;
+        } else {
+            n = 0;
+            prev = Some(g);
+        }
+        out.push(((g << 32) | n.min(u32::MAX as u64), e));
+    }
+    out
+}
+
+/// List entries whose cookie is `>= from`, in cookie order, calling `emit`
+/// with each entry and its cookie until it returns `false`.
+pub fn readdir(
+    m: Meta<'_>,
+    ip: &Inode,
+    from: u64,
+    mut emit: impl FnMut(u64, &DirEntry) -> bool,
+) -> Result<()> {
+    if !ip.is_dir() {
+        return Err(FsError::Errno(libc::ENOTDIR));
+    }
+    if !is_exhash(ip) {
+        for (k, e) in keyed(linear_entries(m, ip)?) {
+            if k >= from && !emit(k, &e) {
+                break;
+            }
+        }
+        return Ok(());
+    }
+    let depth = ip.di.depth;
+    let slots = 1u64 << depth;
+    let from_hash = ((from >> 32) as u32) << 1;
+    let mut slot = slot_of(from_hash, depth);
+    const CHUNK: u64 = 512;
+    let mut cache: (u64, Vec<u64>) = (u64::MAX, Vec::new());
+    while slot < slots {
+        let base = slot - slot % CHUNK;
+        if cache.0 != base {
+            cache = (base, hash_ptrs(m, ip, base, CHUNK.min(slots - base))?);
+        }
+        let leaf = cache
+            .1
+            .get((slot - base) as usize)
+            .copied()
+            .ok_or_else(|| FsError::corrupt(ip.ino, "short hash table"))?;
+        let (entries, ld) = leaf_chain(m, ip, leaf)?;
+        let span = 1u64 << (depth - ld);
+        for (k, e) in keyed(entries) {
+            if k >= from && !emit(k, &e) {
+                return Ok(());
+            }
+        }
+        slot = (slot - slot % span) + span;
+    }
+    Ok(())
+}
