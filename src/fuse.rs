@@ -1,1 +1,366 @@
-pub fn placeholder() {}
+//! The FUSE adapter: maps `fuser` requests to [`Fs`] operations and errors to
+//! errno. Thin on purpose; every rule about the filesystem lives in the core.
+//!
+//! FUSE inode 1 is the root directory; every other FUSE inode number is the
+//! dinode's block address (block 1 is never a dinode). Permission checks are
+//! the kernel's (`default_permissions` is always set), and with `acl` the
+//! kernel also enforces POSIX ACLs read through `getxattr`.
+
+use crate::error::FsError;
+use crate::fs::{Attr, Fs};
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, MountOption, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long the kernel may cache attributes and entries. With a cluster lock
+/// manager another node may change things at any time, so keep it short.
+const TTL: Duration = Duration::from_secs(1);
+
+/// FUSE-side options.
+#[derive(Debug, Clone, Default)]
+pub struct FuseOptions {
+    /// `allow_other`.
+    pub allow_other: bool,
+    /// Serve requests on this many threads (default 4).
+    pub threads: Option<usize>,
+    /// Name shown in /proc/mounts as the source.
+    pub fsname: String,
+}
+
+/// The `fuser::Filesystem` over a mounted [`Fs`].
+pub struct Gfs2Fuse {
+    fs: Arc<Fs>,
+}
+
+fn errno(e: &FsError) -> Errno {
+    if let FsError::Corrupt { .. } | FsError::Io { .. } = e {
+        tracing::error!("{e}");
+    }
+    Errno::from_i32(e.errno())
+}
+
+fn time(t: (i64, u32)) -> SystemTime {
+    let (s, ns) = t;
+    if s >= 0 {
+        UNIX_EPOCH + Duration::new(s as u64, ns)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(s.unsigned_abs()) + Duration::from_nanos(ns as u64)
+    }
+}
+
+fn kind_of(mode: u32) -> FileType {
+    match mode & 0o170000 {
+        0o040000 => FileType::Directory,
+        0o120000 => FileType::Symlink,
+        0o020000 => FileType::CharDevice,
+        0o060000 => FileType::BlockDevice,
+        0o010000 => FileType::NamedPipe,
+        0o140000 => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn dtype_kind(dt: u16) -> FileType {
+    match dt {
+        4 => FileType::Directory,
+        10 => FileType::Symlink,
+        2 => FileType::CharDevice,
+        6 => FileType::BlockDevice,
+        1 => FileType::NamedPipe,
+        12 => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+impl Gfs2Fuse {
+    /// An adapter over `fs`.
+    pub fn new(fs: Arc<Fs>) -> Self {
+        Gfs2Fuse { fs }
+    }
+
+    fn ino(&self, i: INodeNo) -> u64 {
+        if i.0 == 1 {
+            self.fs.root()
+        } else {
+            i.0
+        }
+    }
+
+    fn fuse_ino(&self, ino: u64) -> INodeNo {
+        if ino == self.fs.root() {
+            INodeNo(1)
+        } else {
+            INodeNo(ino)
+        }
+    }
+
+    fn attr(&self, a: &Attr) -> FileAttr {
+        FileAttr {
+            ino: self.fuse_ino(a.ino),
+            size: a.size,
+            blocks: a.blocks,
+            atime: time(a.atime),
+            mtime: time(a.mtime),
+            ctime: time(a.ctime),
+            crtime: time(a.ctime),
+            kind: kind_of(a.mode),
+            perm: (a.mode & 0o7777) as u16,
+            nlink: a.nlink,
+            uid: a.uid,
+            gid: a.gid,
+            rdev: a.rdev,
+            blksize: a.blksize,
+            flags: 0,
+        }
+    }
+}
+
+impl fuser::Filesystem for Gfs2Fuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_readahead(1 << 20);
+        let mut caps = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS;
+        if self.fs.options().acl {
+            caps |= InitFlags::FUSE_POSIX_ACL;
+        }
+        if let Err(missing) = config.add_capabilities(caps) {
+            tracing::warn!("kernel lacks FUSE capabilities {missing:?}");
+            if self.fs.options().acl && missing.contains(InitFlags::FUSE_POSIX_ACL) {
+                return Err(std::io::Error::other(
+                    "kernel FUSE has no POSIX ACL support",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        if let Err(e) = self.fs.unmount() {
+            tracing::error!("unmount: {e}");
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.fs.lookup(self.ino(parent), name.as_bytes()) {
+            Ok(a) => reply.entry(&TTL, &self.attr(&a), Generation(a.generation)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(self.ino(ino)) {
+            Ok(a) => reply.attr(&TTL, &self.attr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(self.ino(ino)) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, _ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+            // The write path is not there yet.
+            return reply.error(Errno::EROFS);
+        }
+        reply.opened(FileHandle(0), FopenFlags::empty());
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.fs.read(self.ino(ino), offset, size as usize) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let r = self.fs.readdir(self.ino(ino), offset, |e| {
+            !reply.add(
+                self.fuse_ino(e.ino),
+                e.next,
+                dtype_kind(e.dtype),
+                OsStr::from_bytes(&e.name),
+            )
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        // Collect names under the directory's glock, then stat each entry
+        // under its own: never two inode glocks at once.
+        let mut items = Vec::new();
+        let r = self.fs.readdir(self.ino(ino), offset, |e| {
+            items.push(e.clone());
+            items.len() < 256
+        });
+        if let Err(e) = r {
+            return reply.error(errno(&e));
+        }
+        for it in items {
+            let a = match self.fs.getattr(it.ino) {
+                Ok(a) => a,
+                Err(e) => {
+                    // One damaged inode must not hide the rest of the directory.
+                    tracing::warn!("readdirplus: inode {}: {e}", it.ino);
+                    continue;
+                }
+            };
+            let fa = self.attr(&a);
+            if reply.add(
+                fa.ino,
+                it.next,
+                OsStr::from_bytes(&it.name),
+                &TTL,
+                &fa,
+                Generation(a.generation),
+            ) {
+                break;
+            }
+        }
+        reply.ok()
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.fs.statfs() {
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bfree, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
+            ),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.fs.getxattr(self.ino(ino), name.as_bytes()) {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() <= size as usize => reply.data(&v),
+            Ok(_) => reply.error(Errno::ERANGE),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.fs.listxattr(self.ino(ino)) {
+            Ok(names) => {
+                let mut buf = Vec::new();
+                for n in names {
+                    buf.extend_from_slice(&n);
+                    buf.push(0);
+                }
+                if size == 0 {
+                    reply.size(buf.len() as u32)
+                } else if buf.len() <= size as usize {
+                    reply.data(&buf)
+                } else {
+                    reply.error(Errno::ERANGE)
+                }
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let Ok(off) = u64::try_from(offset) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let hole = match whence {
+            libc::SEEK_DATA => false,
+            libc::SEEK_HOLE => true,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        match self.fs.seek(self.ino(ino), off, hole) {
+            Ok(o) => reply.offset(o as i64),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
+
+/// The fuser configuration for a mount of `fs`.
+pub fn config(fs: &Fs, opts: &FuseOptions) -> fuser::Config {
+    let mut mo = vec![
+        MountOption::FSName(opts.fsname.clone()),
+        MountOption::Subtype("gfs2".into()),
+        MountOption::DefaultPermissions,
+        MountOption::RO,
+        MountOption::Dev,
+        MountOption::Suid,
+    ];
+    if fs.options().read_only {
+        mo.push(MountOption::NoAtime);
+    }
+    let mut c = fuser::Config::default();
+    c.mount_options = mo;
+    if opts.allow_other {
+        c.acl = fuser::SessionACL::All;
+    }
+    c.n_threads = Some(opts.threads.unwrap_or(4).max(1));
+    c.clone_fd = true;
+    c
+}
+
+/// Mount `fs` at `mountpoint` and serve it on background threads until the
+/// returned session is dropped or unmounted.
+pub fn spawn(
+    fs: Arc<Fs>,
+    mountpoint: &Path,
+    opts: &FuseOptions,
+) -> std::io::Result<fuser::BackgroundSession> {
+    let cfg = config(&fs, opts);
+    fuser::spawn_mount(Gfs2Fuse::new(fs), mountpoint, &cfg)
+}
+
+/// A mounted session that is not yet serving: lets the caller report success
+/// (and detach) between the mount and the serving loop.
+pub fn session(
+    fs: Arc<Fs>,
+    mountpoint: &Path,
+    opts: &FuseOptions,
+) -> std::io::Result<fuser::Session<Gfs2Fuse>> {
+    let cfg = config(&fs, opts);
+    fuser::Session::new(Gfs2Fuse::new(fs), mountpoint, &cfg)
+}

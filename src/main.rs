@@ -1,1 +1,230 @@
-fn main() {}
+//! `gfs2-fuse`: mount a GFS2 filesystem through FUSE.
+//!
+//! ```text
+//! gfs2-fuse mount DEVICE MOUNTPOINT [-o OPTIONS] [-f]
+//! gfs2-fuse DEVICE MOUNTPOINT [-o OPTIONS] [-f]     (the form mount.fuse3 uses)
+//! ```
+//! Without `-f` the program detaches once the mount is ready; mount errors
+//! are reported before that, with a non-zero exit status.
+
+use anyhow::{anyhow, bail, Context, Result};
+use gfs2fuse::dev::file::{FileDevice, OpenFlags};
+use gfs2fuse::fs::{Fs, MountOptions};
+use gfs2fuse::fuse::{self, FuseOptions};
+use std::io::{Read, Write};
+use std::os::fd::FromRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+struct Args {
+    device: PathBuf,
+    mountpoint: PathBuf,
+    foreground: bool,
+    mount: MountOptions,
+    fuse: FuseOptions,
+}
+
+const USAGE: &str = "usage: gfs2-fuse mount DEVICE MOUNTPOINT [-o OPTIONS] [-f]\n\
+options: lockproto=, locktable=, hostdata=jid=N, ro, acl, norecovery, spectator,\n\
+         allow_other, default_permissions (always on), and the generic rw, dev, suid, ...";
+
+fn parse_options(s: &str, a: &mut Args) -> Result<()> {
+    for o in s.split(',').filter(|o| !o.is_empty()) {
+        let (k, v) = o.split_once('=').map_or((o, None), |(k, v)| (k, Some(v)));
+        match (k, v) {
+            ("lockproto", Some(v)) => a.mount.lockproto = Some(v.to_string()),
+            ("locktable", Some(v)) => a.mount.locktable = Some(v.to_string()),
+            ("hostdata", Some(v)) => {
+                for part in v.split(':') {
+                    if let Some(j) = part.strip_prefix("jid=") {
+                        a.mount.jid = Some(j.parse().with_context(|| format!("bad jid {j:?}"))?);
+                    }
+                }
+            }
+            ("ro", None) => a.mount.read_only = true,
+            ("rw", None) => a.mount.read_only = false,
+            ("acl", None) => a.mount.acl = true,
+            ("noacl", None) => a.mount.acl = false,
+            ("norecovery", None) => a.mount.norecovery = true,
+            ("spectator", None) => a.mount.spectator = true,
+            ("allow_other", None) => a.fuse.allow_other = true,
+            ("threads", Some(v)) => a.fuse.threads = Some(v.parse().context("threads=")?),
+            // Generic mount options the kernel applies to the FUSE mount or
+            // that mean nothing here.
+            (
+                "default_permissions"
+                | "dev"
+                | "nodev"
+                | "suid"
+                | "nosuid"
+                | "exec"
+                | "noexec"
+                | "atime"
+                | "noatime"
+                | "relatime"
+                | "nodiratime"
+                | "defaults"
+                | "_netdev"
+                | "auto"
+                | "noauto"
+                | "user"
+                | "nouser"
+                | "localflocks"
+                | "nobarrier"
+                | "barrier",
+                None,
+            ) => {}
+            _ => bail!("unknown mount option {o:?}\n{USAGE}"),
+        }
+    }
+    Ok(())
+}
+
+fn parse_args() -> Result<Args> {
+    let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("mount") {
+        argv.remove(0);
+    }
+    let mut pos = Vec::new();
+    let mut a = Args {
+        device: PathBuf::new(),
+        mountpoint: PathBuf::new(),
+        foreground: false,
+        mount: MountOptions::default(),
+        fuse: FuseOptions::default(),
+    };
+    let mut it = argv.into_iter();
+    while let Some(x) = it.next() {
+        match x.as_str() {
+            "-f" => a.foreground = true,
+            "-o" => {
+                let o = it
+                    .next()
+                    .ok_or_else(|| anyhow!("-o needs an argument\n{USAGE}"))?;
+                parse_options(&o, &mut a)?;
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            s if s.starts_with("-o") => parse_options(&s[2..], &mut a)?,
+            s if s.starts_with('-') => bail!("unknown flag {s}\n{USAGE}"),
+            _ => pos.push(x),
+        }
+    }
+    if pos.len() != 2 {
+        bail!("{USAGE}");
+    }
+    a.device = PathBuf::from(&pos[0]);
+    a.mountpoint = PathBuf::from(&pos[1]);
+    a.fuse.fsname = pos[0].clone();
+    Ok(a)
+}
+
+fn mount(a: &mut Args) -> Result<fuser::Session<fuse::Gfs2Fuse>> {
+    // Open read-write even for `ro`: a dirty journal is replayed anyway when
+    // the device allows it, as the kernel does.
+    let dev = match FileDevice::open(&a.device, OpenFlags::default()) {
+        Ok(d) => d,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EROFS)) => {
+            a.mount.device_read_only = true;
+            FileDevice::open(
+                &a.device,
+                OpenFlags {
+                    read_only: true,
+                    direct: false,
+                },
+            )?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let fs = Fs::mount(Arc::new(dev), a.mount.clone())
+        .with_context(|| format!("mounting {}", a.device.display()))?;
+    fuse::session(fs, &a.mountpoint, &a.fuse)
+        .with_context(|| format!("FUSE mount on {}", a.mountpoint.display()))
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("gfs2-fuse: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    if args.foreground {
+        match mount(&mut args) {
+            Ok(s) => {
+                if let Err(e) = s.run() {
+                    eprintln!("gfs2-fuse: {e}");
+                    std::process::exit(1);
+                }
+            }
+            Err(e) => {
+                eprintln!("gfs2-fuse: {e:#}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
+    // Detach: the child mounts and tells the parent through a pipe whether
+    // the mount is ready; the parent exits with that status. Forking happens
+    // before any thread exists.
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe() fills two descriptors we then own.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        eprintln!("gfs2-fuse: pipe: {}", std::io::Error::last_os_error());
+        std::process::exit(1);
+    }
+    // SAFETY: single-threaded at this point.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        eprintln!("gfs2-fuse: fork: {}", std::io::Error::last_os_error());
+        std::process::exit(1);
+    }
+    if pid > 0 {
+        // SAFETY: fds[1] is ours; close the write end, read the status.
+        unsafe { libc::close(fds[1]) };
+        let mut r = unsafe { std::fs::File::from_raw_fd(fds[0]) };
+        let mut b = [1u8; 1];
+        let ok = r.read_exact(&mut b).is_ok() && b[0] == 0;
+        std::process::exit(if ok { 0 } else { 1 });
+    }
+    // SAFETY: the child owns fds[1]; fds[0] is the parent's.
+    unsafe { libc::close(fds[0]) };
+    let mut w = unsafe { std::fs::File::from_raw_fd(fds[1]) };
+    unsafe { libc::setsid() };
+    match mount(&mut args) {
+        Ok(s) => {
+            let _ = w.write_all(&[0]);
+            drop(w);
+            // Detach from the terminal.
+            if let Ok(null) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+            {
+                use std::os::fd::AsRawFd;
+                // SAFETY: dup2 onto the standard descriptors.
+                unsafe {
+                    libc::dup2(null.as_raw_fd(), 0);
+                    libc::dup2(null.as_raw_fd(), 1);
+                    libc::dup2(null.as_raw_fd(), 2);
+                }
+            }
+            let _ = s.run();
+        }
+        Err(e) => {
+            eprintln!("gfs2-fuse: {e:#}");
+            let _ = w.write_all(&[1]);
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,55 +1,15 @@
 //! The filesystem library on images made at test time by gfs2-utils'
 //! mkfs.gfs2 (the oracle for the layout), without FUSE.
 
+mod common;
+
+use common::{mkfs, tool, TempPath as TempImage};
+
 use gfs2fuse::dev::file::{FileDevice, OpenFlags};
 use gfs2fuse::fs::{Fs, MountOptions};
 use gfs2fuse::log::recovery;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-
-fn tool(name: &str) -> PathBuf {
-    for d in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
-        let p = Path::new(d).join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("{name} not found: install gfs2-utils (scripts/test.sh does)");
-}
-
-struct TempImage(PathBuf);
-impl Drop for TempImage {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn mkfs(bsize: u32, journals: u32, size_mb: u64, tag: &str) -> TempImage {
-    let p = std::env::temp_dir().join(format!("readpath-{tag}-{}.img", std::process::id()));
-    let f = std::fs::File::create(&p).unwrap();
-    f.set_len(size_mb << 20).unwrap();
-    drop(f);
-    let out = Command::new(tool("mkfs.gfs2"))
-        .args([
-            "-O",
-            "-p",
-            "lock_nolock",
-            "-b",
-            &bsize.to_string(),
-            "-j",
-            &journals.to_string(),
-        ])
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mkfs.gfs2: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    TempImage(p)
-}
 
 fn open(img: &TempImage) -> Arc<Fs> {
     let dev = FileDevice::open(&img.0, OpenFlags::default()).unwrap();

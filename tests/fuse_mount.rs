@@ -1,0 +1,114 @@
+//! The `gfs2-fuse` binary and the FUSE adapter on real FUSE mounts of images
+//! made at test time by gfs2-utils' mkfs.gfs2.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_gfs2-fuse")
+}
+
+#[test]
+fn binary_mounts_detaches_and_unmounts() {
+    let img = mkfs(4096, 2, 256, "bin");
+    let mnt = mountpoint("bin");
+    let out = Command::new(bin())
+        .arg("mount")
+        .arg(&img.0)
+        .arg(&mnt.0)
+        .output()
+        .unwrap();
+    let _guard = MountGuard(mnt.0.clone());
+    assert!(
+        out.status.success(),
+        "mount failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        is_mounted(&mnt.0),
+        "not in /proc/mounts after the daemon reported success"
+    );
+    // The root directory of a fresh filesystem: empty, mode from mkfs.
+    let md = std::fs::metadata(&mnt.0).unwrap();
+    assert!(md.is_dir());
+    let names: Vec<_> = std::fs::read_dir(&mnt.0).unwrap().collect();
+    assert!(names.is_empty(), "{names:?}");
+    // statfs through FUSE equals gfs2-utils' statfs file view: total blocks
+    // of the filesystem's resource groups, as `gfs2_edit -p statfs` prints.
+    let st = nix_statvfs(&mnt.0);
+    let edit = Command::new(tool("gfs2_edit"))
+        .args(["-p", "statfs"])
+        .arg(&img.0)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&edit.stdout);
+    let total = field(&text, "sc_total");
+    let free = field(&text, "sc_free");
+    assert_eq!(st.0, total, "f_blocks vs sc_total\n{text}");
+    assert_eq!(st.1, free, "f_bfree vs sc_free\n{text}");
+}
+
+#[test]
+fn mount_fuse3_form_and_errors_before_detaching() {
+    // A file that is not GFS2: the mount must fail with a clear message and
+    // a non-zero exit, without leaving a mount behind.
+    let bad = std::env::temp_dir().join(format!("notgfs2-{}.img", std::process::id()));
+    std::fs::write(&bad, vec![0u8; 1 << 20]).unwrap();
+    let bad = TempPath(bad);
+    let mnt = mountpoint("bad");
+    let out = Command::new(bin())
+        .arg(&bad.0)
+        .arg(&mnt.0)
+        .args(["-o", "rw,nosuid,nodev"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a GFS2 filesystem"), "{err}");
+    assert!(!is_mounted(&mnt.0));
+    // Unknown options are refused.
+    let img = mkfs(1024, 1, 64, "opts");
+    let out = Command::new(bin())
+        .arg(&img.0)
+        .arg(&mnt.0)
+        .args(["-o", "bogus_option"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!is_mounted(&mnt.0));
+    // The mount.fuse3 form with kernel-style options works.
+    let out = Command::new(bin())
+        .arg(&img.0)
+        .arg(&mnt.0)
+        .args(["-o", "rw,dev,suid,lockproto=lock_nolock,hostdata=jid=0,acl"])
+        .output()
+        .unwrap();
+    let _guard = MountGuard(mnt.0.clone());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(is_mounted(&mnt.0));
+    // Writing is refused until the write path exists.
+    assert!(std::fs::File::create(mnt.0.join("x")).is_err());
+}
+
+fn field(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some(name)).then(|| w.next().unwrap().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("{name} not in gfs2_edit output:\n{text}"))
+}
+
+fn nix_statvfs(p: &std::path::Path) -> (u64, u64) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
+    (s.f_blocks, s.f_bfree)
+}
