@@ -265,6 +265,7 @@ impl Fs {
                 jinode: j.ino,
                 statfs_addr: per_node_ino(format!("statfs_change{}", j.jid)),
                 quota_addr: per_node_ino(format!("quota_change{}", j.jid)),
+                master_statfs_addr: self.statfs_inos.first().copied().unwrap_or(0),
             };
             let stats =
                 recovery::recover(self.dev.as_ref(), self.sb.bsize, &j.extents, &head, &clean)

@@ -248,6 +248,9 @@ pub struct CleanHeader {
     pub statfs_addr: u64,
     /// The journal owner's quota change file.
     pub quota_addr: u64,
+    /// The master statfs file: the head's local statfs changes are added to
+    /// it after replay (`recover_local_statfs`), then `statfs_addr` is zeroed.
+    pub master_statfs_addr: u64,
 }
 
 /// Replay the journal from `head.lh.tail` to `head.lblock` and write a clean
@@ -273,6 +276,7 @@ pub fn recover(
         walk(&j, tail, head.lblock, pass, &mut revokes, &mut stats)?;
     }
     dev.flush().map_err(|e| RecoveryError::Io(e.to_string()))?;
+    recover_local_statfs(&j, head, clean)?;
     write_clean_header(&j, head, clean)?;
     Ok(stats)
 }
@@ -421,6 +425,43 @@ fn walk(
         }
     }
     Ok(())
+}
+
+/// Fold the statfs changes recorded in the head into the master statfs file
+/// and zero the journal owner's local changes, as the kernel does after
+/// replay. Both files are stuffed dinodes holding a `gfs2_statfs_change`
+/// after the dinode header.
+fn recover_local_statfs(j: &JournalMap<'_>, head: &Head, clean: &CleanHeader) -> Result<()> {
+    let lh = &head.lh;
+    if lh.local_total == 0 && lh.local_free == 0 && lh.local_dinodes == 0 {
+        return Ok(());
+    }
+    if clean.master_statfs_addr == 0 || clean.statfs_addr == 0 {
+        return Ok(());
+    }
+    let io = |e: crate::error::FsError| RecoveryError::Io(e.to_string());
+    let bs = j.bsize as u64;
+    let sc = crate::format::DINODE_SIZE;
+    let mut m = read_block(j.dev, j.bsize, clean.master_statfs_addr).map_err(io)?;
+    crate::buf::check_header(&m, clean.master_statfs_addr, mt::DI).map_err(io)?;
+    for (i, d) in [lh.local_total, lh.local_free, lh.local_dinodes]
+        .into_iter()
+        .enumerate()
+    {
+        let v = be64(&m, sc + 8 * i).unwrap_or(0).wrapping_add(d);
+        put64(&mut m, sc + 8 * i, v);
+    }
+    let mut l = read_block(j.dev, j.bsize, clean.statfs_addr).map_err(io)?;
+    crate::buf::check_header(&l, clean.statfs_addr, mt::DI).map_err(io)?;
+    l[sc..sc + 24].fill(0);
+    let w = |addr: u64, b: &[u8]| {
+        j.dev
+            .write_at(b, addr * bs)
+            .map_err(|e| RecoveryError::Io(e.to_string()))
+    };
+    w(clean.master_statfs_addr, &m)?;
+    w(clean.statfs_addr, &l)?;
+    j.dev.flush().map_err(|e| RecoveryError::Io(e.to_string()))
 }
 
 /// Build a log header block (`gfs2_write_log_header`).
