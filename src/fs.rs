@@ -336,9 +336,12 @@ impl Fs {
     fn read_rindex(&self, ino: u64) -> Result<Vec<Rindex>> {
         let fs_blocks = self.dev.size() / self.sb.bsize as u64;
         self.with_inode(ino, |m, ip| {
+            // One 96-byte entry per resource group; no rgrp is smaller than
+            // a few blocks, so anything bigger is damage.
+            let cap = (fs_blocks / 4).saturating_mul(96).min(1 << 30);
             let size = usize::try_from(ip.di.size)
                 .ok()
-                .filter(|s| *s <= (1 << 30))
+                .filter(|s| (*s as u64) <= cap)
                 .ok_or_else(|| FsError::corrupt(ino, "rindex absurdly large"))?;
             let mut data = vec![0u8; size];
             let n = bmap::read_data(m, ip, 0, &mut data)?;
@@ -561,6 +564,9 @@ impl Fs {
 pub fn journal_extents(m: Meta<'_>, ip: &Inode) -> Result<Vec<JournalExtent>> {
     let bsize = m.bsize() as u64;
     let nblocks = ip.di.size / bsize;
+    if ip.di.size > m.cache.device().size() {
+        return Err(FsError::corrupt(ip.ino, "journal larger than the device"));
+    }
     if ip.is_stuffed() || nblocks == 0 {
         return Err(FsError::corrupt(ip.ino, "journal is empty or stuffed"));
     }

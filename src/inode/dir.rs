@@ -122,12 +122,23 @@ fn hash_ptrs(m: Meta<'_>, ip: &Inode, first: u64, count: u64) -> Result<Vec<u64>
 
 /// All entries of the leaf chain starting at `leaf`, and the first leaf's depth.
 fn leaf_chain(m: Meta<'_>, ip: &Inode, leaf: u64) -> Result<(Vec<DirEntry>, u16)> {
-    let mut seen = HashSet::new();
+    leaf_chain_seen(m, ip, leaf, &mut HashSet::new())
+}
+
+/// As [`leaf_chain`], refusing leaves already in `seen`: within one readdir a
+/// leaf is read once, whatever a damaged hash table or chain claims.
+fn leaf_chain_seen(
+    m: Meta<'_>,
+    ip: &Inode,
+    leaf: u64,
+    seen: &mut HashSet<u64>,
+) -> Result<(Vec<DirEntry>, u16)> {
     let mut out = Vec::new();
+    let first = seen.len();
     let mut blk = leaf;
     let mut depth = None;
     while blk != 0 {
-        if !seen.insert(blk) || seen.len() > MAX_CHAIN {
+        if !seen.insert(blk) || seen.len() - first > MAX_CHAIN {
             return Err(FsError::corrupt(blk, "directory leaf chain loops"));
         }
         let b = m.read(blk, mt::LF)?;
@@ -230,6 +241,7 @@ pub fn readdir(
     let mut slot = slot_of(from_hash, depth);
     const CHUNK: u64 = 512;
     let mut cache: (u64, Vec<u64>) = (u64::MAX, Vec::new());
+    let mut seen = HashSet::new();
     while slot < slots {
         let base = slot - slot % CHUNK;
         if cache.0 != base {
@@ -240,7 +252,12 @@ pub fn readdir(
             .get((slot - base) as usize)
             .copied()
             .ok_or_else(|| FsError::corrupt(ip.ino, "short hash table"))?;
-        let (entries, ld) = leaf_chain(m, ip, leaf)?;
+        if seen.contains(&leaf) {
+            // A slot pointing to a leaf already listed: damaged leaf depths.
+            slot += 1;
+            continue;
+        }
+        let (entries, ld) = leaf_chain_seen(m, ip, leaf, &mut seen)?;
         let span = 1u64 << (depth - ld);
         for (k, e) in keyed(entries) {
             if k >= from && !emit(k, &e) {
