@@ -213,3 +213,4 @@ pub fn walk(fs: &gfs2fuse::fs::Fs, start: u64, max_inodes: usize) -> (usize, usi
     }
     (ok, errs)
 }
+pub mod kvm;
