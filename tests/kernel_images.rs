@@ -131,6 +131,10 @@ fn kernel_made_images_read_identically() {
             .unwrap();
         assert!(st.status.success(), "fsck.gfs2 -n on {tag}");
     }
+    // Random corruption through FUSE: flip bytes in metadata blocks of the
+    // kernel-made 1024-byte-block image, mount with the binary and walk the
+    // tree with the standard library; the daemon must survive every walk.
+    fuse_corruption_trials(&imgs[1].0, 1024, 25);
     // ACLs are enforced with `acl`: user 1000 may read acl/secret (mode 0600,
     // owner root) only through its ACL entry.
     let img = &imgs[0].0;
@@ -226,6 +230,43 @@ echo b > /proc/sysrq-trigger
         .output()
         .unwrap();
     assert!(!pre.status.success(), "crashed image unexpectedly clean");
+    // A read-only device cannot be replayed: the mount is refused, as the
+    // kernel refuses it ("Can't replay: read-only block device").
+    {
+        use gfs2fuse::dev::file::{FileDevice, OpenFlags};
+        use gfs2fuse::fs::{Fs, MountOptions};
+        let ro = FileDevice::open(
+            &img.0,
+            OpenFlags {
+                read_only: true,
+                direct: false,
+            },
+        )
+        .unwrap();
+        let opts = MountOptions {
+            read_only: true,
+            device_read_only: true,
+            ..Default::default()
+        };
+        let err = Fs::mount(std::sync::Arc::new(ro), opts)
+            .err()
+            .expect("mount refused");
+        assert!(err.to_string().contains("read-only"), "{err}");
+        // norecovery (spectator) mounts without touching the journal.
+        let dev = FileDevice::open(&img.0, OpenFlags::default()).unwrap();
+        let opts = MountOptions {
+            norecovery: true,
+            ..Default::default()
+        };
+        let fs = Fs::mount(std::sync::Arc::new(dev), opts).unwrap();
+        fs.unmount().unwrap();
+        let still = Command::new(tool("fsck.gfs2"))
+            .arg("-n")
+            .arg(&img.0)
+            .output()
+            .unwrap();
+        assert!(!still.status.success(), "norecovery replayed the journal");
+    }
     let ours = with_mount(&img.0, "rw", "crash", |m| {
         for l in &sums {
             let mut w = l.split_whitespace().skip(1);
@@ -265,4 +306,101 @@ echo b > /proc/sysrq-trigger
     let console2 = run_vm(w2, &[img.0.as_path()]);
     assert!(!console2.contains("MOUNTFAIL"), "{console2}");
     compare(&section(&console2, "after"), &ours, "recovered image");
+}
+
+fn fuse_corruption_trials(img: &Path, bsize: u64, trials: u64) {
+    let base = std::fs::read(img).unwrap();
+    let meta: Vec<u64> = base
+        .chunks(bsize as usize)
+        .enumerate()
+        .filter(|(_, b)| b[..4] == [0x01, 0x16, 0x19, 0x70])
+        .map(|(i, _)| i as u64)
+        .collect();
+    let copy =
+        TempPath(std::env::temp_dir().join(format!("fusecorrupt-{}.img", std::process::id())));
+    let mut seed = 0x1357_9bdf_2468_ace0u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut mounted = 0;
+    for t in 0..trials {
+        let mut b = base.clone();
+        for _ in 0..1 + next() % 6 {
+            let blk = meta[(next() % meta.len() as u64) as usize];
+            let off = blk * bsize + next() % bsize;
+            if off >= 65536 + 512 || off < 65536 {
+                b[off as usize] = next() as u8;
+            }
+        }
+        std::fs::write(&copy.0, &b).unwrap();
+        let mnt = mountpoint(&format!("fc{t}"));
+        let out = Command::new(bin())
+            .arg("mount")
+            .arg(&copy.0)
+            .arg(&mnt.0)
+            .args(["-o", "ro"])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            assert!(!is_mounted(&mnt.0));
+            continue;
+        }
+        mounted += 1;
+        let guard = MountGuard(mnt.0.clone());
+        let mut todo = vec![mnt.0.clone()];
+        let mut n = 0;
+        while let Some(p) = todo.pop() {
+            n += 1;
+            let md = std::fs::symlink_metadata(&p);
+            let _ = std::fs::read_link(&p);
+            list_and_get_xattrs(&p);
+            match md.map(|m| m.file_type()) {
+                Ok(t) if t.is_dir() => {
+                    if let Ok(rd) = std::fs::read_dir(&p) {
+                        todo.extend(rd.flatten().map(|e| e.path()));
+                    }
+                }
+                // Only regular files: opening a FIFO would wait for a writer.
+                Ok(t) if t.is_file() => {
+                    let _ = std::fs::read(&p);
+                }
+                _ => {}
+            }
+            if n > 2000 {
+                break;
+            }
+        }
+        // The daemon is still serving: the root answers.
+        assert!(
+            std::fs::symlink_metadata(&mnt.0).is_ok(),
+            "daemon died in trial {t}"
+        );
+        assert!(is_mounted(&mnt.0));
+        drop(guard);
+    }
+    eprintln!("{trials} FUSE corruption trials, {mounted} mounted");
+}
+
+/// listxattr + getxattr of every name, through libc (no symlink following).
+fn list_and_get_xattrs(p: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let mut names = vec![0u8; 65536];
+    // SAFETY: buffers are sized as passed.
+    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if n <= 0 {
+        return;
+    }
+    let mut val = vec![0u8; 65536];
+    for name in names[..n as usize]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+    {
+        let cn = std::ffi::CString::new(name).unwrap();
+        // SAFETY: as above.
+        unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), val.as_mut_ptr().cast(), val.len()) };
+    }
 }

@@ -9,10 +9,10 @@
 //! - [`mem`]: an in-process lock manager with real conflicts and blocking
 //!   callbacks, so several filesystem instances in one process behave as the
 //!   nodes of a cluster (tests and simulation).
-//! - `dlm` (not yet here): the Linux DLM through its userspace device. It will
-//!   implement [`LockProto`] and [`Lockspace`] like the others; resource and
-//!   lockspace names come from [`names`] so that a FUSE node and a kernel node
-//!   lock the same resources.
+//! - [`dlm`] (placeholder, joining fails): the Linux DLM through its userspace
+//!   device. It will implement [`LockProto`] and [`Lockspace`] like the
+//!   others; resource and lockspace names come from [`names`] so that a FUSE
+//!   node and a kernel node lock the same resources.
 //!
 //! The model follows the DLM: one lock per resource per node, requested and
 //! then *converted* between modes; requests may complete synchronously
@@ -21,6 +21,7 @@
 //! node's request gets [`LockCallbacks::blocking`] and is expected to convert
 //! down or unlock when it can.
 
+pub mod dlm;
 pub mod mem;
 pub mod names;
 pub mod nolock;
@@ -241,6 +242,7 @@ pub trait Lockspace: Send + Sync {
 pub fn by_name(name: &str) -> Option<Arc<dyn LockProto>> {
     match name {
         "lock_nolock" => Some(Arc::new(nolock::NoLock)),
+        "lock_dlm" => Some(Arc::new(dlm::Dlm)),
         _ => None,
     }
 }
