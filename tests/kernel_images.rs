@@ -331,7 +331,7 @@ fn fuse_corruption_trials(img: &Path, bsize: u64, trials: u64) {
         for _ in 0..1 + next() % 6 {
             let blk = meta[(next() % meta.len() as u64) as usize];
             let off = blk * bsize + next() % bsize;
-            if off >= 65536 + 512 || off < 65536 {
+            if !(65536..65536 + 512).contains(&off) {
                 b[off as usize] = next() as u8;
             }
         }
