@@ -24,7 +24,7 @@ add() {
     local f=${path[$n]:-}
     [[ -n $f ]] || { echo "module $n not found" >&2; exit 1; }
     local deps
-    deps=$(strings -a "$f" | sed -n 's/^depends=//p' | head -1)
+    deps=$(grep -a -o 'depends=[^[:cntrl:]]*' "$f" | head -1 | sed 's/^depends=//')
     for d in ${deps//,/ }; do add "$d"; done
     order+=("$n")
 }
