@@ -1,1 +1,128 @@
-fn main() {}
+//! `mkfs.gfs2` entry point: parse, check, plan, confirm, write, report — in gfs2-utils' order
+//! so that errors surface at the same point and with the same exit status.
+
+use std::io::{BufRead, Seek, SeekFrom, Write};
+use std::process::ExitCode;
+
+use gfs2_mkfs::cli::{self, Action, EXIT_USAGE};
+use gfs2_mkfs::plan::{self, Align, LayoutParams};
+
+fn usage_exit(msg: &str) -> ExitCode {
+    eprintln!("{msg}");
+    ExitCode::from(EXIT_USAGE as u8)
+}
+
+/// Ask like gfs2-utils: anything starting with y/Y proceeds, n/N or end of input declines,
+/// other answers ask again.
+fn are_you_sure() -> bool {
+    let stdin = std::io::stdin();
+    loop {
+        print!("Are you sure you want to proceed? [y/n] ");
+        let _ = std::io::stdout().flush();
+        let mut line = String::new();
+        match stdin.lock().read_line(&mut line) {
+            Ok(0) | Err(_) => {
+                println!();
+                return false;
+            }
+            Ok(_) => {}
+        }
+        match line.trim_start().chars().next() {
+            Some('y' | 'Y') => return true,
+            Some('n' | 'N') => return false,
+            _ => continue,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    let opts = match cli::parse(&argv) {
+        Ok(Action::Print(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Action::Run(o)) => o,
+        Err(e) => return usage_exit(&e.0),
+    };
+    let path = opts.device.clone().unwrap_or_default();
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("{path}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let dev_size = match file.seek(SeekFrom::End(0)) {
+        Ok(s) if s > 0 => s,
+        _ => {
+            eprintln!("Device '{path}' is too small");
+            return ExitCode::from(1);
+        }
+    };
+    let bsize = opts.bsize;
+    if !(512..=4096).contains(&bsize) || !bsize.is_power_of_two() {
+        return usage_exit("Block size must be a power of two between 512 and 4096");
+    }
+    let mut dev_blocks = dev_size / u64::from(bsize);
+    if let Some(fs) = opts.fssize {
+        if fs > dev_blocks {
+            return usage_exit(&format!(
+                "Specified size is bigger than the device. Device size: {:.2} GB ({} blocks)",
+                dev_size as f64 / f64::from(1u32 << 30),
+                dev_blocks
+            ));
+        }
+        dev_blocks = fs;
+    }
+    let journals = opts.journals as u32;
+    let jsize_mb = match plan::journal_size_mb(
+        bsize,
+        dev_blocks,
+        journals,
+        opts.got_jsize.then_some(opts.jsize),
+    ) {
+        Ok(j) => j,
+        Err(e) => return usage_exit(&e.to_string()),
+    };
+    let topo = opts
+        .test_topology
+        .as_ref()
+        .map(|t| (t.minimum_io_size, t.optimal_io_size, t.physical_sector_size));
+    let stripe = opts.sunit.zip(opts.swidth);
+    let align = match Align::choose(bsize, opts.align, stripe, topo) {
+        Ok(a) => a,
+        Err(e) => return usage_exit(&e.to_string()),
+    };
+    let params = LayoutParams {
+        bsize,
+        dev_blocks,
+        journals,
+        jsize_mb,
+        rgsize_mb: opts.rgsize,
+        align,
+    };
+    println!("This will destroy any data on {path}");
+    if !opts.override_confirm && !are_you_sure() {
+        return ExitCode::from(EXIT_USAGE as u8);
+    }
+    let layout = match plan::layout(&params) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("Failed to create journals: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let _ = &mut file;
+    eprintln!(
+        "planned {} resource groups ({} blocks); writing the structures is not implemented yet \
+         (waiting for the gfs2-ondisk crate)",
+        layout.rgrps.len(),
+        layout.fs_blocks()
+    );
+    ExitCode::from(1)
+}

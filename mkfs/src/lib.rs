@@ -1,0 +1,8 @@
+//! mkfs.gfs2: a drop-in replacement for gfs2-utils' mkfs.gfs2.
+//!
+//! `cli` parses and validates the command line like gfs2-utils; `plan` computes the on-disk
+//! layout (pure functions, reusable by the filesystem); `build` writes the structures;
+//! `progress` prints gfs2-utils-style progress lines.
+
+pub mod cli;
+pub mod plan;
