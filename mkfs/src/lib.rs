@@ -6,3 +6,5 @@
 
 pub mod cli;
 pub mod plan;
+pub mod progress;
+pub mod report;

@@ -140,6 +140,28 @@ fn check(c: &Case, dir: &Path, n: usize) {
         .parse()
         .unwrap();
     assert_eq!(blocks, lay.fs_blocks(), "filesystem size, case {n}");
+    // The closing summary, rendered from our plan, equals gfs2-utils' except for the UUID.
+    let ours_summary = gfs2_mkfs::report::Summary {
+        device: img.to_str().unwrap(),
+        bsize: c.bsize,
+        dev_bytes: c.size,
+        fs_blocks: lay.fs_blocks(),
+        journals: c.journals,
+        jsize_mb: ours_j,
+        rgrps: lay.rgrps.len() as u64,
+        lockproto: "lock_nolock",
+        locktable: "",
+        uuid: "",
+    }
+    .render();
+    let strip = |t: &str| -> Vec<String> {
+        t.lines()
+            .skip_while(|l| !l.starts_with("Device:"))
+            .filter(|l| !l.starts_with("UUID:"))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(strip(&ours_summary), strip(&stdout), "summary, case {n}");
     std::fs::remove_file(&img).unwrap();
 }
 
