@@ -13,7 +13,7 @@ fi
 cargo build --release --workspace --quiet
 rm -f "$img"
 truncate -s 1G "$img"
-target/release/mkfs.gfs2 -O -p lock_nolock -j 1 "$img"
+target/release/mkfs-gfs2 -O -p lock_nolock -j 1 "$img"
 mkdir -p "$mnt"
 target/release/gfs2-fuse mount "$img" "$mnt"
 echo
