@@ -144,6 +144,41 @@ fn mount(a: &mut Args) -> Result<fuser::Session<fuse::Gfs2Fuse>> {
         .with_context(|| format!("FUSE mount on {}", a.mountpoint.display()))
 }
 
+/// SIGTERM, SIGINT and SIGHUP unmount the filesystem instead of killing the
+/// daemon: the serving loop then ends, `destroy` flushes everything and
+/// leaves the journal clean, as `fusermount3 -u` would. The signals are
+/// blocked before any serving thread exists (threads inherit the mask) and
+/// taken synchronously by one watcher thread.
+fn unmount_on_signal<FS: fuser::Filesystem>(s: &mut fuser::Session<FS>) {
+    let mut unmounter = s.unmount_callable();
+    // SAFETY: plain signal-set manipulation on a local sigset_t.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut sig = 0;
+            // SAFETY: waits on the signal set built above.
+            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                tracing::info!("signal {sig}: unmounting");
+                if let Err(e) = unmounter.unmount() {
+                    tracing::error!("unmount on signal {sig}: {e}");
+                    std::process::exit(1);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("no signal watcher ({e}); SIGTERM will not unmount cleanly");
+    }
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -161,7 +196,8 @@ fn main() {
     };
     if args.foreground {
         match mount(&mut args) {
-            Ok(s) => {
+            Ok(mut s) => {
+                unmount_on_signal(&mut s);
                 if let Err(e) = s.run() {
                     eprintln!("gfs2-fuse: {e}");
                     std::process::exit(1);
@@ -202,7 +238,8 @@ fn main() {
     let mut w = unsafe { std::fs::File::from_raw_fd(fds[1]) };
     unsafe { libc::setsid() };
     match mount(&mut args) {
-        Ok(s) => {
+        Ok(mut s) => {
+            unmount_on_signal(&mut s);
             let _ = w.write_all(&[0]);
             drop(w);
             // Detach from the terminal.

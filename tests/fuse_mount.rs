@@ -112,3 +112,43 @@ fn nix_statvfs(p: &std::path::Path) -> (u64, u64) {
     assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
     (s.f_blocks, s.f_bfree)
 }
+
+#[test]
+fn sigterm_unmounts_cleanly() {
+    // A foreground daemon killed politely (SIGTERM, as systemd or `kill`
+    // does) must unmount, flush and exit 0, leaving no stale mount behind
+    // and a filesystem gfs2-utils finds clean.
+    let img = mkfs(4096, 1, 128, "sigterm");
+    let mnt = mountpoint("sigterm");
+    let mut child = Command::new(bin())
+        .arg("mount")
+        .arg("-f")
+        .arg(&img.0)
+        .arg(&mnt.0)
+        .spawn()
+        .unwrap();
+    let _guard = MountGuard(mnt.0.clone());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !is_mounted(&mnt.0) {
+        assert!(std::time::Instant::now() < deadline, "never mounted");
+        assert!(child.try_wait().unwrap().is_none(), "daemon exited early");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(std::fs::metadata(&mnt.0).unwrap().is_dir());
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "daemon after SIGTERM: {status:?}");
+    assert!(!is_mounted(&mnt.0), "still mounted after SIGTERM");
+    let fsck = Command::new(tool("fsck.gfs2"))
+        .arg("-n")
+        .arg(&img.0)
+        .output()
+        .unwrap();
+    assert_eq!(
+        fsck.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+}
