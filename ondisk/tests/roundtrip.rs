@@ -1,6 +1,6 @@
 //! Every structure decodes any byte string of its size and encodes it back
-#![allow(clippy::field_reassign_with_default)]
 //! unchanged; shorter inputs give `Truncated`, never a panic.
+#![allow(clippy::field_reassign_with_default)]
 
 use gfs2_ondisk::*;
 
