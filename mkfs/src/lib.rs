@@ -4,7 +4,10 @@
 //! layout (pure functions, reusable by the filesystem); `build` writes the structures;
 //! `progress` prints gfs2-utils-style progress lines.
 
+pub mod alloc;
+pub mod build;
 pub mod cli;
+pub mod dirlayout;
 pub mod plan;
 pub mod progress;
 pub mod report;

@@ -4,8 +4,10 @@
 use std::io::{BufRead, Seek, SeekFrom, Write};
 use std::process::ExitCode;
 
+use gfs2_mkfs::build::{self, BuildOptions};
 use gfs2_mkfs::cli::{self, Action, EXIT_USAGE};
 use gfs2_mkfs::plan::{self, Align, LayoutParams};
+use gfs2_mkfs::report::Summary;
 
 fn usage_exit(msg: &str) -> ExitCode {
     eprintln!("{msg}");
@@ -106,6 +108,11 @@ fn main() -> ExitCode {
         rgsize_mb: opts.rgsize,
         align,
     };
+    let uuid = match opts.uuid.as_deref().map(uuid::Uuid::parse_str) {
+        None => *uuid::Uuid::new_v4().as_bytes(),
+        Some(Ok(u)) => *u.as_bytes(),
+        Some(Err(_)) => return usage_exit("Invalid UUID specified."),
+    };
     println!("This will destroy any data on {path}");
     if !opts.override_confirm && !are_you_sure() {
         return ExitCode::from(EXIT_USAGE as u8);
@@ -117,12 +124,40 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let _ = &mut file;
-    eprintln!(
-        "planned {} resource groups ({} blocks); writing the structures is not implemented yet \
-         (waiting for the gfs2-ondisk crate)",
-        layout.rgrps.len(),
-        layout.fs_blocks()
-    );
-    ExitCode::from(1)
+    let build_opts = BuildOptions {
+        bsize,
+        jsize_mb,
+        qcsize_mb: opts.qcsize,
+        lockproto: opts.lockproto.clone(),
+        locktable: opts.locktable.clone(),
+        uuid,
+        format: opts.format,
+        root_inherit_jdata: opts.root_inherit_jdata,
+        quiet: opts.quiet,
+        now: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        seq_seed: None,
+    };
+    if let Err(e) = build::build(&file, &layout, &build_opts) {
+        eprintln!("{e:#}");
+        return ExitCode::from(1);
+    }
+    if !opts.quiet {
+        let summary = Summary {
+            device: &path,
+            bsize,
+            dev_bytes: dev_size,
+            fs_blocks: layout.fs_blocks(),
+            journals,
+            jsize_mb,
+            rgrps: layout.rgrps.len() as u64,
+            lockproto: &opts.lockproto,
+            locktable: &opts.locktable,
+            uuid: &uuid::Uuid::from_bytes(uuid).hyphenated().to_string(),
+        };
+        print!("{}", summary.render());
+    }
+    ExitCode::SUCCESS
 }
