@@ -11,8 +11,6 @@
 //! failure part-way leaves no superblock pointing at half-built metadata.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 
 use anyhow::{bail, Context, Result};
 use gfs2_ondisk::{
@@ -20,6 +18,8 @@ use gfs2_ondisk::{
     layout, BlockState, Dinode, Inum, Leaf, LogHeader, MetaHeader, Quota, Rgrp, Rindex,
     StatfsChange, Superblock,
 };
+
+use gfs2fuse::dev::BlockDevice;
 
 use crate::alloc::Allocator;
 use crate::dirlayout::{self, Entry};
@@ -92,7 +92,7 @@ fn put_ptrs(area: &mut [u8], ptrs: &[u64]) {
 
 /// Writes a run of consecutive blocks through a large buffer.
 struct SeqWriter<'f> {
-    file: &'f File,
+    file: &'f dyn BlockDevice,
     bsize: u64,
     next: u64,
     start: u64,
@@ -102,7 +102,7 @@ struct SeqWriter<'f> {
 impl<'f> SeqWriter<'f> {
     const CHUNK: usize = 4 << 20;
 
-    fn new(file: &'f File, bsize: u32, start: u64) -> Self {
+    fn new(file: &'f dyn BlockDevice, bsize: u32, start: u64) -> Self {
         SeqWriter {
             file,
             bsize: bsize.into(),
@@ -124,7 +124,7 @@ impl<'f> SeqWriter<'f> {
     fn flush(&mut self) -> Result<()> {
         if !self.buf.is_empty() {
             self.file
-                .write_all_at(&self.buf, self.start * self.bsize)
+                .write_at(&self.buf, self.start * self.bsize)
                 .with_context(|| format!("writing blocks {}..{}", self.start, self.next))?;
             self.buf.clear();
         }
@@ -342,7 +342,7 @@ impl<'a> Builder<'a> {
 
 /// Write one journal: dinode, indirect blocks and a clean log header in
 /// every data block, as one sequential stream.
-fn write_journal(file: &File, o: &BuildOptions, inum: Inum, total: u64) -> Result<()> {
+fn write_journal(file: &dyn BlockDevice, o: &BuildOptions, inum: Inum, total: u64) -> Result<()> {
     let bsize = o.bsize;
     let bs = bsize as usize;
     let size = u64::from(o.jsize_mb) << 20;
@@ -450,7 +450,7 @@ fn rgrp_blocks(bsize: u32, rg: &crate::alloc::RgState) -> Result<Vec<u8>> {
 }
 
 /// Write the whole filesystem described by `layout` to `file`.
-pub fn build(file: &File, lay: &Layout, o: &BuildOptions) -> Result<Built> {
+pub fn build(file: &dyn BlockDevice, lay: &Layout, o: &BuildOptions) -> Result<Built> {
     let bsize = o.bsize;
     if lay.rgrps.len() < lay.journals as usize {
         bail!("layout has fewer resource groups than journals");
@@ -586,7 +586,7 @@ pub fn build(file: &File, lay: &Layout, o: &BuildOptions) -> Result<Built> {
     for (i, rg) in b.alloc.rgrps.iter().enumerate() {
         prog.update(i as u64 + 1);
         let buf = rgrp_blocks(bsize, rg)?;
-        file.write_all_at(&buf, rg.spec.addr * u64::from(bsize))
+        file.write_at(&buf, rg.spec.addr * u64::from(bsize))
             .with_context(|| format!("writing resource group at block {}", rg.spec.addr))?;
     }
     prog.finish("Done\n");
@@ -631,9 +631,8 @@ pub fn build(file: &File, lay: &Layout, o: &BuildOptions) -> Result<Built> {
     let sb_addr = layout::sb_addr(bsize);
     let mut head = vec![0u8; (sb_addr as usize + 1) * bsize as usize];
     sb.write(&mut head[sb_addr as usize * bsize as usize..])?;
-    file.write_all_at(&head, 0)
-        .context("writing the superblock")?;
-    file.sync_all().context("syncing the device")?;
+    file.write_at(&head, 0).context("writing the superblock")?;
+    file.flush().context("syncing the device")?;
     if !o.quiet {
         println!("Done");
     }

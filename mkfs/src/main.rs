@@ -1,7 +1,9 @@
 //! `mkfs.gfs2` entry point: parse, check, plan, confirm, write, report — in gfs2-utils' order
 //! so that errors surface at the same point and with the same exit status.
 
-use std::io::{BufRead, Seek, SeekFrom, Write};
+use std::io::{BufRead, Write};
+
+use gfs2fuse::dev::{file::FileDevice, file::OpenFlags, BlockDevice};
 use std::process::ExitCode;
 
 use gfs2_mkfs::build::{self, BuildOptions};
@@ -48,24 +50,18 @@ fn main() -> ExitCode {
         Err(e) => return usage_exit(&e.0),
     };
     let path = opts.device.clone().unwrap_or_default();
-    let mut file = match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-    {
+    let dev = match FileDevice::open(std::path::Path::new(&path), OpenFlags::default()) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("{path}: {e}");
             return ExitCode::from(1);
         }
     };
-    let dev_size = match file.seek(SeekFrom::End(0)) {
-        Ok(s) if s > 0 => s,
-        _ => {
-            eprintln!("Device '{path}' is too small");
-            return ExitCode::from(1);
-        }
-    };
+    let dev_size = dev.size();
+    if dev_size == 0 {
+        eprintln!("Device '{path}' is too small");
+        return ExitCode::from(1);
+    }
     let bsize = opts.bsize;
     if !(512..=4096).contains(&bsize) || !bsize.is_power_of_two() {
         return usage_exit("Block size must be a power of two between 512 and 4096");
@@ -140,7 +136,7 @@ fn main() -> ExitCode {
             .unwrap_or(0),
         seq_seed: None,
     };
-    if let Err(e) = build::build(&file, &layout, &build_opts) {
+    if let Err(e) = build::build(&dev, &layout, &build_opts) {
         eprintln!("{e:#}");
         return ExitCode::from(1);
     }
