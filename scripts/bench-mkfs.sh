@@ -1,7 +1,8 @@
 #!/bin/sh
 # Time our mkfs.gfs2 against gfs2-utils' on the same sparse images and print the ratios.
 # Usage: scripts/bench-mkfs.sh [workdir]   (default: a fresh directory under /tmp)
-# Sizes: 1 GiB, 1 TiB, 15 TiB (this host refuses sparse files >= 16 TiB); -j 1 and -j 8.
+# Sizes: 1 GiB, 1 TiB, 16 TiB less 1 MiB (ext4 refuses files of 16 TiB); -j 1 and -j 8.
+# Ratio = ours / gfs2-utils (below 1.00: ours is faster).
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-$(mktemp -d /tmp/bench-mkfs.XXXXXX)}
@@ -25,7 +26,7 @@ timed() {
 }
 
 printf '%-6s %-3s %10s %10s %8s\n' size j gfs2-utils ours ratio
-for size in 1G 1T 15T; do
+for size in 1G 1T $(( (16 << 40) - (1 << 20) )); do
     for j in 1 8; do
         t=$(timed "$size" "$theirs" -j "$j")
         o=$(timed "$size" "$ours" -j "$j")

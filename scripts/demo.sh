@@ -7,8 +7,12 @@ cd "$(dirname "$0")/.."
 img=${1:-/tmp/gfs2-demo.img}
 mnt=${2:-/tmp/gfs2-demo}
 if ! command -v fusermount3 >/dev/null; then
-    echo "demo.sh: fusermount3 not found; install the Debian package fuse3" >&2
-    exit 1
+    if [ "$(id -u)" = 0 ]; then
+        apt-get install -y -q fuse3 >/dev/null
+    else
+        echo "demo.sh: fusermount3 not found; install the Debian package fuse3" >&2
+        exit 1
+    fi
 fi
 cargo build --release --workspace --quiet
 rm -f "$img"
