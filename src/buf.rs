@@ -149,7 +149,7 @@ pub fn read_block(dev: &dyn BlockDevice, bsize: u32, blkno: u64) -> Result<Vec<u
 
 /// Check a metadata block's header: GFS2 magic and the expected type.
 pub fn check_header(data: &[u8], blkno: u64, mh_type: u32) -> Result<()> {
-    let h = MetaHeader::parse(data).ok_or_else(|| FsError::corrupt(blkno, "short block"))?;
+    let h = MetaHeader::parse(data).map_err(|_| FsError::corrupt(blkno, "short block"))?;
     if h.magic != MAGIC {
         return Err(FsError::corrupt(
             blkno,

@@ -143,10 +143,7 @@ impl Fs {
         let proto: Arc<dyn LockProto> = match &opts.lock_module {
             Some(p) => p.clone(),
             None => {
-                let name = opts
-                    .lockproto
-                    .clone()
-                    .unwrap_or_else(|| sb.lockproto.clone());
+                let name = opts.lockproto.clone().unwrap_or_else(|| sb.lockproto_str());
                 gfs2_lockproto::by_name(&name).ok_or_else(|| {
                     FsError::Mount(format!("lock protocol {name:?} is not supported"))
                 })?
@@ -156,7 +153,7 @@ impl Fs {
             .locktable
             .clone()
             .filter(|t| !t.is_empty())
-            .unwrap_or_else(|| sb.locktable.clone());
+            .unwrap_or_else(|| sb.locktable_str());
         let table = if table.is_empty() {
             "nolock:gfs2".to_string()
         } else {
@@ -534,7 +531,7 @@ impl Fs {
         for &ino in &self.statfs_inos {
             let sc = self.with_inode(ino, |_, ip| {
                 StatfsChange::parse(ip.block.get(DINODE_SIZE..).unwrap_or(&[]))
-                    .ok_or_else(|| FsError::corrupt(ino, "short statfs file"))
+                    .map_err(|_| FsError::corrupt(ino, "short statfs file"))
             })?;
             sum.total = sum.total.saturating_add(sc.total);
             sum.free = sum.free.saturating_add(sc.free);

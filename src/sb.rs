@@ -27,7 +27,7 @@ pub fn read_sb(dev: &dyn BlockDevice) -> Result<Superblock> {
         what: format!("superblock of {}", dev.describe()),
         source: e,
     })?;
-    let sb = Superblock::parse(&buf).ok_or_else(|| FsError::Mount("short superblock".into()))?;
+    let sb = Superblock::parse(&buf).map_err(|_| FsError::Mount("short superblock".into()))?;
     check_sb(&sb, dev.size())?;
     Ok(sb)
 }
@@ -81,7 +81,7 @@ pub fn parse_rindex(data: &[u8], fs_blocks: u64, rindex_ino: u64) -> Result<Vec<
     }
     let mut out = Vec::with_capacity(data.len() / RINDEX_SIZE);
     for (i, c) in data.chunks_exact(RINDEX_SIZE).enumerate() {
-        let ri = Rindex::parse(c).ok_or_else(|| FsError::corrupt(rindex_ino, "short rindex"))?;
+        let ri = Rindex::parse(c).map_err(|_| FsError::corrupt(rindex_ino, "short rindex"))?;
         let bad = |why: &str| FsError::corrupt(rindex_ino, format!("rindex entry {i}: {why}"));
         let hdr_end = ri.addr.checked_add(ri.length as u64);
         let data_end = ri.data0.checked_add(ri.data as u64);

@@ -49,8 +49,8 @@ pub fn parse_dirents(block: &[u8], start: usize, blkno: u64) -> Result<Vec<DirEn
     let mut out = Vec::new();
     let mut off = start;
     while off < block.len() {
-        let d = Dirent::parse(block, off)
-            .ok_or_else(|| FsError::corrupt(blkno, format!("dirent at {off} past the end")))?;
+        let d = Dirent::parse(block.get(off..).unwrap_or(&[]))
+            .map_err(|_| FsError::corrupt(blkno, format!("dirent at {off} past the end")))?;
         let rec = d.rec_len as usize;
         if rec < DIRENT_SIZE || off + rec > block.len() {
             return Err(FsError::corrupt(
@@ -142,7 +142,7 @@ fn leaf_chain_seen(
             return Err(FsError::corrupt(blk, "directory leaf chain loops"));
         }
         let b = m.read(blk, mt::LF)?;
-        let lf = Leaf::parse(&b).ok_or_else(|| FsError::corrupt(blk, "short leaf"))?;
+        let lf = Leaf::parse(&b).map_err(|_| FsError::corrupt(blk, "short leaf"))?;
         if lf.depth > ip.di.depth {
             return Err(FsError::corrupt(
                 blk,

@@ -50,7 +50,7 @@ impl Inode {
     /// Read and validate dinode `ino`.
     pub fn read(m: Meta<'_>, ino: u64) -> Result<Inode> {
         let block = m.read(ino, mt::DI)?;
-        let di = Dinode::parse(&block).ok_or_else(|| FsError::corrupt(ino, "short dinode"))?;
+        let di = Dinode::parse(&block).map_err(|_| FsError::corrupt(ino, "short dinode"))?;
         if di.num.addr != ino {
             return Err(FsError::corrupt(
                 ino,

@@ -85,8 +85,8 @@ fn for_each(
         let b = m.read(blk, mt::EA)?;
         let mut off = META_HEADER_SIZE;
         loop {
-            let h = EaHeader::parse(&b, off)
-                .ok_or_else(|| FsError::corrupt(blk, format!("EA header at {off} past the end")))?;
+            let h = EaHeader::parse(b.get(off..).unwrap_or(&[]))
+                .map_err(|_| FsError::corrupt(blk, format!("EA header at {off} past the end")))?;
             let rec = h.rec_len as usize;
             if rec < EA_HEADER_SIZE || off + rec > b.len() {
                 return Err(FsError::corrupt(

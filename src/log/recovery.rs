@@ -125,11 +125,11 @@ impl<'a> JournalMap<'a> {
 
 /// Check a log header block as the kernel's `__get_log_header` does.
 pub fn valid_log_header(b: &[u8], lblock: u64) -> Option<LogHeader> {
-    let h = MetaHeader::parse(b)?;
+    let h = MetaHeader::parse(b).ok()?;
     if h.magic != MAGIC || h.mh_type != mt::LH {
         return None;
     }
-    let lh = LogHeader::parse(b)?;
+    let lh = LogHeader::parse(b).ok()?;
     if log_header_hash(b)? != lh.hash {
         return None;
     }
@@ -206,7 +206,7 @@ pub fn find_head(dev: &dyn BlockDevice, bsize: u32, extents: &[JournalExtent]) -
             break;
         }
         let buf = j.read(b)?;
-        let Some(mh) = MetaHeader::parse(&buf) else {
+        let Ok(mh) = MetaHeader::parse(&buf) else {
             break;
         };
         if mh.magic != MAGIC {
@@ -322,7 +322,7 @@ fn walk(
             return Err(corrupt(start, "log walk does not reach the head"));
         }
         let b = j.read(start)?;
-        let mh = MetaHeader::parse(&b).ok_or_else(|| corrupt(start, "short block"))?;
+        let mh = MetaHeader::parse(&b).map_err(|_| corrupt(start, "short block"))?;
         if mh.magic != MAGIC {
             return Err(corrupt(start, "not a metadata block in the log"));
         }
@@ -339,7 +339,7 @@ fn walk(
                 format!("metadata type {} in the log", mh.mh_type),
             ));
         }
-        let ld = LogDescriptor::parse(&b).ok_or_else(|| corrupt(start, "short descriptor"))?;
+        let ld = LogDescriptor::parse(&b).map_err(|_| corrupt(start, "short descriptor"))?;
         if ld.length == 0 || ld.length as u64 > j.blocks() {
             return Err(corrupt(start, format!("descriptor length {}", ld.length)));
         }
@@ -353,7 +353,7 @@ fn walk(
                     let rb = if first { b.clone() } else { j.read(blk)? };
                     if !first {
                         let h = MetaHeader::parse(&rb);
-                        if h.is_none_or(|h| h.magic != MAGIC || h.mh_type != mt::LB) {
+                        if h.is_err() || h.is_ok_and(|h| h.magic != MAGIC || h.mh_type != mt::LB) {
                             return Err(corrupt(blk, "revoke continuation is not an LB block"));
                         }
                     }
@@ -397,7 +397,7 @@ fn walk(
                         }
                         if !jdata {
                             let h = MetaHeader::parse(&data);
-                            if h.is_none_or(|h| h.magic != MAGIC) {
+                            if h.is_err() || h.is_ok_and(|h| h.magic != MAGIC) {
                                 return Err(corrupt(at, "logged metadata without a header"));
                             }
                         }
@@ -448,7 +448,7 @@ fn recover_local_statfs(j: &JournalMap<'_>, head: &Head, clean: &CleanHeader) ->
         .into_iter()
         .enumerate()
     {
-        let v = be64(&m, sc + 8 * i).unwrap_or(0).wrapping_add(d);
+        let v = be64(&m, sc + 8 * i).unwrap_or(0).wrapping_add_signed(d);
         put64(&mut m, sc + 8 * i, v);
     }
     let mut l = read_block(j.dev, j.bsize, clean.statfs_addr).map_err(io)?;
