@@ -8,13 +8,12 @@
 //! are reported before that, with a non-zero exit status.
 
 use anyhow::{anyhow, bail, Context, Result};
-use gfs2fuse::dev::file::{FileDevice, OpenFlags};
+use gfs2fuse::dev::spec;
 use gfs2fuse::fs::{Fs, MountOptions};
 use gfs2fuse::fuse::{self, FuseOptions};
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 struct Args {
     device: PathBuf,
@@ -124,21 +123,17 @@ fn parse_args() -> Result<Args> {
 fn mount(a: &mut Args) -> Result<fuser::Session<fuse::Gfs2Fuse>> {
     // Open read-write even for `ro`: a dirty journal is replayed anyway when
     // the device allows it, as the kernel does.
-    let dev = match FileDevice::open(&a.device, OpenFlags::default()) {
+    // DEVICE is a path or a network device (nbd://host[:port]/export,
+    // nbd+unix:///export?socket=PATH): see gfs2fuse::dev::spec.
+    let dev = match spec::open_os(a.device.as_os_str(), false) {
         Ok(d) => d,
         Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EROFS)) => {
             a.mount.device_read_only = true;
-            FileDevice::open(
-                &a.device,
-                OpenFlags {
-                    read_only: true,
-                    direct: false,
-                },
-            )?
+            spec::open_os(a.device.as_os_str(), true)?
         }
         Err(e) => return Err(e.into()),
     };
-    let fs = Fs::mount(Arc::new(dev), a.mount.clone())
+    let fs = Fs::mount(dev, a.mount.clone())
         .with_context(|| format!("mounting {}", a.device.display()))?;
     fuse::session(fs, &a.mountpoint, &a.fuse)
         .with_context(|| format!("FUSE mount on {}", a.mountpoint.display()))

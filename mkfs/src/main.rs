@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, Write};
 
-use gfs2fuse::dev::{file::FileDevice, file::OpenFlags, BlockDevice};
+use gfs2fuse::dev::spec;
 use std::process::ExitCode;
 
 use gfs2_mkfs::build::{self, BuildOptions};
@@ -50,7 +50,8 @@ fn main() -> ExitCode {
         Err(e) => return usage_exit(&e.0),
     };
     let path = opts.device.clone().unwrap_or_default();
-    let dev = match FileDevice::open(std::path::Path::new(&path), OpenFlags::default()) {
+    // A path or nbd://host[:port]/export, nbd+unix:///export?socket=PATH.
+    let dev = match spec::open(&path, false) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("{path}: {e}");

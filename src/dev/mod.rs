@@ -3,9 +3,12 @@
 //! GFS2 is shared storage: several nodes read and write the same device, so a
 //! device layer must never serve data from a cache of its own. Everything above
 //! it caches only what a glock covers. Implementations: [`file::FileDevice`]
-//! (a local image file or block device) and the network initiators.
+//! (a local image file or block device) and the network initiators
+//! ([`nbd::NbdDevice`]); [`spec::open`] opens either from a user's string.
 
 pub mod file;
+pub mod nbd;
+pub mod spec;
 
 use std::io;
 
@@ -30,4 +33,27 @@ pub trait BlockDevice: Send + Sync {
     }
     /// A human-readable name for messages ("/dev/sdb", "nbd://host/export").
     fn describe(&self) -> String;
+}
+
+/// A shared device is a device: lets `&Arc<dyn BlockDevice>` be passed where
+/// `&dyn BlockDevice` is expected.
+impl<T: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<T> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (**self).read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        (**self).write_at(buf, offset)
+    }
+    fn flush(&self) -> io::Result<()> {
+        (**self).flush()
+    }
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        (**self).discard(offset, len)
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
 }

@@ -1,0 +1,1116 @@
+//! An NBD (Network Block Device) initiator.
+//!
+//! The client speaks the fixed-newstyle handshake and enters transmission
+//! with `NBD_OPT_GO`, asking for the server's block-size constraints
+//! (`NBD_INFO_BLOCK_SIZE`). Having asked, it must honour the minimum block
+//! size: unaligned requests are then done as read-modify-write of the
+//! covering aligned range. Old servers that answer `NBD_OPT_GO` with
+//! `NBD_REP_ERR_UNSUP` get `NBD_OPT_EXPORT_NAME` instead.
+//!
+//! Transmission uses simple replies only. Several requests are in flight at
+//! once on one connection: callers write requests under a writer mutex and a
+//! reader thread hands each reply to the caller waiting on its handle. A
+//! request larger than 32 MiB (or the server's maximum payload) is split into
+//! chunks that are all issued before any is waited for.
+//!
+//! A lost connection is re-established in the background with exponential
+//! backoff (connect and handshake again, checking the export still has the
+//! same size) and every request still waiting for its reply is sent again.
+//! Resending is safe: a write or trim done twice leaves the same bytes, and
+//! a caller never has two overlapping writes outstanding whose order it
+//! relies on (a write is complete only once acknowledged). A request that
+//! gets no reply within the timeout (default 30 s, [`TIMEOUT_ENV`] or
+//! [`NbdConfig::timeout`]) fails with EIO; a write returns `Ok` only after
+//! the server acknowledged it. A connection that stays silent past the
+//! timeout while requests wait is dropped and re-established.
+
+use super::BlockDevice;
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The IANA port of NBD.
+pub const DEFAULT_PORT: u16 = 10809;
+/// How long a request may wait for its reply, reconnections included.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Environment variable overriding [`DEFAULT_TIMEOUT`], in seconds (fractions allowed).
+pub const TIMEOUT_ENV: &str = "GFS2_NBD_TIMEOUT";
+/// Largest read or write payload sent in one request.
+pub const MAX_CHUNK: u32 = 32 << 20;
+
+// Handshake magics.
+const NBDMAGIC: u64 = 0x4e42_444d_4147_4943; // "NBDMAGIC"
+const IHAVEOPT: u64 = 0x4948_4156_454f_5054; // "IHAVEOPT"
+const OLDSTYLE_MAGIC: u64 = 0x0000_4202_8186_1253;
+const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+// Transmission magics.
+const REQUEST_MAGIC: u32 = 0x2560_9513;
+const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+
+// Handshake flags (server) and client flags.
+const FLAG_FIXED_NEWSTYLE: u16 = 1 << 0;
+const FLAG_NO_ZEROES: u16 = 1 << 1;
+const CFLAG_FIXED_NEWSTYLE: u32 = 1 << 0;
+const CFLAG_NO_ZEROES: u32 = 1 << 1;
+
+// Transmission flags.
+const TFLAG_HAS_FLAGS: u16 = 1 << 0;
+const TFLAG_READ_ONLY: u16 = 1 << 1;
+const TFLAG_SEND_FLUSH: u16 = 1 << 2;
+const TFLAG_SEND_TRIM: u16 = 1 << 5;
+
+// Options.
+const OPT_EXPORT_NAME: u32 = 1;
+const OPT_GO: u32 = 7;
+
+// Option replies.
+const REP_ACK: u32 = 1;
+const REP_INFO: u32 = 3;
+const REP_ERR: u32 = 1 << 31;
+const REP_ERR_UNSUP: u32 = REP_ERR + 1;
+const REP_ERR_POLICY: u32 = REP_ERR + 2;
+const REP_ERR_INVALID: u32 = REP_ERR + 3;
+const REP_ERR_TLS_REQD: u32 = REP_ERR + 5;
+const REP_ERR_UNKNOWN: u32 = REP_ERR + 6;
+const REP_ERR_SHUTDOWN: u32 = REP_ERR + 7;
+
+// Information types.
+const INFO_EXPORT: u16 = 0;
+const INFO_BLOCK_SIZE: u16 = 3;
+
+// Commands.
+const CMD_READ: u16 = 0;
+const CMD_WRITE: u16 = 1;
+const CMD_DISC: u16 = 2;
+const CMD_FLUSH: u16 = 3;
+const CMD_TRIM: u16 = 4;
+
+// The error values of simple replies are Linux errno numbers.
+const NBD_ESHUTDOWN: u32 = 108;
+
+/// Where the server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NbdAddr {
+    /// TCP: host name or address (IPv6 without brackets) and port.
+    Tcp { host: String, port: u16 },
+    /// A Unix-domain socket.
+    Unix(PathBuf),
+}
+
+/// What to connect to and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NbdConfig {
+    pub addr: NbdAddr,
+    /// Export name; empty selects the server's default export.
+    pub export: String,
+    /// Refuse writes; a read-write open of a read-only export fails with EROFS.
+    pub read_only: bool,
+    /// How long a request may wait for its reply (reconnections included)
+    /// before it fails with EIO.
+    pub timeout: Duration,
+}
+
+impl NbdConfig {
+    /// A configuration with the timeout from [`TIMEOUT_ENV`] or the default.
+    pub fn new(addr: NbdAddr, export: &str) -> Self {
+        NbdConfig {
+            addr,
+            export: export.to_string(),
+            read_only: false,
+            timeout: timeout_from_env(),
+        }
+    }
+
+    /// The URI form: `nbd://host:port/export` or `nbd+unix:///export?socket=PATH`.
+    pub fn uri(&self) -> String {
+        match &self.addr {
+            NbdAddr::Tcp { host, port } if host.contains(':') => {
+                format!("nbd://[{host}]:{port}/{}", self.export)
+            }
+            NbdAddr::Tcp { host, port } => format!("nbd://{host}:{port}/{}", self.export),
+            NbdAddr::Unix(p) => format!("nbd+unix:///{}?socket={}", self.export, p.display()),
+        }
+    }
+}
+
+/// [`DEFAULT_TIMEOUT`], or [`TIMEOUT_ENV`] when it holds a positive number of seconds.
+pub fn timeout_from_env() -> Duration {
+    std::env::var(TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+        .map(Duration::from_secs_f64)
+        .unwrap_or(DEFAULT_TIMEOUT)
+}
+
+/// An error with the errno it stands for; carried inside `io::Error` so the
+/// message survives. See [`errno_of`].
+#[derive(Debug)]
+pub struct NbdError {
+    pub errno: i32,
+    pub msg: String,
+}
+
+impl fmt::Display for NbdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for NbdError {}
+
+fn nbd_err(errno: i32, msg: String) -> io::Error {
+    let kind = match errno {
+        libc::EPERM | libc::EACCES => io::ErrorKind::PermissionDenied,
+        libc::EINVAL => io::ErrorKind::InvalidInput,
+        libc::ENOMEM => io::ErrorKind::OutOfMemory,
+        libc::ENOTSUP => io::ErrorKind::Unsupported,
+        _ => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, NbdError { errno, msg })
+}
+
+/// The errno an error stands for: the OS error, or that of an [`NbdError`].
+pub fn errno_of(e: &io::Error) -> Option<i32> {
+    e.raw_os_error().or_else(|| {
+        e.get_ref()
+            .and_then(|i| i.downcast_ref::<NbdError>())
+            .map(|n| n.errno)
+    })
+}
+
+fn proto(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// A connected socket of either family.
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn connect(addr: &NbdAddr, timeout: Duration) -> io::Result<Stream> {
+        match addr {
+            NbdAddr::Tcp { host, port } => {
+                let mut last = None;
+                for sa in (host.as_str(), *port).to_socket_addrs()? {
+                    match TcpStream::connect_timeout(&sa, timeout) {
+                        Ok(s) => {
+                            s.set_nodelay(true)?;
+                            return Ok(Stream::Tcp(s));
+                        }
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(last.unwrap_or_else(|| {
+                    io::Error::new(io::ErrorKind::NotFound, format!("{host}: no address"))
+                }))
+            }
+            NbdAddr::Unix(p) => UnixStream::connect(p)
+                .map(Stream::Unix)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display()))),
+        }
+    }
+    fn try_clone(&self) -> io::Result<Stream> {
+        Ok(match self {
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+        })
+    }
+    fn shutdown(&self) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(Shutdown::Both),
+            Stream::Unix(s) => s.shutdown(Shutdown::Both),
+        };
+    }
+    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => {
+                s.set_read_timeout(read)?;
+                s.set_write_timeout(write)
+            }
+            Stream::Unix(s) => {
+                s.set_read_timeout(read)?;
+                s.set_write_timeout(write)
+            }
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What the handshake told about the export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportInfo {
+    pub size: u64,
+    pub flags: u16,
+    /// Minimum block size (1 when the server gave none).
+    pub min_block: u32,
+    /// Preferred block size.
+    pub pref_block: u32,
+    /// Maximum payload of a read or write.
+    pub max_payload: u32,
+}
+
+fn be_u16(b: &[u8]) -> u16 {
+    u16::from_be_bytes([b[0], b[1]])
+}
+fn be_u32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+fn be_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(a)
+}
+
+fn send_option(s: &mut Stream, opt: u32, data: &[u8]) -> io::Result<()> {
+    let mut m = Vec::with_capacity(16 + data.len());
+    m.extend_from_slice(&IHAVEOPT.to_be_bytes());
+    m.extend_from_slice(&opt.to_be_bytes());
+    m.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    m.extend_from_slice(data);
+    s.write_all(&m)
+}
+
+/// Fixed-newstyle handshake up to transmission.
+fn handshake(s: &mut Stream, export: &str) -> io::Result<ExportInfo> {
+    if export.len() > 4096 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "export name longer than 4096 bytes",
+        ));
+    }
+    let mut hello = [0u8; 18];
+    s.read_exact(&mut hello[..16])?;
+    if be_u64(&hello[0..8]) != NBDMAGIC {
+        return Err(proto("not an NBD server (no NBDMAGIC)"));
+    }
+    match be_u64(&hello[8..16]) {
+        IHAVEOPT => {}
+        OLDSTYLE_MAGIC => {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "server uses oldstyle negotiation, which is not supported",
+            ))
+        }
+        m => return Err(proto(format!("unknown NBD handshake magic {m:#x}"))),
+    }
+    s.read_exact(&mut hello[16..18])?;
+    let hflags = be_u16(&hello[16..18]);
+    let fixed = hflags & FLAG_FIXED_NEWSTYLE != 0;
+    let no_zeroes = hflags & FLAG_NO_ZEROES != 0;
+    let mut cflags = 0u32;
+    if fixed {
+        cflags |= CFLAG_FIXED_NEWSTYLE;
+    }
+    if no_zeroes {
+        cflags |= CFLAG_NO_ZEROES;
+    }
+    s.write_all(&cflags.to_be_bytes())?;
+    if fixed {
+        if let Some(info) = opt_go(s, export)? {
+            return Ok(info);
+        }
+    }
+    opt_export_name(s, export, no_zeroes)
+}
+
+/// `NBD_OPT_GO` asking for block sizes. `None` when the server does not know the option.
+fn opt_go(s: &mut Stream, export: &str) -> io::Result<Option<ExportInfo>> {
+    let mut d = Vec::with_capacity(8 + export.len());
+    d.extend_from_slice(&(export.len() as u32).to_be_bytes());
+    d.extend_from_slice(export.as_bytes());
+    d.extend_from_slice(&1u16.to_be_bytes());
+    d.extend_from_slice(&INFO_BLOCK_SIZE.to_be_bytes());
+    send_option(s, OPT_GO, &d)?;
+    let mut size_flags = None;
+    let mut sizes = None;
+    loop {
+        let mut h = [0u8; 20];
+        s.read_exact(&mut h)?;
+        if be_u64(&h[0..8]) != OPT_REPLY_MAGIC {
+            return Err(proto("bad option reply magic"));
+        }
+        if be_u32(&h[8..12]) != OPT_GO {
+            return Err(proto("option reply for another option"));
+        }
+        let rtype = be_u32(&h[12..16]);
+        let len = be_u32(&h[16..20]) as usize;
+        if len > 64 << 10 {
+            return Err(proto(format!("option reply of {len} bytes")));
+        }
+        let mut data = vec![0u8; len];
+        s.read_exact(&mut data)?;
+        match rtype {
+            REP_INFO if len >= 2 => match be_u16(&data) {
+                INFO_EXPORT if len >= 12 => {
+                    size_flags = Some((be_u64(&data[2..]), be_u16(&data[10..])))
+                }
+                INFO_BLOCK_SIZE if len >= 14 => {
+                    sizes = Some((be_u32(&data[2..]), be_u32(&data[6..]), be_u32(&data[10..])))
+                }
+                _ => {}
+            },
+            REP_ACK => {
+                let (size, flags) = size_flags
+                    .ok_or_else(|| proto("NBD_OPT_GO acknowledged without NBD_INFO_EXPORT"))?;
+                let (min, pref, max) = sizes.unwrap_or((1, 4096, u32::MAX));
+                return Ok(Some(sane_sizes(size, flags, min, pref, max)));
+            }
+            REP_ERR_UNSUP => return Ok(None),
+            e if e & REP_ERR != 0 => return Err(option_error(e, export, &data)),
+            _ => {} // unknown informational reply: ignore
+        }
+    }
+}
+
+fn option_error(e: u32, export: &str, data: &[u8]) -> io::Error {
+    let text = String::from_utf8_lossy(data);
+    let text = if text.is_empty() {
+        String::new()
+    } else {
+        format!(": {text}")
+    };
+    let (kind, what) = match e {
+        REP_ERR_UNKNOWN => (io::ErrorKind::NotFound, "no such export"),
+        REP_ERR_POLICY => (io::ErrorKind::PermissionDenied, "refused by server policy"),
+        REP_ERR_TLS_REQD => (
+            io::ErrorKind::Unsupported,
+            "server requires TLS (not supported)",
+        ),
+        REP_ERR_INVALID => (io::ErrorKind::InvalidInput, "invalid request"),
+        REP_ERR_SHUTDOWN => (io::ErrorKind::ConnectionAborted, "server shutting down"),
+        _ => (io::ErrorKind::Other, "option refused"),
+    };
+    io::Error::new(
+        kind,
+        format!("export {export:?}: {what} (NBD reply {:#x}){text}", e),
+    )
+}
+
+fn opt_export_name(s: &mut Stream, export: &str, no_zeroes: bool) -> io::Result<ExportInfo> {
+    send_option(s, OPT_EXPORT_NAME, export.as_bytes())?;
+    let mut r = [0u8; 10 + 124];
+    let n = if no_zeroes { 10 } else { 134 };
+    s.read_exact(&mut r[..n]).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("export {export:?}: server closed the connection (no such export?)"),
+            )
+        } else {
+            e
+        }
+    })?;
+    Ok(sane_sizes(be_u64(&r), be_u16(&r[8..]), 1, 4096, u32::MAX))
+}
+
+/// Block sizes as the protocol allows them; anything else falls back to defaults.
+fn sane_sizes(size: u64, flags: u16, min: u32, pref: u32, max: u32) -> ExportInfo {
+    let min_ok = min.is_power_of_two() && min <= 64 << 10;
+    let min = if min_ok {
+        min
+    } else {
+        tracing::warn!("NBD server sent minimum block size {min}: ignored");
+        1
+    };
+    let pref = if pref.is_power_of_two() && pref >= min {
+        pref
+    } else {
+        4096.max(min)
+    };
+    let max = if max == u32::MAX || (max >= pref && max & (min - 1) == 0) {
+        max
+    } else {
+        u32::MAX
+    };
+    ExportInfo {
+        size,
+        flags,
+        min_block: min,
+        pref_block: pref,
+        max_payload: max,
+    }
+}
+
+fn connect_once(cfg: &NbdConfig) -> io::Result<(Stream, ExportInfo)> {
+    let io_timeout = cfg.timeout.min(Duration::from_secs(10));
+    let mut s = Stream::connect(&cfg.addr, io_timeout)?;
+    s.set_timeouts(Some(io_timeout), Some(io_timeout))?;
+    let info = handshake(&mut s, &cfg.export)?;
+    if info.flags & TFLAG_HAS_FLAGS == 0 {
+        return Err(proto("transmission flags without NBD_FLAG_HAS_FLAGS"));
+    }
+    // Replies may be far apart on an idle connection; writes must not hang
+    // forever on a server that stopped reading.
+    s.set_timeouts(None, Some(cfg.timeout))?;
+    Ok((s, info))
+}
+
+fn write_request(
+    s: &mut Stream,
+    cmd: u16,
+    handle: u64,
+    offset: u64,
+    len: u32,
+    payload: Option<&[u8]>,
+) -> io::Result<()> {
+    let mut h = [0u8; 28];
+    h[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
+    h[4..6].copy_from_slice(&0u16.to_be_bytes());
+    h[6..8].copy_from_slice(&cmd.to_be_bytes());
+    h[8..16].copy_from_slice(&handle.to_be_bytes());
+    h[16..24].copy_from_slice(&offset.to_be_bytes());
+    h[24..28].copy_from_slice(&len.to_be_bytes());
+    match payload {
+        Some(p) if p.len() <= 64 << 10 => {
+            let mut m = Vec::with_capacity(28 + p.len());
+            m.extend_from_slice(&h);
+            m.extend_from_slice(p);
+            s.write_all(&m)
+        }
+        Some(p) => {
+            s.write_all(&h)?;
+            s.write_all(p)
+        }
+        None => s.write_all(&h),
+    }
+}
+
+fn cmd_name(cmd: u16) -> &'static str {
+    match cmd {
+        CMD_READ => "READ",
+        CMD_WRITE => "WRITE",
+        CMD_FLUSH => "FLUSH",
+        CMD_TRIM => "TRIM",
+        CMD_DISC => "DISC",
+        _ => "?",
+    }
+}
+
+/// A request waiting for its reply.
+struct Req {
+    cmd: u16,
+    offset: u64,
+    len: u32,
+    payload: Option<Arc<[u8]>>,
+    /// Connection generation it was last sent on (0: not sent yet).
+    sent_gen: u64,
+    /// The caller gave up; a late reply is consumed and dropped.
+    abandoned: bool,
+    done: Option<io::Result<Vec<u8>>>,
+}
+
+struct State {
+    next_handle: u64,
+    pending: HashMap<u64, Req>,
+    /// Generation of the current (or last) connection.
+    gen: u64,
+    connected: bool,
+    /// A handle on the live socket, to shut it down from any thread.
+    ctl: Option<Stream>,
+}
+
+struct Writer {
+    stream: Stream,
+    gen: u64,
+}
+
+struct Inner {
+    cfg: NbdConfig,
+    info: ExportInfo,
+    chunk: u32,
+    state: Mutex<State>,
+    cond: Condvar,
+    writer: Mutex<Option<Writer>>,
+    closing: AtomicBool,
+    /// Read-modify-write of unaligned requests excludes aligned I/O.
+    rmw: RwLock<()>,
+}
+
+/// A block device on an NBD export.
+pub struct NbdDevice {
+    inner: Arc<Inner>,
+    reader: Option<JoinHandle<()>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl NbdDevice {
+    /// Connect, negotiate and start the reply reader.
+    pub fn connect(cfg: NbdConfig) -> io::Result<NbdDevice> {
+        let uri = cfg.uri();
+        let (stream, info) =
+            connect_once(&cfg).map_err(|e| io::Error::new(e.kind(), format!("{uri}: {e}")))?;
+        if !cfg.read_only && info.flags & TFLAG_READ_ONLY != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
+        let limit = MAX_CHUNK.min(info.max_payload);
+        let mut chunk = limit / info.pref_block * info.pref_block;
+        if chunk == 0 {
+            chunk = (limit / info.min_block * info.min_block).max(info.min_block);
+        }
+        tracing::info!(
+            "{uri}: {} bytes, flags {:#x}, block sizes {}/{}/{}",
+            info.size,
+            info.flags,
+            info.min_block,
+            info.pref_block,
+            info.max_payload
+        );
+        let read_half = stream.try_clone()?;
+        let ctl = stream.try_clone()?;
+        let inner = Arc::new(Inner {
+            cfg,
+            info,
+            chunk,
+            state: Mutex::new(State {
+                next_handle: 1,
+                pending: HashMap::new(),
+                gen: 1,
+                connected: true,
+                ctl: Some(ctl),
+            }),
+            cond: Condvar::new(),
+            writer: Mutex::new(Some(Writer { stream, gen: 1 })),
+            closing: AtomicBool::new(false),
+            rmw: RwLock::new(()),
+        });
+        let i2 = inner.clone();
+        let reader = std::thread::Builder::new()
+            .name("nbd-reader".into())
+            .spawn(move || i2.reader_main(read_half, 1))?;
+        Ok(NbdDevice {
+            inner,
+            reader: Some(reader),
+        })
+    }
+
+    /// What the server said about the export at the first handshake.
+    pub fn info(&self) -> ExportInfo {
+        self.inner.info
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &NbdConfig {
+        &self.inner.cfg
+    }
+
+    /// Is a connection currently established?
+    pub fn is_connected(&self) -> bool {
+        lock(&self.inner.state).connected
+    }
+
+    fn check_range(&self, offset: u64, len: usize) -> io::Result<()> {
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= self.inner.info.size => Ok(()),
+            _ => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{}: {len} bytes at {offset} beyond the end ({} bytes)",
+                    self.inner.cfg.uri(),
+                    self.inner.info.size
+                ),
+            )),
+        }
+    }
+
+    fn aligned(&self, offset: u64, len: usize) -> bool {
+        let m = u64::from(self.inner.info.min_block);
+        (offset | len as u64) & (m - 1) == 0
+    }
+
+    /// The covering range of `[offset, offset+len)` in minimum blocks.
+    fn widen(&self, offset: u64, len: usize) -> (u64, usize) {
+        let m = u64::from(self.inner.info.min_block);
+        let start = offset & !(m - 1);
+        let end = (offset + len as u64 + m - 1) & !(m - 1);
+        (start, (end - start) as usize)
+    }
+
+    fn read_aligned(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let chunk = self.inner.chunk as usize;
+        let mut handles = Vec::with_capacity(buf.len().div_ceil(chunk));
+        for (i, c) in buf.chunks(chunk).enumerate() {
+            let off = offset + (i * chunk) as u64;
+            handles.push(self.inner.submit(CMD_READ, off, c.len() as u32, None)?);
+        }
+        let mut first_err = None;
+        for ((h, t), c) in handles.into_iter().zip(buf.chunks_mut(chunk)) {
+            match self.inner.wait(h, t) {
+                Ok(d) if d.len() == c.len() => c.copy_from_slice(&d),
+                Ok(_) => {
+                    first_err.get_or_insert_with(|| proto("short read reply"));
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn write_aligned(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let chunk = self.inner.chunk as usize;
+        let mut handles = Vec::with_capacity(buf.len().div_ceil(chunk));
+        for (i, c) in buf.chunks(chunk).enumerate() {
+            let off = offset + (i * chunk) as u64;
+            handles.push(
+                self.inner
+                    .submit(CMD_WRITE, off, c.len() as u32, Some(Arc::from(c)))?,
+            );
+        }
+        let mut first_err = None;
+        for (h, t) in handles {
+            if let Err(e) = self.inner.wait(h, t) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn simple(&self, cmd: u16, offset: u64, len: u32) -> io::Result<()> {
+        let (h, t) = self.inner.submit(cmd, offset, len, None)?;
+        self.inner.wait(h, t).map(|_| ())
+    }
+}
+
+impl Inner {
+    fn uri(&self) -> String {
+        self.cfg.uri()
+    }
+
+    /// Queue a request and send it if a connection is up (otherwise the
+    /// reconnection sends it). Returns its handle and submission time.
+    fn submit(
+        &self,
+        cmd: u16,
+        offset: u64,
+        len: u32,
+        payload: Option<Arc<[u8]>>,
+    ) -> io::Result<(u64, Instant)> {
+        if self.closing.load(Ordering::Acquire) {
+            return Err(nbd_err(libc::EIO, format!("{}: device closed", self.uri())));
+        }
+        let handle = {
+            let mut st = lock(&self.state);
+            let h = st.next_handle;
+            st.next_handle += 1;
+            st.pending.insert(
+                h,
+                Req {
+                    cmd,
+                    offset,
+                    len,
+                    payload,
+                    sent_gen: 0,
+                    abandoned: false,
+                    done: None,
+                },
+            );
+            h
+        };
+        self.send_pending(handle);
+        Ok((handle, Instant::now()))
+    }
+
+    /// Send one queued request on the live connection unless it already went.
+    fn send_pending(&self, handle: u64) {
+        let mut w = lock(&self.writer);
+        let Some(w) = w.as_mut() else {
+            return;
+        };
+        let (cmd, offset, len, payload) = {
+            let mut st = lock(&self.state);
+            let Some(r) = st.pending.get_mut(&handle) else {
+                return;
+            };
+            if r.sent_gen == w.gen || r.abandoned {
+                return;
+            }
+            r.sent_gen = w.gen;
+            (r.cmd, r.offset, r.len, r.payload.clone())
+        };
+        if let Err(e) = write_request(&mut w.stream, cmd, handle, offset, len, payload.as_deref()) {
+            tracing::warn!(
+                "{}: sending {}: {e}; reconnecting",
+                self.uri(),
+                cmd_name(cmd)
+            );
+            w.stream.shutdown();
+        }
+    }
+
+    /// Wait for a request's reply; EIO after the timeout.
+    fn wait(&self, handle: u64, submitted: Instant) -> io::Result<Vec<u8>> {
+        let deadline = submitted + self.cfg.timeout;
+        let mut st = lock(&self.state);
+        loop {
+            let Some(r) = st.pending.get_mut(&handle) else {
+                return Err(nbd_err(libc::EIO, format!("{}: request lost", self.uri())));
+            };
+            if let Some(res) = r.done.take() {
+                st.pending.remove(&handle);
+                return res;
+            }
+            let now = Instant::now();
+            let closing = self.closing.load(Ordering::Acquire);
+            if now >= deadline || closing {
+                let (cmd, offset, len, sent) = (r.cmd, r.offset, r.len, r.sent_gen);
+                r.abandoned = true;
+                if st.connected && sent == st.gen {
+                    // Sent on a connection that stayed silent: drop it so the
+                    // reader reconnects; the late reply cannot confuse anyone.
+                    if let Some(c) = &st.ctl {
+                        c.shutdown();
+                    }
+                } else {
+                    st.pending.remove(&handle);
+                }
+                let why = if closing {
+                    "device closed".to_string()
+                } else if st.connected {
+                    format!("no reply within {:?}", self.cfg.timeout)
+                } else {
+                    format!("server unreachable for {:?}", self.cfg.timeout)
+                };
+                let msg = format!(
+                    "{}: {} of {len} bytes at {offset}: {why} (EIO)",
+                    self.uri(),
+                    cmd_name(cmd)
+                );
+                tracing::error!("{msg}");
+                return Err(nbd_err(libc::EIO, msg));
+            }
+            st = self
+                .cond
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn complete(&self, handle: u64, res: io::Result<Vec<u8>>) {
+        let mut st = lock(&self.state);
+        if let Some(r) = st.pending.get_mut(&handle) {
+            if r.abandoned {
+                st.pending.remove(&handle);
+            } else {
+                r.done = Some(res);
+            }
+        }
+        drop(st);
+        self.cond.notify_all();
+    }
+
+    /// Read replies until the connection fails; then reconnect and go on.
+    fn reader_main(self: Arc<Self>, first: Stream, first_gen: u64) {
+        let mut conn = Some((first, first_gen));
+        loop {
+            let (stream, gen) = match conn.take() {
+                Some(c) => c,
+                None => match self.reconnect() {
+                    Some(c) => c,
+                    None => return,
+                },
+            };
+            let mut rd = BufReader::with_capacity(256 << 10, stream);
+            let err = loop {
+                if let Err(e) = self.read_reply(&mut rd, gen) {
+                    break e;
+                }
+            };
+            if self.closing.load(Ordering::Acquire) {
+                return;
+            }
+            tracing::warn!("{}: connection lost: {err}; reconnecting", self.uri());
+            self.disconnected(gen);
+        }
+    }
+
+    fn read_reply(&self, rd: &mut BufReader<Stream>, gen: u64) -> io::Result<()> {
+        let mut h = [0u8; 16];
+        rd.read_exact(&mut h)?;
+        if be_u32(&h) != SIMPLE_REPLY_MAGIC {
+            return Err(proto(format!("bad reply magic {:#x}", be_u32(&h))));
+        }
+        let error = be_u32(&h[4..]);
+        let handle = be_u64(&h[8..]);
+        let (cmd, offset, len) = {
+            let st = lock(&self.state);
+            match st.pending.get(&handle) {
+                Some(r) if r.sent_gen == gen => (r.cmd, r.offset, r.len),
+                _ => return Err(proto(format!("reply for unknown handle {handle}"))),
+            }
+        };
+        if error == NBD_ESHUTDOWN {
+            // The server is going away: this request is retried after reconnecting.
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "server is shutting down (ESHUTDOWN)",
+            ));
+        }
+        let res = if error != 0 {
+            let errno = if error < 4096 {
+                error as i32
+            } else {
+                libc::EIO
+            };
+            Err(nbd_err(
+                errno,
+                format!(
+                    "{}: {} of {len} bytes at {offset}: server error: {}",
+                    self.uri(),
+                    cmd_name(cmd),
+                    io::Error::from_raw_os_error(errno)
+                ),
+            ))
+        } else if cmd == CMD_READ {
+            let mut data = vec![0u8; len as usize];
+            rd.read_exact(&mut data)?;
+            Ok(data)
+        } else {
+            Ok(Vec::new())
+        };
+        self.complete(handle, res);
+        Ok(())
+    }
+
+    fn disconnected(&self, gen: u64) {
+        let mut w = lock(&self.writer);
+        if w.as_ref().is_some_and(|w| w.gen == gen) {
+            if let Some(w) = w.take() {
+                w.stream.shutdown();
+            }
+        }
+        drop(w);
+        let mut st = lock(&self.state);
+        if st.gen == gen {
+            st.connected = false;
+            st.ctl = None;
+        }
+    }
+
+    /// Reconnect with exponential backoff; resend what is pending. `None`
+    /// when the device is being closed.
+    fn reconnect(self: &Arc<Self>) -> Option<(Stream, u64)> {
+        let mut delay = Duration::from_millis(50);
+        let mut attempt = 0u32;
+        loop {
+            if self.closing.load(Ordering::Acquire) {
+                return None;
+            }
+            attempt += 1;
+            match connect_once(&self.cfg) {
+                Ok((s, info)) if info.size == self.info.size => match self.install(s) {
+                    Ok(c) => {
+                        tracing::info!("{}: reconnected (attempt {attempt})", self.uri());
+                        return Some(c);
+                    }
+                    Err(e) => tracing::warn!("{}: reconnect: {e}", self.uri()),
+                },
+                Ok((_, info)) => tracing::error!(
+                    "{}: export size changed from {} to {} bytes; not using it",
+                    self.uri(),
+                    self.info.size,
+                    info.size
+                ),
+                Err(e) => tracing::debug!("{}: reconnect attempt {attempt}: {e}", self.uri()),
+            }
+            // Sleep, but wake at once when closing.
+            let st = lock(&self.state);
+            if self.closing.load(Ordering::Acquire) {
+                return None;
+            }
+            drop(
+                self.cond
+                    .wait_timeout(st, delay)
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Make `s` the live connection and resend every pending request on it
+    /// (from a helper thread, so that this reader can drain replies meanwhile).
+    fn install(self: &Arc<Self>, s: Stream) -> io::Result<(Stream, u64)> {
+        let read_half = s.try_clone()?;
+        let ctl = s.try_clone()?;
+        let mut w = lock(&self.writer);
+        let mut st = lock(&self.state);
+        let gen = st.gen + 1;
+        st.gen = gen;
+        st.connected = true;
+        st.ctl = Some(ctl);
+        st.pending.retain(|_, r| !r.abandoned);
+        let mut resend: Vec<u64> = st
+            .pending
+            .iter()
+            .filter(|(_, r)| r.done.is_none())
+            .map(|(h, _)| *h)
+            .collect();
+        resend.sort_unstable();
+        drop(st);
+        *w = Some(Writer { stream: s, gen });
+        drop(w);
+        if !resend.is_empty() {
+            tracing::info!("{}: resending {} requests", self.uri(), resend.len());
+            let me = self.clone();
+            std::thread::Builder::new()
+                .name("nbd-resend".into())
+                .spawn(move || {
+                    for h in resend {
+                        me.send_pending(h);
+                    }
+                })?;
+        }
+        self.cond.notify_all();
+        Ok((read_half, gen))
+    }
+}
+
+impl Drop for NbdDevice {
+    fn drop(&mut self) {
+        let inner = &self.inner;
+        {
+            let mut w = lock(&inner.writer);
+            if let Some(w) = w.as_mut() {
+                let _ = write_request(&mut w.stream, CMD_DISC, 0, 0, 0, None);
+            }
+        }
+        inner.closing.store(true, Ordering::Release);
+        {
+            let st = lock(&inner.state);
+            if let Some(c) = &st.ctl {
+                c.shutdown();
+            }
+        }
+        if let Some(w) = lock(&inner.writer).take() {
+            w.stream.shutdown();
+        }
+        inner.cond.notify_all();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+impl BlockDevice for NbdDevice {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.check_range(offset, buf.len())?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if self.inner.info.min_block == 1 {
+            return self.read_aligned(buf, offset);
+        }
+        let _g = self.inner.rmw.read().unwrap_or_else(|p| p.into_inner());
+        if self.aligned(offset, buf.len()) {
+            return self.read_aligned(buf, offset);
+        }
+        let (start, len) = self.widen(offset, buf.len());
+        let mut tmp = vec![0u8; len];
+        self.read_aligned(&mut tmp, start)?;
+        let skip = (offset - start) as usize;
+        buf.copy_from_slice(&tmp[skip..skip + buf.len()]);
+        Ok(())
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if self.inner.cfg.read_only || self.inner.info.flags & TFLAG_READ_ONLY != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
+        self.check_range(offset, buf.len())?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if self.inner.info.min_block == 1 {
+            return self.write_aligned(buf, offset);
+        }
+        if self.aligned(offset, buf.len()) {
+            let _g = self.inner.rmw.read().unwrap_or_else(|p| p.into_inner());
+            return self.write_aligned(buf, offset);
+        }
+        // Read-modify-write of the covering minimum blocks, exclusive of any
+        // other I/O so that no concurrent write to those blocks is lost.
+        let _g = self.inner.rmw.write().unwrap_or_else(|p| p.into_inner());
+        let (start, len) = self.widen(offset, buf.len());
+        let mut tmp = vec![0u8; len];
+        self.read_aligned(&mut tmp, start)?;
+        let skip = (offset - start) as usize;
+        tmp[skip..skip + buf.len()].copy_from_slice(buf);
+        self.write_aligned(&tmp, start)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        if self.inner.info.flags & TFLAG_SEND_FLUSH == 0 {
+            return Ok(());
+        }
+        self.simple(CMD_FLUSH, 0, 0)
+    }
+
+    fn size(&self) -> u64 {
+        self.inner.info.size
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        if self.inner.info.flags & TFLAG_SEND_TRIM == 0
+            || self.inner.cfg.read_only
+            || self.inner.info.flags & TFLAG_READ_ONLY != 0
+        {
+            return Ok(());
+        }
+        let end = offset.saturating_add(len).min(self.inner.info.size);
+        // Only whole preferred blocks: discarding is advisory.
+        let m = u64::from(self.inner.info.pref_block);
+        let mut start = offset.div_ceil(m) * m;
+        let end = end / m * m;
+        let step = (1u64 << 30) / m * m;
+        while start < end {
+            let n = (end - start).min(step);
+            match self.simple(CMD_TRIM, start, n as u32) {
+                Ok(()) => {}
+                Err(e) if matches!(errno_of(&e), Some(libc::ENOTSUP | libc::EINVAL)) => {
+                    return Ok(())
+                }
+                Err(e) => return Err(e),
+            }
+            start += n;
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.inner.cfg.uri()
+    }
+}
