@@ -1,0 +1,2030 @@
+//! The checker: superblock, resource groups, journals, the inode walk,
+//! directories, link counts, bitmaps and statfs. Repairs are made in memory
+//! (`cache`) as problems are found and written out at the end.
+
+use crate::cli::{Mode, Options};
+use crate::report::Report;
+use gfs2_ondisk::{
+    bitmap_get, bitmap_set, consts::dif, consts::format, consts::lh, consts::metatype, dirent_size,
+    dt_to_ifmt, hash, ifmt_to_dt, layout, BlockState, Dinode, Dirent, DirentIter, EaIter, Inum,
+    Leaf, MetaHeader, Rgrp, Rindex, StatfsChange, Superblock, MAGIC,
+};
+use gfs2fuse::dev::file::{FileDevice, OpenFlags};
+use gfs2fuse::dev::BlockDevice;
+use gfs2fuse::log::recovery::{self, CleanHeader, JournalExtent};
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+
+/// An operational error (exit status 8).
+#[derive(Debug)]
+pub struct Fatal(pub String);
+
+impl<E: std::fmt::Display> From<E> for Fatal {
+    fn from(e: E) -> Self {
+        Fatal(e.to_string())
+    }
+}
+
+type Res<T> = Result<T, Fatal>;
+
+/// Byte offset of the superblock.
+const SB_OFFSET: u64 = 65536;
+
+/// Expected states (`want`).
+const W_FREE: u8 = 0;
+const W_USED: u8 = 1;
+const W_DINODE: u8 = 3;
+
+struct Rg {
+    ri: Rindex,
+    hdr: Rgrp,
+    bits: Vec<u8>,
+    /// The bitmap could not be trusted (header destroyed): rebuild it.
+    bits_lost: bool,
+    /// Header or bitmap changed: write back.
+    dirty: bool,
+}
+
+struct Ino {
+    addr: u64,
+    formal: u64,
+    mode: u32,
+    nlink: u32,
+    links: u32,
+    blocks: u64,
+    is_dir: bool,
+    /// Directory that first linked it (itself for root and master).
+    parent: u64,
+    /// '..' found in a directory: (target, block, offset of the record).
+    dotdot: Option<(u64, u64, usize)>,
+    /// Blocks holding this directory's entries (dinode or leaves).
+    dirent_blocks: Vec<(u64, usize)>,
+}
+
+/// A directory entry waiting to be followed.
+struct Ref {
+    inum: Inum,
+    de_type: u16,
+    dir: u32,
+    /// Where the entry is: (block, record offset, start of records).
+    at: (u64, usize, usize),
+    name: String,
+}
+
+#[derive(Clone, Copy)]
+struct PtrLoc {
+    block: u64,
+    off: usize,
+}
+
+pub struct Fsck {
+    dev: FileDevice,
+    pub r: Report,
+    bsize: u32,
+    sb: Superblock,
+    dev_blocks: u64,
+    fs_blocks: u64,
+    cache: HashMap<u64, Vec<u8>>,
+    rgs: Vec<Rg>,
+    want: Vec<u8>,
+    owner: Vec<u32>,
+    inodes: Vec<Ino>,
+    by_addr: HashMap<u64, u32>,
+    queue: VecDeque<Ref>,
+    statfs_addr: u64,
+    local_statfs: Vec<u64>,
+}
+
+fn be64(b: &[u8], off: usize) -> u64 {
+    b.get(off..off + 8)
+        .map(|s| u64::from_be_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]))
+        .unwrap_or(0)
+}
+
+fn put_be64(b: &mut [u8], off: usize, v: u64) {
+    if let Some(s) = b.get_mut(off..off + 8) {
+        s.copy_from_slice(&v.to_be_bytes());
+    }
+}
+
+fn meta_ok(b: &[u8], mh_type: u32) -> bool {
+    MetaHeader::parse(b).is_ok_and(|h| h.magic == MAGIC && h.mh_type == mh_type)
+}
+
+/// Refuse a device that is mounted here.
+pub fn check_not_mounted(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let meta = std::fs::metadata(&canon).ok();
+    let rdev = meta
+        .as_ref()
+        .filter(|m| m.file_type().is_block_device())
+        .map(|m| m.rdev());
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Ok(());
+    };
+    for line in info.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = f.iter().position(|x| *x == "-") else {
+            continue;
+        };
+        let source = f.get(sep + 2).copied().unwrap_or("");
+        let mnt = f.get(4).copied().unwrap_or("");
+        let src_path = Path::new(source);
+        let same_path = source == path.to_string_lossy()
+            || std::fs::canonicalize(src_path).is_ok_and(|c| c == canon);
+        let same_dev = rdev.is_some_and(|rd| {
+            let majmin = f.get(2).copied().unwrap_or("");
+            let mm = format!("{}:{}", libc::major(rd), libc::minor(rd));
+            majmin == mm
+        });
+        if same_path || same_dev {
+            return Err(format!("{} is mounted on {mnt}", path.display()));
+        }
+    }
+    Ok(())
+}
+
+impl Fsck {
+    pub fn open(o: &Options) -> Res<Self> {
+        let dev = FileDevice::open(
+            Path::new(&o.device),
+            OpenFlags {
+                read_only: o.mode == Mode::No,
+                direct: false,
+            },
+        )?;
+        let dev_size = dev.size();
+        Ok(Fsck {
+            dev,
+            r: Report::new(o.mode, o.verbosity),
+            bsize: 4096,
+            sb: Superblock::default(),
+            dev_blocks: dev_size / 4096,
+            fs_blocks: 0,
+            cache: HashMap::new(),
+            rgs: Vec::new(),
+            want: Vec::new(),
+            owner: Vec::new(),
+            inodes: Vec::new(),
+            by_addr: HashMap::new(),
+            queue: VecDeque::new(),
+            statfs_addr: 0,
+            local_statfs: Vec::new(),
+        })
+    }
+
+    // ---- block I/O -------------------------------------------------------
+
+    fn read(&self, blk: u64) -> Res<Vec<u8>> {
+        if let Some(b) = self.cache.get(&blk) {
+            return Ok(b.clone());
+        }
+        if blk >= self.dev_blocks {
+            return Err(Fatal(format!("block {blk} is beyond the device")));
+        }
+        let mut b = vec![0u8; self.bsize as usize];
+        self.dev.read_at(&mut b, blk * u64::from(self.bsize))?;
+        Ok(b)
+    }
+
+    fn write(&mut self, blk: u64, b: Vec<u8>) {
+        self.cache.insert(blk, b);
+    }
+
+    fn zero_ptr(&mut self, loc: PtrLoc) -> Res<()> {
+        let mut b = self.read(loc.block)?;
+        put_be64(&mut b, loc.off, 0);
+        self.write(loc.block, b);
+        Ok(())
+    }
+
+    /// Write every changed block and flush.
+    pub fn flush(&mut self) -> Res<()> {
+        if self.cache.is_empty() || !self.r.repairing() {
+            return Ok(());
+        }
+        let mut blocks: Vec<_> = self.cache.drain().collect();
+        blocks.sort_by_key(|(b, _)| *b);
+        for (blk, data) in blocks {
+            self.dev.write_at(&data, blk * u64::from(self.bsize))?;
+        }
+        self.dev.flush()?;
+        Ok(())
+    }
+
+    /// Which rgrp holds data block `blk`, and its index there.
+    fn rg_of(&self, blk: u64) -> Option<(usize, u64)> {
+        let i = self.rgs.partition_point(|r| r.ri.data0 <= blk);
+        let r = self.rgs.get(i.checked_sub(1)?)?;
+        let idx = blk - r.ri.data0;
+        (idx < u64::from(r.ri.data)).then_some((i - 1, idx))
+    }
+
+    fn set_bit(&mut self, blk: u64, st: BlockState) {
+        if let Some((i, idx)) = self.rg_of(blk) {
+            let rg = &mut self.rgs[i];
+            bitmap_set(&mut rg.bits, idx as usize, st);
+            rg.dirty = true;
+        }
+    }
+
+    // ---- superblock ------------------------------------------------------
+
+    pub fn check_sb(&mut self) -> Res<()> {
+        self.r.progress("Checking the superblock");
+        let mut raw = vec![0u8; Superblock::SIZE];
+        self.dev
+            .read_at(&mut raw, SB_OFFSET)
+            .map_err(|e| Fatal(format!("cannot read the superblock: {e}")))?;
+        let mut sb = Superblock::parse(&raw)?;
+        if sb.header.magic != MAGIC || sb.header.mh_type != metatype::SB {
+            return Err(Fatal(
+                "no GFS2 superblock found (bad magic or type)".to_string(),
+            ));
+        }
+        let mut changed = false;
+        if sb.fs_format != format::FS && sb.fs_format != format::FS_1801 {
+            self.r.problem(
+                &format!("Superblock: unknown fs format {}", sb.fs_format),
+                false,
+            );
+        }
+        if sb.multihost_format != format::MULTI
+            && self.r.problem(
+                &format!(
+                    "Superblock: multihost format {} (should be {})",
+                    sb.multihost_format,
+                    format::MULTI
+                ),
+                true,
+            )
+        {
+            sb.multihost_format = format::MULTI;
+            changed = true;
+        }
+        let size = self.dev.size();
+        let bs_ok = (512..=65536).contains(&sb.bsize) && sb.bsize.is_power_of_two();
+        if !bs_ok {
+            let probed = self.probe_bsize(&sb, size);
+            let msg = match probed {
+                Some(b) => format!(
+                    "Superblock: invalid block size {} (the layout says {b})",
+                    sb.bsize
+                ),
+                None => format!("Superblock: invalid block size {}", sb.bsize),
+            };
+            match probed {
+                Some(b) => {
+                    if self.r.problem(&msg, true) {
+                        changed = true;
+                    }
+                    // Use the probed size for the rest of the check either way.
+                    sb.bsize = b;
+                    sb.bsize_shift = b.trailing_zeros();
+                }
+                None => {
+                    self.r.problem(&msg, false);
+                    return Err(Fatal(
+                        "cannot find the block size from the resource group layout".into(),
+                    ));
+                }
+            }
+        } else if 1u64.checked_shl(sb.bsize_shift) != Some(u64::from(sb.bsize))
+            && self.r.problem(
+                &format!(
+                    "Superblock: block size shift {} does not match block size {}",
+                    sb.bsize_shift, sb.bsize
+                ),
+                true,
+            )
+        {
+            sb.bsize_shift = sb.bsize.trailing_zeros();
+            changed = true;
+        }
+        let proto = sb.lockproto_str();
+        if proto != "lock_nolock" && proto != "lock_dlm" {
+            self.r.problem(
+                &format!("Superblock: unknown lock protocol {proto:?}"),
+                false,
+            );
+        }
+        let table = sb.locktable_str();
+        if proto == "lock_dlm" && !table.contains(':') {
+            self.r.problem(
+                &format!("Superblock: lock table {table:?} is not cluster:fsname"),
+                false,
+            );
+        }
+        self.bsize = sb.bsize;
+        self.dev_blocks = size / u64::from(self.bsize);
+        self.r.info(&format!(
+            "block size {}, {} blocks on the device, lock {proto} {table:?}",
+            self.bsize, self.dev_blocks
+        ));
+        self.sb = sb;
+        if changed {
+            let blk = SB_OFFSET / u64::from(self.bsize);
+            let mut b = vec![0u8; self.bsize as usize];
+            let _ = self.dev.read_at(&mut b, blk * u64::from(self.bsize));
+            self.sb.write(&mut b)?;
+            self.write(blk, b);
+        }
+        Ok(())
+    }
+
+    /// Find the block size at which the master and root dinodes and the
+    /// first resource group are where the superblock says.
+    fn probe_bsize(&self, sb: &Superblock, size: u64) -> Option<u32> {
+        let dinode_at = |bs: u64, inum: Inum| -> bool {
+            let off = match inum.addr.checked_mul(bs) {
+                Some(o) if o + Dinode::SIZE as u64 <= size => o,
+                _ => return false,
+            };
+            let mut b = vec![0u8; Dinode::SIZE];
+            if self.dev.read_at(&mut b, off).is_err() {
+                return false;
+            }
+            Dinode::parse(&b).is_ok_and(|d| {
+                d.header.magic == MAGIC && d.header.mh_type == metatype::DI && d.num == inum
+            })
+        };
+        (9..=16).map(|s| 1u32 << s).find(|&bs| {
+            let b = u64::from(bs);
+            let rg_at = SB_OFFSET / b + 1;
+            let mut h = vec![0u8; Rgrp::SIZE];
+            let rg_ok = self.dev.read_at(&mut h, rg_at * b).is_ok()
+                && Rgrp::parse(&h).is_ok_and(|r| {
+                    r.header.magic == MAGIC && r.header.mh_type == metatype::RG && r.data0 > rg_at
+                });
+            rg_ok && dinode_at(b, sb.master_dir) && dinode_at(b, sb.root_dir)
+        })
+    }
+
+    // ---- files without claiming ---------------------------------------
+
+    fn dinode(&self, addr: u64) -> Res<(Dinode, Vec<u8>)> {
+        if addr == 0 || addr >= self.dev_blocks {
+            return Err(Fatal(format!("dinode address {addr} out of range")));
+        }
+        let b = self.read(addr)?;
+        let d = Dinode::parse(&b)?;
+        if d.header.magic != MAGIC || d.header.mh_type != metatype::DI || d.num.addr != addr {
+            return Err(Fatal(format!("block {addr} is not a valid dinode")));
+        }
+        Ok((d, b))
+    }
+
+    /// Data block pointers of a file as (logical block, address), plus
+    /// the indirect blocks, with `loc` of each pointer. No claims.
+    fn tree(&self, di: &Dinode, buf: &[u8], addr: u64) -> Res<TreeOut> {
+        let mut out = TreeOut::default();
+        if di.height == 0 || di.height > gfs2_ondisk::MAX_META_HEIGHT {
+            return Ok(out);
+        }
+        let inptrs = layout::inptrs(self.bsize);
+        let mut span = 1u64;
+        for _ in 1..di.height {
+            span = span.saturating_mul(inptrs);
+        }
+        let mut level: Vec<(u64, usize, usize, u64, u64)> = Vec::new();
+        // (block, start offset, count, first lblock, span per pointer)
+        level.push((
+            addr,
+            Dinode::SIZE,
+            layout::diptrs(self.bsize) as usize,
+            0,
+            span,
+        ));
+        let mut h = di.height;
+        let mut first = Some(buf.to_vec());
+        while h > 0 {
+            let mut next = Vec::new();
+            for (blk, start, n, l0, sp) in level {
+                let b = match first.take() {
+                    Some(b) => b,
+                    None => self.read(blk)?,
+                };
+                for i in 0..n {
+                    let off = start + 8 * i;
+                    let p = be64(&b, off);
+                    if p == 0 {
+                        continue;
+                    }
+                    let lblk = l0.saturating_add((i as u64).saturating_mul(sp));
+                    let loc = PtrLoc { block: blk, off };
+                    if h == 1 {
+                        out.data.push((lblk, p, loc));
+                    } else {
+                        out.meta.push((p, loc));
+                        next.push((p, MetaHeader::SIZE, inptrs as usize, lblk, sp / inptrs));
+                    }
+                }
+            }
+            level = next;
+            h -= 1;
+            if h > 0 {
+                // Only descend into blocks that are in range and indirect.
+                level.retain(|(p, ..)| {
+                    *p < self.fs_blocks && self.read(*p).is_ok_and(|b| meta_ok(&b, metatype::IN))
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// File contents (for system files); directory data blocks skip their
+    /// meta header.
+    fn file_data(&self, addr: u64) -> Res<Vec<u8>> {
+        let (di, buf) = self.dinode(addr)?;
+        let size = usize::try_from(di.size).map_err(|_| Fatal("file too large".into()))?;
+        if di.height == 0 {
+            let end = (Dinode::SIZE + size).min(buf.len());
+            return Ok(buf[Dinode::SIZE..end].to_vec());
+        }
+        let hdr = if di.is_dir() { MetaHeader::SIZE } else { 0 };
+        let per = self.bsize as usize - hdr;
+        if size > 1 << 30 {
+            return Err(Fatal(format!("system file {addr} of {size} bytes")));
+        }
+        let mut out = vec![0u8; size];
+        let t = self.tree(&di, &buf, addr)?;
+        for (l, p, _) in t.data {
+            let Ok(l) = usize::try_from(l) else { continue };
+            let Some(pos) = l.checked_mul(per) else {
+                continue;
+            };
+            if pos >= size || p >= self.dev_blocks {
+                continue;
+            }
+            let b = self.read(p)?;
+            let n = per.min(size - pos);
+            out[pos..pos + n].copy_from_slice(&b[hdr..hdr + n]);
+        }
+        Ok(out)
+    }
+
+    /// Entries of a directory (no checks beyond what is needed to read).
+    fn list_dir(&self, addr: u64) -> Res<Vec<(String, Inum)>> {
+        let (di, buf) = self.dinode(addr)?;
+        let mut blocks = Vec::new();
+        if di.is_exhash() {
+            let table = self.file_data(addr)?;
+            let mut seen = std::collections::HashSet::new();
+            for i in 0..table.len() / 8 {
+                let mut p = be64(&table, 8 * i);
+                while p != 0 && p < self.dev_blocks && seen.insert(p) {
+                    let b = self.read(p)?;
+                    if !meta_ok(&b, metatype::LF) {
+                        break;
+                    }
+                    let next = Leaf::parse(&b).map(|l| l.next).unwrap_or(0);
+                    blocks.push((b, Leaf::SIZE));
+                    p = next;
+                }
+            }
+        } else {
+            blocks.push((buf, Dinode::SIZE));
+        }
+        let mut out = Vec::new();
+        for (b, start) in &blocks {
+            for d in DirentIter::new(b, *start).flatten() {
+                if !d.dirent.is_unused() {
+                    out.push((String::from_utf8_lossy(d.name).into_owned(), d.dirent.inum));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn lookup(&self, dir: u64, name: &str) -> Res<Inum> {
+        self.list_dir(dir)?
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, i)| i)
+            .ok_or_else(|| Fatal(format!("no {name} in system directory {dir}")))
+    }
+
+    // ---- resource groups ----------------------------------------------
+
+    pub fn check_rgrps(&mut self) -> Res<()> {
+        self.r.progress("Checking resource groups");
+        let master = self.sb.master_dir.addr;
+        let ri_addr = self.lookup(master, "rindex")?.addr;
+        let data = self.file_data(ri_addr)?;
+        if data.len() % Rindex::SIZE != 0 {
+            self.r.problem(
+                &format!(
+                    "rindex size {} is not a multiple of {}",
+                    data.len(),
+                    Rindex::SIZE
+                ),
+                false,
+            );
+        }
+        let mut ris: Vec<Rindex> = data
+            .chunks_exact(Rindex::SIZE)
+            .filter_map(|c| Rindex::parse(c).ok())
+            .collect();
+        ris.sort_by_key(|r| r.addr);
+        let mut prev_end = SB_OFFSET / u64::from(self.bsize) + 1;
+        let mut good = Vec::new();
+        for (i, ri) in ris.iter().enumerate() {
+            let bits_cap = (self.bsize as u64 - Rgrp::SIZE as u64)
+                + u64::from(ri.length.saturating_sub(1))
+                    * (self.bsize as u64 - MetaHeader::SIZE as u64);
+            let end = ri.data0.saturating_add(u64::from(ri.data));
+            let bad = ri.addr < prev_end
+                || ri.length == 0
+                || ri.data0 != ri.addr + u64::from(ri.length)
+                || u64::from(ri.bitbytes) * 4 < u64::from(ri.data)
+                || u64::from(ri.bitbytes) > bits_cap
+                || end > self.dev_blocks;
+            if bad {
+                self.r.problem(
+                    &format!(
+                        "rindex entry {i} is invalid (addr {} length {} data0 {} data {} bitbytes {})",
+                        ri.addr, ri.length, ri.data0, ri.data, ri.bitbytes
+                    ),
+                    false,
+                );
+                continue;
+            }
+            prev_end = end;
+            good.push(*ri);
+        }
+        if good.is_empty() {
+            return Err(Fatal("no usable resource groups".into()));
+        }
+        self.fs_blocks = good
+            .iter()
+            .map(|r| r.data0 + u64::from(r.data))
+            .max()
+            .unwrap_or(0);
+        self.r.info(&format!(
+            "{} resource groups, {} blocks",
+            good.len(),
+            self.fs_blocks
+        ));
+        // Read every rgrp (header and bitmap blocks) on two threads.
+        let bsize = self.bsize as usize;
+        let dev = &self.dev;
+        let n = good.len();
+        let half = n.div_ceil(2);
+        let read_rg = |ri: &Rindex| -> (Vec<u8>, Vec<String>) {
+            let len = ri.length as usize * bsize;
+            let mut raw = vec![0u8; len];
+            let mut notes = Vec::new();
+            if let Err(e) = dev.read_at(&mut raw, ri.addr * bsize as u64) {
+                notes.push(format!("read error: {e}"));
+            }
+            (raw, notes)
+        };
+        let results: Vec<(Vec<u8>, Vec<String>)> = std::thread::scope(|s| {
+            let (a, b) = good.split_at(half);
+            let h = s.spawn(|| b.iter().map(read_rg).collect::<Vec<_>>());
+            let mut v: Vec<_> = a.iter().map(read_rg).collect();
+            v.extend(h.join().unwrap_or_default());
+            v
+        });
+        for (i, (ri, (raw, notes))) in good.iter().zip(results).enumerate() {
+            for note in notes {
+                return Err(Fatal(format!("resource group {i}: {note}")));
+            }
+            let skip = good
+                .get(i + 1)
+                .map(|nx| (nx.addr - ri.addr) as u32)
+                .unwrap_or(0);
+            let mut rg = Rg {
+                ri: *ri,
+                hdr: Rgrp::default(),
+                bits: Vec::with_capacity(ri.bitbytes as usize),
+                bits_lost: false,
+                dirty: false,
+            };
+            let hdr = Rgrp::parse(&raw)?;
+            if hdr.header.magic != MAGIC || hdr.header.mh_type != metatype::RG {
+                if self.r.problem(
+                    &format!(
+                        "Resource group {i} at block {}: header is damaged; rebuilding it from rindex",
+                        ri.addr
+                    ),
+                    true,
+                ) {
+                    rg.dirty = true;
+                }
+                rg.bits_lost = true;
+                rg.hdr = Rgrp {
+                    skip,
+                    data0: ri.data0,
+                    data: ri.data,
+                    bitbytes: ri.bitbytes,
+                    ..Rgrp::default()
+                };
+            } else {
+                rg.hdr = hdr;
+                let fix = |r: &mut Report, what: &str, have: u64, want: u64| {
+                    if have != want
+                        && r.problem(
+                            &format!(
+                                "Resource group {i} at block {}: {what} is {have}, rindex says {want}",
+                                ri.addr
+                            ),
+                            true,
+                        )
+                    {
+                        return true;
+                    }
+                    false
+                };
+                if fix(&mut self.r, "rg_data0", hdr.data0, ri.data0) {
+                    rg.hdr.data0 = ri.data0;
+                    rg.dirty = true;
+                }
+                if fix(&mut self.r, "rg_data", hdr.data.into(), ri.data.into()) {
+                    rg.hdr.data = ri.data;
+                    rg.dirty = true;
+                }
+                if fix(
+                    &mut self.r,
+                    "rg_bitbytes",
+                    hdr.bitbytes.into(),
+                    ri.bitbytes.into(),
+                ) {
+                    rg.hdr.bitbytes = ri.bitbytes;
+                    rg.dirty = true;
+                }
+                if hdr.skip != 0
+                    && hdr.skip != skip
+                    && self.r.problem(
+                        &format!(
+                            "Resource group {i} at block {}: rg_skip is {}, should be {skip}",
+                            ri.addr, hdr.skip
+                        ),
+                        true,
+                    )
+                {
+                    rg.hdr.skip = skip;
+                    rg.dirty = true;
+                }
+                if hdr.crc != 0 {
+                    let crc = hash::rgrp_crc(&raw)?;
+                    if crc != hdr.crc
+                        && self.r.problem(
+                            &format!(
+                                "Resource group {i} at block {}: rg_crc {:#x} should be {crc:#x}",
+                                ri.addr, hdr.crc
+                            ),
+                            true,
+                        )
+                    {
+                        rg.dirty = true;
+                    }
+                }
+            }
+            // Bitmap blocks after the header.
+            for k in 1..ri.length as usize {
+                let b = &raw[k * bsize..(k + 1) * bsize];
+                if !meta_ok(b, metatype::RB)
+                    && self.r.problem(
+                        &format!(
+                            "Resource group {i}: bitmap block {} has a bad header",
+                            ri.addr + k as u64
+                        ),
+                        true,
+                    )
+                {
+                    rg.dirty = true;
+                }
+            }
+            let mut left = ri.bitbytes as usize;
+            let first = (bsize - Rgrp::SIZE).min(left);
+            rg.bits
+                .extend_from_slice(&raw[Rgrp::SIZE..Rgrp::SIZE + first]);
+            left -= first;
+            let mut k = 1;
+            while left > 0 && k < ri.length as usize {
+                let n = (bsize - MetaHeader::SIZE).min(left);
+                let o = k * bsize + MetaHeader::SIZE;
+                rg.bits.extend_from_slice(&raw[o..o + n]);
+                left -= n;
+                k += 1;
+            }
+            rg.bits.resize(ri.bitbytes as usize, 0);
+            self.rgs.push(rg);
+        }
+        let nblocks = usize::try_from(self.fs_blocks).map_err(|_| Fatal("too big".into()))?;
+        self.want = vec![W_FREE; nblocks];
+        self.owner = vec![0; nblocks];
+        Ok(())
+    }
+
+    // ---- journals -----------------------------------------------------
+
+    fn extents(&self, addr: u64) -> Res<Vec<JournalExtent>> {
+        let (di, buf) = self.dinode(addr)?;
+        let t = self.tree(&di, &buf, addr)?;
+        let mut ex: Vec<JournalExtent> = Vec::new();
+        let nblocks = di.size / u64::from(self.bsize);
+        for (l, p, _) in t.data {
+            if l >= nblocks {
+                break;
+            }
+            match ex.last_mut() {
+                Some(e) if e.lblock + e.len == l && e.phys + e.len == p => e.len += 1,
+                _ => ex.push(JournalExtent {
+                    lblock: l,
+                    phys: p,
+                    len: 1,
+                }),
+            }
+        }
+        Ok(ex)
+    }
+
+    pub fn check_journals(&mut self) -> Res<()> {
+        self.r.progress("Checking journals");
+        let master = self.sb.master_dir.addr;
+        let jindex = self.lookup(master, "jindex")?.addr;
+        let per_node = self.lookup(master, "per_node").map(|i| i.addr).ok();
+        self.statfs_addr = self.lookup(master, "statfs")?.addr;
+        let mut js: Vec<(u32, u64)> = self
+            .list_dir(jindex)?
+            .into_iter()
+            .filter_map(|(n, i)| Some((n.strip_prefix("journal")?.parse().ok()?, i.addr)))
+            .collect();
+        js.sort();
+        let nodes = match per_node {
+            Some(p) => self.list_dir(p)?,
+            None => Vec::new(),
+        };
+        let node_file = |name: String| {
+            nodes
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, i)| i.addr)
+                .unwrap_or(0)
+        };
+        for (j, jaddr) in js {
+            let sc = node_file(format!("statfs_change{j}"));
+            if sc != 0 {
+                self.local_statfs.push(sc);
+            }
+            let ex = match self.extents(jaddr) {
+                Ok(e) if !e.is_empty() => e,
+                _ => {
+                    self.r.problem(
+                        &format!("Journal #{} (\"journal{j}\") has no blocks", j + 1),
+                        false,
+                    );
+                    continue;
+                }
+            };
+            let head = match recovery::find_head(&self.dev, self.bsize, &ex) {
+                Ok(h) => h,
+                Err(e) => {
+                    if self.r.problem(
+                        &format!("Journal #{} (\"journal{j}\") is corrupt: {e}", j + 1),
+                        true,
+                    ) {
+                        self.reset_journal(
+                            j,
+                            jaddr,
+                            &ex,
+                            sc,
+                            node_file(format!("quota_change{j}")),
+                        )?;
+                    }
+                    continue;
+                }
+            };
+            if head.is_clean() {
+                self.r
+                    .info(&format!("journal{j}: clean, head at block {}", head.lblock));
+                continue;
+            }
+            let unsafe_preen =
+                self.r.mode == Mode::Preen && self.sb.lockproto_str() != "lock_nolock";
+            let msg = format!("Journal #{} (\"journal{j}\") is dirty", j + 1);
+            if unsafe_preen {
+                self.r.problem(&msg, false);
+                return Err(Fatal(
+                    "not replaying with -p: the lock protocol is not lock_nolock".into(),
+                ));
+            }
+            if self.r.problem(&msg, true) {
+                let clean = CleanHeader {
+                    writer_jid: j,
+                    jinode: jaddr,
+                    statfs_addr: sc,
+                    quota_addr: node_file(format!("quota_change{j}")),
+                    master_statfs_addr: self.statfs_addr,
+                };
+                let st = recovery::recover(&self.dev, self.bsize, &ex, &head, &clean)
+                    .map_err(|e| Fatal(format!("journal{j}: replay failed: {e}")))?;
+                self.r.info(&format!(
+                    "journal{j}: replayed {} blocks, {} revoked, {} revokes",
+                    st.replayed, st.revoked, st.revokes
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Make a journal with no valid header usable: one clean header at 0.
+    fn reset_journal(
+        &mut self,
+        j: u32,
+        jaddr: u64,
+        ex: &[JournalExtent],
+        statfs: u64,
+        quota: u64,
+    ) -> Res<()> {
+        let clean = CleanHeader {
+            writer_jid: j,
+            jinode: jaddr,
+            statfs_addr: statfs,
+            quota_addr: quota,
+            master_statfs_addr: 0,
+        };
+        let phys = ex[0].phys;
+        let b = recovery::build_log_header(
+            self.bsize,
+            j,
+            1,
+            0,
+            0,
+            lh::UNMOUNT | lh::USERSPACE,
+            phys,
+            &clean,
+        );
+        self.dev.write_at(&b, phys * u64::from(self.bsize))?;
+        self.dev.flush()?;
+        Ok(())
+    }
+
+    // ---- the inode walk -------------------------------------------------
+
+    /// Claim `blk` for inode `owner`. Returns an error text when the block
+    /// is out of range or already claimed.
+    fn claim(&mut self, blk: u64, owner: u32, st: u8) -> Result<(), String> {
+        if self.rg_of(blk).is_none() {
+            return Err(format!("block {blk} is outside the resource groups' data"));
+        }
+        let i = blk as usize;
+        if self.want[i] != W_FREE {
+            let other = self.owner[i];
+            let who = self
+                .inodes
+                .get(other.wrapping_sub(1) as usize)
+                .map(|x| x.addr)
+                .unwrap_or(0);
+            return Err(format!("block {blk} is already used by inode {who}"));
+        }
+        self.want[i] = st;
+        self.owner[i] = owner + 1;
+        self.inodes[owner as usize].blocks += 1;
+        Ok(())
+    }
+
+    /// A free block (bitmap free and not claimed), marked used for `owner`.
+    fn alloc(&mut self, owner: u32) -> Option<u64> {
+        for i in 0..self.rgs.len() {
+            let rg = &self.rgs[i];
+            for idx in 0..u64::from(rg.ri.data) {
+                let blk = rg.ri.data0 + idx;
+                if bitmap_get(&rg.bits, idx as usize) == Some(BlockState::Free)
+                    && self.want[blk as usize] == W_FREE
+                {
+                    self.set_bit(blk, BlockState::Used);
+                    self.want[blk as usize] = W_USED;
+                    self.owner[blk as usize] = owner + 1;
+                    self.inodes[owner as usize].blocks += 1;
+                    return Some(blk);
+                }
+            }
+        }
+        None
+    }
+
+    pub fn walk(&mut self) -> Res<()> {
+        self.r.progress("Checking inodes and directories");
+        let master = self.sb.master_dir;
+        let root = self.sb.root_dir;
+        for (inum, what) in [(master, "master"), (root, "root")] {
+            if self.rg_of(inum.addr).is_none() {
+                self.r.problem(
+                    &format!(
+                        "Superblock: {what} directory address {} out of range",
+                        inum.addr
+                    ),
+                    false,
+                );
+                continue;
+            }
+            match self.dinode(inum.addr) {
+                Ok((di, _)) if di.is_dir() => {
+                    let idx = self.add_inode(&di, inum.addr);
+                    self.inodes[idx as usize].links = 0;
+                    self.inspect(idx)?;
+                }
+                _ => {
+                    self.r.problem(
+                        &format!(
+                            "The {what} directory at block {} is not a valid directory",
+                            inum.addr
+                        ),
+                        false,
+                    );
+                }
+            }
+            while let Some(rf) = self.queue.pop_front() {
+                self.follow(rf)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn add_inode(&mut self, di: &Dinode, addr: u64) -> u32 {
+        let idx = self.inodes.len() as u32;
+        self.inodes.push(Ino {
+            addr,
+            formal: di.num.formal_ino,
+            mode: di.mode,
+            nlink: di.nlink,
+            links: 1,
+            blocks: 0,
+            is_dir: di.is_dir(),
+            parent: addr,
+            dotdot: None,
+            dirent_blocks: Vec::new(),
+        });
+        self.by_addr.insert(addr, idx);
+        idx
+    }
+
+    /// Follow a directory entry to its inode.
+    fn follow(&mut self, rf: Ref) -> Res<()> {
+        let addr = rf.inum.addr;
+        let parent_addr = self.inodes[rf.dir as usize].addr;
+        let label = format!("Directory {parent_addr}: entry {:?} -> {addr}", rf.name);
+        if let Some(&idx) = self.by_addr.get(&addr) {
+            let (formal, is_dir, mode) = {
+                let ino = &self.inodes[idx as usize];
+                (ino.formal, ino.is_dir, ino.mode)
+            };
+            if formal != rf.inum.formal_ino
+                && self.r.problem(
+                    &format!(
+                        "{label}: formal inode number {} should be {formal}",
+                        rf.inum.formal_ino
+                    ),
+                    true,
+                )
+            {
+                self.fix_dirent_inum(rf.at, formal)?;
+            }
+            if is_dir {
+                if self
+                    .r
+                    .problem(&format!("{label}: a second link to a directory"), true)
+                {
+                    self.del_dirent(rf.at)?;
+                }
+                return Ok(());
+            }
+            let dt = ifmt_to_dt(mode);
+            self.inodes[idx as usize].links += 1;
+            self.check_de_type(&rf, dt, &label)?;
+            return Ok(());
+        }
+        let bad = if self.rg_of(addr).is_none() {
+            Some("points outside the filesystem's data".to_string())
+        } else if self.want[addr as usize] != W_FREE {
+            Some("points at a block used by another inode".into())
+        } else {
+            match self.read(addr).map(|b| Dinode::parse(&b)) {
+                Ok(Ok(d))
+                    if d.header.magic == MAGIC
+                        && d.header.mh_type == metatype::DI
+                        && d.num.addr == addr =>
+                {
+                    if d.mode & 0o170000 == 0 || dt_to_ifmt(ifmt_to_dt(d.mode)) != d.mode & 0o170000
+                    {
+                        Some(format!("points at an inode with invalid mode {:o}", d.mode))
+                    } else {
+                        None
+                    }
+                }
+                _ => Some("points at a block that is not an inode".into()),
+            }
+        };
+        if let Some(why) = bad {
+            if self
+                .r
+                .problem(&format!("{label}: {why}; removing the entry"), true)
+            {
+                self.del_dirent(rf.at)?;
+            }
+            return Ok(());
+        }
+        let (di, _) = self.dinode(addr)?;
+        if di.num.formal_ino != rf.inum.formal_ino
+            && self.r.problem(
+                &format!(
+                    "{label}: formal inode number {} should be {}",
+                    rf.inum.formal_ino, di.num.formal_ino
+                ),
+                true,
+            )
+        {
+            self.fix_dirent_inum(rf.at, di.num.formal_ino)?;
+        }
+        let idx = self.add_inode(&di, addr);
+        self.inodes[idx as usize].parent = parent_addr;
+        self.check_de_type(&rf, ifmt_to_dt(di.mode), &label)?;
+        self.inspect(idx)
+    }
+
+    fn check_de_type(&mut self, rf: &Ref, dt: u16, label: &str) -> Res<()> {
+        if rf.de_type != dt
+            && self.r.problem(
+                &format!(
+                    "{label}: entry type {} does not match the inode's type {dt}",
+                    rf.de_type
+                ),
+                true,
+            )
+        {
+            let mut b = self.read(rf.at.0)?;
+            let o = rf.at.1 + 24;
+            if let Some(s) = b.get_mut(o..o + 2) {
+                s.copy_from_slice(&dt.to_be_bytes());
+            }
+            self.write(rf.at.0, b);
+        }
+        Ok(())
+    }
+
+    fn fix_dirent_inum(&mut self, at: (u64, usize, usize), formal: u64) -> Res<()> {
+        let mut b = self.read(at.0)?;
+        put_be64(&mut b, at.1, formal);
+        self.write(at.0, b);
+        Ok(())
+    }
+
+    /// Remove the record at `at` (as the kernel's dirent_del does).
+    fn del_dirent(&mut self, at: (u64, usize, usize)) -> Res<()> {
+        let (blk, off, start) = at;
+        let mut b = self.read(blk)?;
+        let mut prev = None;
+        for d in DirentIter::new(&b, start) {
+            let Ok(d) = d else { break };
+            if d.offset == off {
+                break;
+            }
+            prev = Some((d.offset, d.dirent.rec_len));
+        }
+        let cur_len = u16::from_be_bytes([b[off + 20], b[off + 21]]);
+        match prev {
+            Some((p, plen)) if off != start => {
+                let n = plen.saturating_add(cur_len);
+                b[p + 20..p + 22].copy_from_slice(&n.to_be_bytes());
+            }
+            _ => {
+                b[off..off + 16].fill(0);
+            }
+        }
+        self.write(blk, b);
+        Ok(())
+    }
+
+    /// Check one inode: its metadata tree, EA blocks, and for a directory
+    /// its entries.
+    fn inspect(&mut self, idx: u32) -> Res<()> {
+        let addr = self.inodes[idx as usize].addr;
+        if let Err(e) = self.claim(addr, idx, W_DINODE) {
+            self.r.problem(&format!("Inode {addr}: {e}"), false);
+            return Ok(());
+        }
+        let (mut di, buf) = self.dinode(addr)?;
+        let label = format!("Inode {addr}");
+        let mut dirty = false;
+        // Height and size.
+        if di.height > gfs2_ondisk::MAX_META_HEIGHT {
+            self.r.problem(
+                &format!("{label}: height {} is too large", di.height),
+                false,
+            );
+            return Ok(());
+        }
+        let maxsz = layout::max_size_for_height(self.bsize, di.height).unwrap_or(u64::MAX);
+        if di.size > maxsz && !(di.is_dir() && di.is_exhash() && di.height == 0 && false) {
+            if self.r.problem(
+                &format!(
+                    "{label}: size {} is too large for height {}",
+                    di.size, di.height
+                ),
+                true,
+            ) {
+                di.size = maxsz;
+                dirty = true;
+            }
+        }
+        // Metadata tree.
+        let t = self.tree(&di, &buf, addr)?;
+        let is_dir = di.is_dir();
+        for (p, loc) in &t.meta {
+            if let Err(e) = self.claim(*p, idx, W_USED) {
+                if self
+                    .r
+                    .problem(&format!("{label}: indirect pointer: {e}"), true)
+                {
+                    self.zero_ptr(*loc)?;
+                }
+            } else if !self.read(*p).is_ok_and(|b| meta_ok(&b, metatype::IN)) {
+                if self.r.problem(
+                    &format!("{label}: block {p} is not an indirect block"),
+                    true,
+                ) {
+                    self.zero_ptr(*loc)?;
+                }
+                self.unclaim(*p, idx);
+            }
+        }
+        let mut data = Vec::with_capacity(t.data.len());
+        for (l, p, loc) in t.data {
+            // Skip data under indirect blocks that were dropped.
+            if loc.block != addr && self.owner.get(loc.block as usize) != Some(&(idx + 1)) {
+                continue;
+            }
+            match self.claim(p, idx, W_USED) {
+                Ok(()) => data.push((l, p)),
+                Err(e) => {
+                    let dup = self.rg_of(p).is_some();
+                    if dup && !is_dir {
+                        if self
+                            .r
+                            .problem(&format!("{label}: data {e}; copying it"), true)
+                        {
+                            if let Some(nb) = self.alloc(idx) {
+                                let b = self.read(p)?;
+                                self.write(nb, b);
+                                let mut pb = self.read(loc.block)?;
+                                put_be64(&mut pb, loc.off, nb);
+                                self.write(loc.block, pb);
+                                data.push((l, nb));
+                            } else {
+                                self.zero_ptr(loc)?;
+                            }
+                        }
+                    } else if self.r.problem(&format!("{label}: data pointer: {e}"), true) {
+                        self.zero_ptr(loc)?;
+                    }
+                }
+            }
+        }
+        // Extended attributes.
+        if di.eattr != 0 {
+            if let Err(e) = self.check_ea(idx, &di) {
+                if self.r.problem(
+                    &format!("{label}: extended attributes: {e}; removing them"),
+                    true,
+                ) {
+                    di.eattr = 0;
+                    di.flags &= !dif::EA_INDIRECT;
+                    dirty = true;
+                }
+            }
+        }
+        if dirty {
+            let mut b = self.read(addr)?;
+            di.write(&mut b)?;
+            self.write(addr, b);
+        }
+        if is_dir {
+            self.check_dir(idx, &di, &data)?;
+        }
+        Ok(())
+    }
+
+    fn unclaim(&mut self, blk: u64, idx: u32) {
+        if let Some(o) = self.owner.get_mut(blk as usize) {
+            if *o == idx + 1 {
+                *o = 0;
+                self.want[blk as usize] = W_FREE;
+                self.inodes[idx as usize].blocks -= 1;
+            }
+        }
+    }
+
+    fn check_ea(&mut self, idx: u32, di: &Dinode) -> Result<(), String> {
+        let mut blocks = vec![di.eattr];
+        let mut claimed = Vec::new();
+        let res = (|| {
+            self.claim(di.eattr, idx, W_USED)?;
+            claimed.push(di.eattr);
+            let b = self.read(di.eattr).map_err(|e| e.0)?;
+            if di.flags & dif::EA_INDIRECT != 0 {
+                if !meta_ok(&b, metatype::IN) {
+                    return Err(format!("block {} is not an EA indirect block", di.eattr));
+                }
+                blocks.clear();
+                for off in (MetaHeader::SIZE..b.len()).step_by(8) {
+                    let p = be64(&b, off);
+                    if p == 0 {
+                        break;
+                    }
+                    self.claim(p, idx, W_USED)?;
+                    claimed.push(p);
+                    blocks.push(p);
+                }
+            }
+            for eb in blocks {
+                let b = self.read(eb).map_err(|e| e.0)?;
+                if !meta_ok(&b, metatype::EA) {
+                    return Err(format!("block {eb} is not an EA block"));
+                }
+                for ea in EaIter::new(&b) {
+                    let ea = ea.map_err(|e| e.to_string())?;
+                    for p in ea.ptrs {
+                        self.claim(p, idx, W_USED)?;
+                        claimed.push(p);
+                        let d = self.read(p).map_err(|e| e.0)?;
+                        if !meta_ok(&d, metatype::ED) {
+                            return Err(format!("block {p} is not an EA data block"));
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })();
+        if res.is_err() {
+            for c in claimed {
+                self.unclaim(c, idx);
+            }
+        }
+        res
+    }
+
+    // ---- directories ----------------------------------------------------
+
+    fn check_dir(&mut self, idx: u32, di: &Dinode, data: &[(u64, u64)]) -> Res<()> {
+        let addr = self.inodes[idx as usize].addr;
+        let label = format!("Directory {addr}");
+        if !di.is_exhash() {
+            if di.height != 0 {
+                self.r.problem(
+                    &format!("{label}: linear directory with a metadata tree"),
+                    false,
+                );
+                return Ok(());
+            }
+            self.inodes[idx as usize]
+                .dirent_blocks
+                .push((addr, Dinode::SIZE));
+            self.scan_dirents(idx, addr, Dinode::SIZE, None)?;
+            return Ok(());
+        }
+        // Hash table.
+        let depth = di.depth;
+        let want_size = layout::dir_hash_ptrs(depth).map(|n| n * 8);
+        if depth > gfs2_ondisk::DIR_MAX_DEPTH || want_size != Some(di.size) {
+            self.r.problem(
+                &format!(
+                    "{label}: hash table size {} does not match depth {depth}",
+                    di.size
+                ),
+                false,
+            );
+            return Ok(());
+        }
+        let nptrs = 1usize << depth;
+        let mut table = vec![0u64; nptrs];
+        if di.height == 0 {
+            let b = self.read(addr)?;
+            if Dinode::SIZE + nptrs * 8 > b.len() {
+                self.r
+                    .problem(&format!("{label}: stuffed hash table too large"), false);
+                return Ok(());
+            }
+            for (i, t) in table.iter_mut().enumerate() {
+                *t = be64(&b, Dinode::SIZE + 8 * i);
+            }
+        } else {
+            let per = (self.bsize as usize - MetaHeader::SIZE) / 8 * 8;
+            let per_ptrs = (self.bsize as usize - MetaHeader::SIZE) / 8;
+            let _ = per;
+            for &(l, p) in data {
+                let b = self.read(p)?;
+                if !meta_ok(&b, metatype::JD) {
+                    continue;
+                }
+                // Bytes of the table in logical block l.
+                let byte0 = l as usize * (self.bsize as usize - MetaHeader::SIZE);
+                for k in 0..per_ptrs {
+                    let tb = byte0 + 8 * k;
+                    if tb % 8 != 0 || tb / 8 >= nptrs {
+                        continue;
+                    }
+                    table[tb / 8] = be64(&b, MetaHeader::SIZE + 8 * k);
+                }
+            }
+        }
+        // Validate the table: each leaf covers an aligned run.
+        let mut leaves: Vec<(u64, u16)> = Vec::new(); // (blk, lf_depth) per distinct leaf
+        let mut ok = true;
+        let mut i = 0usize;
+        let mut leaf_info: HashMap<u64, Option<Leaf>> = HashMap::new();
+        while i < nptrs {
+            let p = table[i];
+            let lf = *leaf_info.entry(p).or_insert_with(|| {
+                if p == 0 || self.rg_of(p).is_none() {
+                    return None;
+                }
+                self.read(p).ok().and_then(|b| {
+                    if meta_ok(&b, metatype::LF) {
+                        Leaf::parse(&b).ok()
+                    } else {
+                        None
+                    }
+                })
+            });
+            let run = lf
+                .filter(|l| l.depth <= depth)
+                .map(|l| 1usize << (depth - l.depth));
+            let good = match run {
+                Some(n) => i % n == 0 && i + n <= nptrs && table[i..i + n].iter().all(|&x| x == p),
+                None => false,
+            };
+            if !good {
+                ok = false;
+                break;
+            }
+            if let (Some(n), Some(l)) = (run, lf) {
+                leaves.push((p, l.depth));
+                i += n;
+            }
+        }
+        if !ok {
+            if self.r.problem(
+                &format!("{label}: hash table is inconsistent; rebuilding it"),
+                true,
+            ) {
+                leaves = self.rebuild_table(idx, di, &mut table, &leaf_info)?;
+            } else {
+                // Check whatever leaves are valid.
+                let mut seen = std::collections::HashSet::new();
+                leaves = table
+                    .iter()
+                    .filter(|p| seen.insert(**p))
+                    .filter_map(|p| leaf_info.get(p).copied().flatten().map(|l| (*p, l.depth)))
+                    .collect();
+            }
+        }
+        // Walk leaves and their chains.
+        let mut slot = 0u64;
+        let mut start_of: HashMap<u64, u64> = HashMap::new();
+        for (i, p) in table.iter().enumerate() {
+            start_of.entry(*p).or_insert(i as u64);
+        }
+        let _ = &mut slot;
+        for (p, lfd) in leaves {
+            let start = start_of.get(&p).copied().unwrap_or(0);
+            let len = 1u64 << (depth - lfd.min(depth));
+            let mut cur = p;
+            let mut hops = 0;
+            let mut prev: Option<u64> = None;
+            while cur != 0 {
+                hops += 1;
+                if let Err(e) = self.claim(cur, idx, W_USED) {
+                    if self.r.problem(&format!("{label}: leaf {e}"), true) {
+                        match prev {
+                            Some(pb) => {
+                                let mut b = self.read(pb)?;
+                                put_be64(&mut b, 32, 0);
+                                self.write(pb, b);
+                            }
+                            None => { /* table slot: leave it, reported */ }
+                        }
+                    }
+                    break;
+                }
+                let b = self.read(cur)?;
+                if !meta_ok(&b, metatype::LF) || hops > 1000 {
+                    self.unclaim(cur, idx);
+                    if self.r.problem(
+                        &format!("{label}: leaf chain block {cur} is not a leaf"),
+                        true,
+                    ) {
+                        if let Some(pb) = prev {
+                            let mut b = self.read(pb)?;
+                            put_be64(&mut b, 32, 0);
+                            self.write(pb, b);
+                        }
+                    }
+                    break;
+                }
+                self.inodes[idx as usize]
+                    .dirent_blocks
+                    .push((cur, Leaf::SIZE));
+                self.scan_dirents(idx, cur, Leaf::SIZE, Some((start, len, depth)))?;
+                prev = Some(cur);
+                cur = Leaf::parse(&b).map(|l| l.next).unwrap_or(0);
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuild an exhash table from its valid leaves: each leaf goes where
+    /// its entries' hashes say (or where it was found if empty); holes get
+    /// new empty leaves.
+    fn rebuild_table(
+        &mut self,
+        idx: u32,
+        di: &Dinode,
+        table: &mut [u64],
+        info: &HashMap<u64, Option<Leaf>>,
+    ) -> Res<Vec<(u64, u16)>> {
+        let depth = di.depth;
+        let nptrs = table.len();
+        let mut fresh = vec![0u64; nptrs];
+        let mut leaves = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (i, p) in table.iter().enumerate() {
+            let Some(Some(l)) = info.get(p) else { continue };
+            if l.depth > depth || !seen.insert(*p) {
+                continue;
+            }
+            let n = 1usize << (depth - l.depth);
+            let b = self.read(*p)?;
+            let h = DirentIter::new(&b, Leaf::SIZE)
+                .flatten()
+                .find(|d| !d.dirent.is_unused())
+                .map(|d| d.dirent.hash);
+            let slot = match h {
+                Some(h) if depth > 0 => (h >> (32 - u32::from(depth))) as usize,
+                Some(_) => 0,
+                None => i,
+            };
+            let s0 = slot & !(n - 1);
+            if fresh[s0..s0 + n].iter().any(|&x| x != 0) {
+                continue;
+            }
+            fresh[s0..s0 + n].fill(*p);
+            leaves.push((*p, l.depth));
+        }
+        // Fill holes with new empty leaves covering maximal aligned runs.
+        let mut i = 0;
+        while i < nptrs {
+            if fresh[i] != 0 {
+                i += 1;
+                continue;
+            }
+            let mut n = 1usize;
+            while i % (n * 2) == 0
+                && i + n * 2 <= nptrs
+                && fresh[i..i + n * 2].iter().all(|&x| x == 0)
+            {
+                n *= 2;
+            }
+            let lfd = depth - n.trailing_zeros() as u16;
+            let Some(nb) = self.alloc(idx) else {
+                return Err(Fatal("no free block for a directory leaf".into()));
+            };
+            let mut b = vec![0u8; self.bsize as usize];
+            Leaf {
+                depth: lfd,
+                ..Leaf::default()
+            }
+            .write(&mut b)?;
+            Dirent {
+                rec_len: (self.bsize as usize - Leaf::SIZE) as u16,
+                ..Dirent::default()
+            }
+            .write(&mut b[Leaf::SIZE..])?;
+            self.write(nb, b);
+            // alloc() counted it; check_dir's leaf walk claims it again.
+            self.unclaim(nb, idx);
+            self.set_bit(nb, BlockState::Used);
+            fresh[i..i + n].fill(nb);
+            leaves.push((nb, lfd));
+            i += n;
+        }
+        table.copy_from_slice(&fresh);
+        self.write_table(idx, di, table)?;
+        Ok(leaves)
+    }
+
+    fn write_table(&mut self, idx: u32, di: &Dinode, table: &[u64]) -> Res<()> {
+        let addr = self.inodes[idx as usize].addr;
+        if di.height == 0 {
+            let mut b = self.read(addr)?;
+            for (i, p) in table.iter().enumerate() {
+                put_be64(&mut b, Dinode::SIZE + 8 * i, *p);
+            }
+            self.write(addr, b);
+            return Ok(());
+        }
+        let (d2, buf) = self.dinode(addr)?;
+        let t = self.tree(&d2, &buf, addr)?;
+        let per = (self.bsize as usize - MetaHeader::SIZE) / 8;
+        for (l, p, _) in t.data {
+            if self.owner.get(p as usize) != Some(&(idx + 1)) {
+                continue;
+            }
+            let mut b = self.read(p)?;
+            MetaHeader::new(metatype::JD, format::JD).write(&mut b)?;
+            for k in 0..per {
+                let ti = l as usize * per + k;
+                if let Some(v) = table.get(ti) {
+                    put_be64(&mut b, MetaHeader::SIZE + 8 * k, *v);
+                }
+            }
+            self.write(p, b);
+        }
+        Ok(())
+    }
+
+    /// Check the entries of one block of a directory and queue their
+    /// targets. `range`: for a leaf, the hash-table slots it covers.
+    fn scan_dirents(
+        &mut self,
+        idx: u32,
+        blk: u64,
+        start: usize,
+        range: Option<(u64, u64, u16)>,
+    ) -> Res<()> {
+        let dir_addr = self.inodes[idx as usize].addr;
+        let label = format!("Directory {dir_addr} block {blk}");
+        let mut b = self.read(blk)?;
+        let mut changed = false;
+        let mut dels = Vec::new();
+        let mut last_good: Option<usize> = None;
+        let mut offs = Vec::new();
+        for d in DirentIter::new(&b, start) {
+            match d {
+                Ok(d) => {
+                    offs.push(d.offset);
+                    last_good = Some(d.offset);
+                }
+                Err(e) => {
+                    if self.r.problem(
+                        &format!("{label}: damaged entry ({e}); dropping the rest of the block"),
+                        true,
+                    ) {
+                        let end = b.len();
+                        match last_good {
+                            Some(o) => {
+                                let n = (end - o) as u16;
+                                b[o + 20..o + 22].copy_from_slice(&n.to_be_bytes());
+                            }
+                            None => {
+                                Dirent {
+                                    rec_len: (end - start) as u16,
+                                    ..Dirent::default()
+                                }
+                                .write(&mut b[start..])?;
+                                offs.clear();
+                            }
+                        }
+                        changed = true;
+                    }
+                    break;
+                }
+            }
+        }
+        for off in offs {
+            let Ok(de) = Dirent::parse(&b[off..]) else {
+                continue;
+            };
+            if de.is_unused() {
+                continue;
+            }
+            let nl = usize::from(de.name_len);
+            let name = b[off + Dirent::SIZE..off + Dirent::SIZE + nl].to_vec();
+            let sname = String::from_utf8_lossy(&name).into_owned();
+            let h = hash::dirent_hash(&name);
+            if h != de.hash {
+                if self.r.problem(
+                    &format!(
+                        "{label}: entry {sname:?} has hash {:#x}, should be {h:#x}",
+                        de.hash
+                    ),
+                    true,
+                ) {
+                    b[off + 16..off + 20].copy_from_slice(&h.to_be_bytes());
+                    changed = true;
+                }
+            }
+            if let Some((s, n, depth)) = range {
+                let slot = if depth == 0 {
+                    0
+                } else {
+                    u64::from(h >> (32 - u32::from(depth)))
+                };
+                if slot < s || slot >= s + n {
+                    if self.r.problem(
+                        &format!("{label}: entry {sname:?} is in the wrong leaf; removing it"),
+                        true,
+                    ) {
+                        dels.push(off);
+                    }
+                    continue;
+                }
+            }
+            if name == b"." {
+                if de.inum.addr != dir_addr {
+                    if self
+                        .r
+                        .problem(&format!("{label}: '.' points at {}", de.inum.addr), true)
+                    {
+                        put_be64(&mut b, off + 8, dir_addr);
+                        put_be64(&mut b, off, self.inodes[idx as usize].formal);
+                        changed = true;
+                    }
+                }
+                self.inodes[idx as usize].links += 1;
+                continue;
+            }
+            if name == b".." {
+                self.inodes[idx as usize].dotdot = Some((de.inum.addr, blk, off));
+                continue;
+            }
+            if name.contains(&b'/') || name.contains(&0) {
+                if self.r.problem(
+                    &format!("{label}: entry {sname:?} has an invalid name; removing it"),
+                    true,
+                ) {
+                    dels.push(off);
+                }
+                continue;
+            }
+            self.queue.push_back(Ref {
+                inum: de.inum,
+                de_type: de.de_type,
+                dir: idx,
+                at: (blk, off, start),
+                name: sname,
+            });
+        }
+        if changed || !dels.is_empty() {
+            self.write(blk, b);
+        }
+        for off in dels.into_iter().rev() {
+            self.del_dirent((blk, off, start))?;
+        }
+        Ok(())
+    }
+
+    /// After the walk: '.' and '..', entry counts, link counts, di_blocks.
+    pub fn check_counts(&mut self) -> Res<()> {
+        self.r.progress("Checking link counts and entry counts");
+        // '..'
+        for i in 0..self.inodes.len() {
+            if !self.inodes[i].is_dir {
+                continue;
+            }
+            let parent = self.inodes[i].parent;
+            let addr = self.inodes[i].addr;
+            match self.inodes[i].dotdot {
+                Some((t, blk, off)) => {
+                    if t != parent {
+                        if self.r.problem(
+                            &format!("Directory {addr}: '..' points at {t}, should be {parent}"),
+                            true,
+                        ) {
+                            let pf = self
+                                .by_addr
+                                .get(&parent)
+                                .map(|&p| self.inodes[p as usize].formal)
+                                .unwrap_or(0);
+                            let mut b = self.read(blk)?;
+                            put_be64(&mut b, off, pf);
+                            put_be64(&mut b, off + 8, parent);
+                            self.write(blk, b);
+                        }
+                    }
+                    if let Some(&p) = self.by_addr.get(&parent) {
+                        self.inodes[p as usize].links += 1;
+                    }
+                }
+                None => {
+                    self.r
+                        .problem(&format!("Directory {addr}: no '..' entry"), false);
+                    if let Some(&p) = self.by_addr.get(&parent) {
+                        self.inodes[p as usize].links += 1;
+                    }
+                }
+            }
+        }
+        // Entry counts.
+        for i in 0..self.inodes.len() {
+            if !self.inodes[i].is_dir {
+                continue;
+            }
+            let addr = self.inodes[i].addr;
+            let mut total = 0u32;
+            let blocks = self.inodes[i].dirent_blocks.clone();
+            for (blk, start) in blocks {
+                let b = self.read(blk)?;
+                let n = DirentIter::new(&b, start)
+                    .flatten()
+                    .filter(|d| !d.dirent.is_unused())
+                    .count() as u32;
+                total += n;
+                if start == Leaf::SIZE {
+                    let mut lf = Leaf::parse(&b)?;
+                    if u32::from(lf.entries) != n
+                        && self.r.problem(
+                            &format!(
+                                "Directory {addr}: leaf {blk} says {} entries, found {n}",
+                                lf.entries
+                            ),
+                            true,
+                        )
+                    {
+                        let mut b = b.clone();
+                        lf.entries = n as u16;
+                        lf.write(&mut b)?;
+                        self.write(blk, b);
+                    }
+                }
+            }
+            let (mut di, _) = self.dinode(addr)?;
+            if di.entries != total
+                && self.r.problem(
+                    &format!(
+                        "Directory {addr}: di_entries is {}, found {total}",
+                        di.entries
+                    ),
+                    true,
+                )
+            {
+                di.entries = total;
+                let mut b = self.read(addr)?;
+                di.write(&mut b)?;
+                self.write(addr, b);
+            }
+        }
+        // Link counts and block counts.
+        for i in 0..self.inodes.len() {
+            let ino = &self.inodes[i];
+            let (addr, links, nlink, blocks) = (ino.addr, ino.links, ino.nlink, ino.blocks);
+            let Ok((mut di, _)) = self.dinode(addr) else {
+                continue;
+            };
+            let mut dirty = false;
+            if links != nlink
+                && self.r.problem(
+                    &format!("Inode {addr}: link count {nlink}, found {links} links"),
+                    true,
+                )
+            {
+                di.nlink = links;
+                dirty = true;
+            }
+            if blocks != di.blocks
+                && self.r.problem(
+                    &format!(
+                        "Inode {addr}: di_blocks {}, found {blocks} blocks",
+                        di.blocks
+                    ),
+                    true,
+                )
+            {
+                di.blocks = blocks;
+                dirty = true;
+            }
+            if dirty {
+                let mut b = self.read(addr)?;
+                di.write(&mut b)?;
+                self.write(addr, b);
+            }
+        }
+        Ok(())
+    }
+
+    // ---- bitmaps and counts ------------------------------------------
+
+    pub fn check_bitmaps(&mut self) -> Res<()> {
+        self.r.progress("Checking bitmaps");
+        // Compare on two threads.
+        let want = &self.want;
+        let rgs = &self.rgs;
+        let cmp = |rg: &Rg| -> Vec<(u64, BlockState, u8)> {
+            let mut v = Vec::new();
+            for idx in 0..u64::from(rg.ri.data) {
+                let blk = rg.ri.data0 + idx;
+                let have = bitmap_get(&rg.bits, idx as usize).unwrap_or(BlockState::Free);
+                let w = want[blk as usize];
+                let ok = match have {
+                    BlockState::Free => w == W_FREE,
+                    BlockState::Used => w == W_USED,
+                    BlockState::Dinode => w == W_DINODE,
+                    BlockState::Unlinked => false,
+                };
+                if !ok {
+                    v.push((blk, have, w));
+                }
+            }
+            v
+        };
+        let half = rgs.len().div_ceil(2);
+        let diffs: Vec<Vec<(u64, BlockState, u8)>> = std::thread::scope(|s| {
+            let (a, b) = rgs.split_at(half);
+            let h = s.spawn(|| b.iter().map(cmp).collect::<Vec<_>>());
+            let mut v: Vec<_> = a.iter().map(cmp).collect();
+            v.extend(h.join().unwrap_or_default());
+            v
+        });
+        let name = |s: BlockState| match s {
+            BlockState::Free => "free",
+            BlockState::Used => "data/metadata",
+            BlockState::Unlinked => "unlinked inode",
+            BlockState::Dinode => "inode",
+        };
+        let wname = |w: u8| match w {
+            W_FREE => "free",
+            W_USED => "data/metadata",
+            _ => "inode",
+        };
+        for (i, list) in diffs.into_iter().enumerate() {
+            if list.is_empty() {
+                continue;
+            }
+            if self.rgs[i].bits_lost {
+                if self.r.problem(
+                    &format!(
+                        "Resource group {i}: rebuilding its bitmap ({} blocks differ)",
+                        list.len()
+                    ),
+                    true,
+                ) {
+                    for (blk, _, w) in list {
+                        self.set_bit(blk, BlockState::from_bits(w));
+                    }
+                }
+                continue;
+            }
+            for (blk, have, w) in list {
+                let mut what = format!(
+                    "Block {blk}: bitmap says {}, but it is {}",
+                    name(have),
+                    wname(w)
+                );
+                if have == BlockState::Dinode && w == W_FREE {
+                    if let Ok((di, _)) = self.dinode(blk) {
+                        what = format!("Inode {blk} (mode {:o}, {} blocks) is not linked from any directory; freeing it", di.mode, di.blocks);
+                    }
+                }
+                if self.r.problem(&what, true) {
+                    self.set_bit(blk, BlockState::from_bits(w));
+                }
+            }
+        }
+        // Counts and headers.
+        let mut tot = (0u64, 0u64, 0u64);
+        for i in 0..self.rgs.len() {
+            let rg = &self.rgs[i];
+            let mut free = 0u32;
+            let mut dinodes = 0u32;
+            for idx in 0..rg.ri.data as usize {
+                match bitmap_get(&rg.bits, idx) {
+                    Some(BlockState::Free) => free += 1,
+                    Some(BlockState::Dinode) => dinodes += 1,
+                    _ => {}
+                }
+            }
+            let (hf, hd, lost) = (rg.hdr.free, rg.hdr.dinodes, rg.bits_lost);
+            if hf != free
+                && (lost
+                    || self.r.problem(
+                        &format!("Resource group {i}: rg_free is {hf}, bitmap says {free}"),
+                        true,
+                    ))
+            {
+                self.rgs[i].hdr.free = free;
+                self.rgs[i].dirty = true;
+            }
+            if hd != dinodes
+                && (lost
+                    || self.r.problem(
+                        &format!("Resource group {i}: rg_dinodes is {hd}, bitmap says {dinodes}"),
+                        true,
+                    ))
+            {
+                self.rgs[i].hdr.dinodes = dinodes;
+                self.rgs[i].dirty = true;
+            }
+            tot.0 += u64::from(self.rgs[i].ri.data);
+            tot.1 += u64::from(free);
+            tot.2 += u64::from(dinodes);
+            if self.rgs[i].dirty && self.r.repairing() {
+                self.write_rg(i)?;
+            }
+        }
+        self.check_statfs(tot)
+    }
+
+    fn write_rg(&mut self, i: usize) -> Res<()> {
+        let bs = self.bsize as usize;
+        let rg = &self.rgs[i];
+        let ri = rg.ri;
+        let mut blocks = Vec::new();
+        let mut pos = 0usize;
+        for k in 0..ri.length as usize {
+            let blk = ri.addr + k as u64;
+            let mut b = self.read(blk)?;
+            let start = if k == 0 { Rgrp::SIZE } else { MetaHeader::SIZE };
+            if k > 0 {
+                MetaHeader::new(metatype::RB, format::RB).write(&mut b)?;
+            }
+            let n = (bs - start).min(rg.bits.len().saturating_sub(pos));
+            b[start..start + n].copy_from_slice(&rg.bits[pos..pos + n]);
+            pos += n;
+            if k == 0 {
+                let mut h = rg.hdr;
+                h.header = MetaHeader::new(metatype::RG, format::RG);
+                h.data0 = ri.data0;
+                h.data = ri.data;
+                h.bitbytes = ri.bitbytes;
+                h.write_with_crc(&mut b)?;
+            }
+            blocks.push((blk, b));
+        }
+        for (blk, b) in blocks {
+            self.write(blk, b);
+        }
+        Ok(())
+    }
+
+    fn check_statfs(&mut self, (total, free, dinodes): (u64, u64, u64)) -> Res<()> {
+        self.r.progress("Checking statfs");
+        if self.statfs_addr == 0 {
+            return Ok(());
+        }
+        let read_sc = |me: &Self, a: u64| -> Res<StatfsChange> {
+            let b = me.read(a)?;
+            Ok(StatfsChange::parse(&b[Dinode::SIZE..])?)
+        };
+        let master = read_sc(self, self.statfs_addr)?;
+        let mut sum = (master.total, master.free, master.dinodes);
+        let locals = self.local_statfs.clone();
+        for a in &locals {
+            if let Ok(l) = read_sc(self, *a) {
+                sum.0 = sum.0.wrapping_add(l.total);
+                sum.1 = sum.1.wrapping_add(l.free);
+                sum.2 = sum.2.wrapping_add(l.dinodes);
+            }
+        }
+        let real = (total as i64, free as i64, dinodes as i64);
+        let have = sum;
+        if have != real
+            && self.r.problem(
+                &format!(
+                    "The statfs file is wrong: blocks {} free {} dinodes {}, resource groups say {total} {free} {dinodes}",
+                    have.0, have.1, have.2
+                ),
+                true,
+            )
+        {
+            let mut b = self.read(self.statfs_addr)?;
+            StatfsChange {
+                total: real.0,
+                free: real.1,
+                dinodes: real.2,
+            }
+            .write(&mut b[Dinode::SIZE..])?;
+            self.write(self.statfs_addr, b);
+            for a in locals {
+                let mut b = self.read(a)?;
+                b[Dinode::SIZE..Dinode::SIZE + 24].fill(0);
+                self.write(a, b);
+            }
+        }
+        Ok(())
+    }
+
+    /// Run every check.
+    pub fn run(&mut self) -> Res<()> {
+        self.check_sb()?;
+        self.check_rgrps()?;
+        self.check_journals()?;
+        self.walk()?;
+        self.check_counts()?;
+        self.check_bitmaps()?;
+        self.flush()
+    }
+}
+
+#[derive(Default)]
+struct TreeOut {
+    data: Vec<(u64, u64, PtrLoc)>,
+    meta: Vec<(u64, PtrLoc)>,
+}
+
+#[allow(dead_code)]
+fn _unused() -> usize {
+    dirent_size(1)
+}
