@@ -31,7 +31,7 @@ use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -554,6 +554,8 @@ struct Inner {
     closing: AtomicBool,
     /// Read-modify-write of unaligned requests excludes aligned I/O.
     rmw: RwLock<()>,
+    /// Requests sent again after a reconnection (statistics).
+    resent: AtomicU64,
 }
 
 /// A block device on an NBD export.
@@ -605,6 +607,7 @@ impl NbdDevice {
             writer: Mutex::new(Some(Writer { stream, gen: 1 })),
             closing: AtomicBool::new(false),
             rmw: RwLock::new(()),
+            resent: AtomicU64::new(0),
         });
         let i2 = inner.clone();
         let reader = std::thread::Builder::new()
@@ -624,6 +627,13 @@ impl NbdDevice {
     /// The configuration in use.
     pub fn config(&self) -> &NbdConfig {
         &self.inner.cfg
+    }
+
+    /// How many times the connection was re-established, and how many
+    /// requests were sent again because of that.
+    pub fn reconnections(&self) -> (u64, u64) {
+        let gen = lock(&self.inner.state).gen;
+        (gen - 1, self.inner.resent.load(Ordering::Relaxed))
     }
 
     /// Is a connection currently established?
@@ -984,6 +994,8 @@ impl Inner {
         *w = Some(Writer { stream: s, gen });
         drop(w);
         if !resend.is_empty() {
+            self.resent
+                .fetch_add(resend.len() as u64, Ordering::Relaxed);
             tracing::info!("{}: resending {} requests", self.uri(), resend.len());
             let me = self.clone();
             std::thread::Builder::new()
