@@ -93,6 +93,7 @@ pub struct Fsck {
     queue: VecDeque<Ref>,
     statfs_addr: u64,
     local_statfs: Vec<u64>,
+    jindex: u64,
 }
 
 fn be64(b: &[u8], off: usize) -> u64 {
@@ -171,6 +172,7 @@ impl Fsck {
             queue: VecDeque::new(),
             statfs_addr: 0,
             local_statfs: Vec::new(),
+            jindex: 0,
         })
     }
 
@@ -387,15 +389,14 @@ impl Fsck {
         for _ in 1..di.height {
             span = span.saturating_mul(inptrs);
         }
-        let mut level: Vec<(u64, usize, usize, u64, u64)> = Vec::new();
         // (block, start offset, count, first lblock, span per pointer)
-        level.push((
+        let mut level: Vec<(u64, usize, usize, u64, u64)> = vec![(
             addr,
             Dinode::SIZE,
             layout::diptrs(self.bsize) as usize,
             0,
             span,
-        ));
+        )];
         let mut h = di.height;
         let mut first = Some(buf.to_vec());
         while h > 0 {
@@ -588,7 +589,7 @@ impl Fsck {
             v
         });
         for (i, (ri, (raw, notes))) in good.iter().zip(results).enumerate() {
-            for note in notes {
+            if let Some(note) = notes.into_iter().next() {
                 return Err(Fatal(format!("resource group {i}: {note}")));
             }
             let skip = good
@@ -746,6 +747,7 @@ impl Fsck {
         self.r.progress("Checking journals");
         let master = self.sb.master_dir.addr;
         let jindex = self.lookup(master, "jindex")?.addr;
+        self.jindex = jindex;
         let per_node = self.lookup(master, "per_node").map(|i| i.addr).ok();
         self.statfs_addr = self.lookup(master, "statfs")?.addr;
         let mut js: Vec<(u32, u64)> = self
@@ -1119,17 +1121,17 @@ impl Fsck {
             return Ok(());
         }
         let maxsz = layout::max_size_for_height(self.bsize, di.height).unwrap_or(u64::MAX);
-        if di.size > maxsz && !(di.is_dir() && di.is_exhash() && di.height == 0 && false) {
-            if self.r.problem(
+        if di.size > maxsz
+            && self.r.problem(
                 &format!(
                     "{label}: size {} is too large for height {}",
                     di.size, di.height
                 ),
                 true,
-            ) {
-                di.size = maxsz;
-                dirty = true;
-            }
+            )
+        {
+            di.size = maxsz;
+            dirty = true;
         }
         // Metadata tree.
         let t = self.tree(&di, &buf, addr)?;
@@ -1170,6 +1172,22 @@ impl Fsck {
                             if let Some(nb) = self.alloc(idx) {
                                 let b = self.read(p)?;
                                 self.write(nb, b);
+                                let mut pb = self.read(loc.block)?;
+                                put_be64(&mut pb, loc.off, nb);
+                                self.write(loc.block, pb);
+                                data.push((l, nb));
+                            } else {
+                                self.zero_ptr(loc)?;
+                            }
+                        }
+                    } else if self.inodes[idx as usize].parent == self.jindex && !is_dir {
+                        // A journal must not have holes: give it a new block.
+                        if self.r.problem(
+                            &format!("{label}: journal block pointer: {e}; replacing the block"),
+                            true,
+                        ) {
+                            if let Some(nb) = self.alloc(idx) {
+                                self.write(nb, vec![0u8; self.bsize as usize]);
                                 let mut pb = self.read(loc.block)?;
                                 put_be64(&mut pb, loc.off, nb);
                                 self.write(loc.block, pb);
@@ -1324,7 +1342,7 @@ impl Fsck {
                 let byte0 = l as usize * (self.bsize as usize - MetaHeader::SIZE);
                 for k in 0..per_ptrs {
                     let tb = byte0 + 8 * k;
-                    if tb % 8 != 0 || tb / 8 >= nptrs {
+                    if tb / 8 >= nptrs {
                         continue;
                     }
                     table[tb / 8] = be64(&b, MetaHeader::SIZE + 8 * k);
@@ -1354,7 +1372,9 @@ impl Fsck {
                 .filter(|l| l.depth <= depth)
                 .map(|l| 1usize << (depth - l.depth));
             let good = match run {
-                Some(n) => i % n == 0 && i + n <= nptrs && table[i..i + n].iter().all(|&x| x == p),
+                Some(n) => {
+                    i & (n - 1) == 0 && i + n <= nptrs && table[i..i + n].iter().all(|&x| x == p)
+                }
                 None => false,
             };
             if !good {
@@ -1451,6 +1471,23 @@ impl Fsck {
         let mut fresh = vec![0u64; nptrs];
         let mut leaves = Vec::new();
         let mut seen = std::collections::HashSet::new();
+        let mut info = info.clone();
+        for p in table.iter() {
+            if !info.contains_key(p) {
+                let l = if *p == 0 || self.rg_of(*p).is_none() {
+                    None
+                } else {
+                    self.read(*p).ok().and_then(|b| {
+                        if meta_ok(&b, metatype::LF) {
+                            Leaf::parse(&b).ok()
+                        } else {
+                            None
+                        }
+                    })
+                };
+                info.insert(*p, l);
+            }
+        }
         for (i, p) in table.iter().enumerate() {
             let Some(Some(l)) = info.get(p) else { continue };
             if l.depth > depth || !seen.insert(*p) {
@@ -1605,17 +1642,17 @@ impl Fsck {
             let name = b[off + Dirent::SIZE..off + Dirent::SIZE + nl].to_vec();
             let sname = String::from_utf8_lossy(&name).into_owned();
             let h = hash::dirent_hash(&name);
-            if h != de.hash {
-                if self.r.problem(
+            if h != de.hash
+                && self.r.problem(
                     &format!(
                         "{label}: entry {sname:?} has hash {:#x}, should be {h:#x}",
                         de.hash
                     ),
                     true,
-                ) {
-                    b[off + 16..off + 20].copy_from_slice(&h.to_be_bytes());
-                    changed = true;
-                }
+                )
+            {
+                b[off + 16..off + 20].copy_from_slice(&h.to_be_bytes());
+                changed = true;
             }
             if let Some((s, n, depth)) = range {
                 let slot = if depth == 0 {
@@ -1634,15 +1671,14 @@ impl Fsck {
                 }
             }
             if name == b"." {
-                if de.inum.addr != dir_addr {
-                    if self
+                if de.inum.addr != dir_addr
+                    && self
                         .r
                         .problem(&format!("{label}: '.' points at {}", de.inum.addr), true)
-                    {
-                        put_be64(&mut b, off + 8, dir_addr);
-                        put_be64(&mut b, off, self.inodes[idx as usize].formal);
-                        changed = true;
-                    }
+                {
+                    put_be64(&mut b, off + 8, dir_addr);
+                    put_be64(&mut b, off, self.inodes[idx as usize].formal);
+                    changed = true;
                 }
                 self.inodes[idx as usize].links += 1;
                 continue;
@@ -1689,21 +1725,21 @@ impl Fsck {
             let addr = self.inodes[i].addr;
             match self.inodes[i].dotdot {
                 Some((t, blk, off)) => {
-                    if t != parent {
-                        if self.r.problem(
+                    if t != parent
+                        && self.r.problem(
                             &format!("Directory {addr}: '..' points at {t}, should be {parent}"),
                             true,
-                        ) {
-                            let pf = self
-                                .by_addr
-                                .get(&parent)
-                                .map(|&p| self.inodes[p as usize].formal)
-                                .unwrap_or(0);
-                            let mut b = self.read(blk)?;
-                            put_be64(&mut b, off, pf);
-                            put_be64(&mut b, off + 8, parent);
-                            self.write(blk, b);
-                        }
+                        )
+                    {
+                        let pf = self
+                            .by_addr
+                            .get(&parent)
+                            .map(|&p| self.inodes[p as usize].formal)
+                            .unwrap_or(0);
+                        let mut b = self.read(blk)?;
+                        put_be64(&mut b, off, pf);
+                        put_be64(&mut b, off + 8, parent);
+                        self.write(blk, b);
                     }
                     if let Some(&p) = self.by_addr.get(&parent) {
                         self.inodes[p as usize].links += 1;
