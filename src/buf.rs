@@ -15,7 +15,8 @@ use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
-/// A cached block: immutable once read (the write path will add copy-on-write).
+/// A cached block: immutable once read. The write path replaces whole blocks
+/// (copy-on-write) through [`BufCache::put_dirty`].
 pub type Block = Arc<[u8]>;
 
 struct Entry {
@@ -26,6 +27,10 @@ struct Entry {
 struct Inner {
     lru: LruCache<u64, Entry>,
     by_glock: HashMap<ResName, HashSet<u64>>,
+    /// Blocks changed by committed transactions whose log flush has not
+    /// happened yet: they win over the LRU and are never evicted until the
+    /// flush has written them to the journal and in place.
+    dirty: HashMap<u64, Block>,
 }
 
 /// The metadata cache of one mounted filesystem.
@@ -45,6 +50,7 @@ impl BufCache {
             inner: Mutex::new(Inner {
                 lru: LruCache::new(NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)),
                 by_glock: HashMap::new(),
+                dirty: HashMap::new(),
             }),
         }
     }
@@ -82,10 +88,18 @@ impl BufCache {
     /// Read metadata block `blkno` of type `mh_type` covered by the glock `gh`
     /// holds. The header's magic and type are checked on every access.
     pub fn read_meta(&self, gh: &Holder, blkno: u64, mh_type: u32) -> Result<Block> {
-        let glock = gh.name();
+        self.read_meta_as(gh.name(), blkno, mh_type)
+    }
+
+    /// [`BufCache::read_meta`] for a caller that holds `glock` through a
+    /// transaction rather than a single holder.
+    pub fn read_meta_as(&self, glock: ResName, blkno: u64, mh_type: u32) -> Result<Block> {
         let cached = {
             let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            inner.lru.get(&blkno).map(|e| e.data.clone())
+            match inner.dirty.get(&blkno) {
+                Some(d) => Some(d.clone()),
+                None => inner.lru.get(&blkno).map(|e| e.data.clone()),
+            }
         };
         let data = match cached {
             Some(d) => d,
@@ -113,11 +127,59 @@ impl BufCache {
         Ok(data)
     }
 
+    /// The current content of `blkno` if it is dirty (not yet flushed).
+    pub fn dirty_block(&self, blkno: u64) -> Option<Block> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.dirty.get(&blkno).cloned()
+    }
+
+    /// Replace block `blkno` with `data` as part of a committed transaction;
+    /// it stays pinned until [`BufCache::clean`] after the log flush.
+    pub fn put_dirty(&self, glock: ResName, blkno: u64, data: Block) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.lru.pop(&blkno);
+        inner.dirty.insert(blkno, data.clone());
+        inner.by_glock.entry(glock).or_default().insert(blkno);
+        inner.lru.push(blkno, Entry { data, glock });
+    }
+
+    /// Every dirty block, in address order (for the log flush).
+    pub fn dirty_blocks(&self) -> Vec<(u64, Block)> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<(u64, Block)> = inner.dirty.iter().map(|(b, d)| (*b, d.clone())).collect();
+        v.sort_by_key(|(b, _)| *b);
+        v
+    }
+
+    /// Number of dirty blocks.
+    pub fn dirty_len(&self) -> usize {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.dirty.len()
+    }
+
+    /// The flush wrote these blocks in place: they are ordinary cached
+    /// blocks again (unless changed since).
+    pub fn clean(&self, written: &[(u64, Block)]) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for (b, d) in written {
+            if inner.dirty.get(b).is_some_and(|cur| Arc::ptr_eq(cur, d)) {
+                inner.dirty.remove(b);
+            }
+        }
+    }
+
+    /// Forget a block that was freed (it must not be read back as metadata).
+    pub fn forget(&self, blkno: u64) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.lru.pop(&blkno);
+    }
+
     /// Drop everything (after journal replay wrote behind the cache).
     pub fn invalidate_all(&self) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.lru.clear();
         inner.by_glock.clear();
+        // Dirty blocks stay: reads find them before the LRU.
     }
 
     /// Drop every block attached to `glock` (its `go_inval`).
@@ -125,6 +187,10 @@ impl BufCache {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(blocks) = inner.by_glock.remove(&glock) {
             for b in blocks {
+                if inner.dirty.contains_key(&b) {
+                    // Never drop unflushed changes; go_sync flushes first.
+                    continue;
+                }
                 if inner.lru.peek(&b).is_some_and(|e| e.glock == glock) {
                     inner.lru.pop(&b);
                 }

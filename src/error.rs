@@ -51,5 +51,13 @@ impl FsError {
     }
 }
 
+impl From<gfs2_ondisk::FormatError> for FsError {
+    /// Encoding into a buffer of the wrong size is a bug of ours, decoding a
+    /// short structure is damage: both end as EIO for the object.
+    fn from(e: gfs2_ondisk::FormatError) -> Self {
+        FsError::corrupt(0, e.to_string())
+    }
+}
+
 /// Result of filesystem operations.
 pub type Result<T, E = FsError> = std::result::Result<T, E>;

@@ -41,6 +41,8 @@ pub struct MountOptions {
     /// The device cannot be written (journal replay is then impossible and
     /// a dirty journal refuses the mount, as the kernel does).
     pub device_read_only: bool,
+    /// `commit=`: seconds between periodic log flushes (default 30).
+    pub commit_secs: Option<u64>,
 }
 
 /// Attributes of an inode.
@@ -127,6 +129,8 @@ pub struct Fs {
     statfs_inos: Vec<u64>,
     per_node: u64,
     jid: u32,
+    /// The writer state; `None` for read-only and spectator mounts.
+    writer: Option<std::sync::Mutex<crate::ops::Writer>>,
     /// The live lock, held shared for the whole mount.
     _live: Holder,
 }
@@ -193,6 +197,7 @@ impl Fs {
             statfs_inos: Vec::new(),
             per_node: 0,
             jid: 0,
+            writer: None,
             _live: live,
         };
         fs.jid = fs.opts.jid.unwrap_or(0);
@@ -227,10 +232,82 @@ impl Fs {
         if info.first {
             fs.glocks.lockspace().first_done()?;
         }
+        if !fs.opts.read_only && !fs.opts.spectator && !fs.opts.device_read_only {
+            fs.writer = Some(std::sync::Mutex::new(fs.open_writer()?));
+        }
         drop(mount_gh);
         // The root must be readable for the mount to be useful.
         fs.getattr(fs.root())?;
-        Ok(Arc::new(fs))
+        let fs = Arc::new(fs);
+        if fs.writer.is_some() {
+            Self::start_commit_timer(&fs);
+        }
+        Ok(fs)
+    }
+
+    /// Our journal, positioned after its head, and what the write path
+    /// needs besides.
+    fn open_writer(&self) -> Result<crate::ops::Writer> {
+        let j = self
+            .journals
+            .iter()
+            .find(|j| j.jid == self.jid)
+            .ok_or_else(|| FsError::Mount(format!("no journal {}", self.jid)))?;
+        let per_node_ino = |n: String| {
+            self.with_inode(self.per_node, |m, ip| dir::lookup(m, ip, n.as_bytes()))
+                .ok()
+                .flatten()
+                .map_or(0, |e| e.ino)
+        };
+        let hdr = recovery::CleanHeader {
+            writer_jid: self.jid,
+            jinode: j.ino,
+            statfs_addr: per_node_ino(format!("statfs_change{}", self.jid)),
+            quota_addr: per_node_ino(format!("quota_change{}", self.jid)),
+            master_statfs_addr: self.statfs_inos.first().copied().unwrap_or(0),
+        };
+        let log = crate::log::writer::LogWriter::open(
+            self.dev.clone(),
+            self.sb.bsize,
+            j.extents.clone(),
+            hdr,
+        )?;
+        let mut rindex = self.rindex.clone();
+        rindex.sort_by_key(|r| r.addr);
+        Ok(crate::ops::Writer {
+            log,
+            busy: Default::default(),
+            open: Default::default(),
+            rindex,
+            master_statfs: hdr.master_statfs_addr,
+        })
+    }
+
+    /// Flush the log every `commit` seconds (the kernel's default: 30), so
+    /// an idle mount loses nothing old.
+    fn start_commit_timer(fs: &Arc<Fs>) {
+        let weak = Arc::downgrade(fs);
+        let secs = fs.opts.commit_secs.unwrap_or(30).max(1);
+        let _ = std::thread::Builder::new()
+            .name("gfs2-commit".into())
+            .spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_secs(secs));
+                let Some(fs) = weak.upgrade() else {
+                    return;
+                };
+                if let Err(e) = fs.sync() {
+                    tracing::error!("periodic log flush: {e}");
+                }
+            });
+    }
+
+    pub(crate) fn writer(&self) -> Option<&std::sync::Mutex<crate::ops::Writer>> {
+        self.writer.as_ref()
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Arc<dyn BlockDevice> {
+        &self.dev
     }
 
     fn recover_all(&self) -> Result<()> {
@@ -550,10 +627,12 @@ impl Fs {
         })
     }
 
-    /// Unmount: drop every glock and leave the lockspace. Journals are left
-    /// as they are (the read path never dirties one).
+    /// Unmount: flush the log and mark our journal clean, then drop every
+    /// glock and leave the lockspace.
     pub fn unmount(&self) -> Result<()> {
-        self.glocks.shutdown()
+        let r = self.sync_and_close_log();
+        let g = self.glocks.shutdown();
+        r.and(g)
     }
 }
 

@@ -12,4 +12,6 @@ pub mod fuse;
 pub mod glock;
 pub mod inode;
 pub mod log;
+pub mod ops;
+pub mod rgrp;
 pub mod sb;

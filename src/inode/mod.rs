@@ -2,6 +2,8 @@
 
 pub mod bmap;
 pub mod dir;
+pub mod dirops;
+pub mod write;
 pub mod xattr;
 
 use crate::buf::{Block, BufCache};

@@ -1,4 +1,6 @@
-//! The journal. For now: recovery (`recovery`), shared by mount and fsck.
-//! Transactions and log flushes come with the write path.
+//! The journal: recovery (`recovery`, shared by mount and fsck), this node's
+//! log writer (`writer`) and transactions (`trans`).
 
 pub mod recovery;
+pub mod trans;
+pub mod writer;

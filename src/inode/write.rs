@@ -1,0 +1,394 @@
+//! The write side of an inode's metadata tree (the kernel's bmap.c):
+//! unstuffing, growing the tree's height, mapping a logical block with
+//! allocation, and freeing everything past a point (truncate, deallocate).
+//!
+//! All of it runs inside a transaction: the dinode and indirect blocks are
+//! edited as transaction copies, blocks come from [`crate::rgrp`].
+//! Directories store their hash table as "journaled data": data blocks with
+//! a JD meta header and `bsize - 24` bytes of payload each.
+
+use crate::error::{FsError, Result};
+use crate::format::{mt, Dinode, Rindex, DINODE_SIZE, META_HEADER_SIZE};
+use crate::log::trans::Txn;
+use crate::rgrp;
+use gfs2_lockproto::{lm_type, ResName};
+use gfs2_ondisk::consts::format;
+use gfs2_ondisk::{layout, BlockState};
+use std::collections::HashSet;
+
+/// What the allocator needs: the resource groups and the blocks that must
+/// not be reused before the next log flush.
+#[derive(Clone, Copy)]
+pub struct Alloc<'a> {
+    pub rindex: &'a [Rindex],
+    pub busy: &'a HashSet<u64>,
+}
+
+/// The glock of inode `ino`.
+pub fn glock(ino: u64) -> ResName {
+    ResName::new(lm_type::INODE, ino)
+}
+
+/// Read the dinode of `ino` from the transaction.
+pub fn dinode(tx: &mut Txn<'_>, ino: u64) -> Result<Dinode> {
+    let b = tx.get(glock(ino), ino, mt::DI)?;
+    Ok(Dinode::parse(&b)?)
+}
+
+/// Store `di` into its block in the transaction.
+pub fn put_dinode(tx: &mut Txn<'_>, di: &Dinode) -> Result<()> {
+    let ino = di.num.addr;
+    let b = tx.get_mut(glock(ino), ino, mt::DI)?;
+    di.write(b)?;
+    Ok(())
+}
+
+/// Blocks a tree of `height` maps (0 for stuffed).
+fn capacity(bsize: u32, height: u16) -> Option<u64> {
+    if height == 0 {
+        return Some(0);
+    }
+    let mut c = layout::diptrs(bsize);
+    for _ in 1..height {
+        c = c.checked_mul(layout::inptrs(bsize))?;
+    }
+    Some(c)
+}
+
+/// Whether the inode keeps its data as journaled-data blocks (directories).
+fn is_jdata_tree(di: &Dinode) -> bool {
+    di.is_dir()
+}
+
+/// Payload bytes per data block.
+pub fn payload(bsize: u32, di: &Dinode) -> u64 {
+    if is_jdata_tree(di) {
+        u64::from(bsize) - META_HEADER_SIZE as u64
+    } else {
+        u64::from(bsize)
+    }
+}
+
+pub(crate) fn alloc_block(
+    tx: &mut Txn<'_>,
+    al: Alloc<'_>,
+    di: &mut Dinode,
+    meta: bool,
+) -> Result<u64> {
+    let goal = if meta { di.goal_meta } else { di.goal_data };
+    let (b, _) = rgrp::alloc(
+        tx,
+        al.rindex,
+        al.busy,
+        goal.max(di.num.addr),
+        BlockState::Used,
+    )?;
+    di.blocks += 1;
+    if meta {
+        di.goal_meta = b;
+    } else {
+        di.goal_data = b;
+    }
+    Ok(b)
+}
+
+pub(crate) fn get_ptr(b: &[u8], off: usize) -> u64 {
+    b.get(off..off + 8)
+        .and_then(|s| s.try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+pub(crate) fn set_ptr(b: &mut [u8], off: usize, v: u64) {
+    if let Some(s) = b.get_mut(off..off + 8) {
+        s.copy_from_slice(&v.to_be_bytes());
+    }
+}
+
+/// Move stuffed content out of the dinode into a first data block. For
+/// regular files the content is written to the device at once (ordered
+/// data); for directories the block is journaled metadata.
+pub fn unstuff(
+    tx: &mut Txn<'_>,
+    al: Alloc<'_>,
+    ino: u64,
+    dev: &dyn crate::dev::BlockDevice,
+) -> Result<()> {
+    let mut di = dinode(tx, ino)?;
+    if di.height != 0 {
+        return Ok(());
+    }
+    let bsize = tx.bsize();
+    let dblock = tx.get(glock(ino), ino, mt::DI)?;
+    let len = (di.size as usize).min(bsize as usize - DINODE_SIZE);
+    let content = dblock[DINODE_SIZE..DINODE_SIZE + len].to_vec();
+    let has = di.size > 0 && !content.iter().all(|b| *b == 0) || is_jdata_tree(&di);
+    let mut first = 0;
+    if has {
+        first = alloc_block(tx, al, &mut di, false)?;
+        if is_jdata_tree(&di) {
+            let nb = tx.new_meta(glock(ino), first, mt::JD, format::JD);
+            nb[META_HEADER_SIZE..META_HEADER_SIZE + len].copy_from_slice(&content);
+        } else {
+            let mut buf = vec![0u8; bsize as usize];
+            buf[..len].copy_from_slice(&content);
+            dev.write_at(&buf, first * u64::from(bsize))
+                .map_err(|e| FsError::Io {
+                    what: format!("unstuffing inode {ino}"),
+                    source: e,
+                })?;
+        }
+    }
+    di.height = 1;
+    put_dinode(tx, &di)?;
+    let b = tx.get_mut(glock(ino), ino, mt::DI)?;
+    b[DINODE_SIZE..].fill(0);
+    set_ptr(b, DINODE_SIZE, first);
+    Ok(())
+}
+
+/// Grow the tree until it maps `nblocks` logical blocks: each new level is
+/// an indirect block taking over the dinode's pointers.
+pub fn ensure_height(tx: &mut Txn<'_>, al: Alloc<'_>, ino: u64, nblocks: u64) -> Result<()> {
+    let bsize = tx.bsize();
+    let mut di = dinode(tx, ino)?;
+    if di.height == 0 {
+        return Err(FsError::corrupt(ino, "growing a stuffed inode"));
+    }
+    while capacity(bsize, di.height).is_some_and(|c| c < nblocks) {
+        if di.height >= crate::format::MAX_META_HEIGHT {
+            return Err(FsError::Errno(libc::EFBIG));
+        }
+        let dblock = tx.get(glock(ino), ino, mt::DI)?;
+        let ptrs = dblock[DINODE_SIZE..].to_vec();
+        let any = ptrs.iter().any(|b| *b != 0);
+        if any {
+            let nb_addr = alloc_block(tx, al, &mut di, true)?;
+            let nb = tx.new_meta(glock(ino), nb_addr, mt::IN, format::IN);
+            let n = ptrs.len().min(nb.len() - META_HEADER_SIZE);
+            nb[META_HEADER_SIZE..META_HEADER_SIZE + n].copy_from_slice(&ptrs[..n]);
+            di.height += 1;
+            put_dinode(tx, &di)?;
+            let b = tx.get_mut(glock(ino), ino, mt::DI)?;
+            b[DINODE_SIZE..].fill(0);
+            set_ptr(b, DINODE_SIZE, nb_addr);
+        } else {
+            di.height += 1;
+            put_dinode(tx, &di)?;
+        }
+    }
+    Ok(())
+}
+
+/// Indices of `lblock` at each level of a tree of `height` (dinode first).
+fn metapath(bsize: u32, height: u16, lblock: u64) -> Vec<u64> {
+    let inp = layout::inptrs(bsize);
+    let mut path = vec![0u64; height as usize];
+    let mut rest = lblock;
+    for l in (1..height as usize).rev() {
+        path[l] = rest % inp;
+        rest /= inp;
+    }
+    if let Some(p) = path.first_mut() {
+        *p = rest;
+    }
+    path
+}
+
+/// The disk block of logical block `lblock`, allocating it (and missing
+/// indirect blocks) when `create`. Returns `(block, newly allocated)`, or
+/// `None` for a hole when not creating. The tree must already be tall
+/// enough ([`ensure_height`]).
+pub fn map(
+    tx: &mut Txn<'_>,
+    al: Alloc<'_>,
+    ino: u64,
+    lblock: u64,
+    create: bool,
+) -> Result<Option<(u64, bool)>> {
+    let bsize = tx.bsize();
+    let mut di = dinode(tx, ino)?;
+    if di.height == 0 {
+        return Err(FsError::corrupt(ino, "mapping a stuffed inode"));
+    }
+    if capacity(bsize, di.height).is_some_and(|c| lblock >= c) {
+        return if create {
+            Err(FsError::Errno(libc::EFBIG))
+        } else {
+            Ok(None)
+        };
+    }
+    let path = metapath(bsize, di.height, lblock);
+    let mut cur = ino;
+    let mut new = false;
+    let mut dirty_di = false;
+    for (l, idx) in path.iter().enumerate() {
+        let (mty, hdr) = if l == 0 {
+            (mt::DI, DINODE_SIZE)
+        } else {
+            (mt::IN, META_HEADER_SIZE)
+        };
+        let off = hdr + (*idx as usize) * 8;
+        let b = tx.get(glock(ino), cur, mty)?;
+        if off + 8 > b.len() {
+            return Err(FsError::corrupt(cur, "metapath beyond the block"));
+        }
+        let mut ptr = get_ptr(&b, off);
+        if ptr == 0 {
+            if !create {
+                return Ok(None);
+            }
+            let leaf = l + 1 == path.len();
+            ptr = alloc_block(tx, al, &mut di, !leaf)?;
+            dirty_di = true;
+            if !leaf {
+                tx.new_meta(glock(ino), ptr, mt::IN, format::IN);
+            } else if is_jdata_tree(&di) {
+                tx.new_meta(glock(ino), ptr, mt::JD, format::JD);
+            }
+            // The dinode copy in `di` carries the block count; store it
+            // before editing pointers in the dinode block itself.
+            if l == 0 {
+                put_dinode(tx, &di)?;
+                dirty_di = false;
+            }
+            let wb = tx.get_mut(glock(ino), cur, mty)?;
+            set_ptr(wb, off, ptr);
+            new = leaf;
+        } else if tx.cache().device().size() / u64::from(bsize) <= ptr {
+            return Err(FsError::corrupt(
+                cur,
+                format!("pointer {ptr} beyond the device"),
+            ));
+        }
+        cur = ptr;
+    }
+    if dirty_di {
+        put_dinode(tx, &di)?;
+    }
+    Ok(Some((cur, new)))
+}
+
+/// Free every data block from logical block `first` on, and the indirect
+/// blocks left empty; returns how many blocks were freed. The dinode's block
+/// count is updated; its size is the caller's business.
+pub fn free_from(tx: &mut Txn<'_>, al: Alloc<'_>, ino: u64, first: u64) -> Result<u64> {
+    let bsize = tx.bsize();
+    let mut di = dinode(tx, ino)?;
+    if di.height == 0 {
+        return Ok(0);
+    }
+    let inp = layout::inptrs(bsize);
+    // Blocks covered by one pointer at level l of a tree of height h.
+    let span = |l: usize| -> u64 {
+        let mut s = 1u64;
+        for _ in l + 1..di.height as usize {
+            s = s.saturating_mul(inp);
+        }
+        s
+    };
+    let mut freed = 0u64;
+    // Depth-first walk: (block, level, first logical block it maps).
+    #[allow(clippy::too_many_arguments)]
+    fn walk(
+        tx: &mut Txn<'_>,
+        al: Alloc<'_>,
+        ino: u64,
+        blk: u64,
+        level: usize,
+        base: u64,
+        first: u64,
+        height: usize,
+        span: &dyn Fn(usize) -> u64,
+        freed: &mut u64,
+        guard: &mut u64,
+    ) -> Result<bool> {
+        *guard += 1;
+        if *guard > 1 << 32 {
+            return Err(FsError::corrupt(ino, "metadata tree loops"));
+        }
+        let (mty, hdr) = if level == 0 {
+            (mt::DI, DINODE_SIZE)
+        } else {
+            (mt::IN, META_HEADER_SIZE)
+        };
+        let b = tx.get(glock(ino), blk, mty)?;
+        let n = (b.len() - hdr) / 8;
+        let s = span(level);
+        let mut all_empty = true;
+        let mut changes = Vec::new();
+        for i in 0..n {
+            let off = hdr + i * 8;
+            let p = get_ptr(&b, off);
+            if p == 0 {
+                continue;
+            }
+            let lb = base.saturating_add((i as u64).saturating_mul(s));
+            let end = lb.saturating_add(s);
+            if end <= first {
+                all_empty = false;
+                continue;
+            }
+            if level + 1 == height {
+                rgrp::free(tx, al.rindex, p)?;
+                *freed += 1;
+                changes.push(off);
+            } else {
+                let empty = walk(
+                    tx,
+                    al,
+                    ino,
+                    p,
+                    level + 1,
+                    lb,
+                    first,
+                    height,
+                    span,
+                    freed,
+                    guard,
+                )?;
+                if empty {
+                    rgrp::free(tx, al.rindex, p)?;
+                    *freed += 1;
+                    changes.push(off);
+                } else {
+                    all_empty = false;
+                }
+            }
+        }
+        if !changes.is_empty() {
+            let wb = tx.get_mut(glock(ino), blk, mty)?;
+            for off in changes {
+                set_ptr(wb, off, 0);
+            }
+        }
+        Ok(all_empty)
+    }
+    let mut guard = 0;
+    walk(
+        tx,
+        al,
+        ino,
+        ino,
+        0,
+        0,
+        first,
+        di.height as usize,
+        &span,
+        &mut freed,
+        &mut guard,
+    )?;
+    di = dinode(tx, ino)?;
+    di.blocks = di.blocks.saturating_sub(freed);
+    if first == 0 {
+        di.height = 0;
+        di.goal_meta = ino;
+        di.goal_data = ino;
+    }
+    put_dinode(tx, &di)?;
+    if first == 0 {
+        let b = tx.get_mut(glock(ino), ino, mt::DI)?;
+        b[DINODE_SIZE..].fill(0);
+    }
+    Ok(freed)
+}

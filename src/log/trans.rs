@@ -1,0 +1,112 @@
+//! Transactions: the metadata blocks one operation changes, built in memory
+//! and handed to the log as a unit.
+//!
+//! An operation reads metadata through its transaction (seeing its own
+//! changes), edits whole-block copies, and finally `publish`es them: from
+//! then on readers see the new blocks (the cache's dirty set) and the next
+//! log flush writes them to the journal and in place, all or nothing.
+
+use crate::buf::{Block, BufCache};
+use crate::error::{FsError, Result};
+use crate::format::MetaHeader;
+use gfs2_lockproto::ResName;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Changes to the master statfs totals made by a transaction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatfsDelta {
+    pub free: i64,
+    pub dinodes: i64,
+}
+
+/// One operation's metadata changes.
+pub struct Txn<'c> {
+    cache: &'c BufCache,
+    blocks: BTreeMap<u64, (ResName, Vec<u8>)>,
+    /// Blocks this transaction freed (not reusable until the log flush).
+    pub freed: Vec<u64>,
+    /// Allocation changes for the statfs file.
+    pub statfs: StatfsDelta,
+}
+
+impl<'c> Txn<'c> {
+    pub fn new(cache: &'c BufCache) -> Self {
+        Txn {
+            cache,
+            blocks: BTreeMap::new(),
+            freed: Vec::new(),
+            statfs: StatfsDelta::default(),
+        }
+    }
+
+    /// The block size.
+    pub fn bsize(&self) -> u32 {
+        self.cache.bsize()
+    }
+
+    /// The cache the transaction reads from.
+    pub fn cache(&self) -> &'c BufCache {
+        self.cache
+    }
+
+    /// Metadata block `blkno` of type `mh_type`, as this transaction sees
+    /// it, for editing. `glock` is the lock covering it.
+    pub fn get_mut(&mut self, glock: ResName, blkno: u64, mh_type: u32) -> Result<&mut Vec<u8>> {
+        if !self.blocks.contains_key(&blkno) {
+            let b = self.cache.read_meta_as(glock, blkno, mh_type)?;
+            self.blocks.insert(blkno, (glock, b.to_vec()));
+        }
+        let (_, data) = self
+            .blocks
+            .get_mut(&blkno)
+            .ok_or_else(|| FsError::corrupt(blkno, "transaction lost a block"))?;
+        crate::buf::check_header(data, blkno, mh_type)?;
+        Ok(data)
+    }
+
+    /// Read-only view of a block (a copy).
+    pub fn get(&mut self, glock: ResName, blkno: u64, mh_type: u32) -> Result<Vec<u8>> {
+        self.get_mut(glock, blkno, mh_type).map(|b| b.clone())
+    }
+
+    /// A freshly allocated metadata block: zeroed, with a header of the
+    /// given type and format.
+    pub fn new_meta(
+        &mut self,
+        glock: ResName,
+        blkno: u64,
+        mh_type: u32,
+        format: u32,
+    ) -> &mut Vec<u8> {
+        let mut b = vec![0u8; self.bsize() as usize];
+        let _ = MetaHeader::new(mh_type, format).write(&mut b);
+        self.blocks.insert(blkno, (glock, b));
+        &mut self.blocks.entry(blkno).or_insert((glock, Vec::new())).1
+    }
+
+    /// Drop a block the transaction freed: it must not be logged.
+    pub fn discard(&mut self, blkno: u64) {
+        self.blocks.remove(&blkno);
+        self.cache.forget(blkno);
+    }
+
+    /// Number of blocks changed so far.
+    pub fn len(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Whether nothing was changed.
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+
+    /// Make the changes visible and queue them for the next log flush.
+    pub fn publish(self) -> Vec<u64> {
+        for (blkno, (glock, data)) in self.blocks {
+            let b: Block = Arc::from(data.into_boxed_slice());
+            self.cache.put_dirty(glock, blkno, b);
+        }
+        self.freed
+    }
+}

@@ -1,0 +1,805 @@
+//! The write operations of [`Fs`]: create, mkdir, mknod, symlink, link,
+//! unlink, rmdir, rename, write, setattr (chmod, chown, truncate, times),
+//! fsync, and deallocation of unlinked inodes at last close.
+//!
+//! Each operation runs as one transaction under the writer lock, with the
+//! exclusive glocks of the inodes it changes; its metadata becomes visible
+//! when it returns and durable at the next log flush (fsync, the commit
+//! timer, a full log, unmount). File data is written to the device before
+//! the flush that makes it reachable (ordered mode).
+
+use crate::error::{FsError, Result};
+use crate::format::{dif, mt, Dinode, Inum, Rindex, StatfsChange, DINODE_SIZE};
+use crate::fs::{Attr, Fs};
+use crate::inode::dirops;
+use crate::inode::write::{self, dinode, glock, put_dinode, Alloc};
+use crate::log::trans::Txn;
+use crate::log::writer::LogWriter;
+use crate::rgrp;
+use gfs2_lockproto::Mode;
+use gfs2_ondisk::consts::{dt, format};
+use gfs2_ondisk::{ifmt_to_dt, layout, BlockState, EaIter};
+use std::collections::{HashMap, HashSet};
+
+/// State of a writable mount, behind the writer lock.
+pub struct Writer {
+    pub log: LogWriter,
+    /// Blocks freed since the last log flush.
+    pub busy: HashSet<u64>,
+    /// Open handles per inode (unlinked inodes are freed at last close).
+    pub open: HashMap<u64, u32>,
+    /// Resource groups sorted by address.
+    pub rindex: Vec<Rindex>,
+    /// The master statfs file.
+    pub master_statfs: u64,
+}
+
+/// What `setattr` changes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<(i64, u32)>,
+    pub mtime: Option<(i64, u32)>,
+}
+
+/// `RENAME_NOREPLACE` and `RENAME_EXCHANGE`.
+pub const RENAME_NOREPLACE: u32 = 1;
+pub const RENAME_EXCHANGE: u32 = 2;
+
+const S_IFMT: u32 = 0o170000;
+const S_IFDIR: u32 = 0o040000;
+const S_IFLNK: u32 = 0o120000;
+
+fn now() -> (u64, u32) {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (d.as_secs(), d.subsec_nanos())
+}
+
+fn touch_mc(di: &mut Dinode) {
+    let (s, ns) = now();
+    di.mtime = s;
+    di.mtime_nsec = ns;
+    di.ctime = s;
+    di.ctime_nsec = ns;
+}
+
+fn touch_c(di: &mut Dinode) {
+    let (s, ns) = now();
+    di.ctime = s;
+    di.ctime_nsec = ns;
+}
+
+fn errno(e: i32) -> FsError {
+    FsError::Errno(e)
+}
+
+fn check_name(name: &[u8]) -> Result<()> {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+        return Err(errno(libc::EINVAL));
+    }
+    if name.len() > gfs2_ondisk::FNAMESIZE {
+        return Err(errno(libc::ENAMETOOLONG));
+    }
+    Ok(())
+}
+
+impl Fs {
+    /// Run `f` as one transaction with the given inodes' glocks held
+    /// exclusively.
+    pub(crate) fn modify<T>(
+        &self,
+        inodes: &[u64],
+        f: impl FnOnce(&mut Txn<'_>, Alloc<'_>, &mut HashMap<u64, u32>) -> Result<T>,
+    ) -> Result<T> {
+        let w = self.writer().ok_or(errno(libc::EROFS))?;
+        let mut wg = w.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ids: Vec<u64> = inodes.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut holders = Vec::with_capacity(ids.len());
+        for ino in ids {
+            holders.push(self.glocks().acquire(glock(ino), Mode::EX)?);
+        }
+        let wr = &mut *wg;
+        let mut tx = Txn::new(self.cache());
+        let al = Alloc {
+            rindex: &wr.rindex,
+            busy: &wr.busy,
+        };
+        let r = f(&mut tx, al, &mut wr.open)?;
+        if tx.statfs != Default::default() {
+            let ino = wr.master_statfs;
+            let d = tx.statfs;
+            let b = tx.get_mut(glock(ino), ino, mt::DI)?;
+            let mut sc = StatfsChange::parse(&b[DINODE_SIZE..])?;
+            sc.free += d.free;
+            sc.dinodes += d.dinodes;
+            sc.write(&mut b[DINODE_SIZE..])?;
+        }
+        let freed = tx.publish();
+        wr.busy.extend(freed);
+        if self.cache().dirty_len() > wr.log.capacity() / 2 {
+            Self::flush_locked(self, wr)?;
+        }
+        drop(holders);
+        Ok(r)
+    }
+
+    fn flush_locked(&self, wr: &mut Writer) -> Result<()> {
+        let blocks = self.cache().dirty_blocks();
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        wr.log.flush(&blocks)?;
+        self.cache().clean(&blocks);
+        wr.busy.clear();
+        Ok(())
+    }
+
+    /// Make everything done so far durable (fsync, syncfs, the commit timer).
+    pub fn sync(&self) -> Result<()> {
+        let Some(w) = self.writer() else {
+            return Ok(());
+        };
+        let mut wg = w.lock().unwrap_or_else(|e| e.into_inner());
+        self.flush_locked(&mut wg)?;
+        self.device().flush().map_err(|e| FsError::Io {
+            what: "flushing the device".into(),
+            source: e,
+        })
+    }
+
+    /// Flush and leave the journal clean (unmount).
+    pub(crate) fn sync_and_close_log(&self) -> Result<()> {
+        let Some(w) = self.writer() else {
+            return Ok(());
+        };
+        let mut wg = w.lock().unwrap_or_else(|e| e.into_inner());
+        self.flush_locked(&mut wg)?;
+        wg.log.write_unmount()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new_inode(
+        &self,
+        tx: &mut Txn<'_>,
+        al: Alloc<'_>,
+        parent: u64,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        rdev: u32,
+    ) -> Result<Dinode> {
+        let pdi = dinode(tx, parent)?;
+        let (addr, generation) = rgrp::alloc(tx, al.rindex, al.busy, parent, BlockState::Dinode)?;
+        let (s, ns) = now();
+        let is_dir = mode & S_IFMT == S_IFDIR;
+        let mut mode = mode;
+        let mut gid = gid;
+        if pdi.mode & libc::S_ISGID != 0 {
+            gid = pdi.gid;
+            if is_dir {
+                mode |= libc::S_ISGID;
+            }
+        }
+        let mut flags = 0;
+        if is_dir {
+            flags |= dif::JDATA | (pdi.flags & dif::INHERIT_JDATA);
+        }
+        let bsize = tx.bsize();
+        let di = Dinode {
+            num: Inum {
+                formal_ino: generation,
+                addr,
+            },
+            mode,
+            uid,
+            gid,
+            nlink: if is_dir { 2 } else { 1 },
+            size: if is_dir {
+                layout::stuffed_max(bsize)
+            } else {
+                0
+            },
+            blocks: 1,
+            atime: s,
+            mtime: s,
+            ctime: s,
+            atime_nsec: ns,
+            mtime_nsec: ns,
+            ctime_nsec: ns,
+            major: (rdev >> 8) & 0xfff,
+            minor: (rdev & 0xff) | ((rdev >> 12) & !0xff),
+            goal_meta: addr,
+            goal_data: addr,
+            generation,
+            flags,
+            payload_format: if is_dir { format::DE } else { 0 },
+            entries: if is_dir { 2 } else { 0 },
+            ..Dinode::default()
+        };
+        let b = tx.new_meta(glock(addr), addr, mt::DI, format::DI);
+        di.write(b)?;
+        if is_dir {
+            dirops::init_dir_block(b, di.num, pdi.num)?;
+        }
+        Ok(di)
+    }
+
+    /// Create a file, device node, FIFO, socket or directory `name` in
+    /// `parent`; returns its attributes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        rdev: u32,
+        symlink: Option<&[u8]>,
+    ) -> Result<Attr> {
+        check_name(name)?;
+        let dev = self.device().clone();
+        let ino = self.modify(&[parent], |tx, al, _| {
+            let pdi = dinode(tx, parent)?;
+            if !pdi.is_dir() {
+                return Err(errno(libc::ENOTDIR));
+            }
+            if pdi.nlink == 0 {
+                return Err(errno(libc::ENOENT));
+            }
+            if dirops::find(tx, al, parent, name)?.is_some() {
+                return Err(errno(libc::EEXIST));
+            }
+            let is_dir = mode & S_IFMT == S_IFDIR;
+            if let Some(t) = symlink {
+                if t.is_empty() {
+                    return Err(errno(libc::ENOENT));
+                }
+                if t.len() as u64 >= layout::stuffed_max(tx.bsize()) {
+                    return Err(errno(libc::ENAMETOOLONG));
+                }
+            }
+            let mut di = self.new_inode(tx, al, parent, mode, uid, gid, rdev)?;
+            if let Some(t) = symlink {
+                di.size = t.len() as u64;
+                put_dinode(tx, &di)?;
+                let b = tx.get_mut(glock(di.num.addr), di.num.addr, mt::DI)?;
+                b[DINODE_SIZE..DINODE_SIZE + t.len()].copy_from_slice(t);
+            }
+            dirops::add(tx, al, parent, name, di.num, ifmt_to_dt(mode), dev.as_ref())?;
+            let mut pdi = dinode(tx, parent)?;
+            if is_dir {
+                pdi.nlink += 1;
+            }
+            touch_mc(&mut pdi);
+            put_dinode(tx, &pdi)?;
+            Ok(di.num.addr)
+        })?;
+        self.getattr(ino)
+    }
+
+    /// `symlink`: `name` in `parent` pointing at `target`.
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr> {
+        self.mknod(parent, name, S_IFLNK | 0o777, uid, gid, 0, Some(target))
+    }
+
+    /// `link`: a new name for `ino`.
+    pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> Result<Attr> {
+        check_name(name)?;
+        let dev = self.device().clone();
+        self.modify(&[ino, parent], |tx, al, _| {
+            let pdi = dinode(tx, parent)?;
+            if !pdi.is_dir() {
+                return Err(errno(libc::ENOTDIR));
+            }
+            let mut di = dinode(tx, ino)?;
+            if di.is_dir() {
+                return Err(errno(libc::EPERM));
+            }
+            if di.nlink == 0 {
+                return Err(errno(libc::ENOENT));
+            }
+            if di.nlink >= u32::MAX - 1 {
+                return Err(errno(libc::EMLINK));
+            }
+            if dirops::find(tx, al, parent, name)?.is_some() {
+                return Err(errno(libc::EEXIST));
+            }
+            dirops::add(
+                tx,
+                al,
+                parent,
+                name,
+                di.num,
+                ifmt_to_dt(di.mode),
+                dev.as_ref(),
+            )?;
+            di.nlink += 1;
+            touch_c(&mut di);
+            put_dinode(tx, &di)?;
+            let mut pdi = dinode(tx, parent)?;
+            touch_mc(&mut pdi);
+            put_dinode(tx, &pdi)
+        })?;
+        self.getattr(ino)
+    }
+
+    /// Free an inode and everything it owns.
+    fn dealloc(tx: &mut Txn<'_>, al: Alloc<'_>, ino: u64) -> Result<()> {
+        let di = dinode(tx, ino)?;
+        if di.is_dir() {
+            for leaf in dirops::leaves(tx, al, ino)? {
+                rgrp::free(tx, al.rindex, leaf)?;
+            }
+        }
+        write::free_from(tx, al, ino, 0)?;
+        if di.eattr != 0 {
+            let mut ea_blocks = vec![di.eattr];
+            if di.flags & dif::EA_INDIRECT != 0 {
+                let b = tx.get(glock(ino), di.eattr, mt::IN)?;
+                ea_blocks.extend(
+                    b[crate::format::META_HEADER_SIZE..]
+                        .chunks_exact(8)
+                        .map(|c| write::get_ptr(c, 0))
+                        .filter(|p| *p != 0),
+                );
+            }
+            for (i, eb) in ea_blocks.iter().enumerate() {
+                if i > 0 || di.flags & dif::EA_INDIRECT == 0 {
+                    let b = tx.get(glock(ino), *eb, mt::EA)?;
+                    let ptrs: Vec<u64> = EaIter::new(&b)
+                        .filter_map(|r| r.ok())
+                        .flat_map(|r| r.ptrs)
+                        .filter(|p| *p != 0)
+                        .collect();
+                    for p in ptrs {
+                        rgrp::free(tx, al.rindex, p)?;
+                    }
+                }
+                rgrp::free(tx, al.rindex, *eb)?;
+            }
+        }
+        rgrp::free(tx, al.rindex, ino)
+    }
+
+    /// Drop one link of `ino` (already removed from its directory): free
+    /// it now, or mark it unlinked if it is still open.
+    fn drop_link(
+        tx: &mut Txn<'_>,
+        al: Alloc<'_>,
+        open: &HashMap<u64, u32>,
+        ino: u64,
+        whole_dir: bool,
+    ) -> Result<()> {
+        let mut di = dinode(tx, ino)?;
+        di.nlink = if whole_dir {
+            0
+        } else {
+            di.nlink.saturating_sub(1)
+        };
+        touch_c(&mut di);
+        put_dinode(tx, &di)?;
+        if di.nlink == 0 {
+            if open.get(&ino).copied().unwrap_or(0) > 0 {
+                rgrp::set_dinode_state(tx, al.rindex, ino, BlockState::Unlinked)?;
+            } else {
+                Self::dealloc(tx, al, ino)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `unlink` (`dir == false`) or `rmdir` (`dir == true`).
+    pub fn remove(&self, parent: u64, name: &[u8], dir: bool) -> Result<()> {
+        check_name(name)?;
+        let target = self.lookup(parent, name)?.ino;
+        self.modify(&[parent, target], |tx, al, open| {
+            let (inum, _) = dirops::find(tx, al, parent, name)?.ok_or(errno(libc::ENOENT))?;
+            if inum.addr != target {
+                return Err(errno(libc::EAGAIN));
+            }
+            let di = dinode(tx, target)?;
+            if dir && !di.is_dir() {
+                return Err(errno(libc::ENOTDIR));
+            }
+            if !dir && di.is_dir() {
+                return Err(errno(libc::EISDIR));
+            }
+            if dir && di.entries > 2 {
+                return Err(errno(libc::ENOTEMPTY));
+            }
+            dirops::remove(tx, al, parent, name)?;
+            let mut pdi = dinode(tx, parent)?;
+            if dir {
+                pdi.nlink = pdi.nlink.saturating_sub(1);
+            }
+            touch_mc(&mut pdi);
+            put_dinode(tx, &pdi)?;
+            Self::drop_link(tx, al, open, target, dir)
+        })
+    }
+
+    /// Whether `ancestor` is `ino` or one of its ancestors (via "..").
+    fn is_ancestor(&self, ancestor: u64, mut ino: u64) -> Result<bool> {
+        for _ in 0..4096 {
+            if ino == ancestor {
+                return Ok(true);
+            }
+            if ino == self.root() {
+                return Ok(false);
+            }
+            let up = self.lookup(ino, b"..")?.ino;
+            if up == ino {
+                return Ok(false);
+            }
+            ino = up;
+        }
+        Err(FsError::corrupt(ino, "directory tree too deep or looping"))
+    }
+
+    /// `rename`, with `RENAME_NOREPLACE` and `RENAME_EXCHANGE`.
+    pub fn rename(
+        &self,
+        sparent: u64,
+        sname: &[u8],
+        dparent: u64,
+        dname: &[u8],
+        flags: u32,
+    ) -> Result<()> {
+        check_name(sname)?;
+        check_name(dname)?;
+        if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0
+            || flags == RENAME_NOREPLACE | RENAME_EXCHANGE
+        {
+            return Err(errno(libc::EINVAL));
+        }
+        let src = self.lookup(sparent, sname)?;
+        let dst = match self.lookup(dparent, dname) {
+            Ok(a) => Some(a),
+            Err(e) if e.errno() == libc::ENOENT => None,
+            Err(e) => return Err(e),
+        };
+        if dst.is_some() && flags & RENAME_NOREPLACE != 0 {
+            return Err(errno(libc::EEXIST));
+        }
+        if dst.is_none() && flags & RENAME_EXCHANGE != 0 {
+            return Err(errno(libc::ENOENT));
+        }
+        let src_dir = src.mode & S_IFMT == S_IFDIR;
+        // Moving a directory under itself would cut it off the tree.
+        if src_dir && sparent != dparent && self.is_ancestor(src.ino, dparent)? {
+            return Err(errno(libc::EINVAL));
+        }
+        if let Some(d) = &dst {
+            if d.mode & S_IFMT == S_IFDIR
+                && flags & RENAME_EXCHANGE != 0
+                && sparent != dparent
+                && self.is_ancestor(d.ino, sparent)?
+            {
+                return Err(errno(libc::EINVAL));
+            }
+            if d.ino == src.ino {
+                return Ok(());
+            }
+        }
+        let dev = self.device().clone();
+        let mut locks = vec![sparent, dparent, src.ino];
+        if let Some(d) = &dst {
+            locks.push(d.ino);
+        }
+        self.modify(&locks, |tx, al, open| {
+            let (sinum, stype) =
+                dirops::find(tx, al, sparent, sname)?.ok_or(errno(libc::ENOENT))?;
+            if sinum.addr != src.ino {
+                return Err(errno(libc::EAGAIN));
+            }
+            let sdi = dinode(tx, src.ino)?;
+            if flags & RENAME_EXCHANGE != 0 {
+                let d = dst.ok_or(errno(libc::ENOENT))?;
+                let (dinum, dtype) =
+                    dirops::find(tx, al, dparent, dname)?.ok_or(errno(libc::ENOENT))?;
+                let ddi = dinode(tx, d.ino)?;
+                dirops::retarget(tx, al, sparent, sname, dinum, dtype)?;
+                dirops::retarget(tx, al, dparent, dname, sinum, stype)?;
+                if sparent != dparent {
+                    let pdi_s = dinode(tx, sparent)?;
+                    let pdi_d = dinode(tx, dparent)?;
+                    if sdi.is_dir() {
+                        dirops::retarget(tx, al, src.ino, b"..", pdi_d.num, dt::DIR)?;
+                    }
+                    if ddi.is_dir() {
+                        dirops::retarget(tx, al, d.ino, b"..", pdi_s.num, dt::DIR)?;
+                    }
+                    let delta = i64::from(sdi.is_dir()) - i64::from(ddi.is_dir());
+                    let mut ps = dinode(tx, sparent)?;
+                    ps.nlink = (i64::from(ps.nlink) - delta) as u32;
+                    touch_mc(&mut ps);
+                    put_dinode(tx, &ps)?;
+                    let mut pd = dinode(tx, dparent)?;
+                    pd.nlink = (i64::from(pd.nlink) + delta) as u32;
+                    touch_mc(&mut pd);
+                    put_dinode(tx, &pd)?;
+                } else {
+                    let mut p = dinode(tx, sparent)?;
+                    touch_mc(&mut p);
+                    put_dinode(tx, &p)?;
+                }
+                for ino in [src.ino, d.ino] {
+                    let mut x = dinode(tx, ino)?;
+                    touch_c(&mut x);
+                    put_dinode(tx, &x)?;
+                }
+                return Ok(());
+            }
+            if let Some(d) = &dst {
+                let (dinum, _) =
+                    dirops::find(tx, al, dparent, dname)?.ok_or(errno(libc::ENOENT))?;
+                if dinum.addr != d.ino {
+                    return Err(errno(libc::EAGAIN));
+                }
+                let ddi = dinode(tx, d.ino)?;
+                match (sdi.is_dir(), ddi.is_dir()) {
+                    (true, false) => return Err(errno(libc::ENOTDIR)),
+                    (false, true) => return Err(errno(libc::EISDIR)),
+                    (true, true) if ddi.entries > 2 => return Err(errno(libc::ENOTEMPTY)),
+                    _ => {}
+                }
+                dirops::remove(tx, al, dparent, dname)?;
+                if ddi.is_dir() {
+                    let mut pd = dinode(tx, dparent)?;
+                    pd.nlink = pd.nlink.saturating_sub(1);
+                    put_dinode(tx, &pd)?;
+                }
+                Self::drop_link(tx, al, open, d.ino, ddi.is_dir())?;
+            }
+            dirops::remove(tx, al, sparent, sname)?;
+            dirops::add(tx, al, dparent, dname, sinum, stype, dev.as_ref())?;
+            if sdi.is_dir() && sparent != dparent {
+                let pd_num = dinode(tx, dparent)?.num;
+                dirops::retarget(tx, al, src.ino, b"..", pd_num, dt::DIR)?;
+                let mut ps = dinode(tx, sparent)?;
+                ps.nlink = ps.nlink.saturating_sub(1);
+                put_dinode(tx, &ps)?;
+                let mut pd = dinode(tx, dparent)?;
+                pd.nlink += 1;
+                put_dinode(tx, &pd)?;
+            }
+            for p in [sparent, dparent] {
+                let mut x = dinode(tx, p)?;
+                touch_mc(&mut x);
+                put_dinode(tx, &x)?;
+            }
+            let mut s = dinode(tx, src.ino)?;
+            touch_c(&mut s);
+            put_dinode(tx, &s)
+        })
+    }
+
+    /// Write `data` at `offset` of regular file `ino`; returns bytes written.
+    pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> Result<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let dev = self.device().clone();
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|e| *e <= i64::MAX as u64)
+            .ok_or(errno(libc::EFBIG))?;
+        self.modify(&[ino], |tx, al, _| {
+            let bsize = tx.bsize();
+            let bs = u64::from(bsize);
+            let mut di = dinode(tx, ino)?;
+            if di.is_dir() {
+                return Err(errno(libc::EISDIR));
+            }
+            if di.height == 0 && end <= layout::stuffed_max(bsize) {
+                let b = tx.get_mut(glock(ino), ino, mt::DI)?;
+                let s = DINODE_SIZE + offset as usize;
+                b[s..s + data.len()].copy_from_slice(data);
+                di = dinode(tx, ino)?;
+            } else {
+                if di.height == 0 {
+                    write::unstuff(tx, al, ino, dev.as_ref())?;
+                }
+                write::ensure_height(tx, al, ino, end.div_ceil(bs))?;
+                let mut run: Vec<u8> = Vec::new();
+                let mut run_start = 0u64;
+                let mut run_next = 0u64;
+                let flush_run = |run: &mut Vec<u8>, start: u64| -> Result<()> {
+                    if !run.is_empty() {
+                        dev.write_at(run, start * bs).map_err(|e| FsError::Io {
+                            what: format!("writing data of inode {ino}"),
+                            source: e,
+                        })?;
+                        run.clear();
+                    }
+                    Ok(())
+                };
+                for lb in offset / bs..end.div_ceil(bs) {
+                    let (phys, new) = write::map(tx, al, ino, lb, true)?
+                        .ok_or_else(|| FsError::corrupt(ino, "allocation failed"))?;
+                    let bstart = lb * bs;
+                    let s = offset.max(bstart) - bstart;
+                    let e = end.min(bstart + bs) - bstart;
+                    let src = &data[(bstart + s - offset) as usize..(bstart + e - offset) as usize];
+                    let mut block = if s == 0 && e == bs {
+                        src.to_vec()
+                    } else {
+                        let mut b = vec![0u8; bsize as usize];
+                        if !new {
+                            dev.read_at(&mut b, phys * bs).map_err(|e| FsError::Io {
+                                what: format!("reading data block {phys}"),
+                                source: e,
+                            })?;
+                        }
+                        b[s as usize..e as usize].copy_from_slice(src);
+                        b
+                    };
+                    if run.is_empty() || phys != run_next {
+                        flush_run(&mut run, run_start)?;
+                        run_start = phys;
+                    }
+                    run.append(&mut block);
+                    run_next = phys + 1;
+                    if run.len() >= 8 << 20 {
+                        flush_run(&mut run, run_start)?;
+                        run_start = run_next;
+                    }
+                }
+                flush_run(&mut run, run_start)?;
+                di = dinode(tx, ino)?;
+            }
+            di.size = di.size.max(end);
+            touch_mc(&mut di);
+            // Writing by others clears set-id bits, as the kernel does.
+            di.mode &= !(libc::S_ISUID
+                | if di.mode & 0o010 != 0 {
+                    libc::S_ISGID
+                } else {
+                    0
+                });
+            put_dinode(tx, &di)?;
+            Ok(data.len())
+        })
+    }
+
+    fn truncate(
+        tx: &mut Txn<'_>,
+        al: Alloc<'_>,
+        ino: u64,
+        size: u64,
+        dev: &dyn crate::dev::BlockDevice,
+    ) -> Result<()> {
+        let bsize = tx.bsize();
+        let bs = u64::from(bsize);
+        let di = dinode(tx, ino)?;
+        if di.is_dir() {
+            return Err(errno(libc::EISDIR));
+        }
+        let old = di.size;
+        if di.height == 0 {
+            if size <= layout::stuffed_max(bsize) {
+                if size < old {
+                    let b = tx.get_mut(glock(ino), ino, mt::DI)?;
+                    let hi = (DINODE_SIZE as u64 + old).min(b.len() as u64) as usize;
+                    b[DINODE_SIZE + size as usize..hi].fill(0);
+                }
+            } else {
+                write::unstuff(tx, al, ino, dev)?;
+                write::ensure_height(tx, al, ino, size.div_ceil(bs))?;
+            }
+        } else if size < old {
+            write::free_from(tx, al, ino, size.div_ceil(bs))?;
+            if size & (bs - 1) != 0 {
+                if let Some((blk, _)) = write::map(tx, al, ino, size / bs, false)? {
+                    let mut b = vec![0u8; bsize as usize];
+                    dev.read_at(&mut b, blk * bs).map_err(|e| FsError::Io {
+                        what: format!("reading block {blk}"),
+                        source: e,
+                    })?;
+                    b[(size % bs) as usize..].fill(0);
+                    dev.write_at(&b, blk * bs).map_err(|e| FsError::Io {
+                        what: format!("writing block {blk}"),
+                        source: e,
+                    })?;
+                }
+            }
+        } else if size > old {
+            write::ensure_height(tx, al, ino, size.div_ceil(bs))?;
+        }
+        let mut di = dinode(tx, ino)?;
+        di.size = size;
+        if size != old {
+            touch_mc(&mut di);
+        }
+        put_dinode(tx, &di)
+    }
+
+    /// `setattr`: mode, owner, size, times; ctime is updated.
+    pub fn setattr(&self, ino: u64, a: SetAttr) -> Result<Attr> {
+        let dev = self.device().clone();
+        self.modify(&[ino], |tx, al, _| {
+            if let Some(size) = a.size {
+                Self::truncate(tx, al, ino, size, dev.as_ref())?;
+            }
+            let mut di = dinode(tx, ino)?;
+            if let Some(m) = a.mode {
+                di.mode = (di.mode & S_IFMT) | (m & !S_IFMT);
+            }
+            if let Some(u) = a.uid {
+                di.uid = u;
+            }
+            if let Some(g) = a.gid {
+                di.gid = g;
+            }
+            if let Some((s, ns)) = a.atime {
+                di.atime = s as u64;
+                di.atime_nsec = ns;
+            }
+            if let Some((s, ns)) = a.mtime {
+                di.mtime = s as u64;
+                di.mtime_nsec = ns;
+            }
+            touch_c(&mut di);
+            put_dinode(tx, &di)
+        })?;
+        self.getattr(ino)
+    }
+
+    /// A file handle was opened on `ino`.
+    pub fn open_inode(&self, ino: u64) {
+        if let Some(w) = self.writer() {
+            let mut wg = w.lock().unwrap_or_else(|e| e.into_inner());
+            *wg.open.entry(ino).or_default() += 1;
+        }
+    }
+
+    /// A file handle on `ino` was closed: an unlinked inode goes with its
+    /// last handle.
+    pub fn release_inode(&self, ino: u64) -> Result<()> {
+        let Some(w) = self.writer() else {
+            return Ok(());
+        };
+        let last = {
+            let mut wg = w.lock().unwrap_or_else(|e| e.into_inner());
+            match wg.open.get_mut(&ino) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    wg.open.remove(&ino);
+                    true
+                }
+                None => false,
+            }
+        };
+        if !last {
+            return Ok(());
+        }
+        self.modify(&[ino], |tx, al, open| {
+            if open.contains_key(&ino) {
+                return Ok(());
+            }
+            let di = dinode(tx, ino)?;
+            if di.nlink == 0 && rgrp::state(tx, al.rindex, ino)? == BlockState::Unlinked {
+                Self::dealloc(tx, al, ino)?;
+            }
+            Ok(())
+        })
+    }
+}

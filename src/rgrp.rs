@@ -1,0 +1,210 @@
+//! Resource groups: allocating and freeing blocks in the bitmaps.
+//!
+//! Every change goes through a transaction under the rgrp's glock (EX), so
+//! the header's free/dinode counts, its checksum and the bitmap change
+//! together. Blocks freed since the last log flush are not handed out again
+//! until that flush, as the kernel does with its clone bitmaps: a crash before
+//! the flush must find the old owner's data intact.
+
+use crate::error::{FsError, Result};
+use crate::format::{mt, Rindex};
+use crate::log::trans::Txn;
+use gfs2_lockproto::{lm_type, ResName};
+use gfs2_ondisk::{layout, BlockState, Rgrp};
+use std::collections::HashSet;
+
+/// The glock covering a resource group.
+pub fn glock(ri: &Rindex) -> ResName {
+    ResName::new(lm_type::RGRP, ri.addr)
+}
+
+/// Index of the resource group holding data block `blk` (rindex sorted by
+/// address).
+pub fn locate(rindex: &[Rindex], blk: u64) -> Option<usize> {
+    let i = rindex.partition_point(|r| r.data0 + u64::from(r.data) <= blk);
+    rindex
+        .get(i)
+        .filter(|r| blk >= r.data0 && blk < r.data0 + u64::from(r.data))
+        .map(|_| i)
+}
+
+fn header(tx: &mut Txn<'_>, ri: &Rindex) -> Result<Rgrp> {
+    let b = tx.get(glock(ri), ri.addr, mt::RG)?;
+    Ok(Rgrp::parse(&b)?)
+}
+
+fn put_header(tx: &mut Txn<'_>, ri: &Rindex, rg: &Rgrp) -> Result<()> {
+    let b = tx.get_mut(glock(ri), ri.addr, mt::RG)?;
+    rg.write_with_crc(b)?;
+    Ok(())
+}
+
+/// Where the bits of data block `index` of `ri` live.
+fn bit_at(bsize: u32, ri: &Rindex, index: u64) -> Result<(u64, u32, usize, u32)> {
+    let (bb, off, shift) = layout::bitmap_position(bsize, index)
+        .ok_or_else(|| FsError::corrupt(ri.addr, "bitmap position"))?;
+    if bb >= ri.length {
+        return Err(FsError::corrupt(ri.addr, "block beyond the rgrp's bitmaps"));
+    }
+    let mty = if bb == 0 { mt::RG } else { mt::RB };
+    Ok((ri.addr + u64::from(bb), mty, off, shift))
+}
+
+/// The state of block `blk`.
+pub fn state(tx: &mut Txn<'_>, rindex: &[Rindex], blk: u64) -> Result<BlockState> {
+    let ri =
+        &rindex[locate(rindex, blk).ok_or_else(|| FsError::corrupt(blk, "not in any rgrp"))?];
+    let (bblk, mty, off, shift) = bit_at(tx.bsize(), ri, blk - ri.data0)?;
+    let b = tx.get(glock(ri), bblk, mty)?;
+    let byte = *b
+        .get(off)
+        .ok_or_else(|| FsError::corrupt(bblk, "bitmap offset"))?;
+    Ok(BlockState::from_bits(byte >> shift))
+}
+
+fn set_bits(tx: &mut Txn<'_>, ri: &Rindex, blk: u64, st: BlockState) -> Result<BlockState> {
+    let (bblk, mty, off, shift) = bit_at(tx.bsize(), ri, blk - ri.data0)?;
+    let b = tx.get_mut(glock(ri), bblk, mty)?;
+    let byte = b
+        .get_mut(off)
+        .ok_or_else(|| FsError::corrupt(bblk, "bitmap offset"))?;
+    let old = BlockState::from_bits(*byte >> shift);
+    *byte = (*byte & !(3 << shift)) | ((st as u8) << shift);
+    Ok(old)
+}
+
+/// Whether a bitmap byte maps at least one free block.
+fn has_free(b: u8) -> bool {
+    ((b & 0x55) | ((b >> 1) & 0x55)) != 0x55
+}
+
+/// Find a free block in `ri` at or after `from` (wrapping within the rgrp),
+/// skipping `busy` ones.
+fn find_free(tx: &mut Txn<'_>, ri: &Rindex, from: u64, busy: &HashSet<u64>) -> Result<Option<u64>> {
+    let bsize = tx.bsize();
+    let data = u64::from(ri.data);
+    let first = layout::rgrp_header_blocks_mapped(bsize);
+    let per = layout::bitmap_block_blocks_mapped(bsize);
+    // Scan bitmap block by bitmap block: [from, data) then [0, from).
+    for (lo, hi) in [(from.min(data), data), (0, from.min(data))] {
+        let mut idx = lo;
+        while idx < hi {
+            let (bb, base_idx, span) = if idx < first {
+                (0u32, 0u64, first)
+            } else {
+                let k = (idx - first) / per;
+                (1 + k as u32, first + k * per, per)
+            };
+            let end = (base_idx + span).min(hi);
+            let (bblk, mty, _, _) = bit_at(bsize, ri, idx)?;
+            let _ = bb;
+            let bytes = tx.get(glock(ri), bblk, mty)?;
+            let hdr = if bblk == ri.addr {
+                Rgrp::SIZE
+            } else {
+                crate::format::META_HEADER_SIZE
+            };
+            let mut i = idx;
+            while i < end {
+                let off = hdr + ((i - base_idx) / 4) as usize;
+                let byte = *bytes
+                    .get(off)
+                    .ok_or_else(|| FsError::corrupt(bblk, "bitmap too short"))?;
+                if (i - base_idx) % 4 == 0 && !has_free(byte) {
+                    i += 4;
+                    continue;
+                }
+                let shift = ((i - base_idx) % 4) * 2;
+                if (byte >> shift) & 3 == 0 && !busy.contains(&(ri.data0 + i)) {
+                    return Ok(Some(ri.data0 + i));
+                }
+                i += 1;
+            }
+            idx = end;
+        }
+    }
+    Ok(None)
+}
+
+/// Allocate one block near `goal` in state `st` (a dinode, or a used data or
+/// metadata block). For dinodes, also returns the generation the rgrp hands
+/// out (the kernel's `rd_igeneration`), which becomes the formal inode
+/// number.
+pub fn alloc(
+    tx: &mut Txn<'_>,
+    rindex: &[Rindex],
+    busy: &HashSet<u64>,
+    goal: u64,
+    st: BlockState,
+) -> Result<(u64, u64)> {
+    let n = rindex.len();
+    let start = locate(rindex, goal).unwrap_or(0);
+    for k in 0..n {
+        let i = (start + k) % n;
+        let ri = &rindex[i];
+        let mut rg = header(tx, ri)?;
+        if rg.free == 0 {
+            continue;
+        }
+        let from = if k == 0 && goal >= ri.data0 {
+            goal - ri.data0
+        } else {
+            0
+        };
+        let Some(blk) = find_free(tx, ri, from, busy)? else {
+            continue;
+        };
+        set_bits(tx, ri, blk, st)?;
+        rg.free -= 1;
+        tx.statfs.free -= 1;
+        let mut generation = 0;
+        if st == BlockState::Dinode {
+            rg.dinodes += 1;
+            tx.statfs.dinodes += 1;
+            generation = rg.igeneration;
+            rg.igeneration = rg.igeneration.wrapping_add(1);
+            if generation == 0 {
+                generation = rg.igeneration;
+                rg.igeneration = rg.igeneration.wrapping_add(1);
+            }
+        }
+        put_header(tx, ri, &rg)?;
+        return Ok((blk, generation));
+    }
+    Err(FsError::Errno(libc::ENOSPC))
+}
+
+/// Free block `blk` (data, metadata or dinode).
+pub fn free(tx: &mut Txn<'_>, rindex: &[Rindex], blk: u64) -> Result<()> {
+    let i = locate(rindex, blk)
+        .ok_or_else(|| FsError::corrupt(blk, "freeing a block outside every rgrp"))?;
+    let ri = &rindex[i];
+    let old = set_bits(tx, ri, blk, BlockState::Free)?;
+    if old == BlockState::Free {
+        return Err(FsError::corrupt(blk, "freeing a free block"));
+    }
+    let mut rg = header(tx, ri)?;
+    rg.free = rg.free.saturating_add(1);
+    tx.statfs.free += 1;
+    if matches!(old, BlockState::Dinode | BlockState::Unlinked) {
+        rg.dinodes = rg.dinodes.saturating_sub(1);
+        tx.statfs.dinodes -= 1;
+    }
+    put_header(tx, ri, &rg)?;
+    tx.freed.push(blk);
+    tx.discard(blk);
+    Ok(())
+}
+
+/// Change a dinode's state between dinode and unlinked (open but nameless).
+pub fn set_dinode_state(
+    tx: &mut Txn<'_>,
+    rindex: &[Rindex],
+    blk: u64,
+    st: BlockState,
+) -> Result<()> {
+    let i =
+        locate(rindex, blk).ok_or_else(|| FsError::corrupt(blk, "dinode outside every rgrp"))?;
+    set_bits(tx, &rindex[i], blk, st)?;
+    Ok(())
+}
