@@ -1,0 +1,88 @@
+//! Command-line front end of the kernel oracle, for scripts (images/regen.sh).
+//!
+//! gfs2-oracle-vm run [--kill-after PATTERN COUNT] [--timeout SECS] SCENARIO [DISK...]
+//!     Boot the kernel VM with SCENARIO (a file) and DISKs; print the
+//!     console on stdout. Exit status: the scenario's, 137 when the VM was
+//!     killed on PATTERN, 1 when it ended without reporting.
+//! gfs2-oracle-vm names N BITS PREFIX LEN
+//!     Print N names of LEN bytes starting with PREFIX whose GFS2 hashes
+//!     share their top BITS bits.
+//! gfs2-oracle-vm fsck IMAGE
+//!     Run fsck.gfs2 -n; print its output; exit with its status.
+
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn main() {
+    match real_main() {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("gfs2-oracle-vm: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn real_main() -> Result<i32> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = "usage: gfs2-oracle-vm run [--kill-after PATTERN COUNT] [--timeout SECS] \
+                 SCENARIO [DISK...] | names N BITS PREFIX LEN | fsck IMAGE";
+    match args.first().map(String::as_str) {
+        Some("run") => {
+            let mut i = 1;
+            let mut kill = None;
+            let mut timeout = 600;
+            while i < args.len() && args[i].starts_with("--") {
+                match args[i].as_str() {
+                    "--kill-after" if i + 2 < args.len() => {
+                        kill = Some((args[i + 1].clone(), args[i + 2].parse::<usize>()?));
+                        i += 3;
+                    }
+                    "--timeout" if i + 1 < args.len() => {
+                        timeout = args[i + 1].parse()?;
+                        i += 2;
+                    }
+                    _ => bail!("{usage}"),
+                }
+            }
+            let Some(scen) = args.get(i) else {
+                bail!("{usage}");
+            };
+            let script =
+                std::fs::read_to_string(scen).with_context(|| format!("scenario {scen}"))?;
+            let disks: Vec<PathBuf> = args[i + 1..].iter().map(PathBuf::from).collect();
+            let refs: Vec<&std::path::Path> = disks.iter().map(PathBuf::as_path).collect();
+            let mut vm = gfs2_oracle::Vm::new(&script).timeout(Duration::from_secs(timeout));
+            if let Some((p, n)) = kill {
+                vm = vm.kill_after(&p, n);
+            }
+            let r = vm.boot(&refs)?;
+            print!("{}", r.console);
+            eprintln!(
+                "gfs2-oracle-vm: {:.1} s, exit {:?}{}",
+                r.elapsed.as_secs_f64(),
+                r.exit,
+                if r.killed { ", killed" } else { "" }
+            );
+            Ok(if r.killed { 137 } else { r.exit.unwrap_or(1) })
+        }
+        Some("names") if args.len() == 5 => {
+            for n in gfs2_oracle::colliding_names(
+                args[1].parse()?,
+                args[2].parse()?,
+                &args[3],
+                args[4].parse()?,
+            ) {
+                println!("{n}");
+            }
+            Ok(0)
+        }
+        Some("fsck") if args.len() == 2 => {
+            let f = gfs2_oracle::fsck_n(std::path::Path::new(&args[1]))?;
+            print!("{}", f.output);
+            Ok(f.code)
+        }
+        _ => bail!("{usage}"),
+    }
+}
