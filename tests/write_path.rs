@@ -1,0 +1,235 @@
+//! The write path through a real FUSE mount, checked by the oracles:
+//! a workload of every operation (create, mkdir, mknod, symlink, link,
+//! unlink, rmdir, rename across directories and over targets, write at all
+//! metadata heights, sparse writes, truncate up and down, chmod, chown,
+//! utimes) on images of several block sizes; after unmount gfs2-utils'
+//! `fsck.gfs2 -n` finds them clean, our own remount shows the same tree,
+//! the Linux kernel mounts them and its manifest equals ours, then the
+//! kernel writes more and our mount reads its changes back.
+
+mod common;
+
+use common::kvm::{host_manifest, run_vm, section};
+use common::*;
+use std::path::Path;
+use std::process::Command;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_gfs2-fuse")
+}
+
+/// The workload, for bash on the host and busybox sh in the VM. `N` is the
+/// number of entries in the big directory.
+const WORKLOAD: &str = r#"
+set -e
+mkdir -p a/b/c many gone/deeper
+echo hello > a/hello
+i=0; s=x; while [ $i -lt 11 ]; do s=$s$s; i=$((i+1)); done
+printf '%s' "$s" > a/b/two_k
+dd if=/dev/urandom of=a/b/c/r1m bs=4096 count=256 2>/dev/null
+dd if=/dev/urandom of=a/sparse bs=4096 count=2 seek=3000 2>/dev/null
+dd if=/dev/urandom of=a/grow bs=1000 count=5 2>/dev/null
+dd if=/dev/urandom of=a/grow bs=1000 count=3 seek=20 conv=notrunc 2>/dev/null
+for i in $(seq 1 N); do echo $i > many/a_fairly_long_entry_name_$i; done
+for i in $(seq 1 3 N); do rm many/a_fairly_long_entry_name_$i; done
+ln a/hello a/hardlink
+ln -s hello a/symlink
+ln -s $(printf 'p%.0s' $(seq 1 150))/target a/longlink
+mkfifo a/fifo
+mknod a/chr c 1 3
+mknod a/blk b 8 17
+mv a/b/c a/moved
+mv a/hello a/b/renamed
+echo replaced > a/victim; echo winner > a/winner; mv a/winner a/victim
+rmdir gone/deeper; rmdir gone
+truncate -s 100000 a/b/two_k
+dd if=/dev/urandom of=a/shrink bs=4096 count=300 2>/dev/null
+truncate -s 5000 a/shrink
+truncate -s 0 a/moved/r1m
+echo again >> a/moved/r1m
+chmod 640 a/hardlink
+chmod 4755 a/b/two_k
+chown 1000:100 a/b/two_k
+touch -t 200101011200 a/b/renamed
+mkdir -p deep/1/2/3/4/5 && echo bottom > deep/1/2/3/4/5/file
+mv deep/1/2 a/moved/
+"#;
+
+/// More changes, made by the kernel on top of ours.
+const KERNEL_MORE: &str = r#"
+echo from-kernel > a/kernel_file
+mkdir a/kernel_dir
+for i in $(seq 1 200); do echo k$i > a/kernel_dir/k$i; done
+rm -f many/a_fairly_long_entry_name_2 a/symlink
+mv a/moved a/moved_by_kernel
+dd if=/dev/urandom of=a/kernel_big bs=4096 count=100 2>/dev/null
+"#;
+
+fn workload(n: u32) -> String {
+    WORKLOAD.replace("N", &n.to_string())
+}
+
+fn run_sh(dir: &Path, script: &str) {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "workload failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn mount(img: &Path, tag: &str) -> (TempPath, MountGuard) {
+    let mnt = mountpoint(tag);
+    let out = Command::new(bin())
+        .arg("mount")
+        .arg(img)
+        .arg(&mnt.0)
+        .args(["-o", "allow_other"])
+        .output()
+        .expect("gfs2-fuse");
+    assert!(
+        out.status.success(),
+        "mount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let g = MountGuard(mnt.0.clone());
+    (mnt, g)
+}
+
+/// Unmount and wait until the daemon has finished (journal closed).
+fn unmount(g: MountGuard, mnt: &Path) {
+    drop(g);
+    for _ in 0..200 {
+        if !is_mounted(mnt) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    // The daemon writes the clean journal header before it exits; wait for
+    // every gfs2-fuse serving this mountpoint to go away.
+    for _ in 0..400 {
+        let busy = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                    let s = String::from_utf8_lossy(&c);
+                    s.contains("gfs2-fuse") && s.contains(mnt.to_str().unwrap_or("?"))
+                })
+            });
+        if !busy {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("gfs2-fuse did not exit after unmount of {}", mnt.display());
+}
+
+fn fsck_clean(img: &Path, what: &str) {
+    let out = Command::new(tool("fsck.gfs2"))
+        .arg("-n")
+        .arg(img)
+        .output()
+        .expect("fsck.gfs2");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{what}: fsck.gfs2 -n:\n{text}");
+    for bad in ["rror", "ncorrect", "wrong", "fix", "bad", "Bad", "?"] {
+        assert!(
+            !text.contains(bad),
+            "{what}: fsck.gfs2 -n reported:\n{text}"
+        );
+    }
+}
+
+fn compare(a: &[String], b: &[String], what: &str) {
+    assert!(a.len() > 20, "{what}: manifest too short: {a:?}");
+    let x: std::collections::BTreeSet<_> = a.iter().collect();
+    let y: std::collections::BTreeSet<_> = b.iter().collect();
+    let only_a: Vec<_> = x.difference(&y).take(10).collect();
+    let only_b: Vec<_> = y.difference(&x).take(10).collect();
+    assert!(
+        only_a.is_empty() && only_b.is_empty(),
+        "{what}: manifests differ\nfirst only: {only_a:#?}\nsecond only: {only_b:#?}"
+    );
+}
+
+#[test]
+fn workload_is_fsck_clean_and_kernel_compatible() {
+    let cases = [
+        (512u32, 600u32, "w512"),
+        (1024, 1500, "w1024"),
+        (4096, 3000, "w4096"),
+    ];
+    let mut imgs = Vec::new();
+    let mut ours_before = Vec::new();
+    for (bs, n, tag) in cases {
+        let img = mkfs(bs, 2, 600, tag);
+        let (mnt, g) = mount(&img.0, tag);
+        run_sh(&mnt.0, &workload(n));
+        let m1 = host_manifest(&mnt.0);
+        unmount(g, &mnt.0);
+        fsck_clean(&img.0, tag);
+        // Our own remount (recovery finds a clean journal) sees the same.
+        let (mnt, g) = mount(&img.0, tag);
+        let m2 = host_manifest(&mnt.0);
+        unmount(g, &mnt.0);
+        compare(&m1, &m2, &format!("{tag}: before and after remount"));
+        ours_before.push(m1);
+        imgs.push(img);
+    }
+    // The kernel reads what we wrote, then writes on top of it.
+    let mut w = String::new();
+    for (i, (_, _, tag)) in cases.iter().enumerate() {
+        let dev = format!("/dev/vd{}", (b'a' + i as u8) as char);
+        w += &format!(
+            "mount -t gfs2 -o lockproto=lock_nolock,noatime {dev} /mnt || echo MOUNTFAIL\n\
+             echo BEGIN-{tag}-1\n(cd /mnt && . /manifest.sh)\necho END-{tag}-1\n\
+             (cd /mnt && {KERNEL_MORE}) || echo KWRITEFAIL\n\
+             echo BEGIN-{tag}-2\n(cd /mnt && . /manifest.sh)\necho END-{tag}-2\n\
+             umount /mnt || echo UMOUNTFAIL\n"
+        );
+    }
+    let disks: Vec<&Path> = imgs.iter().map(|i| i.0.as_path()).collect();
+    let console = run_vm(&w, &disks);
+    for bad in ["MOUNTFAIL", "KWRITEFAIL", "UMOUNTFAIL", "withdraw"] {
+        assert!(!console.contains(bad), "kernel: {bad}:\n{console}");
+    }
+    assert!(
+        console.contains("KVM-WORKLOAD-DONE"),
+        "workload incomplete:\n{console}"
+    );
+    for (((_, _, tag), img), ours) in cases.iter().zip(&imgs).zip(&ours_before) {
+        let k1 = section(&console, &format!("{tag}-1"));
+        compare(&k1, ours, &format!("{tag}: kernel's view of our image"));
+        let k2 = section(&console, &format!("{tag}-2"));
+        fsck_clean(&img.0, &format!("{tag} after the kernel wrote"));
+        let (mnt, g) = mount(&img.0, tag);
+        let m3 = host_manifest(&mnt.0);
+        // And we keep writing on the kernel's changes.
+        run_sh(
+            &mnt.0,
+            "echo ours-again > a/after_kernel && rm -r a/kernel_dir && mkdir a/kernel_dir",
+        );
+        unmount(g, &mnt.0);
+        compare(
+            &k2,
+            &m3,
+            &format!("{tag}: our view of the kernel's changes"),
+        );
+        fsck_clean(
+            &img.0,
+            &format!("{tag} after we wrote on the kernel's changes"),
+        );
+    }
+}
