@@ -107,11 +107,11 @@ fn workload(dir: PathBuf, seed: u64, stop: Arc<AtomicBool>, durable: Durable) {
             f.write_all(&data)?;
             f.sync_all()?;
             // Churn that must not disturb durable files.
-            if i % 5 == 0 {
+            if i.is_multiple_of(5) {
                 std::fs::write(dir.join("scratch"), &data[..len.min(3000)])?;
                 std::fs::rename(dir.join("scratch"), dir.join(format!("scratch{}", i % 3)))?;
             }
-            if i % 7 == 0 {
+            if i.is_multiple_of(7) {
                 let _ = std::fs::remove_file(dir.join(format!("scratch{}", i % 3)));
                 std::fs::create_dir_all(dir.join(format!("d{}", i % 4)).join("x"))?;
             }
