@@ -59,6 +59,8 @@ struct Ino {
     dotdot: Option<(u64, u64, usize)>,
     /// Blocks holding this directory's entries (dinode or leaves).
     dirent_blocks: Vec<(u64, usize)>,
+    /// A per_node quota_change file: its data blocks carry QC headers.
+    quota_change: bool,
 }
 
 /// A directory entry waiting to be followed.
@@ -94,6 +96,40 @@ pub struct Fsck {
     statfs_addr: u64,
     local_statfs: Vec<u64>,
     jindex: u64,
+    per_node: u64,
+    journals: Vec<(u32, CleanHeader)>,
+    deferred: Vec<u32>,
+}
+
+/// The device as modified so far (for reading journals after repairs).
+struct CacheDev<'a> {
+    dev: &'a FileDevice,
+    cache: &'a HashMap<u64, Vec<u8>>,
+    bsize: u64,
+}
+
+impl BlockDevice for CacheDev<'_> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        if buf.len() as u64 == self.bsize && offset & (self.bsize - 1) == 0 {
+            if let Some(b) = self.cache.get(&(offset / self.bsize)) {
+                buf.copy_from_slice(b);
+                return Ok(());
+            }
+        }
+        self.dev.read_at(buf, offset)
+    }
+    fn write_at(&self, _buf: &[u8], _offset: u64) -> std::io::Result<()> {
+        Err(std::io::Error::other("read-only view"))
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn size(&self) -> u64 {
+        self.dev.size()
+    }
+    fn describe(&self) -> String {
+        self.dev.describe()
+    }
 }
 
 fn be64(b: &[u8], off: usize) -> u64 {
@@ -173,6 +209,9 @@ impl Fsck {
             statfs_addr: 0,
             local_statfs: Vec::new(),
             jindex: 0,
+            per_node: 0,
+            journals: Vec::new(),
+            deferred: Vec::new(),
         })
     }
 
@@ -380,6 +419,25 @@ impl Fsck {
     /// Data block pointers of a file as (logical block, address), plus
     /// the indirect blocks, with `loc` of each pointer. No claims.
     fn tree(&self, di: &Dinode, buf: &[u8], addr: u64) -> Res<TreeOut> {
+        self.tree_ex(di, buf, addr, false)
+    }
+
+    /// Whether a block is an indirect block, or (`lenient`) one with a
+    /// damaged header whose pointers all look sane.
+    fn indirect_ok(&self, b: &[u8], lenient: bool) -> bool {
+        if meta_ok(b, metatype::IN) {
+            return true;
+        }
+        lenient
+            && (MetaHeader::SIZE..b.len())
+                .step_by(8)
+                .all(|o| be64(b, o) < self.fs_blocks)
+            && (MetaHeader::SIZE..b.len())
+                .step_by(8)
+                .any(|o| be64(b, o) != 0)
+    }
+
+    fn tree_ex(&self, di: &Dinode, buf: &[u8], addr: u64, lenient: bool) -> Res<TreeOut> {
         let mut out = TreeOut::default();
         if di.height == 0 || di.height > gfs2_ondisk::MAX_META_HEIGHT {
             return Ok(out);
@@ -427,7 +485,8 @@ impl Fsck {
             if h > 0 {
                 // Only descend into blocks that are in range and indirect.
                 level.retain(|(p, ..)| {
-                    *p < self.fs_blocks && self.read(*p).is_ok_and(|b| meta_ok(&b, metatype::IN))
+                    *p < self.fs_blocks
+                        && self.read(*p).is_ok_and(|b| self.indirect_ok(&b, lenient))
                 });
             }
         }
@@ -722,17 +781,23 @@ impl Fsck {
 
     // ---- journals -----------------------------------------------------
 
-    fn extents(&self, addr: u64) -> Res<Vec<JournalExtent>> {
+    /// A journal's blocks as extents; `None` if it has holes.
+    fn extents(&self, addr: u64) -> Res<Option<Vec<JournalExtent>>> {
         let (di, buf) = self.dinode(addr)?;
-        let t = self.tree(&di, &buf, addr)?;
+        let t = self.tree_ex(&di, &buf, addr, true)?;
         let mut ex: Vec<JournalExtent> = Vec::new();
         let nblocks = di.size / u64::from(self.bsize);
+        let mut next = 0u64;
         for (l, p, _) in t.data {
             if l >= nblocks {
                 break;
             }
+            if l != next || p >= self.fs_blocks {
+                return Ok(None);
+            }
+            next += 1;
             match ex.last_mut() {
-                Some(e) if e.lblock + e.len == l && e.phys + e.len == p => e.len += 1,
+                Some(e) if e.phys + e.len == p => e.len += 1,
                 _ => ex.push(JournalExtent {
                     lblock: l,
                     phys: p,
@@ -740,7 +805,10 @@ impl Fsck {
                 }),
             }
         }
-        Ok(ex)
+        if next != nblocks || nblocks == 0 {
+            return Ok(None);
+        }
+        Ok(Some(ex))
     }
 
     pub fn check_journals(&mut self) -> Res<()> {
@@ -749,6 +817,7 @@ impl Fsck {
         let jindex = self.lookup(master, "jindex")?.addr;
         self.jindex = jindex;
         let per_node = self.lookup(master, "per_node").map(|i| i.addr).ok();
+        self.per_node = per_node.unwrap_or(0);
         self.statfs_addr = self.lookup(master, "statfs")?.addr;
         let mut js: Vec<(u32, u64)> = self
             .list_dir(jindex)?
@@ -772,82 +841,102 @@ impl Fsck {
             if sc != 0 {
                 self.local_statfs.push(sc);
             }
-            let ex = match self.extents(jaddr) {
-                Ok(e) if !e.is_empty() => e,
-                _ => {
-                    self.r.problem(
-                        &format!("Journal #{} (\"journal{j}\") has no blocks", j + 1),
-                        false,
-                    );
-                    continue;
-                }
+            let clean = CleanHeader {
+                writer_jid: j,
+                jinode: jaddr,
+                statfs_addr: sc,
+                quota_addr: node_file(format!("quota_change{j}")),
+                master_statfs_addr: self.statfs_addr,
             };
-            let head = match recovery::find_head(&self.dev, self.bsize, &ex) {
-                Ok(h) => h,
-                Err(e) => {
-                    if self.r.problem(
-                        &format!("Journal #{} (\"journal{j}\") is corrupt: {e}", j + 1),
-                        true,
-                    ) {
-                        self.reset_journal(
-                            j,
-                            jaddr,
-                            &ex,
-                            sc,
-                            node_file(format!("quota_change{j}")),
-                        )?;
-                    }
-                    continue;
-                }
-            };
-            if head.is_clean() {
-                self.r
-                    .info(&format!("journal{j}: clean, head at block {}", head.lblock));
-                continue;
-            }
-            let unsafe_preen =
-                self.r.mode == Mode::Preen && self.sb.lockproto_str() != "lock_nolock";
-            let msg = format!("Journal #{} (\"journal{j}\") is dirty", j + 1);
-            if unsafe_preen {
-                self.r.problem(&msg, false);
-                return Err(Fatal(
-                    "not replaying with -p: the lock protocol is not lock_nolock".into(),
-                ));
-            }
-            if self.r.problem(&msg, true) {
-                let clean = CleanHeader {
-                    writer_jid: j,
-                    jinode: jaddr,
-                    statfs_addr: sc,
-                    quota_addr: node_file(format!("quota_change{j}")),
-                    master_statfs_addr: self.statfs_addr,
-                };
-                let st = recovery::recover(&self.dev, self.bsize, &ex, &head, &clean)
-                    .map_err(|e| Fatal(format!("journal{j}: replay failed: {e}")))?;
-                self.r.info(&format!(
-                    "journal{j}: replayed {} blocks, {} revoked, {} revokes",
-                    st.replayed, st.revoked, st.revokes
-                ));
+            self.journals.push((j, clean));
+            match self.extents(jaddr) {
+                Ok(Some(ex)) => self.check_journal(j, &ex, &clean, true)?,
+                // Damaged metadata tree: the walk repairs what it can;
+                // the journal is looked at again after it.
+                _ => self.deferred.push(j),
             }
         }
         Ok(())
     }
 
-    /// Make a journal with no valid header usable: one clean header at 0.
-    fn reset_journal(
+    /// Journals whose block map was damaged, after the walk repaired it.
+    fn check_deferred_journals(&mut self) -> Res<()> {
+        for j in std::mem::take(&mut self.deferred) {
+            let Some(&(_, clean)) = self.journals.iter().find(|(n, _)| *n == j) else {
+                continue;
+            };
+            match self.extents(clean.jinode) {
+                Ok(Some(ex)) => self.check_journal(j, &ex, &clean, false)?,
+                _ => {
+                    self.r.problem(
+                        &format!(
+                            "Journal #{} (\"journal{j}\") has holes in its block map",
+                            j + 1
+                        ),
+                        false,
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_journal(
         &mut self,
         j: u32,
-        jaddr: u64,
         ex: &[JournalExtent],
-        statfs: u64,
-        quota: u64,
+        clean: &CleanHeader,
+        can_replay: bool,
     ) -> Res<()> {
+        let view = CacheDev {
+            dev: &self.dev,
+            cache: &self.cache,
+            bsize: u64::from(self.bsize),
+        };
+        let head = match recovery::find_head(&view, self.bsize, ex) {
+            Ok(h) => h,
+            Err(e) => {
+                if self.r.problem(
+                    &format!(
+                        "Journal #{} (\"journal{j}\") is corrupt: {e}; resetting it",
+                        j + 1
+                    ),
+                    true,
+                ) {
+                    self.reset_journal(j, ex, clean)?;
+                }
+                return Ok(());
+            }
+        };
+        if head.is_clean() {
+            self.r
+                .info(&format!("journal{j}: clean, head at block {}", head.lblock));
+            return Ok(());
+        }
+        let unsafe_preen = self.r.mode == Mode::Preen && self.sb.lockproto_str() != "lock_nolock";
+        let msg = format!("Journal #{} (\"journal{j}\") is dirty", j + 1);
+        if unsafe_preen {
+            self.r.problem(&msg, false);
+            return Err(Fatal(
+                "not replaying with -p: the lock protocol is not lock_nolock".into(),
+            ));
+        }
+        if self.r.problem(&msg, can_replay) {
+            let st = recovery::recover(&self.dev, self.bsize, ex, &head, clean)
+                .map_err(|e| Fatal(format!("journal{j}: replay failed: {e}")))?;
+            self.r.info(&format!(
+                "journal{j}: replayed {} blocks, {} revoked, {} revokes",
+                st.replayed, st.revoked, st.revokes
+            ));
+        }
+        Ok(())
+    }
+
+    /// Make a journal with no valid header usable: one clean header at 0.
+    fn reset_journal(&mut self, j: u32, ex: &[JournalExtent], clean: &CleanHeader) -> Res<()> {
         let clean = CleanHeader {
-            writer_jid: j,
-            jinode: jaddr,
-            statfs_addr: statfs,
-            quota_addr: quota,
             master_statfs_addr: 0,
+            ..*clean
         };
         let phys = ex[0].phys;
         let b = recovery::build_log_header(
@@ -860,8 +949,7 @@ impl Fsck {
             phys,
             &clean,
         );
-        self.dev.write_at(&b, phys * u64::from(self.bsize))?;
-        self.dev.flush()?;
+        self.write(phys, b);
         Ok(())
     }
 
@@ -960,6 +1048,7 @@ impl Fsck {
             parent: addr,
             dotdot: None,
             dirent_blocks: Vec::new(),
+            quota_change: false,
         });
         self.by_addr.insert(addr, idx);
         idx
@@ -1044,6 +1133,8 @@ impl Fsck {
         }
         let idx = self.add_inode(&di, addr);
         self.inodes[idx as usize].parent = parent_addr;
+        self.inodes[idx as usize].quota_change =
+            parent_addr == self.per_node && rf.name.starts_with("quota_change");
         self.check_de_type(&rf, ifmt_to_dt(di.mode), &label)?;
         self.inspect(idx)
     }
@@ -1133,16 +1224,35 @@ impl Fsck {
             di.size = maxsz;
             dirty = true;
         }
-        // Metadata tree.
-        let t = self.tree(&di, &buf, addr)?;
+        // Metadata tree. A journal's indirect blocks with a damaged header
+        // but sane pointers are kept (and their header rewritten).
         let is_dir = di.is_dir();
+        let journal = self.inodes[idx as usize].parent == self.jindex && !is_dir;
+        let t = self.tree_ex(&di, &buf, addr, journal)?;
         for (p, loc) in &t.meta {
+            // Pointers inside indirect blocks that were dropped.
+            if loc.block != addr && self.owner.get(loc.block as usize) != Some(&(idx + 1)) {
+                continue;
+            }
             if let Err(e) = self.claim(*p, idx, W_USED) {
                 if self
                     .r
                     .problem(&format!("{label}: indirect pointer: {e}"), true)
                 {
                     self.zero_ptr(*loc)?;
+                }
+            } else if journal
+                && self
+                    .read(*p)
+                    .is_ok_and(|b| !meta_ok(&b, metatype::IN) && self.indirect_ok(&b, true))
+            {
+                if self.r.problem(
+                    &format!("{label}: journal indirect block {p} has a damaged header"),
+                    true,
+                ) {
+                    let mut b = self.read(*p)?;
+                    MetaHeader::new(metatype::IN, format::IN).write(&mut b)?;
+                    self.write(*p, b);
                 }
             } else if !self.read(*p).is_ok_and(|b| meta_ok(&b, metatype::IN)) {
                 if self.r.problem(
@@ -1200,6 +1310,36 @@ impl Fsck {
                         self.zero_ptr(loc)?;
                     }
                 }
+            }
+        }
+        if self.inodes[idx as usize].quota_change {
+            for &(_, p) in &data {
+                let b = self.read(p)?;
+                if !meta_ok(&b, metatype::QC)
+                    && self.r.problem(
+                        &format!("{label}: quota change block {p} has a bad header"),
+                        true,
+                    )
+                {
+                    let mut b = b;
+                    MetaHeader::new(metatype::QC, format::QC).write(&mut b)?;
+                    self.write(p, b);
+                }
+            }
+        }
+        // Allocation goals.
+        for (what, goal) in [("goal_meta", di.goal_meta), ("goal_data", di.goal_data)] {
+            if (goal >= self.fs_blocks || goal == 0)
+                && self
+                    .r
+                    .problem(&format!("{label}: bad allocation goal {what} {goal}"), true)
+            {
+                if what == "goal_meta" {
+                    di.goal_meta = addr;
+                } else {
+                    di.goal_data = addr;
+                }
+                dirty = true;
             }
         }
         // Extended attributes.
@@ -2050,6 +2190,7 @@ impl Fsck {
         self.walk()?;
         self.check_counts()?;
         self.check_bitmaps()?;
+        self.check_deferred_journals()?;
         self.flush()
     }
 }
