@@ -18,7 +18,7 @@ use crate::log::writer::LogWriter;
 use crate::rgrp;
 use gfs2_lockproto::Mode;
 use gfs2_ondisk::consts::{dt, format};
-use gfs2_ondisk::{ifmt_to_dt, layout, BlockState, EaIter};
+use gfs2_ondisk::{ifmt_to_dt, layout, BlockState};
 use std::collections::{HashMap, HashSet};
 
 /// State of a writable mount, behind the writer lock.
@@ -347,32 +347,7 @@ impl Fs {
             }
         }
         write::free_from(tx, al, ino, 0)?;
-        if di.eattr != 0 {
-            let mut ea_blocks = vec![di.eattr];
-            if di.flags & dif::EA_INDIRECT != 0 {
-                let b = tx.get(glock(ino), di.eattr, mt::IN)?;
-                ea_blocks.extend(
-                    b[crate::format::META_HEADER_SIZE..]
-                        .chunks_exact(8)
-                        .map(|c| write::get_ptr(c, 0))
-                        .filter(|p| *p != 0),
-                );
-            }
-            for (i, eb) in ea_blocks.iter().enumerate() {
-                if i > 0 || di.flags & dif::EA_INDIRECT == 0 {
-                    let b = tx.get(glock(ino), *eb, mt::EA)?;
-                    let ptrs: Vec<u64> = EaIter::new(&b)
-                        .filter_map(|r| r.ok())
-                        .flat_map(|r| r.ptrs)
-                        .filter(|p| *p != 0)
-                        .collect();
-                    for p in ptrs {
-                        rgrp::free(tx, al.rindex, p)?;
-                    }
-                }
-                rgrp::free(tx, al.rindex, *eb)?;
-            }
-        }
+        crate::inode::ea_write::free_all(tx, al, ino)?;
         rgrp::free(tx, al.rindex, ino)
     }
 
@@ -800,6 +775,118 @@ impl Fs {
                 Self::dealloc(tx, al, ino)?;
             }
             Ok(())
+        })
+    }
+
+    /// `setxattr` (`value = Some`) or `removexattr` (`None`) of a full name
+    /// with its namespace prefix. `flags`: `XATTR_CREATE`, `XATTR_REPLACE`.
+    pub fn set_xattr(&self, ino: u64, name: &[u8], value: Option<&[u8]>, flags: i32) -> Result<()> {
+        use crate::inode::ea_write::{self, SetMode};
+        use crate::inode::xattr;
+        let (t, n) = xattr::split_name(name).ok_or(errno(libc::EOPNOTSUPP))?;
+        if t == xattr::EATYPE_SYS {
+            let acl = n == b"posix_acl_access" || n == b"posix_acl_default";
+            if !acl || !self.options().acl {
+                return Err(errno(libc::EOPNOTSUPP));
+            }
+        }
+        let mode = if flags & libc::XATTR_CREATE != 0 {
+            SetMode::Create
+        } else if flags & libc::XATTR_REPLACE != 0 {
+            SetMode::Replace
+        } else {
+            SetMode::Any
+        };
+        self.modify(&[ino], |tx, al, _| {
+            ea_write::set(tx, al, ino, t, n, value, mode)?;
+            let mut di = dinode(tx, ino)?;
+            touch_c(&mut di);
+            put_dinode(tx, &di)
+        })
+    }
+
+    /// `fallocate`: allocate (mode 0, or `FALLOC_FL_KEEP_SIZE`) zeroed
+    /// blocks, or punch a hole (`FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE`).
+    pub fn fallocate(&self, ino: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
+        let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
+        if mode & !(libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE) != 0 || (punch && !keep)
+        {
+            return Err(errno(libc::EOPNOTSUPP));
+        }
+        if len == 0 {
+            return Err(errno(libc::EINVAL));
+        }
+        let end = offset
+            .checked_add(len)
+            .filter(|e| *e <= i64::MAX as u64)
+            .ok_or(errno(libc::EFBIG))?;
+        let dev = self.device().clone();
+        self.modify(&[ino], |tx, al, _| {
+            let bsize = tx.bsize();
+            let bs = u64::from(bsize);
+            let mut di = dinode(tx, ino)?;
+            if di.mode & S_IFMT != 0o100000 {
+                return Err(errno(libc::ENODEV));
+            }
+            let io = |what: String, e: std::io::Error| FsError::Io { what, source: e };
+            if punch {
+                let stop = end.min(di.size);
+                if offset >= stop {
+                    return Ok(());
+                }
+                if di.height == 0 {
+                    let b = tx.get_mut(glock(ino), ino, mt::DI)?;
+                    b[DINODE_SIZE + offset as usize..DINODE_SIZE + stop as usize].fill(0);
+                } else {
+                    let first_full = offset.div_ceil(bs);
+                    let end_full = stop / bs;
+                    if first_full < end_full {
+                        write::free_range(tx, al, ino, first_full, end_full)?;
+                    }
+                    // Zero the partial blocks at both edges.
+                    for lb in [offset / bs, stop / bs] {
+                        let (s, e) = (offset.max(lb * bs), stop.min(lb * bs + bs));
+                        if s >= e || (s == lb * bs && e == lb * bs + bs) {
+                            continue;
+                        }
+                        if let Some((blk, _)) = write::map(tx, al, ino, lb, false)? {
+                            let mut b = vec![0u8; bsize as usize];
+                            dev.read_at(&mut b, blk * bs)
+                                .map_err(|e| io(format!("block {blk}"), e))?;
+                            b[(s - lb * bs) as usize..(e - lb * bs) as usize].fill(0);
+                            dev.write_at(&b, blk * bs)
+                                .map_err(|e| io(format!("block {blk}"), e))?;
+                        }
+                    }
+                }
+                di = dinode(tx, ino)?;
+                touch_mc(&mut di);
+                return put_dinode(tx, &di);
+            }
+            if di.height == 0 && end <= layout::stuffed_max(bsize) {
+                // Stuffed space is always there.
+            } else {
+                if di.height == 0 {
+                    write::unstuff(tx, al, ino, dev.as_ref())?;
+                }
+                write::ensure_height(tx, al, ino, end.div_ceil(bs))?;
+                let zero = vec![0u8; bsize as usize];
+                for lb in offset / bs..end.div_ceil(bs) {
+                    let (blk, new) = write::map(tx, al, ino, lb, true)?
+                        .ok_or_else(|| FsError::corrupt(ino, "allocation failed"))?;
+                    if new {
+                        dev.write_at(&zero, blk * bs)
+                            .map_err(|e| io(format!("block {blk}"), e))?;
+                    }
+                }
+            }
+            di = dinode(tx, ino)?;
+            if !keep && end > di.size {
+                di.size = end;
+            }
+            touch_c(&mut di);
+            put_dinode(tx, &di)
         })
     }
 }

@@ -49,12 +49,16 @@ fn mount(img: &Path, mnt: &Path) -> MountGuard {
 
 fn wait_gone(mnt: &Path) {
     for _ in 0..400 {
-        let busy = std::fs::read_dir("/proc").into_iter().flatten().flatten().any(|e| {
-            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
-                let s = String::from_utf8_lossy(&c);
-                s.contains("gfs2-fuse") && s.contains(mnt.to_str().unwrap_or("?"))
-            })
-        });
+        let busy = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                    let s = String::from_utf8_lossy(&c);
+                    s.contains("gfs2-fuse") && s.contains(mnt.to_str().unwrap_or("?"))
+                })
+            });
         if !busy {
             return;
         }
@@ -156,6 +160,46 @@ fn op(rng: &mut Rng, dir: &Path, s: &mut Subject, max: u64, log: &mut Vec<String
                 // SAFETY: unmapping what we mapped.
                 unsafe { libc::munmap(m, len as usize) };
                 assert!(same, "mmap view differs; ops:\n{}", log.join("\n"));
+            }
+        }
+        9 if rng.below(2) == 0 => {
+            // fallocate: allocate (maybe keeping the size) or punch a hole
+            let off = rng.below(len + 10_000);
+            let n = 1 + rng.below(100_000);
+            let n = n.min(max - off.min(max - 1));
+            let punch = rng.below(2) == 0;
+            let keep = punch || rng.below(2) == 0;
+            let mode = if punch {
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+            } else if keep {
+                libc::FALLOC_FL_KEEP_SIZE
+            } else {
+                0
+            };
+            log.push(format!("fallocate {} {off} {n} mode {mode}", s.name));
+            // SAFETY: fallocate on an open descriptor with plain integers.
+            let r = unsafe {
+                libc::fallocate(
+                    std::os::fd::AsRawFd::as_raw_fd(&f),
+                    mode,
+                    off as i64,
+                    n as i64,
+                )
+            };
+            assert_eq!(
+                r,
+                0,
+                "fallocate failed: {}",
+                std::io::Error::last_os_error()
+            );
+            let end = (off + n) as usize;
+            if punch {
+                let stop = end.min(s.model.len());
+                if (off as usize) < stop {
+                    s.model[off as usize..stop].fill(0);
+                }
+            } else if !keep && s.model.len() < end {
+                s.model.resize(end, 0);
             }
         }
         _ => {

@@ -53,6 +53,15 @@ chown 1000:100 a/b/two_k
 touch -t 200101011200 a/b/renamed
 mkdir -p deep/1/2/3/4/5 && echo bottom > deep/1/2/3/4/5/file
 mv deep/1/2 a/moved/
+setfattr -n user.small -v hello a/b/renamed
+setfattr -n user.big -v 0x$(printf 'cd%.0s' $(seq 1 3000)) a/hardlink
+for i in $(seq 1 50); do setfattr -n user.many_$i -v value_$i a/grow; done
+setfattr -x user.many_7 a/grow
+setfattr -n trusted.t1 -v tv a/grow
+setfattr -n security.s1 -v sv a/moved
+fallocate -l 100000 a/falloc
+fallocate -n -o 100000 -l 50000 a/falloc
+fallocate -p -o 4096 -l 8192 a/shrink
 "#;
 
 /// More changes, made by the kernel on top of ours.

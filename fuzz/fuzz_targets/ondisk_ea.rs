@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(r.ptrs.len(), usize::from(r.header.num_ptrs));
                 if !r.ptrs.is_empty() {
                     assert!(r.value.is_none());
-                    assert!(r.header.data_offset() + 8 * r.ptrs.len() <= rec);
+                    assert!(r.header.ptrs_offset() + 8 * r.ptrs.len() <= rec);
                 }
                 assert_eq!(EaHeader::parse(rec_bytes).expect("header parses"), r.header);
                 expect = r.offset + rec;

@@ -61,10 +61,16 @@ impl EaHeader {
         self.flags & FLAG_LAST != 0
     }
 
-    /// Offset from the header to the value or pointers (`GFS2_EA2DATA`):
-    /// header plus name, rounded up to 8 bytes.
+    /// Offset from the header to a value stored in the record
+    /// (`GFS2_EA2DATA`): right after the name, unaligned.
     pub fn data_offset(&self) -> usize {
-        (Self::SIZE + usize::from(self.name_len) + 7) & !7
+        Self::SIZE + usize::from(self.name_len)
+    }
+
+    /// Offset from the header to the block pointers of a value stored in ED
+    /// blocks (`GFS2_EA2DATAPTRS`): after the name rounded up to 8 bytes.
+    pub fn ptrs_offset(&self) -> usize {
+        Self::SIZE + ((usize::from(self.name_len) + 7) & !7)
     }
 
     /// Record size needed for a name and an inline value of these lengths
@@ -135,6 +141,7 @@ impl<'a> Iterator for EaIter<'a> {
                 .get(EaHeader::SIZE..name_end)
                 .ok_or(bad("ea_name_len", u64::from(h.name_len)))?;
             let doff = h.data_offset();
+            let poff = h.ptrs_offset();
             let (value, ptrs) = if h.num_ptrs == 0 {
                 let end = doff
                     .checked_add(h.data_len as usize)
@@ -150,7 +157,7 @@ impl<'a> Iterator for EaIter<'a> {
             } else {
                 let n = usize::from(h.num_ptrs);
                 let p = rec_bytes
-                    .get(doff..doff + 8 * n)
+                    .get(poff..poff + 8 * n)
                     .ok_or(bad("ea_num_ptrs", n as u64))?;
                 (None, (0..n).map(|i| u64_at(p, 8 * i)).collect())
             };

@@ -211,7 +211,7 @@ fn ea_iter_walks_stuffed_and_pointer_records() {
     };
     h2.write(&mut blk[off2..]).unwrap();
     blk[off2 + 16..off2 + 19].copy_from_slice(b"big");
-    let p = off2 + h2.data_offset();
+    let p = off2 + h2.ptrs_offset();
     blk[p..p + 8].copy_from_slice(&77u64.to_be_bytes());
     blk[p + 8..p + 16].copy_from_slice(&78u64.to_be_bytes());
     let recs: Vec<_> = EaIter::new(&blk).map(|r| r.unwrap()).collect();

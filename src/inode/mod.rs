@@ -3,6 +3,7 @@
 pub mod bmap;
 pub mod dir;
 pub mod dirops;
+pub mod ea_write;
 pub mod write;
 pub mod xattr;
 

@@ -273,6 +273,14 @@ pub fn map(
 /// blocks left empty; returns how many blocks were freed. The dinode's block
 /// count is updated; its size is the caller's business.
 pub fn free_from(tx: &mut Txn<'_>, al: Alloc<'_>, ino: u64, first: u64) -> Result<u64> {
+    free_range(tx, al, ino, first, u64::MAX)
+}
+
+/// Free the data blocks of logical blocks `first..end` (a punched hole, or
+/// everything from `first` with `end == u64::MAX`) and the indirect blocks
+/// left empty; returns how many blocks were freed. Freeing from block 0 to
+/// the end makes the inode stuffed (height 0) again, as the kernel does.
+pub fn free_range(tx: &mut Txn<'_>, al: Alloc<'_>, ino: u64, first: u64, end: u64) -> Result<u64> {
     let bsize = tx.bsize();
     let mut di = dinode(tx, ino)?;
     if di.height == 0 {
@@ -297,7 +305,7 @@ pub fn free_from(tx: &mut Txn<'_>, al: Alloc<'_>, ino: u64, first: u64) -> Resul
         blk: u64,
         level: usize,
         base: u64,
-        first: u64,
+        range: (u64, u64),
         height: usize,
         span: &dyn Fn(usize) -> u64,
         freed: &mut u64,
@@ -324,8 +332,8 @@ pub fn free_from(tx: &mut Txn<'_>, al: Alloc<'_>, ino: u64, first: u64) -> Resul
                 continue;
             }
             let lb = base.saturating_add((i as u64).saturating_mul(s));
-            let end = lb.saturating_add(s);
-            if end <= first {
+            let lend = lb.saturating_add(s);
+            if lend <= range.0 || lb >= range.1 {
                 all_empty = false;
                 continue;
             }
@@ -341,7 +349,7 @@ pub fn free_from(tx: &mut Txn<'_>, al: Alloc<'_>, ino: u64, first: u64) -> Resul
                     p,
                     level + 1,
                     lb,
-                    first,
+                    range,
                     height,
                     span,
                     freed,
@@ -372,7 +380,7 @@ pub fn free_from(tx: &mut Txn<'_>, al: Alloc<'_>, ino: u64, first: u64) -> Resul
         ino,
         0,
         0,
-        first,
+        (first, end),
         di.height as usize,
         &span,
         &mut freed,
@@ -380,13 +388,14 @@ pub fn free_from(tx: &mut Txn<'_>, al: Alloc<'_>, ino: u64, first: u64) -> Resul
     )?;
     di = dinode(tx, ino)?;
     di.blocks = di.blocks.saturating_sub(freed);
-    if first == 0 {
+    let all = first == 0 && end == u64::MAX;
+    if all {
         di.height = 0;
         di.goal_meta = ino;
         di.goal_data = ino;
     }
     put_dinode(tx, &di)?;
-    if first == 0 {
+    if all {
         let b = tx.get_mut(glock(ino), ino, mt::DI)?;
         b[DINODE_SIZE..].fill(0);
     }
