@@ -75,7 +75,7 @@ fn record_size(jb: usize, name: usize, value: usize) -> (usize, usize) {
         (stuffed, 0)
     } else {
         let n = value.div_ceil(jb);
-        ((EaHeader::SIZE + name + 7) / 8 * 8 + 8 * n, n)
+        (EaHeader::SIZE + name.div_ceil(8) * 8 + 8 * n, n)
     }
 }
 
