@@ -30,7 +30,7 @@ manifest() {
 # "ORACLE-WORKLOAD TAG STATUS", sync and unmount.
 workload() {
     mnt "$1" "${4-acl,noatime}" || return 1
-    (cd /mnt && set -e && "$3")
+    (cd /mnt || exit 1; set -e; "$3")
     echo "ORACLE-WORKLOAD $2 $?"
     sync
     umnt

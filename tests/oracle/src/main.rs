@@ -1,7 +1,9 @@
 //! Command-line front end of the kernel oracle, for scripts (images/regen.sh).
 //!
-//! gfs2-oracle-vm run [--kill-after PATTERN COUNT] [--timeout SECS] SCENARIO [DISK...]
-//!     Boot the kernel VM with SCENARIO (a file) and DISKs; print the
+//! gfs2-oracle-vm run [--kill-after PATTERN COUNT] [--timeout SECS] [--file NAME=PATH]...
+//!                    SCENARIO [DISK...]
+//!     Boot the kernel VM with SCENARIO (a file) and DISKs (and the host file
+//!     PATH at /NAME in the VM for each --file); print the
 //!     console on stdout. Exit status: the scenario's, 137 when the VM was
 //!     killed on PATTERN, 1 when it ended without reporting.
 //! gfs2-oracle-vm names N BITS PREFIX LEN
@@ -27,17 +29,26 @@ fn main() {
 fn real_main() -> Result<i32> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = "usage: gfs2-oracle-vm run [--kill-after PATTERN COUNT] [--timeout SECS] \
-                 SCENARIO [DISK...] | names N BITS PREFIX LEN | fsck IMAGE";
+                 [--file NAME=PATH]... SCENARIO [DISK...] | names N BITS PREFIX LEN | fsck IMAGE";
     match args.first().map(String::as_str) {
         Some("run") => {
             let mut i = 1;
             let mut kill = None;
             let mut timeout = 600;
+            let mut files = Vec::new();
             while i < args.len() && args[i].starts_with("--") {
                 match args[i].as_str() {
                     "--kill-after" if i + 2 < args.len() => {
                         kill = Some((args[i + 1].clone(), args[i + 2].parse::<usize>()?));
                         i += 3;
+                    }
+                    "--file" if i + 1 < args.len() => {
+                        let (name, path) = args[i + 1]
+                            .split_once('=')
+                            .with_context(|| format!("--file {}: NAME=PATH", args[i + 1]))?;
+                        let data = std::fs::read(path).with_context(|| format!("--file {path}"))?;
+                        files.push((name.to_string(), data));
+                        i += 2;
                     }
                     "--timeout" if i + 1 < args.len() => {
                         timeout = args[i + 1].parse()?;
@@ -54,6 +65,9 @@ fn real_main() -> Result<i32> {
             let disks: Vec<PathBuf> = args[i + 1..].iter().map(PathBuf::from).collect();
             let refs: Vec<&std::path::Path> = disks.iter().map(PathBuf::as_path).collect();
             let mut vm = gfs2_oracle::Vm::new(&script).timeout(Duration::from_secs(timeout));
+            for (name, data) in &files {
+                vm = vm.file(name, data);
+            }
             if let Some((p, n)) = kill {
                 vm = vm.kill_after(&p, n);
             }
