@@ -660,6 +660,20 @@ fn handshake_errors_and_read_only_exports() {
         dev.write_at(&b, 0).unwrap_err().raw_os_error(),
         Some(libc::EROFS)
     );
+    // Open and close in a loop: the server hanging up after our DISC must
+    // never be taken for a lost connection (reconnecting would hang drop).
+    let rw = Server::start(Kind::QemuNbd, &img.0, Listen::Tcp(free_port()));
+    for i in 0..40u8 {
+        let t = Instant::now();
+        let dev = spec::open(&rw.spec(), false).unwrap();
+        dev.write_at(&[i; 512], 512 * u64::from(i)).unwrap();
+        drop(dev);
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "cycle {i}: {:?}",
+            t.elapsed()
+        );
+    }
     // Unknown schemes.
     let e = spec::open("iscsi://host/iqn.2001-04.com.example:disk/0", false)
         .err()

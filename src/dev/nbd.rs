@@ -943,7 +943,8 @@ impl Inner {
             attempt += 1;
             match connect_once(&self.cfg) {
                 Ok((s, info)) if info.size == self.info.size => match self.install(s) {
-                    Ok(c) => {
+                    Ok(None) => return None,
+                    Ok(Some(c)) => {
                         tracing::info!("{}: reconnected (attempt {attempt})", self.uri());
                         return Some(c);
                     }
@@ -973,11 +974,18 @@ impl Inner {
 
     /// Make `s` the live connection and resend every pending request on it
     /// (from a helper thread, so that this reader can drain replies meanwhile).
-    fn install(self: &Arc<Self>, s: Stream) -> io::Result<(Stream, u64)> {
+    /// `None` when the device is being closed.
+    fn install(self: &Arc<Self>, s: Stream) -> io::Result<Option<(Stream, u64)>> {
         let read_half = s.try_clone()?;
         let ctl = s.try_clone()?;
         let mut w = lock(&self.writer);
         let mut st = lock(&self.state);
+        // Checked under the state lock, as Drop sets it before taking that
+        // lock to shut the live connection down.
+        if self.closing.load(Ordering::Acquire) {
+            s.shutdown();
+            return Ok(None);
+        }
         let gen = st.gen + 1;
         st.gen = gen;
         st.connected = true;
@@ -1007,20 +1015,22 @@ impl Inner {
                 })?;
         }
         self.cond.notify_all();
-        Ok((read_half, gen))
+        Ok(Some((read_half, gen)))
     }
 }
 
 impl Drop for NbdDevice {
     fn drop(&mut self) {
         let inner = &self.inner;
+        // Closing first: the server hanging up after DISC must not look like
+        // a lost connection to the reader.
+        inner.closing.store(true, Ordering::Release);
         {
             let mut w = lock(&inner.writer);
             if let Some(w) = w.as_mut() {
                 let _ = write_request(&mut w.stream, CMD_DISC, 0, 0, 0, None);
             }
         }
-        inner.closing.store(true, Ordering::Release);
         {
             let st = lock(&inner.state);
             if let Some(c) = &st.ctl {
