@@ -55,12 +55,20 @@ struct Ino {
     is_dir: bool,
     /// Directory that first linked it (itself for root and master).
     parent: u64,
-    /// '..' found in a directory: (target, block, offset of the record).
-    dotdot: Option<(u64, u64, usize)>,
-    /// Blocks holding this directory's entries (dinode or leaves).
-    dirent_blocks: Vec<(u64, usize)>,
+
     /// A per_node quota_change file: its data blocks carry QC headers.
     quota_change: bool,
+    /// `di_blocks` as found.
+    di_blocks: u64,
+}
+
+/// What is known about a directory beyond [`Ino`].
+#[derive(Default)]
+struct DirInfo {
+    /// '..': (target, block, offset of the record).
+    dotdot: Option<(u64, u64, usize)>,
+    /// Blocks holding its entries (dinode or leaves) and where they start.
+    dirent_blocks: Vec<(u64, usize)>,
 }
 
 /// A directory entry waiting to be followed.
@@ -87,11 +95,17 @@ pub struct Fsck {
     dev_blocks: u64,
     fs_blocks: u64,
     cache: HashMap<u64, Vec<u8>>,
+    /// Recently read blocks (unchanged ones), so that a dinode or indirect
+    /// block looked at by several checks is read once.
+    recent: std::cell::RefCell<HashMap<u64, Vec<u8>>>,
     rgs: Vec<Rg>,
     want: Vec<u8>,
-    owner: Vec<u32>,
+    /// Owner of every claimed dinode, indirect, leaf, EA and directory
+    /// data block (not of file data, to keep memory small).
+    owner: HashMap<u64, u32>,
     inodes: Vec<Ino>,
     by_addr: HashMap<u64, u32>,
+    dirs: HashMap<u32, DirInfo>,
     queue: VecDeque<Ref>,
     statfs_addr: u64,
     local_statfs: Vec<u64>,
@@ -141,6 +155,22 @@ fn be64(b: &[u8], off: usize) -> u64 {
 fn put_be64(b: &mut [u8], off: usize, v: u64) {
     if let Some(s) = b.get_mut(off..off + 8) {
         s.copy_from_slice(&v.to_be_bytes());
+    }
+}
+
+/// The expected state of a block, two bits per block.
+fn want_get(want: &[u8], blk: u64) -> u8 {
+    let i = blk as usize;
+    want.get(i >> 2)
+        .map(|b| (b >> ((i & 3) * 2)) & 3)
+        .unwrap_or(W_FREE)
+}
+
+fn want_set(want: &mut [u8], blk: u64, st: u8) {
+    let i = blk as usize;
+    if let Some(b) = want.get_mut(i >> 2) {
+        let sh = (i & 3) * 2;
+        *b = (*b & !(3 << sh)) | ((st & 3) << sh);
     }
 }
 
@@ -200,11 +230,13 @@ impl Fsck {
             dev_blocks: dev_size / 4096,
             fs_blocks: 0,
             cache: HashMap::new(),
+            recent: Default::default(),
             rgs: Vec::new(),
             want: Vec::new(),
-            owner: Vec::new(),
+            owner: HashMap::new(),
             inodes: Vec::new(),
             by_addr: HashMap::new(),
+            dirs: HashMap::new(),
             queue: VecDeque::new(),
             statfs_addr: 0,
             local_statfs: Vec::new(),
@@ -224,12 +256,21 @@ impl Fsck {
         if blk >= self.dev_blocks {
             return Err(Fatal(format!("block {blk} is beyond the device")));
         }
+        if let Some(b) = self.recent.borrow().get(&blk) {
+            return Ok(b.clone());
+        }
         let mut b = vec![0u8; self.bsize as usize];
         self.dev.read_at(&mut b, blk * u64::from(self.bsize))?;
+        let mut r = self.recent.borrow_mut();
+        if r.len() >= 64 {
+            r.clear();
+        }
+        r.insert(blk, b.clone());
         Ok(b)
     }
 
     fn write(&mut self, blk: u64, b: Vec<u8>) {
+        self.recent.borrow_mut().remove(&blk);
         self.cache.insert(blk, b);
     }
 
@@ -774,8 +815,7 @@ impl Fsck {
             self.rgs.push(rg);
         }
         let nblocks = usize::try_from(self.fs_blocks).map_err(|_| Fatal("too big".into()))?;
-        self.want = vec![W_FREE; nblocks];
-        self.owner = vec![0; nblocks];
+        self.want = vec![0u8; nblocks.div_ceil(4)];
         Ok(())
     }
 
@@ -924,6 +964,7 @@ impl Fsck {
         if self.r.problem(&msg, can_replay) {
             let st = recovery::recover(&self.dev, self.bsize, ex, &head, clean)
                 .map_err(|e| Fatal(format!("journal{j}: replay failed: {e}")))?;
+            self.recent.borrow_mut().clear();
             self.r.info(&format!(
                 "journal{j}: replayed {} blocks, {} revoked, {} revokes",
                 st.replayed, st.revoked, st.revokes
@@ -958,37 +999,51 @@ impl Fsck {
     /// Claim `blk` for inode `owner`. Returns an error text when the block
     /// is out of range or already claimed.
     fn claim(&mut self, blk: u64, owner: u32, st: u8) -> Result<(), String> {
+        self.claim_ex(blk, owner, st, true)
+    }
+
+    fn claim_ex(&mut self, blk: u64, owner: u32, st: u8, track: bool) -> Result<(), String> {
         if self.rg_of(blk).is_none() {
             return Err(format!("block {blk} is outside the resource groups' data"));
         }
-        let i = blk as usize;
-        if self.want[i] != W_FREE {
-            let other = self.owner[i];
-            let who = self
-                .inodes
-                .get(other.wrapping_sub(1) as usize)
-                .map(|x| x.addr)
-                .unwrap_or(0);
-            return Err(format!("block {blk} is already used by inode {who}"));
+        if want_get(&self.want, blk) != W_FREE {
+            return Err(match self.owner_of(blk) {
+                Some(o) => format!(
+                    "block {blk} is already used by inode {}",
+                    self.inodes[o as usize].addr
+                ),
+                None => format!("block {blk} is already used as file data"),
+            });
         }
-        self.want[i] = st;
-        self.owner[i] = owner + 1;
+        want_set(&mut self.want, blk, st);
+        if track && st != W_DINODE {
+            self.owner.insert(blk, owner);
+        }
         self.inodes[owner as usize].blocks += 1;
         Ok(())
     }
 
+    fn owner_of(&self, blk: u64) -> Option<u32> {
+        if want_get(&self.want, blk) == W_DINODE {
+            return self.by_addr.get(&blk).copied();
+        }
+        self.owner.get(&blk).copied()
+    }
+
     /// A free block (bitmap free and not claimed), marked used for `owner`.
-    fn alloc(&mut self, owner: u32) -> Option<u64> {
+    fn alloc(&mut self, owner: u32, track: bool) -> Option<u64> {
         for i in 0..self.rgs.len() {
             let rg = &self.rgs[i];
             for idx in 0..u64::from(rg.ri.data) {
                 let blk = rg.ri.data0 + idx;
                 if bitmap_get(&rg.bits, idx as usize) == Some(BlockState::Free)
-                    && self.want[blk as usize] == W_FREE
+                    && want_get(&self.want, blk) == W_FREE
                 {
                     self.set_bit(blk, BlockState::Used);
-                    self.want[blk as usize] = W_USED;
-                    self.owner[blk as usize] = owner + 1;
+                    want_set(&mut self.want, blk, W_USED);
+                    if track {
+                        self.owner.insert(blk, owner);
+                    }
                     self.inodes[owner as usize].blocks += 1;
                     return Some(blk);
                 }
@@ -1046,9 +1101,8 @@ impl Fsck {
             blocks: 0,
             is_dir: di.is_dir(),
             parent: addr,
-            dotdot: None,
-            dirent_blocks: Vec::new(),
             quota_change: false,
+            di_blocks: di.blocks,
         });
         self.by_addr.insert(addr, idx);
         idx
@@ -1091,7 +1145,7 @@ impl Fsck {
         }
         let bad = if self.rg_of(addr).is_none() {
             Some("points outside the filesystem's data".to_string())
-        } else if self.want[addr as usize] != W_FREE {
+        } else if want_get(&self.want, addr) != W_FREE {
             Some("points at a block used by another inode".into())
         } else {
             match self.read(addr).map(|b| Dinode::parse(&b)) {
@@ -1231,7 +1285,7 @@ impl Fsck {
         let t = self.tree_ex(&di, &buf, addr, journal)?;
         for (p, loc) in &t.meta {
             // Pointers inside indirect blocks that were dropped.
-            if loc.block != addr && self.owner.get(loc.block as usize) != Some(&(idx + 1)) {
+            if loc.block != addr && self.owner_of(loc.block) != Some(idx) {
                 continue;
             }
             if let Err(e) = self.claim(*p, idx, W_USED) {
@@ -1267,10 +1321,10 @@ impl Fsck {
         let mut data = Vec::with_capacity(t.data.len());
         for (l, p, loc) in t.data {
             // Skip data under indirect blocks that were dropped.
-            if loc.block != addr && self.owner.get(loc.block as usize) != Some(&(idx + 1)) {
+            if loc.block != addr && self.owner_of(loc.block) != Some(idx) {
                 continue;
             }
-            match self.claim(p, idx, W_USED) {
+            match self.claim_ex(p, idx, W_USED, is_dir) {
                 Ok(()) => data.push((l, p)),
                 Err(e) => {
                     let dup = self.rg_of(p).is_some();
@@ -1279,7 +1333,7 @@ impl Fsck {
                             .r
                             .problem(&format!("{label}: data {e}; copying it"), true)
                         {
-                            if let Some(nb) = self.alloc(idx) {
+                            if let Some(nb) = self.alloc(idx, false) {
                                 let b = self.read(p)?;
                                 self.write(nb, b);
                                 let mut pb = self.read(loc.block)?;
@@ -1296,7 +1350,7 @@ impl Fsck {
                             &format!("{label}: journal block pointer: {e}; replacing the block"),
                             true,
                         ) {
-                            if let Some(nb) = self.alloc(idx) {
+                            if let Some(nb) = self.alloc(idx, false) {
                                 self.write(nb, vec![0u8; self.bsize as usize]);
                                 let mut pb = self.read(loc.block)?;
                                 put_be64(&mut pb, loc.off, nb);
@@ -1367,12 +1421,10 @@ impl Fsck {
     }
 
     fn unclaim(&mut self, blk: u64, idx: u32) {
-        if let Some(o) = self.owner.get_mut(blk as usize) {
-            if *o == idx + 1 {
-                *o = 0;
-                self.want[blk as usize] = W_FREE;
-                self.inodes[idx as usize].blocks -= 1;
-            }
+        if self.owner_of(blk) == Some(idx) {
+            self.owner.remove(&blk);
+            want_set(&mut self.want, blk, W_FREE);
+            self.inodes[idx as usize].blocks -= 1;
         }
     }
 
@@ -1438,7 +1490,9 @@ impl Fsck {
                 );
                 return Ok(());
             }
-            self.inodes[idx as usize]
+            self.dirs
+                .entry(idx)
+                .or_default()
                 .dirent_blocks
                 .push((addr, Dinode::SIZE));
             self.scan_dirents(idx, addr, Dinode::SIZE, None)?;
@@ -1585,7 +1639,9 @@ impl Fsck {
                     }
                     break;
                 }
-                self.inodes[idx as usize]
+                self.dirs
+                    .entry(idx)
+                    .or_default()
                     .dirent_blocks
                     .push((cur, Leaf::SIZE));
                 self.scan_dirents(idx, cur, Leaf::SIZE, Some((start, len, depth)))?;
@@ -1666,7 +1722,7 @@ impl Fsck {
                 n *= 2;
             }
             let lfd = depth - n.trailing_zeros() as u16;
-            let Some(nb) = self.alloc(idx) else {
+            let Some(nb) = self.alloc(idx, true) else {
                 return Err(Fatal("no free block for a directory leaf".into()));
             };
             let mut b = vec![0u8; self.bsize as usize];
@@ -1707,7 +1763,7 @@ impl Fsck {
         let t = self.tree(&d2, &buf, addr)?;
         let per = (self.bsize as usize - MetaHeader::SIZE) / 8;
         for (l, p, _) in t.data {
-            if self.owner.get(p as usize) != Some(&(idx + 1)) {
+            if self.owner_of(p) != Some(idx) {
                 continue;
             }
             let mut b = self.read(p)?;
@@ -1824,7 +1880,7 @@ impl Fsck {
                 continue;
             }
             if name == b".." {
-                self.inodes[idx as usize].dotdot = Some((de.inum.addr, blk, off));
+                self.dirs.entry(idx).or_default().dotdot = Some((de.inum.addr, blk, off));
                 continue;
             }
             if name.contains(&b'/') || name.contains(&0) {
@@ -1863,7 +1919,7 @@ impl Fsck {
             }
             let parent = self.inodes[i].parent;
             let addr = self.inodes[i].addr;
-            match self.inodes[i].dotdot {
+            match self.dirs.get(&(i as u32)).and_then(|d| d.dotdot) {
                 Some((t, blk, off)) => {
                     if t != parent
                         && self.r.problem(
@@ -1901,7 +1957,11 @@ impl Fsck {
             }
             let addr = self.inodes[i].addr;
             let mut total = 0u32;
-            let blocks = self.inodes[i].dirent_blocks.clone();
+            let blocks = self
+                .dirs
+                .get(&(i as u32))
+                .map(|d| d.dirent_blocks.clone())
+                .unwrap_or_default();
             for (blk, start) in blocks {
                 let b = self.read(blk)?;
                 let n = DirentIter::new(&b, start)
@@ -1947,6 +2007,9 @@ impl Fsck {
         for i in 0..self.inodes.len() {
             let ino = &self.inodes[i];
             let (addr, links, nlink, blocks) = (ino.addr, ino.links, ino.nlink, ino.blocks);
+            if links == nlink && blocks == ino.di_blocks {
+                continue;
+            }
             let Ok((mut di, _)) = self.dinode(addr) else {
                 continue;
             };
@@ -1993,7 +2056,7 @@ impl Fsck {
             for idx in 0..u64::from(rg.ri.data) {
                 let blk = rg.ri.data0 + idx;
                 let have = bitmap_get(&rg.bits, idx as usize).unwrap_or(BlockState::Free);
-                let w = want[blk as usize];
+                let w = want_get(want, blk);
                 let ok = match have {
                     BlockState::Free => w == W_FREE,
                     BlockState::Used => w == W_USED,
