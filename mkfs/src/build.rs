@@ -594,7 +594,7 @@ pub fn build(file: &dyn BlockDevice, lay: &Layout, o: &BuildOptions) -> Result<B
     // Metadata in address order, contiguous runs in one write each. The
     // label is gfs2-utils' (the quota file is the last one it reports).
     if !o.quiet {
-        print!("Creating quota file: ");
+        eprint!("Creating quota file: ");
     }
     let mut run: Option<SeqWriter> = None;
     for (addr, blk) in &b.blocks {
@@ -613,8 +613,8 @@ pub fn build(file: &dyn BlockDevice, lay: &Layout, o: &BuildOptions) -> Result<B
         w.flush()?;
     }
     if !o.quiet {
-        println!("Done");
-        print!("Writing superblock and syncing: ");
+        eprintln!("Done");
+        eprint!("Writing superblock and syncing: ");
     }
     let sb = Superblock {
         fs_format: o.format,
@@ -634,7 +634,7 @@ pub fn build(file: &dyn BlockDevice, lay: &Layout, o: &BuildOptions) -> Result<B
     file.write_at(&head, 0).context("writing the superblock")?;
     file.flush().context("syncing the device")?;
     if !o.quiet {
-        println!("Done");
+        eprintln!("Done");
     }
     Ok(Built {
         master: master_inum,

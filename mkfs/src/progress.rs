@@ -1,6 +1,8 @@
 //! Progress lines like gfs2-utils' mkfs (its progress.c, after e2fsprogs): a label, then on a
 //! terminal a `[ n/max]` counter redrawn at most once a second, then "Done". gfs2-utils writes
-//! these to stdout, so we do too, keeping scripts that parse its output working.
+//! these to stdout; we
+//! write them to stderr so that stdout carries only the destruction notice and the closing summary
+//! (what scripts parse), and progress still shows when stdout is redirected.
 
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
@@ -17,10 +19,10 @@ pub struct Progress {
 impl Progress {
     /// Print `label` and start counting to `max`.
     pub fn start(label: &str, max: u64, quiet: bool) -> Progress {
-        let tty = std::io::stdout().is_terminal();
+        let tty = std::io::stderr().is_terminal();
         if !quiet {
-            print!("{label}");
-            let _ = std::io::stdout().flush();
+            eprint!("{label}");
+            let _ = std::io::stderr().flush();
         }
         Progress {
             max,
@@ -42,8 +44,8 @@ impl Progress {
         self.last = Some(Instant::now());
         let w = self.digits;
         let back = "\u{8}".repeat(2 * w + 3);
-        print!("[{value:>w$}/{:>w$}]{back}", self.max);
-        let _ = std::io::stdout().flush();
+        eprint!("[{value:>w$}/{:>w$}]{back}", self.max);
+        let _ = std::io::stderr().flush();
     }
 
     /// Erase the counter and print `msg` (usually "Done\n").
@@ -53,9 +55,9 @@ impl Progress {
         }
         if self.tty {
             let n = 2 * self.digits + 3;
-            print!("{}{}", " ".repeat(n), "\u{8}".repeat(n));
+            eprint!("{}{}", " ".repeat(n), "\u{8}".repeat(n));
         }
-        print!("{msg}");
-        let _ = std::io::stdout().flush();
+        eprint!("{msg}");
+        let _ = std::io::stderr().flush();
     }
 }

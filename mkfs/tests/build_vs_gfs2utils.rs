@@ -323,3 +323,60 @@ fn declining_confirmation_writes_nothing() {
     assert!(data.iter().all(|b| *b == 0), "declined mkfs wrote data");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn progress_on_stderr_summary_on_stdout_quiet_silences_both() {
+    let dir = std::env::temp_dir().join(format!("gfs2-mkfs-progress-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let img = Img::new(&dir, "img", 2 * G);
+    let theirs = Img::new(&dir, "theirs", 2 * G);
+    let args = ["-O", "-p", "lock_nolock", "-j", "3"];
+    let ours = Command::new(OURS)
+        .args(args)
+        .arg(&img.0)
+        .output()
+        .expect("run our mkfs");
+    assert!(ours.status.success());
+    let err = String::from_utf8_lossy(&ours.stderr);
+    for label in [
+        "Adding journals: ",
+        "Building resource groups: ",
+        "Creating quota file: ",
+        "Writing superblock and syncing: ",
+    ] {
+        assert!(
+            err.contains(&format!("{label}Done")),
+            "progress line {label:?} missing from stderr: {err}"
+        );
+    }
+    let gu = Command::new(tool("mkfs.gfs2"))
+        .args(args)
+        .arg(&theirs.0)
+        .output()
+        .expect("run gfs2-utils mkfs");
+    // The summary equals gfs2-utils' (device path and UUID aside).
+    let summary = |o: &[u8]| -> Vec<String> {
+        String::from_utf8_lossy(o)
+            .lines()
+            .skip_while(|l| !l.starts_with("Block size:"))
+            .filter(|l| !l.starts_with("UUID:"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let (a, b) = (summary(&ours.stdout), summary(&gu.stdout));
+    assert!(b.len() >= 8, "gfs2-utils summary not found");
+    assert_eq!(a, b, "closing summary");
+    let quiet = Command::new(OURS)
+        .args(["-O", "-q", "-p", "lock_nolock", "-j", "1"])
+        .arg(&img.0)
+        .output()
+        .expect("run our mkfs -q");
+    assert!(quiet.status.success());
+    assert!(quiet.stderr.is_empty(), "-q printed progress");
+    let out = String::from_utf8_lossy(&quiet.stdout);
+    assert!(
+        out.lines().all(|l| l.starts_with("This will destroy")),
+        "-q printed more than the destruction notice: {out}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
