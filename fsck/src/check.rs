@@ -4,6 +4,8 @@
 
 use crate::cli::{Mode, Options};
 use crate::report::Report;
+use gfs2_mkfs::dirlayout::{self, Entry};
+use gfs2_ondisk::consts::dt;
 use gfs2_ondisk::{
     bitmap_get, bitmap_set, consts::dif, consts::format, consts::lh, consts::metatype, dirent_size,
     dt_to_ifmt, hash, ifmt_to_dt, layout, BlockState, Dinode, Dirent, DirentIter, EaIter, Inum,
@@ -29,6 +31,9 @@ type Res<T> = Result<T, Fatal>;
 
 /// Byte offset of the superblock.
 const SB_OFFSET: u64 = 65536;
+
+/// `Ino::parent` of an orphan looked at under -n (not linked anywhere).
+const VIRTUAL: u64 = u64::MAX;
 
 /// Expected states (`want`).
 const W_FREE: u8 = 0;
@@ -1909,12 +1914,246 @@ impl Fsck {
         Ok(())
     }
 
+    // ---- orphans and lost+found -------------------------------------
+
+    /// Inodes the bitmaps say exist but no directory reaches: moved to
+    /// lost+found (created if needed) with -y, so nothing is lost.
+    pub fn orphans(&mut self) -> Res<()> {
+        let mut found = Vec::new();
+        for rg in &self.rgs {
+            if rg.bits_lost {
+                continue;
+            }
+            for idx in 0..u64::from(rg.ri.data) {
+                let blk = rg.ri.data0 + idx;
+                if bitmap_get(&rg.bits, idx as usize) == Some(BlockState::Dinode)
+                    && want_get(&self.want, blk) == W_FREE
+                {
+                    found.push(blk);
+                }
+            }
+        }
+        for blk in found {
+            if want_get(&self.want, blk) != W_FREE {
+                continue; // reached through an earlier orphan directory
+            }
+            let Ok(b) = self.read(blk) else { continue };
+            let Ok(di) = Dinode::parse(&b) else { continue };
+            if di.header.magic != MAGIC
+                || di.header.mh_type != metatype::DI
+                || di.num.addr != blk
+                || di.mode & 0o170000 == 0
+                || dt_to_ifmt(ifmt_to_dt(di.mode)) != di.mode & 0o170000
+            {
+                continue; // the bitmap check frees it
+            }
+            let msg = format!(
+                "Inode {blk} (mode {:o}, {} blocks) is not linked from any directory; moving it to lost+found",
+                di.mode, di.blocks
+            );
+            if !self.r.problem(&msg, true) {
+                // -n: account for its blocks so they are not reported again.
+                let idx = self.add_inode(&di, blk);
+                self.inodes[idx as usize].links = di.nlink;
+                self.inodes[idx as usize].parent = VIRTUAL;
+                let quiet = std::mem::replace(&mut self.r.verbosity, -1);
+                let (found0, left0) = (self.r.found, self.r.left);
+                self.inspect(idx)?;
+                while let Some(rf) = self.queue.pop_front() {
+                    self.follow(rf)?;
+                }
+                self.r.verbosity = quiet;
+                (self.r.found, self.r.left) = (found0, left0);
+                continue;
+            }
+            let Some(lf) = self.lost_and_found()? else {
+                self.r.info("no lost+found: the inode is freed instead");
+                continue;
+            };
+            let name = format!("#{blk}");
+            let dt = ifmt_to_dt(di.mode);
+            match self.insert_dirent(lf, name.as_bytes(), di.num, dt)? {
+                Some(at) => {
+                    self.queue.push_back(Ref {
+                        inum: di.num,
+                        de_type: dt,
+                        dir: lf,
+                        at,
+                        name,
+                    });
+                    while let Some(rf) = self.queue.pop_front() {
+                        self.follow(rf)?;
+                    }
+                }
+                None => self
+                    .r
+                    .info("lost+found is full: the inode is freed instead"),
+            }
+        }
+        Ok(())
+    }
+
+    /// The lost+found directory under the root, made if missing.
+    fn lost_and_found(&mut self) -> Res<Option<u32>> {
+        let root = self.sb.root_dir.addr;
+        let Some(&ridx) = self.by_addr.get(&root) else {
+            return Ok(None);
+        };
+        let blocks = self
+            .dirs
+            .get(&ridx)
+            .map(|d| d.dirent_blocks.clone())
+            .unwrap_or_default();
+        for (blk, start) in blocks {
+            let b = self.read(blk)?;
+            for d in DirentIter::new(&b, start).flatten() {
+                if d.name == b"lost+found" && !d.dirent.is_unused() {
+                    if let Some(&i) = self.by_addr.get(&d.dirent.inum.addr) {
+                        if self.inodes[i as usize].is_dir {
+                            return Ok(Some(i));
+                        }
+                    }
+                }
+            }
+        }
+        // Make one: a stuffed directory in the first free block.
+        let Some(addr) = self.rgs.iter().find_map(|rg| {
+            (0..u64::from(rg.ri.data)).find_map(|i| {
+                let blk = rg.ri.data0 + i;
+                (bitmap_get(&rg.bits, i as usize) == Some(BlockState::Free)
+                    && want_get(&self.want, blk) == W_FREE)
+                    .then_some(blk)
+            })
+        }) else {
+            return Ok(None);
+        };
+        let formal = self.inodes.iter().map(|i| i.formal).max().unwrap_or(0) + 1;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let inum = Inum {
+            formal_ino: formal,
+            addr,
+        };
+        let rinum = Inum {
+            formal_ino: self.inodes[ridx as usize].formal,
+            addr: root,
+        };
+        let di = Dinode {
+            num: inum,
+            mode: 0o40700,
+            nlink: 2,
+            size: layout::stuffed_max(self.bsize),
+            blocks: 1,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            goal_meta: addr,
+            goal_data: addr,
+            payload_format: format::DE,
+            entries: 2,
+            ..Dinode::default()
+        };
+        let mut b = vec![0u8; self.bsize as usize];
+        di.write(&mut b)?;
+        let dot = Entry::new(".", inum, dt::DIR);
+        let dotdot = Entry::new("..", rinum, dt::DIR);
+        dirlayout::pack(&mut b[Dinode::SIZE..], &[&dot, &dotdot]).map_err(Fatal)?;
+        let dotdot_off = Dinode::SIZE + dirent_size(1);
+        let Some(at) = self.insert_dirent(ridx, b"lost+found", inum, dt::DIR)? else {
+            return Ok(None);
+        };
+        self.write(addr, b);
+        self.set_bit(addr, BlockState::Dinode);
+        self.r.info(&format!("created lost+found at block {addr}"));
+        let idx = self.add_inode(&di, addr);
+        want_set(&mut self.want, addr, W_DINODE);
+        let ino = &mut self.inodes[idx as usize];
+        ino.parent = root;
+        ino.links = 2; // the root's entry and '.'
+        ino.blocks = 1;
+        let d = self.dirs.entry(idx).or_default();
+        d.dirent_blocks.push((addr, Dinode::SIZE));
+        d.dotdot = Some((root, addr, dotdot_off));
+        let _ = at;
+        Ok(Some(idx))
+    }
+
+    /// Add an entry to a directory where its hash says, if there is room.
+    fn insert_dirent(
+        &mut self,
+        idx: u32,
+        name: &[u8],
+        inum: Inum,
+        dt: u16,
+    ) -> Res<Option<(u64, usize, usize)>> {
+        let addr = self.inodes[idx as usize].addr;
+        let (di, _) = self.dinode(addr)?;
+        let need = dirent_size(name.len());
+        let h = hash::dirent_hash(name);
+        let mut candidates = Vec::new();
+        if di.is_exhash() {
+            let table = self.file_data(addr)?;
+            let slot = if di.depth == 0 {
+                0
+            } else {
+                (h >> (32 - u32::from(di.depth.min(32)))) as usize
+            };
+            let mut p = be64(&table, slot * 8);
+            while p != 0 && candidates.len() < 100 && self.rg_of(p).is_some() {
+                candidates.push((p, Leaf::SIZE));
+                let b = self.read(p)?;
+                p = Leaf::parse(&b).map(|l| l.next).unwrap_or(0);
+            }
+        } else {
+            candidates.push((addr, Dinode::SIZE));
+        }
+        for (blk, start) in candidates {
+            let mut b = self.read(blk)?;
+            let mut spot = None;
+            for d in DirentIter::new(&b, start) {
+                let Ok(d) = d else { break };
+                let used = if d.dirent.is_unused() {
+                    0
+                } else {
+                    dirent_size(usize::from(d.dirent.name_len))
+                };
+                let rec = usize::from(d.dirent.rec_len);
+                if rec >= used + need {
+                    spot = Some((d.offset, used, rec));
+                    break;
+                }
+            }
+            let Some((off, used, rec)) = spot else {
+                continue;
+            };
+            if used > 0 {
+                b[off + 20..off + 22].copy_from_slice(&(used as u16).to_be_bytes());
+            }
+            let noff = off + used;
+            Dirent {
+                inum,
+                hash: h,
+                rec_len: (rec - used) as u16,
+                name_len: name.len() as u16,
+                de_type: dt,
+                ..Dirent::default()
+            }
+            .write(&mut b[noff..])?;
+            b[noff + Dirent::SIZE..noff + Dirent::SIZE + name.len()].copy_from_slice(name);
+            self.write(blk, b);
+            return Ok(Some((blk, noff, start)));
+        }
+        Ok(None)
+    }
+
     /// After the walk: '.' and '..', entry counts, link counts, di_blocks.
     pub fn check_counts(&mut self) -> Res<()> {
         self.r.progress("Checking link counts and entry counts");
         // '..'
         for i in 0..self.inodes.len() {
-            if !self.inodes[i].is_dir {
+            if !self.inodes[i].is_dir || self.inodes[i].parent == VIRTUAL {
                 continue;
             }
             let parent = self.inodes[i].parent;
@@ -2006,7 +2245,10 @@ impl Fsck {
         // Link counts and block counts.
         for i in 0..self.inodes.len() {
             let ino = &self.inodes[i];
-            let (addr, links, nlink, blocks) = (ino.addr, ino.links, ino.nlink, ino.blocks);
+            let (addr, mut links, nlink, blocks) = (ino.addr, ino.links, ino.nlink, ino.blocks);
+            if ino.parent == VIRTUAL {
+                links = nlink;
+            }
             if links == nlink && blocks == ino.di_blocks {
                 continue;
             }
@@ -2251,6 +2493,7 @@ impl Fsck {
         self.check_rgrps()?;
         self.check_journals()?;
         self.walk()?;
+        self.orphans()?;
         self.check_counts()?;
         self.check_bitmaps()?;
         self.check_deferred_journals()?;

@@ -271,6 +271,38 @@ impl Fs {
         }
         out
     }
+    /// Remove an entry as the kernel does: the previous record absorbs it,
+    /// or a first record just loses its inode address.
+    fn del_entry(&self, dir: u64, name: &str) {
+        let e = self
+            .entries(dir)
+            .into_iter()
+            .find(|e| e.0 == name)
+            .expect("entry");
+        let (blk, off) = (e.2, e.3);
+        let b = self.read(blk);
+        let start = if blk == dir { Dinode::SIZE } else { Leaf::SIZE };
+        let mut prev = None;
+        for d in DirentIter::new(&b, start).flatten() {
+            if d.offset == off {
+                break;
+            }
+            prev = Some(d);
+        }
+        let cur = Dirent::parse(&b[off..]).expect("dirent");
+        match prev {
+            Some(p) => {
+                let n = p.dirent.rec_len + cur.rec_len;
+                self.poke(blk, p.offset + 20, &n.to_be_bytes());
+            }
+            None => self.poke(blk, off, &[0u8; 16]),
+        }
+        if start == Leaf::SIZE {
+            let lf = Leaf::parse(&b).expect("leaf");
+            self.poke(blk, 26, &(lf.entries - 1).to_be_bytes());
+        }
+    }
+
     fn lookup(&self, dir: u64, name: &str) -> u64 {
         self.entries(dir)
             .into_iter()
@@ -508,6 +540,18 @@ fn corruption_scenarios() {
         fs.poke(blk, off, &other.to_be_bytes());
     });
     scenario(b, "dirty journal", Oracle::Dirty, make_dirty_journal);
+    scenario(b, "orphaned file", Oracle::Exit(&[4]), |fs| {
+        let dir = fs.lookup(fs.root, "dir1");
+        let f = fs.lookup(dir, "file4");
+        // Unlink: drop the entry and the link count it held.
+        fs.del_entry(dir, "file4");
+        fs.poke(f, 52, &0u32.to_be_bytes());
+        let n = fs.dinode(dir).entries - 1;
+        fs.poke(dir, 148, &n.to_be_bytes());
+    });
+    scenario(b, "orphaned directory", Oracle::Exit(&[4]), |fs| {
+        fs.del_entry(fs.root, "dir1");
+    });
 }
 
 /// After journal0's head, log a copy of the root dinode (with a new mtime)
