@@ -74,6 +74,8 @@ struct DirInfo {
     dotdot: Option<(u64, u64, usize)>,
     /// Blocks holding its entries (dinode or leaves) and where they start.
     dirent_blocks: Vec<(u64, usize)>,
+    /// A '.' entry was seen.
+    has_dot: bool,
 }
 
 /// A directory entry waiting to be followed.
@@ -1882,6 +1884,7 @@ impl Fsck {
                     changed = true;
                 }
                 self.inodes[idx as usize].links += 1;
+                self.dirs.entry(idx).or_default().has_dot = true;
                 continue;
             }
             if name == b".." {
@@ -2076,6 +2079,7 @@ impl Fsck {
         let d = self.dirs.entry(idx).or_default();
         d.dirent_blocks.push((addr, Dinode::SIZE));
         d.dotdot = Some((root, addr, dotdot_off));
+        d.has_dot = true;
         let _ = at;
         Ok(Some(idx))
     }
@@ -2181,11 +2185,43 @@ impl Fsck {
                     }
                 }
                 None => {
-                    self.r
-                        .problem(&format!("Directory {addr}: no '..' entry"), false);
+                    if self.r.problem(
+                        &format!("Directory {addr}: no '..' entry; adding one"),
+                        true,
+                    ) {
+                        let pf = self
+                            .by_addr
+                            .get(&parent)
+                            .map(|&p| self.inodes[p as usize].formal)
+                            .unwrap_or(0);
+                        let pinum = Inum {
+                            formal_ino: pf,
+                            addr: parent,
+                        };
+                        if self
+                            .insert_dirent(i as u32, b"..", pinum, dt::DIR)?
+                            .is_none()
+                        {
+                            self.r.info("no room for '..' in the directory");
+                        }
+                    }
                     if let Some(&p) = self.by_addr.get(&parent) {
                         self.inodes[p as usize].links += 1;
                     }
+                }
+            }
+            let has_dot = self.dirs.get(&(i as u32)).is_some_and(|d| d.has_dot);
+            if !has_dot
+                && self
+                    .r
+                    .problem(&format!("Directory {addr}: no '.' entry; adding one"), true)
+            {
+                let me = Inum {
+                    formal_ino: self.inodes[i].formal,
+                    addr,
+                };
+                if self.insert_dirent(i as u32, b".", me, dt::DIR)?.is_some() {
+                    self.inodes[i].links += 1;
                 }
             }
         }

@@ -104,10 +104,15 @@ fn oracle_rc(img: &Path) -> (i32, String) {
 }
 
 fn mkfs_utils(img: &Path, size_mb: u64, bsize: u32, journals: u32) {
+    mkfs_utils_j(img, size_mb, bsize, journals, 16)
+}
+
+fn mkfs_utils_j(img: &Path, size_mb: u64, bsize: u32, journals: u32, jsize_mb: u32) {
     let f = std::fs::File::create(img).expect("create image");
     f.set_len(size_mb << 20).expect("size image");
     let st = Command::new(need(ORACLE_MKFS))
-        .args(["-O", "-p", "lock_nolock", "-J", "16", "-r", "32"])
+        .args(["-O", "-p", "lock_nolock", "-r", "32"])
+        .args(["-J", &jsize_mb.to_string()])
         .args(["-b", &bsize.to_string(), "-j", &journals.to_string()])
         .arg(img)
         .stdout(Stdio::null())
@@ -549,6 +554,13 @@ fn corruption_scenarios() {
         let n = fs.dinode(dir).entries - 1;
         fs.poke(dir, 148, &n.to_be_bytes());
     });
+    scenario(b, "directory without '.'", Oracle::Exit(&[4]), |fs| {
+        let dir = fs.lookup(fs.root, "dir0");
+        fs.del_entry(dir, ".");
+        let n = fs.dinode(dir).entries - 1;
+        fs.poke(dir, 148, &n.to_be_bytes());
+        fs.poke(dir, 52, &(fs.dinode(dir).nlink - 1).to_be_bytes());
+    });
     scenario(b, "orphaned directory", Oracle::Exit(&[4]), |fs| {
         fs.del_entry(fs.root, "dir1");
     });
@@ -637,7 +649,10 @@ impl Rng {
 
 #[test]
 fn random_corruption_never_panics_and_converges() {
-    let base = base_image("rnd", 1024);
+    // Small, so that each trial's copy is cheap: 64 MiB, one 8 MiB journal.
+    let base = tmp("rnd");
+    mkfs_utils_j(&base.0, 64, 1024, 1, 8);
+    testimg::populate(&base.0, 3, 120, 60_000).expect("populate");
     let fs = Fs::open(&base.0);
     // Metadata blocks: every block starting with the GFS2 magic, except
     // the superblock (a destroyed superblock is out of scope here).
@@ -685,12 +700,19 @@ fn random_corruption_never_panics_and_converges() {
             let blk = pool[rng.below(pool.len() as u64) as usize];
             let hdr = f.read(blk);
             let mh = MetaHeader::parse(&hdr).expect("mh");
-            // Mostly small field damage near the start, sometimes anywhere.
+            // Mostly small field damage near the start, sometimes anywhere;
+            // one time in three a plausible block address (cross links).
             let span = if rng.below(4) == 0 { f.bs as u64 } else { 256 };
-            let off = rng.below(span) as usize;
-            let len = 1 + rng.below(8) as usize;
-            let len = len.min(f.bs as usize - off);
-            let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let (off, bytes) = if rng.below(3) == 0 {
+                let off = (rng.below(span) as usize & !7).min(f.bs as usize - 8);
+                let addr = meta[rng.below(meta.len() as u64) as usize] + rng.below(3);
+                (off, addr.to_be_bytes().to_vec())
+            } else {
+                let off = rng.below(span) as usize;
+                let len = (1 + rng.below(8) as usize).min(f.bs as usize - off);
+                (off, (0..len).map(|_| rng.next() as u8).collect())
+            };
+            let len = bytes.len();
             f.poke(blk, off, &bytes);
             what.push(format!(
                 "block {blk} (type {}) +{off} len {len}",
