@@ -117,7 +117,7 @@ populate() {
     setfacl -m u:1000:r acl/secret
 
     # Modes, owners, timestamps.
-    echo s > modes/suid; chmod 4751 modes/suid; chown 1000:100 modes/suid
+    echo s > modes/suid; chown 1000:100 modes/suid; chmod 4751 modes/suid
     echo g > modes/sgid; chmod 2755 modes/sgid
     mkdir modes/sticky; chmod 1777 modes/sticky
     echo n > modes/none; chmod 000 modes/none

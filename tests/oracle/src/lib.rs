@@ -744,6 +744,45 @@ pub fn host_manifest(dir: &Path) -> Result<Vec<String>> {
     Ok(out.lines().map(str::to_string).collect())
 }
 
+fn gfs2_edit(img: &Path, args: &[&str]) -> Result<String> {
+    run(
+        Command::new(tool("gfs2_edit")?).args(args).arg(img),
+        &format!("gfs2_edit {} {}", args.join(" "), img.display()),
+    )
+}
+
+/// The block of the dinode at `path` (relative to the root, `/`-separated;
+/// "" gives "root"), as a `gfs2_edit -p` block argument, found with gfs2-utils' `gfs2_edit -p`
+/// listings of the directories on the way (keep those small: gfs2_edit
+/// prints every hash-table pointer). `img` must contain a '/'.
+pub fn edit_lookup(img: &Path, path: &str) -> Result<String> {
+    let mut addr: Option<u64> = None;
+    for comp in path.split('/').filter(|c| !c.is_empty()) {
+        let what = addr.map_or("root".to_string(), |a| a.to_string());
+        let out = gfs2_edit(img, &["-p", &what])?;
+        // Entry lines: "  n/n [HASH] formal/addr (0x../0x..) +0: Type  name".
+        addr = Some(
+            out.lines()
+                .find_map(|l| {
+                    let t: Vec<&str> = l.split_whitespace().collect();
+                    (t.len() >= 7 && t[1].starts_with('[') && t[t.len() - 1] == comp)
+                        .then(|| t[2].split('/').nth(1).and_then(|a| a.parse().ok()))
+                        .flatten()
+                })
+                .ok_or_else(|| anyhow!("gfs2_edit: no entry {comp:?} on the way to {path:?}"))?,
+        );
+    }
+    Ok(addr.map_or("root".to_string(), |a| a.to_string()))
+}
+
+/// One field of a block, as `gfs2_edit -p BLOCK field NAME` prints it
+/// (numbers in decimal, di_flags as flag names), trimmed.
+pub fn edit_field(img: &Path, block: &str, field: &str) -> Result<String> {
+    Ok(gfs2_edit(img, &["-p", block, "field", field])?
+        .trim()
+        .to_string())
+}
+
 /// The standard CRC-32 (zlib's), which is GFS2's directory-entry hash.
 pub fn gfs2_hash(name: &[u8]) -> u32 {
     let mut c = !0u32;
