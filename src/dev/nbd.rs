@@ -527,6 +527,17 @@ struct Req {
     /// The caller gave up; a late reply is consumed and dropped.
     abandoned: bool,
     done: Option<io::Result<Vec<u8>>>,
+    /// The waiting thread's condition variable (used with the state mutex):
+    /// a reply wakes its caller only.
+    waker: Arc<Condvar>,
+}
+
+thread_local! {
+    static WAKER: Arc<Condvar> = Arc::new(Condvar::new());
+}
+
+fn my_waker() -> Arc<Condvar> {
+    WAKER.with(Arc::clone)
 }
 
 struct State {
@@ -549,6 +560,7 @@ struct Inner {
     info: ExportInfo,
     chunk: u32,
     state: Mutex<State>,
+    /// Wakes the reader's reconnection backoff when closing.
     cond: Condvar,
     writer: Mutex<Option<Writer>>,
     closing: AtomicBool,
@@ -746,6 +758,7 @@ impl Inner {
                     sent_gen: 0,
                     abandoned: false,
                     done: None,
+                    waker: my_waker(),
                 },
             );
             h
@@ -784,6 +797,7 @@ impl Inner {
     /// Wait for a request's reply; EIO after the timeout.
     fn wait(&self, handle: u64, submitted: Instant) -> io::Result<Vec<u8>> {
         let deadline = submitted + self.cfg.timeout;
+        let waker = my_waker();
         let mut st = lock(&self.state);
         loop {
             let Some(r) = st.pending.get_mut(&handle) else {
@@ -822,8 +836,7 @@ impl Inner {
                 tracing::error!("{msg}");
                 return Err(nbd_err(libc::EIO, msg));
             }
-            st = self
-                .cond
+            st = waker
                 .wait_timeout(st, deadline - now)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
@@ -832,15 +845,19 @@ impl Inner {
 
     fn complete(&self, handle: u64, res: io::Result<Vec<u8>>) {
         let mut st = lock(&self.state);
+        let mut waker = None;
         if let Some(r) = st.pending.get_mut(&handle) {
             if r.abandoned {
                 st.pending.remove(&handle);
             } else {
                 r.done = Some(res);
+                waker = Some(r.waker.clone());
             }
         }
         drop(st);
-        self.cond.notify_all();
+        if let Some(w) = waker {
+            w.notify_all();
+        }
     }
 
     /// Read replies until the connection fails; then reconnect and go on.
