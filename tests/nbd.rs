@@ -680,3 +680,44 @@ fn handshake_errors_and_read_only_exports() {
         .unwrap();
     assert!(e.to_string().contains("not supported yet"), "{e}");
 }
+
+/// gfs2-fuse on a read-only export: the read-write open is refused with
+/// EROFS and the binary falls back to a read-only mount, which serves the
+/// filesystem our mkfs wrote through NBD.
+#[test]
+fn fuse_mount_of_read_only_export() {
+    let img = image("rofs", 128);
+    {
+        let s = Server::start(Kind::QemuNbd, &img.0, Listen::Tcp(free_port()));
+        our_mkfs(&s.spec(), 4096);
+    }
+    fsck_clean(&img.0);
+    let s = Server::start(Kind::QemuNbdReadOnly, &img.0, Listen::Tcp(free_port()));
+    let mnt = mountpoint("rofs");
+    let out = Command::new(env!("CARGO_BIN_EXE_gfs2-fuse"))
+        .arg("mount")
+        .arg(s.spec())
+        .arg(&mnt.0)
+        .output()
+        .unwrap();
+    let guard = MountGuard(mnt.0.clone());
+    assert!(
+        out.status.success(),
+        "gfs2-fuse mount {}: {}",
+        s.spec(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(is_mounted(&mnt.0));
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(1) == mnt.0.to_str())
+        .unwrap();
+    assert!(line.starts_with(&s.spec()), "{line}");
+    assert!(std::fs::metadata(&mnt.0).unwrap().is_dir());
+    assert_eq!(std::fs::read_dir(&mnt.0).unwrap().count(), 0);
+    drop(guard);
+    assert!(!is_mounted(&mnt.0));
+    drop(s);
+    fsck_clean(&img.0);
+}
