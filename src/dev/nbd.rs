@@ -22,7 +22,9 @@
 //! gets no reply within the timeout (default 30 s, [`TIMEOUT_ENV`] or
 //! [`NbdConfig::timeout`]) fails with EIO; a write returns `Ok` only after
 //! the server acknowledged it. A connection that stays silent past the
-//! timeout while requests wait is dropped and re-established.
+//! timeout while requests wait is dropped and re-established. (A caller
+//! queued behind a write blocked on a server that stopped reading may wait
+//! up to twice the timeout: socket writes time out after the timeout too.)
 
 use super::BlockDevice;
 use std::collections::HashMap;
@@ -962,7 +964,7 @@ impl Inner {
                 Ok((s, info)) if info.size == self.info.size => match self.install(s) {
                     Ok(None) => return None,
                     Ok(Some(c)) => {
-                        tracing::info!("{}: reconnected (attempt {attempt})", self.uri());
+                        tracing::warn!("{}: reconnected (attempt {attempt})", self.uri());
                         return Some(c);
                     }
                     Err(e) => tracing::warn!("{}: reconnect: {e}", self.uri()),
@@ -973,6 +975,9 @@ impl Inner {
                     self.info.size,
                     info.size
                 ),
+                Err(e) if attempt.is_power_of_two() => {
+                    tracing::warn!("{}: reconnect attempt {attempt}: {e}", self.uri())
+                }
                 Err(e) => tracing::debug!("{}: reconnect attempt {attempt}: {e}", self.uri()),
             }
             // Sleep, but wake at once when closing.
