@@ -118,6 +118,8 @@ pub struct Fsck {
     local_statfs: Vec<u64>,
     jindex: u64,
     per_node: u64,
+    /// Resource group to allocate from first.
+    alloc_hint: usize,
     journals: Vec<(u32, CleanHeader)>,
     deferred: Vec<u32>,
 }
@@ -249,6 +251,7 @@ impl Fsck {
             local_statfs: Vec::new(),
             jindex: 0,
             per_node: 0,
+            alloc_hint: 0,
             journals: Vec::new(),
             deferred: Vec::new(),
         })
@@ -1039,13 +1042,16 @@ impl Fsck {
 
     /// A free block (bitmap free and not claimed), marked used for `owner`.
     fn alloc(&mut self, owner: u32, track: bool) -> Option<u64> {
-        for i in 0..self.rgs.len() {
+        let n = self.rgs.len();
+        let start = self.alloc_hint.min(n);
+        for i in (start..n).chain(0..start) {
             let rg = &self.rgs[i];
             for idx in 0..u64::from(rg.ri.data) {
                 let blk = rg.ri.data0 + idx;
                 if bitmap_get(&rg.bits, idx as usize) == Some(BlockState::Free)
                     && want_get(&self.want, blk) == W_FREE
                 {
+                    self.alloc_hint = i;
                     self.set_bit(blk, BlockState::Used);
                     want_set(&mut self.want, blk, W_USED);
                     if track {
@@ -1373,6 +1379,9 @@ impl Fsck {
                 }
             }
         }
+        if journal && self.r.repairing() {
+            self.fill_journal_holes(idx, &di, &mut data)?;
+        }
         if self.inodes[idx as usize].quota_change {
             for &(_, p) in &data {
                 let b = self.read(p)?;
@@ -1423,6 +1432,77 @@ impl Fsck {
         }
         if is_dir {
             self.check_dir(idx, &di, &data)?;
+        }
+        Ok(())
+    }
+
+    /// Give every block of a journal that its map lost a new (zeroed) block,
+    /// making indirect blocks where they are missing.
+    fn fill_journal_holes(&mut self, idx: u32, di: &Dinode, data: &mut Vec<(u64, u64)>) -> Res<()> {
+        let nblocks = di.size / u64::from(self.bsize);
+        let maxb =
+            layout::max_size_for_height(self.bsize, di.height).unwrap_or(0) / u64::from(self.bsize);
+        if di.height == 0 || nblocks > maxb {
+            return Ok(());
+        }
+        let have: std::collections::HashSet<u64> = data.iter().map(|(l, _)| *l).collect();
+        let holes: Vec<u64> = (0..nblocks).filter(|l| !have.contains(l)).collect();
+        if holes.is_empty() {
+            return Ok(());
+        }
+        let addr = self.inodes[idx as usize].addr;
+        self.r.problem(
+            &format!(
+                "Journal inode {addr}: {} blocks missing from its map; replacing them",
+                holes.len()
+            ),
+            true,
+        );
+        let inptrs = layout::inptrs(self.bsize);
+        for l in holes {
+            let mut span = 1u64;
+            for _ in 1..di.height {
+                span = span.saturating_mul(inptrs);
+            }
+            let mut blk = addr;
+            let mut base = Dinode::SIZE;
+            let mut top = true;
+            for _ in 1..di.height {
+                let slot = if top { l / span } else { (l / span) % inptrs };
+                top = false;
+                let off = base + 8 * slot as usize;
+                let b = self.read(blk)?;
+                let p = be64(&b, off);
+                let ok = p != 0
+                    && self.owner_of(p) == Some(idx)
+                    && self.read(p).is_ok_and(|x| meta_ok(&x, metatype::IN));
+                let next = if ok {
+                    p
+                } else {
+                    let Some(nb) = self.alloc(idx, true) else {
+                        return Err(Fatal("no free block to repair a journal".into()));
+                    };
+                    let mut z = vec![0u8; self.bsize as usize];
+                    MetaHeader::new(metatype::IN, format::IN).write(&mut z)?;
+                    self.write(nb, z);
+                    let mut b = b;
+                    put_be64(&mut b, off, nb);
+                    self.write(blk, b);
+                    nb
+                };
+                blk = next;
+                base = MetaHeader::SIZE;
+                span /= inptrs;
+            }
+            let slot = if top { l } else { l % inptrs };
+            let Some(nb) = self.alloc(idx, false) else {
+                return Err(Fatal("no free block to repair a journal".into()));
+            };
+            self.write(nb, vec![0u8; self.bsize as usize]);
+            let mut b = self.read(blk)?;
+            put_be64(&mut b, base + 8 * slot as usize, nb);
+            self.write(blk, b);
+            data.push((l, nb));
         }
         Ok(())
     }
@@ -1508,16 +1588,30 @@ impl Fsck {
         // Hash table.
         let depth = di.depth;
         let want_size = layout::dir_hash_ptrs(depth).map(|n| n * 8);
-        if depth > gfs2_ondisk::DIR_MAX_DEPTH || want_size != Some(di.size) {
-            self.r.problem(
-                &format!(
-                    "{label}: hash table size {} does not match depth {depth}",
-                    di.size
-                ),
-                false,
+        let capacity = if di.height == 0 {
+            layout::stuffed_max(self.bsize)
+        } else {
+            data.len() as u64 * (u64::from(self.bsize) - MetaHeader::SIZE as u64)
+        };
+        let fits = depth <= gfs2_ondisk::DIR_MAX_DEPTH && want_size.is_some_and(|w| w <= capacity);
+        let mut di = *di;
+        if want_size != Some(di.size) || !fits {
+            let msg = format!(
+                "{label}: hash table size {} does not match depth {depth}",
+                di.size
             );
-            return Ok(());
+            if !fits {
+                self.r.problem(&msg, false);
+                return Ok(());
+            }
+            if self.r.problem(&msg, true) {
+                di.size = want_size.unwrap_or(0);
+                let mut b = self.read(addr)?;
+                di.write(&mut b)?;
+                self.write(addr, b);
+            }
         }
+        let di = &di;
         let nptrs = 1usize << depth;
         let mut table = vec![0u64; nptrs];
         if di.height == 0 {
@@ -2384,7 +2478,17 @@ impl Fsck {
                 }
                 continue;
             }
-            for (blk, have, w) in list {
+            let total = list.len();
+            let verbosity = self.r.verbosity;
+            for (k, (blk, have, w)) in list.into_iter().enumerate() {
+                // Without -v, the first few of an rgrp are shown one by one.
+                if k == 10 && verbosity == 0 {
+                    eprintln!(
+                        "... and {} more bitmap differences in resource group {i} (-v lists them)",
+                        total - 10
+                    );
+                    self.r.verbosity = -1;
+                }
                 let mut what = format!(
                     "Block {blk}: bitmap says {}, but it is {}",
                     name(have),
@@ -2399,6 +2503,7 @@ impl Fsck {
                     self.set_bit(blk, BlockState::from_bits(w));
                 }
             }
+            self.r.verbosity = verbosity;
         }
         // Counts and headers.
         let mut tot = (0u64, 0u64, 0u64);

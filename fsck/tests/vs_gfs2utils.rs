@@ -694,7 +694,7 @@ fn random_corruption_never_panics_and_converges() {
         std::fs::copy(&base.0, &t.0).expect("copy");
         let f = Fs::open(&t.0);
         let mut what = Vec::new();
-        for _ in 0..1 + rng.below(3) {
+        for _ in 0..1 + rng.below(4) {
             // One in ten hits a journal's log header, the rest other metadata.
             let pool = if rng.below(10) == 0 { &logs } else { &meta };
             let blk = pool[rng.below(pool.len() as u64) as usize];
@@ -703,7 +703,9 @@ fn random_corruption_never_panics_and_converges() {
             // Mostly small field damage near the start, sometimes anywhere;
             // one time in three a plausible block address (cross links).
             let span = if rng.below(4) == 0 { f.bs as u64 } else { 256 };
-            let (off, bytes) = if rng.below(3) == 0 {
+            let (off, bytes) = if rng.below(8) == 0 {
+                (0, vec![0u8; f.bs as usize]) // the whole block destroyed
+            } else if rng.below(3) == 0 {
                 let off = (rng.below(span) as usize & !7).min(f.bs as usize - 8);
                 let addr = meta[rng.below(meta.len() as u64) as usize] + rng.below(3);
                 (off, addr.to_be_bytes().to_vec())
@@ -748,6 +750,11 @@ fn random_corruption_never_panics_and_converges() {
             }
         } else {
             gave_up += 1;
+            if std::env::var("FSCK_SHOW").is_ok() {
+                let (_, out) = ours_rc(&["-n"], &t.0);
+                let left: Vec<&str> = out.lines().filter(|l| l.contains("not fixed")).collect();
+                eprintln!("left ({rc}): {what:?}\n{}", left.join("\n"));
+            }
         }
         iters += 1;
     }
