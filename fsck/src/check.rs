@@ -118,8 +118,9 @@ pub struct Fsck {
     local_statfs: Vec<u64>,
     jindex: u64,
     per_node: u64,
-    /// Resource group to allocate from first.
+    /// Resource group to allocate from first, and the last block allocated.
     alloc_hint: usize,
+    alloc_last: u64,
     journals: Vec<(u32, CleanHeader)>,
     deferred: Vec<u32>,
 }
@@ -251,7 +252,8 @@ impl Fsck {
             local_statfs: Vec::new(),
             jindex: 0,
             per_node: 0,
-            alloc_hint: 0,
+            alloc_hint: usize::MAX,
+            alloc_last: 0,
             journals: Vec::new(),
             deferred: Vec::new(),
         })
@@ -1042,16 +1044,25 @@ impl Fsck {
 
     /// A free block (bitmap free and not claimed), marked used for `owner`.
     fn alloc(&mut self, owner: u32, track: bool) -> Option<u64> {
+        // From the end of the filesystem backwards: allocations happen during
+        // the walk, and a block the bitmap wrongly calls free is more likely
+        // to be near the start, where files are allocated first.
         let n = self.rgs.len();
-        let start = self.alloc_hint.min(n);
-        for i in (start..n).chain(0..start) {
+        let start = self.alloc_hint.min(n.saturating_sub(1));
+        let last = self.alloc_last;
+        for i in (0..=start).rev().chain((start + 1..n).rev()) {
             let rg = &self.rgs[i];
-            for idx in 0..u64::from(rg.ri.data) {
+            let mut top = u64::from(rg.ri.data);
+            if i == start && last >= rg.ri.data0 && last < rg.ri.data0 + top {
+                top = last - rg.ri.data0;
+            }
+            for idx in (0..top).rev() {
                 let blk = rg.ri.data0 + idx;
                 if bitmap_get(&rg.bits, idx as usize) == Some(BlockState::Free)
                     && want_get(&self.want, blk) == W_FREE
                 {
                     self.alloc_hint = i;
+                    self.alloc_last = blk;
                     self.set_bit(blk, BlockState::Used);
                     want_set(&mut self.want, blk, W_USED);
                     if track {
