@@ -660,6 +660,34 @@ fn handshake_errors_and_read_only_exports() {
         dev.write_at(&b, 0).unwrap_err().raw_os_error(),
         Some(libc::EROFS)
     );
+    // The reader thread blocks every signal: SIGTERM to a gfs2-fuse
+    // daemon must reach its signal watcher, not kill the process here.
+    let dev = spec::open(&srv.spec(), true).unwrap();
+    let mut readers = 0;
+    for t in std::fs::read_dir("/proc/self/task").unwrap() {
+        let t = t.unwrap().path();
+        if std::fs::read_to_string(t.join("comm"))
+            .unwrap_or_default()
+            .trim()
+            != "nbd-reader"
+        {
+            continue;
+        }
+        let status = std::fs::read_to_string(t.join("status")).unwrap_or_default();
+        let Some(blk) = status.lines().find_map(|l| l.strip_prefix("SigBlk:")) else {
+            continue;
+        };
+        let mask = u64::from_str_radix(blk.trim(), 16).unwrap();
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            assert!(
+                mask & (1 << (sig - 1)) != 0,
+                "signal {sig} not blocked: {blk}"
+            );
+        }
+        readers += 1;
+    }
+    assert!(readers >= 1, "no nbd-reader thread found");
+    drop(dev);
     // Open and close in a loop: the server hanging up after our DISC must
     // never be taken for a lost connection (reconnecting would hang drop).
     let rw = Server::start(Kind::QemuNbd, &img.0, Listen::Tcp(free_port()));

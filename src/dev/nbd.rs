@@ -578,6 +578,23 @@ pub struct NbdDevice {
     reader: Option<JoinHandle<()>>,
 }
 
+/// Spawn a helper thread with every signal blocked, so that process-directed
+/// signals (SIGTERM, SIGINT...) reach the threads of the program that wait
+/// for them, never a helper that would take the default action.
+fn spawn_quiet<F: FnOnce() + Send + 'static>(name: &str, f: F) -> io::Result<JoinHandle<()>> {
+    // SAFETY: plain signal-mask manipulation of the calling thread on local
+    // sigset_t values; the old mask is restored right after the spawn.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        let r = std::thread::Builder::new().name(name.into()).spawn(f);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        r
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -624,9 +641,7 @@ impl NbdDevice {
             resent: AtomicU64::new(0),
         });
         let i2 = inner.clone();
-        let reader = std::thread::Builder::new()
-            .name("nbd-reader".into())
-            .spawn(move || i2.reader_main(read_half, 1))?;
+        let reader = spawn_quiet("nbd-reader", move || i2.reader_main(read_half, 1))?;
         Ok(NbdDevice {
             inner,
             reader: Some(reader),
@@ -1028,13 +1043,11 @@ impl Inner {
                 .fetch_add(resend.len() as u64, Ordering::Relaxed);
             tracing::info!("{}: resending {} requests", self.uri(), resend.len());
             let me = self.clone();
-            std::thread::Builder::new()
-                .name("nbd-resend".into())
-                .spawn(move || {
-                    for h in resend {
-                        me.send_pending(h);
-                    }
-                })?;
+            spawn_quiet("nbd-resend", move || {
+                for h in resend {
+                    me.send_pending(h);
+                }
+            })?;
         }
         self.cond.notify_all();
         Ok(Some((read_half, gen)))
