@@ -168,6 +168,14 @@ fn put_be64(b: &mut [u8], off: usize, v: u64) {
     }
 }
 
+/// Whether a mode's file type bits name a real file type.
+fn valid_ifmt(mode: u32) -> bool {
+    matches!(
+        mode & 0o170000,
+        0o010000 | 0o020000 | 0o040000 | 0o060000 | 0o100000 | 0o120000 | 0o140000
+    )
+}
+
 /// The expected state of a block, two bits per block.
 fn want_get(want: &[u8], blk: u64) -> u8 {
     let i = blk as usize;
@@ -1167,6 +1175,7 @@ impl Fsck {
             self.check_de_type(&rf, dt, &label)?;
             return Ok(());
         }
+        let mut fix_mode = None;
         let bad = if self.rg_of(addr).is_none() {
             Some("points outside the filesystem's data".to_string())
         } else if want_get(&self.want, addr) != W_FREE {
@@ -1178,11 +1187,18 @@ impl Fsck {
                         && d.header.mh_type == metatype::DI
                         && d.num.addr == addr =>
                 {
-                    if d.mode & 0o170000 == 0 || dt_to_ifmt(ifmt_to_dt(d.mode)) != d.mode & 0o170000
-                    {
-                        Some(format!("points at an inode with invalid mode {:o}", d.mode))
-                    } else {
+                    if d.height > gfs2_ondisk::MAX_META_HEIGHT {
+                        Some(format!(
+                            "points at an inode with invalid height {}",
+                            d.height
+                        ))
+                    } else if valid_ifmt(d.mode) {
                         None
+                    } else if valid_ifmt(dt_to_ifmt(rf.de_type)) {
+                        fix_mode = Some((d.mode & 0o7777) | dt_to_ifmt(rf.de_type));
+                        None
+                    } else {
+                        Some(format!("points at an inode with invalid mode {:o}", d.mode))
                     }
                 }
                 _ => Some("points at a block that is not an inode".into()),
@@ -1196,6 +1212,16 @@ impl Fsck {
                 self.del_dirent(rf.at)?;
             }
             return Ok(());
+        }
+        if let Some(m) = fix_mode {
+            if self.r.problem(
+                &format!("{label}: the inode's mode has no valid file type; taking it from the entry ({m:o})"),
+                true,
+            ) {
+                let mut b = self.read(addr)?;
+                b[40..44].copy_from_slice(&m.to_be_bytes());
+                self.write(addr, b);
+            }
         }
         let (di, _) = self.dinode(addr)?;
         if di.num.formal_ino != rf.inum.formal_ino
@@ -2050,8 +2076,8 @@ impl Fsck {
             if di.header.magic != MAGIC
                 || di.header.mh_type != metatype::DI
                 || di.num.addr != blk
-                || di.mode & 0o170000 == 0
-                || dt_to_ifmt(ifmt_to_dt(di.mode)) != di.mode & 0o170000
+                || !valid_ifmt(di.mode)
+                || di.height > gfs2_ondisk::MAX_META_HEIGHT
             {
                 continue; // the bitmap check frees it
             }

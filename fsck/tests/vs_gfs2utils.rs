@@ -500,6 +500,18 @@ fn corruption_scenarios() {
     );
     scenario(
         b,
+        "bitmap: free block marked inode",
+        Oracle::Exit(&[4]),
+        |fs| {
+            let rgs = fs.rgrps();
+            let rg = rgs[rgs.len() - 2];
+            let blk = rg.data0 + u64::from(rg.data) / 2;
+            assert_eq!(fs.state(blk), 0);
+            fs.set_state(blk, 3);
+        },
+    );
+    scenario(
+        b,
         "bitmap: used block marked free",
         Oracle::Exit(&[4]),
         |fs| {
