@@ -381,7 +381,16 @@ impl Fs {
     /// `unlink` (`dir == false`) or `rmdir` (`dir == true`).
     pub fn remove(&self, parent: u64, name: &[u8], dir: bool) -> Result<()> {
         check_name(name)?;
-        let target = self.lookup(parent, name)?.ino;
+        let ta = self.lookup(parent, name)?;
+        let target = ta.ino;
+        let unopened = self
+            .writer()
+            .map(|w| !w.lock().unwrap_or_else(|e| e.into_inner()).open.contains_key(&target))
+            .unwrap_or(false);
+        if !dir && ta.nlink == 1 && ta.mode & S_IFMT == 0o100000 && unopened {
+            // Its data goes with it: free it in bounded transactions first.
+            self.free_tail_in_chunks(target, 0)?;
+        }
         self.modify(&[parent, target], |tx, al, open| {
             let (inum, _) = dirops::find(tx, al, parent, name)?.ok_or(errno(libc::ENOENT))?;
             if inum.addr != target {
@@ -706,6 +715,9 @@ impl Fs {
 
     /// `setattr`: mode, owner, size, times; ctime is updated.
     pub fn setattr(&self, ino: u64, a: SetAttr) -> Result<Attr> {
+        if let Some(size) = a.size {
+            self.free_tail_in_chunks(ino, size)?;
+        }
         let dev = self.device().clone();
         self.modify(&[ino], |tx, al, _| {
             if let Some(size) = a.size {
@@ -888,5 +900,32 @@ impl Fs {
             touch_c(&mut di);
             put_dinode(tx, &di)
         })
+    }
+
+    /// Free the blocks of `ino` past `size` in transactions of bounded size
+    /// (from the end backwards), so that truncating or deleting a huge file
+    /// never needs more journal than one flush can carry. The size is left
+    /// alone: the caller's own transaction sets it.
+    fn free_tail_in_chunks(&self, ino: u64, size: u64) -> Result<()> {
+        const CHUNK: u64 = 1 << 16;
+        let a = self.getattr(ino)?;
+        if a.mode & S_IFMT != 0o100000 {
+            return Ok(());
+        }
+        let bs = u64::from(a.blksize);
+        let first = size.div_ceil(bs);
+        let mut end = a.size.div_ceil(bs);
+        while end > first.saturating_add(CHUNK) {
+            let lo = end - CHUNK;
+            self.modify(&[ino], |tx, al, _| {
+                let di = dinode(tx, ino)?;
+                if di.height > 0 {
+                    write::free_range(tx, al, ino, lo, end)?;
+                }
+                Ok(())
+            })?;
+            end = lo;
+        }
+        Ok(())
     }
 }

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Filesystem benchmark: the same workloads through our gfs2-fuse mount, through fuse2fs on an
+# ext4 image of the same size, and on a plain directory, in one run; prints times and the ratio
+# fuse2fs/ours (above 1.00: ours is faster) for each.
+#   scripts/bench-fs.sh [WORKDIR] [SIZE_MB_FOR_SEQUENTIAL]
+# Workloads: sequential write with fsync at the end, sequential read (cold cache), random 4 KiB
+# writes and reads, create + unlink of 10,000 files, stat of 10,000 files, listing a 100,000-entry
+# directory. Needs root (FUSE mounts, dropping caches) and the packages fuse3, fuse2fs, e2fsprogs.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+work=${1:-$(mktemp -d /tmp/bench-fs.XXXXXX)}
+seq_mb=${2:-1024}
+: "${CARGO_TARGET_DIR:=$root/target}"
+cargo build --release -q -p gfs2-fuse -p gfs2-mkfs --manifest-path "$root/Cargo.toml"
+bin=$CARGO_TARGET_DIR/release
+for t in fuse2fs mkfs.ext4 fusermount3 python3; do
+    command -v $t >/dev/null || { echo "bench-fs: $t not installed" >&2; exit 1; }
+done
+size_mb=$((seq_mb * 3 + 2048))
+mkdir -p "$work"/{gfs2,ext4,plain}
+cleanup() {
+    fusermount3 -u "$work/gfs2" 2>/dev/null || true
+    fusermount3 -u "$work/ext4" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+truncate -s ${size_mb}M "$work/gfs2.img" "$work/ext4.img"
+"$bin/mkfs-gfs2" -O -q -p lock_nolock -j 1 "$work/gfs2.img" >/dev/null
+mkfs.ext4 -q -F "$work/ext4.img"
+
+mount_all() {
+    "$bin/gfs2-fuse" mount "$work/gfs2.img" "$work/gfs2"
+    fuse2fs "$work/ext4.img" "$work/ext4" -o fakeroot >/dev/null 2>&1
+}
+umount_all() {
+    fusermount3 -u "$work/gfs2"; fusermount3 -u "$work/ext4"
+    sleep 0.5
+}
+drop() { sync; [ -w /proc/sys/vm/drop_caches ] && echo 3 > /proc/sys/vm/drop_caches || true; }
+
+# The workloads, in Python for precise timing and identical syscalls on every side.
+cat > "$work/w.py" <<'PY'
+import os, sys, time, random
+op, d, mb = sys.argv[1], sys.argv[2], int(sys.argv[3])
+t = time.perf_counter()
+B = 1 << 20
+if op == "seqwrite":
+    buf = os.urandom(B)
+    fd = os.open(f"{d}/big", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    for _ in range(mb):
+        os.write(fd, buf)
+    os.fsync(fd); os.close(fd)
+elif op == "seqread":
+    fd = os.open(f"{d}/big", os.O_RDONLY)
+    while os.read(fd, B):
+        pass
+    os.close(fd)
+elif op == "randwrite":
+    fd = os.open(f"{d}/big", os.O_WRONLY)
+    r = random.Random(1); buf = os.urandom(4096); n = mb * 256
+    for _ in range(4000):
+        os.pwrite(fd, buf, r.randrange(n) * 4096)
+    os.fsync(fd); os.close(fd)
+elif op == "randread":
+    fd = os.open(f"{d}/big", os.O_RDONLY)
+    r = random.Random(2); n = mb * 256
+    for _ in range(4000):
+        os.pread(fd, 4096, r.randrange(n) * 4096)
+    os.close(fd)
+elif op == "create":
+    os.mkdir(f"{d}/c")
+    for i in range(10000):
+        os.close(os.open(f"{d}/c/f{i}", os.O_WRONLY | os.O_CREAT, 0o644))
+elif op == "stat":
+    for i in range(10000):
+        os.stat(f"{d}/c/f{i}")
+elif op == "unlink":
+    for i in range(10000):
+        os.unlink(f"{d}/c/f{i}")
+    os.rmdir(f"{d}/c")
+elif op == "mkbig":
+    os.mkdir(f"{d}/l")
+    for i in range(100000):
+        os.close(os.open(f"{d}/l/entry_{i}", os.O_WRONLY | os.O_CREAT, 0o644))
+elif op == "list":
+    n = sum(1 for _ in os.scandir(f"{d}/l"))
+    assert n == 100000, n
+print(f"{time.perf_counter() - t:.3f}")
+PY
+
+declare -A T
+run() { # op
+    local op=$1
+    for side in gfs2 ext4 plain; do
+        case $op in seqread|randread|stat|list) drop;; esac
+        T[$op,$side]=$(python3 "$work/w.py" "$op" "$work/$side" "$seq_mb")
+    done
+}
+mount_all
+for op in seqwrite; do run $op; done
+umount_all; mount_all   # cold caches for the reads
+for op in seqread randread randwrite create stat unlink mkbig; do run $op; done
+umount_all; mount_all
+run list
+umount_all
+
+printf '%-10s %10s %10s %10s %14s\n' workload gfs2-fuse fuse2fs plain fuse2fs/ours
+for op in seqwrite seqread randwrite randread create stat unlink list; do
+    g=${T[$op,gfs2]}; e=${T[$op,ext4]}; p=${T[$op,plain]}
+    r=$(echo "$e $g" | awk '{ if ($2 > 0) printf "%.2f", $1 / $2; else print "n/a" }')
+    printf '%-10s %9ss %9ss %9ss %14s\n' "$op" "$g" "$e" "$p" "$r"
+done
+echo "(sequential size ${seq_mb} MiB; random I/O: 4000 x 4 KiB; metadata: 10,000 files; list: 100,000 entries)"
