@@ -232,3 +232,36 @@ fn kernel_reproduces_corpus_manifests() {
     }
     fsck_clean(&imgs[3]).expect("crash image clean after kernel recovery");
 }
+
+/// The crash path of the harness: qemu killed after the 40th fsync leaves a
+/// journal that gfs2-utils reports dirty, and the fsync'd files are listed.
+#[test]
+fn killed_vm_leaves_a_dirty_journal() {
+    let dir = Scratch::new("kill").expect("scratch dir");
+    let img = dir.join("crash.img");
+    mkfs(
+        &img,
+        40,
+        &["-b", "1024", "-p", "lock_nolock", "-j", "1", "-J", "8"],
+    )
+    .expect("mkfs");
+    let populate = std::fs::read(corpus::dir().join("populate.sh")).expect("images/populate.sh");
+    let r = Vm::new(". /populate.sh\nmnt /dev/vda noatime\ncd /mnt\ncrashload\n")
+        .file("populate.sh", &populate)
+        .kill_after("FSYNCED", 40)
+        .boot(&[&img])
+        .expect("VM run");
+    eprintln!("VM run: {:.1} s", r.elapsed.as_secs_f64());
+    assert!(r.killed, "{}", r.console);
+    assert_eq!(r.exit, None, "{}", r.console);
+    let fs = r.fsynced();
+    assert!(fs.len() >= 40, "{} fsync'd\n{}", fs.len(), r.console);
+    assert!(fs.iter().all(|(p, _)| p.starts_with("keep/")), "{fs:?}");
+    let f = fsck_n(&img).expect("fsck.gfs2 -n");
+    assert!(
+        f.output.contains("Journal #1 (\"journal0\") is dirty"),
+        "exit {}:\n{}",
+        f.code,
+        f.output
+    );
+}
