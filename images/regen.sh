@@ -50,7 +50,6 @@ section() { # section LOG TAG: the manifest lines between BEGIN-TAG and END-TAG
 }
 
 "$VM" names 40 17 chained_leaf_entry 200 > "$W/chain.names"
-KV=$(ls "$ROOT/target/tmp/kvm-kernel/root/lib/modules" 2>/dev/null | head -1 || true)
 
 # 1. Trees: populate every image, then print each manifest (read-only mount).
 S=$W/trees.sh
@@ -71,6 +70,7 @@ echo "== trees: populating ${#TREES[@]} images in the kernel VM"
 "$VM" run --file populate.sh="$IMG/populate.sh" --file chain.names="$W/chain.names" \
     <(echo '. /populate.sh'; cat "$S") "${disks[@]}" > "$W/trees.log" || true
 vm_ok "$W/trees.log"
+KV=$(sed -n 's/.*ORACLE-BOOTED //p' "$W/trees.log" | head -1)
 for t in "${TREES[@]}"; do
     IFS='|' read -r name mb bs opts <<<"$t"
     grep -q "^ORACLE-WORKLOAD $name 0" "$W/trees.log" || {
