@@ -385,7 +385,12 @@ impl Fs {
         let target = ta.ino;
         let unopened = self
             .writer()
-            .map(|w| !w.lock().unwrap_or_else(|e| e.into_inner()).open.contains_key(&target))
+            .map(|w| {
+                !w.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .open
+                    .contains_key(&target)
+            })
             .unwrap_or(false);
         if !dir && ta.nlink == 1 && ta.mode & S_IFMT == 0o100000 && unopened {
             // Its data goes with it: free it in bounded transactions first.
