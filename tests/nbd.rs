@@ -71,6 +71,12 @@ enum Kind {
     NbdkitMin4k,
     /// nbdkit without fixed newstyle: the client must use NBD_OPT_EXPORT_NAME.
     NbdkitOldNewstyle,
+    /// nbdkit refusing structured replies: simple replies only.
+    NbdkitNoSr,
+    /// nbdkit failing every read and write with ENOSPC while the file
+    /// IMG.inject exists (with and without structured replies).
+    NbdkitInject,
+    NbdkitInjectNoSr,
 }
 
 #[derive(Clone, Debug)]
@@ -117,7 +123,12 @@ impl Server {
                 c.arg(&self.img);
                 c
             }
-            Kind::Nbdkit | Kind::NbdkitMin4k | Kind::NbdkitOldNewstyle => {
+            Kind::Nbdkit
+            | Kind::NbdkitMin4k
+            | Kind::NbdkitOldNewstyle
+            | Kind::NbdkitNoSr
+            | Kind::NbdkitInject
+            | Kind::NbdkitInjectNoSr => {
                 let mut c = Command::new(need("nbdkit", "nbdkit"));
                 c.args(["-f", "--exit-with-parent"]);
                 match &self.listen {
@@ -130,7 +141,20 @@ impl Server {
                 if self.kind == Kind::NbdkitOldNewstyle {
                     c.arg("--mask-handshake=0");
                 }
+                if matches!(self.kind, Kind::NbdkitNoSr | Kind::NbdkitInjectNoSr) {
+                    c.arg("--no-sr");
+                }
+                let inject = matches!(self.kind, Kind::NbdkitInject | Kind::NbdkitInjectNoSr);
+                if inject {
+                    c.arg("--filter=error");
+                }
                 c.arg("file").arg(format!("file={}", self.img.display()));
+                if inject {
+                    c.args(["error=ENOSPC", "error-rate=100%"]).arg(format!(
+                        "error-file={}",
+                        self.img.with_extension("inject").display()
+                    ));
+                }
                 if self.kind == Kind::NbdkitMin4k {
                     c.args([
                         "blocksize-minimum=4096",
@@ -393,13 +417,29 @@ fn random_io(kind: Kind) {
     let size = 64 * MB;
     let img = image(&format!("rio-{kind:?}"), 64);
     {
-        let mut init = vec![0u8; size as usize];
-        Rng(0x1234_5678).fill(&mut init);
-        std::fs::write(&img.0, &init).unwrap();
+        // Random data with holes (every third MiB left sparse), so that
+        // structured replies carry both data and hole chunks.
+        let mut init = vec![0u8; MB as usize];
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&img.0)
+            .unwrap();
+        let mut rng = Rng(0x1234_5678);
+        for m in (0..size / MB).filter(|m| m % 3 != 2) {
+            rng.fill(&mut init);
+            f.write_all_at(&init, m * MB).unwrap();
+        }
     }
     let srv = Server::start(kind, &img.0, Listen::Tcp(free_port()));
     let dev = Arc::new(NbdDevice::connect(srv.config(Duration::from_secs(30))).unwrap());
     assert_eq!(dev.size(), size);
+    let structured = matches!(kind, Kind::QemuNbd | Kind::Nbdkit | Kind::NbdkitMin4k);
+    assert_eq!(
+        dev.info().structured,
+        structured,
+        "{kind:?}: {:?}",
+        dev.info()
+    );
     if kind == Kind::NbdkitMin4k {
         assert_eq!(dev.info().min_block, 4096, "{:?}", dev.info());
         assert_eq!(dev.info().max_payload, 1 << 20, "{:?}", dev.info());
@@ -496,6 +536,11 @@ fn random_concurrent_io_nbdkit_min_block_4k() {
 #[test]
 fn export_name_fallback_without_fixed_newstyle() {
     random_io(Kind::NbdkitOldNewstyle);
+}
+
+#[test]
+fn simple_replies_only() {
+    random_io(Kind::NbdkitNoSr);
 }
 
 /// Two writers stream distinct 16 KiB blocks; qemu-nbd is SIGKILLed after
@@ -810,7 +855,7 @@ fn fuse_writes_over_nbd_survive_remount_and_fsck() {
             std::fs::write(mnt.0.join(format!("d/f{i}")), format!("{i}\n")).unwrap();
         }
         unmount_and_wait(&mnt.0, child);
-        drop(guard);
+        std::mem::forget(guard);
     }
     let _ = std::fs::remove_file(&sock);
     fsck_clean(&img.0);
@@ -823,7 +868,7 @@ fn fuse_writes_over_nbd_survive_remount_and_fsck() {
     assert_eq!(std::fs::read(mnt.0.join("d/f42")).unwrap(), b"42\n");
     assert_eq!(std::fs::read_dir(mnt.0.join("d")).unwrap().count(), 52);
     unmount_and_wait(&mnt.0, child);
-    drop(guard);
+    std::mem::forget(guard);
     drop(s);
     fsck_clean(&img.0);
 }
@@ -864,7 +909,7 @@ fn fuse_mount_rides_out_a_server_restart() {
         f.sync_all().unwrap();
     }
     unmount_and_wait(&mnt.0, child);
-    drop(guard);
+    std::mem::forget(guard);
     drop(srv);
     fsck_clean(&img.0);
     let srv = Server::start(Kind::Nbdkit, &img.0, Listen::Tcp(free_port()));
@@ -881,5 +926,47 @@ fn fuse_mount_rides_out_a_server_restart() {
         b"written while the server was down\n"
     );
     unmount_and_wait(&mnt.0, child);
-    drop(guard);
+    std::mem::forget(guard);
+}
+
+/// Errors the server reports come back as io::Error with the server's
+/// errno, at once (no timeout), for reads and writes; the connection stays
+/// usable. With and without structured replies.
+fn server_errors(kind: Kind) {
+    let img = image(&format!("inj-{kind:?}"), 8);
+    let inject = img.0.with_extension("inject");
+    let _ = std::fs::remove_file(&inject);
+    let srv = Server::start(kind, &img.0, Listen::Tcp(free_port()));
+    let dev = NbdDevice::connect(srv.config(Duration::from_secs(30))).unwrap();
+    assert_eq!(dev.info().structured, kind == Kind::NbdkitInject);
+    let data = vec![7u8; 64 << 10];
+    dev.write_at(&data, 4096).unwrap();
+    std::fs::write(&inject, b"").unwrap();
+    let t = Instant::now();
+    let e = dev.write_at(&data, 0).unwrap_err();
+    assert_eq!(errno_of(&e), Some(libc::ENOSPC), "{e}");
+    assert!(e.to_string().contains("WRITE"), "{e}");
+    let mut buf = vec![0u8; 64 << 10];
+    let e = dev.read_at(&mut buf, 4096).unwrap_err();
+    assert_eq!(errno_of(&e), Some(libc::ENOSPC), "{e}");
+    assert!(e.to_string().contains("READ"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    std::fs::remove_file(&inject).unwrap();
+    dev.read_at(&mut buf, 4096).unwrap();
+    assert!(buf == data);
+    assert_eq!(
+        dev.reconnections().0,
+        0,
+        "errors must not drop the connection"
+    );
+}
+
+#[test]
+fn server_errors_structured() {
+    server_errors(Kind::NbdkitInject);
+}
+
+#[test]
+fn server_errors_simple() {
+    server_errors(Kind::NbdkitInjectNoSr);
 }

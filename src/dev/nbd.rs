@@ -7,7 +7,9 @@
 //! covering aligned range. Old servers that answer `NBD_OPT_GO` with
 //! `NBD_REP_ERR_UNSUP` get `NBD_OPT_EXPORT_NAME` instead.
 //!
-//! Transmission uses simple replies only. Several requests are in flight at
+//! Structured replies are negotiated when the server offers them (read data
+//! then comes as data and hole chunks, and errors carry the server's text);
+//! simple replies are understood either way. Several requests are in flight at
 //! once on one connection: callers write requests under a writer mutex and a
 //! reader thread hands each reply to the caller waiting on its handle. A
 //! request larger than 32 MiB (or the server's maximum payload) is split into
@@ -55,6 +57,14 @@ const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 // Transmission magics.
 const REQUEST_MAGIC: u32 = 0x2560_9513;
 const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
+
+// Structured reply chunks.
+const REPLY_FLAG_DONE: u16 = 1 << 0;
+const REPLY_TYPE_NONE: u16 = 0;
+const REPLY_TYPE_OFFSET_DATA: u16 = 1;
+const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
+const REPLY_TYPE_ERROR_BIT: u16 = 1 << 15;
 
 // Handshake flags (server) and client flags.
 const FLAG_FIXED_NEWSTYLE: u16 = 1 << 0;
@@ -71,6 +81,7 @@ const TFLAG_SEND_TRIM: u16 = 1 << 5;
 // Options.
 const OPT_EXPORT_NAME: u32 = 1;
 const OPT_GO: u32 = 7;
+const OPT_STRUCTURED_REPLY: u32 = 8;
 
 // Option replies.
 const REP_ACK: u32 = 1;
@@ -279,6 +290,8 @@ pub struct ExportInfo {
     pub pref_block: u32,
     /// Maximum payload of a read or write.
     pub max_payload: u32,
+    /// Structured replies were negotiated.
+    pub structured: bool,
 }
 
 fn be_u16(b: &[u8]) -> u16 {
@@ -337,12 +350,49 @@ fn handshake(s: &mut Stream, export: &str) -> io::Result<ExportInfo> {
         cflags |= CFLAG_NO_ZEROES;
     }
     s.write_all(&cflags.to_be_bytes())?;
+    let mut structured = false;
     if fixed {
-        if let Some(info) = opt_go(s, export)? {
+        structured = opt_structured_reply(s)?;
+        if let Some(mut info) = opt_go(s, export)? {
+            info.structured = structured;
             return Ok(info);
         }
     }
-    opt_export_name(s, export, no_zeroes)
+    let mut info = opt_export_name(s, export, no_zeroes)?;
+    info.structured = structured;
+    Ok(info)
+}
+
+/// One option reply: its type and data.
+fn read_opt_reply(s: &mut Stream, opt: u32) -> io::Result<(u32, Vec<u8>)> {
+    let mut h = [0u8; 20];
+    s.read_exact(&mut h)?;
+    if be_u64(&h[0..8]) != OPT_REPLY_MAGIC {
+        return Err(proto("bad option reply magic"));
+    }
+    if be_u32(&h[8..12]) != opt {
+        return Err(proto("option reply for another option"));
+    }
+    let rtype = be_u32(&h[12..16]);
+    let len = be_u32(&h[16..20]) as usize;
+    if len > 64 << 10 {
+        return Err(proto(format!("option reply of {len} bytes")));
+    }
+    let mut data = vec![0u8; len];
+    s.read_exact(&mut data)?;
+    Ok((rtype, data))
+}
+
+/// `NBD_OPT_STRUCTURED_REPLY`: true when the server agreed.
+fn opt_structured_reply(s: &mut Stream) -> io::Result<bool> {
+    send_option(s, OPT_STRUCTURED_REPLY, &[])?;
+    loop {
+        match read_opt_reply(s, OPT_STRUCTURED_REPLY)?.0 {
+            REP_ACK => return Ok(true),
+            e if e & REP_ERR != 0 => return Ok(false),
+            _ => {}
+        }
+    }
 }
 
 /// `NBD_OPT_GO` asking for block sizes. `None` when the server does not know the option.
@@ -356,21 +406,8 @@ fn opt_go(s: &mut Stream, export: &str) -> io::Result<Option<ExportInfo>> {
     let mut size_flags = None;
     let mut sizes = None;
     loop {
-        let mut h = [0u8; 20];
-        s.read_exact(&mut h)?;
-        if be_u64(&h[0..8]) != OPT_REPLY_MAGIC {
-            return Err(proto("bad option reply magic"));
-        }
-        if be_u32(&h[8..12]) != OPT_GO {
-            return Err(proto("option reply for another option"));
-        }
-        let rtype = be_u32(&h[12..16]);
-        let len = be_u32(&h[16..20]) as usize;
-        if len > 64 << 10 {
-            return Err(proto(format!("option reply of {len} bytes")));
-        }
-        let mut data = vec![0u8; len];
-        s.read_exact(&mut data)?;
+        let (rtype, data) = read_opt_reply(s, OPT_GO)?;
+        let len = data.len();
         match rtype {
             REP_INFO if len >= 2 => match be_u16(&data) {
                 INFO_EXPORT if len >= 12 => {
@@ -460,6 +497,7 @@ fn sane_sizes(size: u64, flags: u16, min: u32, pref: u32, max: u32) -> ExportInf
         min_block: min,
         pref_block: pref,
         max_payload: max,
+        structured: false,
     }
 }
 
@@ -529,6 +567,11 @@ struct Req {
     /// The caller gave up; a late reply is consumed and dropped.
     abandoned: bool,
     done: Option<io::Result<Vec<u8>>>,
+    /// A read's data assembled from structured chunks, the bytes they
+    /// covered, and the first error chunk.
+    partial: Option<Vec<u8>>,
+    covered: u64,
+    chunk_err: Option<io::Error>,
     /// The waiting thread's condition variable (used with the state mutex):
     /// a reply wakes its caller only.
     waker: Arc<Condvar>,
@@ -614,12 +657,13 @@ impl NbdDevice {
             chunk = (limit / info.min_block * info.min_block).max(info.min_block);
         }
         tracing::info!(
-            "{uri}: {} bytes, flags {:#x}, block sizes {}/{}/{}",
+            "{uri}: {} bytes, flags {:#x}, block sizes {}/{}/{}, structured replies: {}",
             info.size,
             info.flags,
             info.min_block,
             info.pref_block,
-            info.max_payload
+            info.max_payload,
+            info.structured
         );
         let read_half = stream.try_clone()?;
         let ctl = stream.try_clone()?;
@@ -641,7 +685,8 @@ impl NbdDevice {
             resent: AtomicU64::new(0),
         });
         let i2 = inner.clone();
-        let reader = spawn_quiet("nbd-reader", move || i2.reader_main(read_half, 1))?;
+        let sr = info.structured;
+        let reader = spawn_quiet("nbd-reader", move || i2.reader_main(read_half, 1, sr))?;
         Ok(NbdDevice {
             inner,
             reader: Some(reader),
@@ -775,6 +820,9 @@ impl Inner {
                     sent_gen: 0,
                     abandoned: false,
                     done: None,
+                    partial: None,
+                    covered: 0,
+                    chunk_err: None,
                     waker: my_waker(),
                 },
             );
@@ -878,10 +926,10 @@ impl Inner {
     }
 
     /// Read replies until the connection fails; then reconnect and go on.
-    fn reader_main(self: Arc<Self>, first: Stream, first_gen: u64) {
-        let mut conn = Some((first, first_gen));
+    fn reader_main(self: Arc<Self>, first: Stream, first_gen: u64, first_sr: bool) {
+        let mut conn = Some((first, first_gen, first_sr));
         loop {
-            let (stream, gen) = match conn.take() {
+            let (stream, gen, sr) = match conn.take() {
                 Some(c) => c,
                 None => match self.reconnect() {
                     Some(c) => c,
@@ -890,7 +938,7 @@ impl Inner {
             };
             let mut rd = BufReader::with_capacity(256 << 10, stream);
             let err = loop {
-                if let Err(e) = self.read_reply(&mut rd, gen) {
+                if let Err(e) = self.read_reply(&mut rd, gen, sr) {
                     break e;
                 }
             };
@@ -902,21 +950,53 @@ impl Inner {
         }
     }
 
-    fn read_reply(&self, rd: &mut BufReader<Stream>, gen: u64) -> io::Result<()> {
-        let mut h = [0u8; 16];
-        rd.read_exact(&mut h)?;
-        if be_u32(&h) != SIMPLE_REPLY_MAGIC {
-            return Err(proto(format!("bad reply magic {:#x}", be_u32(&h))));
+    /// The request a reply is for: (command, offset, length).
+    fn lookup(&self, handle: u64, gen: u64) -> io::Result<(u16, u64, u32)> {
+        let st = lock(&self.state);
+        match st.pending.get(&handle) {
+            Some(r) if r.sent_gen == gen => Ok((r.cmd, r.offset, r.len)),
+            _ => Err(proto(format!("reply for unknown handle {handle}"))),
         }
-        let error = be_u32(&h[4..]);
-        let handle = be_u64(&h[8..]);
-        let (cmd, offset, len) = {
-            let st = lock(&self.state);
-            match st.pending.get(&handle) {
-                Some(r) if r.sent_gen == gen => (r.cmd, r.offset, r.len),
-                _ => return Err(proto(format!("reply for unknown handle {handle}"))),
-            }
+    }
+
+    fn server_error(&self, error: u32, cmd: u16, offset: u64, len: u32, text: &str) -> io::Error {
+        let errno = if (1..4096).contains(&error) {
+            error as i32
+        } else {
+            libc::EIO
         };
+        let text = if text.is_empty() {
+            String::new()
+        } else {
+            format!(" ({text})")
+        };
+        nbd_err(
+            errno,
+            format!(
+                "{}: {} of {len} bytes at {offset}: server error: {}{text}",
+                self.uri(),
+                cmd_name(cmd),
+                io::Error::from_raw_os_error(errno)
+            ),
+        )
+    }
+
+    fn read_reply(&self, rd: &mut BufReader<Stream>, gen: u64, sr: bool) -> io::Result<()> {
+        let mut m = [0u8; 4];
+        rd.read_exact(&mut m)?;
+        match be_u32(&m) {
+            SIMPLE_REPLY_MAGIC => self.simple_reply(rd, gen, sr),
+            STRUCTURED_REPLY_MAGIC if sr => self.structured_chunk(rd, gen),
+            x => Err(proto(format!("bad reply magic {x:#x}"))),
+        }
+    }
+
+    fn simple_reply(&self, rd: &mut BufReader<Stream>, gen: u64, sr: bool) -> io::Result<()> {
+        let mut h = [0u8; 12];
+        rd.read_exact(&mut h)?;
+        let error = be_u32(&h);
+        let handle = be_u64(&h[4..]);
+        let (cmd, offset, len) = self.lookup(handle, gen)?;
         if error == NBD_ESHUTDOWN {
             // The server is going away: this request is retried after reconnecting.
             return Err(io::Error::new(
@@ -925,21 +1005,11 @@ impl Inner {
             ));
         }
         let res = if error != 0 {
-            let errno = if error < 4096 {
-                error as i32
-            } else {
-                libc::EIO
-            };
-            Err(nbd_err(
-                errno,
-                format!(
-                    "{}: {} of {len} bytes at {offset}: server error: {}",
-                    self.uri(),
-                    cmd_name(cmd),
-                    io::Error::from_raw_os_error(errno)
-                ),
-            ))
+            Err(self.server_error(error, cmd, offset, len, ""))
         } else if cmd == CMD_READ {
+            if sr {
+                return Err(proto("simple reply with data to a read"));
+            }
             let mut data = vec![0u8; len as usize];
             rd.read_exact(&mut data)?;
             Ok(data)
@@ -948,6 +1018,120 @@ impl Inner {
         };
         self.complete(handle, res);
         Ok(())
+    }
+
+    /// One structured reply chunk; the request completes with the chunk
+    /// flagged DONE.
+    fn structured_chunk(&self, rd: &mut BufReader<Stream>, gen: u64) -> io::Result<()> {
+        let mut h = [0u8; 16];
+        rd.read_exact(&mut h)?;
+        let flags = be_u16(&h);
+        let typ = be_u16(&h[2..]);
+        let handle = be_u64(&h[4..]);
+        let length = be_u32(&h[12..]);
+        let (cmd, offset, len) = self.lookup(handle, gen)?;
+        if u64::from(length) > u64::from(len) + (64 << 10) {
+            return Err(proto(format!("reply chunk of {length} bytes")));
+        }
+        let req_end = offset + u64::from(len);
+        match typ {
+            REPLY_TYPE_NONE if length == 0 => {}
+            REPLY_TYPE_OFFSET_DATA if cmd == CMD_READ && length >= 8 => {
+                let mut o = [0u8; 8];
+                rd.read_exact(&mut o)?;
+                let at = be_u64(&o);
+                let n = u64::from(length - 8);
+                if at < offset || at > req_end || n > req_end - at {
+                    return Err(proto("data chunk outside the request"));
+                }
+                let mut buf = self.take_partial(handle, len);
+                let s = (at - offset) as usize;
+                rd.read_exact(&mut buf[s..s + n as usize])?;
+                self.put_partial(handle, buf, n);
+            }
+            REPLY_TYPE_OFFSET_HOLE if cmd == CMD_READ && length == 12 => {
+                let mut o = [0u8; 12];
+                rd.read_exact(&mut o)?;
+                let at = be_u64(&o);
+                let n = u64::from(be_u32(&o[8..]));
+                if at < offset || at > req_end || n > req_end - at {
+                    return Err(proto("hole chunk outside the request"));
+                }
+                let mut buf = self.take_partial(handle, len);
+                let s = (at - offset) as usize;
+                buf[s..s + n as usize].fill(0);
+                self.put_partial(handle, buf, n);
+            }
+            t if t & REPLY_TYPE_ERROR_BIT != 0 && length >= 6 => {
+                let mut d = vec![0u8; length as usize];
+                rd.read_exact(&mut d)?;
+                let error = be_u32(&d);
+                if error == NBD_ESHUTDOWN {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "server is shutting down (ESHUTDOWN)",
+                    ));
+                }
+                let mlen = (be_u16(&d[4..]) as usize).min(d.len() - 6);
+                let text = String::from_utf8_lossy(&d[6..6 + mlen]).into_owned();
+                let e = self.server_error(error, cmd, offset, len, &text);
+                let mut st = lock(&self.state);
+                if let Some(r) = st.pending.get_mut(&handle) {
+                    r.chunk_err.get_or_insert(e);
+                }
+            }
+            t if t & REPLY_TYPE_ERROR_BIT != 0 => {
+                return Err(proto(format!("error chunk of {length} bytes")))
+            }
+            REPLY_TYPE_NONE | REPLY_TYPE_OFFSET_DATA | REPLY_TYPE_OFFSET_HOLE => {
+                return Err(proto(format!(
+                    "reply chunk type {typ} of {length} bytes to {}",
+                    cmd_name(cmd)
+                )))
+            }
+            _ => {
+                // An informational chunk we do not know: skip it.
+                let mut d = vec![0u8; length as usize];
+                rd.read_exact(&mut d)?;
+            }
+        }
+        if flags & REPLY_FLAG_DONE != 0 {
+            let (partial, covered, err) = {
+                let mut st = lock(&self.state);
+                match st.pending.get_mut(&handle) {
+                    Some(r) => (r.partial.take(), r.covered, r.chunk_err.take()),
+                    None => return Ok(()),
+                }
+            };
+            let res = match err {
+                Some(e) => Err(e),
+                None if cmd != CMD_READ => Ok(Vec::new()),
+                None if covered != u64::from(len) => {
+                    return Err(proto(format!(
+                        "read reply covered {covered} of {len} bytes"
+                    )))
+                }
+                None => Ok(partial.unwrap_or_else(|| vec![0u8; len as usize])),
+            };
+            self.complete(handle, res);
+        }
+        Ok(())
+    }
+
+    fn take_partial(&self, handle: u64, len: u32) -> Vec<u8> {
+        let mut st = lock(&self.state);
+        st.pending
+            .get_mut(&handle)
+            .and_then(|r| r.partial.take())
+            .unwrap_or_else(|| vec![0u8; len as usize])
+    }
+
+    fn put_partial(&self, handle: u64, buf: Vec<u8>, covered: u64) {
+        let mut st = lock(&self.state);
+        if let Some(r) = st.pending.get_mut(&handle) {
+            r.partial = Some(buf);
+            r.covered += covered;
+        }
     }
 
     fn disconnected(&self, gen: u64) {
@@ -967,7 +1151,7 @@ impl Inner {
 
     /// Reconnect with exponential backoff; resend what is pending. `None`
     /// when the device is being closed.
-    fn reconnect(self: &Arc<Self>) -> Option<(Stream, u64)> {
+    fn reconnect(self: &Arc<Self>) -> Option<(Stream, u64, bool)> {
         let mut delay = Duration::from_millis(50);
         let mut attempt = 0u32;
         loop {
@@ -978,9 +1162,9 @@ impl Inner {
             match connect_once(&self.cfg) {
                 Ok((s, info)) if info.size == self.info.size => match self.install(s) {
                     Ok(None) => return None,
-                    Ok(Some(c)) => {
+                    Ok(Some((rd, gen))) => {
                         tracing::warn!("{}: reconnected (attempt {attempt})", self.uri());
-                        return Some(c);
+                        return Some((rd, gen, info.structured));
                     }
                     Err(e) => tracing::warn!("{}: reconnect: {e}", self.uri()),
                 },
@@ -1028,12 +1212,16 @@ impl Inner {
         st.connected = true;
         st.ctl = Some(ctl);
         st.pending.retain(|_, r| !r.abandoned);
-        let mut resend: Vec<u64> = st
-            .pending
-            .iter()
-            .filter(|(_, r)| r.done.is_none())
-            .map(|(h, _)| *h)
-            .collect();
+        let mut resend = Vec::new();
+        for (h, r) in st.pending.iter_mut() {
+            if r.done.is_none() {
+                // Whatever chunks arrived on the old connection are void.
+                r.partial = None;
+                r.covered = 0;
+                r.chunk_err = None;
+                resend.push(*h);
+            }
+        }
         resend.sort_unstable();
         drop(st);
         *w = Some(Writer { stream: s, gen });
