@@ -136,10 +136,11 @@ impl Gfs2Fuse {
 impl fuser::Filesystem for Gfs2Fuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_readahead(1 << 20);
-        // Plain readdir: listing a big directory needs names only, and
-        // lookups (for `ls -l`) are cheap; readdirplus would stat every
-        // entry of a 100,000-entry listing.
-        let mut caps = InitFlags::FUSE_PARALLEL_DIROPS;
+        // readdirplus only when the kernel sees it pays (AUTO): listing a
+        // big directory needs names only.
+        let mut caps = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS;
         if self.fs.options().acl {
             caps |= InitFlags::FUSE_POSIX_ACL;
         }
