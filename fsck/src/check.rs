@@ -118,6 +118,8 @@ pub struct Fsck {
     local_statfs: Vec<u64>,
     jindex: u64,
     per_node: u64,
+    /// File data blocks taken back as metadata by their rightful owner.
+    stolen: std::collections::HashSet<u64>,
     /// Resource group to allocate from first, and the last block allocated.
     alloc_hint: usize,
     alloc_last: u64,
@@ -260,6 +262,7 @@ impl Fsck {
             local_statfs: Vec::new(),
             jindex: 0,
             per_node: 0,
+            stolen: Default::default(),
             alloc_hint: usize::MAX,
             alloc_last: 0,
             journals: Vec::new(),
@@ -1239,6 +1242,12 @@ impl Fsck {
         self.inodes[idx as usize].parent = parent_addr;
         self.inodes[idx as usize].quota_change =
             parent_addr == self.per_node && rf.name.starts_with("quota_change");
+        if parent_addr == self.sb.master_dir.addr
+            || parent_addr == self.jindex
+            || parent_addr == self.per_node
+        {
+            self.check_system(addr, &rf.name)?;
+        }
         self.check_de_type(&rf, ifmt_to_dt(di.mode), &label)?;
         self.inspect(idx)
     }
@@ -1339,7 +1348,12 @@ impl Fsck {
                 continue;
             }
             if let Err(e) = self.claim(*p, idx, W_USED) {
-                if self
+                if self.try_steal(*p, idx, metatype::IN) {
+                    self.r.problem(
+                        &format!("{label}: indirect block {p} is also another file's data; that file gets a copy"),
+                        true,
+                    );
+                } else if self
                     .r
                     .problem(&format!("{label}: indirect pointer: {e}"), true)
                 {
@@ -1473,6 +1487,51 @@ impl Fsck {
         Ok(())
     }
 
+    /// System inodes carry the SYSTEM flag; the small ones have fixed sizes.
+    fn check_system(&mut self, addr: u64, name: &str) -> Res<()> {
+        let (mut di, _) = self.dinode(addr)?;
+        let mut dirty = false;
+        if di.flags & dif::SYSTEM == 0
+            && self.r.problem(
+                &format!("System inode {name} ({addr}) is missing the system flag"),
+                true,
+            )
+        {
+            di.flags |= dif::SYSTEM;
+            dirty = true;
+        }
+        let size = if name == "inum" {
+            Some(8)
+        } else if name == "statfs" || name.starts_with("statfs_change") {
+            Some(24)
+        } else if name.starts_with("inum_range") {
+            Some(16)
+        } else {
+            None
+        };
+        if let Some(sz) = size {
+            if di.size != sz
+                && di.height == 0
+                && self.r.problem(
+                    &format!(
+                        "System file {name} ({addr}) has size {}, should be {sz}",
+                        di.size
+                    ),
+                    true,
+                )
+            {
+                di.size = sz;
+                dirty = true;
+            }
+        }
+        if dirty {
+            let mut b = self.read(addr)?;
+            di.write(&mut b)?;
+            self.write(addr, b);
+        }
+        Ok(())
+    }
+
     /// Give every block of a journal that its map lost a new (zeroed) block,
     /// making indirect blocks where they are missing.
     fn fill_journal_holes(&mut self, idx: u32, di: &Dinode, data: &mut Vec<(u64, u64)>) -> Res<()> {
@@ -1540,6 +1599,73 @@ impl Fsck {
             put_be64(&mut b, base + 8 * slot as usize, nb);
             self.write(blk, b);
             data.push((l, nb));
+        }
+        Ok(())
+    }
+
+    /// A metadata block of the right type that a file claimed as data first:
+    /// it goes to `idx`, and the file is given a copy after the walk.
+    fn try_steal(&mut self, blk: u64, idx: u32, mh_type: u32) -> bool {
+        if self.rg_of(blk).is_some()
+            && want_get(&self.want, blk) == W_USED
+            && self.owner_of(blk).is_none()
+            && self.read(blk).is_ok_and(|b| meta_ok(&b, mh_type))
+        {
+            self.owner.insert(blk, idx);
+            self.inodes[idx as usize].blocks += 1;
+            self.stolen.insert(blk);
+            return true;
+        }
+        false
+    }
+
+    /// Give the files whose data blocks were taken back as metadata their
+    /// own copies (a journal gets zeroed blocks).
+    pub fn resolve_stolen(&mut self) -> Res<()> {
+        if self.stolen.is_empty() || !self.r.repairing() {
+            return Ok(());
+        }
+        for i in 0..self.inodes.len() {
+            let (addr, is_dir, parent) = {
+                let ino = &self.inodes[i];
+                (ino.addr, ino.is_dir, ino.parent)
+            };
+            if is_dir {
+                continue;
+            }
+            let Ok((di, buf)) = self.dinode(addr) else {
+                continue;
+            };
+            if di.height == 0 {
+                continue;
+            }
+            let journal = parent == self.jindex;
+            let t = self.tree_ex(&di, &buf, addr, journal)?;
+            for (_, p, loc) in t.data {
+                if !self.stolen.contains(&p)
+                    || (loc.block != addr && self.owner_of(loc.block) != Some(i as u32))
+                {
+                    continue;
+                }
+                match self.alloc(i as u32, false) {
+                    Some(nb) => {
+                        let content = if journal {
+                            vec![0u8; self.bsize as usize]
+                        } else {
+                            self.read(p)?
+                        };
+                        self.write(nb, content);
+                        let mut b = self.read(loc.block)?;
+                        put_be64(&mut b, loc.off, nb);
+                        self.write(loc.block, b);
+                        self.inodes[i].blocks -= 1;
+                    }
+                    None => {
+                        self.zero_ptr(loc)?;
+                        self.inodes[i].blocks -= 1;
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -1750,17 +1876,25 @@ impl Fsck {
             while cur != 0 {
                 hops += 1;
                 if let Err(e) = self.claim(cur, idx, W_USED) {
-                    if self.r.problem(&format!("{label}: leaf {e}"), true) {
-                        match prev {
-                            Some(pb) => {
+                    if self.try_steal(cur, idx, metatype::LF) {
+                        self.r.problem(
+                            &format!("{label}: leaf {cur} is also another file's data; that file gets a copy"),
+                            true,
+                        );
+                    } else {
+                        // A chain link can be cut; a table slot cannot.
+                        if self
+                            .r
+                            .problem(&format!("{label}: leaf {e}"), prev.is_some())
+                        {
+                            if let Some(pb) = prev {
                                 let mut b = self.read(pb)?;
                                 put_be64(&mut b, 32, 0);
                                 self.write(pb, b);
                             }
-                            None => { /* table slot: leave it, reported */ }
                         }
+                        break;
                     }
-                    break;
                 }
                 let b = self.read(cur)?;
                 if !meta_ok(&b, metatype::LF) || hops > 1000 {
@@ -2672,6 +2806,7 @@ impl Fsck {
         self.check_journals()?;
         self.walk()?;
         self.orphans()?;
+        self.resolve_stolen()?;
         self.check_counts()?;
         self.check_bitmaps()?;
         self.check_deferred_journals()?;

@@ -43,8 +43,9 @@ fn main() {
     };
     let res = f.run();
     if let Err(e) = res {
+        // Repairs made so far stay unwritten: half of them could leave the
+        // filesystem less consistent than it was.
         eprintln!("fsck.gfs2: {}", e.0);
-        let _ = f.flush();
         std::process::exit(8);
     }
     let r = &f.r;
