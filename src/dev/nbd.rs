@@ -745,11 +745,18 @@ impl NbdDevice {
     fn read_aligned(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let chunk = self.inner.chunk as usize;
         let mut handles = Vec::with_capacity(buf.len().div_ceil(chunk));
+        let mut first_err = None;
         for (i, c) in buf.chunks(chunk).enumerate() {
             let off = offset + (i * chunk) as u64;
-            handles.push(self.inner.submit(CMD_READ, off, c.len() as u32, None)?);
+            match self.inner.submit(CMD_READ, off, c.len() as u32, None) {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    first_err = Some(e);
+                    break;
+                }
+            }
         }
-        let mut first_err = None;
+        // Every submitted chunk is waited for, even after an error.
         for ((h, t), c) in handles.into_iter().zip(buf.chunks_mut(chunk)) {
             match self.inner.wait(h, t) {
                 Ok(d) if d.len() == c.len() => c.copy_from_slice(&d),
@@ -767,14 +774,20 @@ impl NbdDevice {
     fn write_aligned(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let chunk = self.inner.chunk as usize;
         let mut handles = Vec::with_capacity(buf.len().div_ceil(chunk));
+        let mut first_err = None;
         for (i, c) in buf.chunks(chunk).enumerate() {
             let off = offset + (i * chunk) as u64;
-            handles.push(
-                self.inner
-                    .submit(CMD_WRITE, off, c.len() as u32, Some(Arc::from(c)))?,
-            );
+            match self
+                .inner
+                .submit(CMD_WRITE, off, c.len() as u32, Some(Arc::from(c)))
+            {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    first_err = Some(e);
+                    break;
+                }
+            }
         }
-        let mut first_err = None;
         for (h, t) in handles {
             if let Err(e) = self.inner.wait(h, t) {
                 first_err.get_or_insert(e);
@@ -828,8 +841,11 @@ impl Inner {
             );
             h
         };
+        // The deadline counts from here: time spent queueing behind other
+        // senders is part of the wait.
+        let t = Instant::now();
         self.send_pending(handle);
-        Ok((handle, Instant::now()))
+        Ok((handle, t))
     }
 
     /// Send one queued request on the live connection unless it already went.
