@@ -1207,14 +1207,57 @@ impl Fsck {
                 _ => Some("points at a block that is not an inode".into()),
             }
         };
+        let system = parent_addr == self.sb.master_dir.addr
+            || parent_addr == self.jindex
+            || parent_addr == self.per_node;
         if let Some(why) = bad {
-            if self
-                .r
-                .problem(&format!("{label}: {why}; removing the entry"), true)
-            {
-                self.del_dirent(rf.at)?;
+            if system {
+                // Removing a system file's entry only makes the next run
+                // fail: rebuild the small ones, leave the others.
+                let size = match rf.name.as_str() {
+                    "inum" => Some(8),
+                    "statfs" => Some(24),
+                    n if n.starts_with("statfs_change") => Some(24),
+                    n if n.starts_with("inum_range") => Some(16),
+                    _ => None,
+                };
+                let free = self.rg_of(addr).is_some() && want_get(&self.want, addr) == W_FREE;
+                let Some(size) = size.filter(|_| free) else {
+                    self.r.problem(&format!("System {label}: {why}"), false);
+                    return Ok(());
+                };
+                if !self
+                    .r
+                    .problem(&format!("System {label}: {why}; rebuilding it"), true)
+                {
+                    return Ok(());
+                }
+                let di = Dinode {
+                    num: Inum {
+                        formal_ino: rf.inum.formal_ino,
+                        addr,
+                    },
+                    mode: 0o100600,
+                    nlink: 1,
+                    size,
+                    blocks: 1,
+                    goal_meta: addr,
+                    goal_data: addr,
+                    flags: dif::SYSTEM | dif::JDATA,
+                    ..Dinode::default()
+                };
+                let mut b = vec![0u8; self.bsize as usize];
+                di.write(&mut b)?;
+                self.write(addr, b);
+            } else {
+                if self
+                    .r
+                    .problem(&format!("{label}: {why}; removing the entry"), true)
+                {
+                    self.del_dirent(rf.at)?;
+                }
+                return Ok(());
             }
-            return Ok(());
         }
         if let Some(m) = fix_mode {
             if self.r.problem(
