@@ -1375,3 +1375,187 @@ impl BlockDevice for NbdDevice {
         self.inner.cfg.uri()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn block_sizes_are_sanitised() {
+        let i = sane_sizes(1 << 20, 1, 512, 4096, 1 << 20);
+        assert_eq!(
+            (i.min_block, i.pref_block, i.max_payload),
+            (512, 4096, 1 << 20)
+        );
+        // Not powers of two; maximum below preferred.
+        let i = sane_sizes(1 << 20, 1, 3, 100, 3000);
+        assert_eq!(
+            (i.min_block, i.pref_block, i.max_payload),
+            (1, 4096, u32::MAX)
+        );
+        let i = sane_sizes(1 << 20, 1, 8192, 4096, 12288);
+        assert_eq!(
+            (i.min_block, i.pref_block, i.max_payload),
+            (8192, 8192, u32::MAX)
+        );
+        let i = sane_sizes(1 << 20, 1, 1 << 17, 1 << 17, u32::MAX);
+        assert_eq!(i.min_block, 1, "minimum above 64 KiB is invalid");
+    }
+
+    #[test]
+    fn uris() {
+        let mut c = NbdConfig::new(
+            NbdAddr::Tcp {
+                host: "h".into(),
+                port: 1,
+            },
+            "e",
+        );
+        assert_eq!(c.uri(), "nbd://h:1/e");
+        c.addr = NbdAddr::Unix("/s".into());
+        assert_eq!(c.uri(), "nbd+unix:///e?socket=/s");
+    }
+
+    /// A minimal fixed-newstyle server over memory: no structured replies,
+    /// answers the first `shutdowns` writes with ESHUTDOWN and hangs up.
+    fn fake_server(size: usize, shutdowns: usize) -> (u16, Arc<Mutex<Vec<u8>>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mem = Arc::new(Mutex::new(vec![0u8; size]));
+        let left = Arc::new(AtomicUsize::new(shutdowns));
+        let m2 = mem.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                let (mem, left) = (m2.clone(), left.clone());
+                std::thread::spawn(move || serve(&mut s, size as u64, &mem, &left));
+            }
+        });
+        (port, mem)
+    }
+
+    fn serve(
+        s: &mut TcpStream,
+        size: u64,
+        mem: &Mutex<Vec<u8>>,
+        left: &AtomicUsize,
+    ) -> io::Result<()> {
+        let reply = |s: &mut TcpStream, opt: u32, t: u32, d: &[u8]| {
+            let mut m = OPT_REPLY_MAGIC.to_be_bytes().to_vec();
+            m.extend_from_slice(&opt.to_be_bytes());
+            m.extend_from_slice(&t.to_be_bytes());
+            m.extend_from_slice(&(d.len() as u32).to_be_bytes());
+            m.extend_from_slice(d);
+            s.write_all(&m)
+        };
+        let mut hello = NBDMAGIC.to_be_bytes().to_vec();
+        hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
+        hello.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
+        s.write_all(&hello)?;
+        let mut b4 = [0u8; 4];
+        s.read_exact(&mut b4)?;
+        loop {
+            let mut h = [0u8; 16];
+            s.read_exact(&mut h)?;
+            let opt = be_u32(&h[8..]);
+            let mut d = vec![0u8; be_u32(&h[12..]) as usize];
+            s.read_exact(&mut d)?;
+            if opt != OPT_GO {
+                reply(s, opt, REP_ERR_UNSUP, b"")?;
+                continue;
+            }
+            let mut info = INFO_EXPORT.to_be_bytes().to_vec();
+            info.extend_from_slice(&size.to_be_bytes());
+            info.extend_from_slice(&(TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH).to_be_bytes());
+            reply(s, opt, REP_INFO, &info)?;
+            reply(s, opt, REP_ACK, b"")?;
+            break;
+        }
+        loop {
+            let mut h = [0u8; 28];
+            s.read_exact(&mut h)?;
+            let cmd = be_u16(&h[6..]);
+            let handle = be_u64(&h[8..]);
+            let off = be_u64(&h[16..]) as usize;
+            let len = be_u32(&h[24..]) as usize;
+            let mut r = SIMPLE_REPLY_MAGIC.to_be_bytes().to_vec();
+            match cmd {
+                CMD_WRITE => {
+                    let mut d = vec![0u8; len];
+                    s.read_exact(&mut d)?;
+                    if left.load(Ordering::SeqCst) > 0 {
+                        left.fetch_sub(1, Ordering::SeqCst);
+                        r.extend_from_slice(&NBD_ESHUTDOWN.to_be_bytes());
+                        r.extend_from_slice(&handle.to_be_bytes());
+                        s.write_all(&r)?;
+                        return Ok(());
+                    }
+                    lock(mem)[off..off + len].copy_from_slice(&d);
+                    r.extend_from_slice(&0u32.to_be_bytes());
+                    r.extend_from_slice(&handle.to_be_bytes());
+                }
+                CMD_READ => {
+                    r.extend_from_slice(&0u32.to_be_bytes());
+                    r.extend_from_slice(&handle.to_be_bytes());
+                    r.extend_from_slice(&lock(mem)[off..off + len]);
+                }
+                CMD_DISC => return Ok(()),
+                _ => {
+                    r.extend_from_slice(&0u32.to_be_bytes());
+                    r.extend_from_slice(&handle.to_be_bytes());
+                }
+            }
+            s.write_all(&r)?;
+        }
+    }
+
+    fn tcp(port: u16) -> NbdConfig {
+        let mut c = NbdConfig::new(
+            NbdAddr::Tcp {
+                host: "127.0.0.1".into(),
+                port,
+            },
+            "",
+        );
+        c.timeout = Duration::from_secs(10);
+        c
+    }
+
+    #[test]
+    fn eshutdown_reply_is_retried_on_a_new_connection() {
+        let (port, mem) = fake_server(1 << 20, 2);
+        let dev = NbdDevice::connect(tcp(port)).unwrap();
+        assert!(!dev.info().structured);
+        dev.write_at(b"survives two shutdowns", 4096).unwrap();
+        assert_eq!(&lock(&mem)[4096..4096 + 22], b"survives two shutdowns");
+        assert_eq!(dev.reconnections().0, 2);
+        let mut b = [0u8; 8];
+        dev.read_at(&mut b, 4096).unwrap();
+        assert_eq!(&b, b"survives");
+        dev.flush().unwrap();
+    }
+
+    #[test]
+    fn oldstyle_and_garbage_servers_are_refused() {
+        for (first, second, kind) in [
+            (NBDMAGIC, OLDSTYLE_MAGIC, io::ErrorKind::Unsupported),
+            (0x1234, 0, io::ErrorKind::InvalidData),
+        ] {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = l.local_addr().unwrap().port();
+            std::thread::spawn(move || {
+                if let Ok((mut s, _)) = l.accept() {
+                    let mut m = first.to_be_bytes().to_vec();
+                    m.extend_from_slice(&second.to_be_bytes());
+                    m.extend_from_slice(&[0u8; 160]);
+                    let _ = s.write_all(&m);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            });
+            let e = NbdDevice::connect(tcp(port)).err().unwrap();
+            assert_eq!(e.kind(), kind, "{e}");
+        }
+    }
+}
