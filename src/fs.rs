@@ -232,7 +232,14 @@ impl Fs {
         if info.first {
             fs.glocks.lockspace().first_done()?;
         }
-        if !fs.opts.read_only && !fs.opts.spectator && !fs.opts.device_read_only {
+        // `norecovery` is the kernel's alias of `spectator`: no journal of
+        // our own, so no writes (writing on an unreplayed journal would
+        // mark it clean and lose the crashed node's transactions).
+        if !fs.opts.read_only
+            && !fs.opts.spectator
+            && !fs.opts.norecovery
+            && !fs.opts.device_read_only
+        {
             fs.writer = Some(std::sync::Mutex::new(fs.open_writer()?));
         }
         drop(mount_gh);

@@ -49,6 +49,12 @@ impl LogWriter {
     ) -> Result<Self> {
         let head = recovery::find_head(dev.as_ref(), bsize, &extents)
             .map_err(|e| FsError::Mount(format!("journal {}: {e}", hdr.writer_jid)))?;
+        if !head.is_clean() {
+            return Err(FsError::Mount(format!(
+                "journal {} is dirty and was not replayed; mount read-only or let recovery run",
+                hdr.writer_jid
+            )));
+        }
         let blocks = JournalMap::new(dev.as_ref(), bsize, &extents)
             .map_err(|e| FsError::Mount(format!("journal {}: {e}", hdr.writer_jid)))?
             .blocks();
