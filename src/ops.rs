@@ -94,7 +94,7 @@ impl Fs {
     pub(crate) fn modify<T>(
         &self,
         inodes: &[u64],
-        f: impl FnOnce(&mut Txn<'_>, Alloc<'_>, &mut HashMap<u64, u32>) -> Result<T>,
+        mut f: impl FnMut(&mut Txn<'_>, Alloc<'_>, &mut HashMap<u64, u32>) -> Result<T>,
     ) -> Result<T> {
         let w = self.writer().ok_or(errno(libc::EROFS))?;
         let mut wg = w.lock().unwrap_or_else(|e| e.into_inner());
@@ -106,28 +106,42 @@ impl Fs {
             holders.push(self.glocks().acquire(glock(ino), Mode::EX)?);
         }
         let wr = &mut *wg;
-        let mut tx = Txn::new(self.cache());
-        let al = Alloc {
-            rindex: &wr.rindex,
-            busy: &wr.busy,
-        };
-        let r = f(&mut tx, al, &mut wr.open)?;
-        if tx.statfs != Default::default() {
-            let ino = wr.master_statfs;
-            let d = tx.statfs;
-            let b = tx.get_mut(glock(ino), ino, mt::DI)?;
-            let mut sc = StatfsChange::parse(&b[DINODE_SIZE..])?;
-            sc.free += d.free;
-            sc.dinodes += d.dinodes;
-            sc.write(&mut b[DINODE_SIZE..])?;
+        let mut retried = false;
+        loop {
+            let mut tx = Txn::new(self.cache());
+            let al = Alloc {
+                rindex: &wr.rindex,
+                busy: &wr.busy,
+            };
+            let r = match f(&mut tx, al, &mut wr.open) {
+                Ok(r) => r,
+                // Blocks freed since the last flush become usable after it,
+                // as in the kernel, which flushes the log when it runs out.
+                Err(e) if e.errno() == libc::ENOSPC && !retried && !wr.busy.is_empty() => {
+                    drop(tx);
+                    self.flush_locked(wr)?;
+                    retried = true;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if tx.statfs != Default::default() {
+                let ino = wr.master_statfs;
+                let d = tx.statfs;
+                let b = tx.get_mut(glock(ino), ino, mt::DI)?;
+                let mut sc = StatfsChange::parse(&b[DINODE_SIZE..])?;
+                sc.free += d.free;
+                sc.dinodes += d.dinodes;
+                sc.write(&mut b[DINODE_SIZE..])?;
+            }
+            let freed = tx.publish();
+            wr.busy.extend(freed);
+            if self.cache().dirty_len() > wr.log.capacity() / 2 {
+                Self::flush_locked(self, wr)?;
+            }
+            drop(holders);
+            return Ok(r);
         }
-        let freed = tx.publish();
-        wr.busy.extend(freed);
-        if self.cache().dirty_len() > wr.log.capacity() / 2 {
-            Self::flush_locked(self, wr)?;
-        }
-        drop(holders);
-        Ok(r)
     }
 
     fn flush_locked(&self, wr: &mut Writer) -> Result<()> {

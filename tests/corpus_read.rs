@@ -77,23 +77,7 @@ fn with_mount<T>(img: &Path, opts: &str, tag: &str, f: impl FnOnce(&Path) -> T) 
     let g = MountGuard(mnt.0.clone());
     let r = f(&mnt.0);
     drop(g);
-    // Wait for the daemon to finish its unmount (journal header).
-    for _ in 0..400 {
-        let busy = std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|e| {
-                std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
-                    let s = String::from_utf8_lossy(&c);
-                    s.contains("gfs2-fuse") && s.contains(mnt.0.to_str().unwrap_or("?"))
-                })
-            });
-        if !busy {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(25));
-    }
+    wait_daemon_gone(&mnt.0);
     r
 }
 

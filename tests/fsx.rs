@@ -47,26 +47,6 @@ fn mount(img: &Path, mnt: &Path) -> MountGuard {
     MountGuard(mnt.to_path_buf())
 }
 
-fn wait_gone(mnt: &Path) {
-    for _ in 0..400 {
-        let busy = std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|e| {
-                std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
-                    let s = String::from_utf8_lossy(&c);
-                    s.contains("gfs2-fuse") && s.contains(mnt.to_str().unwrap_or("?"))
-                })
-            });
-        if !busy {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("daemon did not exit");
-}
-
 /// One file under test and its model.
 struct Subject {
     name: String,
@@ -236,7 +216,7 @@ fn random_io_matches_the_model() {
         }
         assert!(ops > 500, "only {ops} operations in {secs} s");
         drop(g);
-        wait_gone(&mnt.0);
+        wait_daemon_gone(&mnt.0);
         let out = Command::new(tool("fsck.gfs2"))
             .arg("-n")
             .arg(&img.0)
@@ -254,6 +234,6 @@ fn random_io_matches_the_model() {
             assert!(data == s.model, "{} differs after remount", s.name);
         }
         drop(g);
-        wait_gone(&mnt.0);
+        wait_daemon_gone(&mnt.0);
     }
 }

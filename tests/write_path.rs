@@ -120,25 +120,7 @@ fn unmount(g: MountGuard, mnt: &Path) {
         }
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
-    // The daemon writes the clean journal header before it exits; wait for
-    // every gfs2-fuse serving this mountpoint to go away.
-    for _ in 0..400 {
-        let busy = std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|e| {
-                std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
-                    let s = String::from_utf8_lossy(&c);
-                    s.contains("gfs2-fuse") && s.contains(mnt.to_str().unwrap_or("?"))
-                })
-            });
-        if !busy {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(25));
-    }
-    panic!("gfs2-fuse did not exit after unmount of {}", mnt.display());
+    wait_daemon_gone(mnt);
 }
 
 fn fsck_clean(img: &Path, what: &str) {

@@ -214,3 +214,27 @@ pub fn walk(fs: &gfs2fuse::fs::Fs, start: u64, max_inodes: usize) -> (usize, usi
     (ok, errs)
 }
 pub mod kvm;
+
+/// Wait until no `gfs2-fuse` process serving `mnt` is left: the daemon
+/// finishes its unmount (log flush, clean journal header) after the kernel
+/// has already detached the mount.
+pub fn wait_daemon_gone(mnt: &Path) {
+    let want = mnt.to_string_lossy().into_owned();
+    for _ in 0..800 {
+        let busy = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                    let s = String::from_utf8_lossy(&c);
+                    s.contains("gfs2-fuse") && s.contains(want.as_str())
+                })
+            });
+        if !busy {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("gfs2-fuse still serving {want} 20 s after unmount");
+}
