@@ -1109,13 +1109,21 @@ impl Fsck {
                     self.inspect(idx)?;
                 }
                 _ => {
-                    self.r.problem(
-                        &format!(
-                            "The {what} directory at block {} is not a valid directory",
-                            inum.addr
-                        ),
-                        false,
+                    // A destroyed root is made again, empty: what it held
+                    // is found as orphans and goes to lost+found.
+                    let can = what == "root" && want_get(&self.want, inum.addr) == W_FREE;
+                    let msg = format!(
+                        "The {what} directory at block {} is not a valid directory{}",
+                        inum.addr,
+                        if can { "; making a new, empty one" } else { "" }
                     );
+                    if self.r.problem(&msg, can) {
+                        let (di, b) = self.empty_dir(inum, inum, 0o40755)?;
+                        self.write(inum.addr, b);
+                        let idx = self.add_inode(&di, inum.addr);
+                        self.inodes[idx as usize].links = 0;
+                        self.inspect(idx)?;
+                    }
                 }
             }
             while let Some(rf) = self.queue.pop_front() {
@@ -2339,10 +2347,6 @@ impl Fsck {
             return Ok(None);
         };
         let formal = self.inodes.iter().map(|i| i.formal).max().unwrap_or(0) + 1;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
         let inum = Inum {
             formal_ino: formal,
             addr,
@@ -2351,26 +2355,7 @@ impl Fsck {
             formal_ino: self.inodes[ridx as usize].formal,
             addr: root,
         };
-        let di = Dinode {
-            num: inum,
-            mode: 0o40700,
-            nlink: 2,
-            size: layout::stuffed_max(self.bsize),
-            blocks: 1,
-            atime: now,
-            mtime: now,
-            ctime: now,
-            goal_meta: addr,
-            goal_data: addr,
-            payload_format: format::DE,
-            entries: 2,
-            ..Dinode::default()
-        };
-        let mut b = vec![0u8; self.bsize as usize];
-        di.write(&mut b)?;
-        let dot = Entry::new(".", inum, dt::DIR);
-        let dotdot = Entry::new("..", rinum, dt::DIR);
-        dirlayout::pack(&mut b[Dinode::SIZE..], &[&dot, &dotdot]).map_err(Fatal)?;
+        let (di, b) = self.empty_dir(inum, rinum, 0o40700)?;
         let dotdot_off = Dinode::SIZE + dirent_size(1);
         let Some(at) = self.insert_dirent(ridx, b"lost+found", inum, dt::DIR)? else {
             return Ok(None);
@@ -2390,6 +2375,35 @@ impl Fsck {
         d.has_dot = true;
         let _ = at;
         Ok(Some(idx))
+    }
+
+    /// A stuffed directory holding only '.' and '..'.
+    fn empty_dir(&self, inum: Inum, parent: Inum, mode: u32) -> Res<(Dinode, Vec<u8>)> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let di = Dinode {
+            num: inum,
+            mode,
+            nlink: 2,
+            size: layout::stuffed_max(self.bsize),
+            blocks: 1,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            goal_meta: inum.addr,
+            goal_data: inum.addr,
+            payload_format: format::DE,
+            entries: 2,
+            ..Dinode::default()
+        };
+        let mut b = vec![0u8; self.bsize as usize];
+        di.write(&mut b)?;
+        let dot = Entry::new(".", inum, dt::DIR);
+        let dotdot = Entry::new("..", parent, dt::DIR);
+        dirlayout::pack(&mut b[Dinode::SIZE..], &[&dot, &dotdot]).map_err(Fatal)?;
+        Ok((di, b))
     }
 
     /// Add an entry to a directory where its hash says, if there is room.

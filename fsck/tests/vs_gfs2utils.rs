@@ -573,6 +573,10 @@ fn corruption_scenarios() {
         fs.poke(dir, 148, &n.to_be_bytes());
         fs.poke(dir, 52, &(fs.dinode(dir).nlink - 1).to_be_bytes());
     });
+    // gfs2-utils -n stops with 8 ("Cannot continue without valid root inode").
+    scenario(b, "destroyed root directory", Oracle::Exit(&[4, 8]), |fs| {
+        fs.poke(fs.root, 0, &vec![0u8; fs.bs as usize]);
+    });
     scenario(b, "orphaned directory", Oracle::Exit(&[4]), |fs| {
         fs.del_entry(fs.root, "dir1");
     });
