@@ -139,15 +139,13 @@ fn mount(a: &mut Args) -> Result<fuser::Session<fuse::Gfs2Fuse>> {
         .with_context(|| format!("FUSE mount on {}", a.mountpoint.display()))
 }
 
-/// SIGTERM, SIGINT and SIGHUP unmount the filesystem instead of killing the
-/// daemon: the serving loop then ends, `destroy` flushes everything and
-/// leaves the journal clean, as `fusermount3 -u` would. The signals are
-/// blocked before any serving thread exists (threads inherit the mask) and
-/// taken synchronously by one watcher thread.
-fn unmount_on_signal<FS: fuser::Filesystem>(s: &mut fuser::Session<FS>) {
-    let mut unmounter = s.unmount_callable();
+/// The signals that unmount: blocked in every thread (call this before any
+/// thread exists: the commit timer, device reader threads and serving
+/// threads inherit the mask) and taken by the watcher of
+/// [`unmount_on_signal`].
+fn block_unmount_signals() -> libc::sigset_t {
     // SAFETY: plain signal-set manipulation on a local sigset_t.
-    let set = unsafe {
+    unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
@@ -155,7 +153,16 @@ fn unmount_on_signal<FS: fuser::Filesystem>(s: &mut fuser::Session<FS>) {
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
-    };
+    }
+}
+
+/// SIGTERM, SIGINT and SIGHUP unmount the filesystem instead of killing the
+/// daemon: the serving loop then ends, `destroy` flushes everything and
+/// leaves the journal clean, as `fusermount3 -u` would. The signals were
+/// blocked by [`block_unmount_signals`]; one watcher thread takes them.
+fn unmount_on_signal<FS: fuser::Filesystem>(s: &mut fuser::Session<FS>) {
+    let mut unmounter = s.unmount_callable();
+    let set = block_unmount_signals();
     let spawned = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -190,6 +197,7 @@ fn main() {
         }
     };
     if args.foreground {
+        block_unmount_signals();
         match mount(&mut args) {
             Ok(mut s) => {
                 unmount_on_signal(&mut s);
@@ -232,6 +240,7 @@ fn main() {
     unsafe { libc::close(fds[0]) };
     let mut w = unsafe { std::fs::File::from_raw_fd(fds[1]) };
     unsafe { libc::setsid() };
+    block_unmount_signals();
     match mount(&mut args) {
         Ok(mut s) => {
             unmount_on_signal(&mut s);

@@ -92,8 +92,9 @@ fn mount_fuse3_form_and_errors_before_detaching() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(is_mounted(&mnt.0));
-    // Writing is refused until the write path exists.
-    assert!(std::fs::File::create(mnt.0.join("x")).is_err());
+    // A read-write mount: files can be created and read back.
+    std::fs::write(mnt.0.join("x"), b"written").unwrap();
+    assert_eq!(std::fs::read(mnt.0.join("x")).unwrap(), b"written");
 }
 
 fn field(text: &str, name: &str) -> u64 {
@@ -135,6 +136,9 @@ fn sigterm_unmounts_cleanly() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert!(std::fs::metadata(&mnt.0).unwrap().is_dir());
+    // Unflushed changes must survive the signal too.
+    std::fs::create_dir(mnt.0.join("made_before_sigterm")).unwrap();
+    std::fs::write(mnt.0.join("made_before_sigterm/f"), b"data").unwrap();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
