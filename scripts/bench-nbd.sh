@@ -51,7 +51,8 @@ for p in $(shuf -i 20000-60000 -n 50); do
     fi
 done
 [[ -n $port ]] || { echo "bench-nbd.sh: no free port" >&2; exit 1; }
-qemu-nbd -f raw -x exp -b 127.0.0.1 -p "$port" -e 8 -t "$img" &
+# (stderr to a log: the readiness probes make it complain)
+qemu-nbd -f raw -x exp -b 127.0.0.1 -p "$port" -e 8 -t "$img" 2>"$dir/qemu-nbd.log" &
 srv=$!
 for _ in $(seq 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
@@ -104,7 +105,7 @@ rate_small() {
 head -c "${SMALL_MB}M" "$src" >"$dir/small.img"
 # A second export of SMALL_MB MiB for nbdcopy to read whole.
 sport=$((port + 1))
-qemu-nbd -f raw -x exp -b 127.0.0.1 -p "$sport" -e 8 -t -r "$dir/small.img" &
+qemu-nbd -f raw -x exp -b 127.0.0.1 -p "$sport" -e 8 -t -r "$dir/small.img" 2>>"$dir/qemu-nbd.log" &
 srv2=$!
 for _ in $(seq 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$sport") 2>/dev/null && break
