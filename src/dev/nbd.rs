@@ -1151,6 +1151,17 @@ impl Inner {
     }
 
     fn disconnected(&self, gen: u64) {
+        // Shut the socket first: a sender blocked on it (say, after a
+        // protocol error on a healthy connection) fails at once and
+        // releases the writer.
+        {
+            let st = lock(&self.state);
+            if st.gen == gen {
+                if let Some(c) = &st.ctl {
+                    c.shutdown();
+                }
+            }
+        }
         let mut w = lock(&self.writer);
         if w.as_ref().is_some_and(|w| w.gen == gen) {
             if let Some(w) = w.take() {
