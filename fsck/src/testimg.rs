@@ -156,13 +156,50 @@ impl Image {
     fn entries(&self, dir: u64) -> Res<Vec<(String, Inum)>> {
         let b = self.read(dir)?;
         let d = Dinode::parse(&b).map_err(e)?;
+        let mut blocks = Vec::new();
         if d.is_exhash() {
-            return Err("exhash system directory not supported".into());
+            // The hash table: stuffed, or in JD blocks after their header.
+            let n = 1usize << d.depth.min(20);
+            let mut table = Vec::with_capacity(n);
+            if d.height == 0 {
+                for i in 0..n.min((b.len() - Dinode::SIZE) / 8) {
+                    table.push(be64(&b, Dinode::SIZE + 8 * i));
+                }
+            } else {
+                if d.height != 1 {
+                    return Err("exhash system directory taller than 1".into());
+                }
+                let mut i = 0;
+                while table.len() < n && Dinode::SIZE + 8 * i + 8 <= b.len() {
+                    let p = be64(&b, Dinode::SIZE + 8 * i);
+                    let jb = self.read(p)?;
+                    let mut o = MetaHeader::SIZE;
+                    while o + 8 <= jb.len() && table.len() < n {
+                        table.push(be64(&jb, o));
+                        o += 8;
+                    }
+                    i += 1;
+                }
+            }
+            table.dedup();
+            let mut seen = std::collections::BTreeSet::new();
+            for p in table {
+                if seen.insert(p) {
+                    blocks.push((self.read(p)?, Leaf::SIZE));
+                }
+            }
+        } else {
+            blocks.push((b, Dinode::SIZE));
         }
-        Ok(DirentIter::new(&b, Dinode::SIZE)
-            .flatten()
-            .filter(|x| !x.dirent.is_unused())
-            .map(|x| (String::from_utf8_lossy(x.name).into_owned(), x.dirent.inum))
+        Ok(blocks
+            .iter()
+            .flat_map(|(blk, start)| {
+                DirentIter::new(blk, *start)
+                    .flatten()
+                    .filter(|x| !x.dirent.is_unused())
+                    .map(|x| (String::from_utf8_lossy(x.name).into_owned(), x.dirent.inum))
+                    .collect::<Vec<_>>()
+            })
             .collect())
     }
 

@@ -413,7 +413,7 @@ fn clean_images_from_both_mkfs() {
             );
         }
     }
-    for bsize in [1024, 4096] {
+    for bsize in [512, 1024, 4096] {
         let t = base_image("pop", bsize);
         assert_clean_both(&t.0, &format!("populated -b {bsize}"));
     }
@@ -667,7 +667,12 @@ impl Rng {
 fn random_corruption_never_panics_and_converges() {
     // Small, so that each trial's copy is cheap: 64 MiB, one 8 MiB journal.
     let base = tmp("rnd");
-    mkfs_utils_j(&base.0, 64, 1024, 1, 8);
+    // FSCK_RANDOM_BSIZE picks another block size (default 1024).
+    let bsize = std::env::var("FSCK_RANDOM_BSIZE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1024);
+    mkfs_utils_j(&base.0, 64, bsize, 1, 8);
     testimg::populate(&base.0, 3, 120, 60_000).expect("populate");
     let fs = Fs::open(&base.0);
     // Metadata blocks: every block starting with the GFS2 magic, except
