@@ -970,3 +970,50 @@ fn server_errors_structured() {
 fn server_errors_simple() {
     server_errors(Kind::NbdkitInjectNoSr);
 }
+
+/// A FUSE mount over NBD whose server freezes longer than the timeout
+/// (`?timeout=2` in the device URI): the application's fsync fails with
+/// EIO in about the timeout instead of hanging; once the server thaws the
+/// mount works again, and the image is fsck-clean after unmount.
+#[test]
+fn fuse_mount_gives_eio_on_a_frozen_server_then_recovers() {
+    use std::io::Write;
+    let img = image("frz", 256);
+    let srv = Server::start(Kind::QemuNbd, &img.0, Listen::Tcp(free_port()));
+    our_mkfs(&srv.spec(), 4096);
+    let mnt = mountpoint("frz");
+    let spec = format!("{}?timeout=2", srv.spec());
+    let mut child = mount_foreground(&spec, &mnt.0);
+    let guard = MountGuard(mnt.0.clone());
+    std::fs::write(mnt.0.join("before"), b"before\n").unwrap();
+    srv.signal(libc::SIGSTOP);
+    let t = Instant::now();
+    let r = (|| {
+        let mut f = std::fs::File::create(mnt.0.join("frozen"))?;
+        f.write_all(&[7u8; 100_000])?;
+        f.sync_all()
+    })();
+    let took = t.elapsed();
+    srv.signal(libc::SIGCONT);
+    let e = r.expect_err("fsync succeeded on a frozen server");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(10),
+        "EIO after {took:?}"
+    );
+    let mut f = std::fs::File::create(mnt.0.join("after")).unwrap();
+    f.write_all(b"after\n").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert_eq!(std::fs::read(mnt.0.join("before")).unwrap(), b"before\n");
+    let st = Command::new(tool("fusermount3"))
+        .arg("-u")
+        .arg(&mnt.0)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _ = child.wait();
+    std::mem::forget(guard);
+    drop(srv);
+    fsck_clean(&img.0);
+}
