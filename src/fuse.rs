@@ -138,9 +138,12 @@ impl fuser::Filesystem for Gfs2Fuse {
         let _ = config.set_max_readahead(1 << 20);
         // readdirplus only when the kernel sees it pays (AUTO): listing a
         // big directory needs names only.
+        // DONT_MASK: the umask reaches us unapplied, so a directory's
+        // default ACL can take its place as POSIX requires.
         let mut caps = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
-            | InitFlags::FUSE_PARALLEL_DIROPS;
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_DONT_MASK;
         if self.fs.options().acl {
             caps |= InitFlags::FUSE_POSIX_ACL;
         }
@@ -219,7 +222,8 @@ impl fuser::Filesystem for Gfs2Fuse {
         let r = self.fs.mknod(
             self.ino(parent),
             name.as_bytes(),
-            mode & !umask,
+            mode,
+            umask,
             req.uid(),
             req.gid(),
             0,
@@ -253,7 +257,8 @@ impl fuser::Filesystem for Gfs2Fuse {
         let r = self.fs.mknod(
             self.ino(parent),
             name.as_bytes(),
-            mode & !umask,
+            mode,
+            umask,
             req.uid(),
             req.gid(),
             rdev,
@@ -274,7 +279,8 @@ impl fuser::Filesystem for Gfs2Fuse {
         let r = self.fs.mknod(
             self.ino(parent),
             name.as_bytes(),
-            0o040000 | (mode & !umask & 0o7777),
+            0o040000 | (mode & 0o7777),
+            umask,
             req.uid(),
             req.gid(),
             0,

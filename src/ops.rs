@@ -253,6 +253,7 @@ impl Fs {
         parent: u64,
         name: &[u8],
         mode: u32,
+        umask: u32,
         uid: u32,
         gid: u32,
         rdev: u32,
@@ -280,7 +281,25 @@ impl Fs {
                     return Err(errno(libc::ENAMETOOLONG));
                 }
             }
+            // The umask applies unless a default ACL takes its place.
+            let inherits = self.options().acl
+                && symlink.is_none()
+                && crate::inode::ea_write::get(
+                    tx,
+                    parent,
+                    crate::inode::xattr::EATYPE_SYS,
+                    b"posix_acl_default",
+                )?
+                .is_some();
+            let mode = if inherits {
+                mode
+            } else {
+                mode & !(umask & 0o777)
+            };
             let mut di = self.new_inode(tx, al, parent, mode, uid, gid, rdev)?;
+            if inherits {
+                Self::inherit_acl(tx, al, parent, &mut di)?;
+            }
             if let Some(t) = symlink {
                 di.size = t.len() as u64;
                 put_dinode(tx, &di)?;
@@ -299,6 +318,44 @@ impl Fs {
         self.getattr(ino)
     }
 
+    /// Give a new inode its directory's default ACL (see [`crate::inode::acl`]).
+    fn inherit_acl(tx: &mut Txn<'_>, al: Alloc<'_>, parent: u64, di: &mut Dinode) -> Result<()> {
+        use crate::inode::{acl, ea_write, xattr::EATYPE_SYS};
+        let Some(def) = ea_write::get(tx, parent, EATYPE_SYS, b"posix_acl_default")? else {
+            return Ok(());
+        };
+        let Some((mode, access)) = acl::inherit(&def, di.mode) else {
+            return Ok(());
+        };
+        di.mode = mode;
+        put_dinode(tx, di)?;
+        let ino = di.num.addr;
+        if let Some(a) = access {
+            ea_write::set(
+                tx,
+                al,
+                ino,
+                EATYPE_SYS,
+                b"posix_acl_access",
+                Some(&a),
+                ea_write::SetMode::Any,
+            )?;
+        }
+        if di.is_dir() {
+            ea_write::set(
+                tx,
+                al,
+                ino,
+                EATYPE_SYS,
+                b"posix_acl_default",
+                Some(&def),
+                ea_write::SetMode::Any,
+            )?;
+        }
+        *di = dinode(tx, ino)?;
+        Ok(())
+    }
+
     /// `symlink`: `name` in `parent` pointing at `target`.
     pub fn symlink(
         &self,
@@ -308,7 +365,7 @@ impl Fs {
         uid: u32,
         gid: u32,
     ) -> Result<Attr> {
-        self.mknod(parent, name, S_IFLNK | 0o777, uid, gid, 0, Some(target))
+        self.mknod(parent, name, S_IFLNK | 0o777, 0, uid, gid, 0, Some(target))
     }
 
     /// `link`: a new name for `ino`.
@@ -745,6 +802,27 @@ impl Fs {
             let mut di = dinode(tx, ino)?;
             if let Some(m) = a.mode {
                 di.mode = (di.mode & S_IFMT) | (m & !S_IFMT);
+                if self.options().acl {
+                    use crate::inode::{acl, ea_write, xattr::EATYPE_SYS};
+                    let name = b"posix_acl_access";
+                    if let Some(old) = ea_write::get(tx, ino, EATYPE_SYS, name)? {
+                        if let Some(new) = acl::chmod(&old, di.mode) {
+                            put_dinode(tx, &di)?;
+                            ea_write::set(
+                                tx,
+                                al,
+                                ino,
+                                EATYPE_SYS,
+                                name,
+                                Some(&new),
+                                ea_write::SetMode::Any,
+                            )?;
+                            let mode = di.mode;
+                            di = dinode(tx, ino)?;
+                            di.mode = mode;
+                        }
+                    }
+                }
             }
             if let Some(u) = a.uid {
                 di.uid = u;

@@ -269,3 +269,55 @@ fn posix_behaviour_matches_the_kernels_own_filesystem() {
         diffs.join("\n")
     );
 }
+
+/// Default-ACL inheritance and the umask, compared with the host kernel's
+/// filesystem: a mount with `acl`, a directory with a default ACL, files and
+/// directories created in it and outside it.
+#[test]
+fn acl_inheritance_matches_the_kernels_own_filesystem() {
+    const SCRIPT: &str = "umask 022; mkdir d && setfacl -d -m u:1000:rwx,g::r-x,o::--- d && \
+        touch d/f && mkdir d/sub && touch d/sub/g && mknod d/fifo p && touch plain && mkdir pd && \
+        setfacl -m u:1000:r plain && chmod 640 plain && \
+        getfacl -p d/f d/sub d/sub/g d/fifo plain pd; ls -ld d/f d/sub plain pd | cut -c1-10";
+    let run = |dir: &Path| -> String {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(SCRIPT)
+            .current_dir(dir)
+            .output()
+            .expect("sh");
+        assert!(
+            out.status.success(),
+            "acl script failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let reference = std::env::temp_dir().join(format!("posix-acl-ref-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&reference);
+    std::fs::create_dir_all(&reference).expect("reference dir");
+    let want = run(&reference);
+    let _ = std::fs::remove_dir_all(&reference);
+    let img = mkfs(4096, 1, 256, "posixacl");
+    let mnt = mountpoint("posixacl");
+    let out = Command::new(bin())
+        .arg("mount")
+        .arg(&img.0)
+        .arg(&mnt.0)
+        .args(["-o", "acl"])
+        .output()
+        .expect("gfs2-fuse");
+    assert!(
+        out.status.success(),
+        "mount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let g = MountGuard(mnt.0.clone());
+    let got = run(&mnt.0);
+    drop(g);
+    assert!(
+        want.contains("default:user:"),
+        "reference lacks ACLs:\n{want}"
+    );
+    assert_eq!(got, want, "ACLs differ from the kernel's filesystem");
+}

@@ -237,3 +237,13 @@ pub fn free_all(tx: &mut Txn<'_>, al: Alloc<'_>, ino: u64) -> Result<()> {
     let (_, owned) = read_all(tx, ino)?;
     free_blocks(tx, al, ino, &owned)
 }
+
+/// The value of attribute `name` of type `ea_type`, as the transaction sees
+/// it.
+pub fn get(tx: &mut Txn<'_>, ino: u64, ea_type: u8, name: &[u8]) -> Result<Option<Vec<u8>>> {
+    let (attrs, _) = read_all(tx, ino)?;
+    Ok(attrs
+        .into_iter()
+        .find(|(t, n, _)| *t == ea_type && n.as_slice() == name)
+        .map(|(_, _, v)| v))
+}

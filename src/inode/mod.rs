@@ -1,5 +1,6 @@
 //! Inodes: dinodes and what hangs off them, read under the inode's glock.
 
+pub mod acl;
 pub mod bmap;
 pub mod dir;
 pub mod dirops;
