@@ -248,6 +248,16 @@ impl Fs {
         let fs = Arc::new(fs);
         if fs.writer.is_some() {
             Self::start_commit_timer(&fs);
+            let weak = Arc::downgrade(&fs);
+            let _ = std::thread::Builder::new()
+                .name("gfs2-reclaim".into())
+                .spawn(move || {
+                    if let Some(fs) = weak.upgrade() {
+                        if let Err(e) = fs.reclaim_unlinked() {
+                            tracing::warn!("reclaiming unlinked inodes: {e}");
+                        }
+                    }
+                });
         }
         Ok(fs)
     }

@@ -1025,4 +1025,69 @@ impl Fs {
         }
         Ok(())
     }
+
+    /// Free the inodes a crash left unlinked (nameless but allocated, state
+    /// "unlinked" in the bitmap): the kernel frees them when it comes across
+    /// them; we look once, after mount, in the background. Returns how many
+    /// were freed.
+    pub fn reclaim_unlinked(&self) -> Result<usize> {
+        let Some(w) = self.writer() else {
+            return Ok(0);
+        };
+        let rindex = w.lock().unwrap_or_else(|e| e.into_inner()).rindex.clone();
+        let mut found = Vec::new();
+        for ri in &rindex {
+            let gl = rgrp::glock(ri);
+            let hdr = self.cache().read_meta_as(gl, ri.addr, mt::RG)?;
+            let rg = gfs2_ondisk::Rgrp::parse(&hdr)?;
+            if rg.dinodes == 0 {
+                continue;
+            }
+            let mut index = 0u64;
+            for b in 0..ri.length {
+                let (blk, ty, start) = if b == 0 {
+                    (ri.addr, mt::RG, gfs2_ondisk::Rgrp::SIZE)
+                } else {
+                    (
+                        ri.addr + u64::from(b),
+                        mt::RB,
+                        crate::format::META_HEADER_SIZE,
+                    )
+                };
+                let data = self.cache().read_meta_as(gl, blk, ty)?;
+                for byte in data.get(start..).unwrap_or(&[]) {
+                    for k in 0..4 {
+                        if index >= u64::from(ri.data) {
+                            break;
+                        }
+                        if (byte >> (2 * k)) & 3 == BlockState::Unlinked as u8 {
+                            found.push(ri.data0 + index);
+                        }
+                        index += 1;
+                    }
+                }
+            }
+        }
+        let mut freed = 0;
+        for ino in found {
+            let done = self.modify(&[ino], |tx, al, open| {
+                if open.contains_key(&ino)
+                    || rgrp::state(tx, al.rindex, ino)? != BlockState::Unlinked
+                {
+                    return Ok(false);
+                }
+                let di = dinode(tx, ino)?;
+                if di.nlink != 0 {
+                    return Ok(false);
+                }
+                Self::dealloc(tx, al, ino)?;
+                Ok(true)
+            })?;
+            freed += usize::from(done);
+        }
+        if freed > 0 {
+            tracing::info!(freed, "freed inodes left unlinked by a crash");
+        }
+        Ok(freed)
+    }
 }

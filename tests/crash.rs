@@ -252,3 +252,56 @@ fn kill_9_loses_no_fsynced_file() {
         unmount(&mnt.0, child);
     }
 }
+
+fn statvfs_free(p: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).expect("path");
+    // SAFETY: statvfs fills a zeroed struct we own.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
+    s.f_bfree
+}
+
+#[test]
+fn inode_unlinked_while_open_is_freed_after_a_crash() {
+    let img = mkfs(4096, 1, 256, "orphan");
+    let mnt = mountpoint("orphan");
+    let mut child = start(&img.0, &mnt.0);
+    let free0 = statvfs_free(&mnt.0);
+    let mut f = std::fs::File::create(mnt.0.join("victim")).expect("create");
+    f.write_all(&vec![9u8; 4 << 20]).expect("write");
+    std::fs::remove_file(mnt.0.join("victim")).expect("unlink while open");
+    f.sync_all().expect("fsync");
+    assert!(
+        statvfs_free(&mnt.0) < free0,
+        "the open file's blocks are still allocated"
+    );
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    drop(f);
+    force_unmount(&mnt.0);
+    // gfs2-utils sees the allocated, nameless inode the crash left behind.
+    let out = Command::new(tool("fsck.gfs2"))
+        .arg("-n")
+        .arg(&img.0)
+        .output()
+        .expect("fsck");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("bitmap says"),
+        "no leftover inode seen by fsck:\n{text}"
+    );
+    // Our next mount frees it, as the kernel would.
+    let child = start(&img.0, &mnt.0);
+    let t = Instant::now();
+    while statvfs_free(&mnt.0) < free0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the unlinked inode was not freed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unmount(&mnt.0, child);
+    fsck_clean(&img.0, "after reclaiming the unlinked inode");
+}
