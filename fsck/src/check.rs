@@ -695,23 +695,44 @@ impl Fsck {
         let dev = &self.dev;
         let n = good.len();
         let half = n.div_ceil(2);
-        let read_rg = |ri: &Rindex| -> (Vec<u8>, Vec<String>) {
+        // Per rgrp: its header block, the bitmap blocks with a bad header,
+        // the bitmap bytes, and read errors.
+        type RgRead = (Vec<u8>, Vec<usize>, Vec<u8>, Vec<String>);
+        let read_rg = |ri: &Rindex| -> RgRead {
             let len = ri.length as usize * bsize;
             let mut raw = vec![0u8; len];
             let mut notes = Vec::new();
             if let Err(e) = dev.read_at(&mut raw, ri.addr * bsize as u64) {
                 notes.push(format!("read error: {e}"));
             }
-            (raw, notes)
+            let bad: Vec<usize> = (1..ri.length as usize)
+                .filter(|k| !meta_ok(&raw[k * bsize..(k + 1) * bsize], metatype::RB))
+                .collect();
+            let mut bits = Vec::with_capacity(ri.bitbytes as usize);
+            let mut left = ri.bitbytes as usize;
+            let first = (bsize - Rgrp::SIZE).min(left);
+            bits.extend_from_slice(&raw[Rgrp::SIZE..Rgrp::SIZE + first]);
+            left -= first;
+            let mut k = 1;
+            while left > 0 && k < ri.length as usize {
+                let n = (bsize - MetaHeader::SIZE).min(left);
+                let o = k * bsize + MetaHeader::SIZE;
+                bits.extend_from_slice(&raw[o..o + n]);
+                left -= n;
+                k += 1;
+            }
+            bits.resize(ri.bitbytes as usize, 0);
+            raw.truncate(bsize);
+            (raw, bad, bits, notes)
         };
-        let results: Vec<(Vec<u8>, Vec<String>)> = std::thread::scope(|s| {
+        let results: Vec<RgRead> = std::thread::scope(|s| {
             let (a, b) = good.split_at(half);
             let h = s.spawn(|| b.iter().map(read_rg).collect::<Vec<_>>());
             let mut v: Vec<_> = a.iter().map(read_rg).collect();
             v.extend(h.join().unwrap_or_default());
             v
         });
-        for (i, (ri, (raw, notes))) in good.iter().zip(results).enumerate() {
+        for (i, (ri, (raw, bad_rb, bits, notes))) in good.iter().zip(results).enumerate() {
             if let Some(note) = notes.into_iter().next() {
                 return Err(Fatal(format!("resource group {i}: {note}")));
             }
@@ -807,34 +828,18 @@ impl Fsck {
                 }
             }
             // Bitmap blocks after the header.
-            for k in 1..ri.length as usize {
-                let b = &raw[k * bsize..(k + 1) * bsize];
-                if !meta_ok(b, metatype::RB)
-                    && self.r.problem(
-                        &format!(
-                            "Resource group {i}: bitmap block {} has a bad header",
-                            ri.addr + k as u64
-                        ),
-                        true,
-                    )
-                {
+            for k in bad_rb {
+                if self.r.problem(
+                    &format!(
+                        "Resource group {i}: bitmap block {} has a bad header",
+                        ri.addr + k as u64
+                    ),
+                    true,
+                ) {
                     rg.dirty = true;
                 }
             }
-            let mut left = ri.bitbytes as usize;
-            let first = (bsize - Rgrp::SIZE).min(left);
-            rg.bits
-                .extend_from_slice(&raw[Rgrp::SIZE..Rgrp::SIZE + first]);
-            left -= first;
-            let mut k = 1;
-            while left > 0 && k < ri.length as usize {
-                let n = (bsize - MetaHeader::SIZE).min(left);
-                let o = k * bsize + MetaHeader::SIZE;
-                rg.bits.extend_from_slice(&raw[o..o + n]);
-                left -= n;
-                k += 1;
-            }
-            rg.bits.resize(ri.bitbytes as usize, 0);
+            rg.bits = bits;
             self.rgs.push(rg);
         }
         let nblocks = usize::try_from(self.fs_blocks).map_err(|_| Fatal("too big".into()))?;
@@ -1126,7 +1131,7 @@ impl Fsck {
                     }
                 }
             }
-            while let Some(rf) = self.queue.pop_front() {
+            while let Some(rf) = self.queue.pop_back() {
                 self.follow(rf)?;
             }
         }
@@ -2278,7 +2283,7 @@ impl Fsck {
                 let quiet = std::mem::replace(&mut self.r.verbosity, -1);
                 let (found0, left0) = (self.r.found, self.r.left);
                 self.inspect(idx)?;
-                while let Some(rf) = self.queue.pop_front() {
+                while let Some(rf) = self.queue.pop_back() {
                     self.follow(rf)?;
                 }
                 self.r.verbosity = quiet;
@@ -2300,7 +2305,7 @@ impl Fsck {
                         at,
                         name,
                     });
-                    while let Some(rf) = self.queue.pop_front() {
+                    while let Some(rf) = self.queue.pop_back() {
                         self.follow(rf)?;
                     }
                 }
