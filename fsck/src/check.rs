@@ -118,6 +118,8 @@ pub struct Fsck {
     local_statfs: Vec<u64>,
     jindex: u64,
     per_node: u64,
+    /// The rindex dinode was destroyed; rgrps came from their headers.
+    rindex_damaged: Option<Inum>,
     /// File data blocks taken back as metadata by their rightful owner.
     stolen: std::collections::HashSet<u64>,
     /// Resource group to allocate from first, and the last block allocated.
@@ -263,6 +265,7 @@ impl Fsck {
             jindex: 0,
             per_node: 0,
             stolen: Default::default(),
+            rindex_damaged: None,
             alloc_hint: usize::MAX,
             alloc_last: 0,
             journals: Vec::new(),
@@ -634,8 +637,41 @@ impl Fsck {
     pub fn check_rgrps(&mut self) -> Res<()> {
         self.r.progress("Checking resource groups");
         let master = self.sb.master_dir.addr;
-        let ri_addr = self.lookup(master, "rindex")?.addr;
-        let data = self.file_data(ri_addr)?;
+        let ri_inum = self.lookup(master, "rindex")?;
+        let ri_addr = ri_inum.addr;
+        let data = match self.file_data(ri_addr) {
+            Ok(d) => d,
+            Err(e) => {
+                // The rindex dinode is gone: follow the rgrp headers instead,
+                // and write a new rindex after the walk.
+                let ris = self.rindex_from_headers();
+                // The chain must reach the end of the device (within one
+                // rgrp): stopping early at a damaged header would lose
+                // every rgrp after it.
+                let end = ris.last().map(|r| r.data0 + u64::from(r.data)).unwrap_or(0);
+                let span = ris
+                    .iter()
+                    .map(|r| u64::from(r.length) + u64::from(r.data))
+                    .max()
+                    .unwrap_or(0);
+                if ris.is_empty() || self.dev_blocks.saturating_sub(end) > span {
+                    return Err(Fatal(format!(
+                        "rindex: {}; the resource group headers do not cover the device",
+                        e.0
+                    )));
+                }
+                self.r.problem(
+                    &format!(
+                        "The rindex file at block {ri_addr} is damaged ({}); rebuilding it from {} resource group headers",
+                        e.0,
+                        ris.len()
+                    ),
+                    true,
+                );
+                self.rindex_damaged = Some(ri_inum);
+                ris.iter().flat_map(|r| r.to_bytes()).collect()
+            }
+        };
         if data.len() % Rindex::SIZE != 0 {
             self.r.problem(
                 &format!(
@@ -844,6 +880,106 @@ impl Fsck {
         }
         let nblocks = usize::try_from(self.fs_blocks).map_err(|_| Fatal("too big".into()))?;
         self.want = vec![0u8; nblocks.div_ceil(4)];
+        Ok(())
+    }
+
+    /// Rindex entries rebuilt by following the rgrp headers from the first
+    /// one after the superblock (each header tells where its data ends; the
+    /// next rgrp starts there, or `rg_skip` blocks on).
+    fn rindex_from_headers(&self) -> Vec<Rindex> {
+        let bs = u64::from(self.bsize);
+        let mut out: Vec<Rindex> = Vec::new();
+        let mut addr = SB_OFFSET / bs + 1;
+        let mut h = vec![0u8; Rgrp::SIZE];
+        while addr < self.dev_blocks && out.len() < 1 << 20 {
+            if self.dev.read_at(&mut h, addr * bs).is_err() {
+                break;
+            }
+            let Ok(rg) = Rgrp::parse(&h) else { break };
+            if rg.header.magic != MAGIC
+                || rg.header.mh_type != metatype::RG
+                || rg.data0 <= addr
+                || rg.data0 - addr > u64::from(u32::MAX)
+                || rg.data0.saturating_add(u64::from(rg.data)) > self.dev_blocks
+            {
+                break;
+            }
+            out.push(Rindex {
+                addr,
+                length: (rg.data0 - addr) as u32,
+                data0: rg.data0,
+                data: rg.data,
+                bitbytes: rg.bitbytes,
+                ..Rindex::default()
+            });
+            addr = if rg.skip != 0 {
+                addr + u64::from(rg.skip)
+            } else {
+                rg.data0 + u64::from(rg.data)
+            };
+        }
+        out
+    }
+
+    /// Write a new rindex file where the destroyed one was.
+    fn rebuild_rindex(&mut self) -> Res<()> {
+        let Some(inum) = self.rindex_damaged else {
+            return Ok(());
+        };
+        if !self.r.repairing() {
+            return Ok(());
+        }
+        let addr = inum.addr;
+        if want_get(&self.want, addr) != W_FREE || self.rg_of(addr).is_none() {
+            self.r.problem(
+                &format!("Block {addr} of the old rindex is in use: rindex not rebuilt"),
+                false,
+            );
+            return Ok(());
+        }
+        let data: Vec<u8> = self.rgs.iter().flat_map(|r| r.ri.to_bytes()).collect();
+        let master = self.sb.master_dir.addr;
+        let mut di = Dinode {
+            num: inum,
+            mode: 0o100600,
+            nlink: 1,
+            size: data.len() as u64,
+            blocks: 1,
+            goal_meta: addr,
+            goal_data: addr,
+            flags: dif::SYSTEM | dif::JDATA,
+            payload_format: format::RI,
+            ..Dinode::default()
+        };
+        let idx = self.add_inode(&di, addr);
+        self.inodes[idx as usize].parent = master;
+        want_set(&mut self.want, addr, W_DINODE);
+        self.inodes[idx as usize].blocks = 1;
+        let mut b = vec![0u8; self.bsize as usize];
+        if data.len() as u64 <= layout::stuffed_max(self.bsize) {
+            b[Dinode::SIZE..Dinode::SIZE + data.len()].copy_from_slice(&data);
+        } else {
+            let chunks: Vec<&[u8]> = data.chunks(self.bsize as usize).collect();
+            if chunks.len() as u64 > layout::diptrs(self.bsize) {
+                self.r.problem("rindex too large to rebuild here", false);
+                return Ok(());
+            }
+            di.height = 1;
+            for (i, c) in chunks.iter().enumerate() {
+                let Some(nb) = self.alloc(idx, false) else {
+                    return Err(Fatal("no free block for the rindex".into()));
+                };
+                let mut d = vec![0u8; self.bsize as usize];
+                d[..c.len()].copy_from_slice(c);
+                self.write(nb, d);
+                put_be64(&mut b, Dinode::SIZE + 8 * i, nb);
+            }
+        }
+        di.blocks = self.inodes[idx as usize].blocks;
+        self.inodes[idx as usize].di_blocks = di.blocks;
+        di.write(&mut b)?;
+        self.write(addr, b);
+        self.set_bit(addr, BlockState::Dinode);
         Ok(())
     }
 
@@ -1223,6 +1359,12 @@ impl Fsck {
         let system = parent_addr == self.sb.master_dir.addr
             || parent_addr == self.jindex
             || parent_addr == self.per_node;
+        if bad.is_some()
+            && parent_addr == self.sb.master_dir.addr
+            && self.rindex_damaged.is_some_and(|i| i.addr == addr)
+        {
+            return Ok(()); // reported already; rebuilt after the walk
+        }
         if let Some(why) = bad {
             if system {
                 // Removing a system file's entry only makes the next run
@@ -2869,6 +3011,7 @@ impl Fsck {
         self.walk()?;
         self.orphans()?;
         self.resolve_stolen()?;
+        self.rebuild_rindex()?;
         self.check_counts()?;
         self.check_bitmaps()?;
         self.check_deferred_journals()?;

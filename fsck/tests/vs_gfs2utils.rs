@@ -577,6 +577,11 @@ fn corruption_scenarios() {
     scenario(b, "destroyed root directory", Oracle::Exit(&[4, 8]), |fs| {
         fs.poke(fs.root, 0, &vec![0u8; fs.bs as usize]);
     });
+    // gfs2-utils -n cannot rebuild the rindex read-only: it stops with 8.
+    scenario(b, "destroyed rindex dinode", Oracle::Exit(&[4, 8]), |fs| {
+        let ri = fs.lookup(fs.master, "rindex");
+        fs.poke(ri, 0, &vec![0u8; fs.bs as usize]);
+    });
     scenario(b, "orphaned directory", Oracle::Exit(&[4]), |fs| {
         fs.del_entry(fs.root, "dir1");
     });
