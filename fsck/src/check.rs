@@ -209,6 +209,19 @@ pub fn check_not_mounted(path: &Path) -> Result<(), String> {
         .as_ref()
         .filter(|m| m.file_type().is_block_device())
         .map(|m| m.rdev());
+    // An image file can be mounted through a loop device: those count too.
+    let mut loops: Vec<String> = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/sys/block") {
+        for ent in dir.flatten() {
+            let name = ent.file_name().to_string_lossy().into_owned();
+            let backing = ent.path().join("loop/backing_file");
+            if let Ok(b) = std::fs::read_to_string(&backing) {
+                if Path::new(b.trim_end()) == canon {
+                    loops.push(format!("/dev/{name}"));
+                }
+            }
+        }
+    }
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return Ok(());
     };
@@ -229,6 +242,12 @@ pub fn check_not_mounted(path: &Path) -> Result<(), String> {
         });
         if same_path || same_dev {
             return Err(format!("{} is mounted on {mnt}", path.display()));
+        }
+        if loops.iter().any(|l| l == source) {
+            return Err(format!(
+                "{} is mounted on {mnt} through {source}",
+                path.display()
+            ));
         }
     }
     Ok(())
