@@ -308,7 +308,14 @@ impl Fs {
         let _ = std::thread::Builder::new()
             .name("gfs2-commit".into())
             .spawn(move || loop {
-                std::thread::sleep(std::time::Duration::from_secs(secs));
+                // Sleep in short steps so that the thread ends soon after
+                // the filesystem is dropped.
+                for _ in 0..secs * 4 {
+                    std::thread::sleep(std::time::Duration::from_millis(250));
+                    if weak.strong_count() == 0 {
+                        return;
+                    }
+                }
                 let Some(fs) = weak.upgrade() else {
                     return;
                 };
