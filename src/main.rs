@@ -23,9 +23,15 @@ struct Args {
     fuse: FuseOptions,
 }
 
-const USAGE: &str = "usage: gfs2-fuse mount DEVICE MOUNTPOINT [-o OPTIONS] [-f]\n\
-options: lockproto=, locktable=, hostdata=jid=N, ro, acl, norecovery, spectator,\n\
-         allow_other, default_permissions (always on), and the generic rw, dev, suid, ...";
+const USAGE: &str = concat!(
+    "usage: gfs2-fuse mount DEVICE MOUNTPOINT [-o OPTIONS] [-f]\n",
+    "       gfs2-fuse DEVICE MOUNTPOINT [-o OPTIONS] [-f]   (the form mount.fuse3 uses)\n",
+    "DEVICE:  an image file or block device, nbd://host[:port]/export, or\n",
+    "         nbd+unix:///export?socket=PATH\n",
+    "options: lockproto=, locktable=, hostdata=jid=N, ro, acl, norecovery, spectator,\n",
+    "         commit=SECONDS (log flush interval, default 30), allow_other,\n",
+    "         default_permissions (always on), and the generic rw, dev, suid, ..."
+);
 
 fn parse_options(s: &str, a: &mut Args) -> Result<()> {
     for o in s.split(',').filter(|o| !o.is_empty()) {
@@ -45,6 +51,13 @@ fn parse_options(s: &str, a: &mut Args) -> Result<()> {
             ("acl", None) => a.mount.acl = true,
             ("noacl", None) => a.mount.acl = false,
             ("norecovery", None) => a.mount.norecovery = true,
+            ("commit", Some(v)) => {
+                let secs: u64 = v.parse().with_context(|| format!("bad commit={v:?}"))?;
+                if secs == 0 {
+                    bail!("commit= must be at least 1 second");
+                }
+                a.mount.commit_secs = Some(secs);
+            }
             ("spectator", None) => a.mount.spectator = true,
             ("allow_other", None) => a.fuse.allow_other = true,
             ("threads", Some(v)) => a.fuse.threads = Some(v.parse().context("threads=")?),
