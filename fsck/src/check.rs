@@ -1037,13 +1037,17 @@ impl Fsck {
     pub fn check_journals(&mut self) -> Res<()> {
         self.r.progress("Checking journals");
         let master = self.sb.master_dir.addr;
-        let jindex = self.lookup(master, "jindex")?.addr;
+        let jindex_inum = self.lookup(master, "jindex")?;
+        let jindex = jindex_inum.addr;
         self.jindex = jindex;
         let per_node = self.lookup(master, "per_node").map(|i| i.addr).ok();
         self.per_node = per_node.unwrap_or(0);
         self.statfs_addr = self.lookup(master, "statfs")?.addr;
-        let mut js: Vec<(u32, u64)> = self
-            .list_dir(jindex)?
+        let listed = match self.list_dir(jindex) {
+            Ok(l) => l,
+            Err(e) => self.rebuild_jindex(jindex_inum, &e.0)?,
+        };
+        let mut js: Vec<(u32, u64)> = listed
             .into_iter()
             .filter_map(|(n, i)| Some((n.strip_prefix("journal")?.parse().ok()?, i.addr)))
             .collect();
@@ -1080,6 +1084,78 @@ impl Fsck {
             }
         }
         Ok(())
+    }
+
+    /// The jindex directory is unreadable: find the journals (system files
+    /// whose first block is a log header; in address order, as mkfs makes
+    /// them) and, with -y, write a new jindex where the old one was.
+    fn rebuild_jindex(&mut self, inum: Inum, why: &str) -> Res<Vec<(String, Inum)>> {
+        let mut found = Vec::new();
+        for rg in &self.rgs {
+            for idx in 0..u64::from(rg.ri.data) {
+                if bitmap_get(&rg.bits, idx as usize) != Some(BlockState::Dinode) {
+                    continue;
+                }
+                let blk = rg.ri.data0 + idx;
+                let Ok((di, buf)) = self.dinode(blk) else {
+                    continue;
+                };
+                if di.flags & dif::SYSTEM == 0
+                    || di.mode & 0o170000 != 0o100000
+                    || di.height == 0
+                    || di.size < 8 << 20
+                {
+                    continue;
+                }
+                // A journal: some of its first blocks are log headers.
+                let t = self.tree_ex(&di, &buf, blk, true).unwrap_or_default();
+                let is_log = t.data.iter().take(16).any(|d| {
+                    d.1 < self.dev_blocks && self.read(d.1).is_ok_and(|b| meta_ok(&b, metatype::LH))
+                });
+                if is_log && di.size % u64::from(self.bsize) == 0 {
+                    found.push(di.num);
+                }
+            }
+        }
+        let max = (layout::stuffed_max(self.bsize) as usize - 2 * dirent_size(2)) / dirent_size(10);
+        if found.is_empty() || found.len() > max || self.rg_of(inum.addr).is_none() {
+            return Err(Fatal(format!(
+                "jindex: {why}; cannot find the journals to rebuild it"
+            )));
+        }
+        let msg = format!(
+            "The jindex directory at block {} is damaged ({why}); rebuilding it with the {} journals found",
+            inum.addr,
+            found.len()
+        );
+        let list: Vec<(String, Inum)> = found
+            .iter()
+            .enumerate()
+            .map(|(j, i)| (format!("journal{j}"), *i))
+            .collect();
+        if self.r.problem(&msg, true) {
+            let master = Inum {
+                formal_ino: self.sb.master_dir.formal_ino,
+                addr: self.sb.master_dir.addr,
+            };
+            let (mut di, mut b) = self.empty_dir(inum, master, 0o40700)?;
+            di.flags = dif::SYSTEM;
+            di.write(&mut b)?;
+            let entries: Vec<Entry> = [
+                Entry::new(".", inum, dt::DIR),
+                Entry::new("..", master, dt::DIR),
+            ]
+            .into_iter()
+            .chain(list.iter().map(|(n, i)| Entry::new(n, *i, dt::REG)))
+            .collect();
+            let refs: Vec<&Entry> = entries.iter().collect();
+            dirlayout::pack(&mut b[Dinode::SIZE..], &refs).map_err(Fatal)?;
+            di.entries = entries.len() as u32;
+            di.write(&mut b)?;
+            self.write(inum.addr, b);
+            self.set_bit(inum.addr, BlockState::Dinode);
+        }
+        Ok(list)
     }
 
     /// Journals whose block map was damaged, after the walk repaired it.
