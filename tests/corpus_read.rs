@@ -12,10 +12,6 @@ use common::*;
 use std::path::Path;
 use std::process::Command;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_gfs2-fuse")
-}
-
 fn committed(name: &str, ext: &str) -> String {
     let p = gfs2_oracle::corpus::dir().join(format!("{name}.{ext}"));
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
@@ -28,53 +24,8 @@ fn manifest_lines(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Device numbers the 6.1 kernel reports as 0,0 for nodes read from disk
-/// (see images/MANIFEST.md); ours come from the dinode and are checked
-/// separately.
-fn without_rdev(lines: &[String]) -> Vec<String> {
-    lines
-        .iter()
-        .map(|l| {
-            if l.contains("|character special file|") || l.contains("|block special file|") {
-                let mut f: Vec<&str> = l.split('|').collect();
-                if f.len() > 8 {
-                    f[8] = "dev";
-                }
-                f.join("|")
-            } else {
-                l.clone()
-            }
-        })
-        .collect()
-}
-
-fn compare(kernel: &[String], ours: &[String], what: &str) {
-    assert!(kernel.len() > 20, "{what}: committed manifest too short");
-    let k: std::collections::BTreeSet<_> = kernel.iter().collect();
-    let o: std::collections::BTreeSet<_> = ours.iter().collect();
-    let only_k: Vec<_> = k.difference(&o).take(10).collect();
-    let only_o: Vec<_> = o.difference(&k).take(10).collect();
-    assert!(
-        only_k.is_empty() && only_o.is_empty(),
-        "{what}: manifests differ\nkernel only: {only_k:#?}\nours only: {only_o:#?}"
-    );
-}
-
 fn with_mount<T>(img: &Path, opts: &str, tag: &str, f: impl FnOnce(&Path) -> T) -> T {
-    let mnt = mountpoint(tag);
-    let out = Command::new(bin())
-        .arg("mount")
-        .arg(img)
-        .arg(&mnt.0)
-        .args(["-o", opts])
-        .output()
-        .expect("gfs2-fuse");
-    assert!(
-        out.status.success(),
-        "{tag}: mount: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let g = MountGuard(mnt.0.clone());
+    let (mnt, g) = mount_ours(img, opts, tag);
     let r = f(&mnt.0);
     drop(g);
     wait_daemon_gone(&mnt.0);
@@ -130,7 +81,7 @@ fn kernel_written_trees_read_identically() {
                 host_manifest(m)
             },
         );
-        compare(&without_rdev(&kernel), &without_rdev(&ours), name);
+        compare_manifests(&without_rdev(&kernel), &without_rdev(&ours), name);
         let _ = std::fs::remove_file(&img);
     }
     let _ = std::fs::remove_dir_all(&work);
@@ -174,7 +125,7 @@ fn crashed_nodes_recover_like_the_kernel() {
             host_manifest(m)
         });
         let kernel = manifest_lines(&committed(name, "manifest"));
-        compare(&kernel, &ours, &format!("{name} after recovery"));
+        compare_manifests(&kernel, &ours, &format!("{name} after recovery"));
         gfs2_oracle::fsck_clean(&img).unwrap_or_else(|e| panic!("{name}: {e}"));
         let _ = std::fs::remove_file(&img);
     }

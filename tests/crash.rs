@@ -16,21 +16,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_gfs2-fuse")
-}
-
-/// xorshift: reproducible sizes and delays from a seed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// A content fingerprint (FNV-1a and the length).
 fn sha(data: &[u8]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -42,7 +27,7 @@ fn sha(data: &[u8]) -> String {
 }
 
 fn start(img: &Path, mnt: &Path) -> Child {
-    let child = Command::new(bin())
+    let child = Command::new(gfs2_fuse())
         .arg("mount")
         .arg(img)
         .arg(mnt)
@@ -154,20 +139,6 @@ fn check_files(mnt: &Path, files: &[(String, String)], what: &str) {
             "{what}: fsync'd file {name} has other content"
         );
     }
-}
-
-fn fsck_clean(img: &Path, what: &str) {
-    let out = Command::new(tool("fsck.gfs2"))
-        .arg("-n")
-        .arg(img)
-        .output()
-        .expect("fsck.gfs2");
-    assert!(
-        out.status.success(),
-        "{what}: fsck.gfs2 -n:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

@@ -8,10 +8,6 @@ use common::*;
 use std::io::Write;
 use std::process::Command;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_gfs2-fuse")
-}
-
 fn is_enospc(e: &std::io::Error) -> bool {
     e.raw_os_error() == Some(libc::ENOSPC)
 }
@@ -20,7 +16,7 @@ fn is_enospc(e: &std::io::Error) -> bool {
 fn enospc_is_clean_and_recoverable() {
     let img = mkfs(4096, 1, 80, "enospc");
     let mnt = mountpoint("enospc");
-    let out = Command::new(bin())
+    let out = Command::new(gfs2_fuse())
         .arg("mount")
         .arg(&img.0)
         .arg(&mnt.0)

@@ -14,10 +14,6 @@ use common::*;
 use std::path::Path;
 use std::process::Command;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_gfs2-fuse")
-}
-
 /// The cases: one per line, `U` first to run it as uid/gid 1000. Each case
 /// is a shell command run in the test directory; its output and exit status
 /// are the observation. `st P` prints the attributes that must agree.
@@ -226,7 +222,7 @@ fn posix_behaviour_matches_the_kernels_own_filesystem() {
 
     let img = mkfs(4096, 1, 256, "posix");
     let mnt = mountpoint("posix");
-    let out = Command::new(bin())
+    let out = Command::new(gfs2_fuse())
         .arg("mount")
         .arg(&img.0)
         .arg(&mnt.0)
@@ -300,7 +296,7 @@ fn acl_inheritance_matches_the_kernels_own_filesystem() {
     let _ = std::fs::remove_dir_all(&reference);
     let img = mkfs(4096, 1, 256, "posixacl");
     let mnt = mountpoint("posixacl");
-    let out = Command::new(bin())
+    let out = Command::new(gfs2_fuse())
         .arg("mount")
         .arg(&img.0)
         .arg(&mnt.0)

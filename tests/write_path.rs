@@ -14,10 +14,6 @@ use common::*;
 use std::path::Path;
 use std::process::Command;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_gfs2-fuse")
-}
-
 /// The workload, for bash on the host and busybox sh in the VM. `N` is the
 /// number of entries in the big directory.
 const WORKLOAD: &str = r#"
@@ -93,24 +89,6 @@ fn run_sh(dir: &Path, script: &str) {
     );
 }
 
-fn mount(img: &Path, tag: &str) -> (TempPath, MountGuard) {
-    let mnt = mountpoint(tag);
-    let out = Command::new(bin())
-        .arg("mount")
-        .arg(img)
-        .arg(&mnt.0)
-        .args(["-o", "allow_other"])
-        .output()
-        .expect("gfs2-fuse");
-    assert!(
-        out.status.success(),
-        "mount: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let g = MountGuard(mnt.0.clone());
-    (mnt, g)
-}
-
 /// Unmount and wait until the daemon has finished (journal closed).
 fn unmount(g: MountGuard, mnt: &Path) {
     drop(g);
@@ -121,59 +99,6 @@ fn unmount(g: MountGuard, mnt: &Path) {
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
     wait_daemon_gone(mnt);
-}
-
-fn fsck_clean(img: &Path, what: &str) {
-    let out = Command::new(tool("fsck.gfs2"))
-        .arg("-n")
-        .arg(img)
-        .output()
-        .expect("fsck.gfs2");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{what}: fsck.gfs2 -n:\n{text}");
-    for bad in ["rror", "ncorrect", "wrong", "fix", "bad", "Bad", "?"] {
-        assert!(
-            !text.contains(bad),
-            "{what}: fsck.gfs2 -n reported:\n{text}"
-        );
-    }
-}
-
-/// The kernel (6.1) leaves `i_rdev` at 0 for device nodes it looks up from
-/// disk without instantiating them (seen for nodes it made itself, after a
-/// remount), so device numbers of nodes the kernel did not create in the
-/// same boot are not comparable; our own remount checks them.
-fn without_rdev(lines: &[String]) -> Vec<String> {
-    lines
-        .iter()
-        .map(|l| {
-            if l.contains("|character special file|") || l.contains("|block special file|") {
-                let mut f: Vec<&str> = l.split('|').collect();
-                if f.len() > 8 {
-                    f[8] = "dev";
-                }
-                f.join("|")
-            } else {
-                l.clone()
-            }
-        })
-        .collect()
-}
-
-fn compare(a: &[String], b: &[String], what: &str) {
-    assert!(a.len() > 20, "{what}: manifest too short: {a:?}");
-    let x: std::collections::BTreeSet<_> = a.iter().collect();
-    let y: std::collections::BTreeSet<_> = b.iter().collect();
-    let only_a: Vec<_> = x.difference(&y).take(10).collect();
-    let only_b: Vec<_> = y.difference(&x).take(10).collect();
-    assert!(
-        only_a.is_empty() && only_b.is_empty(),
-        "{what}: manifests differ\nfirst only: {only_a:#?}\nsecond only: {only_b:#?}"
-    );
 }
 
 #[test]
@@ -187,16 +112,16 @@ fn workload_is_fsck_clean_and_kernel_compatible() {
     let mut ours_before = Vec::new();
     for (bs, n, tag) in cases {
         let img = mkfs(bs, 2, 600, tag);
-        let (mnt, g) = mount(&img.0, tag);
+        let (mnt, g) = mount_ours(&img.0, "allow_other", tag);
         run_sh(&mnt.0, &workload(n));
         let m1 = host_manifest(&mnt.0);
         unmount(g, &mnt.0);
         fsck_clean(&img.0, tag);
         // Our own remount (recovery finds a clean journal) sees the same.
-        let (mnt, g) = mount(&img.0, tag);
+        let (mnt, g) = mount_ours(&img.0, "allow_other", tag);
         let m2 = host_manifest(&mnt.0);
         unmount(g, &mnt.0);
-        compare(&m1, &m2, &format!("{tag}: before and after remount"));
+        compare_manifests(&m1, &m2, &format!("{tag}: before and after remount"));
         ours_before.push(m1);
         imgs.push(img);
     }
@@ -223,14 +148,14 @@ fn workload_is_fsck_clean_and_kernel_compatible() {
     );
     for (((_, _, tag), img), ours) in cases.iter().zip(&imgs).zip(&ours_before) {
         let k1 = section(&console, &format!("{tag}-1"));
-        compare(
+        compare_manifests(
             &without_rdev(&k1),
             &without_rdev(ours),
             &format!("{tag}: kernel's view of our image"),
         );
         let k2 = section(&console, &format!("{tag}-2"));
         fsck_clean(&img.0, &format!("{tag} after the kernel wrote"));
-        let (mnt, g) = mount(&img.0, tag);
+        let (mnt, g) = mount_ours(&img.0, "allow_other", tag);
         let m3 = host_manifest(&mnt.0);
         // And we keep writing on the kernel's changes.
         run_sh(
@@ -238,7 +163,7 @@ fn workload_is_fsck_clean_and_kernel_compatible() {
             "echo ours-again > a/after_kernel && rm -r a/kernel_dir && mkdir a/kernel_dir",
         );
         unmount(g, &mnt.0);
-        compare(
+        compare_manifests(
             &without_rdev(&k2),
             &without_rdev(&m3),
             &format!("{tag}: our view of the kernel's changes"),

@@ -238,3 +238,99 @@ pub fn wait_daemon_gone(mnt: &Path) {
     }
     panic!("gfs2-fuse still serving {want} 20 s after unmount");
 }
+
+/// Our FUSE daemon (built by cargo for the root package's tests).
+pub fn gfs2_fuse() -> &'static str {
+    env!("CARGO_BIN_EXE_gfs2-fuse")
+}
+
+/// xorshift64: reproducible pseudo-random numbers without a dependency.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+}
+
+/// gfs2-utils' `fsck.gfs2 -n` must exit 0 and report nothing.
+pub fn fsck_clean(img: &Path, what: &str) {
+    let out = Command::new(tool("fsck.gfs2"))
+        .arg("-n")
+        .arg(img)
+        .output()
+        .expect("fsck.gfs2");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{what}: fsck.gfs2 -n:\n{text}");
+    for bad in ["rror", "ncorrect", "wrong", "fix", "bad", "Bad", "?"] {
+        assert!(
+            !text.contains(bad),
+            "{what}: fsck.gfs2 -n reported:\n{text}"
+        );
+    }
+}
+
+/// Manifest lines with device numbers blanked: the 6.1 kernel reports 0,0
+/// for device nodes it reads back from disk (see images/MANIFEST.md), so
+/// those numbers are compared elsewhere (our own remount, gfs2_edit).
+pub fn without_rdev(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|l| {
+            if l.contains("|character special file|") || l.contains("|block special file|") {
+                let mut f: Vec<&str> = l.split('|').collect();
+                if f.len() > 8 {
+                    f[8] = "dev";
+                }
+                f.join("|")
+            } else {
+                l.clone()
+            }
+        })
+        .collect()
+}
+
+/// Two manifests must list the same lines.
+pub fn compare_manifests(a: &[String], b: &[String], what: &str) {
+    assert!(a.len() > 20, "{what}: manifest too short: {a:?}");
+    let x: std::collections::BTreeSet<_> = a.iter().collect();
+    let y: std::collections::BTreeSet<_> = b.iter().collect();
+    let only_a: Vec<_> = x.difference(&y).take(10).collect();
+    let only_b: Vec<_> = y.difference(&x).take(10).collect();
+    assert!(
+        only_a.is_empty() && only_b.is_empty(),
+        "{what}: manifests differ\nfirst only: {only_a:#?}\nsecond only: {only_b:#?}"
+    );
+}
+
+/// Mount `img` with our daemon (detached) at a fresh mount point.
+pub fn mount_ours(img: &Path, opts: &str, tag: &str) -> (TempPath, MountGuard) {
+    let mnt = mountpoint(tag);
+    let mut cmd = Command::new(gfs2_fuse());
+    cmd.arg("mount").arg(img).arg(&mnt.0);
+    if !opts.is_empty() {
+        cmd.args(["-o", opts]);
+    }
+    let out = cmd.output().expect("gfs2-fuse");
+    assert!(
+        out.status.success(),
+        "{tag}: mount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let g = MountGuard(mnt.0.clone());
+    (mnt, g)
+}
