@@ -2432,10 +2432,15 @@ impl Fsck {
                 }
             }
             if name == b"." {
-                if de.inum.addr != dir_addr
-                    && self
-                        .r
-                        .problem(&format!("{label}: '.' points at {}", de.inum.addr), true)
+                let formal = self.inodes[idx as usize].formal;
+                if (de.inum.addr != dir_addr || de.inum.formal_ino != formal)
+                    && self.r.problem(
+                        &format!(
+                            "{label}: '.' is {}/{}, should be {formal}/{dir_addr}",
+                            de.inum.formal_ino, de.inum.addr
+                        ),
+                        true,
+                    )
                 {
                     put_be64(&mut b, off + 8, dir_addr);
                     put_be64(&mut b, off, self.inodes[idx as usize].formal);
@@ -2728,9 +2733,15 @@ impl Fsck {
             let addr = self.inodes[i].addr;
             match self.dirs.get(&(i as u32)).and_then(|d| d.dotdot) {
                 Some((t, blk, off)) => {
-                    if t != parent
+                    let pf = self
+                        .by_addr
+                        .get(&parent)
+                        .map(|&p| self.inodes[p as usize].formal)
+                        .unwrap_or(0);
+                    let tf = be64(&self.read(blk)?, off);
+                    if (t != parent || tf != pf)
                         && self.r.problem(
-                            &format!("Directory {addr}: '..' points at {t}, should be {parent}"),
+                            &format!("Directory {addr}: '..' is {tf}/{t}, should be {pf}/{parent}"),
                             true,
                         )
                     {
