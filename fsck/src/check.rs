@@ -1723,6 +1723,23 @@ impl Fsck {
                 }
             }
         }
+        // Journals and quota change files are exactly as long as their map.
+        if (journal || self.inodes[idx as usize].quota_change) && !data.is_empty() {
+            let blocks = data.iter().map(|d| d.0).max().unwrap_or(0) + 1;
+            let want = blocks.saturating_mul(u64::from(self.bsize));
+            if di.size != want
+                && self.r.problem(
+                    &format!(
+                        "{label}: system file size {} does not match its {blocks} mapped blocks",
+                        di.size
+                    ),
+                    true,
+                )
+            {
+                di.size = want;
+                dirty = true;
+            }
+        }
         if journal && self.r.repairing() {
             self.fill_journal_holes(idx, &di, &mut data)?;
         }
