@@ -1725,6 +1725,28 @@ impl Fsck {
         }
         // Journals and quota change files are exactly as long as their map.
         if (journal || self.inodes[idx as usize].quota_change) && !data.is_empty() {
+            // A complete map up to the size with pointers past it: the
+            // pointers are wrong, not the size.
+            let bs = u64::from(self.bsize);
+            let nsize = di.size / bs;
+            let inside = data.iter().filter(|d| d.0 < nsize).count() as u64;
+            if di.size % bs == 0 && nsize > 0 && inside == nsize && data.len() as u64 > inside {
+                if self.r.problem(
+                    &format!("{label}: block pointers past the end of the system file"),
+                    true,
+                ) {
+                    let cur = self.read(addr)?;
+                    let t = self.tree_ex(&di, &cur, addr, journal)?;
+                    for (l, p, loc) in t.data {
+                        if l >= nsize && data.iter().any(|d| d.0 == l && d.1 == p) {
+                            self.zero_ptr(loc)?;
+                            want_set(&mut self.want, p, W_FREE);
+                            self.inodes[idx as usize].blocks -= 1;
+                        }
+                    }
+                }
+                data.retain(|d| d.0 < nsize);
+            }
             let blocks = data.iter().map(|d| d.0).max().unwrap_or(0) + 1;
             let want = blocks.saturating_mul(u64::from(self.bsize));
             if di.size != want
