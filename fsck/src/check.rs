@@ -1634,7 +1634,10 @@ impl Fsck {
         // but sane pointers are kept (and their header rewritten).
         let is_dir = di.is_dir();
         let journal = self.inodes[idx as usize].parent == self.jindex && !is_dir;
-        let t = self.tree_ex(&di, &buf, addr, journal)?;
+        // Journals and quota change files keep indirect blocks whose header
+        // is damaged but whose pointers are sane, and get holes filled.
+        let keep_map = journal || self.inodes[idx as usize].quota_change;
+        let t = self.tree_ex(&di, &buf, addr, keep_map)?;
         for (p, loc) in &t.meta {
             // Pointers inside indirect blocks that were dropped.
             if loc.block != addr && self.owner_of(loc.block) != Some(idx) {
@@ -1652,13 +1655,13 @@ impl Fsck {
                 {
                     self.zero_ptr(*loc)?;
                 }
-            } else if journal
+            } else if keep_map
                 && self
                     .read(*p)
                     .is_ok_and(|b| !meta_ok(&b, metatype::IN) && self.indirect_ok(&b, true))
             {
                 if self.r.problem(
-                    &format!("{label}: journal indirect block {p} has a damaged header"),
+                    &format!("{label}: system file indirect block {p} has a damaged header"),
                     true,
                 ) {
                     let mut b = self.read(*p)?;
@@ -1762,7 +1765,7 @@ impl Fsck {
                 dirty = true;
             }
         }
-        if journal && self.r.repairing() {
+        if keep_map && self.r.repairing() {
             self.fill_journal_holes(idx, &di, &mut data)?;
         }
         if self.inodes[idx as usize].quota_change {
@@ -1881,7 +1884,7 @@ impl Fsck {
         let addr = self.inodes[idx as usize].addr;
         self.r.problem(
             &format!(
-                "Journal inode {addr}: {} blocks missing from its map; replacing them",
+                "System file {addr}: {} blocks missing from its map; replacing them",
                 holes.len()
             ),
             true,
@@ -1926,7 +1929,11 @@ impl Fsck {
             let Some(nb) = self.alloc(idx, false) else {
                 return Err(Fatal("no free block to repair a journal".into()));
             };
-            self.write(nb, vec![0u8; self.bsize as usize]);
+            let mut z = vec![0u8; self.bsize as usize];
+            if self.inodes[idx as usize].quota_change {
+                MetaHeader::new(metatype::QC, format::QC).write(&mut z)?;
+            }
+            self.write(nb, z);
             let mut b = self.read(blk)?;
             put_be64(&mut b, base + 8 * slot as usize, nb);
             self.write(blk, b);
