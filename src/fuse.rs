@@ -39,6 +39,11 @@ pub struct FuseOptions {
 /// The `fuser::Filesystem` over a mounted [`Fs`].
 pub struct Gfs2Fuse {
     fs: Arc<Fs>,
+    /// Listings of open directory handles: a directory is read once per
+    /// `opendir` (at offset 0) and served from memory after that, so a
+    /// listing costs one walk however many READDIR calls it takes.
+    listings: std::sync::Mutex<std::collections::HashMap<u64, Arc<Vec<crate::fs::DirItem>>>>,
+    next_fh: std::sync::atomic::AtomicU64,
 }
 
 fn errno(e: &FsError) -> Errno {
@@ -84,7 +89,39 @@ fn dtype_kind(dt: u16) -> FileType {
 impl Gfs2Fuse {
     /// An adapter over `fs`.
     pub fn new(fs: Arc<Fs>) -> Self {
-        Gfs2Fuse { fs }
+        Gfs2Fuse {
+            fs,
+            listings: Default::default(),
+            next_fh: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    /// The listing of directory `ino` for handle `fh` from `offset`: a fresh
+    /// walk at offset 0 (rewinddir sees changes), the stored one after.
+    fn listing(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+    ) -> crate::error::Result<Arc<Vec<crate::fs::DirItem>>> {
+        let mut map = self.listings.lock().unwrap_or_else(|e| e.into_inner());
+        if offset != 0 {
+            if let Some(l) = map.get(&fh) {
+                return Ok(l.clone());
+            }
+        }
+        drop(map);
+        let mut items = Vec::new();
+        self.fs.readdir(ino, 0, |e| {
+            items.push(e.clone());
+            true
+        })?;
+        let l = Arc::new(items);
+        map = self.listings.lock().unwrap_or_else(|e| e.into_inner());
+        if fh != 0 {
+            map.insert(fh, l.clone());
+        }
+        Ok(l)
     }
 
     fn ino(&self, i: INodeNo) -> u64 {
@@ -518,47 +555,71 @@ impl fuser::Filesystem for Gfs2Fuse {
         }
     }
 
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let fh = self
+            .next_fh
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.listings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh.0);
+        reply.ok()
+    }
+
     fn readdir(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let r = self.fs.readdir(self.ino(ino), offset, |e| {
-            !reply.add(
+        let items = match self.listing(self.ino(ino), fh.0, offset) {
+            Ok(l) => l,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let start = items.partition_point(|e| e.next <= offset);
+        for e in &items[start..] {
+            if reply.add(
                 self.fuse_ino(e.ino),
                 e.next,
                 dtype_kind(e.dtype),
                 OsStr::from_bytes(&e.name),
-            )
-        });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
+            ) {
+                break;
+            }
         }
+        reply.ok()
     }
 
     fn readdirplus(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        // Collect names under the directory's glock, then stat each entry
-        // under its own: never two inode glocks at once.
-        let mut items = Vec::new();
-        let r = self.fs.readdir(self.ino(ino), offset, |e| {
-            items.push(e.clone());
-            items.len() < 256
-        });
-        if let Err(e) = r {
-            return reply.error(errno(&e));
-        }
-        for it in items {
+        // The names come from the handle's listing (taken under the
+        // directory's glock); each entry is then stat'ed under its own:
+        // never two inode glocks at once.
+        let items = match self.listing(self.ino(ino), fh.0, offset) {
+            Ok(l) => l,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let start = items.partition_point(|e| e.next <= offset);
+        for it in items[start..].iter().take(256) {
             let a = match self.fs.getattr(it.ino) {
                 Ok(a) => a,
                 Err(e) => {
