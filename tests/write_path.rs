@@ -174,3 +174,41 @@ fn workload_is_fsck_clean_and_kernel_compatible() {
         );
     }
 }
+
+/// A directory grown to the maximum hash-table depth by names whose hashes
+/// share their top 17 bits: our mount chains leaves as the kernel does, and
+/// gfs2-utils and the kernel agree with the result.
+#[test]
+fn colliding_names_chain_leaves_at_max_depth() {
+    let names = gfs2_oracle::colliding_names(40, 17, "chained_leaf_entry", 200);
+    assert_eq!(names.len(), 40);
+    let img = mkfs(512, 1, 300, "chain");
+    let (mnt, g) = mount_ours(&img.0, "", "chain");
+    let dir = mnt.0.join("chain");
+    std::fs::create_dir(&dir).expect("mkdir");
+    for (i, n) in names.iter().enumerate() {
+        std::fs::write(dir.join(n), format!("{i}\n")).expect("create colliding name");
+    }
+    for n in &names[..5] {
+        std::fs::remove_file(dir.join(n)).expect("unlink");
+    }
+    let listed = std::fs::read_dir(&dir).expect("readdir").count();
+    assert_eq!(listed, 35);
+    unmount(g, &mnt.0);
+    fsck_clean(&img.0, "chained leaves");
+    let console = run_vm(
+        "mount -t gfs2 -o lockproto=lock_nolock /dev/vda /mnt || echo MOUNTFAIL\n\
+         echo COUNT $(ls /mnt/chain | wc -l)\n\
+         echo SUM $(cat /mnt/chain/* | sort -n | tr '\\n' ' ')\numount /mnt\n",
+        &[img.0.as_path()],
+    );
+    assert!(!console.contains("MOUNTFAIL"), "kernel mount:\n{console}");
+    assert!(console.contains("COUNT 35"), "kernel listing:\n{console}");
+    let want: Vec<String> = (5..40).map(|i| i.to_string()).collect();
+    assert!(
+        console
+            .lines()
+            .any(|l| l.trim() == format!("SUM {}", want.join(" "))),
+        "kernel contents:\n{console}"
+    );
+}

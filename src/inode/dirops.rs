@@ -186,13 +186,16 @@ fn table_write(
     al: Alloc<'_>,
     dino: u64,
     table: &[u64],
+    depth: u16,
     dev: &dyn crate::dev::BlockDevice,
 ) -> Result<()> {
     let bsize = tx.bsize();
     let bytes: Vec<u8> = table.iter().flat_map(|p| p.to_be_bytes()).collect();
     write::free_from(tx, al, dino, 0)?;
     let mut di = dinode(tx, dino)?;
+    // Size and depth change together: the table is consistent at every step.
     di.size = bytes.len() as u64;
+    di.depth = depth;
     put_dinode(tx, &di)?;
     if bytes.len() <= layout::stuffed_max(bsize) as usize {
         let b = tx.get_mut(glock(dino), dino, mt::DI)?;
@@ -329,11 +332,7 @@ fn double_table(
         table.push(p);
         table.push(p);
     }
-    table_write(tx, al, dino, &table, dev)?;
-    let mut di = dinode(tx, dino)?;
-    di.depth += 1;
-    put_dinode(tx, &di)?;
-    Ok(())
+    table_write(tx, al, dino, &table, di.depth + 1, dev)
 }
 
 /// Add `name` -> `inum` (of type `de_type`) to directory `dino`. The caller

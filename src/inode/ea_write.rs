@@ -51,7 +51,8 @@ fn read_all(tx: &mut Txn<'_>, ino: u64) -> Result<(Vec<Attr>, Vec<u64>)> {
             let value = match r.value {
                 Some(v) => v.to_vec(),
                 None => {
-                    let mut v = Vec::with_capacity(r.header.data_len as usize);
+                    let mut v =
+                        Vec::with_capacity((r.header.data_len as usize).min(ea::MAX_DATA_LEN));
                     for p in &r.ptrs {
                         owned.push(*p);
                         let d = tx.get(glock(ino), *p, mt::ED)?;

@@ -32,7 +32,24 @@ pub fn glock(ino: u64) -> ResName {
 /// Read the dinode of `ino` from the transaction.
 pub fn dinode(tx: &mut Txn<'_>, ino: u64) -> Result<Dinode> {
     let b = tx.get(glock(ino), ino, mt::DI)?;
-    Ok(Dinode::parse(&b)?)
+    let di = Dinode::parse(&b)?;
+    // What the write path relies on when it slices the dinode block.
+    if di.num.addr != ino {
+        return Err(FsError::corrupt(ino, "dinode address mismatch"));
+    }
+    if di.height > crate::format::MAX_META_HEIGHT {
+        return Err(FsError::corrupt(ino, format!("height {}", di.height)));
+    }
+    if di.height == 0 && !di.is_exhash() && di.size > layout::stuffed_max(tx.bsize()) {
+        return Err(FsError::corrupt(ino, "stuffed inode larger than its block"));
+    }
+    if di.is_exhash() && (di.depth > crate::format::DIR_MAX_DEPTH || 8u64 << di.depth != di.size) {
+        return Err(FsError::corrupt(
+            ino,
+            "hash table size does not match its depth",
+        ));
+    }
+    Ok(di)
 }
 
 /// Store `di` into its block in the transaction.
@@ -390,7 +407,12 @@ pub fn free_range(tx: &mut Txn<'_>, al: Alloc<'_>, ino: u64, first: u64, end: u6
     di.blocks = di.blocks.saturating_sub(freed);
     let all = first == 0 && end == u64::MAX;
     if all {
+        // Nothing is mapped any more: the inode is stuffed and empty (the
+        // caller sets the size it wants on top).
         di.height = 0;
+        if !di.is_exhash() {
+            di.size = 0;
+        }
         di.goal_meta = ino;
         di.goal_data = ino;
     }
