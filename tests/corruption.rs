@@ -207,14 +207,19 @@ fn damaged_inode_gives_eio_for_that_inode_only() {
 /// Writes on a damaged copy: every operation may fail (EIO, ENOENT...) but
 /// the daemon's core never panics or hangs, and what it writes stays inside
 /// the device.
-fn write_trial(base: &Arc<Vec<u8>>, pokes: &[(u64, u8)]) {
+/// Returns whether the mount worked and the first creation succeeded.
+fn write_trial(base: &Arc<Vec<u8>>, pokes: &[(u64, u8)]) -> bool {
     let dev = OverlayDevice::new(base.clone());
     for &(off, v) in pokes {
         dev.poke(off, &[v]);
     }
     let dev: Arc<dyn BlockDevice> = Arc::new(dev);
-    let Ok(fs) = Fs::mount(dev, MountOptions::default()) else {
-        return;
+    let opts = MountOptions {
+        lockproto: Some("lock_nolock".into()),
+        ..MountOptions::default()
+    };
+    let Ok(fs) = Fs::mount(dev, opts) else {
+        return false;
     };
     let root = fs.root();
     let mut names = Vec::new();
@@ -224,7 +229,9 @@ fn write_trial(base: &Arc<Vec<u8>>, pokes: &[(u64, u8)]) {
         }
         names.len() < 50
     });
-    let _ = fs.mknod(root, b"new_file", 0o100644, 0, 0, 0, 0, None);
+    let created = fs
+        .mknod(root, b"new_file", 0o100644, 0, 0, 0, 0, None)
+        .is_ok();
     if let Ok(a) = fs.lookup(root, b"new_file") {
         let _ = fs.write(a.ino, 0, &[7u8; 10_000]);
         let _ = fs.write(a.ino, 1 << 20, b"far");
@@ -258,12 +265,14 @@ fn write_trial(base: &Arc<Vec<u8>>, pokes: &[(u64, u8)]) {
     }
     let _ = fs.sync();
     let _ = fs.unmount();
+    created
 }
 
 #[test]
 fn writes_on_damaged_images_never_panic_or_hang() {
     let start = Instant::now();
     let mut trials = 0;
+    let mut written = 0;
     let work = std::env::temp_dir().join(format!("corrupt-write-{}", std::process::id()));
     std::fs::create_dir_all(&work).expect("work dir");
     for (name, seed) in [("tree-b1024", 0x77u64), ("tree-b4096", 0x99)] {
@@ -272,6 +281,10 @@ fn writes_on_damaged_images_never_panic_or_hang() {
         let _ = std::fs::remove_file(&path);
         let bsize = u32::from_be_bytes(base[65536 + 36..65536 + 40].try_into().expect("4 bytes"));
         let meta = metadata_blocks(&base, bsize as usize);
+        assert!(
+            write_trial(&base, &[]),
+            "{name}: the undamaged image takes writes"
+        );
         let mut rng = Rng(seed);
         let deadline = Instant::now() + Duration::from_secs(12);
         while Instant::now() < deadline {
@@ -290,11 +303,11 @@ fn writes_on_damaged_images_never_panic_or_hang() {
             let (tx, rx) = mpsc::channel();
             let (b, p) = (base.clone(), pokes.clone());
             std::thread::spawn(move || {
-                write_trial(&b, &p);
-                let _ = tx.send(());
+                let _ = tx.send(write_trial(&b, &p));
             });
             match rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(()) => {}
+                Ok(true) => written += 1,
+                Ok(false) => {}
                 Err(mpsc::RecvTimeoutError::Timeout) => panic!("write trial hung: {pokes:?}"),
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     panic!("write trial panicked: {pokes:?}")
@@ -305,5 +318,12 @@ fn writes_on_damaged_images_never_panic_or_hang() {
     }
     let _ = std::fs::remove_dir_all(&work);
     assert!(trials > 20, "only {trials} write trials");
-    eprintln!("{trials} write trials in {:?}", start.elapsed());
+    assert!(
+        written * 4 > trials,
+        "only {written} of {trials} damaged images took writes: the test would prove little"
+    );
+    eprintln!(
+        "{trials} write trials ({written} mounted and wrote) in {:?}",
+        start.elapsed()
+    );
 }
