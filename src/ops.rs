@@ -725,13 +725,9 @@ impl Fs {
             }
             di.size = di.size.max(end);
             touch_mc(&mut di);
-            // Writing by others clears set-id bits, as the kernel does.
-            di.mode &= !(libc::S_ISUID
-                | if di.mode & 0o010 != 0 {
-                    libc::S_ISGID
-                } else {
-                    0
-                });
+            // Set-id bits are the kernel's business: without
+            // FUSE_HANDLE_KILLPRIV it clears them with a setattr before the
+            // write when the writer lacks CAP_FSETID.
             put_dinode(tx, &di)?;
             Ok(data.len())
         })

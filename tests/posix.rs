@@ -49,6 +49,7 @@ truncate -s 0 t1; st t1
 truncate -s 10 d1
 chmod 600 f1; st f1
 chmod 4755 f1; st f1
+echo more >> f1; st f1
 chmod 2755 d1; st d1
 mkdir d1/inherit; st d1/inherit
 touch d1/gfile; st d1/gfile
@@ -89,6 +90,7 @@ U mv d1/gfile d1/gfile2
 U touch noperm_dir_test
 U cat ap
 U sh -c 'echo x >> ap'
+chmod 6777 ap; U sh -c 'echo y >> ap'; st ap
 T creat f_new
 T mkdir d_new
 T unlink hl3
