@@ -15,3 +15,4 @@ pub mod log;
 pub mod ops;
 pub mod rgrp;
 pub mod sb;
+pub mod scan;

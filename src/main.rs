@@ -26,8 +26,9 @@ struct Args {
 const USAGE: &str = concat!(
     "usage: gfs2-fuse mount DEVICE MOUNTPOINT [-o OPTIONS] [-f]\n",
     "       gfs2-fuse DEVICE MOUNTPOINT [-o OPTIONS] [-f]   (the form mount.fuse3 uses)\n",
-    "DEVICE:  an image file or block device, nbd://host[:port]/export, or\n",
-    "         nbd+unix:///export?socket=PATH\n",
+    "       gfs2-fuse scan [--no-local] [TARGET...]   (list GFS2 filesystems)\n",
+    "DEVICE:  an image file or block device, nbd://host[:port]/export,\n",
+    "         nbd+unix:///export?socket=PATH, UUID=uuid or LOCKTABLE=cluster:fs\n",
     "options: lockproto=, locktable=, hostdata=jid=N, ro, acl, norecovery, spectator,\n",
     "         commit=SECONDS (log flush interval, default 30), allow_other,\n",
     "         default_permissions (always on), and the generic rw, dev, suid, ..."
@@ -92,8 +93,24 @@ fn parse_options(s: &str, a: &mut Args) -> Result<()> {
     Ok(())
 }
 
+/// `gfs2-fuse scan [--no-local] [TARGET...]`: list GFS2 filesystems.
+fn scan_main(args: &[String]) -> ! {
+    let local = !args.iter().any(|a| a == "--no-local");
+    let targets: Vec<String> = args
+        .iter()
+        .filter(|a| !a.starts_with("--"))
+        .cloned()
+        .collect();
+    let found = gfs2fuse::scan::scan(&targets, local);
+    print!("{}", gfs2fuse::scan::render(&found));
+    std::process::exit(if found.is_empty() { 1 } else { 0 });
+}
+
 fn parse_args() -> Result<Args> {
     let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("scan") {
+        scan_main(&argv[1..]);
+    }
     if argv.first().map(String::as_str) == Some("mount") {
         argv.remove(0);
     }
@@ -137,7 +154,13 @@ fn mount(a: &mut Args) -> Result<fuser::Session<fuse::Gfs2Fuse>> {
     // Open read-write even for `ro`: a dirty journal is replayed anyway when
     // the device allows it, as the kernel does.
     // DEVICE is a path or a network device (nbd://host[:port]/export,
-    // nbd+unix:///export?socket=PATH): see gfs2fuse::dev::spec.
+    // nbd+unix:///export?socket=PATH): see gfs2fuse::dev::spec. UUID= and
+    // LOCKTABLE= name a filesystem on a local block device, found afresh.
+    if let Some(r) = a.device.to_str().and_then(gfs2fuse::scan::resolve) {
+        let found = r?;
+        tracing::info!("{} is {found}", a.device.display());
+        a.device = PathBuf::from(found);
+    }
     let dev = match spec::open_os(a.device.as_os_str(), false) {
         Ok(d) => d,
         Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EROFS)) => {
