@@ -161,6 +161,14 @@ impl Gfs2Fuse {
     }
 }
 
+/// Answer an operation that returns nothing.
+fn empty(r: crate::error::Result<()>, reply: ReplyEmpty) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
 impl Gfs2Fuse {
     fn entry(&self, r: crate::error::Result<Attr>, reply: ReplyEntry) {
         match r {
@@ -240,10 +248,7 @@ impl fuser::Filesystem for Gfs2Fuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.release_inode(self.ino(ino)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(self.fs.release_inode(self.ino(ino)), reply)
     }
 
     fn create(
@@ -359,17 +364,17 @@ impl fuser::Filesystem for Gfs2Fuse {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.remove(self.ino(parent), name.as_bytes(), false) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(
+            self.fs.remove(self.ino(parent), name.as_bytes(), false),
+            reply,
+        )
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.remove(self.ino(parent), name.as_bytes(), true) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(
+            self.fs.remove(self.ino(parent), name.as_bytes(), true),
+            reply,
+        )
     }
 
     fn rename(
@@ -389,10 +394,7 @@ impl fuser::Filesystem for Gfs2Fuse {
             newname.as_bytes(),
             flags.bits(),
         );
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(r, reply)
     }
 
     fn write(
@@ -467,20 +469,18 @@ impl fuser::Filesystem for Gfs2Fuse {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        match self
-            .fs
-            .set_xattr(self.ino(ino), name.as_bytes(), Some(value), flags)
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(
+            self.fs
+                .set_xattr(self.ino(ino), name.as_bytes(), Some(value), flags),
+            reply,
+        )
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.set_xattr(self.ino(ino), name.as_bytes(), None, 0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(
+            self.fs.set_xattr(self.ino(ino), name.as_bytes(), None, 0),
+            reply,
+        )
     }
 
     fn fallocate(
@@ -493,10 +493,10 @@ impl fuser::Filesystem for Gfs2Fuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match self.fs.fallocate(self.ino(ino), offset, length, mode) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(
+            self.fs.fallocate(self.ino(ino), offset, length, mode),
+            reply,
+        )
     }
 
     fn flush(
@@ -518,10 +518,7 @@ impl fuser::Filesystem for Gfs2Fuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.sync() {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(self.fs.sync(), reply)
     }
 
     fn fsyncdir(
@@ -532,10 +529,7 @@ impl fuser::Filesystem for Gfs2Fuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.sync() {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(self.fs.sync(), reply)
     }
 
     fn read(

@@ -408,6 +408,24 @@ fn leaf_chain(tx: &mut Txn<'_>, al: Alloc<'_>, dino: u64, name: &[u8]) -> Result
     Ok(out)
 }
 
+/// The blocks where entry `name` of `dino` can be, with their metadata type
+/// and where their entries start: the dinode of a stuffed directory, or the
+/// leaf chain of the name's hash-table slot.
+fn name_blocks(
+    tx: &mut Txn<'_>,
+    al: Alloc<'_>,
+    dino: u64,
+    name: &[u8],
+) -> Result<Vec<(u64, u32, usize)>> {
+    if !dinode(tx, dino)?.is_exhash() {
+        return Ok(vec![(dino, mt::DI, DINODE_SIZE)]);
+    }
+    Ok(leaf_chain(tx, al, dino, name)?
+        .into_iter()
+        .map(|b| (b, mt::LF, Leaf::SIZE))
+        .collect())
+}
+
 /// Look `name` up in directory `dino` as the transaction sees it.
 pub fn find(
     tx: &mut Txn<'_>,
@@ -415,14 +433,9 @@ pub fn find(
     dino: u64,
     name: &[u8],
 ) -> Result<Option<(Inum, u16)>> {
-    let di = dinode(tx, dino)?;
-    if !di.is_exhash() {
-        let b = tx.get(glock(dino), dino, mt::DI)?;
-        return Ok(find_in(&b, DINODE_SIZE, dino, name)?.map(|(_, d)| (d.inum, d.de_type)));
-    }
-    for blk in leaf_chain(tx, al, dino, name)? {
-        let b = tx.get(glock(dino), blk, mt::LF)?;
-        if let Some((_, d)) = find_in(&b, Leaf::SIZE, blk, name)? {
+    for (blk, mty, start) in name_blocks(tx, al, dino, name)? {
+        let b = tx.get(glock(dino), blk, mty)?;
+        if let Some((_, d)) = find_in(&b, start, blk, name)? {
             return Ok(Some((d.inum, d.de_type)));
         }
     }
@@ -436,28 +449,19 @@ pub fn remove(
     dino: u64,
     name: &[u8],
 ) -> Result<Option<(Inum, u16)>> {
-    let di = dinode(tx, dino)?;
-    let found = if !di.is_exhash() {
-        let b = tx.get_mut(glock(dino), dino, mt::DI)?;
-        delete_in(b, DINODE_SIZE, dino, name)?
-    } else {
-        let mut found = None;
-        for blk in leaf_chain(tx, al, dino, name)? {
-            let b = tx.get_mut(glock(dino), blk, mt::LF)?;
-            if let Some(f) = delete_in(b, Leaf::SIZE, blk, name)? {
+    for (blk, mty, start) in name_blocks(tx, al, dino, name)? {
+        let b = tx.get_mut(glock(dino), blk, mty)?;
+        if let Some(f) = delete_in(b, start, blk, name)? {
+            if mty == mt::LF {
                 leaf_update(tx, dino, blk, |l| l.entries = l.entries.saturating_sub(1))?;
-                found = Some(f);
-                break;
             }
+            let mut di = dinode(tx, dino)?;
+            di.entries = di.entries.saturating_sub(1);
+            put_dinode(tx, &di)?;
+            return Ok(Some(f));
         }
-        found
-    };
-    if found.is_some() {
-        let mut di = dinode(tx, dino)?;
-        di.entries = di.entries.saturating_sub(1);
-        put_dinode(tx, &di)?;
     }
-    Ok(found)
+    Ok(None)
 }
 
 /// Point entry `name` of `dino` at `inum` (rename over, "..").
@@ -469,18 +473,7 @@ pub fn retarget(
     inum: Inum,
     de_type: u16,
 ) -> Result<()> {
-    let di = dinode(tx, dino)?;
-    let blocks = if di.is_exhash() {
-        leaf_chain(tx, al, dino, name)?
-    } else {
-        vec![dino]
-    };
-    for blk in blocks {
-        let (mty, start) = if blk == dino && !di.is_exhash() {
-            (mt::DI, DINODE_SIZE)
-        } else {
-            (mt::LF, Leaf::SIZE)
-        };
+    for (blk, mty, start) in name_blocks(tx, al, dino, name)? {
         let b = tx.get_mut(glock(dino), blk, mty)?;
         if let Some((off, mut d)) = find_in(b, start, blk, name)? {
             d.inum = inum;

@@ -50,56 +50,64 @@ pub struct Inode {
 /// File type bits of `mode`.
 pub const S_IFMT: u32 = 0o170000;
 
+/// The checks every reader of a dinode relies on (the kernel's
+/// `gfs2_dinode_in`): its own address, a known file type, a sane height,
+/// stuffed data that fits the block, a hash table that matches its depth.
+pub fn validate(di: &Dinode, ino: u64, bsize: u32) -> Result<()> {
+    if di.num.addr != ino {
+        return Err(FsError::corrupt(
+            ino,
+            format!("dinode says it is at block {}", di.num.addr),
+        ));
+    }
+    let kind = di.mode & S_IFMT;
+    let valid_kind = matches!(
+        kind,
+        0o100000 | 0o040000 | 0o120000 | 0o020000 | 0o060000 | 0o010000 | 0o140000
+    );
+    if !valid_kind {
+        return Err(FsError::corrupt(
+            ino,
+            format!("bad file mode {:o}", di.mode),
+        ));
+    }
+    if di.height > format::MAX_META_HEIGHT {
+        return Err(FsError::corrupt(
+            ino,
+            format!("height {} too large", di.height),
+        ));
+    }
+    let bsize = u64::from(bsize);
+    if di.height == 0 && kind != 0o020000 && kind != 0o060000 {
+        let cap = bsize - DINODE_SIZE as u64;
+        // Directories are checked by the directory code (hash tables).
+        if kind != 0o040000 && di.size > cap {
+            return Err(FsError::corrupt(
+                ino,
+                format!("stuffed inode of size {} > {cap}", di.size),
+            ));
+        }
+    }
+    if kind == 0o040000 && di.flags & format::dif::EXHASH != 0 {
+        if di.depth > format::DIR_MAX_DEPTH {
+            return Err(FsError::corrupt(ino, format!("dir depth {}", di.depth)));
+        }
+        if (8u64 << di.depth) != di.size {
+            return Err(FsError::corrupt(
+                ino,
+                format!("hash table size {} != 8 << depth {}", di.size, di.depth),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Inode {
     /// Read and validate dinode `ino`.
     pub fn read(m: Meta<'_>, ino: u64) -> Result<Inode> {
         let block = m.read(ino, mt::DI)?;
         let di = Dinode::parse(&block).map_err(|_| FsError::corrupt(ino, "short dinode"))?;
-        if di.num.addr != ino {
-            return Err(FsError::corrupt(
-                ino,
-                format!("dinode says it is at block {}", di.num.addr),
-            ));
-        }
-        let kind = di.mode & S_IFMT;
-        let valid_kind = matches!(
-            kind,
-            0o100000 | 0o040000 | 0o120000 | 0o020000 | 0o060000 | 0o010000 | 0o140000
-        );
-        if !valid_kind {
-            return Err(FsError::corrupt(
-                ino,
-                format!("bad file mode {:o}", di.mode),
-            ));
-        }
-        if di.height > format::MAX_META_HEIGHT {
-            return Err(FsError::corrupt(
-                ino,
-                format!("height {} too large", di.height),
-            ));
-        }
-        let bsize = m.bsize() as u64;
-        if di.height == 0 && kind != 0o020000 && kind != 0o060000 {
-            let cap = bsize - DINODE_SIZE as u64;
-            // Directories are checked by the directory code (hash tables).
-            if kind != 0o040000 && di.size > cap {
-                return Err(FsError::corrupt(
-                    ino,
-                    format!("stuffed inode of size {} > {cap}", di.size),
-                ));
-            }
-        }
-        if kind == 0o040000 && di.flags & format::dif::EXHASH != 0 {
-            if di.depth > format::DIR_MAX_DEPTH {
-                return Err(FsError::corrupt(ino, format!("dir depth {}", di.depth)));
-            }
-            if (8u64 << di.depth) != di.size {
-                return Err(FsError::corrupt(
-                    ino,
-                    format!("hash table size {} != 8 << depth {}", di.size, di.depth),
-                ));
-            }
-        }
+        validate(&di, ino, m.bsize())?;
         Ok(Inode { ino, di, block })
     }
 

@@ -16,7 +16,7 @@ use crate::buf::read_block;
 use crate::dev::BlockDevice;
 use crate::format::{
     be64, log, log_header_crc, log_header_hash, mt, put32, put64, LogDescriptor, LogHeader,
-    MetaHeader, LH_V1_SIZE, LOG_DESC_SIZE, MAGIC, META_HEADER_SIZE,
+    MetaHeader, LOG_DESC_SIZE, MAGIC, META_HEADER_SIZE,
 };
 use std::collections::HashMap;
 
@@ -476,28 +476,29 @@ pub fn build_log_header(
     addr: u64,
     clean: &CleanHeader,
 ) -> Vec<u8> {
-    let mut b = vec![0u8; bsize as usize];
-    put32(&mut b, 0, MAGIC);
-    put32(&mut b, 4, mt::LH);
-    put32(&mut b, 16, 800);
-    put32(&mut b, 20, jid);
-    put64(&mut b, 24, seq);
-    put32(&mut b, 32, flags);
-    put32(&mut b, 36, tail);
-    put32(&mut b, 40, lblock);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    put32(&mut b, 52, now.subsec_nanos());
-    put64(&mut b, 56, now.as_secs());
-    put64(&mut b, 64, addr);
-    put64(&mut b, 72, clean.jinode);
-    put64(&mut b, 80, clean.statfs_addr);
-    put64(&mut b, 88, clean.quota_addr);
-    let h = log_header_hash(&b).unwrap_or(0);
-    put32(&mut b, 44, h);
-    let c = log_header_crc(&b).unwrap_or(0);
-    put32(&mut b, LH_V1_SIZE, c);
+    let lh = LogHeader {
+        header: MetaHeader {
+            jid,
+            ..MetaHeader::new(mt::LH, gfs2_ondisk::consts::format::LH)
+        },
+        sequence: seq,
+        flags,
+        tail,
+        blkno: lblock,
+        nsec: now.subsec_nanos(),
+        sec: now.as_secs(),
+        addr,
+        jinode: clean.jinode,
+        statfs_addr: clean.statfs_addr,
+        quota_addr: clean.quota_addr,
+        ..LogHeader::default()
+    };
+    let mut b = vec![0u8; bsize as usize];
+    // Only a block shorter than a log header fails, and bsize >= 512.
+    let _ = lh.write_block(&mut b);
     b
 }
 
