@@ -24,14 +24,6 @@ fn manifest_lines(text: &str) -> Vec<String> {
         .collect()
 }
 
-fn with_mount<T>(img: &Path, opts: &str, tag: &str, f: impl FnOnce(&Path) -> T) -> T {
-    let (mnt, g) = mount_ours(img, opts, tag);
-    let r = f(&mnt.0);
-    drop(g);
-    wait_daemon_gone(&mnt.0);
-    r
-}
-
 fn host_manifest(dir: &Path) -> Vec<String> {
     gfs2_oracle::host_manifest(dir).expect("manifest of our mount")
 }

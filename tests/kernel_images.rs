@@ -49,31 +49,6 @@ fn populate(nfiles: u32) -> String {
     POPULATE.replace("NFILES", &nfiles.to_string())
 }
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_gfs2-fuse")
-}
-
-/// Mount `img` with our binary, run `f`, unmount (also on panic).
-fn with_mount<T>(img: &Path, opts: &str, tag: &str, f: impl FnOnce(&Path) -> T) -> T {
-    let mnt = mountpoint(tag);
-    let out = Command::new(bin())
-        .arg("mount")
-        .arg(img)
-        .arg(&mnt.0)
-        .args(["-o", opts])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mount: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let guard = MountGuard(mnt.0.clone());
-    let r = f(&mnt.0);
-    drop(guard);
-    r
-}
-
 fn compare(kernel: &[String], ours: &[String], what: &str) {
     assert!(
         kernel.len() > 10,
@@ -337,7 +312,7 @@ fn fuse_corruption_trials(img: &Path, bsize: u64, trials: u64) {
         }
         std::fs::write(&copy.0, &b).unwrap();
         let mnt = mountpoint(&format!("fc{t}"));
-        let out = Command::new(bin())
+        let out = Command::new(gfs2_fuse())
             .arg("mount")
             .arg(&copy.0)
             .arg(&mnt.0)

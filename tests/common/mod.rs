@@ -334,3 +334,13 @@ pub fn mount_ours(img: &Path, opts: &str, tag: &str) -> (TempPath, MountGuard) {
     let g = MountGuard(mnt.0.clone());
     (mnt, g)
 }
+
+/// Mount `img` with our daemon, run `f` on the mount point, unmount (also
+/// on panic) and wait until the daemon has finished its unmount.
+pub fn with_mount<T>(img: &Path, opts: &str, tag: &str, f: impl FnOnce(&Path) -> T) -> T {
+    let (mnt, g) = mount_ours(img, opts, tag);
+    let r = f(&mnt.0);
+    drop(g);
+    wait_daemon_gone(&mnt.0);
+    r
+}
