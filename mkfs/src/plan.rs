@@ -13,8 +13,6 @@ const META_HEADER_SIZE: u32 = 24;
 const DINODE_SIZE: u32 = 232;
 /// Bits per byte / 2 bits per block: 4 blocks per bitmap byte.
 const NBBY: u32 = 4;
-/// Superblock offset in bytes (128 basic blocks of 512 bytes).
-const SB_OFFSET: u64 = 128 * 512;
 pub const MIN_RGSIZE_MB: u32 = 32;
 pub const MAX_RGSIZE_MB: u32 = 2048;
 pub const MIN_JSIZE_MB: u32 = 8;
@@ -100,18 +98,9 @@ impl Align {
     }
 }
 
-/// Block address of the superblock for a block size.
-pub fn sb_addr(bsize: u32) -> u64 {
-    SB_OFFSET / u64::from(bsize)
-}
-
-/// Pointers in a dinode block and in an indirect block.
-pub fn diptrs(bsize: u32) -> u64 {
-    u64::from((bsize - DINODE_SIZE) / 8)
-}
-pub fn inptrs(bsize: u32) -> u64 {
-    u64::from((bsize - META_HEADER_SIZE) / 8)
-}
+// Superblock address and pointers per dinode/indirect block: the format's
+// own arithmetic.
+pub use gfs2_ondisk::layout::{diptrs, inptrs, sb_addr};
 
 /// Blocks (dinode + indirect + data) a file of `bytes` needs (libgfs2 `lgfs2_space_for_data`).
 pub fn space_for_data(bsize: u32, bytes: u64) -> u64 {
