@@ -748,11 +748,6 @@ fn handshake_errors_and_read_only_exports() {
             t.elapsed()
         );
     }
-    // Unknown schemes.
-    let e = spec::open("iscsi://host/iqn.2001-04.com.example:disk/0", false)
-        .err()
-        .unwrap();
-    assert!(e.to_string().contains("not supported yet"), "{e}");
 }
 
 /// gfs2-fuse on a read-only export: the read-write open is refused with

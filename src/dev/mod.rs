@@ -4,9 +4,11 @@
 //! device layer must never serve data from a cache of its own. Everything above
 //! it caches only what a glock covers. Implementations: [`file::FileDevice`]
 //! (a local image file or block device) and the network initiators
-//! ([`nbd::NbdDevice`]); [`spec::open`] opens either from a user's string.
+//! ([`nbd::NbdDevice`], [`aoe`], [`iscsi`]); [`spec::open`] opens either from a user's string.
 
+pub mod aoe;
 pub mod file;
+pub mod iscsi;
 pub mod nbd;
 pub mod spec;
 

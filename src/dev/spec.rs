@@ -4,6 +4,8 @@
 //! /dev/sdb, ./image.img, file:///path      a local file or block device
 //! nbd://host[:port]/export[?timeout=SECS]  NBD over TCP (port 10809 by default)
 //! nbd+unix:///export?socket=/path          NBD over a Unix-domain socket
+//! aoe:eSHELF.SLOT@IFACE                     ATA over Ethernet (see [`super::aoe`])
+//! iscsi://host[:port]/TARGET-IQN/LUN        iSCSI (see [`super::iscsi`])
 //! ```
 //! IPv6 hosts are written in brackets (`nbd://[::1]:10809/exp`). An empty
 //! export name selects the server's default export. `timeout` overrides
@@ -12,7 +14,7 @@
 
 use super::file::{FileDevice, OpenFlags};
 use super::nbd::{NbdAddr, NbdConfig, NbdDevice, DEFAULT_PORT};
-use super::BlockDevice;
+use super::{aoe, iscsi, BlockDevice};
 use std::ffi::OsStr;
 use std::io;
 use std::path::PathBuf;
@@ -24,9 +26,11 @@ use std::time::Duration;
 pub enum Spec {
     Path(PathBuf),
     Nbd(NbdConfig),
+    Aoe(aoe::AoeConfig),
+    Iscsi(iscsi::IscsiConfig),
 }
 
-fn invalid(spec: &str, why: impl std::fmt::Display) -> io::Error {
+pub(super) fn invalid(spec: &str, why: impl std::fmt::Display) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidInput,
         format!("device {spec:?}: {why}"),
@@ -73,9 +77,12 @@ fn percent_decode(spec: &str, s: &str) -> io::Result<String> {
 /// Parse a specification without opening anything.
 pub fn parse(spec: &str) -> io::Result<Spec> {
     let Some((sch, rest)) = scheme(spec) else {
-        let lower = spec.to_ascii_lowercase();
-        if lower.starts_with("aoe:") || lower.starts_with("iscsi:") {
-            return Err(unsupported(spec, "AoE and iSCSI are not supported yet"));
+        if let Some(rest) = spec
+            .get(..4)
+            .filter(|p| p.eq_ignore_ascii_case("aoe:"))
+            .map(|_| &spec[4..])
+        {
+            return aoe::parse_spec(spec, rest).map(Spec::Aoe);
         }
         if spec.is_empty() {
             return Err(invalid(spec, "empty device name"));
@@ -91,7 +98,8 @@ pub fn parse(spec: &str) -> io::Result<Spec> {
         }
         "nbd" | "nbd+tcp" | "nbd+unix" => parse_nbd(spec, sch, rest).map(Spec::Nbd),
         "nbds" | "nbds+tcp" | "nbds+unix" => Err(unsupported(spec, "NBD over TLS is not supported")),
-        "iscsi" | "aoe" => Err(unsupported(spec, format!("{sch}:// is not supported yet"))),
+        "iscsi" => iscsi::parse_spec(spec, rest).map(Spec::Iscsi),
+        "aoe" => Err(invalid(spec, "AoE devices are written aoe:eSHELF.SLOT@IFACE")),
         _ => Err(invalid(
             spec,
             format!("unknown scheme {sch}:// (use a path, nbd://host[:port]/export or nbd+unix:///export?socket=PATH)"),
@@ -190,6 +198,14 @@ pub fn open(spec: &str, read_only: bool) -> io::Result<Arc<dyn BlockDevice>> {
         Spec::Nbd(mut cfg) => {
             cfg.read_only = read_only;
             Ok(Arc::new(NbdDevice::connect(cfg)?))
+        }
+        Spec::Aoe(mut cfg) => {
+            cfg.read_only = read_only;
+            aoe::open(cfg)
+        }
+        Spec::Iscsi(mut cfg) => {
+            cfg.read_only = read_only;
+            iscsi::open(cfg)
         }
     }
 }
@@ -290,7 +306,7 @@ mod tests {
 
     #[test]
     fn unsupported_schemes() {
-        for s in ["iscsi://target/iqn.2000-01.x:y/0", "aoe:e1.1", "nbds://h/e"] {
+        for s in ["nbds://h/e"] {
             let e = parse(s).unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::Unsupported, "{s}");
             assert!(e.to_string().contains("not supported"), "{e}");
