@@ -306,11 +306,9 @@ mod tests {
 
     #[test]
     fn unsupported_schemes() {
-        for s in ["nbds://h/e"] {
-            let e = parse(s).unwrap_err();
-            assert_eq!(e.kind(), io::ErrorKind::Unsupported, "{s}");
-            assert!(e.to_string().contains("not supported"), "{e}");
-        }
+        let e = parse("nbds://h/e").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Unsupported);
+        assert!(e.to_string().contains("not supported"), "{e}");
         let e = parse("http://x/y").unwrap_err();
         assert!(e.to_string().contains("unknown scheme"), "{e}");
     }
