@@ -82,7 +82,7 @@ struct DirInfo {
 struct Ref {
     inum: Inum,
     de_type: u16,
-    dir: u32,
+    dir: u64,
     /// Where the entry is: (block, record offset, start of records).
     at: (u64, usize, usize),
     name: String,
@@ -109,10 +109,15 @@ pub struct Fsck {
     want: Vec<u8>,
     /// Owner of every claimed dinode, indirect, leaf, EA and directory
     /// data block (not of file data, to keep memory small).
-    owner: HashMap<u64, u32>,
-    inodes: Vec<Ino>,
-    by_addr: HashMap<u64, u32>,
-    dirs: HashMap<u32, DirInfo>,
+    owner: HashMap<u64, u64>,
+    /// Inodes being tracked, by address: directories, system files and
+    /// every inode whose counts are not settled yet. A plain file (one
+    /// link, `di_blocks` right) is dropped once checked; a later link to
+    /// it reads it back ([`Fsck::ino`]).
+    inodes: HashMap<u64, Ino>,
+    /// Largest formal inode number seen.
+    max_formal: u64,
+    dirs: HashMap<u64, DirInfo>,
     queue: VecDeque<Ref>,
     statfs_addr: u64,
     local_statfs: Vec<u64>,
@@ -275,8 +280,8 @@ impl Fsck {
             rgs: Vec::new(),
             want: Vec::new(),
             owner: HashMap::new(),
-            inodes: Vec::new(),
-            by_addr: HashMap::new(),
+            inodes: HashMap::new(),
+            max_formal: 0,
             dirs: HashMap::new(),
             queue: VecDeque::new(),
             statfs_addr: 0,
@@ -971,9 +976,9 @@ impl Fsck {
             ..Dinode::default()
         };
         let idx = self.add_inode(&di, addr);
-        self.inodes[idx as usize].parent = master;
+        self.ino(idx).parent = master;
         want_set(&mut self.want, addr, W_DINODE);
-        self.inodes[idx as usize].blocks = 1;
+        self.ino(idx).blocks = 1;
         let mut b = vec![0u8; self.bsize as usize];
         if data.len() as u64 <= layout::stuffed_max(self.bsize) {
             b[Dinode::SIZE..Dinode::SIZE + data.len()].copy_from_slice(&data);
@@ -994,8 +999,8 @@ impl Fsck {
                 put_be64(&mut b, Dinode::SIZE + 8 * i, nb);
             }
         }
-        di.blocks = self.inodes[idx as usize].blocks;
-        self.inodes[idx as usize].di_blocks = di.blocks;
+        di.blocks = self.ino(idx).blocks;
+        self.ino(idx).di_blocks = di.blocks;
         di.write(&mut b)?;
         self.write(addr, b);
         self.set_bit(addr, BlockState::Dinode);
@@ -1257,20 +1262,17 @@ impl Fsck {
 
     /// Claim `blk` for inode `owner`. Returns an error text when the block
     /// is out of range or already claimed.
-    fn claim(&mut self, blk: u64, owner: u32, st: u8) -> Result<(), String> {
+    fn claim(&mut self, blk: u64, owner: u64, st: u8) -> Result<(), String> {
         self.claim_ex(blk, owner, st, true)
     }
 
-    fn claim_ex(&mut self, blk: u64, owner: u32, st: u8, track: bool) -> Result<(), String> {
+    fn claim_ex(&mut self, blk: u64, owner: u64, st: u8, track: bool) -> Result<(), String> {
         if self.rg_of(blk).is_none() {
             return Err(format!("block {blk} is outside the resource groups' data"));
         }
         if want_get(&self.want, blk) != W_FREE {
             return Err(match self.owner_of(blk) {
-                Some(o) => format!(
-                    "block {blk} is already used by inode {}",
-                    self.inodes[o as usize].addr
-                ),
+                Some(o) => format!("block {blk} is already used by inode {}", o),
                 None => format!("block {blk} is already used as file data"),
             });
         }
@@ -1278,19 +1280,19 @@ impl Fsck {
         if track && st != W_DINODE {
             self.owner.insert(blk, owner);
         }
-        self.inodes[owner as usize].blocks += 1;
+        self.ino(owner).blocks += 1;
         Ok(())
     }
 
-    fn owner_of(&self, blk: u64) -> Option<u32> {
+    fn owner_of(&self, blk: u64) -> Option<u64> {
         if want_get(&self.want, blk) == W_DINODE {
-            return self.by_addr.get(&blk).copied();
+            return Some(blk);
         }
         self.owner.get(&blk).copied()
     }
 
     /// A free block (bitmap free and not claimed), marked used for `owner`.
-    fn alloc(&mut self, owner: u32, track: bool) -> Option<u64> {
+    fn alloc(&mut self, owner: u64, track: bool) -> Option<u64> {
         // From the end of the filesystem backwards: allocations happen during
         // the walk, and a block the bitmap wrongly calls free is more likely
         // to be near the start, where files are allocated first.
@@ -1315,7 +1317,7 @@ impl Fsck {
                     if track {
                         self.owner.insert(blk, owner);
                     }
-                    self.inodes[owner as usize].blocks += 1;
+                    self.ino(owner).blocks += 1;
                     return Some(blk);
                 }
             }
@@ -1341,7 +1343,7 @@ impl Fsck {
             match self.dinode(inum.addr) {
                 Ok((di, _)) if di.is_dir() => {
                     let idx = self.add_inode(&di, inum.addr);
-                    self.inodes[idx as usize].links = 0;
+                    self.ino(idx).links = 0;
                     self.inspect(idx)?;
                 }
                 _ => {
@@ -1357,7 +1359,7 @@ impl Fsck {
                         let (di, b) = self.empty_dir(inum, inum, 0o40755)?;
                         self.write(inum.addr, b);
                         let idx = self.add_inode(&di, inum.addr);
-                        self.inodes[idx as usize].links = 0;
+                        self.ino(idx).links = 0;
                         self.inspect(idx)?;
                     }
                 }
@@ -1369,32 +1371,92 @@ impl Fsck {
         Ok(())
     }
 
-    fn add_inode(&mut self, di: &Dinode, addr: u64) -> u32 {
-        let idx = self.inodes.len() as u32;
-        self.inodes.push(Ino {
+    fn add_inode(&mut self, di: &Dinode, addr: u64) -> u64 {
+        self.max_formal = self.max_formal.max(di.num.formal_ino);
+        self.inodes.insert(
             addr,
-            formal: di.num.formal_ino,
-            mode: di.mode,
-            nlink: di.nlink,
-            links: 1,
+            Ino {
+                addr,
+                formal: di.num.formal_ino,
+                mode: di.mode,
+                nlink: di.nlink,
+                links: 1,
+                blocks: 0,
+                is_dir: di.is_dir(),
+                parent: addr,
+                quota_change: false,
+                di_blocks: di.blocks,
+            },
+        );
+        addr
+    }
+
+    /// The record of inode `addr`; one that was dropped after its check
+    /// (one link, block count right) is read back as it was then.
+    fn ino(&mut self, addr: u64) -> &mut Ino {
+        if !self.inodes.contains_key(&addr) {
+            let di = self.dinode(addr).map(|d| d.0).unwrap_or_default();
+            let ino = Ino {
+                addr,
+                formal: di.num.formal_ino,
+                mode: di.mode,
+                nlink: di.nlink,
+                links: 1,
+                blocks: di.blocks,
+                is_dir: di.is_dir(),
+                parent: 0,
+                quota_change: false,
+                di_blocks: di.blocks,
+            };
+            self.inodes.insert(addr, ino);
+        }
+        self.inodes.entry(addr).or_insert(Ino {
+            addr,
+            formal: 0,
+            mode: 0,
+            nlink: 0,
+            links: 0,
             blocks: 0,
-            is_dir: di.is_dir(),
-            parent: addr,
+            is_dir: false,
+            parent: 0,
             quota_change: false,
-            di_blocks: di.blocks,
+            di_blocks: 0,
+        })
+    }
+
+    /// Whether inode `addr` was reached already.
+    fn visited(&self, addr: u64) -> bool {
+        self.inodes.contains_key(&addr) || want_get(&self.want, addr) == W_DINODE
+    }
+
+    /// Drop the record of a checked plain file: nothing is left to settle
+    /// unless another link to it turns up.
+    fn retire(&mut self, addr: u64) {
+        let plain = self.inodes.get(&addr).is_some_and(|i| {
+            !i.is_dir
+                && !i.quota_change
+                && i.nlink == 1
+                && i.links == 1
+                && i.blocks == i.di_blocks
+                && i.parent != VIRTUAL
+                && i.parent != self.sb.master_dir.addr
+                && i.parent != self.jindex
+                && i.parent != self.per_node
         });
-        self.by_addr.insert(addr, idx);
-        idx
+        if plain && want_get(&self.want, addr) == W_DINODE {
+            self.inodes.remove(&addr);
+        }
     }
 
     /// Follow a directory entry to its inode.
     fn follow(&mut self, rf: Ref) -> Res<()> {
         let addr = rf.inum.addr;
-        let parent_addr = self.inodes[rf.dir as usize].addr;
+        let parent_addr = rf.dir;
         let label = format!("Directory {parent_addr}: entry {:?} -> {addr}", rf.name);
-        if let Some(&idx) = self.by_addr.get(&addr) {
+        if self.visited(addr) {
+            let idx = addr;
             let (formal, is_dir, mode) = {
-                let ino = &self.inodes[idx as usize];
+                let ino = &self.ino(idx);
                 (ino.formal, ino.is_dir, ino.mode)
             };
             if formal != rf.inum.formal_ino
@@ -1418,7 +1480,7 @@ impl Fsck {
                 return Ok(());
             }
             let dt = ifmt_to_dt(mode);
-            self.inodes[idx as usize].links += 1;
+            self.ino(idx).links += 1;
             self.check_de_type(&rf, dt, &label)?;
             return Ok(());
         }
@@ -1532,8 +1594,8 @@ impl Fsck {
             self.fix_dirent_inum(rf.at, di.num.formal_ino)?;
         }
         let idx = self.add_inode(&di, addr);
-        self.inodes[idx as usize].parent = parent_addr;
-        self.inodes[idx as usize].quota_change =
+        self.ino(idx).parent = parent_addr;
+        self.ino(idx).quota_change =
             parent_addr == self.per_node && rf.name.starts_with("quota_change");
         if parent_addr == self.sb.master_dir.addr
             || parent_addr == self.jindex
@@ -1542,7 +1604,9 @@ impl Fsck {
             self.check_system(addr, &rf.name)?;
         }
         self.check_de_type(&rf, ifmt_to_dt(di.mode), &label)?;
-        self.inspect(idx)
+        self.inspect(idx)?;
+        self.retire(idx);
+        Ok(())
     }
 
     fn check_de_type(&mut self, rf: &Ref, dt: u16, label: &str) -> Res<()> {
@@ -1600,8 +1664,8 @@ impl Fsck {
 
     /// Check one inode: its metadata tree, EA blocks, and for a directory
     /// its entries.
-    fn inspect(&mut self, idx: u32) -> Res<()> {
-        let addr = self.inodes[idx as usize].addr;
+    fn inspect(&mut self, idx: u64) -> Res<()> {
+        let addr = self.ino(idx).addr;
         if let Err(e) = self.claim(addr, idx, W_DINODE) {
             self.r.problem(&format!("Inode {addr}: {e}"), false);
             return Ok(());
@@ -1633,10 +1697,10 @@ impl Fsck {
         // Metadata tree. A journal's indirect blocks with a damaged header
         // but sane pointers are kept (and their header rewritten).
         let is_dir = di.is_dir();
-        let journal = self.inodes[idx as usize].parent == self.jindex && !is_dir;
+        let journal = self.ino(idx).parent == self.jindex && !is_dir;
         // Journals and quota change files keep indirect blocks whose header
         // is damaged but whose pointers are sane, and get holes filled.
-        let keep_map = journal || self.inodes[idx as usize].quota_change;
+        let keep_map = journal || self.ino(idx).quota_change;
         let t = self.tree_ex(&di, &buf, addr, keep_map)?;
         for (p, loc) in &t.meta {
             // Pointers inside indirect blocks that were dropped.
@@ -1704,7 +1768,7 @@ impl Fsck {
                                 self.zero_ptr(loc)?;
                             }
                         }
-                    } else if self.inodes[idx as usize].parent == self.jindex && !is_dir {
+                    } else if self.ino(idx).parent == self.jindex && !is_dir {
                         // A journal must not have holes: give it a new block.
                         if self.r.problem(
                             &format!("{label}: journal block pointer: {e}; replacing the block"),
@@ -1727,7 +1791,7 @@ impl Fsck {
             }
         }
         // Journals and quota change files are exactly as long as their map.
-        if (journal || self.inodes[idx as usize].quota_change) && !data.is_empty() {
+        if (journal || self.ino(idx).quota_change) && !data.is_empty() {
             // A complete map up to the size with pointers past it: the
             // pointers are wrong, not the size.
             let bs = u64::from(self.bsize);
@@ -1744,7 +1808,7 @@ impl Fsck {
                         if l >= nsize && data.iter().any(|d| d.0 == l && d.1 == p) {
                             self.zero_ptr(loc)?;
                             want_set(&mut self.want, p, W_FREE);
-                            self.inodes[idx as usize].blocks -= 1;
+                            self.ino(idx).blocks -= 1;
                         }
                     }
                 }
@@ -1768,7 +1832,7 @@ impl Fsck {
         if keep_map && self.r.repairing() {
             self.fill_journal_holes(idx, &di, &mut data)?;
         }
-        if self.inodes[idx as usize].quota_change {
+        if self.ino(idx).quota_change {
             for &(_, p) in &data {
                 let b = self.read(p)?;
                 if !meta_ok(&b, metatype::QC)
@@ -1869,7 +1933,7 @@ impl Fsck {
 
     /// Give every block of a journal that its map lost a new (zeroed) block,
     /// making indirect blocks where they are missing.
-    fn fill_journal_holes(&mut self, idx: u32, di: &Dinode, data: &mut Vec<(u64, u64)>) -> Res<()> {
+    fn fill_journal_holes(&mut self, idx: u64, di: &Dinode, data: &mut Vec<(u64, u64)>) -> Res<()> {
         let nblocks = di.size / u64::from(self.bsize);
         let maxb =
             layout::max_size_for_height(self.bsize, di.height).unwrap_or(0) / u64::from(self.bsize);
@@ -1881,7 +1945,7 @@ impl Fsck {
         if holes.is_empty() {
             return Ok(());
         }
-        let addr = self.inodes[idx as usize].addr;
+        let addr = self.ino(idx).addr;
         self.r.problem(
             &format!(
                 "System file {addr}: {} blocks missing from its map; replacing them",
@@ -1930,7 +1994,7 @@ impl Fsck {
                 return Err(Fatal("no free block to repair a journal".into()));
             };
             let mut z = vec![0u8; self.bsize as usize];
-            if self.inodes[idx as usize].quota_change {
+            if self.ino(idx).quota_change {
                 MetaHeader::new(metatype::QC, format::QC).write(&mut z)?;
             }
             self.write(nb, z);
@@ -1944,14 +2008,14 @@ impl Fsck {
 
     /// A metadata block of the right type that a file claimed as data first:
     /// it goes to `idx`, and the file is given a copy after the walk.
-    fn try_steal(&mut self, blk: u64, idx: u32, mh_type: u32) -> bool {
+    fn try_steal(&mut self, blk: u64, idx: u64, mh_type: u32) -> bool {
         if self.rg_of(blk).is_some()
             && want_get(&self.want, blk) == W_USED
             && self.owner_of(blk).is_none()
             && self.read(blk).is_ok_and(|b| meta_ok(&b, mh_type))
         {
             self.owner.insert(blk, idx);
-            self.inodes[idx as usize].blocks += 1;
+            self.ino(idx).blocks += 1;
             self.stolen.insert(blk);
             return true;
         }
@@ -1964,29 +2028,23 @@ impl Fsck {
         if self.stolen.is_empty() || !self.r.repairing() {
             return Ok(());
         }
-        for i in 0..self.inodes.len() {
-            let (addr, is_dir, parent) = {
-                let ino = &self.inodes[i];
-                (ino.addr, ino.is_dir, ino.parent)
-            };
-            if is_dir {
-                continue;
-            }
+        for addr in self.reached_dinodes() {
+            let i = addr;
             let Ok((di, buf)) = self.dinode(addr) else {
                 continue;
             };
-            if di.height == 0 {
+            if di.is_dir() || di.height == 0 {
                 continue;
             }
-            let journal = parent == self.jindex;
+            let journal = self.journals.iter().any(|(_, c)| c.jinode == addr);
             let t = self.tree_ex(&di, &buf, addr, journal)?;
             for (_, p, loc) in t.data {
                 if !self.stolen.contains(&p)
-                    || (loc.block != addr && self.owner_of(loc.block) != Some(i as u32))
+                    || (loc.block != addr && self.owner_of(loc.block) != Some(i))
                 {
                     continue;
                 }
-                match self.alloc(i as u32, false) {
+                match self.alloc(i, false) {
                     Some(nb) => {
                         let content = if journal {
                             vec![0u8; self.bsize as usize]
@@ -1997,11 +2055,11 @@ impl Fsck {
                         let mut b = self.read(loc.block)?;
                         put_be64(&mut b, loc.off, nb);
                         self.write(loc.block, b);
-                        self.inodes[i].blocks -= 1;
+                        self.ino(i).blocks -= 1;
                     }
                     None => {
                         self.zero_ptr(loc)?;
-                        self.inodes[i].blocks -= 1;
+                        self.ino(i).blocks -= 1;
                     }
                 }
             }
@@ -2009,15 +2067,38 @@ impl Fsck {
         Ok(())
     }
 
-    fn unclaim(&mut self, blk: u64, idx: u32) {
+    /// The inodes with a record, in address order.
+    fn tracked(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.inodes.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Every dinode the walk reached, in address order.
+    fn reached_dinodes(&self) -> Vec<u64> {
+        let mut out = Vec::new();
+        for (i, b) in self.want.iter().enumerate() {
+            if *b == 0 {
+                continue;
+            }
+            for k in 0..4 {
+                if (b >> (2 * k)) & 3 == W_DINODE {
+                    out.push((i * 4 + k) as u64);
+                }
+            }
+        }
+        out
+    }
+
+    fn unclaim(&mut self, blk: u64, idx: u64) {
         if self.owner_of(blk) == Some(idx) {
             self.owner.remove(&blk);
             want_set(&mut self.want, blk, W_FREE);
-            self.inodes[idx as usize].blocks -= 1;
+            self.ino(idx).blocks -= 1;
         }
     }
 
-    fn check_ea(&mut self, idx: u32, di: &Dinode) -> Result<(), String> {
+    fn check_ea(&mut self, idx: u64, di: &Dinode) -> Result<(), String> {
         let mut blocks = vec![di.eattr];
         let mut claimed = Vec::new();
         let res = (|| {
@@ -2068,8 +2149,8 @@ impl Fsck {
 
     // ---- directories ----------------------------------------------------
 
-    fn check_dir(&mut self, idx: u32, di: &Dinode, data: &[(u64, u64)]) -> Res<()> {
-        let addr = self.inodes[idx as usize].addr;
+    fn check_dir(&mut self, idx: u64, di: &Dinode, data: &[(u64, u64)]) -> Res<()> {
+        let addr = self.ino(idx).addr;
         let label = format!("Directory {addr}");
         if !di.is_exhash() {
             if di.height != 0 {
@@ -2268,7 +2349,7 @@ impl Fsck {
     /// new empty leaves.
     fn rebuild_table(
         &mut self,
-        idx: u32,
+        idx: u64,
         di: &Dinode,
         table: &mut [u64],
         info: &HashMap<u64, Option<Leaf>>,
@@ -2360,8 +2441,8 @@ impl Fsck {
         Ok(leaves)
     }
 
-    fn write_table(&mut self, idx: u32, di: &Dinode, table: &[u64]) -> Res<()> {
-        let addr = self.inodes[idx as usize].addr;
+    fn write_table(&mut self, idx: u64, di: &Dinode, table: &[u64]) -> Res<()> {
+        let addr = self.ino(idx).addr;
         if di.height == 0 {
             let mut b = self.read(addr)?;
             for (i, p) in table.iter().enumerate() {
@@ -2394,12 +2475,12 @@ impl Fsck {
     /// targets. `range`: for a leaf, the hash-table slots it covers.
     fn scan_dirents(
         &mut self,
-        idx: u32,
+        idx: u64,
         blk: u64,
         start: usize,
         range: Option<(u64, u64, u16)>,
     ) -> Res<()> {
-        let dir_addr = self.inodes[idx as usize].addr;
+        let dir_addr = self.ino(idx).addr;
         let label = format!("Directory {dir_addr} block {blk}");
         let mut b = self.read(blk)?;
         let mut changed = false;
@@ -2478,7 +2559,7 @@ impl Fsck {
                 }
             }
             if name == b"." {
-                let formal = self.inodes[idx as usize].formal;
+                let formal = self.ino(idx).formal;
                 if (de.inum.addr != dir_addr || de.inum.formal_ino != formal)
                     && self.r.problem(
                         &format!(
@@ -2489,10 +2570,10 @@ impl Fsck {
                     )
                 {
                     put_be64(&mut b, off + 8, dir_addr);
-                    put_be64(&mut b, off, self.inodes[idx as usize].formal);
+                    put_be64(&mut b, off, self.ino(idx).formal);
                     changed = true;
                 }
-                self.inodes[idx as usize].links += 1;
+                self.ino(idx).links += 1;
                 self.dirs.entry(idx).or_default().has_dot = true;
                 continue;
             }
@@ -2566,8 +2647,8 @@ impl Fsck {
             if !self.r.problem(&msg, true) {
                 // -n: account for its blocks so they are not reported again.
                 let idx = self.add_inode(&di, blk);
-                self.inodes[idx as usize].links = di.nlink;
-                self.inodes[idx as usize].parent = VIRTUAL;
+                self.ino(idx).links = di.nlink;
+                self.ino(idx).parent = VIRTUAL;
                 let quiet = std::mem::replace(&mut self.r.verbosity, -1);
                 let (found0, left0) = (self.r.found, self.r.left);
                 self.inspect(idx)?;
@@ -2606,11 +2687,12 @@ impl Fsck {
     }
 
     /// The lost+found directory under the root, made if missing.
-    fn lost_and_found(&mut self) -> Res<Option<u32>> {
+    fn lost_and_found(&mut self) -> Res<Option<u64>> {
         let root = self.sb.root_dir.addr;
-        let Some(&ridx) = self.by_addr.get(&root) else {
+        if !self.inodes.contains_key(&root) {
             return Ok(None);
-        };
+        }
+        let ridx = root;
         let blocks = self
             .dirs
             .get(&ridx)
@@ -2620,10 +2702,9 @@ impl Fsck {
             let b = self.read(blk)?;
             for d in DirentIter::new(&b, start).flatten() {
                 if d.name == b"lost+found" && !d.dirent.is_unused() {
-                    if let Some(&i) = self.by_addr.get(&d.dirent.inum.addr) {
-                        if self.inodes[i as usize].is_dir {
-                            return Ok(Some(i));
-                        }
+                    let i = d.dirent.inum.addr;
+                    if self.inodes.get(&i).is_some_and(|x| x.is_dir) {
+                        return Ok(Some(i));
                     }
                 }
             }
@@ -2639,13 +2720,13 @@ impl Fsck {
         }) else {
             return Ok(None);
         };
-        let formal = self.inodes.iter().map(|i| i.formal).max().unwrap_or(0) + 1;
+        let formal = self.max_formal + 1;
         let inum = Inum {
             formal_ino: formal,
             addr,
         };
         let rinum = Inum {
-            formal_ino: self.inodes[ridx as usize].formal,
+            formal_ino: self.ino(ridx).formal,
             addr: root,
         };
         let (di, b) = self.empty_dir(inum, rinum, 0o40700)?;
@@ -2658,7 +2739,7 @@ impl Fsck {
         self.r.info(&format!("created lost+found at block {addr}"));
         let idx = self.add_inode(&di, addr);
         want_set(&mut self.want, addr, W_DINODE);
-        let ino = &mut self.inodes[idx as usize];
+        let ino = &mut self.ino(idx);
         ino.parent = root;
         ino.links = 2; // the root's entry and '.'
         ino.blocks = 1;
@@ -2702,12 +2783,12 @@ impl Fsck {
     /// Add an entry to a directory where its hash says, if there is room.
     fn insert_dirent(
         &mut self,
-        idx: u32,
+        idx: u64,
         name: &[u8],
         inum: Inum,
         dt: u16,
     ) -> Res<Option<(u64, usize, usize)>> {
-        let addr = self.inodes[idx as usize].addr;
+        let addr = self.ino(idx).addr;
         let (di, _) = self.dinode(addr)?;
         let need = dirent_size(name.len());
         let h = hash::dirent_hash(name);
@@ -2771,19 +2852,15 @@ impl Fsck {
     pub fn check_counts(&mut self) -> Res<()> {
         self.r.progress("Checking link counts and entry counts");
         // '..'
-        for i in 0..self.inodes.len() {
-            if !self.inodes[i].is_dir || self.inodes[i].parent == VIRTUAL {
+        for i in self.tracked() {
+            if !self.ino(i).is_dir || self.ino(i).parent == VIRTUAL {
                 continue;
             }
-            let parent = self.inodes[i].parent;
-            let addr = self.inodes[i].addr;
-            match self.dirs.get(&(i as u32)).and_then(|d| d.dotdot) {
+            let parent = self.ino(i).parent;
+            let addr = self.ino(i).addr;
+            match self.dirs.get(&i).and_then(|d| d.dotdot) {
                 Some((t, blk, off)) => {
-                    let pf = self
-                        .by_addr
-                        .get(&parent)
-                        .map(|&p| self.inodes[p as usize].formal)
-                        .unwrap_or(0);
+                    let pf = self.inodes.get(&parent).map(|p| p.formal).unwrap_or(0);
                     let tf = be64(&self.read(blk)?, off);
                     if (t != parent || tf != pf)
                         && self.r.problem(
@@ -2791,18 +2868,14 @@ impl Fsck {
                             true,
                         )
                     {
-                        let pf = self
-                            .by_addr
-                            .get(&parent)
-                            .map(|&p| self.inodes[p as usize].formal)
-                            .unwrap_or(0);
+                        let pf = self.inodes.get(&parent).map(|p| p.formal).unwrap_or(0);
                         let mut b = self.read(blk)?;
                         put_be64(&mut b, off, pf);
                         put_be64(&mut b, off + 8, parent);
                         self.write(blk, b);
                     }
-                    if let Some(&p) = self.by_addr.get(&parent) {
-                        self.inodes[p as usize].links += 1;
+                    if let Some(p) = self.inodes.get_mut(&parent) {
+                        p.links += 1;
                     }
                 }
                 None => {
@@ -2810,52 +2883,45 @@ impl Fsck {
                         &format!("Directory {addr}: no '..' entry; adding one"),
                         true,
                     ) {
-                        let pf = self
-                            .by_addr
-                            .get(&parent)
-                            .map(|&p| self.inodes[p as usize].formal)
-                            .unwrap_or(0);
+                        let pf = self.inodes.get(&parent).map(|p| p.formal).unwrap_or(0);
                         let pinum = Inum {
                             formal_ino: pf,
                             addr: parent,
                         };
-                        if self
-                            .insert_dirent(i as u32, b"..", pinum, dt::DIR)?
-                            .is_none()
-                        {
+                        if self.insert_dirent(i, b"..", pinum, dt::DIR)?.is_none() {
                             self.r.info("no room for '..' in the directory");
                         }
                     }
-                    if let Some(&p) = self.by_addr.get(&parent) {
-                        self.inodes[p as usize].links += 1;
+                    if let Some(p) = self.inodes.get_mut(&parent) {
+                        p.links += 1;
                     }
                 }
             }
-            let has_dot = self.dirs.get(&(i as u32)).is_some_and(|d| d.has_dot);
+            let has_dot = self.dirs.get(&i).is_some_and(|d| d.has_dot);
             if !has_dot
                 && self
                     .r
                     .problem(&format!("Directory {addr}: no '.' entry; adding one"), true)
             {
                 let me = Inum {
-                    formal_ino: self.inodes[i].formal,
+                    formal_ino: self.ino(i).formal,
                     addr,
                 };
-                if self.insert_dirent(i as u32, b".", me, dt::DIR)?.is_some() {
-                    self.inodes[i].links += 1;
+                if self.insert_dirent(i, b".", me, dt::DIR)?.is_some() {
+                    self.ino(i).links += 1;
                 }
             }
         }
         // Entry counts.
-        for i in 0..self.inodes.len() {
-            if !self.inodes[i].is_dir {
+        for i in self.tracked() {
+            if !self.ino(i).is_dir {
                 continue;
             }
-            let addr = self.inodes[i].addr;
+            let addr = self.ino(i).addr;
             let mut total = 0u32;
             let blocks = self
                 .dirs
-                .get(&(i as u32))
+                .get(&i)
                 .map(|d| d.dirent_blocks.clone())
                 .unwrap_or_default();
             for (blk, start) in blocks {
@@ -2900,8 +2966,8 @@ impl Fsck {
             }
         }
         // Link counts and block counts.
-        for i in 0..self.inodes.len() {
-            let ino = &self.inodes[i];
+        for i in self.tracked() {
+            let ino = &self.ino(i);
             let (addr, mut links, nlink, blocks) = (ino.addr, ino.links, ino.nlink, ino.blocks);
             if ino.parent == VIRTUAL {
                 links = nlink;
