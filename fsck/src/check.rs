@@ -43,7 +43,9 @@ const W_DINODE: u8 = 3;
 struct Rg {
     ri: Rindex,
     hdr: Rgrp,
+    /// The bitmap, once loaded ([`Fsck::load_bits`]); empty before.
     bits: Vec<u8>,
+    loaded: bool,
     /// The bitmap could not be trusted (header destroyed): rebuild it.
     bits_lost: bool,
     /// Header or bitmap changed: write back.
@@ -201,6 +203,60 @@ fn want_set(want: &mut [u8], blk: u64, st: u8) {
     }
 }
 
+/// The bitmap bytes of an rgrp from its header and bitmap blocks.
+fn bitmap_bytes(raw: &[u8], bsize: usize, ri: &Rindex) -> Vec<u8> {
+    let mut bits = Vec::with_capacity(ri.bitbytes as usize);
+    let mut left = ri.bitbytes as usize;
+    let mut k = 0;
+    while left > 0 && (k + 1) * bsize <= raw.len() {
+        let start = if k == 0 { Rgrp::SIZE } else { MetaHeader::SIZE };
+        let n = (bsize - start).min(left);
+        let o = k * bsize + start;
+        bits.extend_from_slice(&raw[o..o + n]);
+        left -= n;
+        k += 1;
+    }
+    bits.resize(ri.bitbytes as usize, 0);
+    bits
+}
+
+/// Bitmap bytes of an rgrp: kept if loaded, else read (zeros for a bitmap
+/// that cannot be trusted).
+fn rg_bits_of<'a>(
+    dev: &FileDevice,
+    bs: usize,
+    rg: &'a Rg,
+) -> std::io::Result<std::borrow::Cow<'a, [u8]>> {
+    if rg.loaded {
+        return Ok(std::borrow::Cow::Borrowed(&rg.bits));
+    }
+    if rg.bits_lost {
+        return Ok(std::borrow::Cow::Owned(vec![0u8; rg.ri.bitbytes as usize]));
+    }
+    let mut raw = vec![0u8; rg.ri.length as usize * bs];
+    dev.read_at(&mut raw, rg.ri.addr * bs as u64)?;
+    Ok(std::borrow::Cow::Owned(bitmap_bytes(&raw, bs, &rg.ri)))
+}
+
+/// Indexes of the blocks a bitmap marks as dinodes (of `data` blocks).
+fn dinode_indexes(bits: &[u8], data: u32) -> Vec<u64> {
+    let mut out = Vec::new();
+    for (i, &b) in bits.iter().enumerate() {
+        // Both bits of a pair set: a dinode.
+        let both = b & (b >> 1) & 0x55;
+        if both == 0 {
+            continue;
+        }
+        for k in 0..4 {
+            let idx = (i * 4 + k) as u64;
+            if both & (1 << (2 * k)) != 0 && idx < u64::from(data) {
+                out.push(idx);
+            }
+        }
+    }
+    out
+}
+
 fn meta_ok(b: &[u8], mh_type: u32) -> bool {
     MetaHeader::parse(b).is_ok_and(|h| h.magic == MAGIC && h.mh_type == mh_type)
 }
@@ -353,8 +409,27 @@ impl Fsck {
         (idx < u64::from(r.ri.data)).then_some((i - 1, idx))
     }
 
+    /// Bitmap bytes of rgrp `i`: kept if loaded, else read (zeros for a
+    /// bitmap that cannot be trusted).
+    fn rg_bits(&self, i: usize) -> Res<std::borrow::Cow<'_, [u8]>> {
+        Ok(rg_bits_of(&self.dev, self.bsize as usize, &self.rgs[i])?)
+    }
+
+    /// Keep rgrp `i`'s bitmap in memory (it is about to change).
+    fn load_bits(&mut self, i: usize) -> Res<()> {
+        if !self.rgs[i].loaded {
+            let bits = self.rg_bits(i)?.into_owned();
+            self.rgs[i].bits = bits;
+            self.rgs[i].loaded = true;
+        }
+        Ok(())
+    }
+
     fn set_bit(&mut self, blk: u64, st: BlockState) {
         if let Some((i, idx)) = self.rg_of(blk) {
+            if self.load_bits(i).is_err() {
+                return;
+            }
             let rg = &mut self.rgs[i];
             bitmap_set(&mut rg.bits, idx as usize, st);
             rg.dirty = true;
@@ -755,9 +830,10 @@ impl Fsck {
         let dev = &self.dev;
         let n = good.len();
         let half = n.div_ceil(2);
-        // Per rgrp: its header block, the bitmap blocks with a bad header,
-        // the bitmap bytes, and read errors.
-        type RgRead = (Vec<u8>, Vec<usize>, Vec<u8>, Vec<String>);
+        // Per rgrp: its header, the bitmap blocks with a bad header, and
+        // read errors. The bitmaps are read again when needed (keeping them
+        // all would cost two bits per block).
+        type RgRead = (Vec<u8>, Vec<usize>, Vec<String>);
         let read_rg = |ri: &Rindex| -> RgRead {
             let len = ri.length as usize * bsize;
             let mut raw = vec![0u8; len];
@@ -768,22 +844,8 @@ impl Fsck {
             let bad: Vec<usize> = (1..ri.length as usize)
                 .filter(|k| !meta_ok(&raw[k * bsize..(k + 1) * bsize], metatype::RB))
                 .collect();
-            let mut bits = Vec::with_capacity(ri.bitbytes as usize);
-            let mut left = ri.bitbytes as usize;
-            let first = (bsize - Rgrp::SIZE).min(left);
-            bits.extend_from_slice(&raw[Rgrp::SIZE..Rgrp::SIZE + first]);
-            left -= first;
-            let mut k = 1;
-            while left > 0 && k < ri.length as usize {
-                let n = (bsize - MetaHeader::SIZE).min(left);
-                let o = k * bsize + MetaHeader::SIZE;
-                bits.extend_from_slice(&raw[o..o + n]);
-                left -= n;
-                k += 1;
-            }
-            bits.resize(ri.bitbytes as usize, 0);
-            raw.truncate(bsize);
-            (raw, bad, bits, notes)
+            raw.truncate(Rgrp::SIZE);
+            (raw, bad, notes)
         };
         let results: Vec<RgRead> = std::thread::scope(|s| {
             let (a, b) = good.split_at(half);
@@ -792,7 +854,7 @@ impl Fsck {
             v.extend(h.join().unwrap_or_default());
             v
         });
-        for (i, (ri, (raw, bad_rb, bits, notes))) in good.iter().zip(results).enumerate() {
+        for (i, (ri, (raw, bad_rb, notes))) in good.iter().zip(results).enumerate() {
             if let Some(note) = notes.into_iter().next() {
                 return Err(Fatal(format!("resource group {i}: {note}")));
             }
@@ -803,7 +865,8 @@ impl Fsck {
             let mut rg = Rg {
                 ri: *ri,
                 hdr: Rgrp::default(),
-                bits: Vec::with_capacity(ri.bitbytes as usize),
+                bits: Vec::new(),
+                loaded: false,
                 bits_lost: false,
                 dirty: false,
             };
@@ -899,7 +962,6 @@ impl Fsck {
                     rg.dirty = true;
                 }
             }
-            rg.bits = bits;
             self.rgs.push(rg);
         }
         let nblocks = usize::try_from(self.fs_blocks).map_err(|_| Fatal("too big".into()))?;
@@ -1096,12 +1158,11 @@ impl Fsck {
     /// them) and, with -y, write a new jindex where the old one was.
     fn rebuild_jindex(&mut self, inum: Inum, why: &str) -> Res<Vec<(String, Inum)>> {
         let mut found = Vec::new();
-        for rg in &self.rgs {
-            for idx in 0..u64::from(rg.ri.data) {
-                if bitmap_get(&rg.bits, idx as usize) != Some(BlockState::Dinode) {
-                    continue;
-                }
-                let blk = rg.ri.data0 + idx;
+        for i in 0..self.rgs.len() {
+            let ri = self.rgs[i].ri;
+            let bits = self.rg_bits(i)?;
+            for idx in dinode_indexes(&bits, ri.data) {
+                let blk = ri.data0 + idx;
                 let Ok((di, buf)) = self.dinode(blk) else {
                     continue;
                 };
@@ -1300,6 +1361,9 @@ impl Fsck {
         let start = self.alloc_hint.min(n.saturating_sub(1));
         let last = self.alloc_last;
         for i in (0..=start).rev().chain((start + 1..n).rev()) {
+            if self.load_bits(i).is_err() {
+                continue;
+            }
             let rg = &self.rgs[i];
             let mut top = u64::from(rg.ri.data);
             if i == start && last >= rg.ri.data0 && last < rg.ri.data0 + top {
@@ -2613,15 +2677,15 @@ impl Fsck {
     /// lost+found (created if needed) with -y, so nothing is lost.
     pub fn orphans(&mut self) -> Res<()> {
         let mut found = Vec::new();
-        for rg in &self.rgs {
-            if rg.bits_lost {
+        for i in 0..self.rgs.len() {
+            if self.rgs[i].bits_lost {
                 continue;
             }
-            for idx in 0..u64::from(rg.ri.data) {
-                let blk = rg.ri.data0 + idx;
-                if bitmap_get(&rg.bits, idx as usize) == Some(BlockState::Dinode)
-                    && want_get(&self.want, blk) == W_FREE
-                {
+            let ri = self.rgs[i].ri;
+            let bits = self.rg_bits(i)?;
+            for idx in dinode_indexes(&bits, ri.data) {
+                let blk = ri.data0 + idx;
+                if want_get(&self.want, blk) == W_FREE {
                     found.push(blk);
                 }
             }
@@ -2710,14 +2774,21 @@ impl Fsck {
             }
         }
         // Make one: a stuffed directory in the first free block.
-        let Some(addr) = self.rgs.iter().find_map(|rg| {
-            (0..u64::from(rg.ri.data)).find_map(|i| {
-                let blk = rg.ri.data0 + i;
-                (bitmap_get(&rg.bits, i as usize) == Some(BlockState::Free)
+        let mut free = None;
+        for k in 0..self.rgs.len() {
+            let ri = self.rgs[k].ri;
+            let bits = self.rg_bits(k)?;
+            free = (0..u64::from(ri.data)).find_map(|i| {
+                let blk = ri.data0 + i;
+                (bitmap_get(&bits, i as usize) == Some(BlockState::Free)
                     && want_get(&self.want, blk) == W_FREE)
                     .then_some(blk)
-            })
-        }) else {
+            });
+            if free.is_some() {
+                break;
+            }
+        }
+        let Some(addr) = free else {
             return Ok(None);
         };
         let formal = self.max_formal + 1;
@@ -3013,35 +3084,82 @@ impl Fsck {
 
     pub fn check_bitmaps(&mut self) -> Res<()> {
         self.r.progress("Checking bitmaps");
-        // Compare on two threads.
+        // Compare on two threads, reading the bitmaps that are not in
+        // memory; also count free blocks and dinodes as the bitmaps are.
         let want = &self.want;
         let rgs = &self.rgs;
-        let cmp = |rg: &Rg| -> Vec<(u64, BlockState, u8)> {
+        let dev = &self.dev;
+        let bsize = self.bsize as usize;
+        type Cmp = (Vec<(u64, BlockState, u8)>, u32, u32, Option<String>);
+        let cmp = |rg: &Rg| -> Cmp {
+            let bits = match rg_bits_of(dev, bsize, rg) {
+                Ok(b) => b,
+                Err(e) => return (Vec::new(), 0, 0, Some(e.to_string())),
+            };
             let mut v = Vec::new();
-            for idx in 0..u64::from(rg.ri.data) {
-                let blk = rg.ri.data0 + idx;
-                let have = bitmap_get(&rg.bits, idx as usize).unwrap_or(BlockState::Free);
-                let w = want_get(want, blk);
-                let ok = match have {
-                    BlockState::Free => w == W_FREE,
-                    BlockState::Used => w == W_USED,
-                    BlockState::Dinode => w == W_DINODE,
-                    BlockState::Unlinked => false,
-                };
-                if !ok {
-                    v.push((blk, have, w));
+            let (mut free, mut dinodes) = (0u32, 0u32);
+            let aligned = rg.ri.data0 & 3 == 0;
+            let w0 = (rg.ri.data0 >> 2) as usize;
+            for (j, &byte) in bits.iter().enumerate() {
+                let base = 4 * j as u64;
+                if base >= u64::from(rg.ri.data) {
+                    break;
+                }
+                let full = base + 4 <= u64::from(rg.ri.data);
+                if aligned && full && want.get(w0 + j) == Some(&byte) {
+                    // Same four states: count them only.
+                    for k in 0..4 {
+                        match (byte >> (2 * k)) & 3 {
+                            0 => free += 1,
+                            3 => dinodes += 1,
+                            _ => {}
+                        }
+                    }
+                    continue;
+                }
+                for k in 0..4u64 {
+                    let idx = base + k;
+                    if idx >= u64::from(rg.ri.data) {
+                        break;
+                    }
+                    let blk = rg.ri.data0 + idx;
+                    let have = BlockState::from_bits(byte >> (2 * k));
+                    match have {
+                        BlockState::Free => free += 1,
+                        BlockState::Dinode => dinodes += 1,
+                        _ => {}
+                    }
+                    let w = want_get(want, blk);
+                    let ok = match have {
+                        BlockState::Free => w == W_FREE,
+                        BlockState::Used => w == W_USED,
+                        BlockState::Dinode => w == W_DINODE,
+                        BlockState::Unlinked => false,
+                    };
+                    if !ok {
+                        v.push((blk, have, w));
+                    }
                 }
             }
-            v
+            (v, free, dinodes, None)
         };
         let half = rgs.len().div_ceil(2);
-        let diffs: Vec<Vec<(u64, BlockState, u8)>> = std::thread::scope(|s| {
+        let results: Vec<Cmp> = std::thread::scope(|s| {
             let (a, b) = rgs.split_at(half);
             let h = s.spawn(|| b.iter().map(cmp).collect::<Vec<_>>());
             let mut v: Vec<_> = a.iter().map(cmp).collect();
             v.extend(h.join().unwrap_or_default());
             v
         });
+        let mut counts = Vec::with_capacity(results.len());
+        let mut diffs = Vec::with_capacity(results.len());
+        for (i, (d, f, n, err)) in results.into_iter().enumerate() {
+            if let Some(e) = err {
+                return Err(Fatal(format!("resource group {i}: bitmap read error: {e}")));
+            }
+            diffs.push(d);
+            counts.push((f, n));
+        }
         let name = |s: BlockState| match s {
             BlockState::Free => "free",
             BlockState::Used => "data/metadata",
@@ -3102,13 +3220,16 @@ impl Fsck {
         let mut tot = (0u64, 0u64, 0u64);
         for i in 0..self.rgs.len() {
             let rg = &self.rgs[i];
-            let mut free = 0u32;
-            let mut dinodes = 0u32;
-            for idx in 0..rg.ri.data as usize {
-                match bitmap_get(&rg.bits, idx) {
-                    Some(BlockState::Free) => free += 1,
-                    Some(BlockState::Dinode) => dinodes += 1,
-                    _ => {}
+            let (mut free, mut dinodes) = counts[i];
+            if rg.loaded {
+                // Changed since it was compared: count again.
+                (free, dinodes) = (0, 0);
+                for idx in 0..rg.ri.data as usize {
+                    match bitmap_get(&rg.bits, idx) {
+                        Some(BlockState::Free) => free += 1,
+                        Some(BlockState::Dinode) => dinodes += 1,
+                        _ => {}
+                    }
                 }
             }
             let (hf, hd, lost) = (rg.hdr.free, rg.hdr.dinodes, rg.bits_lost);
@@ -3143,6 +3264,7 @@ impl Fsck {
     }
 
     fn write_rg(&mut self, i: usize) -> Res<()> {
+        self.load_bits(i)?;
         let bs = self.bsize as usize;
         let rg = &self.rgs[i];
         let ri = rg.ri;
