@@ -104,7 +104,7 @@ impl BufCache {
         let data = match cached {
             Some(d) => d,
             None => {
-                let d: Block = read_block(self.dev.as_ref(), self.bsize, blkno)?.into();
+                let d = read_block_shared(self.dev.as_ref(), self.bsize, blkno)?;
                 let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some((old_blk, old)) = inner.lru.push(
                     blkno,
@@ -201,16 +201,35 @@ impl BufCache {
 
 /// Read one whole block from a device, with range checks.
 pub fn read_block(dev: &dyn BlockDevice, bsize: u32, blkno: u64) -> Result<Vec<u8>> {
-    let off = blkno
-        .checked_mul(bsize as u64)
-        .filter(|o| o.checked_add(bsize as u64).is_some_and(|e| e <= dev.size()))
-        .ok_or_else(|| FsError::corrupt(blkno, "block number beyond the end of the device"))?;
     let mut buf = vec![0u8; bsize as usize];
-    dev.read_at(&mut buf, off).map_err(|e| FsError::Io {
+    read_block_into(dev, blkno, &mut buf)?;
+    Ok(buf)
+}
+
+/// [`read_block`] straight into a shareable buffer: what the cache keeps is
+/// the buffer the device filled, never a copy of it.
+fn read_block_shared(dev: &dyn BlockDevice, bsize: u32, blkno: u64) -> Result<Block> {
+    let mut b: Block = (0..bsize).map(|_| 0u8).collect();
+    match Arc::get_mut(&mut b) {
+        Some(buf) => read_block_into(dev, blkno, buf)?,
+        // Unreachable (a new Arc has one owner); fall back to a copy.
+        None => b = read_block(dev, bsize, blkno)?.into(),
+    }
+    Ok(b)
+}
+
+/// Fill `buf` (one block) with block `blkno`, refusing addresses past the
+/// end of the device.
+fn read_block_into(dev: &dyn BlockDevice, blkno: u64, buf: &mut [u8]) -> Result<()> {
+    let bsize = buf.len() as u64;
+    let off = blkno
+        .checked_mul(bsize)
+        .filter(|o| o.checked_add(bsize).is_some_and(|e| e <= dev.size()))
+        .ok_or_else(|| FsError::corrupt(blkno, "block number beyond the end of the device"))?;
+    dev.read_at(buf, off).map_err(|e| FsError::Io {
         what: format!("block {blkno} of {}", dev.describe()),
         source: e,
-    })?;
-    Ok(buf)
+    })
 }
 
 /// Check a metadata block's header: GFS2 magic and the expected type.

@@ -95,9 +95,9 @@ pub struct StatFs {
 
 /// A directory entry as returned by [`Fs::readdir`].
 #[derive(Debug, Clone)]
-pub struct DirItem {
-    /// Name.
-    pub name: Vec<u8>,
+pub struct DirItem<'a> {
+    /// Name, lent by the directory block it was read from.
+    pub name: &'a [u8],
     /// Inode.
     pub ino: u64,
     /// `DT_*`.
@@ -402,7 +402,7 @@ impl Fs {
         let mut names = Vec::new();
         self.with_inode(jindex, |m, ip| {
             dir::readdir(m, ip, 0, |_, e| {
-                names.push(e.clone());
+                names.push(e.to_owned());
                 true
             })
         })?;
@@ -547,7 +547,7 @@ impl Fs {
             let mut off = offset;
             if off == 0 {
                 let it = DirItem {
-                    name: b".".to_vec(),
+                    name: b".",
                     ino,
                     dtype: 4,
                     next: 1,
@@ -567,7 +567,7 @@ impl Fs {
                     return true;
                 }
                 emit(&DirItem {
-                    name: e.name.clone(),
+                    name: e.name,
                     ino: e.ino,
                     dtype: e.de_type,
                     next: k + 3,

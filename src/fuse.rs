@@ -42,7 +42,7 @@ pub struct Gfs2Fuse {
     /// Listings of open directory handles: a directory is read once per
     /// `opendir` (at offset 0) and served from memory after that, so a
     /// listing costs one walk however many READDIR calls it takes.
-    listings: std::sync::Mutex<std::collections::HashMap<u64, Arc<Vec<crate::fs::DirItem>>>>,
+    listings: std::sync::Mutex<std::collections::HashMap<u64, Arc<Listing>>>,
     next_fh: std::sync::atomic::AtomicU64,
 }
 
@@ -86,6 +86,50 @@ fn dtype_kind(dt: u16) -> FileType {
     }
 }
 
+/// A directory's entries as one open handle saw them: the names in one
+/// buffer and fixed-size records beside them, so a listing of 100,000
+/// entries costs two allocations to build and two to drop.
+#[derive(Default)]
+struct Listing {
+    names: Vec<u8>,
+    items: Vec<ListItem>,
+}
+
+struct ListItem {
+    next: u64,
+    ino: u64,
+    name_end: usize,
+    dtype: u16,
+}
+
+impl Listing {
+    fn push(&mut self, e: &crate::fs::DirItem<'_>) {
+        self.names.extend_from_slice(e.name);
+        self.items.push(ListItem {
+            next: e.next,
+            ino: e.ino,
+            name_end: self.names.len(),
+            dtype: e.dtype,
+        });
+    }
+
+    /// The entries after cookie `offset`.
+    fn from(&self, offset: u64) -> impl Iterator<Item = crate::fs::DirItem<'_>> {
+        let start = self.items.partition_point(|e| e.next <= offset);
+        let mut name_at = start.checked_sub(1).map_or(0, |i| self.items[i].name_end);
+        self.items[start..].iter().map(move |e| {
+            let name = &self.names[name_at..e.name_end];
+            name_at = e.name_end;
+            crate::fs::DirItem {
+                name,
+                ino: e.ino,
+                dtype: e.dtype,
+                next: e.next,
+            }
+        })
+    }
+}
+
 impl Gfs2Fuse {
     /// An adapter over `fs`.
     pub fn new(fs: Arc<Fs>) -> Self {
@@ -98,12 +142,7 @@ impl Gfs2Fuse {
 
     /// The listing of directory `ino` for handle `fh` from `offset`: a fresh
     /// walk at offset 0 (rewinddir sees changes), the stored one after.
-    fn listing(
-        &self,
-        ino: u64,
-        fh: u64,
-        offset: u64,
-    ) -> crate::error::Result<Arc<Vec<crate::fs::DirItem>>> {
+    fn listing(&self, ino: u64, fh: u64, offset: u64) -> crate::error::Result<Arc<Listing>> {
         let mut map = self.listings.lock().unwrap_or_else(|e| e.into_inner());
         if offset != 0 {
             if let Some(l) = map.get(&fh) {
@@ -111,12 +150,12 @@ impl Gfs2Fuse {
             }
         }
         drop(map);
-        let mut items = Vec::new();
+        let mut l = Listing::default();
         self.fs.readdir(ino, 0, |e| {
-            items.push(e.clone());
+            l.push(e);
             true
         })?;
-        let l = Arc::new(items);
+        let l = Arc::new(l);
         map = self.listings.lock().unwrap_or_else(|e| e.into_inner());
         if fh != 0 {
             map.insert(fh, l.clone());
@@ -188,6 +227,7 @@ impl fuser::Filesystem for Gfs2Fuse {
         let mut caps = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_AUTO_INVAL_DATA
             | InitFlags::FUSE_DONT_MASK;
         if self.fs.options().acl {
             caps |= InitFlags::FUSE_POSIX_ACL;
@@ -553,7 +593,14 @@ impl fuser::Filesystem for Gfs2Fuse {
         let fh = self
             .next_fh
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        reply.opened(FileHandle(fh), FopenFlags::empty());
+        // The kernel may keep what it listed (CACHE_DIR) across opens
+        // (KEEP_CACHE): it drops the cache itself when the directory changes
+        // through this mount, and, with AUTO_INVAL_DATA, when a refreshed
+        // mtime differs: the attribute TTL bounds staleness as for stat.
+        reply.opened(
+            FileHandle(fh),
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+        );
     }
 
     fn releasedir(
@@ -583,13 +630,12 @@ impl fuser::Filesystem for Gfs2Fuse {
             Ok(l) => l,
             Err(e) => return reply.error(errno(&e)),
         };
-        let start = items.partition_point(|e| e.next <= offset);
-        for e in &items[start..] {
+        for e in items.from(offset) {
             if reply.add(
                 self.fuse_ino(e.ino),
                 e.next,
                 dtype_kind(e.dtype),
-                OsStr::from_bytes(&e.name),
+                OsStr::from_bytes(e.name),
             ) {
                 break;
             }
@@ -612,8 +658,7 @@ impl fuser::Filesystem for Gfs2Fuse {
             Ok(l) => l,
             Err(e) => return reply.error(errno(&e)),
         };
-        let start = items.partition_point(|e| e.next <= offset);
-        for it in items[start..].iter().take(256) {
+        for it in items.from(offset).take(256) {
             let a = match self.fs.getattr(it.ino) {
                 Ok(a) => a,
                 Err(e) => {
@@ -626,7 +671,7 @@ impl fuser::Filesystem for Gfs2Fuse {
             if reply.add(
                 fa.ino,
                 it.next,
-                OsStr::from_bytes(&it.name),
+                OsStr::from_bytes(it.name),
                 &TTL,
                 &fa,
                 Generation(a.generation),

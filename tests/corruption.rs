@@ -225,7 +225,7 @@ fn write_trial(base: &Arc<Vec<u8>>, pokes: &[(u64, u8)]) -> bool {
     let mut names = Vec::new();
     let _ = fs.readdir(root, 0, |e| {
         if e.name != b"." && e.name != b".." {
-            names.push((e.name.clone(), e.ino));
+            names.push((e.name.to_vec(), e.ino));
         }
         names.len() < 50
     });

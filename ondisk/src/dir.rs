@@ -27,6 +27,7 @@ pub const fn dirent_size(name_len: usize) -> usize {
 impl Dirent {
     pub const SIZE: usize = 40;
 
+    #[inline]
     pub fn parse(b: &[u8]) -> Result<Self> {
         need("gfs2_dirent", b, Self::SIZE)?;
         Ok(Dirent {

@@ -14,6 +14,7 @@
 //! readdir starts at the hash-table slot of the cookie's hash.
 
 use super::{Inode, Meta};
+use crate::buf::Block;
 use crate::error::{FsError, Result};
 use crate::format::{
     be64, dif, disk_hash, mt, Dirent, Leaf, DINODE_SIZE, DIRENT_SIZE, LEAF_SIZE, META_HEADER_SIZE,
@@ -37,12 +38,6 @@ pub struct DirEntry {
 
 /// Bound on the leaves of one chain: a cycle or absurd chain is corruption.
 const MAX_CHAIN: usize = 1 << 16;
-
-impl DirEntry {
-    fn group(&self) -> u64 {
-        (self.hash >> 1) as u64
-    }
-}
 
 /// Parse the dirents of a block from byte `start`, skipping unused ones.
 pub fn parse_dirents(block: &[u8], start: usize, blkno: u64) -> Result<Vec<DirEntry>> {
@@ -133,7 +128,25 @@ fn leaf_chain_seen(
     leaf: u64,
     seen: &mut HashSet<u64>,
 ) -> Result<(Vec<DirEntry>, u16)> {
+    let (mut blocks, mut addrs) = (Vec::new(), Vec::new());
+    let depth = chain_blocks(m, ip, leaf, seen, &mut blocks, &mut addrs)?;
     let mut out = Vec::new();
+    for (b, blkno) in blocks.iter().zip(&addrs) {
+        out.extend(parse_dirents(b, LEAF_SIZE, *blkno)?);
+    }
+    Ok((out, depth))
+}
+
+/// Read the leaf chain starting at `leaf` into `blocks` (and their addresses
+/// into `addrs`), refusing leaves already in `seen`; the first leaf's depth.
+fn chain_blocks(
+    m: Meta<'_>,
+    ip: &Inode,
+    leaf: u64,
+    seen: &mut HashSet<u64>,
+    blocks: &mut Vec<Block>,
+    addrs: &mut Vec<u64>,
+) -> Result<u16> {
     let first = seen.len();
     let mut blk = leaf;
     let mut depth = None;
@@ -150,10 +163,11 @@ fn leaf_chain_seen(
             ));
         }
         depth.get_or_insert(lf.depth);
-        out.extend(parse_dirents(&b, LEAF_SIZE, blk)?);
+        blocks.push(b);
+        addrs.push(blk);
         blk = lf.next;
     }
-    Ok((out, depth.unwrap_or(0)))
+    Ok(depth.unwrap_or(0))
 }
 
 fn slot_of(hash: u32, depth: u16) -> u64 {
@@ -196,56 +210,172 @@ fn linear_entries(m: Meta<'_>, ip: &Inode) -> Result<Vec<DirEntry>> {
     parse_dirents(&ip.block, DINODE_SIZE, ip.ino)
 }
 
-/// Sort entries of one leaf chain (or a linear directory) and give each its
-/// cookie.
-fn keyed(mut entries: Vec<DirEntry>) -> Vec<(u64, DirEntry)> {
-    entries.sort_by(|a, b| (a.hash, &a.name).cmp(&(b.hash, &b.name)));
-    let mut out = Vec::with_capacity(entries.len());
+/// A directory entry borrowed from the block it was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirentRef<'a> {
+    /// The name (no NUL, not necessarily UTF-8).
+    pub name: &'a [u8],
+    /// Inode number (dinode block address).
+    pub ino: u64,
+    /// `no_formal_ino` of the target.
+    pub formal_ino: u64,
+    /// The name hash as stored.
+    pub hash: u32,
+    /// `DT_*` type.
+    pub de_type: u16,
+}
+
+impl DirentRef<'_> {
+    /// An owned copy.
+    pub fn to_owned(&self) -> DirEntry {
+        DirEntry {
+            name: self.name.to_vec(),
+            ino: self.ino,
+            formal_ino: self.formal_ino,
+            hash: self.hash,
+            de_type: self.de_type,
+        }
+    }
+}
+
+/// Where one live dirent of a leaf chain sits: which of the chain's blocks,
+/// and the name's byte range in it. Listing a big directory sorts these
+/// instead of copying names.
+#[derive(Clone, Copy)]
+struct Slot {
+    hash: u32,
+    block: u32,
+    name_at: u32,
+    name_len: u8,
+    de_type: u16,
+    ino: u64,
+    formal_ino: u64,
+}
+
+/// Record the live dirents of `block` (block `bi` of the chain) from byte
+/// `start`, with the same checks as [`parse_dirents`].
+fn slot_dirents(
+    block: &[u8],
+    start: usize,
+    blkno: u64,
+    bi: u32,
+    out: &mut Vec<Slot>,
+) -> Result<()> {
+    let mut off = start;
+    while off < block.len() {
+        let d = Dirent::parse(block.get(off..).unwrap_or(&[]))
+            .map_err(|_| FsError::corrupt(blkno, format!("dirent at {off} past the end")))?;
+        let rec = d.rec_len as usize;
+        if rec < DIRENT_SIZE || off + rec > block.len() {
+            return Err(FsError::corrupt(
+                blkno,
+                format!("dirent at {off} with bad rec_len {rec}"),
+            ));
+        }
+        let nl = d.name_len as usize;
+        if nl > rec - DIRENT_SIZE || nl > u8::MAX as usize {
+            return Err(FsError::corrupt(
+                blkno,
+                format!("dirent at {off}: bad name_len {nl} (rec_len {rec})"),
+            ));
+        }
+        if d.inum.addr != 0 && nl > 0 {
+            out.push(Slot {
+                hash: d.hash,
+                block: bi,
+                name_at: (off + DIRENT_SIZE) as u32,
+                name_len: nl as u8,
+                de_type: d.de_type,
+                ino: d.inum.addr,
+                formal_ino: d.inum.formal_ino,
+            });
+        }
+        off += rec;
+    }
+    Ok(())
+}
+
+/// The entries of one leaf chain (or a linear directory) in cookie order,
+/// each with its cookie, borrowed from `blocks`.
+fn emit_keyed(
+    blocks: &[Block],
+    slots: &mut [Slot],
+    from: u64,
+    emit: &mut impl FnMut(u64, DirentRef<'_>) -> bool,
+) -> bool {
+    let name = |s: &Slot| -> &[u8] {
+        let b = &blocks[s.block as usize];
+        &b[s.name_at as usize..s.name_at as usize + s.name_len as usize]
+    };
+    // Names only break ties between equal hashes.
+    slots.sort_unstable_by(|a, b| a.hash.cmp(&b.hash).then_with(|| name(a).cmp(name(b))));
     let mut prev = None;
     let mut n = 0u64;
-    for e in entries {
-        let g = e.group();
+    for s in slots.iter() {
+        let g = (s.hash >> 1) as u64;
         if prev == Some(g) {
             n += 1;
         } else {
             n = 0;
             prev = Some(g);
         }
-        out.push(((g << 32) | n.min(u32::MAX as u64), e));
+        let k = (g << 32) | n.min(u32::MAX as u64);
+        if k < from {
+            continue;
+        }
+        let e = DirentRef {
+            name: name(s),
+            ino: s.ino,
+            formal_ino: s.formal_ino,
+            hash: s.hash,
+            de_type: s.de_type,
+        };
+        if !emit(k, e) {
+            return false;
+        }
     }
-    out
+    true
 }
 
 /// List entries whose cookie is `>= from`, in cookie order, calling `emit`
 /// with each entry and its cookie until it returns `false`.
+///
+/// Names are lent from the directory's blocks, never copied: listing a
+/// directory of 100,000 entries allocates a handful of buffers.
 pub fn readdir(
     m: Meta<'_>,
     ip: &Inode,
     from: u64,
-    mut emit: impl FnMut(u64, &DirEntry) -> bool,
+    mut emit: impl FnMut(u64, DirentRef<'_>) -> bool,
 ) -> Result<()> {
     if !ip.is_dir() {
         return Err(FsError::Errno(libc::ENOTDIR));
     }
+    let mut slots = Vec::new();
     if !is_exhash(ip) {
-        for (k, e) in keyed(linear_entries(m, ip)?) {
-            if k >= from && !emit(k, &e) {
-                break;
-            }
+        if !ip.is_stuffed() {
+            return Err(FsError::corrupt(
+                ip.ino,
+                "unstuffed directory without a hash table",
+            ));
         }
+        slot_dirents(&ip.block, DINODE_SIZE, ip.ino, 0, &mut slots)?;
+        emit_keyed(std::slice::from_ref(&ip.block), &mut slots, from, &mut emit);
         return Ok(());
     }
     let depth = ip.di.depth;
-    let slots = 1u64 << depth;
+    let nslots = 1u64 << depth;
     let from_hash = ((from >> 32) as u32) << 1;
     let mut slot = slot_of(from_hash, depth);
     const CHUNK: u64 = 512;
     let mut cache: (u64, Vec<u64>) = (u64::MAX, Vec::new());
     let mut seen = HashSet::new();
-    while slot < slots {
+    let mut blocks: Vec<Block> = Vec::new();
+    let mut addrs = Vec::new();
+    while slot < nslots {
         let base = slot - slot % CHUNK;
         if cache.0 != base {
-            cache = (base, hash_ptrs(m, ip, base, CHUNK.min(slots - base))?);
+            cache = (base, hash_ptrs(m, ip, base, CHUNK.min(nslots - base))?);
         }
         let leaf = cache
             .1
@@ -257,13 +387,17 @@ pub fn readdir(
             slot += 1;
             continue;
         }
-        let (entries, ld) = leaf_chain_seen(m, ip, leaf, &mut seen)?;
-        let span = 1u64 << (depth - ld);
-        for (k, e) in keyed(entries) {
-            if k >= from && !emit(k, &e) {
-                return Ok(());
-            }
+        blocks.clear();
+        slots.clear();
+        addrs.clear();
+        let ld = chain_blocks(m, ip, leaf, &mut seen, &mut blocks, &mut addrs)?;
+        for (bi, (b, blkno)) in blocks.iter().zip(&addrs).enumerate() {
+            slot_dirents(b, LEAF_SIZE, *blkno, bi as u32, &mut slots)?;
         }
+        if !emit_keyed(&blocks, &mut slots, from, &mut emit) {
+            return Ok(());
+        }
+        let span = 1u64 << (depth - ld);
         slot = (slot - slot % span) + span;
     }
     Ok(())

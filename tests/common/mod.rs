@@ -178,7 +178,7 @@ pub fn walk(fs: &gfs2fuse::fs::Fs, start: u64, max_inodes: usize) -> (usize, usi
                 let mut kids = Vec::new();
                 let r = fs.readdir(ino, 0, |e| {
                     if e.name != b"." && e.name != b".." {
-                        kids.push((e.ino, e.name.clone()));
+                        kids.push((e.ino, e.name.to_vec()));
                     }
                     kids.len() < 100_000
                 });
