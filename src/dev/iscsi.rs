@@ -31,8 +31,8 @@
 //! Every completion's SCSI status is checked: CHECK CONDITION fails the
 //! request with the sense key and additional sense code in the message (EIO,
 //! or EROFS for DATA PROTECT), except UNIT ATTENTION, which is retried (up to
-//! ten times), and NOT READY, BUSY, TASK SET FULL and TASK ABORTED, which are
-//! retried until the timeout.
+//! ten times), and NOT READY (becoming ready), BUSY, TASK SET FULL and TASK
+//! ABORTED, which are retried until the timeout.
 //!
 //! Byte ranges not aligned to the logical block size are read whole-block
 //! and written by read-modify-write; every write holds a lock on the logical
@@ -1023,7 +1023,31 @@ impl IoThread {
         self.backoff = (self.backoff * 2).min(Duration::from_secs(2));
     }
 
-    fn login_failed(&mut self, e: String) {
+    /// libiscsi reports a failed TCP connect only as "Can not reconnect
+    /// right now": connect once more ourselves for the system's reason.
+    fn tcp_reason(&self) -> Option<String> {
+        use std::net::{TcpStream, ToSocketAddrs};
+        let cfg = &self.shared.cfg;
+        let addrs = match (cfg.host.as_str(), cfg.port).to_socket_addrs() {
+            Ok(a) => a,
+            Err(e) => return Some(format!("cannot resolve {}: {e}", cfg.host)),
+        };
+        let mut last = None;
+        for a in addrs {
+            match TcpStream::connect_timeout(&a, Duration::from_secs(2)) {
+                Ok(_) => return None,
+                Err(e) => last = Some(e),
+            }
+        }
+        last.map(|e| format!("connect to {}: {e}", cfg.portal()))
+    }
+
+    fn login_failed(&mut self, mut e: String) {
+        if e.contains("reconnect") {
+            if let Some(why) = self.tcp_reason() {
+                e = why;
+            }
+        }
         self.set_error(e.clone());
         if let Some(first) = self.first.take() {
             let errno = if e.contains("uthentication") {
@@ -1212,7 +1236,8 @@ impl IoThread {
                         d.ascq
                     );
                 }
-                ffi::SENSE_NOT_READY => r.not_before = soon,
+                // LOGICAL UNIT NOT READY, becoming ready / in progress.
+                ffi::SENSE_NOT_READY if d.ascq >> 8 == 0x04 => r.not_before = soon,
                 ffi::SENSE_ILLEGAL_REQUEST
                     if r.op == Op::Sync
                         && !self.sync10

@@ -1,0 +1,919 @@
+//! The iSCSI initiator (`gfs2fuse::dev::iscsi`) against tgt's `tgtd` on
+//! loopback (one daemon per test, each on its own portal and control port).
+//! Our mkfs writes through iSCSI and gfs2-utils' fsck.gfs2 finds the
+//! backing image clean; a FUSE mount over iSCSI writes files that fsck
+//! accepts and a second mount reads back; CHAP (one-way and mutual) logs in
+//! with the right secrets and fails clearly with wrong ones; random
+//! concurrent I/O (unaligned too, 512 and 4096-byte logical blocks) matches
+//! a model and the backing file; restarting tgtd mid-stream loses no
+//! acknowledged write; an outage longer than the timeout gives EIO in about
+//! the timeout and the device recovers; errors the target reports (a LUN
+//! turned read-only, a backing file cut short) come back as EROFS/EIO with
+//! the sense data in the message.
+
+mod common;
+
+use common::*;
+use gfs2fuse::dev::iscsi::{errno_of, IscsiConfig, IscsiDevice};
+use gfs2fuse::dev::{spec, BlockDevice};
+use std::io::ErrorKind;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MB: u64 = 1 << 20;
+
+/// A tgt program; fails with the Debian package to install.
+fn need(name: &str) -> PathBuf {
+    for d in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
+        let p = Path::new(d).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} not found: install the Debian package tgt (scripts/test.sh does)");
+}
+
+fn bin(name: &str) -> PathBuf {
+    let p = Path::new(gfs2_fuse()).with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} missing: build the workspace (cargo build --release --workspace)",
+        p.display()
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+fn tmp(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("gfs2iscsi-{tag}-{}", std::process::id()))
+}
+
+/// A sparse image file of `mb` MiB, removed on drop.
+fn image(tag: &str, mb: u64) -> TempPath {
+    let p = tmp(tag).with_extension("img");
+    let f = std::fs::File::create(&p).unwrap();
+    f.set_len(mb * MB).unwrap();
+    TempPath(p)
+}
+
+/// How the target is set up.
+#[derive(Clone, Default)]
+struct Setup {
+    /// LUN 1 logical block size (tgt's default is 512).
+    block_size: Option<u32>,
+    read_only: bool,
+    /// Incoming CHAP account (user, secret) the initiator must log in with.
+    chap: Option<(&'static str, &'static str)>,
+    /// Outgoing account: the target proves itself with these (mutual CHAP).
+    mutual: Option<(&'static str, &'static str)>,
+}
+
+/// A tgtd on loopback serving one target whose LUN 1 is `img`; killed on drop.
+struct Tgt {
+    img: PathBuf,
+    port: u16,
+    ctl: u16,
+    iqn: String,
+    setup: Setup,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Tgt {
+    fn start(tag: &str, img: &Path, setup: Setup) -> Tgt {
+        let mut last = String::new();
+        // A port (or control number) taken meanwhile: try another.
+        for _ in 0..5 {
+            let port = free_port();
+            let mut t = Tgt {
+                img: img.to_path_buf(),
+                port,
+                // The control channel is a Unix socket named after this
+                // number, which tgtd wants below 32768.
+                ctl: 1 + port % 32000,
+                iqn: format!(
+                    "iqn.2026-01.org.gfs2-fuse.test:{tag}-{}",
+                    std::process::id()
+                ),
+                setup: setup.clone(),
+                child: None,
+                log: tmp(&format!("{tag}-{port}")).with_extension("log"),
+            };
+            match t.try_spawn() {
+                Ok(()) => return t,
+                Err(e) => last = e,
+            }
+        }
+        panic!("tgtd would not start: {last}");
+    }
+
+    fn tgtadm(&self, args: &[&str]) -> Result<(), String> {
+        let out = Command::new(need("tgtadm"))
+            .args(["-C", &self.ctl.to_string(), "--lld", "iscsi"])
+            .args(args)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "tgtadm {args:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    fn must(&self, args: &[&str]) {
+        if let Err(e) = self.tgtadm(args) {
+            panic!("{e}\ntgtd log: {}", self.log_text());
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Start tgtd and configure the target (tgtd keeps no configuration).
+    fn spawn(&mut self) {
+        if let Err(e) = self.try_spawn() {
+            panic!("{e}");
+        }
+    }
+
+    fn try_spawn(&mut self) -> Result<(), String> {
+        let log = std::fs::File::create(&self.log).unwrap();
+        let child = Command::new(need("tgtd"))
+            .args(["-f", "-C", &self.ctl.to_string(), "--iscsi"])
+            .arg(format!("portal=127.0.0.1:{}", self.port))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting tgtd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.tgtadm(&["--op", "show", "--mode", "sys"]).is_err() {
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Err(format!("tgtd exited ({st}): {}", self.log_text()));
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                return Err(format!(
+                    "tgtd not answering after 20 s: {}",
+                    self.log_text()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.must(&[
+            "--op", "new", "--mode", "target", "--tid", "1", "-T", &self.iqn,
+        ]);
+        let img = self.img.to_str().unwrap().to_string();
+        let mut lun = vec![
+            "--op",
+            "new",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            "1",
+            "--lun",
+            "1",
+            "-b",
+            &img,
+        ];
+        let bs = self.setup.block_size.map(|b| b.to_string());
+        if let Some(b) = &bs {
+            lun.extend(["--blocksize", b]);
+        }
+        self.must(&lun);
+        if self.setup.read_only {
+            self.set_read_only(true);
+        }
+        self.must(&[
+            "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
+        ]);
+        if let Some((u, p)) = self.setup.chap {
+            self.must(&[
+                "--op",
+                "new",
+                "--mode",
+                "account",
+                "--user",
+                u,
+                "--password",
+                p,
+            ]);
+            self.must(&[
+                "--op", "bind", "--mode", "account", "--tid", "1", "--user", u,
+            ]);
+        }
+        if let Some((u, p)) = self.setup.mutual {
+            self.must(&[
+                "--op",
+                "new",
+                "--mode",
+                "account",
+                "--user",
+                u,
+                "--password",
+                p,
+            ]);
+            self.must(&[
+                "--op",
+                "bind",
+                "--mode",
+                "account",
+                "--tid",
+                "1",
+                "--user",
+                u,
+                "--outgoing",
+            ]);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tgtd not listening: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    fn set_read_only(&self, ro: bool) {
+        let p = format!("readonly={}", u8::from(ro));
+        self.must(&[
+            "--op",
+            "update",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            "1",
+            "--lun",
+            "1",
+            "--params",
+            &p,
+        ]);
+    }
+
+    /// `iscsi://[creds@]127.0.0.1:PORT/IQN/1`
+    fn url(&self, creds: &str) -> String {
+        format!("iscsi://{creds}127.0.0.1:{}/{}/1", self.port, self.iqn)
+    }
+
+    fn config(&self, timeout: Duration) -> IscsiConfig {
+        let mut c = IscsiConfig::new("127.0.0.1", self.port, &self.iqn, 1);
+        c.timeout = timeout;
+        c
+    }
+
+    fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: signalling a child we started.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
+    /// SIGKILL: no goodbye to the initiators.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Tgt {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        self.kill();
+        let _ = std::fs::remove_file(&self.log);
+        let _ = std::fs::remove_file(format!("/var/run/tgtd/socket.{}", self.ctl));
+        let _ = std::fs::remove_file(format!("/var/run/tgtd/socket.{}.lock", self.ctl));
+    }
+}
+
+fn our_mkfs(url: &str, bsize: u32) {
+    let out = Command::new(bin("mkfs-gfs2"))
+        .args(["-O", "-p", "lock_nolock", "-j", "1", "-b"])
+        .arg(bsize.to_string())
+        .arg(url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mkfs-gfs2 {url}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Mount `url` with a foreground daemon; returns it once the mount is up.
+fn mount_foreground(url: &str, mnt: &Path, secret: Option<&str>) -> Child {
+    let mut cmd = Command::new(gfs2_fuse());
+    if let Some(s) = secret {
+        cmd.env("LIBISCSI_CHAP_PASSWORD", s);
+    }
+    let mut child = cmd
+        .arg("mount")
+        .arg("-f")
+        .arg(url)
+        .arg(mnt)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !is_mounted(mnt) {
+        if let Some(st) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            panic!("gfs2-fuse {url} exited ({st}): {err}");
+        }
+        assert!(Instant::now() < deadline, "{url}: never mounted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// Unmount and wait for the daemon to finish its final flush.
+fn unmount_and_wait(mnt: &Path, mut child: Child) {
+    let st = Command::new(tool("fusermount3"))
+        .arg("-u")
+        .arg(mnt)
+        .status()
+        .unwrap();
+    assert!(st.success(), "fusermount3 -u {}", mnt.display());
+    let st = child.wait().unwrap();
+    assert!(st.success(), "gfs2-fuse exited with {st}");
+}
+
+fn fill(rng: &mut Rng, b: &mut [u8]) {
+    for c in b.chunks_mut(8) {
+        let v = rng.next().to_le_bytes();
+        c.copy_from_slice(&v[..c.len()]);
+    }
+}
+
+fn content(i: u64, len: usize) -> Vec<u8> {
+    let mut b = vec![0u8; len];
+    fill(&mut Rng(0x5eed_0000 + i), &mut b);
+    b
+}
+
+/// mkfs through iSCSI (fsck.gfs2 clean), then a FUSE mount over iSCSI with
+/// CHAP writes files; after unmount fsck.gfs2 is clean again and a second
+/// mount reads every byte back.
+#[test]
+fn mkfs_and_fuse_mount_over_iscsi() {
+    let img = image("fs", 256);
+    let tgt = Tgt::start(
+        "fs",
+        &img.0,
+        Setup {
+            chap: Some(("fsuser", "fs-secret-123")),
+            ..Setup::default()
+        },
+    );
+    our_mkfs(&tgt.url("fsuser%fs-secret-123@"), 4096);
+    fsck_clean(&img.0, "after mkfs over iSCSI");
+    // The secret from the environment, as libiscsi's tools take it, keeps
+    // it out of the mount table.
+    let url = tgt.url("fsuser@");
+    let mnt = mountpoint("iscsi-fs");
+    let child = mount_foreground(&url, &mnt.0, Some("fs-secret-123"));
+    let guard = MountGuard(mnt.0.clone());
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(1) == mnt.0.to_str())
+        .unwrap();
+    assert!(
+        !line.contains("fs-secret"),
+        "the CHAP secret shows in /proc/mounts: {line}"
+    );
+    let sizes = [0usize, 1, 4095, 4096, 70_000, 3 << 20, (5 << 20) + 17];
+    std::fs::create_dir(mnt.0.join("d")).unwrap();
+    for (i, len) in sizes.iter().enumerate() {
+        std::fs::write(mnt.0.join(format!("d/f{i}")), content(i as u64, *len)).unwrap();
+    }
+    for i in 0..100 {
+        std::fs::write(mnt.0.join(format!("d/small{i}")), format!("{i}\n")).unwrap();
+    }
+    std::fs::remove_file(mnt.0.join("d/small50")).unwrap();
+    std::os::unix::fs::symlink("f1", mnt.0.join("d/link")).unwrap();
+    for (i, len) in sizes.iter().enumerate() {
+        assert!(
+            std::fs::read(mnt.0.join(format!("d/f{i}"))).unwrap() == content(i as u64, *len),
+            "f{i} differs before unmount"
+        );
+    }
+    unmount_and_wait(&mnt.0, child);
+    std::mem::forget(guard);
+    fsck_clean(&img.0, "after the FUSE mount over iSCSI");
+    let child = mount_foreground(&url, &mnt.0, Some("fs-secret-123"));
+    let guard = MountGuard(mnt.0.clone());
+    for (i, len) in sizes.iter().enumerate() {
+        assert!(
+            std::fs::read(mnt.0.join(format!("d/f{i}"))).unwrap() == content(i as u64, *len),
+            "f{i} differs after remount"
+        );
+    }
+    assert_eq!(std::fs::read(mnt.0.join("d/small77")).unwrap(), b"77\n");
+    assert!(!mnt.0.join("d/small50").exists());
+    assert_eq!(
+        std::fs::read_link(mnt.0.join("d/link")).unwrap(),
+        Path::new("f1")
+    );
+    assert_eq!(std::fs::read_dir(mnt.0.join("d")).unwrap().count(), 107);
+    unmount_and_wait(&mnt.0, child);
+    std::mem::forget(guard);
+    fsck_clean(&img.0, "after the second mount");
+}
+
+/// CHAP: the right secret logs in; a wrong secret, no secret, or (mutual
+/// CHAP) a target that cannot prove itself fail at once with a clear error.
+#[test]
+fn chap_login_success_and_failure() {
+    let img = image("chap", 16);
+    let tgt = Tgt::start(
+        "chap",
+        &img.0,
+        Setup {
+            chap: Some(("alice", "alice-secret-1")),
+            mutual: Some(("tgtname", "target-secret-2")),
+            ..Setup::default()
+        },
+    );
+    // One-way CHAP.
+    let dev = spec::open(&tgt.url("alice%alice-secret-1@"), false).unwrap();
+    assert_eq!(dev.size(), 16 * MB);
+    assert_eq!(dev.describe(), tgt.url(""));
+    dev.write_at(&[0x5a; 4096], 8192).unwrap();
+    let mut b = [0u8; 4096];
+    dev.read_at(&mut b, 8192).unwrap();
+    assert_eq!(b, [0x5a; 4096]);
+    drop(dev);
+    // Mutual CHAP.
+    let good = format!(
+        "{}?target_user=tgtname&target_password=target-secret-2",
+        tgt.url("alice%alice-secret-1@")
+    );
+    let dev = spec::open(&good, true).unwrap();
+    dev.read_at(&mut b, 8192).unwrap();
+    assert_eq!(b, [0x5a; 4096]);
+    drop(dev);
+    let failures = [
+        (tgt.url("alice%wrong-secret-9@"), "Authentication"),
+        (tgt.url(""), "Authentication"),
+        (tgt.url("mallory%alice-secret-1@"), "Authentication"),
+        (
+            format!(
+                "{}?target_user=tgtname&target_password=not-the-target",
+                tgt.url("alice%alice-secret-1@")
+            ),
+            "",
+        ),
+    ];
+    for (url, text) in failures {
+        let t = Instant::now();
+        let e = spec::open(&url, false).err().expect("login accepted");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{url}: {:?}",
+            t.elapsed()
+        );
+        let msg = e.to_string();
+        assert!(msg.contains(&tgt.url("")), "{msg}");
+        assert!(msg.contains(text), "{url}: {msg}");
+        assert!(!msg.contains("secret"), "secret in the message: {msg}");
+        if !text.is_empty() {
+            assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{msg}");
+        }
+    }
+    // Nothing listening; unknown target.
+    let port = free_port();
+    let e = spec::open(&format!("iscsi://127.0.0.1:{port}/iqn.x:y/1"), false)
+        .err()
+        .expect("connected to nothing");
+    assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+    let e = spec::open(
+        &format!(
+            "iscsi://alice%alice-secret-1@127.0.0.1:{}/iqn.nope:x/1",
+            tgt.port
+        ),
+        false,
+    )
+    .err()
+    .expect("unknown target accepted");
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert!(e.to_string().contains("not found"), "{e}");
+}
+
+/// Four threads do random reads and writes (unaligned, 1 byte to 3 MiB)
+/// in their own quarter of the LUN and check every read against their
+/// model; then the backing file equals the models, a 40 MiB unaligned write
+/// (many commands) reads back, and bounds are enforced.
+fn random_io(block_size: u32) {
+    let size = 64 * MB;
+    let img = image(&format!("rio{block_size}"), 64);
+    {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&img.0)
+            .unwrap();
+        let mut init = vec![0u8; MB as usize];
+        let mut rng = Rng(0x1234_5678);
+        for m in 0..size / MB {
+            fill(&mut rng, &mut init);
+            f.write_all_at(&init, m * MB).unwrap();
+        }
+    }
+    let tgt = Tgt::start(
+        &format!("rio{block_size}"),
+        &img.0,
+        Setup {
+            block_size: Some(block_size),
+            ..Setup::default()
+        },
+    );
+    let dev = Arc::new(IscsiDevice::connect(tgt.config(Duration::from_secs(30))).unwrap());
+    assert_eq!(dev.size(), size);
+    assert_eq!(dev.info().block_size, block_size);
+    assert!(!dev.info().write_protected);
+    let quarter = size / 4;
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let dev = dev.clone();
+            let base = img.0.clone();
+            std::thread::spawn(move || {
+                let start = t * quarter;
+                let mut model = vec![0u8; quarter as usize];
+                std::fs::File::open(&base)
+                    .unwrap()
+                    .read_exact_at(&mut model, start)
+                    .unwrap();
+                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (t + 1));
+                for i in 0..250 {
+                    let len = match rng.below(4) {
+                        0 => 1 + rng.below(600),
+                        1 => 4096 * (1 + rng.below(16)),
+                        2 => 1 + rng.below(256 << 10),
+                        _ => 1 + rng.below(3 << 20),
+                    };
+                    let off = if rng.below(3) == 0 {
+                        rng.below((quarter - len) / 4096) * 4096
+                    } else {
+                        rng.below(quarter - len)
+                    };
+                    let (o, l) = (off as usize, len as usize);
+                    if rng.below(2) == 0 {
+                        let mut data = vec![0u8; l];
+                        fill(&mut rng, &mut data);
+                        dev.write_at(&data, start + off).unwrap();
+                        model[o..o + l].copy_from_slice(&data);
+                    } else {
+                        let mut data = vec![0u8; l];
+                        dev.read_at(&mut data, start + off).unwrap();
+                        assert!(
+                            data == model[o..o + l],
+                            "thread {t} op {i}: read {len} at {} differs",
+                            start + off
+                        );
+                    }
+                }
+                model
+            })
+        })
+        .collect();
+    let mut whole = Vec::with_capacity(size as usize);
+    for t in threads {
+        whole.extend_from_slice(&t.join().unwrap());
+    }
+    dev.flush().unwrap();
+    let mut file = std::fs::read(&img.0).unwrap();
+    assert!(file == whole, "backing file differs from the model");
+    // Many commands for one call, unaligned at both ends.
+    let mut big = vec![0u8; (40 * MB) as usize + 777];
+    fill(&mut Rng(42), &mut big);
+    let off = 5 * MB + 123;
+    dev.write_at(&big, off).unwrap();
+    let mut back = vec![0u8; big.len()];
+    dev.read_at(&mut back, off).unwrap();
+    assert!(back == big, "40 MiB read-back differs");
+    dev.flush().unwrap();
+    file[off as usize..off as usize + big.len()].copy_from_slice(&big);
+    assert!(
+        std::fs::read(&img.0).unwrap() == file,
+        "backing file after the big write"
+    );
+    // Bounds.
+    let mut two = [0u8; 2];
+    let e = dev.read_at(&mut two, size - 1).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::UnexpectedEof);
+    assert_eq!(
+        dev.write_at(&two, size).unwrap_err().kind(),
+        ErrorKind::UnexpectedEof
+    );
+    dev.read_at(&mut two, size - 2).unwrap();
+    assert_eq!(two[..], file[file.len() - 2..]);
+    assert_eq!(dev.reconnections().0, 0);
+}
+
+#[test]
+fn random_concurrent_io_512() {
+    random_io(512);
+}
+
+#[test]
+fn random_concurrent_io_4096() {
+    random_io(4096);
+}
+
+/// Two writers stream distinct 16 KiB blocks; tgtd is SIGKILLed after 600
+/// acknowledgements and restarted a second later on the same portal. Every
+/// write must still succeed (those in flight are resent after the new
+/// login), and every acknowledged block must be in the image.
+#[test]
+fn target_restart_mid_stream_loses_no_acknowledged_write() {
+    const BLK: usize = 16 << 10;
+    let img = image("restart", 64);
+    let mut tgt = Tgt::start("restart", &img.0, Setup::default());
+    let dev = Arc::new(IscsiDevice::connect(tgt.config(Duration::from_secs(30))).unwrap());
+    let nblocks = (64 * MB) as usize / BLK;
+    let acked = Arc::new(AtomicUsize::new(0));
+    let block = |i: usize| {
+        let mut b = content(i as u64, BLK);
+        b[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        b
+    };
+    let writers: Vec<_> = (0..2)
+        .map(|t| {
+            let dev = dev.clone();
+            let acked = acked.clone();
+            std::thread::spawn(move || {
+                let mut mine = Vec::new();
+                for i in (t..nblocks).step_by(2) {
+                    match dev.write_at(&block(i), (i * BLK) as u64) {
+                        Ok(()) => {
+                            mine.push(i);
+                            acked.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => panic!("write of block {i} failed: {e}"),
+                    }
+                }
+                mine
+            })
+        })
+        .collect();
+    while acked.load(Ordering::SeqCst) < 600 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    tgt.kill();
+    let at_kill = acked.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(1));
+    tgt.spawn();
+    let mut all = Vec::new();
+    for w in writers {
+        all.extend(w.join().unwrap());
+    }
+    assert!(
+        at_kill < nblocks,
+        "the stream ended before the kill ({at_kill} of {nblocks})"
+    );
+    assert_eq!(all.len(), nblocks);
+    dev.flush().unwrap();
+    assert!(dev.is_connected());
+    let (reconnects, resent) = dev.reconnections();
+    assert!(reconnects >= 1, "never reconnected");
+    assert!(resent >= 1, "nothing was in flight across the restart");
+    eprintln!("killed after {at_kill} acks: {reconnects} reconnections, {resent} commands resent");
+    drop(dev);
+    let file = std::fs::read(&img.0).unwrap();
+    for i in all {
+        assert!(
+            file[i * BLK..(i + 1) * BLK] == block(i)[..],
+            "acknowledged block {i} is not in the image"
+        );
+    }
+}
+
+fn expect_eio(r: std::io::Result<()>, what: &str, started: Instant, timeout: Duration) {
+    let e = r.expect_err(what);
+    assert_eq!(errno_of(&e), Some(libc::EIO), "{what}: {e}");
+    let took = started.elapsed();
+    assert!(
+        took >= timeout - Duration::from_millis(200) && took < timeout * 2,
+        "{what}: EIO after {took:?} (timeout {timeout:?}): {e}"
+    );
+}
+
+/// tgtd killed (connections refused) or frozen (SIGSTOP: connection up, no
+/// answers) longer than the 3 s timeout: EIO for reads, writes and flushes
+/// in about the timeout; the device recovers once the target is back, and
+/// dropping it never hangs.
+#[test]
+fn outage_longer_than_timeout_gives_eio_then_recovers() {
+    let timeout = Duration::from_secs(3);
+    let img = image("outage", 16);
+    let mut tgt = Tgt::start("outage", &img.0, Setup::default());
+    let dev = IscsiDevice::connect(tgt.config(timeout)).unwrap();
+    let data = vec![0xabu8; 8192];
+    dev.write_at(&data, 0).unwrap();
+    // Killed.
+    tgt.kill();
+    let t = Instant::now();
+    expect_eio(dev.write_at(&data, 4096), "write while down", t, timeout);
+    let t = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    expect_eio(dev.read_at(&mut buf, 0), "read while down", t, timeout);
+    let t = Instant::now();
+    expect_eio(dev.flush(), "flush while down", t, timeout);
+    assert!(!dev.is_connected());
+    // Back: the background login picks it up.
+    tgt.spawn();
+    dev.write_at(&data, 8192).unwrap();
+    assert!(dev.reconnections().0 >= 1);
+    dev.read_at(&mut buf, 0).unwrap();
+    assert!(buf.iter().all(|b| *b == 0xab));
+    // Frozen: commands go out but nothing comes back.
+    tgt.signal(libc::SIGSTOP);
+    let t = Instant::now();
+    expect_eio(dev.read_at(&mut buf, 0), "read while frozen", t, timeout);
+    let t = Instant::now();
+    expect_eio(dev.write_at(&data, 0), "write while frozen", t, timeout);
+    tgt.signal(libc::SIGCONT);
+    dev.write_at(&data, 0).unwrap();
+    dev.flush().unwrap();
+    // Gone for good: dropping the device returns promptly.
+    tgt.kill();
+    let t = Instant::now();
+    expect_eio(dev.write_at(&data, 0), "write after the end", t, timeout);
+    let t = Instant::now();
+    drop(dev);
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "drop took {:?}",
+        t.elapsed()
+    );
+}
+
+/// Errors the target reports: a read-only LUN refuses a read-write open
+/// with EROFS (gfs2-fuse then mounts read-only); a LUN turned read-only
+/// under an open device fails writes with EROFS and the DATA PROTECT sense
+/// in the message, at once and without dropping the session; reads past the
+/// end of a backing file cut short fail with EIO and the sense data.
+#[test]
+fn target_errors_come_back_with_sense_data() {
+    let img = image("err", 32);
+    let tgt = Tgt::start(
+        "err",
+        &img.0,
+        Setup {
+            read_only: true,
+            ..Setup::default()
+        },
+    );
+    let e = spec::open(&tgt.url(""), false)
+        .err()
+        .expect("rw open of a read-only LUN");
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    let dev = spec::open(&tgt.url(""), true).unwrap();
+    let mut b = vec![1u8; 4096];
+    dev.read_at(&mut b, 0).unwrap();
+    assert!(b.iter().all(|x| *x == 0));
+    assert_eq!(
+        dev.write_at(&b, 0).unwrap_err().raw_os_error(),
+        Some(libc::EROFS)
+    );
+    drop(dev);
+    // Read-write, then the target turns the LUN read-only.
+    tgt.set_read_only(false);
+    let dev = IscsiDevice::connect(tgt.config(Duration::from_secs(30))).unwrap();
+    dev.write_at(&[7u8; 4096], 4096).unwrap();
+    tgt.set_read_only(true);
+    let t = Instant::now();
+    let e = dev.write_at(&[8u8; 4096], 4096).unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(errno_of(&e), Some(libc::EROFS), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("WRITE(16)") && msg.contains("DATA PROTECTION"),
+        "{msg}"
+    );
+    dev.read_at(&mut b, 4096).unwrap();
+    assert_eq!(b, vec![7u8; 4096]);
+    tgt.set_read_only(false);
+    dev.write_at(&[9u8; 4096], 4096).unwrap();
+    dev.flush().unwrap();
+    // The backing file cut to 8 MiB under a 32 MiB LUN.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img.0)
+        .unwrap()
+        .set_len(8 * MB)
+        .unwrap();
+    let t = Instant::now();
+    let e = dev.read_at(&mut b, 20 * MB).unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(errno_of(&e), Some(libc::EIO), "{e}");
+    assert!(
+        e.to_string().contains("READ(16)") && e.to_string().contains("sense key"),
+        "{e}"
+    );
+    // The session survives all that.
+    dev.read_at(&mut b, 4096).unwrap();
+    assert_eq!(b, vec![9u8; 4096]);
+    assert_eq!(dev.reconnections().0, 0, "errors must not drop the session");
+}
+
+/// A FUSE mount over iSCSI (`?timeout=4`) writing and fsyncing files: tgtd
+/// killed and restarted mid-workload goes unnoticed by the application;
+/// frozen longer than the timeout, fsync fails with EIO in about the
+/// timeout while the daemon stays up; once the target thaws the mount works
+/// again, and after unmount the image is fsck-clean with every file that
+/// was fsynced successfully intact.
+#[test]
+fn fuse_mount_rides_out_restart_and_fails_cleanly_on_a_frozen_target() {
+    use std::io::Write;
+    let img = image("ff", 256);
+    let mut tgt = Tgt::start("ff", &img.0, Setup::default());
+    our_mkfs(&tgt.url(""), 4096);
+    let mnt = mountpoint("iscsi-ff");
+    let url = format!("{}?timeout=4", tgt.url(""));
+    let mut child = mount_foreground(&url, &mnt.0, None);
+    let guard = MountGuard(mnt.0.clone());
+    let write = |name: &str, data: &[u8]| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(mnt.0.join(name))?;
+        f.write_all(data)?;
+        f.sync_all()
+    };
+    for i in 0..16u64 {
+        if i == 6 {
+            tgt.kill();
+            let m = mnt.0.clone();
+            // Writes go on (and wait) while the target is away.
+            let h = std::thread::spawn(move || {
+                let mut f = std::fs::File::create(m.join("during")).unwrap();
+                f.write_all(b"written while the target was down\n").unwrap();
+                f.sync_all().unwrap();
+            });
+            std::thread::sleep(Duration::from_millis(500));
+            tgt.spawn();
+            h.join().unwrap();
+        }
+        write(&format!("f{i}"), &content(100 + i, 1 << 20)).unwrap();
+    }
+    tgt.signal(libc::SIGSTOP);
+    let t = Instant::now();
+    let r = write("frozen", &[7u8; 100_000]);
+    let took = t.elapsed();
+    let alive = child.try_wait().unwrap().is_none();
+    tgt.signal(libc::SIGCONT);
+    let e = r.expect_err("fsync succeeded on a frozen target");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    assert!(
+        took >= Duration::from_millis(3500) && took < Duration::from_secs(12),
+        "EIO after {took:?}"
+    );
+    assert!(alive, "gfs2-fuse died on the EIO");
+    write("after", b"after\n").unwrap();
+    assert!(std::fs::read(mnt.0.join("f3")).unwrap() == content(103, 1 << 20));
+    unmount_and_wait(&mnt.0, child);
+    std::mem::forget(guard);
+    fsck_clean(&img.0, "after the outages");
+    let child = mount_foreground(&tgt.url(""), &mnt.0, None);
+    let guard = MountGuard(mnt.0.clone());
+    for i in 0..16u64 {
+        assert!(
+            std::fs::read(mnt.0.join(format!("f{i}"))).unwrap() == content(100 + i, 1 << 20),
+            "f{i} differs"
+        );
+    }
+    assert_eq!(
+        std::fs::read(mnt.0.join("during")).unwrap(),
+        b"written while the target was down\n"
+    );
+    assert_eq!(std::fs::read(mnt.0.join("after")).unwrap(), b"after\n");
+    unmount_and_wait(&mnt.0, child);
+    std::mem::forget(guard);
+}
