@@ -143,9 +143,74 @@ impl Net {
     }
 }
 
+impl Net {
+    /// Drop `percent` % of the AoE frames in each direction (nftables
+    /// netdev ingress hooks on both ends).
+    fn lose(&self, percent: u32) {
+        for (netns, dev) in [(None, &self.host_if), (Some(&self.ns), &self.target_if)] {
+            let rules = format!(
+                "table netdev aoeloss_{dev} {{\n chain in {{\n  type filter hook ingress device \"{dev}\" priority 0;\n  ether type 0x88a2 numgen random mod 100 < {percent} drop\n }}\n}}\n"
+            );
+            let mut cmd = Command::new(tool("nsenter"));
+            if let Some(ns) = netns {
+                cmd.arg(format!("--net=/var/run/netns/{ns}"));
+            } else {
+                cmd.arg("--net=/proc/self/ns/net");
+            }
+            let mut child = cmd
+                .arg(nft())
+                .args(["-f", "-"])
+                .stdin(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::io::Write::write_all(&mut child.stdin.take().unwrap(), rules.as_bytes()).unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "nft: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+/// nft, installed with apt-get when missing (as scripts/test.sh does).
+fn nft() -> PathBuf {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let p = Path::new("/usr/sbin/nft");
+        if !p.exists() {
+            let st = Command::new("apt-get")
+                .args(["install", "-y", "-qq", "nftables"])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdout(Stdio::null())
+                .status();
+            assert!(
+                st.is_ok_and(|s| s.success()) && p.exists(),
+                "nft is missing and `apt-get install -y nftables` failed: install the Debian \
+                 package nftables (scripts/test.sh does)"
+            );
+        }
+        p.to_path_buf()
+    })
+    .clone()
+}
+
 impl Drop for Net {
     fn drop(&mut self) {
         let ip = tool("ip");
+        if Path::new("/usr/sbin/nft").exists() {
+            let _ = Command::new("/usr/sbin/nft")
+                .args([
+                    "delete",
+                    "table",
+                    "netdev",
+                    &format!("aoeloss_{}", self.host_if),
+                ])
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = Command::new(&ip)
             .args(["link", "del", &self.host_if])
             .stderr(Stdio::null())
@@ -352,11 +417,10 @@ fn mkfs_and_fuse_mount_over_aoe() {
 /// interleaved bytes into the same sectors (read-modify-write must not lose
 /// any); finally the backing file equals the models. MTU 1500: two sectors
 /// per frame, as vblade offers there.
-#[test]
-fn random_concurrent_io_matches_model() {
+fn random_io(mtu: u32, loss: u32, shelf: u16, ops: usize) {
     const MB: u64 = 1 << 20;
     let size = 32 * MB;
-    let img = image("rio", 32);
+    let img = image(&format!("rio{shelf}"), 32);
     {
         let f = std::fs::OpenOptions::new()
             .write(true)
@@ -369,12 +433,16 @@ fn random_concurrent_io_matches_model() {
             f.write_all_at(&b, m * MB).unwrap();
         }
     }
-    let net = Net::new(1500);
-    let tgt = Target::start(&net, 4, 2, &img.0, &[]);
+    let net = Net::new(mtu);
+    let tgt = Target::start(&net, shelf, 2, &img.0, &[]);
     let dev = Arc::new(AoeDevice::open(tgt.config(Duration::from_secs(30))).unwrap());
+    if loss > 0 {
+        net.lose(loss);
+    }
     let info = dev.info().clone();
     assert_eq!(dev.size(), size);
-    assert_eq!(info.sectors_per_frame, 2, "{info:?}");
+    let spf = (mtu as usize - 36) / 512;
+    assert_eq!(usize::from(info.sectors_per_frame), spf, "{info:?}");
     assert_eq!(info.bufcnt, 16, "{info:?}");
     assert!(info.lba48, "{info:?}");
     // The last 64 KiB are shared by the byte writers.
@@ -392,7 +460,7 @@ fn random_concurrent_io_matches_model() {
                     .read_exact_at(&mut model, start)
                     .unwrap();
                 let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (t + 1));
-                for i in 0..250 {
+                for i in 0..ops {
                     let len = match rng.below(4) {
                         0 => 1 + rng.below(600),
                         1 => 4096 * (1 + rng.below(16)),
@@ -461,7 +529,28 @@ fn random_concurrent_io_matches_model() {
     assert!(dev.write_at(&two, size).is_err());
     dev.read_at(&mut two, size - 2).unwrap();
     assert_eq!(dev.describe(), tgt.spec());
-    assert_eq!(dev.stats().timeouts, 0);
+    let st = dev.stats();
+    assert_eq!(st.timeouts, 0);
+    if loss > 0 {
+        assert!(
+            st.retransmits > 0,
+            "{loss}% loss and nothing resent: {st:?}"
+        );
+    }
+    eprintln!("MTU {mtu}, {loss}% loss: {st:?}");
+}
+
+#[test]
+fn random_concurrent_io_matches_model() {
+    random_io(1500, 0, 4, 250);
+}
+
+/// The same with 5% of the frames dropped each way (MTU 9000, 17 sectors
+/// per frame): frames are resent under new tags, nothing times out, and
+/// every byte matches.
+#[test]
+fn random_concurrent_io_over_a_lossy_link() {
+    random_io(9000, 5, 10, 120);
 }
 
 /// Two writers stream distinct 16 KiB blocks; vblade is killed after 400
@@ -725,4 +814,286 @@ fn missing_cap_net_raw_is_reported() {
     // With the capability it works.
     let dev = spec::open(&tgt.spec(), false).unwrap();
     assert_eq!(dev.size(), 8 << 20);
+}
+
+/// The benchmark's reference client: the least an AoE client can do.
+/// One thread, a fixed window of frames, no locks, no copies of data, no
+/// resends (a lost frame fails the benchmark).
+struct RawAoe {
+    fd: std::os::fd::OwnedFd,
+    ifindex: i32,
+    dst: [u8; 6],
+    shelf: u16,
+    slot: u8,
+}
+
+impl RawAoe {
+    fn open(iface: &str, dst: [u8; 6], shelf: u16, slot: u8) -> RawAoe {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let name = std::ffi::CString::new(iface).unwrap();
+        // SAFETY: plain libc calls on values owned here.
+        unsafe {
+            let fd = libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_DGRAM,
+                i32::from(0x88a2u16.to_be()),
+            );
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+            let ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+            let mut sa: libc::sockaddr_ll = std::mem::zeroed();
+            sa.sll_family = libc::AF_PACKET as u16;
+            sa.sll_protocol = 0x88a2u16.to_be();
+            sa.sll_ifindex = ifindex;
+            let r = libc::bind(
+                fd.as_raw_fd(),
+                &sa as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
+            let tv = libc::timeval {
+                tv_sec: 2,
+                tv_usec: 0,
+            };
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
+            RawAoe {
+                fd,
+                ifindex,
+                dst,
+                shelf,
+                slot,
+            }
+        }
+    }
+
+    fn send(&self, tag: u32, write: bool, lba: u64, nsec: u8, data: &[u8]) {
+        use std::os::fd::AsRawFd;
+        let mut h = [0u8; 22];
+        h[0] = 0x10;
+        h[2..4].copy_from_slice(&self.shelf.to_be_bytes());
+        h[4] = self.slot;
+        h[6..10].copy_from_slice(&tag.to_be_bytes());
+        h[10] = if write { 0x41 } else { 0x40 };
+        h[12] = nsec;
+        h[13] = if write { 0x34 } else { 0x24 };
+        h[14..20].copy_from_slice(&lba.to_le_bytes()[..6]);
+        let n = if write { usize::from(nsec) * 512 } else { 0 };
+        // SAFETY: iovecs and address point at live buffers during the call.
+        unsafe {
+            let mut sa: libc::sockaddr_ll = std::mem::zeroed();
+            sa.sll_family = libc::AF_PACKET as u16;
+            sa.sll_protocol = 0x88a2u16.to_be();
+            sa.sll_ifindex = self.ifindex;
+            sa.sll_halen = 6;
+            sa.sll_addr[..6].copy_from_slice(&self.dst);
+            let mut iov = [
+                libc::iovec {
+                    iov_base: h.as_ptr() as *mut libc::c_void,
+                    iov_len: 22,
+                },
+                libc::iovec {
+                    iov_base: data.as_ptr() as *mut libc::c_void,
+                    iov_len: n,
+                },
+            ];
+            let mut m: libc::msghdr = std::mem::zeroed();
+            m.msg_name = &sa as *const _ as *mut libc::c_void;
+            m.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+            m.msg_iov = iov.as_mut_ptr();
+            m.msg_iovlen = 2;
+            assert!(libc::sendmsg(self.fd.as_raw_fd(), &m, 0) >= 0);
+        }
+    }
+
+    /// Run `ops` (sector, count) with `window` frames in flight; returns
+    /// how many were done.
+    fn run(
+        &self,
+        mut ops: impl Iterator<Item = (u64, u8)>,
+        write: bool,
+        window: usize,
+        until: Option<Instant>,
+    ) -> u64 {
+        use std::os::fd::AsRawFd;
+        let data = vec![0x5au8; 255 * 512];
+        let mut buf = vec![0u8; 65536];
+        let mut tag = 0x8000_0000u32;
+        let mut out = 0usize;
+        let mut done = 0u64;
+        loop {
+            while out < window && (until.is_none() || Some(Instant::now()) < until) {
+                let Some((lba, n)) = ops.next() else { break };
+                tag += 1;
+                self.send(tag, write, lba, n, &data);
+                out += 1;
+            }
+            if out == 0 {
+                return done;
+            }
+            // SAFETY: buf is valid for writes of its length.
+            let r = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                    0,
+                )
+            };
+            assert!(r >= 0, "reference client: no reply (a frame was lost)");
+            let f = &buf[..r as usize];
+            if f.len() >= 22 && f[0] & 0x08 != 0 && f[5] == 0 && f[6] & 0x80 != 0 {
+                assert_eq!(f[0] & 0x04, 0, "AoE error");
+                assert_eq!(f[13] & 0x21, 0, "ATA error");
+                out -= 1;
+                done += 1;
+            }
+        }
+    }
+}
+
+/// Throughput of our initiator against vblade, and of the same patterns on
+/// the image file read and written directly (the reference: no userspace
+/// AoE client exists in Debian and this kernel has no aoe driver). Run by
+/// scripts/bench-aoe.sh; settings from the environment: AOE_BENCH_MTU
+/// (9000), AOE_BENCH_MB (image size, 256), AOE_BENCH_SECS (per random
+/// test, 3), AOE_BENCH_THREADS (random I/O threads, 4).
+#[test]
+#[ignore = "benchmark: scripts/bench-aoe.sh"]
+fn bench_throughput() {
+    use gfs2fuse::dev::file::{FileDevice, OpenFlags};
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let mtu = env("AOE_BENCH_MTU", 9000) as u32;
+    let mb = env("AOE_BENCH_MB", 256);
+    let secs = env("AOE_BENCH_SECS", 3);
+    let threads = env("AOE_BENCH_THREADS", 4);
+    let img = image("bench", mb);
+    std::fs::write(&img.0, payload(1, (mb << 20) as usize)).unwrap();
+    let net = Net::new(mtu);
+    let tgt = Target::start(&net, 11, 1, &img.0, &[]);
+    // Each run opens its own client, so that no other packet socket on the
+    // interface takes copies of its frames.
+    let aoe = || -> Arc<dyn BlockDevice> {
+        Arc::new(AoeDevice::open(tgt.config(Duration::from_secs(30))).unwrap())
+    };
+    let file: Arc<dyn BlockDevice> = Arc::new(
+        FileDevice::open(
+            &img.0,
+            OpenFlags {
+                read_only: false,
+                direct: false,
+            },
+        )
+        .unwrap(),
+    );
+    let size = mb << 20;
+    let seq = |dev: &Arc<dyn BlockDevice>, write: bool| {
+        let mut buf = vec![0x5au8; 1 << 20];
+        let t = Instant::now();
+        for off in (0..size).step_by(1 << 20) {
+            if write {
+                dev.write_at(&buf, off).unwrap();
+            } else {
+                dev.read_at(&mut buf, off).unwrap();
+            }
+        }
+        dev.flush().unwrap();
+        size as f64 / t.elapsed().as_secs_f64() / 1e6
+    };
+    let random = |dev: &Arc<dyn BlockDevice>, write: bool| {
+        let stop = Instant::now() + Duration::from_secs(secs);
+        let t = Instant::now();
+        let hs: Vec<_> = (0..threads)
+            .map(|i| {
+                let dev = dev.clone();
+                std::thread::spawn(move || {
+                    let mut rng = Rng(0x1234 + i);
+                    let mut buf = vec![0xa5u8; 4096];
+                    let mut n = 0u64;
+                    while Instant::now() < stop {
+                        let off = rng.below(size / 4096) * 4096;
+                        if write {
+                            dev.write_at(&buf, off).unwrap();
+                        } else {
+                            dev.read_at(&mut buf, off).unwrap();
+                        }
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let n: u64 = hs.into_iter().map(|h| h.join().unwrap()).sum();
+        n as f64 / t.elapsed().as_secs_f64()
+    };
+    let info = AoeDevice::open(tgt.config(Duration::from_secs(30)))
+        .unwrap()
+        .info()
+        .clone();
+    let raw = || RawAoe::open(&net.host_if, info.target_mac, 11, 1);
+    let spf = info.sectors_per_frame;
+    let sectors = size / 512;
+    let window = usize::from(info.bufcnt);
+    // The reference client streams the device at the target's window, or
+    // does 4 KiB frames at random with as many in flight as our threads.
+    let raw_seq = |write: bool| {
+        let t = Instant::now();
+        let ops = (0..sectors)
+            .step_by(usize::from(spf))
+            .map(|l| (l, (sectors - l).min(u64::from(spf)) as u8));
+        raw().run(ops, write, window, None);
+        size as f64 / t.elapsed().as_secs_f64() / 1e6
+    };
+    let raw_random = |write: bool| {
+        let mut rng = Rng(0x777);
+        let t = Instant::now();
+        let ops = std::iter::repeat_with(move || (rng.below(sectors / 8) * 8, 8u8));
+        let until = Instant::now() + Duration::from_secs(secs);
+        let n = raw().run(ops, write, threads as usize, Some(until));
+        n as f64 / t.elapsed().as_secs_f64()
+    };
+    println!(
+        "AoE bench: MTU {mtu}, {spf} sectors per frame, target buffer count {}, {mb} MiB image, \
+         random 4 KiB I/O with {threads} in flight",
+        info.bufcnt
+    );
+    println!(
+        "{:<26} {:>16} {:>16} {:>7} {:>16} {:>7}",
+        "test", "ours", "raw client", "ratio", "file", "ratio"
+    );
+    type Run<'a> = &'a dyn Fn(&Arc<dyn BlockDevice>) -> f64;
+    let tests: [(&str, &str, Run, &dyn Fn() -> f64); 4] = [
+        ("sequential write 1 MiB", "MB/s", &|d| seq(d, true), &|| {
+            raw_seq(true)
+        }),
+        ("sequential read 1 MiB", "MB/s", &|d| seq(d, false), &|| {
+            raw_seq(false)
+        }),
+        ("random read 4 KiB", "IOPS", &|d| random(d, false), &|| {
+            raw_random(false)
+        }),
+        ("random write 4 KiB", "IOPS", &|d| random(d, true), &|| {
+            raw_random(true)
+        }),
+    ];
+    for (name, unit, ours, reference) in tests {
+        let a = ours(&aoe());
+        let r = reference();
+        let f = ours(&file);
+        println!(
+            "{name:<26} {a:>11.0} {unit} {r:>11.0} {unit} {:>6.1}% {f:>11.0} {unit} {:>6.1}%",
+            100.0 * a / r,
+            100.0 * a / f
+        );
+    }
 }

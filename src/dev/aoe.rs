@@ -524,6 +524,7 @@ struct Frame {
 }
 
 struct Req {
+    frames: Vec<u64>,
     frames_left: usize,
     buf: Vec<u8>,
     err: Option<io::Error>,
@@ -548,7 +549,10 @@ struct State {
     /// Tag -> frame.
     tags: HashMap<u32, u64>,
     queue: VecDeque<u64>,
-    inflight: usize,
+    /// Frames sent and not answered yet.
+    flying: Vec<u64>,
+    /// No timer runs out before this.
+    next_check: Option<Instant>,
     cwnd: f64,
     wmax: usize,
     srtt: Option<f64>,
@@ -571,6 +575,9 @@ struct Inner {
     flush_mode: AtomicU8,
     retransmits: AtomicU64,
     timeouts: AtomicU64,
+    /// The retransmission timeout in microseconds, for waiting callers.
+    rto_us: AtomicU64,
+    closing: AtomicBool,
 }
 
 /// Counters for tests and benchmarks.
@@ -750,7 +757,7 @@ impl Inner {
     /// Move queued frames into flight while the window allows.
     fn pump(&self, st: &mut State, out: &mut Vec<Out>) {
         let now = Instant::now();
-        while st.inflight < Self::window(st) {
+        while st.flying.len() < Self::window(st) {
             let Some(id) = st.queue.pop_front() else {
                 break;
             };
@@ -762,9 +769,11 @@ impl Inner {
             f.tags.push(tag);
             f.sent = Some(now);
             f.tries = 1;
-            f.deadline = now + Duration::from_secs_f64(rto);
+            let deadline = now + Duration::from_secs_f64(rto);
+            f.deadline = deadline;
             st.tags.insert(tag, id);
-            st.inflight += 1;
+            st.flying.push(id);
+            st.next_check = Some(st.next_check.map_or(deadline, |n| n.min(deadline)));
             let f = &st.frames[&id];
             out.push(self.build(st, f, tag));
         }
@@ -792,7 +801,9 @@ impl Inner {
                 st.tags.remove(t);
             }
             if f.sent.is_some() {
-                st.inflight -= 1;
+                if let Some(i) = st.flying.iter().position(|x| *x == id) {
+                    st.flying.swap_remove(i);
+                }
             }
         }
     }
@@ -802,13 +813,7 @@ impl Inner {
         let Some(mut r) = st.reqs.remove(&rid) else {
             return;
         };
-        let ids: Vec<u64> = st
-            .frames
-            .iter()
-            .filter(|(_, f)| f.req == rid)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
+        for id in std::mem::take(&mut r.frames) {
             Self::drop_frame(st, id);
         }
         let err = err.or(r.err.take());
@@ -829,13 +834,19 @@ impl Inner {
             }
             let rid = st.next_req;
             st.next_req += 1;
+            let first = st.next_frame;
+            let n = frames.len() as u64;
+            let start = Instant::now();
+            let end = start + self.cfg.timeout;
+            st.next_check = Some(st.next_check.map_or(end, |c| c.min(end)));
             st.reqs.insert(
                 rid,
                 Req {
+                    frames: (first..first + n).collect(),
                     frames_left: frames.len(),
                     buf: vec![0u8; buf_len],
                     err: None,
-                    start: Instant::now(),
+                    start,
                     done: done.clone(),
                     what,
                 },
@@ -850,14 +861,15 @@ impl Inner {
             self.pump(&mut st, &mut out);
         }
         self.send_all(out);
-        // The receiver recomputes its timer.
-        self.link.wake();
         Ok(done)
     }
 
+    /// Wait for a request to complete. Waiting callers run the timers:
+    /// whoever waits longer than a retransmission timeout resends what is
+    /// due and fails what is past the timeout, so the receiver never needs
+    /// waking for timers.
     fn wait(&self, done: &Done) -> io::Result<Vec<u8>> {
-        // The receiver fails requests at the timeout; the margin only
-        // guards against a receiver that stopped.
+        // The margin only guards against timers that stopped running.
         let limit = Instant::now() + self.cfg.timeout + Duration::from_secs(10);
         let mut g = lock(&done.result);
         loop {
@@ -868,11 +880,26 @@ impl Inner {
             if now >= limit {
                 return Err(eio(format!("{}: no completion", self.cfg.name())));
             }
-            g = done
+            let tick = Duration::from_micros(self.rto_us.load(Ordering::Relaxed))
+                .clamp(Duration::from_millis(1), Duration::from_secs_f64(MAX_RTO));
+            let (g2, t) = done
                 .cv
-                .wait_timeout(g, limit - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+                .wait_timeout(g, tick.min(limit - now))
+                .unwrap_or_else(|p| p.into_inner());
+            g = g2;
+            if t.timed_out() && g.is_none() {
+                drop(g);
+                let mut out = Vec::new();
+                {
+                    let mut st = lock(&self.state);
+                    if st.closing {
+                        return Err(eio(format!("{}: device closed", self.cfg.name())));
+                    }
+                    self.on_timer(&mut st, &mut out);
+                }
+                self.send_all(out);
+                g = lock(&done.result);
+            }
         }
     }
 
@@ -921,6 +948,8 @@ impl Inner {
                         st.srtt = Some(0.875 * srtt + 0.125 * sample);
                     }
                 }
+                self.rto_us
+                    .store((Self::rto(st) * 1e6) as u64, Ordering::Relaxed);
             }
         }
         st.cwnd = (st.cwnd + 1.0 / st.cwnd.max(1.0)).min(st.wmax as f64);
@@ -969,7 +998,7 @@ impl Inner {
             // Frames of the request not sent yet are not sent at all.
             st.queue
                 .retain(|q| st.frames.get(q).is_some_and(|f| f.req != rid));
-            let left = st.frames.values().any(|f| f.req == rid);
+            let left = r.frames.iter().any(|id| st.frames.contains_key(id));
             if !left {
                 Self::finish(st, rid, None);
             }
@@ -980,9 +1009,12 @@ impl Inner {
     }
 
     /// Resend frames whose timer ran out, fail requests past the timeout.
-    /// Returns how long until the next timer.
-    fn on_timer(&self, st: &mut State, out: &mut Vec<Out>) -> Option<Duration> {
+    fn on_timer(&self, st: &mut State, out: &mut Vec<Out>) {
         let now = Instant::now();
+        match st.next_check {
+            Some(c) if c <= now => {}
+            _ => return,
+        }
         let timeout = self.cfg.timeout;
         let expired: Vec<u64> = st
             .reqs
@@ -1014,10 +1046,10 @@ impl Inner {
         }
         let rto = Self::rto(st);
         let due: Vec<u64> = st
-            .frames
+            .flying
             .iter()
-            .filter(|(_, f)| f.sent.is_some() && f.deadline <= now)
-            .map(|(id, _)| *id)
+            .copied()
+            .filter(|id| st.frames.get(id).is_some_and(|f| f.deadline <= now))
             .collect();
         if !due.is_empty() {
             st.cwnd = (st.cwnd / 2.0).max(1.0);
@@ -1058,50 +1090,43 @@ impl Inner {
         }
         self.pump(st, out);
         let mut next: Option<Instant> = None;
-        for f in st.frames.values().filter(|f| f.sent.is_some()) {
+        for f in st.flying.iter().filter_map(|id| st.frames.get(id)) {
             next = Some(next.map_or(f.deadline, |n| n.min(f.deadline)));
         }
         for r in st.reqs.values() {
             let t = r.start + timeout;
             next = Some(next.map_or(t, |n| n.min(t)));
         }
-        next.map(|n| n.saturating_duration_since(Instant::now()))
+        st.next_check = next;
     }
 
-    /// The receiver thread.
+    /// The receiver thread: one frame at a time (the lock is not held
+    /// while receiving), new frames sent as soon as the window opens.
     fn run(self: Arc<Self>) {
         let mut buf = vec![0u8; 65536];
-        let mut wait = None;
+        let mut out = Vec::new();
         loop {
-            self.link.wait(wait);
-            let mut out = Vec::new();
+            let got = match self.link.recv(&mut buf) {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::warn!("{}: receive: {e}", self.cfg.name());
+                    std::thread::sleep(Duration::from_millis(10));
+                    None
+                }
+            };
+            let Some((n, src)) = got else {
+                if self.closing.load(Ordering::Acquire) {
+                    // Nobody waits any more: the device is being dropped.
+                    return;
+                }
+                // Until a frame comes or the device closes.
+                self.link.wait(None);
+                continue;
+            };
             let mut st = lock(&self.state);
-            if st.closing {
-                let ids: Vec<u64> = st.reqs.keys().copied().collect();
-                for rid in ids {
-                    let e = eio(format!("{}: device closed", self.cfg.name()));
-                    Self::finish(&mut st, rid, Some(e));
-                }
-                return;
-            }
-            loop {
-                match self.link.recv(&mut buf) {
-                    Ok(Some((n, src))) => self.on_frame(&mut st, &buf[..n], src, &mut out),
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::warn!("{}: receive: {e}", self.cfg.name());
-                        break;
-                    }
-                }
-                if out.len() >= 16 {
-                    drop(st);
-                    self.send_all(std::mem::take(&mut out));
-                    st = lock(&self.state);
-                }
-            }
-            wait = self.on_timer(&mut st, &mut out);
+            self.on_frame(&mut st, &buf[..n], src, &mut out);
             drop(st);
-            self.send_all(out);
+            self.send_all(std::mem::take(&mut out));
         }
     }
 }
@@ -1144,7 +1169,8 @@ impl AoeDevice {
                 next_frame: 0,
                 tags: HashMap::new(),
                 queue: VecDeque::new(),
-                inflight: 0,
+                flying: Vec::new(),
+                next_check: None,
                 cwnd: wmax as f64,
                 wmax,
                 srtt: None,
@@ -1159,6 +1185,8 @@ impl AoeDevice {
             flush_mode: AtomicU8::new(0),
             retransmits: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
+            rto_us: AtomicU64::new((INITIAL_RTO * 1e6) as u64),
+            closing: AtomicBool::new(false),
         });
         let me = inner.clone();
         let engine = spawn_quiet("aoe-rx", move || me.run())?;
@@ -1306,6 +1334,7 @@ impl AoeDevice {
 impl Drop for AoeDevice {
     fn drop(&mut self) {
         lock(&self.inner.state).closing = true;
+        self.inner.closing.store(true, Ordering::Release);
         self.inner.link.wake();
         if let Some(e) = self.engine.take() {
             let _ = e.join();
