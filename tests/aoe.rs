@@ -1054,13 +1054,21 @@ fn bench_throughput() {
         raw().run(ops, write, window, None);
         size as f64 / t.elapsed().as_secs_f64() / 1e6
     };
+    // 4 KiB takes 8 / spf frames when a frame holds fewer than 8 sectors.
+    let per4k = 8u64.div_ceil(u64::from(spf));
     let raw_random = |write: bool| {
         let mut rng = Rng(0x777);
         let t = Instant::now();
-        let ops = std::iter::repeat_with(move || (rng.below(sectors / 8) * 8, 8u8));
+        let ops = std::iter::repeat_with(move || rng.below(sectors / 8) * 8).flat_map(|l| {
+            (0..per4k).map(move |i| {
+                let at = i * u64::from(spf);
+                (l + at, (8 - at).min(u64::from(spf)) as u8)
+            })
+        });
         let until = Instant::now() + Duration::from_secs(secs);
-        let n = raw().run(ops, write, threads as usize, Some(until));
-        n as f64 / t.elapsed().as_secs_f64()
+        let window = (threads * per4k) as usize;
+        let n = raw().run(ops, write, window, Some(until));
+        n as f64 / per4k as f64 / t.elapsed().as_secs_f64()
     };
     println!(
         "AoE bench: MTU {mtu}, {spf} sectors per frame, target buffer count {}, {mb} MiB image, \
