@@ -798,6 +798,8 @@ thread_local! {
     static DONE: std::cell::RefCell<Vec<Done>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Result of the pending login (`iscsi_full_connect_async`).
     static LOGIN: std::cell::Cell<Option<c_int>> = const { std::cell::Cell::new(None) };
+    /// A NOP-In answered our NOP-Out.
+    static NOP_IN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 fn lib_or_abort() -> &'static ffi::Lib {
@@ -846,6 +848,38 @@ unsafe extern "C" fn login_cb(
     LOGIN.with(|l| l.set(Some(status)));
 }
 
+unsafe extern "C" fn nop_cb(
+    _ctx: *mut ffi::Context,
+    status: c_int,
+    _data: *mut c_void,
+    _private: *mut c_void,
+) {
+    if status == ffi::SCSI_STATUS_GOOD {
+        NOP_IN.with(|n| n.set(true));
+    }
+}
+
+/// Runs when the I/O thread ends, normally or not: later requests must be
+/// refused rather than wait for a thread that is gone.
+struct ExitGuard(Arc<Shared>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        self.0.connected.store(false, Ordering::Relaxed);
+        let mut q = lock(&self.0.queue);
+        q.closing = true;
+        for r in q.reqs.drain(..) {
+            let _ = r.reply.send((
+                r.idx,
+                Err(iscsi_err(
+                    libc::EIO,
+                    format!("{}: device closed", self.0.uri),
+                )),
+            ));
+        }
+    }
+}
+
 unsafe extern "C" fn logout_cb(
     _ctx: *mut ffi::Context,
     _status: c_int,
@@ -885,6 +919,8 @@ struct IoThread {
     progress: Instant,
     /// SYNCHRONIZE CACHE(16) refused: use (10).
     sync10: bool,
+    /// A NOP-Out awaits its NOP-In.
+    nop_out: bool,
     initiator: CString,
     portal: CString,
     isid: u32,
@@ -946,6 +982,7 @@ impl IoThread {
             backoff: Duration::from_millis(100),
             progress: Instant::now(),
             sync10: false,
+            nop_out: false,
             initiator,
             portal,
             isid,
@@ -1085,6 +1122,8 @@ impl IoThread {
         self.shared.connected.store(false, Ordering::Relaxed);
         DONE.with(|v| v.borrow_mut().clear());
         LOGIN.with(|l| l.set(None));
+        NOP_IN.with(|n| n.set(false));
+        self.nop_out = false;
         for r in self.reqs.values_mut() {
             if r.in_flight {
                 r.in_flight = false;
@@ -1274,16 +1313,18 @@ impl IoThread {
     }
 
     /// Take the requests callers queued; true when the device is closing.
-    fn intake(&mut self) -> bool {
-        let mut buf = 0u64;
-        // SAFETY: reading 8 bytes into a local from our non-blocking eventfd.
-        unsafe {
-            libc::read(
-                self.shared.wake.as_raw_fd(),
-                (&mut buf as *mut u64).cast(),
-                8,
-            )
-        };
+    fn intake(&mut self, woken: bool) -> bool {
+        if woken {
+            let mut buf = 0u64;
+            // SAFETY: reading 8 bytes into a local from our non-blocking eventfd.
+            unsafe {
+                libc::read(
+                    self.shared.wake.as_raw_fd(),
+                    (&mut buf as *mut u64).cast(),
+                    8,
+                )
+            };
+        }
         let mut q = lock(&self.shared.queue);
         for r in q.reqs.drain(..) {
             self.reqs.insert(self.next_id, r);
@@ -1319,9 +1360,12 @@ impl IoThread {
     }
 
     fn run(mut self) {
+        let _exit = ExitGuard(self.shared.clone());
         let mut closing = false;
+        let mut woken = true;
         loop {
-            closing |= self.intake();
+            closing |= self.intake(woken);
+            woken = false;
             let now = Instant::now();
             if closing {
                 if let ConnState::Up { ctx } = self.state {
@@ -1335,17 +1379,6 @@ impl IoThread {
                     let why = "device closed".to_string();
                     self.fail(id, libc::EIO, why);
                 }
-                let mut q = lock(&self.shared.queue);
-                for r in q.reqs.drain(..) {
-                    let _ = r.reply.send((
-                        r.idx,
-                        Err(iscsi_err(
-                            libc::EIO,
-                            format!("{}: device closed", self.shared.uri),
-                        )),
-                    ));
-                }
-                q.closing = true;
                 return;
             }
             // Deadlines.
@@ -1383,12 +1416,25 @@ impl IoThread {
                     self.drop_connection(&e);
                     self.login_failed(e);
                 }
-                ConnState::Up { .. }
-                    if self.reqs.values().any(|r| r.in_flight)
-                        && now >= self.progress + self.stall_limit =>
-                {
-                    let e = format!("no answer for {:.1} s", self.stall_limit.as_secs_f64());
-                    self.drop_connection(&e);
+                ConnState::Up { ctx } if self.reqs.values().any(|r| r.in_flight) => {
+                    if now >= self.progress + self.stall_limit {
+                        let e = format!("no answer for {:.1} s", self.stall_limit.as_secs_f64());
+                        self.drop_connection(&e);
+                    } else if now >= self.progress + self.stall_limit / 2 && !self.nop_out {
+                        // Commands are slow: is the target still there? A
+                        // NOP-In back counts as progress.
+                        // SAFETY: ctx is logged in; no data, no private pointer.
+                        let r = unsafe {
+                            (self.lib.iscsi_nop_out_async)(
+                                ctx,
+                                nop_cb,
+                                std::ptr::null_mut(),
+                                0,
+                                std::ptr::null_mut(),
+                            )
+                        };
+                        self.nop_out = r == 0;
+                    }
                 }
                 _ => {}
             }
@@ -1452,6 +1498,7 @@ impl IoThread {
             if n < 0 {
                 continue;
             }
+            woken = fds[0].revents != 0;
             let Some(ctx) = ctx else { continue };
             let revents = fds[1].revents;
             if revents == 0 {
@@ -1460,6 +1507,10 @@ impl IoThread {
             // SAFETY: servicing a live context with the events poll reported.
             let r = unsafe { (self.lib.iscsi_service)(ctx, c_int::from(revents)) };
             let login = LOGIN.with(|l| l.take());
+            if NOP_IN.with(|n| n.take()) {
+                self.nop_out = false;
+                self.progress = Instant::now();
+            }
             let done: Vec<Done> = DONE.with(|v| std::mem::take(&mut *v.borrow_mut()));
             let mut lost = None;
             for d in done {

@@ -123,6 +123,7 @@ libiscsi! {
     iscsi_set_isid_random: fn(*mut Context, u32, u32) -> c_int;
     iscsi_full_connect_async: fn(*mut Context, *const c_char, c_int, CommandCb, *mut c_void) -> c_int;
     iscsi_logout_async: fn(*mut Context, CommandCb, *mut c_void) -> c_int;
+    iscsi_nop_out_async: fn(*mut Context, CommandCb, *mut u8, c_int, *mut c_void) -> c_int;
     iscsi_get_fd: fn(*mut Context) -> c_int;
     iscsi_which_events: fn(*mut Context) -> c_int;
     iscsi_service: fn(*mut Context, c_int) -> c_int;
