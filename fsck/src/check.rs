@@ -14,7 +14,29 @@ use gfs2_ondisk::{
 use gfs2fuse::dev::file::{FileDevice, OpenFlags};
 use gfs2fuse::dev::BlockDevice;
 use gfs2fuse::log::recovery::{self, CleanHeader, JournalExtent};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+/// Maps keyed by block number, with a cheap multiplicative hash (the keys
+/// are not chosen by an attacker who could exploit collisions; the worst a
+/// crafted image can do is slow the check down).
+type HashMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<BlockHasher>>;
+
+#[derive(Default)]
+struct BlockHasher(u64);
+
+impl std::hash::Hasher for BlockHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
 use std::path::Path;
 
 /// An operational error (exit status 8).
@@ -28,6 +50,97 @@ impl<E: std::fmt::Display> From<E> for Fatal {
 }
 
 type Res<T> = Result<T, Fatal>;
+
+/// A block read from the device, shared with the read cache.
+type Blk = std::sync::Arc<Vec<u8>>;
+
+/// Directory entries whose dinode blocks are read ahead by the prefetch
+/// thread (the next ones the walk will follow).
+const PREFETCH_AHEAD: usize = 32;
+
+/// Blocks read ahead by a second thread for the walk, so that the read
+/// calls (and the kernel's copying) run beside the checking.
+struct Prefetch {
+    tx: Option<std::sync::mpsc::Sender<Vec<(u64, u64)>>>,
+    /// Block -> (request number, contents).
+    ready: std::sync::Arc<std::sync::Mutex<HashMap<u64, (u64, Blk)>>>,
+    seq: u64,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Prefetch {
+    fn start(path: &Path, bsize: u32) -> Option<Prefetch> {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::open(path).ok()?;
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<(u64, u64)>>();
+        let ready: std::sync::Arc<std::sync::Mutex<HashMap<u64, (u64, Blk)>>> = Default::default();
+        let r2 = ready.clone();
+        let bs = bsize as usize;
+        let thread = std::thread::Builder::new()
+            .name("prefetch".into())
+            .spawn(move || {
+                while let Ok(batch) = rx.recv() {
+                    for (seq, blk) in batch {
+                        let mut b = vec![0u8; bs];
+                        if file.read_exact_at(&mut b, blk * bs as u64).is_err() {
+                            continue;
+                        }
+                        let Ok(mut m) = r2.lock() else { return };
+                        // Bounded: the walk drops what it will not use.
+                        if m.len() < 2 * PREFETCH_AHEAD {
+                            m.insert(blk, (seq, std::sync::Arc::new(b)));
+                        }
+                    }
+                }
+            })
+            .ok()?;
+        Some(Prefetch {
+            tx: Some(tx),
+            ready,
+            seq: 0,
+            thread: Some(thread),
+        })
+    }
+
+    fn take(&self, blk: u64) -> Option<Blk> {
+        self.ready.lock().ok()?.remove(&blk).map(|e| e.1)
+    }
+
+    fn request(&mut self, blocks: Vec<u64>) {
+        let batch: Vec<(u64, u64)> = blocks
+            .into_iter()
+            .map(|b| {
+                self.seq += 1;
+                (self.seq, b)
+            })
+            .collect();
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(batch);
+        }
+        // Drop blocks read for entries the walk has passed.
+        if let Ok(mut m) = self.ready.lock() {
+            if m.len() >= 2 * PREFETCH_AHEAD {
+                let old = self.seq.saturating_sub(2 * PREFETCH_AHEAD as u64);
+                m.retain(|_, e| e.0 > old);
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Ok(mut m) = self.ready.lock() {
+            *m = HashMap::default();
+        }
+    }
+}
+
+/// Slots of the read cache (direct-mapped by block number).
+const RECENT: usize = 64;
+/// Blocks read at once on a cache miss.
+const READ_AHEAD: u64 = 1;
 
 /// Byte offset of the superblock.
 const SB_OFFSET: u64 = 65536;
@@ -88,6 +201,8 @@ struct Ref {
     /// Where the entry is: (block, record offset, start of records).
     at: (u64, usize, usize),
     name: String,
+    /// Its dinode block was asked of the prefetch thread.
+    fetched: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -106,7 +221,7 @@ pub struct Fsck {
     cache: HashMap<u64, Vec<u8>>,
     /// Recently read blocks (unchanged ones), so that a dinode or indirect
     /// block looked at by several checks is read once.
-    recent: std::cell::RefCell<HashMap<u64, Vec<u8>>>,
+    recent: std::cell::RefCell<Vec<(u64, Blk)>>,
     rgs: Vec<Rg>,
     want: Vec<u8>,
     /// Owner of every claimed dinode, indirect, leaf, EA and directory
@@ -134,6 +249,8 @@ pub struct Fsck {
     alloc_last: u64,
     journals: Vec<(u32, CleanHeader)>,
     deferred: Vec<u32>,
+    device: String,
+    prefetch: Option<Prefetch>,
 }
 
 /// The device as modified so far (for reading journals after repairs).
@@ -331,14 +448,14 @@ impl Fsck {
             sb: Superblock::default(),
             dev_blocks: dev_size / 4096,
             fs_blocks: 0,
-            cache: HashMap::new(),
-            recent: Default::default(),
+            cache: HashMap::default(),
+            recent: std::cell::RefCell::new(Vec::new()),
             rgs: Vec::new(),
             want: Vec::new(),
-            owner: HashMap::new(),
-            inodes: HashMap::new(),
+            owner: HashMap::default(),
+            inodes: HashMap::default(),
             max_formal: 0,
-            dirs: HashMap::new(),
+            dirs: HashMap::default(),
             queue: VecDeque::new(),
             statfs_addr: 0,
             local_statfs: Vec::new(),
@@ -350,33 +467,78 @@ impl Fsck {
             alloc_last: 0,
             journals: Vec::new(),
             deferred: Vec::new(),
+            device: o.device.clone(),
+            prefetch: None,
         })
     }
 
     // ---- block I/O -------------------------------------------------------
 
+    /// A block to change (a copy).
     fn read(&self, blk: u64) -> Res<Vec<u8>> {
         if let Some(b) = self.cache.get(&blk) {
             return Ok(b.clone());
         }
+        Ok(self.read_rc(blk)?.to_vec())
+    }
+
+    /// A block to look at (shared with the read cache: no copy).
+    fn read_rc(&self, blk: u64) -> Res<Blk> {
+        if let Some(b) = self.cache.get(&blk) {
+            return Ok(std::sync::Arc::new(b.clone()));
+        }
         if blk >= self.dev_blocks {
             return Err(Fatal(format!("block {blk} is beyond the device")));
         }
-        if let Some(b) = self.recent.borrow().get(&blk) {
-            return Ok(b.clone());
+        let slot = (blk % RECENT as u64) as usize;
+        {
+            let r = self.recent.borrow();
+            if let Some((b, data)) = r.get(slot) {
+                if *b == blk && !data.is_empty() {
+                    return Ok(data.clone());
+                }
+            }
         }
-        let mut b = vec![0u8; self.bsize as usize];
-        self.dev.read_at(&mut b, blk * u64::from(self.bsize))?;
+        if let Some(b) = self.prefetch.as_ref().and_then(|p| p.take(blk)) {
+            let mut r = self.recent.borrow_mut();
+            if r.is_empty() {
+                r.resize(RECENT, (u64::MAX, std::sync::Arc::new(Vec::new())));
+            }
+            r[slot] = (blk, b.clone());
+            return Ok(b);
+        }
+        // A miss reads a few blocks at once: dinodes are allocated close
+        // together, and one read call is cheaper than several.
+        let bs = self.bsize as usize;
+        let n = READ_AHEAD.min(self.dev_blocks - blk) as usize;
+        let mut raw = vec![0u8; n * bs];
+        self.dev.read_at(&mut raw, blk * bs as u64)?;
         let mut r = self.recent.borrow_mut();
-        if r.len() >= 64 {
-            r.clear();
+        if r.is_empty() {
+            r.resize(RECENT, (u64::MAX, std::sync::Arc::new(Vec::new())));
         }
-        r.insert(blk, b.clone());
-        Ok(b)
+        let mut first = None;
+        for k in (0..n).rev() {
+            let b = blk + k as u64;
+            if self.cache.contains_key(&b) {
+                continue;
+            }
+            let data = std::sync::Arc::new(raw[k * bs..(k + 1) * bs].to_vec());
+            if k == 0 {
+                first = Some(data.clone());
+            }
+            r[(b % RECENT as u64) as usize] = (b, data);
+        }
+        first.ok_or_else(|| Fatal(format!("block {blk}: read failed")))
     }
 
     fn write(&mut self, blk: u64, b: Vec<u8>) {
-        self.recent.borrow_mut().remove(&blk);
+        let slot = (blk % RECENT as u64) as usize;
+        if let Some(e) = self.recent.borrow_mut().get_mut(slot) {
+            if e.0 == blk {
+                e.0 = u64::MAX;
+            }
+        }
         self.cache.insert(blk, b);
     }
 
@@ -570,11 +732,11 @@ impl Fsck {
 
     // ---- files without claiming ---------------------------------------
 
-    fn dinode(&self, addr: u64) -> Res<(Dinode, Vec<u8>)> {
+    fn dinode(&self, addr: u64) -> Res<(Dinode, Blk)> {
         if addr == 0 || addr >= self.dev_blocks {
             return Err(Fatal(format!("dinode address {addr} out of range")));
         }
-        let b = self.read(addr)?;
+        let b = self.read_rc(addr)?;
         let d = Dinode::parse(&b)?;
         if d.header.magic != MAGIC || d.header.mh_type != metatype::DI || d.num.addr != addr {
             return Err(Fatal(format!("block {addr} is not a valid dinode")));
@@ -622,13 +784,16 @@ impl Fsck {
             span,
         )];
         let mut h = di.height;
-        let mut first = Some(buf.to_vec());
+        let mut first = true;
         while h > 0 {
             let mut next = Vec::new();
             for (blk, start, n, l0, sp) in level {
-                let b = match first.take() {
-                    Some(b) => b,
-                    None => self.read(blk)?,
+                let held;
+                let b: &[u8] = if std::mem::take(&mut first) {
+                    buf
+                } else {
+                    held = self.read_rc(blk)?;
+                    &held
                 };
                 for i in 0..n {
                     let off = start + 8 * i;
@@ -710,7 +875,7 @@ impl Fsck {
                 }
             }
         } else {
-            blocks.push((buf, Dinode::SIZE));
+            blocks.push((buf.to_vec(), Dinode::SIZE));
         }
         let mut out = Vec::new();
         for (b, start) in &blocks {
@@ -1428,9 +1593,7 @@ impl Fsck {
                     }
                 }
             }
-            while let Some(rf) = self.queue.pop_back() {
-                self.follow(rf)?;
-            }
+            self.drain_queue()?;
         }
         Ok(())
     }
@@ -1512,6 +1675,45 @@ impl Fsck {
         }
     }
 
+    /// Follow the queued directory entries (depth first), asking the
+    /// prefetch thread for the next dinode blocks.
+    fn drain_queue(&mut self) -> Res<()> {
+        loop {
+            if let Some(p) = &mut self.prefetch {
+                // Ask in batches: when the next half window is not asked
+                // for yet, ask for the whole window.
+                let due = self
+                    .queue
+                    .iter()
+                    .rev()
+                    .take(PREFETCH_AHEAD / 2)
+                    .any(|r| !r.fetched);
+                let mut want = Vec::new();
+                for rf in self
+                    .queue
+                    .iter_mut()
+                    .rev()
+                    .take(if due { PREFETCH_AHEAD } else { 0 })
+                {
+                    if !rf.fetched {
+                        rf.fetched = true;
+                        if rf.inum.addr < self.dev_blocks && !self.cache.contains_key(&rf.inum.addr)
+                        {
+                            want.push(rf.inum.addr);
+                        }
+                    }
+                }
+                if !want.is_empty() {
+                    p.request(want);
+                }
+            }
+            let Some(rf) = self.queue.pop_back() else {
+                return Ok(());
+            };
+            self.follow(rf)?;
+        }
+    }
+
     /// Follow a directory entry to its inode.
     fn follow(&mut self, rf: Ref) -> Res<()> {
         let addr = rf.inum.addr;
@@ -1554,7 +1756,7 @@ impl Fsck {
         } else if want_get(&self.want, addr) != W_FREE {
             Some("points at a block used by another inode".into())
         } else {
-            match self.read(addr).map(|b| Dinode::parse(&b)) {
+            match self.read_rc(addr).map(|b| Dinode::parse(&b)) {
                 Ok(Ok(d))
                     if d.header.magic == MAGIC
                         && d.header.mh_type == metatype::DI
@@ -2295,7 +2497,7 @@ impl Fsck {
         let mut leaves: Vec<(u64, u16)> = Vec::new(); // (blk, lf_depth) per distinct leaf
         let mut ok = true;
         let mut i = 0usize;
-        let mut leaf_info: HashMap<u64, Option<Leaf>> = HashMap::new();
+        let mut leaf_info: HashMap<u64, Option<Leaf>> = HashMap::default();
         while i < nptrs {
             let p = table[i];
             let lf = *leaf_info.entry(p).or_insert_with(|| {
@@ -2346,7 +2548,7 @@ impl Fsck {
         }
         // Walk leaves and their chains.
         let mut slot = 0u64;
-        let mut start_of: HashMap<u64, u64> = HashMap::new();
+        let mut start_of: HashMap<u64, u64> = HashMap::default();
         for (i, p) in table.iter().enumerate() {
             start_of.entry(*p).or_insert(i as u64);
         }
@@ -2660,6 +2862,7 @@ impl Fsck {
                 dir: idx,
                 at: (blk, off, start),
                 name: sname,
+                fetched: false,
             });
         }
         if changed || !dels.is_empty() {
@@ -2716,9 +2919,7 @@ impl Fsck {
                 let quiet = std::mem::replace(&mut self.r.verbosity, -1);
                 let (found0, left0) = (self.r.found, self.r.left);
                 self.inspect(idx)?;
-                while let Some(rf) = self.queue.pop_back() {
-                    self.follow(rf)?;
-                }
+                self.drain_queue()?;
                 self.r.verbosity = quiet;
                 (self.r.found, self.r.left) = (found0, left0);
                 continue;
@@ -2737,10 +2938,9 @@ impl Fsck {
                         dir: lf,
                         at,
                         name,
+                        fetched: false,
                     });
-                    while let Some(rf) = self.queue.pop_back() {
-                        self.follow(rf)?;
-                    }
+                    self.drain_queue()?;
                 }
                 None => self
                     .r
@@ -3348,8 +3548,12 @@ impl Fsck {
         self.check_sb()?;
         self.check_rgrps()?;
         self.check_journals()?;
-        self.walk()?;
-        self.orphans()?;
+        self.prefetch = Prefetch::start(Path::new(&self.device), self.bsize);
+        let walked = self.walk().and_then(|_| self.orphans());
+        if let Some(mut p) = self.prefetch.take() {
+            p.stop();
+        }
+        walked?;
         self.resolve_stolen()?;
         self.rebuild_rindex()?;
         self.check_counts()?;
