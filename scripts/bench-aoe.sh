@@ -23,7 +23,8 @@ cd "$(dirname "$0")/.."
 
 SIZE_MB=${1:-256}
 THREADS=${2:-4}
-SECONDS_RAND=${SECONDS_RAND:-3}
+SECONDS_RAND=${SECONDS_RAND:-2}
+ROUNDS=${ROUNDS:-3}
 MTUS=${MTUS:-"1500 9000"}
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -50,7 +51,7 @@ echo "host: $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
 for mtu in $MTUS; do
     echo
     AOE_BENCH_MTU=$mtu AOE_BENCH_MB=$SIZE_MB AOE_BENCH_THREADS=$THREADS \
-        AOE_BENCH_SECS=$SECONDS_RAND \
+        AOE_BENCH_SECS=$SECONDS_RAND AOE_BENCH_ROUNDS=$ROUNDS \
         cargo test --release --quiet --test aoe bench_throughput -- --ignored --exact \
         --nocapture 2>&1 | grep -E '^(AoE bench|test  |sequential|random)|panicked|failed'
 done

@@ -731,6 +731,12 @@ fn target_errors_give_eio() {
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     // Unaligned: the read half of the read-modify-write works, the write fails.
     assert!(dev.write_at(b"x", 1000).is_err());
+    // Many frames: the first error fails the request at once, the frames
+    // not sent yet are not sent.
+    let t = Instant::now();
+    let e = dev.write_at(&vec![0u8; 1 << 20], 1 << 20).unwrap_err();
+    assert!(e.to_string().contains("ATA error"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     dev.flush().unwrap();
     // The same target, restarted to export its first 4 MiB only.
     tgt.kill();
@@ -962,7 +968,8 @@ impl RawAoe {
 /// AoE client exists in Debian and this kernel has no aoe driver). Run by
 /// scripts/bench-aoe.sh; settings from the environment: AOE_BENCH_MTU
 /// (9000), AOE_BENCH_MB (image size, 256), AOE_BENCH_SECS (per random
-/// test, 3), AOE_BENCH_THREADS (random I/O threads, 4).
+/// test, 3), AOE_BENCH_THREADS (random I/O threads, 4), AOE_BENCH_ROUNDS
+/// (each result is the best of so many runs, 3).
 #[test]
 #[ignore = "benchmark: scripts/bench-aoe.sh"]
 fn bench_throughput() {
@@ -977,6 +984,7 @@ fn bench_throughput() {
     let mb = env("AOE_BENCH_MB", 256);
     let secs = env("AOE_BENCH_SECS", 3);
     let threads = env("AOE_BENCH_THREADS", 4);
+    let rounds = env("AOE_BENCH_ROUNDS", 3);
     let img = image("bench", mb);
     std::fs::write(&img.0, payload(1, (mb << 20) as usize)).unwrap();
     let net = Net::new(mtu);
@@ -1072,7 +1080,7 @@ fn bench_throughput() {
     };
     println!(
         "AoE bench: MTU {mtu}, {spf} sectors per frame, target buffer count {}, {mb} MiB image, \
-         random 4 KiB I/O with {threads} in flight",
+         random 4 KiB I/O with {threads} in flight, best of {rounds}",
         info.bufcnt
     );
     println!(
@@ -1094,10 +1102,14 @@ fn bench_throughput() {
             raw_random(true)
         }),
     ];
+    // Best of `rounds`, the three taking turns: the host may be busy.
     for (name, unit, ours, reference) in tests {
-        let a = ours(&aoe());
-        let r = reference();
-        let f = ours(&file);
+        let (mut a, mut r, mut f) = (0f64, 0f64, 0f64);
+        for _ in 0..rounds {
+            a = a.max(ours(&aoe()));
+            r = r.max(reference());
+            f = f.max(ours(&file));
+        }
         println!(
             "{name:<26} {a:>11.0} {unit} {r:>11.0} {unit} {:>6.1}% {f:>11.0} {unit} {:>6.1}%",
             100.0 * a / r,

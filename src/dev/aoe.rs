@@ -94,6 +94,8 @@ const ST_DF: u8 = 1 << 5;
 const ERR_ABRT: u8 = 1 << 2;
 
 const TAG_USER: u32 = 1 << 31;
+/// How long the receiver blocks before looking whether the device closes.
+const RECV_TICK: Duration = Duration::from_millis(100);
 
 const MIN_RTO: f64 = 0.005;
 const MAX_RTO: f64 = 0.5;
@@ -197,11 +199,9 @@ fn last_os(what: &str) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
-/// A raw packet socket bound to one interface for AoE frames, and an
-/// eventfd to wake the receiver.
+/// A raw packet socket bound to one interface for AoE frames.
 struct Link {
     sock: OwnedFd,
-    wake: OwnedFd,
     ifindex: i32,
     mac: [u8; 6],
     mtu: usize,
@@ -308,16 +308,22 @@ impl Link {
                 }
             }
         }
-        // SAFETY: plain eventfd creation; owned below.
-        let wfd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if wfd < 0 {
-            return Err(last_os("eventfd"));
-        }
-        // SAFETY: wfd is a fresh descriptor nobody else owns.
-        let wake = unsafe { OwnedFd::from_raw_fd(wfd) };
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: RECV_TICK.as_micros() as libc::suseconds_t,
+        };
+        // SAFETY: setsockopt with a valid timeval.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const libc::timeval as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
         Ok(Link {
             sock,
-            wake,
             ifindex,
             mac,
             mtu,
@@ -356,6 +362,15 @@ impl Link {
     /// Receive one frame without blocking: its length and source MAC.
     /// `None` when nothing is queued.
     fn recv(&self, buf: &mut [u8]) -> io::Result<Option<(usize, [u8; 6])>> {
+        self.recv_flags(buf, libc::MSG_DONTWAIT)
+    }
+
+    /// Receive one frame, waiting up to [`RECV_TICK`] for it.
+    fn recv_wait(&self, buf: &mut [u8]) -> io::Result<Option<(usize, [u8; 6])>> {
+        self.recv_flags(buf, 0)
+    }
+
+    fn recv_flags(&self, buf: &mut [u8], flags: i32) -> io::Result<Option<(usize, [u8; 6])>> {
         loop {
             let mut sa = sockaddr(0, None);
             let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
@@ -365,7 +380,7 @@ impl Link {
                     self.sock.as_raw_fd(),
                     buf.as_mut_ptr() as *mut libc::c_void,
                     buf.len(),
-                    libc::MSG_DONTWAIT,
+                    flags,
                     &mut sa as *mut libc::sockaddr_ll as *mut libc::sockaddr,
                     &mut len,
                 )
@@ -387,38 +402,16 @@ impl Link {
         }
     }
 
-    /// Wait until a frame arrives, the eventfd is signalled or `timeout`
-    /// passes (`None`: no limit).
-    fn wait(&self, timeout: Option<Duration>) {
-        let mut fds = [
-            libc::pollfd {
-                fd: self.sock.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.wake.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        let ms = match timeout {
-            None => -1,
-            Some(t) => t.as_micros().div_ceil(1000).min(60_000) as i32,
+    /// Wait until a frame arrives or `timeout` passes.
+    fn wait(&self, timeout: Duration) {
+        let mut fd = libc::pollfd {
+            fd: self.sock.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
         };
-        // SAFETY: fds is a valid array of two pollfd.
-        unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
-        if fds[1].revents != 0 {
-            let mut v = 0u64;
-            // SAFETY: reads 8 bytes into v.
-            unsafe { libc::read(self.wake.as_raw_fd(), &mut v as *mut u64 as *mut _, 8) };
-        }
-    }
-
-    fn wake(&self) {
-        let v = 1u64;
-        // SAFETY: writes 8 bytes from v.
-        unsafe { libc::write(self.wake.as_raw_fd(), &v as *const u64 as *const _, 8) };
+        let ms = timeout.as_micros().div_ceil(1000).min(60_000) as i32;
+        // SAFETY: fd is one valid pollfd.
+        unsafe { libc::poll(&mut fd, 1, ms) };
     }
 }
 
@@ -684,7 +677,7 @@ fn discover(link: &Link, cfg: &AoeConfig, session: u32) -> io::Result<ConfigRepl
             if now >= until.min(deadline) {
                 break;
             }
-            link.wait(Some(until.min(deadline) - now));
+            link.wait(until.min(deadline) - now);
         }
         if Instant::now() >= deadline || unicast_tries >= 3 {
             // A target that answered broadcasts only is still a target.
@@ -910,7 +903,14 @@ impl Inner {
         };
         if cmd == CMD_CONFIG {
             if let Some(c) = parse_config(f, src) {
-                if c.mac != st.target && st.last_discovery.is_some() {
+                // Another port answers for our shelf and slot while frames
+                // go unanswered: the target moved.
+                let stuck = st.flying.iter().any(|id| {
+                    st.frames
+                        .get(id)
+                        .is_some_and(|f| f.tries > REDISCOVER_AFTER)
+                });
+                if c.mac != st.target && stuck {
                     tracing::warn!(
                         "{}: target now answers from {}",
                         self.cfg.name(),
@@ -953,28 +953,34 @@ impl Inner {
             }
         }
         st.cwnd = (st.cwnd + 1.0 / st.cwnd.max(1.0)).min(st.wmax as f64);
-        let name = self.cfg.name();
         let Some(r) = st.reqs.get_mut(&rid) else {
             self.pump(st, out);
             return;
         };
         r.frames_left = r.frames_left.saturating_sub(1);
         let mut failed = None;
+        let name = &self.cfg;
         if flags & FLAG_ERR != 0 {
             failed = Some(eio(format!(
-                "{name}: {}: AoE error {err} ({}) for ATA command {fcmd:#04x} at sector {flba}",
+                "{}: {}: AoE error {err} ({}) for ATA command {fcmd:#04x} at sector {flba}",
+                name.name(),
                 r.what,
                 aoe_error_text(err)
             )));
         } else if f.len() < AOE_HDR + ATA_HDR {
-            failed = Some(eio(format!("{name}: short ATA reply ({} bytes)", f.len())));
+            failed = Some(eio(format!(
+                "{}: short ATA reply ({} bytes)",
+                name.name(),
+                f.len()
+            )));
         } else {
             let a = &f[AOE_HDR..AOE_HDR + ATA_HDR];
             let (aerr, status) = (a[1], a[3]);
             if status & (ST_ERR | ST_DF) != 0 {
                 let mut e = eio(format!(
-                    "{name}: {}: ATA error for command {fcmd:#04x} at sector {flba}: \
+                    "{}: {}: ATA error for command {fcmd:#04x} at sector {flba}: \
                      status {status:#04x}, error {aerr:#04x}",
+                    name.name(),
                     r.what
                 ));
                 if aerr & ERR_ABRT != 0 && matches!(fcmd, ATA_FLUSH | ATA_FLUSH_EXT) {
@@ -985,7 +991,8 @@ impl Inner {
                 let d = &f[AOE_HDR + ATA_HDR..];
                 if d.len() < want {
                     failed = Some(eio(format!(
-                        "{name}: read reply with {} bytes, {want} expected",
+                        "{}: read reply with {} bytes, {want} expected",
+                        name.name(),
                         d.len()
                     )));
                 } else if let Some(slot) = r.buf.get_mut(dst..dst + want) {
@@ -995,14 +1002,21 @@ impl Inner {
         }
         if let Some(e) = failed {
             r.err.get_or_insert(e);
-            // Frames of the request not sent yet are not sent at all.
-            st.queue
-                .retain(|q| st.frames.get(q).is_some_and(|f| f.req != rid));
-            let left = r.frames.iter().any(|id| st.frames.contains_key(id));
-            if !left {
-                Self::finish(st, rid, None);
+            // Frames of the request not sent yet are not sent at all (the
+            // queue skips frames that are gone); those in flight are
+            // waited for, so the target is not sent more than its window.
+            let unsent: Vec<u64> = r
+                .frames
+                .iter()
+                .copied()
+                .filter(|id| st.frames.get(id).is_some_and(|f| f.sent.is_none()))
+                .collect();
+            r.frames_left = r.frames_left.saturating_sub(unsent.len());
+            for id in unsent {
+                st.frames.remove(&id);
             }
-        } else if r.frames_left == 0 {
+        }
+        if r.frames_left == 0 {
             Self::finish(st, rid, None);
         }
         self.pump(st, out);
@@ -1106,7 +1120,7 @@ impl Inner {
         let mut buf = vec![0u8; 65536];
         let mut out = Vec::new();
         loop {
-            let got = match self.link.recv(&mut buf) {
+            let got = match self.link.recv_wait(&mut buf) {
                 Ok(g) => g,
                 Err(e) => {
                     tracing::warn!("{}: receive: {e}", self.cfg.name());
@@ -1119,8 +1133,6 @@ impl Inner {
                     // Nobody waits any more: the device is being dropped.
                     return;
                 }
-                // Until a frame comes or the device closes.
-                self.link.wait(None);
                 continue;
             };
             let mut st = lock(&self.state);
@@ -1335,7 +1347,6 @@ impl Drop for AoeDevice {
     fn drop(&mut self) {
         lock(&self.inner.state).closing = true;
         self.inner.closing.store(true, Ordering::Release);
-        self.inner.link.wake();
         if let Some(e) = self.engine.take() {
             let _ = e.join();
         }
