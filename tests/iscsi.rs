@@ -382,7 +382,8 @@ fn content(i: u64, len: usize) -> Vec<u8> {
 
 /// mkfs through iSCSI (fsck.gfs2 clean), then a FUSE mount over iSCSI with
 /// CHAP writes files; after unmount fsck.gfs2 is clean again and a second
-/// mount reads every byte back.
+/// mount reads every byte back; with the LUN turned read-only the mount
+/// falls back to read-only.
 #[test]
 fn mkfs_and_fuse_mount_over_iscsi() {
     let img = image("fs", 256);
@@ -448,6 +449,17 @@ fn mkfs_and_fuse_mount_over_iscsi() {
     unmount_and_wait(&mnt.0, child);
     std::mem::forget(guard);
     fsck_clean(&img.0, "after the second mount");
+    // The LUN made read-only: the read-write open is refused with EROFS and
+    // gfs2-fuse falls back to a read-only mount.
+    tgt.set_read_only(true);
+    let child = mount_foreground(&url, &mnt.0, Some("fs-secret-123"));
+    let guard = MountGuard(mnt.0.clone());
+    assert!(std::fs::read(mnt.0.join("d/f6")).unwrap() == content(6, sizes[6]));
+    let e = std::fs::write(mnt.0.join("d/new"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    unmount_and_wait(&mnt.0, child);
+    std::mem::forget(guard);
+    fsck_clean(&img.0, "after the read-only mount");
 }
 
 /// CHAP: the right secret logs in; a wrong secret, no secret, or (mutual
