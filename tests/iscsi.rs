@@ -539,6 +539,18 @@ fn chap_login_success_and_failure() {
     .expect("unknown target accepted");
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     assert!(e.to_string().contains("not found"), "{e}");
+    // No such LUN (tgt's LUN 0 is the controller, ours is 1).
+    let e = spec::open(
+        &format!(
+            "{}/7",
+            tgt.url("alice%alice-secret-1@").trim_end_matches("/1")
+        ),
+        false,
+    )
+    .err()
+    .expect("unknown LUN accepted");
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert!(e.to_string().contains("LOGICAL_UNIT_NOT_SUPPORTED"), "{e}");
 }
 
 /// Four threads do random reads and writes (unaligned, 1 byte to 3 MiB)

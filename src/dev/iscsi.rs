@@ -1091,7 +1091,7 @@ impl IoThread {
                 libc::EACCES
             } else if e.contains("refused") {
                 libc::ECONNREFUSED
-            } else if e.contains("ot found") || e.contains("not supported") {
+            } else if e.contains("ot found") || e.contains("LOGICAL_UNIT_NOT_SUPPORTED") {
                 libc::ENOENT
             } else if e.contains("timed out") {
                 libc::ETIMEDOUT
