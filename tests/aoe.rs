@@ -360,6 +360,17 @@ fn mkfs_and_fuse_mount_over_aoe() {
     let tgt = Target::start(&net, 3, 1, &img.0, &[]);
     our_mkfs(&tgt.spec());
     fsck_clean(&img.0, "after our mkfs over AoE");
+    // `gfs2-fuse scan` finds it through the initiator.
+    let out = Command::new(gfs2_fuse())
+        .args(["scan", "--no-local", &tgt.spec()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(&tgt.spec()) && text.contains("lock_nolock"),
+        "gfs2-fuse scan: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let big = payload(7, (6 << 20) + 1234);
     let files: Vec<(String, Vec<u8>)> = (0..60)
         .map(|i| {
