@@ -1450,6 +1450,8 @@ impl IoThread {
                     .filter(|(_, r)| !r.in_flight && !matches!(r.not_before, Some(t) if t > now))
                     .map(|(id, _)| *id)
                     .collect();
+                let sent = !ids.is_empty();
+                let mut ok = true;
                 for id in ids {
                     if let Some(r) = self.reqs.get_mut(&id) {
                         r.not_before = None;
@@ -1457,8 +1459,13 @@ impl IoThread {
                     if !self.submit(ctx, id) {
                         let e = format!("cannot queue a command: {}", self.ctx_error(ctx));
                         self.drop_connection(&e);
+                        ok = false;
                         break;
                     }
+                }
+                if sent && ok {
+                    // Write them out now rather than after another poll.
+                    self.service(ctx, c_int::from(libc::POLLOUT));
                 }
             }
             // Wait.
@@ -1504,54 +1511,60 @@ impl IoThread {
             if revents == 0 {
                 continue;
             }
-            // SAFETY: servicing a live context with the events poll reported.
-            let r = unsafe { (self.lib.iscsi_service)(ctx, c_int::from(revents)) };
-            let login = LOGIN.with(|l| l.take());
-            if NOP_IN.with(|n| n.take()) {
-                self.nop_out = false;
-                self.progress = Instant::now();
+            self.service(ctx, c_int::from(revents));
+        }
+    }
+
+    /// Let libiscsi do its socket work for `revents`, then act on the
+    /// completions and the login outcome it reported.
+    fn service(&mut self, ctx: *mut ffi::Context, revents: c_int) {
+        // SAFETY: servicing a live context with the events poll reported.
+        let r = unsafe { (self.lib.iscsi_service)(ctx, revents) };
+        let login = LOGIN.with(|l| l.take());
+        if NOP_IN.with(|n| n.take()) {
+            self.nop_out = false;
+            self.progress = Instant::now();
+        }
+        let done: Vec<Done> = DONE.with(|v| std::mem::take(&mut *v.borrow_mut()));
+        let mut lost = None;
+        for d in done {
+            if !self.complete(d) && lost.is_none() {
+                lost = Some(format!("command failed: {}", self.ctx_error(ctx)));
             }
-            let done: Vec<Done> = DONE.with(|v| std::mem::take(&mut *v.borrow_mut()));
-            let mut lost = None;
-            for d in done {
-                if !self.complete(d) && lost.is_none() {
-                    lost = Some(format!("command failed: {}", self.ctx_error(ctx)));
+        }
+        if let ConnState::LoggingIn { .. } = self.state {
+            match login {
+                Some(ffi::SCSI_STATUS_GOOD) => {
+                    self.state = ConnState::Up { ctx };
+                    self.shared.connected.store(true, Ordering::Relaxed);
+                    self.progress = Instant::now();
+                    self.backoff = Duration::from_millis(100);
+                    if self.first.take().map(|f| f.send(Ok(()))).is_none() {
+                        self.shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!("{}: logged in again", self.shared.uri);
+                    }
+                    return;
                 }
-            }
-            if let ConnState::LoggingIn { .. } = self.state {
-                match login {
-                    Some(ffi::SCSI_STATUS_GOOD) => {
-                        self.state = ConnState::Up { ctx };
-                        self.shared.connected.store(true, Ordering::Relaxed);
-                        self.progress = Instant::now();
-                        self.backoff = Duration::from_millis(100);
-                        if self.first.take().map(|f| f.send(Ok(()))).is_none() {
-                            self.shared.reconnects.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!("{}: logged in again", self.shared.uri);
-                        }
-                        continue;
-                    }
-                    Some(_) => {
-                        let e = format!("login: {}", self.ctx_error(ctx));
-                        self.drop_connection(&e);
-                        self.login_failed(e);
-                        continue;
-                    }
-                    None if r < 0 => {
-                        let e = format!("login: {}", self.ctx_error(ctx));
-                        self.drop_connection(&e);
-                        self.login_failed(e);
-                        continue;
-                    }
-                    None => {}
+                Some(_) => {
+                    let e = format!("login: {}", self.ctx_error(ctx));
+                    self.drop_connection(&e);
+                    self.login_failed(e);
+                    return;
                 }
+                None if r < 0 => {
+                    let e = format!("login: {}", self.ctx_error(ctx));
+                    self.drop_connection(&e);
+                    self.login_failed(e);
+                    return;
+                }
+                None => {}
             }
-            if r < 0 && lost.is_none() {
-                lost = Some(self.ctx_error(ctx));
-            }
-            if let Some(e) = lost {
-                self.drop_connection(&e);
-            }
+        }
+        if r < 0 && lost.is_none() {
+            lost = Some(self.ctx_error(ctx));
+        }
+        if let Some(e) = lost {
+            self.drop_connection(&e);
         }
     }
 }
