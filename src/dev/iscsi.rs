@@ -356,6 +356,8 @@ struct Shared {
     connected: AtomicBool,
     reconnects: AtomicU64,
     resent: AtomicU64,
+    /// Most commands handed to libiscsi at once.
+    peak: AtomicU64,
     last_error: Mutex<String>,
 }
 
@@ -480,6 +482,7 @@ impl IscsiDevice {
             connected: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
             resent: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
             last_error: Mutex::new(String::new()),
         });
         let (first_tx, first_rx) = mpsc::channel();
@@ -591,6 +594,11 @@ impl IscsiDevice {
             self.shared.reconnects.load(Ordering::Relaxed),
             self.shared.resent.load(Ordering::Relaxed),
         )
+    }
+
+    /// The most commands that were outstanding on the session at once.
+    pub fn peak_in_flight(&self) -> u64 {
+        self.shared.peak.load(Ordering::Relaxed)
     }
 
     /// Is a session currently logged in?
@@ -1463,6 +1471,8 @@ impl IoThread {
                         break;
                     }
                 }
+                let n = self.reqs.values().filter(|r| r.in_flight).count() as u64;
+                self.shared.peak.fetch_max(n, Ordering::Relaxed);
                 if sent && ok {
                     // Write them out now rather than after another poll.
                     self.service(ctx, c_int::from(libc::POLLOUT));
