@@ -13,22 +13,28 @@
 //!    targets without LBA48 are addressed with LBA28 commands).
 //!
 //! Reads and writes are ATA READ/WRITE SECTORS EXT (0x24/0x34) with as many
-//! sectors per frame as allowed. A request is split into frames, up to a
-//! congestion window (at most the buffer count) of them in flight at once;
-//! one thread receives replies and matches them to frames by their tag
-//! (bit 31 set, as for userland AoE tools, then a random session number
-//! and a sequence number). A frame without reply is sent again under a new
-//! tag after an adaptive timeout (smoothed round-trip time plus four times
-//! its deviation, doubled for each resend, as TCP does; samples only from
-//! frames sent once), and the window is halved. A reply to any tag a frame
-//! was sent under completes it. A write returns `Ok` only once the target
-//! acknowledged every frame of it. A request that is not complete within the
-//! timeout (default 30 s, [`TIMEOUT_ENV`] or `?timeout=SECS`) fails with
-//! EIO; the device keeps working and later requests succeed once the
+//! sectors per frame as allowed. A request is split into frames; all
+//! requests together keep at most a congestion window of frames in flight
+//! (at most the target's buffer count, halved when frames are lost, grown
+//! again by one per window of replies). There is no receiver thread: each
+//! request runs in its caller's thread on a packet socket of its own (from
+//! a pool), whose socket filter passes only replies to that socket's tags
+//! (bit 31 set, as for userland AoE tools, then 15 bits naming the socket,
+//! then a sequence number), so a caller sends its frames, receives its own
+//! replies and wakes nobody else. A frame without reply is sent again under
+//! a new tag after an adaptive timeout (smoothed round-trip time plus four
+//! times its deviation, doubled for each resend, as TCP does; samples only
+//! from frames sent once). A reply to any tag a frame was sent under
+//! completes it. Read data goes straight into the caller's buffer and write
+//! data straight from it. A write returns `Ok` only once the target
+//! acknowledged every frame of it. A request that is not complete within
+//! the timeout (default 30 s, [`TIMEOUT_ENV`] or `?timeout=SECS`) fails
+//! with EIO; the device keeps working and later requests succeed once the
 //! target answers again. While frames go unanswered the target is looked
 //! for again by broadcast, so a target restarted on another port is found.
 //! An AoE error reply or an ATA status with ERR or DF set fails the request
-//! with EIO and the target's error in the message.
+//! with EIO and the target's error in the message (frames of the request
+//! not sent yet are not sent).
 //!
 //! Flush is ATA FLUSH CACHE EXT (0xEA); a target that aborts it is asked
 //! FLUSH CACHE (0xE7), and one that aborts both has no cache to flush.
@@ -44,13 +50,11 @@
 
 use super::spec::invalid;
 use super::BlockDevice;
-use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How long a request may take, resends included, before it fails with EIO.
@@ -94,8 +98,8 @@ const ST_DF: u8 = 1 << 5;
 const ERR_ABRT: u8 = 1 << 2;
 
 const TAG_USER: u32 = 1 << 31;
-/// How long the receiver blocks before looking whether the device closes.
-const RECV_TICK: Duration = Duration::from_millis(100);
+/// How long a caller blocks in receive before looking at its timers.
+const RECV_TICK: Duration = Duration::from_millis(2);
 
 const MIN_RTO: f64 = 0.005;
 const MAX_RTO: f64 = 0.5;
@@ -205,6 +209,15 @@ struct Link {
     ifindex: i32,
     mac: [u8; 6],
     mtu: usize,
+    /// Bits 16-30 of this socket's tags; its filter passes only those.
+    id: u32,
+    seq: u16,
+    /// Receive buffer.
+    scratch: Vec<u8>,
+}
+
+fn bpf(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
 }
 
 fn sockaddr(ifindex: i32, dst: Option<&[u8; 6]>) -> libc::sockaddr_ll {
@@ -230,7 +243,7 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
 }
 
 impl Link {
-    fn open(iface: &str) -> io::Result<Link> {
+    fn open(iface: &str, id: u32) -> io::Result<Link> {
         let name = CString::new(iface)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"))?;
         // SAFETY: plain socket creation; the descriptor is owned below.
@@ -282,6 +295,34 @@ impl Link {
             .ok()
             .and_then(|s| s.trim().parse::<usize>().ok())
             .unwrap_or(1500);
+        // A socket filter (classic BPF) passes replies to this socket's
+        // tags only: load the tag (offset 6 of the AoE header), keep its
+        // upper half, compare.
+        let want = TAG_USER | (id << 16);
+        let prog = [
+            bpf(0x20, 0, 0, 6),           // ld [6]
+            bpf(0x54, 0, 0, 0xffff_0000), // and #0xffff0000
+            bpf(0x15, 0, 1, want),        // jeq #want, accept, drop
+            bpf(0x06, 0, 0, 0x0004_0000), // ret: accept
+            bpf(0x06, 0, 0, 0),           // ret: drop
+        ];
+        let fprog = libc::sock_fprog {
+            len: prog.len() as u16,
+            filter: prog.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: fprog points at the program, alive during the call.
+        let r = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_FILTER,
+                &fprog as *const libc::sock_fprog as *const libc::c_void,
+                std::mem::size_of::<libc::sock_fprog>() as u32,
+            )
+        };
+        if r < 0 {
+            return Err(last_os("attaching the AoE socket filter"));
+        }
         let sa = sockaddr(ifindex, None);
         // SAFETY: sa is a valid sockaddr_ll of the size given.
         let r = unsafe {
@@ -322,12 +363,30 @@ impl Link {
                 std::mem::size_of::<libc::timeval>() as u32,
             )
         };
-        Ok(Link {
+        let link = Link {
             sock,
             ifindex,
             mac,
             mtu,
-        })
+            id,
+            seq: 0,
+            scratch: vec![0u8; (mtu + 128).max(9216)],
+        };
+        // Frames that came before the filter.
+        let mut junk = [0u8; 64];
+        while link.recv_flags(&mut junk, libc::MSG_DONTWAIT)?.is_some() {}
+        Ok(link)
+    }
+
+    /// Tag bits shared by every frame of this socket.
+    fn tag_base(&self) -> u32 {
+        TAG_USER | (self.id << 16)
+    }
+
+    /// A fresh tag (low halves from 0xff00 up are for config queries).
+    fn next_tag(&mut self) -> u32 {
+        self.seq = if self.seq >= 0xfeff { 0 } else { self.seq + 1 };
+        self.tag_base() | u32::from(self.seq)
     }
 
     /// Send one frame made of `parts` to `dst`.
@@ -482,85 +541,62 @@ fn aoe_error_text(e: u8) -> &'static str {
     }
 }
 
-/// Completion of one request, waited on by its caller.
-#[derive(Default)]
-struct Done {
-    result: Mutex<Option<io::Result<Vec<u8>>>>,
-    cv: Condvar,
-}
-
-impl Done {
-    fn set(&self, r: io::Result<Vec<u8>>) {
-        *lock(&self.result) = Some(r);
-        self.cv.notify_all();
-    }
-}
-
-/// One ATA command of a request.
-struct Frame {
-    req: u64,
+/// One ATA command of a request: its registers and where its data is in
+/// the caller's buffer.
+#[derive(Clone, Copy)]
+struct FrameSpec {
     aflags: u8,
     cmd: u8,
     lba: u64,
     nsec: u8,
-    /// Write data: the request's buffer and where this frame's part starts.
-    data: Option<(Arc<Vec<u8>>, usize)>,
-    /// Read data goes to this offset of the request's buffer.
-    dst: usize,
-    /// Bytes of data a reply must carry.
+    /// Byte offset of this frame's data in the request's buffer.
+    off: usize,
+    /// Bytes of data a reply must carry (reads).
     want: usize,
-    /// Every tag the frame was sent under.
+}
+
+/// A frame in flight.
+struct Flying {
+    /// Every tag it was sent under (a reply to any of them completes it).
     tags: Vec<u32>,
-    sent: Option<Instant>,
+    sent: Instant,
     deadline: Instant,
     tries: u32,
 }
 
-struct Req {
-    frames: Vec<u64>,
-    frames_left: usize,
-    buf: Vec<u8>,
-    err: Option<io::Error>,
-    start: Instant,
-    done: Arc<Done>,
-    what: String,
-}
-
-/// A frame to put on the wire (built under the lock, sent outside it).
-struct Out {
-    dst: [u8; 6],
-    hdr: [u8; AOE_HDR + ATA_HDR],
-    hlen: usize,
-    data: Option<(Arc<Vec<u8>>, usize, usize)>,
-}
-
-struct State {
-    reqs: HashMap<u64, Req>,
-    next_req: u64,
-    frames: HashMap<u64, Frame>,
-    next_frame: u64,
-    /// Tag -> frame.
-    tags: HashMap<u32, u64>,
-    queue: VecDeque<u64>,
-    /// Frames sent and not answered yet.
-    flying: Vec<u64>,
-    /// No timer runs out before this.
-    next_check: Option<Instant>,
-    cwnd: f64,
+/// What the callers share: where the target is, how fast it answers, how
+/// many frames it may hold.
+struct Shared {
+    target: [u8; 6],
     wmax: usize,
+    cwnd: f64,
+    inflight: usize,
     srtt: Option<f64>,
     rttvar: f64,
-    seq: u16,
-    target: [u8; 6],
     last_discovery: Option<Instant>,
-    closing: bool,
+}
+
+impl Shared {
+    fn rto(&self) -> f64 {
+        match self.srtt {
+            None => INITIAL_RTO,
+            Some(s) => (s + 4.0 * self.rttvar).clamp(MIN_RTO, MAX_RTO),
+        }
+    }
+    fn window(&self) -> usize {
+        (self.cwnd as usize).clamp(1, self.wmax)
+    }
 }
 
 struct Inner {
-    link: Link,
     cfg: AoeConfig,
     session: u32,
-    state: Mutex<State>,
+    next_link: AtomicU32,
+    /// Sockets not in use by a request.
+    links: Mutex<Vec<Link>>,
+    shared: Mutex<Shared>,
+    /// Signalled when window slots free up.
+    slots: Condvar,
     /// Sectors per frame.
     max_sectors: u8,
     lba48: AtomicBool,
@@ -568,9 +604,6 @@ struct Inner {
     flush_mode: AtomicU8,
     retransmits: AtomicU64,
     timeouts: AtomicU64,
-    /// The retransmission timeout in microseconds, for waiting callers.
-    rto_us: AtomicU64,
-    closing: AtomicBool,
 }
 
 /// Counters for tests and benchmarks.
@@ -580,6 +613,8 @@ pub struct AoeStats {
     pub retransmits: u64,
     /// Requests failed because the timeout passed.
     pub timeouts: u64,
+    /// Packet sockets opened (one per request running at once).
+    pub sockets: u64,
 }
 
 /// What discovery found.
@@ -601,26 +636,9 @@ pub struct AoeInfo {
 
 /// An AoE target as a block device.
 pub struct AoeDevice {
-    inner: Arc<Inner>,
+    inner: Inner,
     info: AoeInfo,
     ranges: RangeLocks,
-    engine: Option<JoinHandle<()>>,
-}
-
-/// Spawn a thread with every signal blocked (the daemon takes its signals
-/// in one watcher thread).
-fn spawn_quiet<F: FnOnce() + Send + 'static>(name: &str, f: F) -> io::Result<JoinHandle<()>> {
-    // SAFETY: plain signal-mask manipulation of the calling thread on local
-    // sigset_t values; the old mask is restored right after the spawn.
-    unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
-        let r = std::thread::Builder::new().name(name.into()).spawn(f);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        r
-    }
 }
 
 fn session_id() -> u32 {
@@ -639,14 +657,25 @@ fn session_id() -> u32 {
 
 /// Discovery: broadcast config queries until the target answers, then
 /// one to the MAC address that answered.
-fn discover(link: &Link, cfg: &AoeConfig, session: u32) -> io::Result<ConfigReply> {
+fn discover(link: &mut Link, cfg: &AoeConfig) -> io::Result<ConfigReply> {
     let deadline = Instant::now() + cfg.timeout;
-    let mut buf = vec![0u8; 65536];
+    let mut buf = std::mem::take(&mut link.scratch);
+    let r = discover_with(link, cfg, deadline, &mut buf);
+    link.scratch = buf;
+    r
+}
+
+fn discover_with(
+    link: &Link,
+    cfg: &AoeConfig,
+    deadline: Instant,
+    buf: &mut [u8],
+) -> io::Result<ConfigReply> {
     let mut attempt = 0u32;
     let mut found: Option<ConfigReply> = None;
     let mut unicast_tries = 0u32;
     loop {
-        let tag = TAG_USER | (session << 16) | 0xff00 | (attempt & 0xff);
+        let tag = link.tag_base() | 0xff00 | (attempt & 0xff);
         let q = config_query(cfg.shelf, cfg.slot, tag);
         let unicast = found.is_some();
         unicast_tries += u32::from(unicast);
@@ -656,7 +685,7 @@ fn discover(link: &Link, cfg: &AoeConfig, session: u32) -> io::Result<ConfigRepl
         attempt += 1;
         let until = Instant::now() + Duration::from_millis(if attempt < 5 { 100 } else { 500 });
         'wait: loop {
-            while let Some((n, src)) = link.recv(&mut buf)? {
+            while let Some((n, src)) = link.recv(buf)? {
                 let f = &buf[..n];
                 let Some((_, _, CMD_CONFIG, _)) = reply_header(f, cfg.shelf, cfg.slot) else {
                     continue;
@@ -698,29 +727,75 @@ fn discover(link: &Link, cfg: &AoeConfig, session: u32) -> io::Result<ConfigRepl
     }
 }
 
+/// How a caller got on with the window.
+enum Slot {
+    Got,
+    Full,
+    TimedOut,
+}
+
 impl Inner {
-    fn rto(st: &State) -> f64 {
-        match st.srtt {
-            None => INITIAL_RTO,
-            Some(s) => (s + 4.0 * st.rttvar).clamp(MIN_RTO, MAX_RTO),
+    fn take_link(&self) -> io::Result<Link> {
+        if let Some(l) = lock(&self.links).pop() {
+            return Ok(l);
+        }
+        let id = (self.session + self.next_link.fetch_add(1, Ordering::Relaxed)) & 0x7fff;
+        Link::open(&self.cfg.iface, id)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.cfg.name())))
+    }
+
+    fn put_link(&self, l: Link) {
+        lock(&self.links).push(l);
+    }
+
+    /// Take a window slot; wait for one until `until` when given.
+    fn slot(&self, until: Option<Instant>) -> Slot {
+        let mut sh = lock(&self.shared);
+        loop {
+            if sh.inflight < sh.window() {
+                sh.inflight += 1;
+                return Slot::Got;
+            }
+            let Some(until) = until else {
+                return Slot::Full;
+            };
+            let now = Instant::now();
+            if now >= until {
+                return Slot::TimedOut;
+            }
+            sh = self
+                .slots
+                .wait_timeout(sh, until - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 
-    fn window(st: &State) -> usize {
-        (st.cwnd as usize).clamp(1, st.wmax)
-    }
-
-    fn next_tag(&self, st: &mut State) -> u32 {
-        loop {
-            st.seq = st.seq.wrapping_add(1);
-            let t = TAG_USER | (self.session << 16) | u32::from(st.seq);
-            if !st.tags.contains_key(&t) {
-                return t;
+    /// Give back `n` slots; `sample` is the round-trip time of a frame
+    /// sent once.
+    fn release(&self, n: usize, sample: Option<f64>, answered: bool) {
+        let mut sh = lock(&self.shared);
+        sh.inflight = sh.inflight.saturating_sub(n);
+        if answered {
+            sh.cwnd = (sh.cwnd + 1.0 / sh.cwnd.max(1.0)).min(sh.wmax as f64);
+        }
+        if let Some(s) = sample {
+            match sh.srtt {
+                None => {
+                    sh.srtt = Some(s);
+                    sh.rttvar = s / 2.0;
+                }
+                Some(srtt) => {
+                    sh.rttvar = 0.75 * sh.rttvar + 0.25 * (srtt - s).abs();
+                    sh.srtt = Some(0.875 * srtt + 0.125 * s);
+                }
             }
         }
+        drop(sh);
+        self.slots.notify_all();
     }
 
-    fn build(&self, st: &State, f: &Frame, tag: u32) -> Out {
+    fn header(&self, f: &FrameSpec, tag: u32) -> [u8; AOE_HDR + ATA_HDR] {
         let mut hdr = [0u8; AOE_HDR + ATA_HDR];
         aoe_header(&mut hdr, self.cfg.shelf, self.cfg.slot, CMD_ATA, tag);
         let a = &mut hdr[AOE_HDR..];
@@ -735,411 +810,294 @@ impl Inner {
             a[8] = 0;
             a[9] = 0;
         }
-        let data = f
-            .data
-            .as_ref()
-            .map(|(d, off)| (d.clone(), *off, usize::from(f.nsec) * SECTOR));
-        Out {
-            dst: st.target,
-            hdr,
-            hlen: AOE_HDR + ATA_HDR,
-            data,
-        }
+        hdr
     }
 
-    /// Move queued frames into flight while the window allows.
-    fn pump(&self, st: &mut State, out: &mut Vec<Out>) {
-        let now = Instant::now();
-        while st.flying.len() < Self::window(st) {
-            let Some(id) = st.queue.pop_front() else {
-                break;
-            };
-            let tag = self.next_tag(st);
-            let rto = Self::rto(st);
-            let Some(f) = st.frames.get_mut(&id) else {
-                continue; // its request already ended
-            };
-            f.tags.push(tag);
-            f.sent = Some(now);
-            f.tries = 1;
-            let deadline = now + Duration::from_secs_f64(rto);
-            f.deadline = deadline;
-            st.tags.insert(tag, id);
-            st.flying.push(id);
-            st.next_check = Some(st.next_check.map_or(deadline, |n| n.min(deadline)));
-            let f = &st.frames[&id];
-            out.push(self.build(st, f, tag));
-        }
-    }
-
-    fn send_all(&self, out: Vec<Out>) {
-        for o in out {
-            let r = match &o.data {
-                Some((d, off, len)) => self
-                    .link
-                    .send(&o.dst, &[&o.hdr[..o.hlen], &d[*off..off + len]]),
-                None => self.link.send(&o.dst, &[&o.hdr[..o.hlen]]),
-            };
-            if let Err(e) = r {
-                // Like a lost frame: the timer resends it.
-                tracing::debug!("{}: send: {e}", self.cfg.name());
+    fn send_frame(
+        &self,
+        link: &Link,
+        f: &FrameSpec,
+        tag: u32,
+        wdata: Option<&[u8]>,
+        dst: &[u8; 6],
+    ) {
+        let hdr = self.header(f, tag);
+        let r = match wdata {
+            Some(d) => {
+                let len = usize::from(f.nsec) * SECTOR;
+                link.send(dst, &[&hdr, &d[f.off..f.off + len]])
             }
-        }
-    }
-
-    /// Drop a frame: forget its tags, free its window slot.
-    fn drop_frame(st: &mut State, id: u64) {
-        if let Some(f) = st.frames.remove(&id) {
-            for t in &f.tags {
-                st.tags.remove(t);
-            }
-            if f.sent.is_some() {
-                if let Some(i) = st.flying.iter().position(|x| *x == id) {
-                    st.flying.swap_remove(i);
-                }
-            }
-        }
-    }
-
-    /// End a request: drop its remaining frames, wake its caller.
-    fn finish(st: &mut State, rid: u64, err: Option<io::Error>) {
-        let Some(mut r) = st.reqs.remove(&rid) else {
-            return;
+            None => link.send(dst, &[&hdr]),
         };
-        for id in std::mem::take(&mut r.frames) {
-            Self::drop_frame(st, id);
+        if let Err(e) = r {
+            // Like a lost frame: the timer resends it.
+            tracing::debug!("{}: send: {e}", self.cfg.name());
         }
-        let err = err.or(r.err.take());
-        r.done.set(match err {
-            Some(e) => Err(e),
-            None => Ok(std::mem::take(&mut r.buf)),
-        });
     }
 
-    /// Queue a request of frames; returns its completion.
-    fn submit(&self, what: String, frames: Vec<Frame>, buf_len: usize) -> io::Result<Arc<Done>> {
-        let done = Arc::new(Done::default());
-        let mut out = Vec::new();
-        {
-            let mut st = lock(&self.state);
-            if st.closing {
-                return Err(eio(format!("{}: device closed", self.cfg.name())));
-            }
-            let rid = st.next_req;
-            st.next_req += 1;
-            let first = st.next_frame;
-            let n = frames.len() as u64;
-            let start = Instant::now();
-            let end = start + self.cfg.timeout;
-            st.next_check = Some(st.next_check.map_or(end, |c| c.min(end)));
-            st.reqs.insert(
-                rid,
-                Req {
-                    frames: (first..first + n).collect(),
-                    frames_left: frames.len(),
-                    buf: vec![0u8; buf_len],
-                    err: None,
-                    start,
-                    done: done.clone(),
-                    what,
-                },
-            );
-            for mut f in frames {
-                f.req = rid;
-                let id = st.next_frame;
-                st.next_frame += 1;
-                st.frames.insert(id, f);
-                st.queue.push_back(id);
-            }
-            self.pump(&mut st, &mut out);
-        }
-        self.send_all(out);
-        Ok(done)
+    /// Run the frames of one request: data for writes from `wdata`, read
+    /// data into `rbuf`.
+    fn exec(
+        &self,
+        what: &dyn Fn() -> String,
+        frames: &[FrameSpec],
+        wdata: Option<&[u8]>,
+        rbuf: Option<&mut [u8]>,
+    ) -> io::Result<()> {
+        let mut link = self.take_link()?;
+        let mut scratch = std::mem::take(&mut link.scratch);
+        let r = self.exec_on(&mut link, &mut scratch, what, frames, wdata, rbuf);
+        link.scratch = scratch;
+        self.put_link(link);
+        r
     }
 
-    /// Wait for a request to complete. Waiting callers run the timers:
-    /// whoever waits longer than a retransmission timeout resends what is
-    /// due and fails what is past the timeout, so the receiver never needs
-    /// waking for timers.
-    fn wait(&self, done: &Done) -> io::Result<Vec<u8>> {
-        // The margin only guards against timers that stopped running.
-        let limit = Instant::now() + self.cfg.timeout + Duration::from_secs(10);
-        let mut g = lock(&done.result);
+    /// The request's own socket sees only replies to its tags (a socket
+    /// filter), so the caller receives its replies itself.
+    fn exec_on(
+        &self,
+        link: &mut Link,
+        buf: &mut [u8],
+        what: &dyn Fn() -> String,
+        frames: &[FrameSpec],
+        wdata: Option<&[u8]>,
+        mut rbuf: Option<&mut [u8]>,
+    ) -> io::Result<()> {
+        let start = Instant::now();
+        let end = start + self.cfg.timeout;
+        let mut flying: Vec<Option<Flying>> = Vec::new();
+        flying.resize_with(frames.len(), || None);
+        let mut next = 0usize;
+        let mut mine = 0usize;
+        let mut err: Option<io::Error> = None;
+        let mut next_timer: Option<Instant> = None;
         loop {
-            if let Some(r) = g.take() {
-                return r;
-            }
-            let now = Instant::now();
-            if now >= limit {
-                return Err(eio(format!("{}: no completion", self.cfg.name())));
-            }
-            let tick = Duration::from_micros(self.rto_us.load(Ordering::Relaxed))
-                .clamp(Duration::from_millis(1), Duration::from_secs_f64(MAX_RTO));
-            let (g2, t) = done
-                .cv
-                .wait_timeout(g, tick.min(limit - now))
-                .unwrap_or_else(|p| p.into_inner());
-            g = g2;
-            if t.timed_out() && g.is_none() {
-                drop(g);
-                let mut out = Vec::new();
-                {
-                    let mut st = lock(&self.state);
-                    if st.closing {
-                        return Err(eio(format!("{}: device closed", self.cfg.name())));
-                    }
-                    self.on_timer(&mut st, &mut out);
+            // Send while the window allows; with nothing in flight, wait
+            // for a slot.
+            while err.is_none() && next < frames.len() {
+                let wait = if mine == 0 { Some(end) } else { None };
+                match self.slot(wait) {
+                    Slot::Got => {}
+                    Slot::Full => break,
+                    Slot::TimedOut => return Err(self.timed_out(what, 0)),
                 }
-                self.send_all(out);
-                g = lock(&done.result);
-            }
-        }
-    }
-
-    /// Handle one received frame.
-    fn on_frame(&self, st: &mut State, f: &[u8], src: [u8; 6], out: &mut Vec<Out>) {
-        let Some((flags, err, cmd, tag)) = reply_header(f, self.cfg.shelf, self.cfg.slot) else {
-            return;
-        };
-        if cmd == CMD_CONFIG {
-            if let Some(c) = parse_config(f, src) {
-                // Another port answers for our shelf and slot while frames
-                // go unanswered: the target moved.
-                let stuck = st.flying.iter().any(|id| {
-                    st.frames
-                        .get(id)
-                        .is_some_and(|f| f.tries > REDISCOVER_AFTER)
+                let (dst, rto) = {
+                    let sh = lock(&self.shared);
+                    (sh.target, sh.rto())
+                };
+                let tag = link.next_tag();
+                let now = Instant::now();
+                self.send_frame(link, &frames[next], tag, wdata, &dst);
+                let deadline = now + Duration::from_secs_f64(rto);
+                next_timer = Some(next_timer.map_or(deadline, |t| t.min(deadline)));
+                flying[next] = Some(Flying {
+                    tags: vec![tag],
+                    sent: now,
+                    deadline,
+                    tries: 1,
                 });
-                if c.mac != st.target && stuck {
-                    tracing::warn!(
-                        "{}: target now answers from {}",
-                        self.cfg.name(),
-                        fmt_mac(&c.mac)
-                    );
-                    st.target = c.mac;
-                    st.wmax = usize::from(c.bufcnt).clamp(1, 256);
-                }
+                mine += 1;
+                next += 1;
             }
-            return;
-        }
-        if cmd != CMD_ATA {
-            return;
-        }
-        let Some(&id) = st.tags.get(&tag) else {
-            return; // a late duplicate, or not ours
-        };
-        let now = Instant::now();
-        let Some(fr) = st.frames.get(&id) else {
-            return;
-        };
-        let (rid, tries, sent, want, dst, fcmd, flba) =
-            (fr.req, fr.tries, fr.sent, fr.want, fr.dst, fr.cmd, fr.lba);
-        Self::drop_frame(st, id);
-        if tries == 1 {
-            if let Some(s) = sent {
-                let sample = now.saturating_duration_since(s).as_secs_f64();
-                match st.srtt {
-                    None => {
-                        st.srtt = Some(sample);
-                        st.rttvar = sample / 2.0;
-                    }
-                    Some(srtt) => {
-                        st.rttvar = 0.75 * st.rttvar + 0.25 * (srtt - sample).abs();
-                        st.srtt = Some(0.875 * srtt + 0.125 * sample);
-                    }
-                }
-                self.rto_us
-                    .store((Self::rto(st) * 1e6) as u64, Ordering::Relaxed);
+            if mine == 0 {
+                return match err {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                };
             }
-        }
-        st.cwnd = (st.cwnd + 1.0 / st.cwnd.max(1.0)).min(st.wmax as f64);
-        let Some(r) = st.reqs.get_mut(&rid) else {
-            self.pump(st, out);
-            return;
-        };
-        r.frames_left = r.frames_left.saturating_sub(1);
-        let mut failed = None;
-        let name = &self.cfg;
-        if flags & FLAG_ERR != 0 {
-            failed = Some(eio(format!(
-                "{}: {}: AoE error {err} ({}) for ATA command {fcmd:#04x} at sector {flba}",
-                name.name(),
-                r.what,
-                aoe_error_text(err)
-            )));
-        } else if f.len() < AOE_HDR + ATA_HDR {
-            failed = Some(eio(format!(
-                "{}: short ATA reply ({} bytes)",
-                name.name(),
-                f.len()
-            )));
-        } else {
-            let a = &f[AOE_HDR..AOE_HDR + ATA_HDR];
-            let (aerr, status) = (a[1], a[3]);
-            if status & (ST_ERR | ST_DF) != 0 {
-                let mut e = eio(format!(
-                    "{}: {}: ATA error for command {fcmd:#04x} at sector {flba}: \
-                     status {status:#04x}, error {aerr:#04x}",
-                    name.name(),
-                    r.what
-                ));
-                if aerr & ERR_ABRT != 0 && matches!(fcmd, ATA_FLUSH | ATA_FLUSH_EXT) {
-                    e = io::Error::new(io::ErrorKind::Unsupported, e.to_string());
-                }
-                failed = Some(e);
-            } else if want > 0 {
-                let d = &f[AOE_HDR + ATA_HDR..];
-                if d.len() < want {
-                    failed = Some(eio(format!(
-                        "{}: read reply with {} bytes, {want} expected",
-                        name.name(),
-                        d.len()
-                    )));
-                } else if let Some(slot) = r.buf.get_mut(dst..dst + want) {
-                    slot.copy_from_slice(&d[..want]);
-                }
-            }
-        }
-        if let Some(e) = failed {
-            r.err.get_or_insert(e);
-            // Frames of the request not sent yet are not sent at all (the
-            // queue skips frames that are gone); those in flight are
-            // waited for, so the target is not sent more than its window.
-            let unsent: Vec<u64> = r
-                .frames
-                .iter()
-                .copied()
-                .filter(|id| st.frames.get(id).is_some_and(|f| f.sent.is_none()))
-                .collect();
-            r.frames_left = r.frames_left.saturating_sub(unsent.len());
-            for id in unsent {
-                st.frames.remove(&id);
-            }
-        }
-        if r.frames_left == 0 {
-            Self::finish(st, rid, None);
-        }
-        self.pump(st, out);
-    }
-
-    /// Resend frames whose timer ran out, fail requests past the timeout.
-    fn on_timer(&self, st: &mut State, out: &mut Vec<Out>) {
-        let now = Instant::now();
-        match st.next_check {
-            Some(c) if c <= now => {}
-            _ => return,
-        }
-        let timeout = self.cfg.timeout;
-        let expired: Vec<u64> = st
-            .reqs
-            .iter()
-            .filter(|(_, r)| now.saturating_duration_since(r.start) >= timeout)
-            .map(|(id, _)| *id)
-            .collect();
-        for rid in expired {
-            let what = st
-                .reqs
-                .get(&rid)
-                .map(|r| r.what.clone())
-                .unwrap_or_default();
-            self.timeouts.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                "{}: {what}: no reply within {:.1} s",
-                self.cfg.name(),
-                timeout.as_secs_f64()
-            );
-            let e = io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "{}: {what}: the target did not answer within {:.1} s (EIO)",
-                    self.cfg.name(),
-                    timeout.as_secs_f64()
-                ),
-            );
-            Self::finish(st, rid, Some(e));
-        }
-        let rto = Self::rto(st);
-        let due: Vec<u64> = st
-            .flying
-            .iter()
-            .copied()
-            .filter(|id| st.frames.get(id).is_some_and(|f| f.deadline <= now))
-            .collect();
-        if !due.is_empty() {
-            st.cwnd = (st.cwnd / 2.0).max(1.0);
-        }
-        let mut stuck = false;
-        for id in due {
-            let tag = self.next_tag(st);
-            let Some(f) = st.frames.get_mut(&id) else {
-                continue;
-            };
-            f.tries += 1;
-            stuck |= f.tries > REDISCOVER_AFTER;
-            let back = (rto * f64::from(1u32 << (f.tries - 1).min(10))).min(MAX_RTO);
-            f.deadline = now + Duration::from_secs_f64(back);
-            f.tags.push(tag);
-            st.tags.insert(tag, id);
-            self.retransmits.fetch_add(1, Ordering::Relaxed);
-            let f = &st.frames[&id];
-            out.push(self.build(st, f, tag));
-        }
-        if stuck
-            && match st.last_discovery {
-                None => true,
-                Some(t) => now.saturating_duration_since(t) >= Duration::from_secs(1),
-            }
-        {
-            st.last_discovery = Some(now);
-            let tag = TAG_USER | (self.session << 16) | 0xffff;
-            let q = config_query(self.cfg.shelf, self.cfg.slot, tag);
-            let mut hdr = [0u8; AOE_HDR + ATA_HDR];
-            hdr[..q.len()].copy_from_slice(&q);
-            out.push(Out {
-                dst: [0xff; 6],
-                hdr,
-                hlen: q.len(),
-                data: None,
-            });
-        }
-        self.pump(st, out);
-        let mut next: Option<Instant> = None;
-        for f in st.flying.iter().filter_map(|id| st.frames.get(id)) {
-            next = Some(next.map_or(f.deadline, |n| n.min(f.deadline)));
-        }
-        for r in st.reqs.values() {
-            let t = r.start + timeout;
-            next = Some(next.map_or(t, |n| n.min(t)));
-        }
-        st.next_check = next;
-    }
-
-    /// The receiver thread: one frame at a time (the lock is not held
-    /// while receiving), new frames sent as soon as the window opens.
-    fn run(self: Arc<Self>) {
-        let mut buf = vec![0u8; 65536];
-        let mut out = Vec::new();
-        loop {
-            let got = match self.link.recv_wait(&mut buf) {
+            // One reply, or the receive tick passing.
+            let got = match link.recv_wait(buf) {
                 Ok(g) => g,
                 Err(e) => {
-                    tracing::warn!("{}: receive: {e}", self.cfg.name());
-                    std::thread::sleep(Duration::from_millis(10));
+                    // (Interface down, say: like silence, until the timeout.)
+                    tracing::debug!("{}: receive: {e}", self.cfg.name());
+                    std::thread::sleep(RECV_TICK);
                     None
                 }
             };
-            let Some((n, src)) = got else {
-                if self.closing.load(Ordering::Acquire) {
-                    // Nobody waits any more: the device is being dropped.
-                    return;
+            if let Some((n, src)) = got {
+                let f = &buf[..n];
+                match reply_header(f, self.cfg.shelf, self.cfg.slot) {
+                    Some((_, _, CMD_CONFIG, _)) => self.config_reply(f, src, &flying),
+                    Some((flags, aoe_err, CMD_ATA, tag)) => {
+                        let hit = flying
+                            .iter()
+                            .position(|x| x.as_ref().is_some_and(|x| x.tags.contains(&tag)));
+                        if let Some(i) = hit {
+                            let fl = flying[i].take();
+                            mine -= 1;
+                            let sample = fl
+                                .filter(|x| x.tries == 1)
+                                .map(|x| x.sent.elapsed().as_secs_f64());
+                            self.release(1, sample, true);
+                            let spec = &frames[i];
+                            let r = self.check_reply(what, f, flags, aoe_err, spec);
+                            match r {
+                                Err(e) => {
+                                    err.get_or_insert(e);
+                                }
+                                Ok(data) => {
+                                    if let (Some(rb), Some(d)) = (rbuf.as_deref_mut(), data) {
+                                        rb[spec.off..spec.off + spec.want]
+                                            .copy_from_slice(&d[..spec.want]);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
                 }
+            }
+            let now = Instant::now();
+            if now >= end {
+                return Err(self.timed_out(what, mine));
+            }
+            if next_timer.is_some_and(|t| t <= now) {
+                next_timer = self.resend_due(link, frames, wdata, &mut flying, now);
+            }
+        }
+    }
+
+    /// The request took longer than the timeout: give back its slots.
+    fn timed_out(&self, what: &dyn Fn() -> String, mine: usize) -> io::Error {
+        if mine > 0 {
+            self.release(mine, None, false);
+        }
+        self.timeouts.fetch_add(1, Ordering::Relaxed);
+        let t = self.cfg.timeout.as_secs_f64();
+        tracing::warn!("{}: {}: no reply within {t:.1} s", self.cfg.name(), what());
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "{}: {}: the target did not answer within {t:.1} s (EIO)",
+                self.cfg.name(),
+                what()
+            ),
+        )
+    }
+
+    /// Resend the frames whose timer ran out; returns the next timer.
+    fn resend_due(
+        &self,
+        link: &mut Link,
+        frames: &[FrameSpec],
+        wdata: Option<&[u8]>,
+        flying: &mut [Option<Flying>],
+        now: Instant,
+    ) -> Option<Instant> {
+        let (dst, rto) = {
+            let sh = lock(&self.shared);
+            (sh.target, sh.rto())
+        };
+        let mut resent = false;
+        let mut stuck = false;
+        let mut next: Option<Instant> = None;
+        for (i, slot) in flying.iter_mut().enumerate() {
+            let Some(fl) = slot.as_mut() else {
                 continue;
             };
-            let mut st = lock(&self.state);
-            self.on_frame(&mut st, &buf[..n], src, &mut out);
-            drop(st);
-            self.send_all(std::mem::take(&mut out));
+            if fl.deadline <= now {
+                let tag = link.next_tag();
+                fl.tries += 1;
+                stuck |= fl.tries > REDISCOVER_AFTER;
+                let back = (rto * f64::from(1u32 << (fl.tries - 1).min(10))).min(MAX_RTO);
+                fl.deadline = now + Duration::from_secs_f64(back);
+                fl.tags.push(tag);
+                self.send_frame(link, &frames[i], tag, wdata, &dst);
+                self.retransmits.fetch_add(1, Ordering::Relaxed);
+                resent = true;
+            }
+            next = Some(next.map_or(fl.deadline, |n| n.min(fl.deadline)));
         }
+        let mut sh = lock(&self.shared);
+        if resent {
+            sh.cwnd = (sh.cwnd / 2.0).max(1.0);
+        }
+        let again = match sh.last_discovery {
+            None => true,
+            Some(t) => now.saturating_duration_since(t) >= Duration::from_secs(1),
+        };
+        if stuck && again {
+            // Look for the target again: it may answer from another port.
+            sh.last_discovery = Some(now);
+            drop(sh);
+            let q = config_query(self.cfg.shelf, self.cfg.slot, link.tag_base() | 0xffff);
+            let _ = link.send(&[0xff; 6], &[&q]);
+        }
+        next
+    }
+
+    /// A config reply while frames go unanswered: the target answers from
+    /// another port now.
+    fn config_reply(&self, f: &[u8], src: [u8; 6], flying: &[Option<Flying>]) {
+        let stuck = flying.iter().flatten().any(|x| x.tries > REDISCOVER_AFTER);
+        let Some(c) = parse_config(f, src) else {
+            return;
+        };
+        let mut sh = lock(&self.shared);
+        if stuck && c.mac != sh.target {
+            tracing::warn!(
+                "{}: target now answers from {}",
+                self.cfg.name(),
+                fmt_mac(&c.mac)
+            );
+            sh.target = c.mac;
+            sh.wmax = usize::from(c.bufcnt).clamp(1, 256);
+        }
+    }
+
+    /// Check an ATA reply; its data for reads.
+    fn check_reply<'a>(
+        &self,
+        what: &dyn Fn() -> String,
+        f: &'a [u8],
+        flags: u8,
+        aoe_err: u8,
+        spec: &FrameSpec,
+    ) -> io::Result<Option<&'a [u8]>> {
+        let (fcmd, flba) = (spec.cmd, spec.lba);
+        if flags & FLAG_ERR != 0 {
+            return Err(eio(format!(
+                "{}: {}: AoE error {aoe_err} ({}) for ATA command {fcmd:#04x} at sector {flba}",
+                self.cfg.name(),
+                what(),
+                aoe_error_text(aoe_err)
+            )));
+        }
+        if f.len() < AOE_HDR + ATA_HDR {
+            return Err(eio(format!(
+                "{}: short ATA reply ({} bytes)",
+                self.cfg.name(),
+                f.len()
+            )));
+        }
+        let a = &f[AOE_HDR..AOE_HDR + ATA_HDR];
+        let (aerr, status) = (a[1], a[3]);
+        if status & (ST_ERR | ST_DF) != 0 {
+            let msg = format!(
+                "{}: {}: ATA error for command {fcmd:#04x} at sector {flba}: \
+                 status {status:#04x}, error {aerr:#04x}",
+                self.cfg.name(),
+                what()
+            );
+            if aerr & ERR_ABRT != 0 && matches!(fcmd, ATA_FLUSH | ATA_FLUSH_EXT) {
+                return Err(io::Error::new(io::ErrorKind::Unsupported, msg));
+            }
+            return Err(eio(msg));
+        }
+        if spec.want == 0 {
+            return Ok(None);
+        }
+        let d = &f[AOE_HDR + ATA_HDR..];
+        if d.len() < spec.want {
+            return Err(eio(format!(
+                "{}: read reply with {} bytes, {} expected",
+                self.cfg.name(),
+                d.len(),
+                spec.want
+            )));
+        }
+        Ok(Some(d))
     }
 }
 
@@ -1151,17 +1109,17 @@ fn fmt_mac(m: &[u8; 6]) -> String {
 }
 
 impl AoeDevice {
-    /// Discover the target, identify it and start the receiver.
+    /// Discover the target and identify it.
     pub fn open(cfg: AoeConfig) -> io::Result<AoeDevice> {
         let name = cfg.name();
-        let link =
-            Link::open(&cfg.iface).map_err(|e| io::Error::new(e.kind(), format!("{name}: {e}")))?;
         let session = session_id();
-        let c = discover(&link, &cfg, session)?;
+        let mut link = Link::open(&cfg.iface, session)
+            .map_err(|e| io::Error::new(e.kind(), format!("{name}: {e}")))?;
+        let c = discover(&mut link, &cfg)?;
         // Sectors per frame: what the target takes and what fits our MTU.
         let ours = link.mtu.saturating_sub(AOE_HDR + ATA_HDR) / SECTOR;
         let target_sectors = if c.scnt == 0 { 2 } else { c.scnt };
-        let spf = (ours.min(usize::from(target_sectors))).clamp(1, 255) as u8;
+        let spf = ours.min(usize::from(target_sectors)).clamp(1, 255) as u8;
         let wmax = usize::from(c.bufcnt).clamp(1, 256);
         tracing::info!(
             "{name}: target {} (firmware {:#x}), buffer count {}, {} sectors per frame",
@@ -1170,38 +1128,28 @@ impl AoeDevice {
             c.bufcnt,
             spf
         );
-        let inner = Arc::new(Inner {
-            link,
+        let (mtu, mac) = (link.mtu, link.mac);
+        let inner = Inner {
             cfg,
             session,
-            state: Mutex::new(State {
-                reqs: HashMap::new(),
-                next_req: 0,
-                frames: HashMap::new(),
-                next_frame: 0,
-                tags: HashMap::new(),
-                queue: VecDeque::new(),
-                flying: Vec::new(),
-                next_check: None,
-                cwnd: wmax as f64,
+            next_link: AtomicU32::new(1),
+            links: Mutex::new(vec![link]),
+            shared: Mutex::new(Shared {
+                target: c.mac,
                 wmax,
+                cwnd: wmax as f64,
+                inflight: 0,
                 srtt: None,
                 rttvar: 0.0,
-                seq: 0,
-                target: c.mac,
                 last_discovery: None,
-                closing: false,
             }),
+            slots: Condvar::new(),
             max_sectors: spf,
             lba48: AtomicBool::new(true),
             flush_mode: AtomicU8::new(0),
             retransmits: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
-            rto_us: AtomicU64::new((INITIAL_RTO * 1e6) as u64),
-            closing: AtomicBool::new(false),
-        });
-        let me = inner.clone();
-        let engine = spawn_quiet("aoe-rx", move || me.run())?;
+        };
         let mut dev = AoeDevice {
             inner,
             info: AoeInfo {
@@ -1210,17 +1158,24 @@ impl AoeDevice {
                 firmware: c.firmware,
                 target_sectors,
                 sectors_per_frame: spf,
-                mtu: 0,
-                initiator_mac: [0; 6],
+                mtu,
+                initiator_mac: mac,
                 lba48: true,
                 sectors: 0,
             },
             ranges: RangeLocks::default(),
-            engine: Some(engine),
         };
-        dev.info.mtu = dev.inner.link.mtu;
-        dev.info.initiator_mac = dev.inner.link.mac;
-        let id = dev.identify()?;
+        let mut id = [0u8; SECTOR];
+        let f = FrameSpec {
+            aflags: 0,
+            cmd: ATA_IDENTIFY,
+            lba: 0,
+            nsec: 1,
+            off: 0,
+            want: SECTOR,
+        };
+        dev.inner
+            .exec(&|| "IDENTIFY DEVICE".into(), &[f], None, Some(&mut id))?;
         let w = |i: usize| u64::from(u16::from_le_bytes([id[2 * i], id[2 * i + 1]]));
         let lba48 = w(83) & (1 << 10) != 0;
         let sectors = if lba48 {
@@ -1245,38 +1200,13 @@ impl AoeDevice {
         &self.info
     }
 
-    /// Resends and timeouts so far.
+    /// Resends, timeouts and sockets so far.
     pub fn stats(&self) -> AoeStats {
         AoeStats {
             retransmits: self.inner.retransmits.load(Ordering::Relaxed),
             timeouts: self.inner.timeouts.load(Ordering::Relaxed),
+            sockets: u64::from(self.inner.next_link.load(Ordering::Relaxed)),
         }
-    }
-
-    fn frame(aflags: u8, cmd: u8, lba: u64, nsec: u8) -> Frame {
-        Frame {
-            req: 0,
-            aflags,
-            cmd,
-            lba,
-            nsec,
-            data: None,
-            dst: 0,
-            want: 0,
-            tags: Vec::new(),
-            sent: None,
-            deadline: Instant::now(),
-            tries: 0,
-        }
-    }
-
-    fn identify(&self) -> io::Result<Vec<u8>> {
-        let mut f = Self::frame(0, ATA_IDENTIFY, 0, 1);
-        f.want = SECTOR;
-        let done = self
-            .inner
-            .submit("IDENTIFY DEVICE".into(), vec![f], SECTOR)?;
-        self.inner.wait(&done)
     }
 
     fn rw_cmd(&self, write: bool) -> (u8, u8) {
@@ -1289,43 +1219,41 @@ impl AoeDevice {
         }
     }
 
-    /// Read whole sectors `[lba, lba + n)`.
-    fn read_sectors(&self, lba: u64, n: u64) -> io::Result<Vec<u8>> {
-        let (aflags, cmd) = self.rw_cmd(false);
+    /// The frames covering sectors `[lba, lba + n)`.
+    fn frames(&self, lba: u64, n: u64, write: bool) -> Vec<FrameSpec> {
+        let (aflags, cmd) = self.rw_cmd(write);
         let spf = u64::from(self.inner.max_sectors);
-        let mut frames = Vec::with_capacity(n.div_ceil(spf) as usize);
+        let mut v = Vec::with_capacity(n.div_ceil(spf) as usize);
         let mut s = 0;
         while s < n {
             let k = (n - s).min(spf);
-            let mut f = Self::frame(aflags, cmd, lba + s, k as u8);
-            f.dst = s as usize * SECTOR;
-            f.want = k as usize * SECTOR;
-            frames.push(f);
+            v.push(FrameSpec {
+                aflags,
+                cmd,
+                lba: lba + s,
+                nsec: k as u8,
+                off: s as usize * SECTOR,
+                want: if write { 0 } else { k as usize * SECTOR },
+            });
             s += k;
         }
-        let what = format!("read of {n} sectors at {lba}");
-        let done = self.inner.submit(what, frames, n as usize * SECTOR)?;
-        self.inner.wait(&done)
+        v
     }
 
-    /// Write whole sectors from `data` at `lba`.
-    fn write_sectors(&self, lba: u64, data: Vec<u8>) -> io::Result<()> {
-        let (aflags, cmd) = self.rw_cmd(true);
+    /// Read whole sectors into `buf` (a multiple of 512 bytes) from `lba`.
+    fn read_sectors(&self, lba: u64, buf: &mut [u8]) -> io::Result<()> {
+        let n = (buf.len() / SECTOR) as u64;
+        let frames = self.frames(lba, n, false);
+        let what = || format!("read of {n} sectors at {lba}");
+        self.inner.exec(&what, &frames, None, Some(buf))
+    }
+
+    /// Write whole sectors from `data` (a multiple of 512 bytes) at `lba`.
+    fn write_sectors(&self, lba: u64, data: &[u8]) -> io::Result<()> {
         let n = (data.len() / SECTOR) as u64;
-        let data = Arc::new(data);
-        let spf = u64::from(self.inner.max_sectors);
-        let mut frames = Vec::with_capacity(n.div_ceil(spf) as usize);
-        let mut s = 0;
-        while s < n {
-            let k = (n - s).min(spf);
-            let mut f = Self::frame(aflags, cmd, lba + s, k as u8);
-            f.data = Some((data.clone(), s as usize * SECTOR));
-            frames.push(f);
-            s += k;
-        }
-        let what = format!("write of {n} sectors at {lba}");
-        let done = self.inner.submit(what, frames, 0)?;
-        self.inner.wait(&done).map(|_| ())
+        let frames = self.frames(lba, n, true);
+        let what = || format!("write of {n} sectors at {lba}");
+        self.inner.exec(&what, &frames, Some(data), None)
     }
 
     fn check_range(&self, offset: u64, len: usize) -> io::Result<()> {
@@ -1339,16 +1267,6 @@ impl AoeDevice {
                     self.size()
                 ),
             )),
-        }
-    }
-}
-
-impl Drop for AoeDevice {
-    fn drop(&mut self) {
-        lock(&self.inner.state).closing = true;
-        self.inner.closing.store(true, Ordering::Release);
-        if let Some(e) = self.engine.take() {
-            let _ = e.join();
         }
     }
 }
@@ -1398,11 +1316,16 @@ impl BlockDevice for AoeDevice {
         if buf.is_empty() {
             return Ok(());
         }
-        let s = offset / SECTOR as u64;
-        let e = (offset + buf.len() as u64).div_ceil(SECTOR as u64);
-        let d = self.read_sectors(s, e - s)?;
-        let skip = (offset - s * SECTOR as u64) as usize;
-        buf.copy_from_slice(&d[skip..skip + buf.len()]);
+        let sz = SECTOR as u64;
+        let s = offset / sz;
+        if offset & (sz - 1) == 0 && buf.len() & (SECTOR - 1) == 0 {
+            return self.read_sectors(s, buf);
+        }
+        let e = (offset + buf.len() as u64).div_ceil(sz);
+        let mut tmp = vec![0u8; ((e - s) * sz) as usize];
+        self.read_sectors(s, &mut tmp)?;
+        let skip = (offset - s * sz) as usize;
+        buf.copy_from_slice(&tmp[skip..skip + buf.len()]);
         Ok(())
     }
 
@@ -1420,23 +1343,21 @@ impl BlockDevice for AoeDevice {
         let aligned = offset & (sz - 1) == 0 && buf.len() & (SECTOR - 1) == 0;
         let _g = self.ranges.lock(s, e, !aligned);
         if aligned {
-            return self.write_sectors(s, buf.to_vec());
+            return self.write_sectors(s, buf);
         }
         // Read-modify-write of the partial sectors at either end.
         let mut tmp = vec![0u8; ((e - s) * sz) as usize];
         let skip = (offset - s * sz) as usize;
         if skip != 0 {
-            let d = self.read_sectors(s, 1)?;
-            tmp[..SECTOR].copy_from_slice(&d);
+            self.read_sectors(s, &mut tmp[..SECTOR])?;
         }
-        let tail = (offset + buf.len() as u64) % sz;
+        let tail = (offset + buf.len() as u64) & (sz - 1);
         if tail != 0 && (e - 1 != s || skip == 0) {
-            let d = self.read_sectors(e - 1, 1)?;
             let at = tmp.len() - SECTOR;
-            tmp[at..].copy_from_slice(&d);
+            self.read_sectors(e - 1, &mut tmp[at..])?;
         }
         tmp[skip..skip + buf.len()].copy_from_slice(buf);
-        self.write_sectors(s, tmp)
+        self.write_sectors(s, &tmp)
     }
 
     fn flush(&self) -> io::Result<()> {
@@ -1449,10 +1370,16 @@ impl BlockDevice for AoeDevice {
                 1 => (0, ATA_FLUSH),
                 _ => return Ok(()),
             };
-            let f = Self::frame(aflags, cmd, 0, 0);
-            let done = self.inner.submit("flush".into(), vec![f], 0)?;
-            match self.inner.wait(&done) {
-                Ok(_) => return Ok(()),
+            let f = FrameSpec {
+                aflags,
+                cmd,
+                lba: 0,
+                nsec: 0,
+                off: 0,
+                want: 0,
+            };
+            match self.inner.exec(&|| "flush".into(), &[f], None, None) {
+                Ok(()) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Unsupported => {
                     tracing::info!("{}: target aborts {cmd:#04x}", self.inner.cfg.name());
                     self.inner
