@@ -28,9 +28,11 @@ struct Inner {
     lru: LruCache<u64, Entry>,
     by_glock: HashMap<ResName, HashSet<u64>>,
     /// Blocks changed by committed transactions whose log flush has not
-    /// happened yet: they win over the LRU and are never evicted until the
-    /// flush has written them to the journal and in place.
+    /// happened yet: they win over the LRU and are never evicted.
     dirty: HashMap<u64, Block>,
+    /// Blocks the log holds but the device does not yet hold in place (the
+    /// kernel's AIL): read from here until a checkpoint writes them.
+    pinned: HashMap<u64, Block>,
 }
 
 /// The metadata cache of one mounted filesystem.
@@ -51,6 +53,7 @@ impl BufCache {
                 lru: LruCache::new(NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)),
                 by_glock: HashMap::new(),
                 dirty: HashMap::new(),
+                pinned: HashMap::new(),
             }),
         }
     }
@@ -96,7 +99,7 @@ impl BufCache {
     pub fn read_meta_as(&self, glock: ResName, blkno: u64, mh_type: u32) -> Result<Block> {
         let cached = {
             let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            match inner.dirty.get(&blkno) {
+            match inner.dirty.get(&blkno).or_else(|| inner.pinned.get(&blkno)) {
                 Some(d) => Some(d.clone()),
                 None => inner.lru.get(&blkno).map(|e| e.data.clone()),
             }
@@ -127,7 +130,7 @@ impl BufCache {
         Ok(data)
     }
 
-    /// The current content of `blkno` if it is dirty (not yet flushed).
+    /// The current content of `blkno` if it is dirty (not yet logged).
     pub fn dirty_block(&self, blkno: u64) -> Option<Block> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.dirty.get(&blkno).cloned()
@@ -157,13 +160,40 @@ impl BufCache {
         inner.dirty.len()
     }
 
-    /// The flush wrote these blocks in place: they are ordinary cached
-    /// blocks again (unless changed since).
-    pub fn clean(&self, written: &[(u64, Block)]) {
+    /// The log flush wrote these blocks to the journal: they stay pinned
+    /// (served from memory, never evicted) until a checkpoint writes them in
+    /// place. A block changed again since stays dirty as well.
+    pub fn logged(&self, written: &[(u64, Block)]) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         for (b, d) in written {
             if inner.dirty.get(b).is_some_and(|cur| Arc::ptr_eq(cur, d)) {
                 inner.dirty.remove(b);
+            }
+            inner.pinned.insert(*b, d.clone());
+        }
+    }
+
+    /// Every pinned block, in address order (for a checkpoint).
+    pub fn pinned_blocks(&self) -> Vec<(u64, Block)> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<(u64, Block)> = inner.pinned.iter().map(|(b, d)| (*b, d.clone())).collect();
+        v.sort_by_key(|(b, _)| *b);
+        v
+    }
+
+    /// Number of pinned blocks.
+    pub fn pinned_len(&self) -> usize {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.pinned.len()
+    }
+
+    /// A checkpoint wrote these blocks in place: ordinary cached blocks
+    /// again (unless logged again since).
+    pub fn unpin(&self, written: &[(u64, Block)]) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for (b, d) in written {
+            if inner.pinned.get(b).is_some_and(|cur| Arc::ptr_eq(cur, d)) {
+                inner.pinned.remove(b);
             }
         }
     }
@@ -174,12 +204,22 @@ impl BufCache {
         inner.lru.pop(&blkno);
     }
 
+    /// A freed block's last word, at the log flush that makes the freeing
+    /// durable: whatever the cache holds of it is dropped, so it is neither
+    /// logged nor written in place over what reuses it.
+    pub fn drop_freed(&self, blkno: u64) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.lru.pop(&blkno);
+        inner.dirty.remove(&blkno);
+        inner.pinned.remove(&blkno);
+    }
+
     /// Drop everything (after journal replay wrote behind the cache).
     pub fn invalidate_all(&self) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.lru.clear();
         inner.by_glock.clear();
-        // Dirty blocks stay: reads find them before the LRU.
+        // Dirty and pinned blocks stay: reads find them before the LRU.
     }
 
     /// Drop every block attached to `glock` (its `go_inval`).
@@ -187,7 +227,7 @@ impl BufCache {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(blocks) = inner.by_glock.remove(&glock) {
             for b in blocks {
-                if inner.dirty.contains_key(&b) {
+                if inner.dirty.contains_key(&b) || inner.pinned.contains_key(&b) {
                     // Never drop unflushed changes; go_sync flushes first.
                     continue;
                 }

@@ -283,12 +283,19 @@ impl Fs {
             quota_addr: per_node_ino(format!("quota_change{}", self.jid)),
             master_statfs_addr: self.statfs_inos.first().copied().unwrap_or(0),
         };
-        let log = crate::log::writer::LogWriter::open(
+        let mut log = crate::log::writer::LogWriter::open(
             self.dev.clone(),
             self.sb.bsize,
             j.extents.clone(),
             hdr,
         )?;
+        if hdr.statfs_addr != 0 {
+            let sc = self.with_inode(hdr.statfs_addr, |_, ip| {
+                StatfsChange::parse(ip.block.get(DINODE_SIZE..).unwrap_or(&[]))
+                    .map_err(|_| FsError::corrupt(ip.ino, "short statfs_change file"))
+            })?;
+            log.set_local_statfs([sc.total, sc.free, sc.dinodes]);
+        }
         let mut rindex = self.rindex.clone();
         rindex.sort_by_key(|r| r.addr);
         Ok(crate::ops::Writer {
@@ -297,6 +304,7 @@ impl Fs {
             open: Default::default(),
             rindex,
             master_statfs: hdr.master_statfs_addr,
+            local_statfs: hdr.statfs_addr,
         })
     }
 
@@ -319,6 +327,10 @@ impl Fs {
                 let Some(fs) = weak.upgrade() else {
                     return;
                 };
+                // The kernel's statfs_quantum defaults to its commit interval.
+                if let Err(e) = fs.statfs_sync() {
+                    tracing::error!("periodic statfs sync: {e}");
+                }
                 if let Err(e) = fs.sync() {
                     tracing::error!("periodic log flush: {e}");
                 }

@@ -32,7 +32,14 @@ pub struct Writer {
     pub rindex: Vec<Rindex>,
     /// The master statfs file.
     pub master_statfs: u64,
+    /// This node's `statfs_changeN` (0 when the filesystem has none: then
+    /// changes go to the master file directly).
+    pub local_statfs: u64,
 }
+
+/// Pinned (logged, not yet in place) blocks beyond which a flush is
+/// followed by a checkpoint, bounding memory.
+const MAX_PINNED: usize = 16384;
 
 /// What `setattr` changes.
 #[derive(Debug, Clone, Copy, Default)]
@@ -126,7 +133,13 @@ impl Fs {
                 Err(e) => return Err(e),
             };
             if tx.statfs != Default::default() {
-                let ino = wr.master_statfs;
+                // As in the kernel, allocation changes go to this node's
+                // statfs_change file; statfs_sync folds them into the master.
+                let ino = if wr.local_statfs != 0 {
+                    wr.local_statfs
+                } else {
+                    wr.master_statfs
+                };
                 let d = tx.statfs;
                 let b = tx.get_mut(glock(ino), ino, mt::DI)?;
                 let mut sc = StatfsChange::parse(&b[DINODE_SIZE..])?;
@@ -145,14 +158,77 @@ impl Fs {
     }
 
     fn flush_locked(&self, wr: &mut Writer) -> Result<()> {
-        let blocks = self.cache().dirty_blocks();
-        if blocks.is_empty() {
+        let cache = self.cache();
+        let mut freed: Vec<u64> = wr.busy.iter().copied().collect();
+        freed.sort_unstable();
+        for &b in &freed {
+            cache.drop_freed(b);
+        }
+        let blocks = cache.dirty_blocks();
+        let mut revokes: Vec<u64> = freed.into_iter().filter(|b| wr.log.is_logged(*b)).collect();
+        if blocks.is_empty() && revokes.is_empty() {
+            wr.busy.clear();
             return Ok(());
         }
-        wr.log.flush(&blocks)?;
-        self.cache().clean(&blocks);
+        if !wr.log.has_room(blocks.len(), revokes.len()) {
+            self.checkpoint_locked(wr)?;
+            // Nothing is live in the log any more: no revokes needed.
+            revokes.retain(|b| wr.log.is_logged(*b));
+        }
+        if wr.local_statfs != 0 {
+            if let Some(b) = cache.dirty_block(wr.local_statfs) {
+                let sc = StatfsChange::parse(b.get(DINODE_SIZE..).unwrap_or(&[]))?;
+                wr.log.set_local_statfs([sc.total, sc.free, sc.dinodes]);
+            }
+        }
+        wr.log.flush(&blocks, &revokes)?;
+        cache.logged(&blocks);
         wr.busy.clear();
+        if wr.log.wants_checkpoint() || cache.pinned_len() > MAX_PINNED {
+            self.checkpoint_locked(wr)?;
+        }
         Ok(())
+    }
+
+    /// Write every logged block in place and move the log's tail past them.
+    fn checkpoint_locked(&self, wr: &mut Writer) -> Result<()> {
+        let ail = self.cache().pinned_blocks();
+        wr.log.checkpoint(&ail)?;
+        self.cache().unpin(&ail);
+        Ok(())
+    }
+
+    /// Fold this node's statfs changes into the master statfs file and zero
+    /// them, in one transaction under both files' glocks (the kernel's
+    /// `gfs2_statfs_sync`, run every `statfs_quantum` and at unmount).
+    pub fn statfs_sync(&self) -> Result<()> {
+        let Some(w) = self.writer() else {
+            return Ok(());
+        };
+        let (master, local) = {
+            let wg = w.lock().unwrap_or_else(|e| e.into_inner());
+            (wg.master_statfs, wg.local_statfs)
+        };
+        if local == 0 || master == 0 {
+            return Ok(());
+        }
+        self.modify(&[master, local], |tx, _, _| {
+            let lb = tx.get(glock(local), local, mt::DI)?;
+            let mut l = StatfsChange::parse(&lb[DINODE_SIZE..])?;
+            if l == StatfsChange::default() {
+                return Ok(());
+            }
+            let b = tx.get_mut(glock(master), master, mt::DI)?;
+            let mut m = StatfsChange::parse(&b[DINODE_SIZE..])?;
+            m.total += l.total;
+            m.free += l.free;
+            m.dinodes += l.dinodes;
+            m.write(&mut b[DINODE_SIZE..])?;
+            l = StatfsChange::default();
+            let b = tx.get_mut(glock(local), local, mt::DI)?;
+            l.write(&mut b[DINODE_SIZE..])?;
+            Ok(())
+        })
     }
 
     /// Make everything done so far durable (fsync, syncfs, the commit timer).
@@ -173,8 +249,10 @@ impl Fs {
         let Some(w) = self.writer() else {
             return Ok(());
         };
+        self.statfs_sync()?;
         let mut wg = w.lock().unwrap_or_else(|e| e.into_inner());
         self.flush_locked(&mut wg)?;
+        self.checkpoint_locked(&mut wg)?;
         wg.log.write_unmount()
     }
 

@@ -39,7 +39,7 @@ fn mount_fresh_images_of_every_block_size() {
         assert_eq!(root.mode & 0o170000, 0o040000);
         let mut names = Vec::new();
         fs.readdir(fs.root(), 0, |e| {
-            names.push(String::from_utf8_lossy(&e.name).into_owned());
+            names.push(String::from_utf8_lossy(e.name).into_owned());
             true
         })
         .unwrap();
@@ -78,7 +78,7 @@ fn master_directory_lists_system_files() {
     let master = fs.superblock().master_dir.addr;
     let mut names = Vec::new();
     fs.readdir(master, 0, |e| {
-        names.push(String::from_utf8_lossy(&e.name).into_owned());
+        names.push(String::from_utf8_lossy(e.name).into_owned());
         true
     })
     .unwrap();
@@ -91,7 +91,7 @@ fn master_directory_lists_system_files() {
     let per_node = fs.lookup(master, b"per_node").unwrap();
     let mut pn = Vec::new();
     fs.readdir(per_node.ino, 0, |e| {
-        pn.push(String::from_utf8_lossy(&e.name).into_owned());
+        pn.push(String::from_utf8_lossy(e.name).into_owned());
         true
     })
     .unwrap();

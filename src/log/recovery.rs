@@ -475,6 +475,7 @@ pub fn build_log_header(
     flags: u32,
     addr: u64,
     clean: &CleanHeader,
+    local: [i64; 3],
 ) -> Vec<u8> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -494,6 +495,9 @@ pub fn build_log_header(
         jinode: clean.jinode,
         statfs_addr: clean.statfs_addr,
         quota_addr: clean.quota_addr,
+        local_total: local[0],
+        local_free: local[1],
+        local_dinodes: local[2],
         ..LogHeader::default()
     };
     let mut b = vec![0u8; bsize as usize];
@@ -516,6 +520,7 @@ fn write_clean_header(j: &JournalMap<'_>, head: &Head, clean: &CleanHeader) -> R
         log::HEAD_UNMOUNT | log::HEAD_RECOVERY,
         addr,
         clean,
+        [0; 3],
     );
     j.dev
         .write_at(&b, addr * j.bsize as u64)

@@ -102,11 +102,18 @@ impl<'c> Txn<'c> {
     }
 
     /// Make the changes visible and queue them for the next log flush.
+    /// Returns the blocks the transaction left free: a block it freed and
+    /// then allocated again as metadata is not among them.
     pub fn publish(self) -> Vec<u64> {
+        let freed = self
+            .freed
+            .into_iter()
+            .filter(|b| !self.blocks.contains_key(b))
+            .collect();
         for (blkno, (glock, data)) in self.blocks {
             let b: Block = Arc::from(data.into_boxed_slice());
             self.cache.put_dirty(glock, blkno, b);
         }
-        self.freed
+        freed
     }
 }

@@ -1,20 +1,28 @@
-//! Writing this node's journal: log flushes and the clean-unmount header.
+//! Writing this node's journal: log flushes, checkpoints and the
+//! clean-unmount header.
 //!
-//! A flush writes, in order: the data blocks are already on the device
-//! (ordered mode: the device is flushed first), then log descriptors each
-//! followed by copies of the metadata blocks they list, then a log header
-//! with the kernel's two checksums, a device flush, the metadata in place,
-//! and another device flush. Because every flush checkpoints completely, the
-//! next header's tail is its own transaction: recovery (ours or the
-//! kernel's) replays at most the last flush, which is idempotent, so freed
-//! blocks need no revoke records.
+//! As in the kernel, a flush only writes the log: file data reaches the
+//! device first (ordered mode: the device is flushed), then log descriptors
+//! each followed by copies of the metadata blocks they list, revoke records
+//! for blocks freed since the last flush that earlier flushes logged, and a
+//! log header with the kernel's two checksums; then one device flush. The
+//! logged blocks stay pinned in the cache (the "AIL") and are written in
+//! place later by a *checkpoint*: when the journal fills up, when too many
+//! blocks are pinned, and at unmount. A checkpoint writes the pinned blocks
+//! in place, flushes, and records the new tail in a log header of its own,
+//! so recovery never replays a block older than the tail.
+//!
+//! Revokes matter because a logged metadata block may be freed and reused
+//! for file data before the checkpoint: without a revoke, replay would write
+//! the old metadata over the new data.
 
 use super::recovery::{self, build_log_header, CleanHeader, JournalExtent, JournalMap};
 use crate::buf::Block;
 use crate::dev::BlockDevice;
 use crate::error::{FsError, Result};
-use crate::format::{log, LogDescriptor, MetaHeader};
+use crate::format::{log, LogDescriptor, MetaHeader, META_HEADER_SIZE};
 use gfs2_ondisk::consts::{format, lh, metatype};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 /// This node's journal, positioned after its head.
@@ -25,9 +33,17 @@ pub struct LogWriter {
     blocks: u64,
     /// Next journal block to write.
     next: u64,
+    /// Where recovery would start: the first block of the oldest flush
+    /// not yet checkpointed (or the last header when there is none).
+    tail: u64,
     /// Sequence number of the last header written.
     seq: u64,
     hdr: CleanHeader,
+    /// This node's statfs changes not yet folded into the master statfs, as
+    /// of the blocks logged so far: every header carries them.
+    local: [i64; 3],
+    /// Blocks with a copy in the live part of the log (tail to head).
+    logged: HashSet<u64>,
     /// Nothing written since the last clean header.
     clean: bool,
 }
@@ -64,17 +80,58 @@ impl LogWriter {
             extents,
             blocks,
             next: (head.lblock + 1) % blocks,
+            tail: head.lblock,
             seq: head.lh.sequence,
             hdr,
+            local: [0; 3],
+            logged: HashSet::new(),
             clean: head.is_clean(),
         })
     }
 
-    /// Journal blocks a flush of `n` metadata blocks needs.
-    pub fn blocks_needed(&self, n: usize) -> u64 {
+    /// Journal blocks a flush of `n` metadata blocks and `r` revokes needs.
+    pub fn blocks_needed(&self, n: usize, r: usize) -> u64 {
         let per = self.per_descriptor();
         let descs = n.div_ceil(per) as u64;
-        descs + n as u64 + 1
+        descs + n as u64 + self.revoke_blocks(r) + 1
+    }
+
+    /// Blocks a list of `r` revokes takes: a descriptor, then `LB` blocks.
+    fn revoke_blocks(&self, r: usize) -> u64 {
+        if r == 0 {
+            return 0;
+        }
+        let first = self.per_descriptor();
+        let per_lb = (self.bsize as usize - META_HEADER_SIZE) / 8;
+        1 + r.saturating_sub(first).div_ceil(per_lb) as u64
+    }
+
+    /// Journal blocks between the tail and the next block to write.
+    pub fn used(&self) -> u64 {
+        (self.next + self.blocks - self.tail) % self.blocks
+    }
+
+    /// Whether a flush of `n` blocks and `r` revokes fits before the tail
+    /// (one block is kept for the checkpoint header).
+    pub fn has_room(&self, n: usize, r: usize) -> bool {
+        self.used() + self.blocks_needed(n, r) + 2 <= self.blocks
+    }
+
+    /// Whether the live log is past half the journal: time to checkpoint.
+    pub fn wants_checkpoint(&self) -> bool {
+        self.used() > self.blocks / 2
+    }
+
+    /// Is there a copy of `blkno` in the live log (so freeing it needs a
+    /// revoke)?
+    pub fn is_logged(&self, blkno: u64) -> bool {
+        self.logged.contains(&blkno)
+    }
+
+    /// This node's statfs changes not yet in the master statfs
+    /// (total, free, dinodes), written into every header from now on.
+    pub fn set_local_statfs(&mut self, local: [i64; 3]) {
+        self.local = local;
     }
 
     /// How many metadata blocks one flush may carry.
@@ -118,12 +175,14 @@ impl LogWriter {
         Ok(())
     }
 
-    /// Write `blocks` (sorted by address) through the journal and in place.
-    pub fn flush(&mut self, blocks: &[(u64, Block)]) -> Result<()> {
-        if blocks.is_empty() {
+    /// Log `blocks` (sorted by address) and `revokes`; the blocks are then
+    /// durable in the journal and must stay pinned until [`Self::checkpoint`]
+    /// writes them in place. The caller makes room first ([`Self::has_room`]).
+    pub fn flush(&mut self, blocks: &[(u64, Block)], revokes: &[u64]) -> Result<()> {
+        if blocks.is_empty() && revokes.is_empty() {
             return Ok(());
         }
-        if blocks.len() > self.capacity() {
+        if blocks.len() > self.capacity() || !self.has_room(blocks.len(), revokes.len()) {
             return Err(FsError::Errno(libc::EFBIG));
         }
         // Ordered data: file data written so far reaches the disk before
@@ -133,19 +192,23 @@ impl LogWriter {
         let start = self.next;
         let mut at = start;
         let mut jblocks: Vec<(u64, Vec<u8>)> = Vec::new();
-        for chunk in blocks.chunks(self.per_descriptor()) {
+        let descriptor = |ld_type: u32, length: usize, count: usize| -> Result<Vec<u8>> {
             let mut d = vec![0u8; bs];
-            let ld = LogDescriptor {
+            LogDescriptor {
                 header: MetaHeader {
                     jid: self.hdr.writer_jid,
                     ..MetaHeader::new(metatype::LD, format::LD)
                 },
-                ld_type: log::DESC_METADATA,
-                length: chunk.len() as u32 + 1,
-                data1: chunk.len() as u32,
+                ld_type,
+                length: length as u32,
+                data1: count as u32,
                 ..LogDescriptor::default()
-            };
-            ld.write(&mut d)?;
+            }
+            .write(&mut d)?;
+            Ok(d)
+        };
+        for chunk in blocks.chunks(self.per_descriptor()) {
+            let mut d = descriptor(log::DESC_METADATA, chunk.len() + 1, chunk.len())?;
             for (i, (blkno, _)) in chunk.iter().enumerate() {
                 let off = LogDescriptor::SIZE + 8 * i;
                 d[off..off + 8].copy_from_slice(&blkno.to_be_bytes());
@@ -157,18 +220,47 @@ impl LogWriter {
                 at = (at + 1) % self.blocks;
             }
         }
+        if !revokes.is_empty() {
+            let nblocks = self.revoke_blocks(revokes.len()) as usize;
+            let mut cur = descriptor(log::DESC_REVOKE, nblocks, revokes.len())?;
+            let mut off = LogDescriptor::SIZE;
+            for r in revokes {
+                if off + 8 > bs {
+                    jblocks.push((self.phys(at)?, cur));
+                    at = (at + 1) % self.blocks;
+                    cur = vec![0u8; bs];
+                    MetaHeader {
+                        jid: self.hdr.writer_jid,
+                        ..MetaHeader::new(metatype::LB, format::LB)
+                    }
+                    .write(&mut cur)?;
+                    off = META_HEADER_SIZE;
+                }
+                cur[off..off + 8].copy_from_slice(&r.to_be_bytes());
+                off += 8;
+            }
+            jblocks.push((self.phys(at)?, cur));
+            at = (at + 1) % self.blocks;
+        }
         let hdr_lblock = at;
         let addr = self.phys(hdr_lblock)?;
         let seq = self.seq + 1;
+        // With nothing live in the log, replay can start at this flush.
+        let tail = if self.logged.is_empty() {
+            start
+        } else {
+            self.tail
+        };
         let h = build_log_header(
             self.bsize,
             self.hdr.writer_jid,
             seq,
-            start as u32,
+            tail as u32,
             hdr_lblock as u32,
             lh::FLUSH_NORMAL,
             addr,
             &self.hdr,
+            self.local,
         );
         jblocks.push((addr, h));
         let mut sorted: Vec<(u64, &[u8])> =
@@ -179,20 +271,36 @@ impl LogWriter {
             .flush()
             .map_err(|e| io("flushing the journal", e))?;
         self.seq = seq;
+        self.tail = tail;
         self.next = (hdr_lblock + 1) % self.blocks;
         self.clean = false;
-        let inplace: Vec<(u64, &[u8])> = blocks.iter().map(|(a, b)| (*a, &b[..])).collect();
-        self.write_blocks(&inplace, "writing metadata in place")?;
-        self.dev.flush().map_err(|e| io("flushing metadata", e))?;
+        for r in revokes {
+            self.logged.remove(r);
+        }
+        self.logged.extend(blocks.iter().map(|(b, _)| *b));
         Ok(())
     }
 
-    /// Write an unmount header: the journal is clean.
-    pub fn write_unmount(&mut self) -> Result<()> {
-        if self.clean {
+    /// Write the pinned blocks `ail` (every block logged since the last
+    /// checkpoint, in their latest logged versions) in place, then record
+    /// in a new header that the log before it is no longer needed.
+    pub fn checkpoint(&mut self, ail: &[(u64, Block)]) -> Result<()> {
+        if self.logged.is_empty() && ail.is_empty() {
             return Ok(());
         }
+        let inplace: Vec<(u64, &[u8])> = ail.iter().map(|(a, b)| (*a, &b[..])).collect();
+        self.write_blocks(&inplace, "writing metadata in place")?;
+        self.dev.flush().map_err(|e| io("flushing metadata", e))?;
         let lblock = self.next;
+        self.write_header(lblock, lh::FLUSH_NORMAL | lh::LFC_AIL_FLUSH)?;
+        self.tail = lblock;
+        self.logged.clear();
+        Ok(())
+    }
+
+    /// Write a header at `lblock` whose tail is itself (nothing before it
+    /// needs replay), and flush.
+    fn write_header(&mut self, lblock: u64, flags: u32) -> Result<()> {
         let addr = self.phys(lblock)?;
         let seq = self.seq + 1;
         let h = build_log_header(
@@ -201,16 +309,35 @@ impl LogWriter {
             seq,
             lblock as u32,
             lblock as u32,
-            log::HEAD_UNMOUNT | lh::FLUSH_SHUTDOWN,
+            flags,
             addr,
             &self.hdr,
+            self.local,
         );
         self.dev
             .write_at(&h, addr * self.bsize as u64)
-            .map_err(|e| io("writing the unmount header", e))?;
+            .map_err(|e| io("writing a log header", e))?;
         self.dev.flush().map_err(|e| io("flushing", e))?;
         self.seq = seq;
         self.next = (lblock + 1) % self.blocks;
+        Ok(())
+    }
+
+    /// Write an unmount header: the journal is clean. Everything logged
+    /// must have been checkpointed first.
+    pub fn write_unmount(&mut self) -> Result<()> {
+        if self.clean {
+            return Ok(());
+        }
+        if !self.logged.is_empty() {
+            return Err(FsError::Io {
+                what: "unmount header".into(),
+                source: std::io::Error::other("logged blocks not yet written in place"),
+            });
+        }
+        let lblock = self.next;
+        self.write_header(lblock, log::HEAD_UNMOUNT | lh::FLUSH_SHUTDOWN)?;
+        self.tail = lblock;
         self.clean = true;
         Ok(())
     }
