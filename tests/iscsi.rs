@@ -327,11 +327,9 @@ fn our_mkfs(url: &str, bsize: u32) {
 }
 
 /// Mount `url` with a foreground daemon; returns it once the mount is up.
-fn mount_foreground(url: &str, mnt: &Path, secret: Option<&str>) -> Child {
+fn mount_foreground(url: &str, mnt: &Path, envs: &[(&str, &str)]) -> Child {
     let mut cmd = Command::new(gfs2_fuse());
-    if let Some(s) = secret {
-        cmd.env("LIBISCSI_CHAP_PASSWORD", s);
-    }
+    cmd.envs(envs.iter().copied());
     let mut child = cmd
         .arg("mount")
         .arg("-f")
@@ -384,6 +382,8 @@ fn content(i: u64, len: usize) -> Vec<u8> {
 /// CHAP writes files; after unmount fsck.gfs2 is clean again and a second
 /// mount reads every byte back; with the LUN turned read-only the mount
 /// falls back to read-only.
+const SECRET: &[(&str, &str)] = &[("LIBISCSI_CHAP_PASSWORD", "fs-secret-123")];
+
 #[test]
 fn mkfs_and_fuse_mount_over_iscsi() {
     let img = image("fs", 256);
@@ -401,7 +401,7 @@ fn mkfs_and_fuse_mount_over_iscsi() {
     // it out of the mount table.
     let url = tgt.url("fsuser@");
     let mnt = mountpoint("iscsi-fs");
-    let child = mount_foreground(&url, &mnt.0, Some("fs-secret-123"));
+    let child = mount_foreground(&url, &mnt.0, SECRET);
     let guard = MountGuard(mnt.0.clone());
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
     let line = mounts
@@ -431,7 +431,7 @@ fn mkfs_and_fuse_mount_over_iscsi() {
     unmount_and_wait(&mnt.0, child);
     std::mem::forget(guard);
     fsck_clean(&img.0, "after the FUSE mount over iSCSI");
-    let child = mount_foreground(&url, &mnt.0, Some("fs-secret-123"));
+    let child = mount_foreground(&url, &mnt.0, SECRET);
     let guard = MountGuard(mnt.0.clone());
     for (i, len) in sizes.iter().enumerate() {
         assert!(
@@ -452,7 +452,7 @@ fn mkfs_and_fuse_mount_over_iscsi() {
     // The LUN made read-only: the read-write open is refused with EROFS and
     // gfs2-fuse falls back to a read-only mount.
     tgt.set_read_only(true);
-    let child = mount_foreground(&url, &mnt.0, Some("fs-secret-123"));
+    let child = mount_foreground(&url, &mnt.0, SECRET);
     let guard = MountGuard(mnt.0.clone());
     assert!(std::fs::read(mnt.0.join("d/f6")).unwrap() == content(6, sizes[6]));
     let e = std::fs::write(mnt.0.join("d/new"), b"x").unwrap_err();
@@ -872,7 +872,7 @@ fn target_errors_come_back_with_sense_data() {
     assert_eq!(dev.reconnections().0, 0, "errors must not drop the session");
 }
 
-/// A FUSE mount over iSCSI (`?timeout=4`) writing and fsyncing files: tgtd
+/// A FUSE mount over iSCSI (GFS2_ISCSI_TIMEOUT=4) writing and fsyncing files: tgtd
 /// killed and restarted mid-workload goes unnoticed by the application;
 /// frozen longer than the timeout, fsync fails with EIO in about the
 /// timeout while the daemon stays up; once the target thaws the mount works
@@ -885,8 +885,8 @@ fn fuse_mount_rides_out_restart_and_fails_cleanly_on_a_frozen_target() {
     let mut tgt = Tgt::start("ff", &img.0, Setup::default());
     our_mkfs(&tgt.url(""), 4096);
     let mnt = mountpoint("iscsi-ff");
-    let url = format!("{}?timeout=4", tgt.url(""));
-    let mut child = mount_foreground(&url, &mnt.0, None);
+    let url = tgt.url("");
+    let mut child = mount_foreground(&url, &mnt.0, &[("GFS2_ISCSI_TIMEOUT", "4")]);
     let guard = MountGuard(mnt.0.clone());
     let write = |name: &str, data: &[u8]| -> std::io::Result<()> {
         let mut f = std::fs::File::create(mnt.0.join(name))?;
@@ -927,7 +927,7 @@ fn fuse_mount_rides_out_restart_and_fails_cleanly_on_a_frozen_target() {
     unmount_and_wait(&mnt.0, child);
     std::mem::forget(guard);
     fsck_clean(&img.0, "after the outages");
-    let child = mount_foreground(&tgt.url(""), &mnt.0, None);
+    let child = mount_foreground(&tgt.url(""), &mnt.0, &[]);
     let guard = MountGuard(mnt.0.clone());
     for i in 0..16u64 {
         assert!(
