@@ -564,6 +564,80 @@ fn random_concurrent_io_over_a_lossy_link() {
     random_io(9000, 5, 10, 120);
 }
 
+/// Two initiators in one process on the same target (as two mounts of a
+/// shared filesystem would be), each with several threads: every socket
+/// sees only replies to its own tags, so all data lands where it belongs;
+/// and a 24 MiB write does not hold up small reads beside it on the same
+/// initiator (the window is shared fairly).
+#[test]
+fn two_initiators_share_a_target() {
+    const MB: usize = 1 << 20;
+    let img = image("two", 64);
+    let net = Net::new(9000);
+    let tgt = Target::start(&net, 12, 3, &img.0, &[]);
+    let a = Arc::new(AoeDevice::open(tgt.config(Duration::from_secs(30))).unwrap());
+    let b = Arc::new(AoeDevice::open(tgt.config(Duration::from_secs(30))).unwrap());
+    let hs: Vec<_> = (0..6usize)
+        .map(|t| {
+            let dev = if t & 1 == 0 { a.clone() } else { b.clone() };
+            std::thread::spawn(move || {
+                let base = (t * 4 * MB) as u64;
+                for i in 0..64u64 {
+                    let d = payload(t as u64 * 1000 + i, 64 << 10);
+                    dev.write_at(&d, base + i * (64 << 10)).unwrap();
+                }
+                let mut back = vec![0u8; 4 * MB];
+                dev.read_at(&mut back, base).unwrap();
+                for i in 0..64usize {
+                    let want = payload(t as u64 * 1000 + i as u64, 64 << 10);
+                    assert!(
+                        back[i * (64 << 10)..(i + 1) * (64 << 10)] == want[..],
+                        "thread {t}: block {i}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    let file = std::fs::read(&img.0).unwrap();
+    for t in 0..6usize {
+        for i in 0..64usize {
+            let at = t * 4 * MB + i * (64 << 10);
+            let want = payload(t as u64 * 1000 + i as u64, 64 << 10);
+            assert!(
+                file[at..at + (64 << 10)] == want[..],
+                "image: thread {t} block {i}"
+            );
+        }
+    }
+    // Small reads beside one big write.
+    let big = payload(5, 24 * MB);
+    let w = {
+        let a = a.clone();
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            a.write_at(&big, 32 * MB as u64).unwrap();
+            t.elapsed()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(5));
+    let t = Instant::now();
+    let mut small = [0u8; 4096];
+    for i in 0..20u64 {
+        a.read_at(&mut small, i * 4096).unwrap();
+    }
+    let reads = t.elapsed();
+    let write = w.join().unwrap();
+    eprintln!("24 MiB write {write:?}, 20 small reads beside it {reads:?}");
+    assert!(
+        reads < write || reads < Duration::from_millis(100),
+        "small reads waited for the big write: {reads:?} vs {write:?}"
+    );
+    assert_eq!(a.stats().timeouts + b.stats().timeouts, 0);
+}
+
 /// Two writers stream distinct 16 KiB blocks; vblade is killed after 400
 /// acknowledgements and restarted 1 s later. Every write still succeeds
 /// (frames are resent), and every acknowledged block is in the image.

@@ -369,7 +369,8 @@ impl Link {
             mac,
             mtu,
             id,
-            seq: 0,
+            // A random start: less chance of meeting another socket's tags.
+            seq: (session_id() as u16) % 0xff00,
             scratch: vec![0u8; (mtu + 128).max(9216)],
         };
         // Frames that came before the filter.
@@ -571,6 +572,8 @@ struct Shared {
     wmax: usize,
     cwnd: f64,
     inflight: usize,
+    /// Callers waiting for a slot with nothing in flight.
+    waiting: usize,
     srtt: Option<f64>,
     rttvar: f64,
     last_discovery: Option<Instant>,
@@ -590,7 +593,6 @@ impl Shared {
 
 struct Inner {
     cfg: AoeConfig,
-    session: u32,
     next_link: AtomicU32,
     /// Sockets not in use by a request.
     links: Mutex<Vec<Link>>,
@@ -739,8 +741,9 @@ impl Inner {
         if let Some(l) = lock(&self.links).pop() {
             return Ok(l);
         }
-        let id = (self.session + self.next_link.fetch_add(1, Ordering::Relaxed)) & 0x7fff;
-        Link::open(&self.cfg.iface, id)
+        // A random id: other initiators on this host pick theirs at random too.
+        self.next_link.fetch_add(1, Ordering::Relaxed);
+        Link::open(&self.cfg.iface, session_id())
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.cfg.name())))
     }
 
@@ -748,26 +751,35 @@ impl Inner {
         lock(&self.links).push(l);
     }
 
-    /// Take a window slot; wait for one until `until` when given.
-    fn slot(&self, until: Option<Instant>) -> Slot {
+    /// Take a window slot for a caller with `mine` frames in flight. One
+    /// with none waits for a slot until `end`; one with some takes a slot
+    /// only when free, and leaves half of the window to callers waiting.
+    fn slot(&self, mine: usize, end: Instant) -> Slot {
         let mut sh = lock(&self.shared);
+        if mine > 0 {
+            let fair = sh.waiting == 0 || mine * 2 < sh.window();
+            if fair && sh.inflight < sh.window() {
+                sh.inflight += 1;
+                return Slot::Got;
+            }
+            return Slot::Full;
+        }
         loop {
             if sh.inflight < sh.window() {
                 sh.inflight += 1;
                 return Slot::Got;
             }
-            let Some(until) = until else {
-                return Slot::Full;
-            };
             let now = Instant::now();
-            if now >= until {
+            if now >= end {
                 return Slot::TimedOut;
             }
+            sh.waiting += 1;
             sh = self
                 .slots
-                .wait_timeout(sh, until - now)
+                .wait_timeout(sh, end - now)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+            sh.waiting -= 1;
         }
     }
 
@@ -875,8 +887,7 @@ impl Inner {
             // Send while the window allows; with nothing in flight, wait
             // for a slot.
             while err.is_none() && next < frames.len() {
-                let wait = if mine == 0 { Some(end) } else { None };
-                match self.slot(wait) {
+                match self.slot(mine, end) {
                     Slot::Got => {}
                     Slot::Full => break,
                     Slot::TimedOut => return Err(self.timed_out(what, 0)),
@@ -1112,8 +1123,7 @@ impl AoeDevice {
     /// Discover the target and identify it.
     pub fn open(cfg: AoeConfig) -> io::Result<AoeDevice> {
         let name = cfg.name();
-        let session = session_id();
-        let mut link = Link::open(&cfg.iface, session)
+        let mut link = Link::open(&cfg.iface, session_id())
             .map_err(|e| io::Error::new(e.kind(), format!("{name}: {e}")))?;
         let c = discover(&mut link, &cfg)?;
         // Sectors per frame: what the target takes and what fits our MTU.
@@ -1131,7 +1141,6 @@ impl AoeDevice {
         let (mtu, mac) = (link.mtu, link.mac);
         let inner = Inner {
             cfg,
-            session,
             next_link: AtomicU32::new(1),
             links: Mutex::new(vec![link]),
             shared: Mutex::new(Shared {
@@ -1139,6 +1148,7 @@ impl AoeDevice {
                 wmax,
                 cwnd: wmax as f64,
                 inflight: 0,
+                waiting: 0,
                 srtt: None,
                 rttvar: 0.0,
                 last_discovery: None,
