@@ -33,6 +33,9 @@ struct Inner {
     /// Blocks the log holds but the device does not yet hold in place (the
     /// kernel's AIL): read from here until a checkpoint writes them.
     pinned: HashMap<u64, Block>,
+    /// Which dirty or pinned blocks are journaled file data (no header,
+    /// logged with JDATA descriptors, read by the data path only).
+    jdata: HashSet<u64>,
 }
 
 /// The metadata cache of one mounted filesystem.
@@ -54,6 +57,7 @@ impl BufCache {
                 by_glock: HashMap::new(),
                 dirty: HashMap::new(),
                 pinned: HashMap::new(),
+                jdata: HashSet::new(),
             }),
         }
     }
@@ -141,9 +145,39 @@ impl BufCache {
     pub fn put_dirty(&self, glock: ResName, blkno: u64, data: Block) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.lru.pop(&blkno);
+        inner.jdata.remove(&blkno);
         inner.dirty.insert(blkno, data.clone());
         inner.by_glock.entry(glock).or_default().insert(blkno);
         inner.lru.push(blkno, Entry { data, glock });
+    }
+
+    /// A journaled-data block written by a committed transaction: dirty
+    /// until logged, like metadata, but never served by [`Self::read_meta`].
+    pub fn put_dirty_jdata(&self, _glock: ResName, blkno: u64, data: Block) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.lru.pop(&blkno);
+        inner.dirty.insert(blkno, data);
+        inner.jdata.insert(blkno);
+    }
+
+    /// The content of journaled data block `blkno` when the device does
+    /// not hold it yet (dirty or pinned).
+    pub fn data_overlay(&self, blkno: u64) -> Option<Block> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if !inner.jdata.contains(&blkno) {
+            return None;
+        }
+        inner
+            .dirty
+            .get(&blkno)
+            .or_else(|| inner.pinned.get(&blkno))
+            .cloned()
+    }
+
+    /// Whether dirty or pinned block `blkno` is journaled file data.
+    pub fn is_jdata(&self, blkno: u64) -> bool {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.jdata.contains(&blkno)
     }
 
     /// Every dirty block, in address order (for the log flush).
@@ -194,6 +228,9 @@ impl BufCache {
         for (b, d) in written {
             if inner.pinned.get(b).is_some_and(|cur| Arc::ptr_eq(cur, d)) {
                 inner.pinned.remove(b);
+                if !inner.dirty.contains_key(b) {
+                    inner.jdata.remove(b);
+                }
             }
         }
     }
@@ -212,6 +249,7 @@ impl BufCache {
         inner.lru.pop(&blkno);
         inner.dirty.remove(&blkno);
         inner.pinned.remove(&blkno);
+        inner.jdata.remove(&blkno);
     }
 
     /// Drop everything (after journal replay wrote behind the cache).

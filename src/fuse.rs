@@ -74,6 +74,24 @@ fn kind_of(mode: u32) -> FileType {
     }
 }
 
+/// `FS_*_FL` flags and their `FS_XFLAG_*` twins (linux/fs.h): sync,
+/// immutable, append-only, noatime.
+const FL_XFLAG: [(u32, u32); 4] = [(0x08, 0x20), (0x10, 0x08), (0x20, 0x10), (0x80, 0x40)];
+
+fn xflags_of(fs: u32) -> u32 {
+    FL_XFLAG
+        .iter()
+        .filter(|(f, _)| fs & f != 0)
+        .fold(0, |x, (_, xf)| x | xf)
+}
+
+fn xflags_to_fs(x: u32) -> u32 {
+    FL_XFLAG
+        .iter()
+        .filter(|(_, xf)| x & xf != 0)
+        .fold(0, |f, (fl, _)| f | fl)
+}
+
 fn dtype_kind(dt: u16) -> FileType {
     match dt {
         4 => FileType::Directory,
@@ -680,6 +698,74 @@ impl fuser::Filesystem for Gfs2Fuse {
             }
         }
         reply.ok()
+    }
+
+    /// `FS_IOC_GETFLAGS`/`FS_IOC_SETFLAGS` (lsattr, chattr; the kernel's
+    /// fileattr calls arrive as these with a 4-byte argument).
+    fn ioctl(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        const GETFLAGS: [u32; 2] = [0x8008_6601, 0x8004_6601];
+        const SETFLAGS: [u32; 2] = [0x4008_6602, 0x4004_6602];
+        const FSGETXATTR: u32 = 0x801c_581f;
+        const FSSETXATTR: u32 = 0x401c_5820;
+        let ino = self.ino(ino);
+        if cmd == FSGETXATTR {
+            // struct fsxattr: the kernel asks for it to learn the old flags
+            // before a chattr; only fsx_xflags carries anything here.
+            return match self.fs.fsflags(ino) {
+                Ok(f) => {
+                    let mut out = [0u8; 28];
+                    out[..4].copy_from_slice(&xflags_of(f).to_ne_bytes());
+                    reply.ioctl(0, &out[..(out_size as usize).min(28)])
+                }
+                Err(e) => reply.error(errno(&e)),
+            };
+        }
+        if cmd == FSSETXATTR {
+            let Some(b) = in_data.get(..4) else {
+                return reply.error(Errno::EINVAL);
+            };
+            let x = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+            let r = self.fs.fsflags(ino).and_then(|cur| {
+                // xflags cannot say "journaled data": keep what is set.
+                let keep = cur & !xflags_to_fs(u32::MAX);
+                self.fs.set_fsflags(ino, req.uid(), keep | xflags_to_fs(x))
+            });
+            return match r {
+                Ok(()) => reply.ioctl(0, &[]),
+                Err(e) => reply.error(errno(&e)),
+            };
+        }
+        if GETFLAGS.contains(&cmd) {
+            match self.fs.fsflags(ino) {
+                Ok(f) => {
+                    let mut out = u64::from(f).to_ne_bytes().to_vec();
+                    out.truncate((out_size as usize).min(8));
+                    reply.ioctl(0, &out)
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        } else if SETFLAGS.contains(&cmd) {
+            let Some(b) = in_data.get(..4) else {
+                return reply.error(Errno::EINVAL);
+            };
+            let f = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+            match self.fs.set_fsflags(ino, req.uid(), f) {
+                Ok(()) => reply.ioctl(0, &[]),
+                Err(e) => reply.error(errno(&e)),
+            }
+        } else {
+            reply.error(Errno::ENOTTY)
+        }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

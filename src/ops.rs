@@ -8,6 +8,7 @@
 //! timer, a full log, unmount). File data is written to the device before
 //! the flush that makes it reachable (ordered mode).
 
+use crate::dev::BlockDevice;
 use crate::error::{FsError, Result};
 use crate::format::{dif, mt, Dinode, Inum, Rindex, StatfsChange, DINODE_SIZE};
 use crate::fs::{Attr, Fs};
@@ -95,6 +96,85 @@ fn check_name(name: &[u8]) -> Result<()> {
     Ok(())
 }
 
+// The `FS_*_FL` inode flags of `chattr`/`lsattr` (linux/fs.h).
+const FS_SYNC_FL: u32 = 0x0000_0008;
+const FS_IMMUTABLE_FL: u32 = 0x0000_0010;
+const FS_APPEND_FL: u32 = 0x0000_0020;
+const FS_NOATIME_FL: u32 = 0x0000_0080;
+const FS_INDEX_FL: u32 = 0x0000_1000;
+const FS_JOURNAL_DATA_FL: u32 = 0x0000_4000;
+const FS_TOPDIR_FL: u32 = 0x0002_0000;
+
+/// GFS2 dinode flags as `FS_*_FL` (the kernel's `gfs2_fileattr_get`).
+fn fsflags_of(di: &Dinode) -> u32 {
+    let mut f = 0;
+    for (d, fl) in [
+        (dif::SYNC, FS_SYNC_FL),
+        (dif::IMMUTABLE, FS_IMMUTABLE_FL),
+        (dif::APPENDONLY, FS_APPEND_FL),
+        (dif::NOATIME, FS_NOATIME_FL),
+        (dif::EXHASH, FS_INDEX_FL),
+        (dif::TOPDIR, FS_TOPDIR_FL),
+    ] {
+        if di.flags & d != 0 {
+            f |= fl;
+        }
+    }
+    let j = if di.is_dir() {
+        dif::INHERIT_JDATA
+    } else {
+        dif::JDATA
+    };
+    if di.flags & j != 0 {
+        f |= FS_JOURNAL_DATA_FL;
+    }
+    f
+}
+
+/// Whether inode `di` journals its file data (`GFS2_DIF_JDATA`).
+fn is_jdata(di: &Dinode) -> bool {
+    di.flags & dif::JDATA != 0 && !di.is_dir()
+}
+
+/// Write whole data block `blk` of inode `ino`: through the log for a
+/// journaled-data file, straight to the device otherwise (ordered mode:
+/// the log flush that makes it reachable flushes the device first).
+fn put_data(
+    tx: &mut Txn<'_>,
+    dev: &dyn BlockDevice,
+    jdata: bool,
+    ino: u64,
+    blk: u64,
+    data: Vec<u8>,
+) -> Result<()> {
+    if jdata {
+        tx.put_jdata(glock(ino), blk, data);
+        return Ok(());
+    }
+    dev.write_at(&data, blk * u64::from(tx.bsize()))
+        .map_err(|e| FsError::Io {
+            what: format!("writing data block {blk} of inode {ino}"),
+            source: e,
+        })
+}
+
+/// The current content of data block `blk`: for a journaled-data file the
+/// log may hold a newer version than the device.
+fn get_data(tx: &Txn<'_>, dev: &dyn BlockDevice, jdata: bool, blk: u64) -> Result<Vec<u8>> {
+    if jdata {
+        if let Some(d) = tx.jdata_overlay(blk) {
+            return Ok(d);
+        }
+    }
+    let mut b = vec![0u8; tx.bsize() as usize];
+    dev.read_at(&mut b, blk * u64::from(tx.bsize()))
+        .map_err(|e| FsError::Io {
+            what: format!("reading data block {blk}"),
+            source: e,
+        })?;
+    Ok(b)
+}
+
 impl Fs {
     /// Run `f` as one transaction with the given inodes' glocks held
     /// exclusively.
@@ -164,13 +244,16 @@ impl Fs {
         for &b in &freed {
             cache.drop_freed(b);
         }
-        let blocks = cache.dirty_blocks();
+        let (jdata, blocks): (Vec<_>, Vec<_>) = cache
+            .dirty_blocks()
+            .into_iter()
+            .partition(|(b, _)| cache.is_jdata(*b));
         let mut revokes: Vec<u64> = freed.into_iter().filter(|b| wr.log.is_logged(*b)).collect();
-        if blocks.is_empty() && revokes.is_empty() {
+        if blocks.is_empty() && jdata.is_empty() && revokes.is_empty() {
             wr.busy.clear();
             return Ok(());
         }
-        if !wr.log.has_room(blocks.len(), revokes.len()) {
+        if !wr.log.has_room(blocks.len() + jdata.len(), revokes.len()) {
             self.checkpoint_locked(wr)?;
             // Nothing is live in the log any more: no revokes needed.
             revokes.retain(|b| wr.log.is_logged(*b));
@@ -181,8 +264,9 @@ impl Fs {
                 wr.log.set_local_statfs([sc.total, sc.free, sc.dinodes]);
             }
         }
-        wr.log.flush(&blocks, &revokes)?;
+        wr.log.flush(&blocks, &jdata, &revokes)?;
         cache.logged(&blocks);
+        cache.logged(&jdata);
         wr.busy.clear();
         if wr.log.wants_checkpoint() || cache.pinned_len() > MAX_PINNED {
             self.checkpoint_locked(wr)?;
@@ -244,6 +328,83 @@ impl Fs {
         })
     }
 
+    /// Flush the log and write everything in place (before a file changes
+    /// between ordered and journaled data, as the kernel does).
+    pub fn checkpoint(&self) -> Result<()> {
+        let Some(w) = self.writer() else {
+            return Ok(());
+        };
+        let mut wg = w.lock().unwrap_or_else(|e| e.into_inner());
+        self.flush_locked(&mut wg)?;
+        self.checkpoint_locked(&mut wg)
+    }
+
+    /// The inode's flags as `FS_IOC_GETFLAGS` reports them (`lsattr`).
+    pub fn fsflags(&self, ino: u64) -> Result<u32> {
+        self.with_inode(ino, |_, ip| Ok(fsflags_of(&ip.di)))
+    }
+
+    /// `FS_IOC_SETFLAGS` (`chattr`): journaled data (`+j`: a regular file's
+    /// data goes through the log; on a directory, new files inherit it),
+    /// `+S` synchronous writes, `+A` no atime, `+T` top directory. The
+    /// immutable and append-only flags are refused (EOPNOTSUPP): nothing
+    /// here would enforce them.
+    pub fn set_fsflags(&self, ino: u64, uid: u32, fs: u32) -> Result<()> {
+        let cur = self.with_inode(ino, |_, ip| Ok(ip.di))?;
+        if uid != 0 && uid != cur.uid {
+            return Err(errno(libc::EPERM));
+        }
+        let settable = FS_SYNC_FL | FS_NOATIME_FL | FS_JOURNAL_DATA_FL | FS_TOPDIR_FL;
+        let have = fsflags_of(&cur);
+        if (fs ^ have) & (FS_IMMUTABLE_FL | FS_APPEND_FL) != 0 {
+            return Err(errno(libc::EOPNOTSUPP));
+        }
+        let is_dir = cur.is_dir();
+        let mut flags = cur.flags & !(dif::SYNC | dif::NOATIME | dif::TOPDIR);
+        if fs & FS_SYNC_FL != 0 {
+            flags |= dif::SYNC;
+        }
+        if fs & FS_NOATIME_FL != 0 {
+            flags |= dif::NOATIME;
+        }
+        if fs & FS_TOPDIR_FL != 0 {
+            if !is_dir {
+                return Err(errno(libc::EINVAL));
+            }
+            flags |= dif::TOPDIR;
+        }
+        let jflag = if is_dir {
+            dif::INHERIT_JDATA
+        } else {
+            dif::JDATA
+        };
+        flags = (flags & !jflag)
+            | if fs & FS_JOURNAL_DATA_FL != 0 {
+                jflag
+            } else {
+                0
+            };
+        if fs & !(settable | FS_INDEX_FL | FS_IMMUTABLE_FL | FS_APPEND_FL) != 0 {
+            return Err(errno(libc::EOPNOTSUPP));
+        }
+        if flags == cur.flags {
+            return Ok(());
+        }
+        if (flags ^ cur.flags) & dif::JDATA != 0 {
+            // No journaled block of this file may stay pinned once its
+            // writes go straight to the device, and ordered data must be
+            // in place before the log starts carrying newer versions.
+            self.checkpoint()?;
+        }
+        self.modify(&[ino], |tx, _, _| {
+            let mut di = dinode(tx, ino)?;
+            di.flags = (di.flags & !(dif::SYNC | dif::NOATIME | dif::TOPDIR | jflag))
+                | (flags & (dif::SYNC | dif::NOATIME | dif::TOPDIR | jflag));
+            touch_c(&mut di);
+            put_dinode(tx, &di)
+        })
+    }
+
     /// Flush and leave the journal clean (unmount).
     pub(crate) fn sync_and_close_log(&self) -> Result<()> {
         let Some(w) = self.writer() else {
@@ -282,6 +443,9 @@ impl Fs {
         let mut flags = 0;
         if is_dir {
             flags |= dif::JDATA | (pdi.flags & dif::INHERIT_JDATA);
+        } else if mode & S_IFMT == 0o100000 && pdi.flags & dif::INHERIT_JDATA != 0 {
+            // A regular file in a directory marked `chattr +j` journals its data.
+            flags |= dif::JDATA;
         }
         let bsize = tx.bsize();
         let di = Dinode {
@@ -732,12 +896,21 @@ impl Fs {
         if data.is_empty() {
             return Ok(0);
         }
+        // One transaction per MiB: a journaled-data write must fit a flush.
+        const CHUNK: usize = 1 << 20;
+        if data.len() > CHUNK {
+            let mut done = 0;
+            for piece in data.chunks(CHUNK) {
+                done += self.write(ino, offset + done as u64, piece)?;
+            }
+            return Ok(done);
+        }
         let dev = self.device().clone();
         let end = offset
             .checked_add(data.len() as u64)
             .filter(|e| *e <= i64::MAX as u64)
             .ok_or(errno(libc::EFBIG))?;
-        self.modify(&[ino], |tx, al, _| {
+        let sync = self.modify(&[ino], |tx, al, _| {
             let bsize = tx.bsize();
             let bs = u64::from(bsize);
             let mut di = dinode(tx, ino)?;
@@ -767,6 +940,7 @@ impl Fs {
                     }
                     Ok(())
                 };
+                let jd = is_jdata(&di);
                 for lb in offset / bs..end.div_ceil(bs) {
                     let (phys, new) = write::map(tx, al, ino, lb, true)?
                         .ok_or_else(|| FsError::corrupt(ino, "allocation failed"))?;
@@ -777,16 +951,18 @@ impl Fs {
                     let mut block = if s == 0 && e == bs {
                         src.to_vec()
                     } else {
-                        let mut b = vec![0u8; bsize as usize];
-                        if !new {
-                            dev.read_at(&mut b, phys * bs).map_err(|e| FsError::Io {
-                                what: format!("reading data block {phys}"),
-                                source: e,
-                            })?;
-                        }
+                        let mut b = if new {
+                            vec![0u8; bsize as usize]
+                        } else {
+                            get_data(tx, dev.as_ref(), jd, phys)?
+                        };
                         b[s as usize..e as usize].copy_from_slice(src);
                         b
                     };
+                    if jd {
+                        put_data(tx, dev.as_ref(), jd, ino, phys, block)?;
+                        continue;
+                    }
                     if run.is_empty() || phys != run_next {
                         flush_run(&mut run, run_start)?;
                         run_start = phys;
@@ -807,8 +983,13 @@ impl Fs {
             // FUSE_HANDLE_KILLPRIV it clears them with a setattr before the
             // write when the writer lacks CAP_FSETID.
             put_dinode(tx, &di)?;
-            Ok(data.len())
-        })
+            Ok(di.flags & dif::SYNC != 0)
+        })?;
+        if sync {
+            // `chattr +S`: every write is durable when it returns.
+            self.sync()?;
+        }
+        Ok(data.len())
     }
 
     fn truncate(
@@ -840,16 +1021,10 @@ impl Fs {
             write::free_from(tx, al, ino, size.div_ceil(bs))?;
             if size & (bs - 1) != 0 {
                 if let Some((blk, _)) = write::map(tx, al, ino, size / bs, false)? {
-                    let mut b = vec![0u8; bsize as usize];
-                    dev.read_at(&mut b, blk * bs).map_err(|e| FsError::Io {
-                        what: format!("reading block {blk}"),
-                        source: e,
-                    })?;
+                    let jd = is_jdata(&dinode(tx, ino)?);
+                    let mut b = get_data(tx, dev, jd, blk)?;
                     b[(size % bs) as usize..].fill(0);
-                    dev.write_at(&b, blk * bs).map_err(|e| FsError::Io {
-                        what: format!("writing block {blk}"),
-                        source: e,
-                    })?;
+                    put_data(tx, dev, jd, ino, blk, b)?;
                 }
             }
         } else if size > old {
@@ -1012,7 +1187,6 @@ impl Fs {
             if di.mode & S_IFMT != 0o100000 {
                 return Err(errno(libc::ENODEV));
             }
-            let io = |what: String, e: std::io::Error| FsError::Io { what, source: e };
             if punch {
                 let stop = end.min(di.size);
                 if offset >= stop {
@@ -1034,12 +1208,10 @@ impl Fs {
                             continue;
                         }
                         if let Some((blk, _)) = write::map(tx, al, ino, lb, false)? {
-                            let mut b = vec![0u8; bsize as usize];
-                            dev.read_at(&mut b, blk * bs)
-                                .map_err(|e| io(format!("block {blk}"), e))?;
+                            let jd = is_jdata(&dinode(tx, ino)?);
+                            let mut b = get_data(tx, dev.as_ref(), jd, blk)?;
                             b[(s - lb * bs) as usize..(e - lb * bs) as usize].fill(0);
-                            dev.write_at(&b, blk * bs)
-                                .map_err(|e| io(format!("block {blk}"), e))?;
+                            put_data(tx, dev.as_ref(), jd, ino, blk, b)?;
                         }
                     }
                 }
@@ -1054,13 +1226,12 @@ impl Fs {
                     write::unstuff(tx, al, ino, dev.as_ref())?;
                 }
                 write::ensure_height(tx, al, ino, end.div_ceil(bs))?;
-                let zero = vec![0u8; bsize as usize];
+                let jd = is_jdata(&dinode(tx, ino)?);
                 for lb in offset / bs..end.div_ceil(bs) {
                     let (blk, new) = write::map(tx, al, ino, lb, true)?
                         .ok_or_else(|| FsError::corrupt(ino, "allocation failed"))?;
                     if new {
-                        dev.write_at(&zero, blk * bs)
-                            .map_err(|e| io(format!("block {blk}"), e))?;
+                        put_data(tx, dev.as_ref(), jd, ino, blk, vec![0u8; bsize as usize])?;
                     }
                 }
             }

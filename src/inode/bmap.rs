@@ -110,6 +110,25 @@ pub fn map_block(m: Meta<'_>, ip: &Inode, lblock: u64) -> Result<Option<u64>> {
     Ok(map_extent(m, ip, lblock, 1)?.phys)
 }
 
+/// Journaled data may be newer in the log than on the device: lay the
+/// cache's versions of the blocks `dst` covers (from byte `in_block` of
+/// block `first`) over what the device gave.
+fn overlay_jdata(m: Meta<'_>, first: u64, in_block: u64, dst: &mut [u8]) {
+    let bsize = m.bsize() as u64;
+    let mut pos = 0usize;
+    let mut blk = first;
+    let mut skip = in_block as usize;
+    while pos < dst.len() {
+        let n = (bsize as usize - skip).min(dst.len() - pos);
+        if let Some(b) = m.cache.data_overlay(blk) {
+            dst[pos..pos + n].copy_from_slice(&b[skip..skip + n]);
+        }
+        pos += n;
+        blk += 1;
+        skip = 0;
+    }
+}
+
 /// Read file data at `offset` into `buf`, up to the file size; holes read as
 /// zeros. Data blocks go straight from the device in one request per extent.
 /// Returns the number of bytes read.
@@ -154,6 +173,9 @@ pub fn read_data(m: Meta<'_>, ip: &Inode, offset: u64, buf: &mut [u8]) -> Result
                     what: format!("data of inode {} at block {p}", ip.ino),
                     source: e,
                 })?;
+                if ip.di.flags & crate::format::dif::JDATA != 0 {
+                    overlay_jdata(m, p, in_block, dst);
+                }
             }
         }
         done += n;

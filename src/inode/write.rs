@@ -139,6 +139,10 @@ pub fn unstuff(
         if is_jdata_tree(&di) {
             let nb = tx.new_meta(glock(ino), first, mt::JD, format::JD);
             nb[META_HEADER_SIZE..META_HEADER_SIZE + len].copy_from_slice(&content);
+        } else if di.flags & crate::format::dif::JDATA != 0 {
+            let mut buf = vec![0u8; bsize as usize];
+            buf[..len].copy_from_slice(&content);
+            tx.put_jdata(glock(ino), first, buf);
         } else {
             let mut buf = vec![0u8; bsize as usize];
             buf[..len].copy_from_slice(&content);

@@ -24,6 +24,8 @@ pub struct StatfsDelta {
 pub struct Txn<'c> {
     cache: &'c BufCache,
     blocks: BTreeMap<u64, (ResName, Vec<u8>)>,
+    /// Data blocks of journaled-data files (no metadata header).
+    jdata: BTreeMap<u64, (ResName, Vec<u8>)>,
     /// Blocks this transaction freed (not reusable until the log flush).
     pub freed: Vec<u64>,
     /// Allocation changes for the statfs file.
@@ -35,6 +37,7 @@ impl<'c> Txn<'c> {
         Txn {
             cache,
             blocks: BTreeMap::new(),
+            jdata: BTreeMap::new(),
             freed: Vec::new(),
             statfs: StatfsDelta::default(),
         }
@@ -85,20 +88,35 @@ impl<'c> Txn<'c> {
         &mut self.blocks.entry(blkno).or_insert((glock, Vec::new())).1
     }
 
+    /// Write a whole data block of a journaled-data file through the log.
+    pub fn put_jdata(&mut self, glock: ResName, blkno: u64, data: Vec<u8>) {
+        self.jdata.insert(blkno, (glock, data));
+    }
+
+    /// The latest content of journaled data block `blkno` that is not yet
+    /// in place: this transaction's, or the cache's (dirty or pinned).
+    pub fn jdata_overlay(&self, blkno: u64) -> Option<Vec<u8>> {
+        match self.jdata.get(&blkno) {
+            Some((_, d)) => Some(d.clone()),
+            None => self.cache.data_overlay(blkno).map(|b| b.to_vec()),
+        }
+    }
+
     /// Drop a block the transaction freed: it must not be logged.
     pub fn discard(&mut self, blkno: u64) {
         self.blocks.remove(&blkno);
+        self.jdata.remove(&blkno);
         self.cache.forget(blkno);
     }
 
     /// Number of blocks changed so far.
     pub fn len(&self) -> usize {
-        self.blocks.len()
+        self.blocks.len() + self.jdata.len()
     }
 
     /// Whether nothing was changed.
     pub fn is_empty(&self) -> bool {
-        self.blocks.is_empty()
+        self.blocks.is_empty() && self.jdata.is_empty()
     }
 
     /// Make the changes visible and queue them for the next log flush.
@@ -108,11 +126,15 @@ impl<'c> Txn<'c> {
         let freed = self
             .freed
             .into_iter()
-            .filter(|b| !self.blocks.contains_key(b))
+            .filter(|b| !self.blocks.contains_key(b) && !self.jdata.contains_key(b))
             .collect();
         for (blkno, (glock, data)) in self.blocks {
             let b: Block = Arc::from(data.into_boxed_slice());
             self.cache.put_dirty(glock, blkno, b);
+        }
+        for (blkno, (glock, data)) in self.jdata {
+            let b: Block = Arc::from(data.into_boxed_slice());
+            self.cache.put_dirty_jdata(glock, blkno, b);
         }
         freed
     }

@@ -20,7 +20,7 @@ use super::recovery::{self, build_log_header, CleanHeader, JournalExtent, Journa
 use crate::buf::Block;
 use crate::dev::BlockDevice;
 use crate::error::{FsError, Result};
-use crate::format::{log, LogDescriptor, MetaHeader, META_HEADER_SIZE};
+use crate::format::{log, LogDescriptor, MetaHeader, MAGIC, META_HEADER_SIZE};
 use gfs2_ondisk::consts::{format, lh, metatype};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -89,10 +89,14 @@ impl LogWriter {
         })
     }
 
-    /// Journal blocks a flush of `n` metadata blocks and `r` revokes needs.
+    /// Journal blocks a flush of `n` blocks (metadata or journaled data) and
+    /// `r` revokes needs, at most.
     pub fn blocks_needed(&self, n: usize, r: usize) -> u64 {
-        let per = self.per_descriptor();
-        let descs = n.div_ceil(per) as u64;
+        // Journaled data takes two words per block in its descriptors;
+        // count every block at that rate (and one more descriptor for the
+        // split between the kinds).
+        let per = self.per_descriptor() / 2;
+        let descs = n.div_ceil(per) as u64 + 1;
         descs + n as u64 + self.revoke_blocks(r) + 1
     }
 
@@ -178,11 +182,22 @@ impl LogWriter {
     /// Log `blocks` (sorted by address) and `revokes`; the blocks are then
     /// durable in the journal and must stay pinned until [`Self::checkpoint`]
     /// writes them in place. The caller makes room first ([`Self::has_room`]).
-    pub fn flush(&mut self, blocks: &[(u64, Block)], revokes: &[u64]) -> Result<()> {
-        if blocks.is_empty() && revokes.is_empty() {
+    ///
+    /// `jdata` are data blocks of journaled-data files: logged with JDATA
+    /// descriptors, a block that starts like metadata (the GFS2 magic) is
+    /// *escaped*: logged with its magic zeroed and flagged, so replay can
+    /// tell it from a descriptor and restores it.
+    pub fn flush(
+        &mut self,
+        blocks: &[(u64, Block)],
+        jdata: &[(u64, Block)],
+        revokes: &[u64],
+    ) -> Result<()> {
+        let n = blocks.len() + jdata.len();
+        if n == 0 && revokes.is_empty() {
             return Ok(());
         }
-        if blocks.len() > self.capacity() || !self.has_room(blocks.len(), revokes.len()) {
+        if n > self.capacity() || !self.has_room(n, revokes.len()) {
             return Err(FsError::Errno(libc::EFBIG));
         }
         // Ordered data: file data written so far reaches the disk before
@@ -217,6 +232,27 @@ impl LogWriter {
             at = (at + 1) % self.blocks;
             for (_, data) in chunk {
                 jblocks.push((self.phys(at)?, data.to_vec()));
+                at = (at + 1) % self.blocks;
+            }
+        }
+        for chunk in jdata.chunks(self.per_descriptor() / 2) {
+            let mut d = descriptor(log::DESC_JDATA, chunk.len() + 1, chunk.len())?;
+            let mut copies = Vec::with_capacity(chunk.len());
+            for (i, (blkno, data)) in chunk.iter().enumerate() {
+                let off = LogDescriptor::SIZE + 16 * i;
+                let escaped = data.get(..4) == Some(&MAGIC.to_be_bytes()[..]);
+                d[off..off + 8].copy_from_slice(&blkno.to_be_bytes());
+                d[off + 8..off + 16].copy_from_slice(&u64::from(escaped).to_be_bytes());
+                let mut copy = data.to_vec();
+                if escaped {
+                    copy[..4].fill(0);
+                }
+                copies.push(copy);
+            }
+            jblocks.push((self.phys(at)?, d));
+            at = (at + 1) % self.blocks;
+            for copy in copies {
+                jblocks.push((self.phys(at)?, copy));
                 at = (at + 1) % self.blocks;
             }
         }
@@ -277,7 +313,8 @@ impl LogWriter {
         for r in revokes {
             self.logged.remove(r);
         }
-        self.logged.extend(blocks.iter().map(|(b, _)| *b));
+        self.logged
+            .extend(blocks.iter().chain(jdata).map(|(b, _)| *b));
         Ok(())
     }
 
