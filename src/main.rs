@@ -30,7 +30,7 @@ const USAGE: &str = concat!(
     "DEVICE:  an image file or block device, nbd://host[:port]/export,\n",
     "         nbd+unix:///export?socket=PATH, UUID=uuid or LOCKTABLE=cluster:fs\n",
     "options: lockproto=, locktable=, hostdata=jid=N, ro, acl, norecovery, spectator,\n",
-    "         commit=SECONDS (log flush interval, default 30), allow_other,\n",
+    "         commit=SECONDS (log flush interval, default 30), quota=off, allow_other,\n",
     "         default_permissions (always on), and the generic rw, dev, suid, ..."
 );
 
@@ -60,6 +60,12 @@ fn parse_options(s: &str, a: &mut Args) -> Result<()> {
                 a.mount.commit_secs = Some(secs);
             }
             ("spectator", None) => a.mount.spectator = true,
+            // The kernel's default: no quota accounting, so quota_change
+            // files are left alone, as the kernel leaves them.
+            ("quota", Some("off")) | ("noquota", None) => {}
+            ("quota", Some(v)) => {
+                bail!("quota={v} is not supported: quotas are neither enforced nor accounted (quota=off)")
+            }
             ("allow_other", None) => a.fuse.allow_other = true,
             ("threads", Some(v)) => a.fuse.threads = Some(v.parse().context("threads=")?),
             // Generic mount options the kernel applies to the FUSE mount or
