@@ -877,17 +877,16 @@ impl Inner {
     ) -> io::Result<()> {
         let start = Instant::now();
         let end = start + self.cfg.timeout;
-        let mut flying: Vec<Option<Flying>> = Vec::new();
-        flying.resize_with(frames.len(), || None);
+        // Frames in flight: (index in `frames`, state); at most a window.
+        let mut flying: Vec<(usize, Flying)> = Vec::new();
         let mut next = 0usize;
-        let mut mine = 0usize;
         let mut err: Option<io::Error> = None;
         let mut next_timer: Option<Instant> = None;
         loop {
             // Send while the window allows; with nothing in flight, wait
             // for a slot.
             while err.is_none() && next < frames.len() {
-                match self.slot(mine, end) {
+                match self.slot(flying.len(), end) {
                     Slot::Got => {}
                     Slot::Full => break,
                     Slot::TimedOut => return Err(self.timed_out(what, 0)),
@@ -901,16 +900,18 @@ impl Inner {
                 self.send_frame(link, &frames[next], tag, wdata, &dst);
                 let deadline = now + Duration::from_secs_f64(rto);
                 next_timer = Some(next_timer.map_or(deadline, |t| t.min(deadline)));
-                flying[next] = Some(Flying {
-                    tags: vec![tag],
-                    sent: now,
-                    deadline,
-                    tries: 1,
-                });
-                mine += 1;
+                flying.push((
+                    next,
+                    Flying {
+                        tags: vec![tag],
+                        sent: now,
+                        deadline,
+                        tries: 1,
+                    },
+                ));
                 next += 1;
             }
-            if mine == 0 {
+            if flying.is_empty() {
                 return match err {
                     Some(e) => Err(e),
                     None => Ok(()),
@@ -931,15 +932,10 @@ impl Inner {
                 match reply_header(f, self.cfg.shelf, self.cfg.slot) {
                     Some((_, _, CMD_CONFIG, _)) => self.config_reply(f, src, &flying),
                     Some((flags, aoe_err, CMD_ATA, tag)) => {
-                        let hit = flying
-                            .iter()
-                            .position(|x| x.as_ref().is_some_and(|x| x.tags.contains(&tag)));
-                        if let Some(i) = hit {
-                            let fl = flying[i].take();
-                            mine -= 1;
-                            let sample = fl
-                                .filter(|x| x.tries == 1)
-                                .map(|x| x.sent.elapsed().as_secs_f64());
+                        let hit = flying.iter().position(|x| x.1.tags.contains(&tag));
+                        if let Some(k) = hit {
+                            let (i, fl) = flying.swap_remove(k);
+                            let sample = (fl.tries == 1).then(|| fl.sent.elapsed().as_secs_f64());
                             self.release(1, sample, true);
                             let spec = &frames[i];
                             let r = self.check_reply(what, f, flags, aoe_err, spec);
@@ -961,7 +957,7 @@ impl Inner {
             }
             let now = Instant::now();
             if now >= end {
-                return Err(self.timed_out(what, mine));
+                return Err(self.timed_out(what, flying.len()));
             }
             if next_timer.is_some_and(|t| t <= now) {
                 next_timer = self.resend_due(link, frames, wdata, &mut flying, now);
@@ -993,7 +989,7 @@ impl Inner {
         link: &mut Link,
         frames: &[FrameSpec],
         wdata: Option<&[u8]>,
-        flying: &mut [Option<Flying>],
+        flying: &mut [(usize, Flying)],
         now: Instant,
     ) -> Option<Instant> {
         let (dst, rto) = {
@@ -1003,10 +999,8 @@ impl Inner {
         let mut resent = false;
         let mut stuck = false;
         let mut next: Option<Instant> = None;
-        for (i, slot) in flying.iter_mut().enumerate() {
-            let Some(fl) = slot.as_mut() else {
-                continue;
-            };
+        for (i, fl) in flying.iter_mut() {
+            let i = *i;
             if fl.deadline <= now {
                 let tag = link.next_tag();
                 fl.tries += 1;
@@ -1040,8 +1034,8 @@ impl Inner {
 
     /// A config reply while frames go unanswered: the target answers from
     /// another port now.
-    fn config_reply(&self, f: &[u8], src: [u8; 6], flying: &[Option<Flying>]) {
-        let stuck = flying.iter().flatten().any(|x| x.tries > REDISCOVER_AFTER);
+    fn config_reply(&self, f: &[u8], src: [u8; 6], flying: &[(usize, Flying)]) {
+        let stuck = flying.iter().any(|x| x.1.tries > REDISCOVER_AFTER);
         let Some(c) = parse_config(f, src) else {
             return;
         };
