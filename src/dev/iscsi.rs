@@ -1,7 +1,12 @@
 //! iSCSI initiator: `iscsi://[user[%secret]@]host[:port]/TARGET-IQN/LUN[?timeout=SECS]`.
 //!
-//! The protocol is libiscsi's (Debian's `libiscsi7`, loaded at run time, see
-//! [`ffi`]): login with or without CHAP (also mutual CHAP), READ(16),
+//! The URL is libiscsi's: CHAP user and secret before the host (the secret
+//! may come from [`PASSWORD_ENV`] instead, keeping it out of the command
+//! line and the mount table), `target_user=`/`target_password=` for mutual
+//! CHAP. tgt puts its controller on LUN 0, the first disk on LUN 1.
+//!
+//! The protocol is libiscsi's (Debian's `libiscsi7`, loaded at run time by
+//! the `ffi` submodule): login with or without CHAP (also mutual CHAP), READ(16),
 //! WRITE(16), SYNCHRONIZE CACHE(16) (falling back to (10) when the target
 //! lacks it), READ CAPACITY(16), MODE SENSE(6) for write protection and
 //! INQUIRY for the Block Limits page. One I/O thread per device owns the
@@ -16,17 +21,23 @@
 //! request is answered only when libiscsi no longer refers to its buffer:
 //! after its completion callback, or after the context was destroyed.
 //!
-//! libiscsi's own automatic reconnection is switched off: on a lost
-//! connection (socket error, a task cancelled, no progress for half the
-//! timeout while commands wait) the context is destroyed and a new one logs
-//! in, with backoff (100 ms doubling to 2 s); every request not yet answered
-//! is then sent again, in its original order. Resending is safe: a write
-//! done twice leaves the same bytes, and a caller never relies on the order
-//! of two overlapping writes it has outstanding at once. A request that is
-//! not answered within the timeout (default 30 s, [`TIMEOUT_ENV`], or
+//! libiscsi's own automatic reconnection (`iscsi_reconnect`) is switched
+//! off: it swaps contexts in place, resends the queued commands itself and
+//! retries forever with no per-command deadline, which leaves no way to fail
+//! a request after a timeout. Instead, on a lost connection (socket error, a
+//! task cancelled, or commands waiting while neither they nor a NOP-Out sent
+//! after a quarter of the timeout are answered within half of it) the
+//! context is destroyed and a new one logs in with the same ISID (so the
+//! target reinstates the session and drops the old one's commands), with
+//! backoff (100 ms doubling to 2 s); every request not yet answered is then
+//! sent again, in its original order. Resending is safe: a write done twice
+//! leaves the same bytes, and a caller never relies on the order of two
+//! overlapping writes it has outstanding at once. A request that is not
+//! answered within the timeout (default 30 s, [`TIMEOUT_ENV`], or
 //! `?timeout=`) fails with EIO; if it was on the wire, the connection is
-//! dropped first so that it cannot complete later. A write returns `Ok` only
-//! once the target reported GOOD status for it.
+//! dropped first. A write returns `Ok` only once the target reported GOOD
+//! status for it. Only the first login fails at once (wrong secret, unknown
+//! target or LUN, nothing listening), with the reason in the error.
 //!
 //! Every completion's SCSI status is checked: CHECK CONDITION fails the
 //! request with the sense key and additional sense code in the message (EIO,
