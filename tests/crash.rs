@@ -469,3 +469,63 @@ fn journaled_data_survives_kill_and_replay() {
     );
     unmount(&mnt.0, child);
 }
+
+/// The log wraps: on an 8 MiB journal (2,048 blocks) 2,000 fsync'd creates
+/// take at least 4 journal blocks each (descriptor, dinode, directory,
+/// header), so the log goes round the journal several times, checkpointing
+/// as it fills. Then kill -9: our replay and the kernel's find every file.
+#[test]
+fn log_wraps_around_a_small_journal() {
+    let p = std::env::temp_dir().join(format!("gfs2t-wrap-{}.img", std::process::id()));
+    let img = TempPath(p.clone());
+    std::fs::File::create(&p)
+        .and_then(|f| f.set_len(128 << 20))
+        .expect("image");
+    let out = Command::new(tool("mkfs.gfs2"))
+        .args(["-O", "-p", "lock_nolock", "-b", "4096", "-j", "1", "-J", "8"])
+        .arg(&p)
+        .output()
+        .expect("mkfs.gfs2");
+    assert!(out.status.success(), "mkfs.gfs2 -J 8");
+    let mnt = mountpoint("wrap");
+    let mut child = start(&img.0, &mnt.0);
+    let n = 2000;
+    for i in 0..n {
+        let name = mnt.0.join(format!("w{i}"));
+        let mut f = std::fs::File::create(&name).expect("create");
+        f.write_all(format!("file {i}\n").as_bytes()).expect("write");
+        f.sync_all().expect("fsync");
+    }
+    assert!(n * 4 > 3 * 2048, "not enough journal traffic to wrap");
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    force_unmount(&mnt.0);
+    let kimg = TempPath(img.0.with_extension("kernel"));
+    std::fs::copy(&img.0, &kimg.0).expect("copy image");
+    let check = |what: &str| {
+        for i in 0..n {
+            let got = std::fs::read(mnt.0.join(format!("w{i}")))
+                .unwrap_or_else(|e| panic!("{what}: w{i} lost: {e}"));
+            assert_eq!(got, format!("file {i}\n").as_bytes(), "{what}: w{i}");
+        }
+    };
+    let child = start(&img.0, &mnt.0);
+    check("our replay");
+    unmount(&mnt.0, child);
+    fsck_clean(&img.0, "after our replay");
+    let w = "mount -t gfs2 -o lockproto=lock_nolock /dev/vda /mnt || echo MOUNTFAIL\n\
+             ls /mnt | wc -l\n\
+             umount /mnt || echo UMOUNTFAIL\n";
+    let console = run_vm(w, &[kimg.0.as_path()]);
+    assert!(
+        console.contains("KVM-WORKLOAD-DONE"),
+        "kernel run incomplete:\n{console}"
+    );
+    for bad in ["MOUNTFAIL", "UMOUNTFAIL", "withdraw"] {
+        assert!(!console.contains(bad), "kernel: {bad}:\n{console}");
+    }
+    fsck_clean(&kimg.0, "after the kernel's replay");
+    let child = start(&kimg.0, &mnt.0);
+    check("kernel replay");
+    unmount(&mnt.0, child);
+}
