@@ -482,7 +482,17 @@ fn log_wraps_around_a_small_journal() {
         .and_then(|f| f.set_len(128 << 20))
         .expect("image");
     let out = Command::new(tool("mkfs.gfs2"))
-        .args(["-O", "-p", "lock_nolock", "-b", "4096", "-j", "1", "-J", "8"])
+        .args([
+            "-O",
+            "-p",
+            "lock_nolock",
+            "-b",
+            "4096",
+            "-j",
+            "1",
+            "-J",
+            "8",
+        ])
         .arg(&p)
         .output()
         .expect("mkfs.gfs2");
@@ -493,7 +503,8 @@ fn log_wraps_around_a_small_journal() {
     for i in 0..n {
         let name = mnt.0.join(format!("w{i}"));
         let mut f = std::fs::File::create(&name).expect("create");
-        f.write_all(format!("file {i}\n").as_bytes()).expect("write");
+        f.write_all(format!("file {i}\n").as_bytes())
+            .expect("write");
         f.sync_all().expect("fsync");
     }
     assert!(n * 4 > 3 * 2048, "not enough journal traffic to wrap");
