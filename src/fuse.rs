@@ -92,6 +92,16 @@ fn xflags_to_fs(x: u32) -> u32 {
         .fold(0, |f, (fl, _)| f | fl)
 }
 
+/// `O_DIRECT` opens bypass the kernel's page cache: each read and write
+/// reaches us (and the device) as the application issued it.
+fn direct_io(open_flags: i32) -> FopenFlags {
+    if open_flags & libc::O_DIRECT != 0 {
+        FopenFlags::FOPEN_DIRECT_IO
+    } else {
+        FopenFlags::empty()
+    }
+}
+
 fn dtype_kind(dt: u16) -> FileType {
     match dt {
         4 => FileType::Directory,
@@ -293,7 +303,7 @@ impl fuser::Filesystem for Gfs2Fuse {
             return reply.error(Errno::EROFS);
         }
         self.fs.open_inode(self.ino(ino));
-        reply.opened(FileHandle(0), FopenFlags::empty());
+        reply.opened(FileHandle(0), direct_io(flags.0));
     }
 
     fn release(
@@ -316,7 +326,7 @@ impl fuser::Filesystem for Gfs2Fuse {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         let r = self.fs.mknod(
@@ -337,7 +347,7 @@ impl fuser::Filesystem for Gfs2Fuse {
                     &self.attr(&a),
                     Generation(a.generation),
                     FileHandle(0),
-                    FopenFlags::empty(),
+                    direct_io(flags),
                 )
             }
             Err(e) => reply.error(errno(&e)),
