@@ -945,3 +945,60 @@ fn fuse_mount_rides_out_restart_and_fails_cleanly_on_a_frozen_target() {
     });
     fsck_clean(&img.0, "after the detached mount");
 }
+
+/// Opening and closing in a loop: every cycle logs in, writes, logs out
+/// promptly, and leaves no descriptor or thread behind.
+#[test]
+fn open_close_cycles_leak_nothing() {
+    let img = image("cyc", 8);
+    let tgt = Tgt::start("cyc", &img.0, Setup::default());
+    // Our eventfds and I/O threads (other tests' devices come and go
+    // meanwhile, a handful at a time; a leak would show 30).
+    let eventfds = || {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("eventfd"))
+            })
+            .count()
+    };
+    let io_threads = || {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "iscsi-io")
+            })
+            .count()
+    };
+    // One warm-up cycle (libiscsi is loaded once per process).
+    drop(spec::open(&tgt.url(""), false).unwrap());
+    let (fds, threads) = (eventfds(), io_threads());
+    for i in 0..30u8 {
+        let t = Instant::now();
+        let dev = spec::open(&tgt.url(""), false).unwrap();
+        dev.write_at(&[i; 512], 512 * u64::from(i)).unwrap();
+        dev.flush().unwrap();
+        drop(dev);
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "cycle {i}: {:?}",
+            t.elapsed()
+        );
+    }
+    assert!(
+        eventfds() < fds + 10,
+        "eventfds leak: {fds} -> {}",
+        eventfds()
+    );
+    assert!(
+        io_threads() < threads + 10,
+        "I/O threads leak: {threads} -> {}",
+        io_threads()
+    );
+    let file = std::fs::read(&img.0).unwrap();
+    for i in 0..30usize {
+        assert!(file[512 * i..512 * (i + 1)].iter().all(|b| *b == i as u8));
+    }
+}
