@@ -777,6 +777,11 @@ impl BlockDevice for IscsiDevice {
     }
 
     fn flush(&self) -> io::Result<()> {
+        if self.read_only {
+            // Nothing written through this device; a write-protected LUN
+            // may refuse SYNCHRONIZE CACHE.
+            return Ok(());
+        }
         self.run_one(Op::Sync, std::ptr::null_mut(), 0).map(|_| ())
     }
 
