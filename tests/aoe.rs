@@ -3,14 +3,17 @@
 //! Each test makes its own network namespace and veth pair: vblade serves
 //! an image file on the namespace's end, our initiator talks to it from
 //! the host's end (needs root, as AF_PACKET sockets and namespaces do).
-//! Covered: our mkfs through AoE (fsck.gfs2 clean), a FUSE mount over AoE
-//! with a workload checked after unmount through fsck.gfs2 and a mount of
-//! the plain image; random concurrent I/O against a model, including
-//! read-modify-write of shared sectors; vblade killed and restarted mid
-//! workload (no acknowledged write lost); a target gone or frozen longer
-//! than the timeout (EIO in about the timeout, recovery after); ATA errors
-//! from a read-only target and from I/O past a shrunken target's end; the
-//! message when CAP_NET_RAW is missing.
+//! Covered: our mkfs through AoE (fsck.gfs2 clean, `gfs2-fuse scan` finds
+//! it), a FUSE mount over AoE with a workload checked after unmount through
+//! fsck.gfs2 and a mount of the plain image; random concurrent I/O against
+//! a model, including read-modify-write of shared sectors, at MTU 1500 and
+//! over a link dropping 5% of the frames each way (nftables); two
+//! initiators on one target; vblade killed and restarted mid workload (no
+//! acknowledged write lost); a target gone or frozen longer than the
+//! timeout (EIO in about the timeout, recovery after), also under a FUSE
+//! mount; ATA errors from a read-only target and from I/O past a shrunken
+//! target's end; the message when CAP_NET_RAW is missing. The ignored
+//! `bench_throughput` is scripts/bench-aoe.sh's.
 
 mod common;
 

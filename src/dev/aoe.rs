@@ -370,7 +370,7 @@ impl Link {
             mtu,
             id,
             // A random start: less chance of meeting another socket's tags.
-            seq: (session_id() as u16) % 0xff00,
+            seq: (random_id() as u16) % 0xff00,
             scratch: vec![0u8; (mtu + 128).max(9216)],
         };
         // Frames that came before the filter.
@@ -643,7 +643,7 @@ pub struct AoeDevice {
     ranges: RangeLocks,
 }
 
-fn session_id() -> u32 {
+fn random_id() -> u32 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -743,7 +743,7 @@ impl Inner {
         }
         // A random id: other initiators on this host pick theirs at random too.
         self.next_link.fetch_add(1, Ordering::Relaxed);
-        Link::open(&self.cfg.iface, session_id())
+        Link::open(&self.cfg.iface, random_id())
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.cfg.name())))
     }
 
@@ -1117,7 +1117,7 @@ impl AoeDevice {
     /// Discover the target and identify it.
     pub fn open(cfg: AoeConfig) -> io::Result<AoeDevice> {
         let name = cfg.name();
-        let mut link = Link::open(&cfg.iface, session_id())
+        let mut link = Link::open(&cfg.iface, random_id())
             .map_err(|e| io::Error::new(e.kind(), format!("{name}: {e}")))?;
         let c = discover(&mut link, &cfg)?;
         // Sectors per frame: what the target takes and what fits our MTU.
