@@ -643,6 +643,7 @@ pub struct AoeDevice {
     ranges: RangeLocks,
 }
 
+/// A random 15-bit number (socket ids, sequence starts).
 fn random_id() -> u32 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
