@@ -242,6 +242,8 @@ pub struct Fsck {
     per_node: u64,
     /// The rindex dinode was destroyed; rgrps came from their headers.
     rindex_damaged: Option<Inum>,
+    /// The rindex entries were wrong; rewritten from the rgrps at the end.
+    rindex_fix: Option<Inum>,
     /// File data blocks taken back as metadata by their rightful owner.
     stolen: std::collections::HashSet<u64>,
     /// Resource group to allocate from first, and the last block allocated.
@@ -355,6 +357,40 @@ fn rg_bits_of<'a>(
     Ok(std::borrow::Cow::Owned(bitmap_bytes(&raw, bs, &rg.ri)))
 }
 
+/// A clean (unmounted) log header for block `lblock` of journal `jid`,
+/// at `addr`.
+fn clean_log_header(
+    bsize: u32,
+    jid: u32,
+    seq: u64,
+    lblock: u32,
+    addr: u64,
+    clean: &CleanHeader,
+) -> Res<Vec<u8>> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let h = gfs2_ondisk::LogHeader {
+        header: MetaHeader {
+            jid,
+            ..MetaHeader::new(metatype::LH, format::LH)
+        },
+        sequence: seq,
+        flags: lh::UNMOUNT | lh::USERSPACE,
+        blkno: lblock,
+        nsec: now.subsec_nanos(),
+        sec: now.as_secs(),
+        addr,
+        jinode: clean.jinode,
+        statfs_addr: clean.statfs_addr,
+        quota_addr: clean.quota_addr,
+        ..gfs2_ondisk::LogHeader::default()
+    };
+    let mut b = vec![0u8; bsize as usize];
+    h.write_block(&mut b)?;
+    Ok(b)
+}
+
 /// Indexes of the blocks a bitmap marks as dinodes (of `data` blocks).
 fn dinode_indexes(bits: &[u8], data: u32) -> Vec<u64> {
     let mut out = Vec::new();
@@ -463,6 +499,7 @@ impl Fsck {
             per_node: 0,
             stolen: Default::default(),
             rindex_damaged: None,
+            rindex_fix: None,
             alloc_hint: usize::MAX,
             alloc_last: 0,
             journals: Vec::new(),
@@ -797,7 +834,7 @@ impl Fsck {
                 };
                 for i in 0..n {
                     let off = start + 8 * i;
-                    let p = be64(&b, off);
+                    let p = be64(b, off);
                     if p == 0 {
                         continue;
                     }
@@ -946,36 +983,85 @@ impl Fsck {
                 false,
             );
         }
-        let mut ris: Vec<Rindex> = data
+        // Entries in file order (unreadable ones as zeros).
+        let file_ris: Vec<Rindex> = data
             .chunks_exact(Rindex::SIZE)
-            .filter_map(|c| Rindex::parse(c).ok())
+            .map(|c| Rindex::parse(c).unwrap_or_default())
             .collect();
+        let mut ris = file_ris.clone();
         ris.sort_by_key(|r| r.addr);
-        let mut prev_end = SB_OFFSET / u64::from(self.bsize) + 1;
+        let first = SB_OFFSET / u64::from(self.bsize) + 1;
+        let mut prev_end = first;
         let mut good = Vec::new();
-        for (i, ri) in ris.iter().enumerate() {
-            let bits_cap = (self.bsize as u64 - Rgrp::SIZE as u64)
-                + u64::from(ri.length.saturating_sub(1))
-                    * (self.bsize as u64 - MetaHeader::SIZE as u64);
-            let end = ri.data0.saturating_add(u64::from(ri.data));
-            let bad = ri.addr < prev_end
-                || ri.length == 0
-                || ri.data0 != ri.addr + u64::from(ri.length)
-                || u64::from(ri.bitbytes) * 4 < u64::from(ri.data)
-                || u64::from(ri.bitbytes) > bits_cap
-                || end > self.dev_blocks;
-            if bad {
-                self.r.problem(
-                    &format!(
-                        "rindex entry {i} is invalid (addr {} length {} data0 {} data {} bitbytes {})",
-                        ri.addr, ri.length, ri.data0, ri.data, ri.bitbytes
-                    ),
-                    false,
-                );
+        let mut bad_entries = Vec::new();
+        for ri in ris.iter() {
+            if !self.entry_sane(ri, prev_end) {
+                bad_entries.push(*ri);
                 continue;
             }
-            prev_end = end;
+            prev_end = ri.data0 + u64::from(ri.data);
             good.push(*ri);
+        }
+        // The layout the rgrp headers give (with the sane entries standing
+        // in for destroyed headers): when it covers the device, it is what
+        // the rindex should say.
+        if self.rindex_damaged.is_none() {
+            let chain = self.rgrp_chain(&good);
+            let key = |r: &Rindex| (r.addr, r.length, r.data0, r.data, r.bitbytes);
+            let differs =
+                chain.len() != good.len() || chain.iter().zip(&good).any(|(a, b)| key(a) != key(b));
+            if (differs || !bad_entries.is_empty()) && self.chain_covers(&chain) {
+                let key = |r: &Rindex| (r.addr, r.length, r.data0, r.data, r.bitbytes);
+                let wrong: Vec<(usize, Rindex)> = file_ris
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| !chain.iter().any(|c| key(c) == key(r)))
+                    .map(|(i, r)| (i, *r))
+                    .collect();
+                let mut missing = chain
+                    .iter()
+                    .filter(|c| !file_ris.iter().any(|r| key(c) == key(r)));
+                for (i, ri) in &wrong {
+                    let should = missing
+                        .next()
+                        .map(|c| {
+                            format!(
+                                "; the resource group headers say addr {} length {} data0 {} data {} bitbytes {}",
+                                c.addr, c.length, c.data0, c.data, c.bitbytes
+                            )
+                        })
+                        .unwrap_or_else(|| "; no resource group is there".into());
+                    self.r.problem(
+                        &format!(
+                            "rindex entry {i} is wrong (addr {} length {} data0 {} data {} bitbytes {}){should}",
+                            ri.addr, ri.length, ri.data0, ri.data, ri.bitbytes
+                        ),
+                        true,
+                    );
+                }
+                if wrong.is_empty() || chain.len() != file_ris.len() {
+                    self.r.problem(
+                        &format!(
+                            "rindex has {} entries, the resource group headers give {}",
+                            file_ris.len(),
+                            chain.len()
+                        ),
+                        true,
+                    );
+                }
+                self.rindex_fix = Some(ri_inum);
+                good = chain;
+                bad_entries.clear();
+            }
+        }
+        for ri in bad_entries {
+            self.r.problem(
+                &format!(
+                    "rindex entry (addr {} length {} data0 {} data {} bitbytes {}) is invalid and the resource group headers do not tell the layout",
+                    ri.addr, ri.length, ri.data0, ri.data, ri.bitbytes
+                ),
+                false,
+            );
         }
         if good.is_empty() {
             return Err(Fatal("no usable resource groups".into()));
@@ -1134,42 +1220,193 @@ impl Fsck {
         Ok(())
     }
 
-    /// Rindex entries rebuilt by following the rgrp headers from the first
-    /// one after the superblock (each header tells where its data ends; the
-    /// next rgrp starts there, or `rg_skip` blocks on).
-    fn rindex_from_headers(&self) -> Vec<Rindex> {
+    /// Whether rindex entry `ri` is consistent in itself and starts after
+    /// `prev_end`.
+    fn entry_sane(&self, ri: &Rindex, prev_end: u64) -> bool {
+        let bits_cap = (self.bsize as u64 - Rgrp::SIZE as u64)
+            + u64::from(ri.length.saturating_sub(1))
+                * (self.bsize as u64 - MetaHeader::SIZE as u64);
+        let end = ri.data0.saturating_add(u64::from(ri.data));
+        !(ri.addr < prev_end
+            || ri.length == 0
+            || ri.data == 0
+            || ri.data0 != ri.addr + u64::from(ri.length)
+            || u64::from(ri.bitbytes) * 4 < u64::from(ri.data)
+            || u64::from(ri.bitbytes) > bits_cap
+            || end > self.dev_blocks)
+    }
+
+    /// Whether a layout reaches the end of the device (within one rgrp):
+    /// stopping early at damage would lose every rgrp after it.
+    fn chain_covers(&self, ris: &[Rindex]) -> bool {
+        let end = ris.last().map(|r| r.data0 + u64::from(r.data)).unwrap_or(0);
+        let span = ris
+            .iter()
+            .map(|r| u64::from(r.length) + u64::from(r.data))
+            .max()
+            .unwrap_or(0);
+        !ris.is_empty() && self.dev_blocks.saturating_sub(end) <= span
+    }
+
+    /// The rgrp header at `addr`, as a rindex entry, if there is a valid one.
+    fn header_entry(&self, addr: u64) -> Option<(Rindex, u32)> {
         let bs = u64::from(self.bsize);
-        let mut out: Vec<Rindex> = Vec::new();
-        let mut addr = SB_OFFSET / bs + 1;
         let mut h = vec![0u8; Rgrp::SIZE];
+        self.dev.read_at(&mut h, addr * bs).ok()?;
+        let rg = Rgrp::parse(&h).ok()?;
+        if rg.header.magic != MAGIC
+            || rg.header.mh_type != metatype::RG
+            || rg.data0 <= addr
+            || rg.data0 - addr > u64::from(u32::MAX)
+            || rg.data == 0
+            || rg.data0.saturating_add(u64::from(rg.data)) > self.dev_blocks
+        {
+            return None;
+        }
+        let ri = Rindex {
+            addr,
+            length: (rg.data0 - addr) as u32,
+            data0: rg.data0,
+            data: rg.data,
+            bitbytes: rg.bitbytes,
+            ..Rindex::default()
+        };
+        self.entry_sane(&ri, addr).then_some((ri, rg.skip))
+    }
+
+    /// The next valid rgrp header after block `from` (scanning the device a
+    /// megabyte at a time), if any.
+    fn scan_for_header(&self, from: u64) -> Option<u64> {
+        let bs = self.bsize as usize;
+        let per = (1usize << 20) / bs;
+        let mut buf = vec![0u8; per * bs];
+        let mut at = from;
+        while at < self.dev_blocks {
+            let n = (per as u64).min(self.dev_blocks - at) as usize;
+            self.dev.read_at(&mut buf[..n * bs], at * bs as u64).ok()?;
+            for k in 0..n {
+                let b = &buf[k * bs..k * bs + 8];
+                if b[..4] == MAGIC.to_be_bytes()
+                    && b[4..8] == metatype::RG.to_be_bytes()
+                    && self.header_entry(at + k as u64).is_some()
+                {
+                    return Some(at + k as u64);
+                }
+            }
+            at += n as u64;
+        }
+        None
+    }
+
+    /// The rgrp layout from the headers, following each to the next from
+    /// the first one after the superblock. Where a header is destroyed, a
+    /// sane rindex entry (`hints`) for that place stands in; without one,
+    /// the device is searched for the next header and the gap becomes one
+    /// rgrp laid out as mkfs does.
+    fn rgrp_chain(&self, hints: &[Rindex]) -> Vec<Rindex> {
+        let mut out: Vec<Rindex> = Vec::new();
+        let mut addr = SB_OFFSET / u64::from(self.bsize) + 1;
         while addr < self.dev_blocks && out.len() < 1 << 20 {
-            if self.dev.read_at(&mut h, addr * bs).is_err() {
-                break;
-            }
-            let Ok(rg) = Rgrp::parse(&h) else { break };
-            if rg.header.magic != MAGIC
-                || rg.header.mh_type != metatype::RG
-                || rg.data0 <= addr
-                || rg.data0 - addr > u64::from(u32::MAX)
-                || rg.data0.saturating_add(u64::from(rg.data)) > self.dev_blocks
-            {
-                break;
-            }
-            out.push(Rindex {
-                addr,
-                length: (rg.data0 - addr) as u32,
-                data0: rg.data0,
-                data: rg.data,
-                bitbytes: rg.bitbytes,
-                ..Rindex::default()
-            });
-            addr = if rg.skip != 0 {
-                addr + u64::from(rg.skip)
+            let (ri, skip) = if let Some(h) = self.header_entry(addr) {
+                h
+            } else if let Some(h) = hints.iter().find(|h| h.addr == addr) {
+                (*h, 0)
             } else {
-                rg.data0 + u64::from(rg.data)
+                // Where does the next rgrp start?
+                let next = hints
+                    .iter()
+                    .map(|h| h.addr)
+                    .filter(|&a| a > addr)
+                    .min()
+                    .or_else(|| self.scan_for_header(addr + 1));
+                let Some(next) = next else { break };
+                let Ok(gap) = u32::try_from(next - addr) else {
+                    break;
+                };
+                let (length, data) = gfs2_mkfs::plan::rgblocks2bitblocks(self.bsize, gap);
+                let ri = Rindex {
+                    addr,
+                    length,
+                    data0: addr + u64::from(length),
+                    data,
+                    bitbytes: data / 4,
+                    ..Rindex::default()
+                };
+                if !self.entry_sane(&ri, addr) {
+                    break;
+                }
+                (ri, gap)
+            };
+            out.push(ri);
+            addr = if skip != 0 && addr + u64::from(skip) >= ri.data0 + u64::from(ri.data) {
+                addr + u64::from(skip)
+            } else {
+                ri.data0 + u64::from(ri.data)
             };
         }
         out
+    }
+
+    /// Rindex entries from the rgrp headers alone.
+    fn rindex_from_headers(&self) -> Vec<Rindex> {
+        self.rgrp_chain(&[])
+    }
+
+    /// Write the rindex entries as the rgrps now are into the existing
+    /// rindex file (its size changes only within the blocks it has).
+    fn rewrite_rindex(&mut self) -> Res<()> {
+        let Some(inum) = self.rindex_fix else {
+            return Ok(());
+        };
+        if !self.r.repairing() {
+            return Ok(());
+        }
+        let data: Vec<u8> = self.rgs.iter().flat_map(|r| r.ri.to_bytes()).collect();
+        let (mut di, buf) = self.dinode(inum.addr)?;
+        let bs = self.bsize as usize;
+        if di.height == 0 {
+            if data.len() as u64 > layout::stuffed_max(self.bsize) {
+                self.r.problem(
+                    "the rindex does not fit in its dinode: not rewritten",
+                    false,
+                );
+                return Ok(());
+            }
+            let mut b = buf.to_vec();
+            b[Dinode::SIZE..].fill(0);
+            b[Dinode::SIZE..Dinode::SIZE + data.len()].copy_from_slice(&data);
+            di.size = data.len() as u64;
+            di.write(&mut b)?;
+            self.write(inum.addr, b);
+            return Ok(());
+        }
+        let t = self.tree(&di, &buf, inum.addr)?;
+        let nblocks = data.len().div_ceil(bs) as u64;
+        let have: Vec<(u64, u64)> = t.data.iter().map(|d| (d.0, d.1)).collect();
+        if (0..nblocks).any(|l| !have.iter().any(|h| h.0 == l)) {
+            self.r.problem(
+                "the rindex file lacks blocks for its new entries: not rewritten",
+                false,
+            );
+            return Ok(());
+        }
+        for (l, p) in have {
+            let Ok(lu) = usize::try_from(l) else { continue };
+            let start = lu * bs;
+            if start >= data.len() {
+                continue;
+            }
+            let mut b = self.read(p)?;
+            let n = bs.min(data.len() - start);
+            b.fill(0);
+            b[..n].copy_from_slice(&data[start..start + n]);
+            self.write(p, b);
+        }
+        let mut b = self.read(inum.addr)?;
+        di.size = data.len() as u64;
+        di.write(&mut b)?;
+        self.write(inum.addr, b);
+        Ok(())
     }
 
     /// Write a new rindex file where the destroyed one was.
@@ -1470,16 +1707,7 @@ impl Fsck {
             ..*clean
         };
         let phys = ex[0].phys;
-        let b = recovery::build_log_header(
-            self.bsize,
-            j,
-            1,
-            0,
-            0,
-            lh::UNMOUNT | lh::USERSPACE,
-            phys,
-            &clean,
-        );
+        let b = clean_log_header(self.bsize, j, 1, 0, phys, &clean)?;
         self.write(phys, b);
         Ok(())
     }
@@ -3418,9 +3646,9 @@ impl Fsck {
         }
         // Counts and headers.
         let mut tot = (0u64, 0u64, 0u64);
-        for i in 0..self.rgs.len() {
+        for (i, &(f0, d0)) in counts.iter().enumerate() {
             let rg = &self.rgs[i];
-            let (mut free, mut dinodes) = counts[i];
+            let (mut free, mut dinodes) = (f0, d0);
             if rg.loaded {
                 // Changed since it was compared: count again.
                 (free, dinodes) = (0, 0);
@@ -3556,6 +3784,7 @@ impl Fsck {
         walked?;
         self.resolve_stolen()?;
         self.rebuild_rindex()?;
+        self.rewrite_rindex()?;
         self.check_counts()?;
         self.check_bitmaps()?;
         self.check_deferred_journals()?;

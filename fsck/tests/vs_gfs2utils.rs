@@ -8,7 +8,7 @@ use gfs2_ondisk::{
     MetaHeader, Rgrp, MAGIC,
 };
 use gfs2fuse::dev::file::{FileDevice, OpenFlags};
-use gfs2fuse::log::recovery::{self, CleanHeader, JournalExtent};
+use gfs2fuse::log::recovery::{self, JournalExtent};
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -433,7 +433,7 @@ enum Oracle {
 
 fn scenario(base: &Path, name: &str, oracle: Oracle, corrupt: impl Fn(&Fs)) {
     let t = tmp("scn");
-    std::fs::copy(base, &t.0).expect("copy");
+    sparse_copy(base, &t.0);
     corrupt(&Fs::open(&t.0));
     let (rc, out) = ours_rc(&["-n"], &t.0);
     assert_eq!(rc, 4, "{name}: ours -n:\n{out}");
@@ -460,6 +460,24 @@ fn scenario(base: &Path, name: &str, oracle: Oracle, corrupt: impl Fn(&Fs)) {
         rc, 0,
         "{name}: gfs2-utils -n after our -y:\n{out2}\n(our -y said:\n{out})"
     );
+}
+
+/// Copy an image keeping its holes (some are 64 GiB sparse files).
+fn sparse_copy(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(st.success(), "cp --sparse=always failed");
+}
+
+/// Destroy rindex entry `n` (96 zero bytes; the rindex must be stuffed).
+fn zero_rindex_entry(fs: &Fs, n: usize) {
+    let ri = fs.lookup(fs.master, "rindex");
+    assert_eq!(fs.dinode(ri).height, 0, "stuffed rindex");
+    fs.poke(ri, Dinode::SIZE + 96 * n, &[0u8; 96]);
 }
 
 fn sb_bsize_poke(fs: &Fs, v: u32) {
@@ -590,6 +608,45 @@ fn corruption_scenarios() {
     scenario(b, "orphaned directory", Oracle::Exit(&[4]), |fs| {
         fs.del_entry(fs.root, "dir1");
     });
+    // gfs2-utils 3.5 cannot rebuild a destroyed rindex entry on this layout
+    // (the journals' rgrps make it "unevenly spaced"): its -n and -y both
+    // stop with 8. Ours takes the entry from the rgrp header there.
+    scenario(b, "destroyed rindex entry", Oracle::Exit(&[4, 8]), |fs| {
+        let n = fs.rgrps().len() / 2;
+        zero_rindex_entry(fs, n);
+    });
+}
+
+/// Destroyed rindex entries with 2 GB rgrps (`mkfs.gfs2 -r 2048` on a
+/// 16 GiB sparse image). gfs2-utils' -y rebuilds the entry from the rgrp
+/// headers; its -n stops with 8 (it cannot rebuild read-only) after
+/// searching the whole device for rgrp headers (about 15 s here).
+#[test]
+fn rindex_entries_with_2gb_rgrps() {
+    let base = tmp("big");
+    let f = std::fs::File::create(&base.0).expect("create image");
+    f.set_len(16 << 30).expect("size image");
+    drop(f);
+    let st = Command::new(need(ORACLE_MKFS))
+        .args(["-O", "-p", "lock_nolock", "-r", "2048", "-J", "16"])
+        .args(["-b", "4096", "-j", "2"])
+        .arg(&base.0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("mkfs.gfs2");
+    assert!(st.success(), "mkfs.gfs2 -r 2048 failed");
+    testimg::populate(&base.0, 2, 50, 100_000).expect("populate");
+    assert_clean_both(&base.0, "2 GB rgrps");
+    let nrg = Fs::open(&base.0).rgrps().len();
+    assert!(nrg >= 8, "{nrg} rgrps");
+    let n = nrg / 2;
+    scenario(
+        &base.0,
+        &format!("destroyed rindex entry {n} of {nrg} (2 GB rgrps)"),
+        Oracle::Exit(&[4, 8]),
+        |fs| zero_rindex_entry(fs, n),
+    );
 }
 
 /// After journal0's head, log a copy of the root dinode (with a new mtime)
@@ -626,16 +683,17 @@ fn make_dirty_journal(fs: &Fs) {
     ld[LogDescriptor::SIZE..LogDescriptor::SIZE + 8].copy_from_slice(&fs.root.to_be_bytes());
     let mut copy = fs.read(fs.root);
     copy[80..88].copy_from_slice(&1_800_000_000u64.to_be_bytes());
-    let lh = recovery::build_log_header(
-        fs.bs,
-        0,
-        head.lh.sequence + 1,
-        k as u32,
-        k2 as u32,
-        0,
-        blocks[k2 as usize],
-        &CleanHeader::default(),
-    );
+    // A log header without the unmount flag (not a clean one).
+    let mut lh = vec![0u8; bs];
+    gfs2_ondisk::LogHeader {
+        sequence: head.lh.sequence + 1,
+        tail: k as u32,
+        blkno: k2 as u32,
+        addr: blocks[k2 as usize],
+        ..gfs2_ondisk::LogHeader::default()
+    }
+    .write_block(&mut lh)
+    .expect("log header");
     fs.poke(blocks[k as usize], 0, &ld);
     fs.poke(blocks[k1 as usize], 0, &copy);
     fs.poke(blocks[k2 as usize], 0, &lh);
