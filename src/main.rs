@@ -34,6 +34,22 @@ const USAGE: &str = concat!(
     "         default_permissions (always on), and the generic rw, dev, suid, ..."
 );
 
+/// The device as /proc/mounts shows it: a secret in the URL
+/// (`iscsi://user%secret@host/...`) is left out.
+fn redact_secret(dev: &str) -> String {
+    let Some((scheme, rest)) = dev.split_once("://") else {
+        return dev.to_string();
+    };
+    let auth_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..auth_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split('%').next().unwrap_or("");
+            format!("{scheme}://{user}@{}", &rest[at + 1..])
+        }
+        None => dev.to_string(),
+    }
+}
+
 fn parse_options(s: &str, a: &mut Args) -> Result<()> {
     for o in s.split(',').filter(|o| !o.is_empty()) {
         let (k, v) = o.split_once('=').map_or((o, None), |(k, v)| (k, Some(v)));
@@ -152,7 +168,7 @@ fn parse_args() -> Result<Args> {
     }
     a.device = PathBuf::from(&pos[0]);
     a.mountpoint = PathBuf::from(&pos[1]);
-    a.fuse.fsname = pos[0].clone();
+    a.fuse.fsname = redact_secret(&pos[0]);
     Ok(a)
 }
 
@@ -309,5 +325,24 @@ fn main() {
             let _ = w.write_all(&[1]);
             std::process::exit(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_secret;
+
+    #[test]
+    fn secrets_stay_out_of_the_mount_table() {
+        assert_eq!(
+            redact_secret("iscsi://alice%s3cret@host:3260/iqn.2000-01.x:y/1"),
+            "iscsi://alice@host:3260/iqn.2000-01.x:y/1"
+        );
+        assert_eq!(redact_secret("nbd://h/exp"), "nbd://h/exp");
+        assert_eq!(redact_secret("/dev/sdb"), "/dev/sdb");
+        assert_eq!(
+            redact_secret("iscsi://h/iqn.x:a@b/1"),
+            "iscsi://h/iqn.x:a@b/1"
+        );
     }
 }
