@@ -28,7 +28,8 @@ const USAGE: &str = concat!(
     "       gfs2-fuse DEVICE MOUNTPOINT [-o OPTIONS] [-f]   (the form mount.fuse3 uses)\n",
     "       gfs2-fuse scan [--no-local] [TARGET...]   (list GFS2 filesystems)\n",
     "DEVICE:  an image file or block device, nbd://host[:port]/export,\n",
-    "         nbd+unix:///export?socket=PATH, UUID=uuid or LOCKTABLE=cluster:fs\n",
+    "         nbd+unix:///export?socket=PATH, aoe:eSHELF.SLOT@IFACE,\n",
+    "         iscsi://[user[%secret]@]host[:port]/IQN/LUN, UUID=uuid or LOCKTABLE=cluster:fs\n",
     "options: lockproto=, locktable=, hostdata=jid=N, ro, acl, norecovery, spectator,\n",
     "         commit=SECONDS (log flush interval, default 30), quota=off, allow_other,\n",
     "         default_permissions (always on), and the generic rw, dev, suid, ..."

@@ -4,13 +4,14 @@
 //! /dev/sdb, ./image.img, file:///path      a local file or block device
 //! nbd://host[:port]/export[?timeout=SECS]  NBD over TCP (port 10809 by default)
 //! nbd+unix:///export?socket=/path          NBD over a Unix-domain socket
-//! aoe:eSHELF.SLOT@IFACE                     ATA over Ethernet (see [`super::aoe`])
-//! iscsi://host[:port]/TARGET-IQN/LUN        iSCSI (see [`super::iscsi`])
+//! aoe:eSHELF.SLOT@IFACE[?timeout=SECS]      ATA over Ethernet (see [`super::aoe`])
+//! iscsi://[user[%secret]@]host[:port]/IQN/LUN[?timeout=SECS]
+//!                                           iSCSI (see [`super::iscsi`])
 //! ```
 //! IPv6 hosts are written in brackets (`nbd://[::1]:10809/exp`). An empty
 //! export name selects the server's default export. `timeout` overrides
 //! how long a request may wait before failing with EIO (default 30 s, or
-//! `GFS2_NBD_TIMEOUT`).
+//! `GFS2_NBD_TIMEOUT`, `GFS2_AOE_TIMEOUT`, `GFS2_ISCSI_TIMEOUT`).
 
 use super::file::{FileDevice, OpenFlags};
 use super::nbd::{NbdAddr, NbdConfig, NbdDevice, DEFAULT_PORT};
