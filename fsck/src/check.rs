@@ -205,6 +205,19 @@ struct Ref {
     fetched: bool,
 }
 
+/// System files that are rebuilt empty when destroyed.
+#[derive(Clone, Copy, Debug)]
+enum SysKind {
+    /// A stuffed file of this size (inum, statfs, inum_range, statfs_change).
+    Small(u64),
+    /// The quota file: records for user and group 0.
+    Quota,
+    /// A quota_change file of this many blocks.
+    QuotaChange(u64),
+    /// Journal j of this many blocks, all clean log headers.
+    Journal(u32, u64),
+}
+
 #[derive(Clone, Copy)]
 struct PtrLoc {
     block: u64,
@@ -1522,7 +1535,14 @@ impl Fsck {
             .collect();
         js.sort();
         let nodes = match per_node {
-            Some(p) => self.list_dir(p)?,
+            Some(p) => match self.list_dir(p) {
+                Ok(l) => l,
+                Err(e) => {
+                    let inum = self.lookup(master, "per_node")?;
+                    let ids: Vec<u32> = js.iter().map(|j| j.0).collect();
+                    self.rebuild_per_node(inum, &e.0, &ids)?
+                }
+            },
             None => Vec::new(),
         };
         let node_file = |name: String| {
@@ -1616,6 +1636,95 @@ impl Fsck {
             .into_iter()
             .chain(list.iter().map(|(n, i)| Entry::new(n, *i, dt::REG)))
             .collect();
+            let refs: Vec<&Entry> = entries.iter().collect();
+            dirlayout::pack(&mut b[Dinode::SIZE..], &refs).map_err(Fatal)?;
+            di.entries = entries.len() as u32;
+            di.write(&mut b)?;
+            self.write(inum.addr, b);
+            self.set_bit(inum.addr, BlockState::Dinode);
+        }
+        Ok(list)
+    }
+
+    /// The per_node directory is unreadable: find its files (system
+    /// dinodes nothing else claims: inum_range of 16 bytes, statfs_change
+    /// of 24, quota_change starting with a quota change block; per kind in
+    /// address order, as mkfs makes them) and, with -y, write a new
+    /// per_node where the old one was.
+    fn rebuild_per_node(
+        &mut self,
+        inum: Inum,
+        why: &str,
+        journals: &[u32],
+    ) -> Res<Vec<(String, Inum)>> {
+        let mut ranges = Vec::new();
+        let mut changes = Vec::new();
+        let mut quotas = Vec::new();
+        for i in 0..self.rgs.len() {
+            let ri = self.rgs[i].ri;
+            let bits = self.rg_bits(i)?;
+            for idx in dinode_indexes(&bits, ri.data) {
+                let blk = ri.data0 + idx;
+                if blk == self.statfs_addr {
+                    continue;
+                }
+                let Ok((di, buf)) = self.dinode(blk) else {
+                    continue;
+                };
+                if di.flags & dif::SYSTEM == 0 || di.mode & 0o170000 != 0o100000 {
+                    continue;
+                }
+                if di.height == 0 && di.size == 16 {
+                    ranges.push(di.num);
+                } else if di.height == 0 && di.size == 24 {
+                    changes.push(di.num);
+                } else if di.height > 0 && di.size < 64 << 20 {
+                    let t = self.tree_ex(&di, &buf, blk, true).unwrap_or_default();
+                    let qc = t.data.first().is_some_and(|d| {
+                        d.1 < self.dev_blocks
+                            && self.read_rc(d.1).is_ok_and(|b| meta_ok(&b, metatype::QC))
+                    });
+                    if qc {
+                        quotas.push(di.num);
+                    }
+                }
+            }
+        }
+        let mut list: Vec<(String, Inum)> = Vec::new();
+        for (k, &j) in journals.iter().enumerate() {
+            for (name, found) in [
+                ("inum_range", &ranges),
+                ("statfs_change", &changes),
+                ("quota_change", &quotas),
+            ] {
+                if let Some(i) = found.get(k) {
+                    list.push((format!("{name}{j}"), *i));
+                }
+            }
+        }
+        let entries: Vec<Entry> = [
+            Entry::new(".", inum, dt::DIR),
+            Entry::new("..", self.sb.master_dir, dt::DIR),
+        ]
+        .into_iter()
+        .chain(list.iter().map(|(n, i)| Entry::new(n, *i, dt::REG)))
+        .collect();
+        if list.is_empty()
+            || !dirlayout::fits_stuffed(self.bsize, &entries)
+            || self.rg_of(inum.addr).is_none()
+        {
+            return Err(Fatal(format!(
+                "per_node: {why}; cannot find its files to rebuild it"
+            )));
+        }
+        let msg = format!(
+            "The per_node directory at block {} is damaged ({why}); rebuilding it with the {} files found",
+            inum.addr,
+            list.len()
+        );
+        if self.r.problem(&msg, true) {
+            let (mut di, mut b) = self.empty_dir(inum, self.sb.master_dir, 0o40700)?;
+            di.flags = dif::SYSTEM;
             let refs: Vec<&Entry> = entries.iter().collect();
             dirlayout::pack(&mut b[Dinode::SIZE..], &refs).map_err(Fatal)?;
             di.entries = entries.len() as u32;
@@ -2019,16 +2128,10 @@ impl Fsck {
         if let Some(why) = bad {
             if system {
                 // Removing a system file's entry only makes the next run
-                // fail: rebuild the small ones, leave the others.
-                let size = match rf.name.as_str() {
-                    "inum" => Some(8),
-                    "statfs" => Some(24),
-                    n if n.starts_with("statfs_change") => Some(24),
-                    n if n.starts_with("inum_range") => Some(16),
-                    _ => None,
-                };
+                // fail: rebuild it (empty, as gfs2-utils does) where it was.
+                let kind = self.system_kind(parent_addr, &rf.name);
                 let free = self.rg_of(addr).is_some() && want_get(&self.want, addr) == W_FREE;
-                let Some(size) = size.filter(|_| free) else {
+                let Some(kind) = kind.filter(|_| free) else {
                     self.r.problem(&format!("System {label}: {why}"), false);
                     return Ok(());
                 };
@@ -2038,23 +2141,17 @@ impl Fsck {
                 {
                     return Ok(());
                 }
-                let di = Dinode {
-                    num: Inum {
-                        formal_ino: rf.inum.formal_ino,
-                        addr,
-                    },
-                    mode: 0o100600,
-                    nlink: 1,
-                    size,
-                    blocks: 1,
-                    goal_meta: addr,
-                    goal_data: addr,
-                    flags: dif::SYSTEM | dif::JDATA,
-                    ..Dinode::default()
+                let inum = Inum {
+                    formal_ino: rf.inum.formal_ino,
+                    addr,
                 };
-                let mut b = vec![0u8; self.bsize as usize];
-                di.write(&mut b)?;
-                self.write(addr, b);
+                if let Err(e) = self.build_system_file(inum, kind) {
+                    self.r.problem(
+                        &format!("System {label}: cannot rebuild it: {}", e.0),
+                        false,
+                    );
+                    return Ok(());
+                }
             } else {
                 if self
                     .r
@@ -2101,6 +2198,212 @@ impl Fsck {
         self.inspect(idx)?;
         self.retire(idx);
         Ok(())
+    }
+
+    /// What kind of system file entry `name` of system directory `parent`
+    /// names (None: not one this can rebuild).
+    fn system_kind(&self, parent: u64, name: &str) -> Option<SysKind> {
+        let num = |p: &str| name.strip_prefix(p).and_then(|n| n.parse::<u32>().ok());
+        let master = parent == self.sb.master_dir.addr;
+        let per_node = parent == self.per_node && parent != 0;
+        if master && name == "inum" {
+            return Some(SysKind::Small(8));
+        }
+        if master && name == "statfs" {
+            return Some(SysKind::Small(24));
+        }
+        if master && name == "quota" {
+            return Some(SysKind::Quota);
+        }
+        if per_node && num("statfs_change").is_some() {
+            return Some(SysKind::Small(24));
+        }
+        if per_node && num("inum_range").is_some() {
+            return Some(SysKind::Small(16));
+        }
+        if per_node && num("quota_change").is_some() {
+            // LGFS2_DEFAULT_QCSIZE: 1 MB.
+            return Some(SysKind::QuotaChange((1 << 20) / u64::from(self.bsize)));
+        }
+        if parent == self.jindex && parent != 0 {
+            let j = num("journal")?;
+            // As big as the other journals.
+            let size = self
+                .journals
+                .iter()
+                .filter(|(n, _)| *n != j)
+                .find_map(|(_, c)| self.dinode(c.jinode).ok().map(|d| d.0.size))
+                .filter(|&s| s >= 1 << 20 && s & (u64::from(self.bsize) - 1) == 0)
+                .unwrap_or(32 << 20);
+            return Some(SysKind::Journal(j, size / u64::from(self.bsize)));
+        }
+        None
+    }
+
+    /// Write a new, empty system file of `kind` with dinode `inum` (its
+    /// block is free). Its blocks are claimed by the walk afterwards.
+    fn build_system_file(&mut self, inum: Inum, kind: SysKind) -> Res<()> {
+        let bs = self.bsize as usize;
+        let addr = inum.addr;
+        let mut di = Dinode {
+            num: inum,
+            mode: 0o100600,
+            nlink: 1,
+            blocks: 1,
+            goal_meta: addr,
+            goal_data: addr,
+            flags: dif::SYSTEM | dif::JDATA,
+            ..Dinode::default()
+        };
+        let mut b = vec![0u8; bs];
+        let nblocks = match kind {
+            SysKind::Small(size) => {
+                di.size = size;
+                di.write(&mut b)?;
+                self.write(addr, b);
+                return Ok(());
+            }
+            SysKind::Quota => {
+                // Usage records for user 0 and group 0 (gfs2-utils writes
+                // a value of 1 in each).
+                let q = gfs2_ondisk::Quota {
+                    value: 1,
+                    ..gfs2_ondisk::Quota::default()
+                };
+                let rec = q.to_bytes();
+                di.size = 2 * rec.len() as u64;
+                di.payload_format = format::QU;
+                b[Dinode::SIZE..Dinode::SIZE + rec.len()].copy_from_slice(&rec);
+                b[Dinode::SIZE + rec.len()..Dinode::SIZE + 2 * rec.len()].copy_from_slice(&rec);
+                di.write(&mut b)?;
+                self.write(addr, b);
+                return Ok(());
+            }
+            SysKind::QuotaChange(n) | SysKind::Journal(_, n) => n,
+        };
+        di.flags = dif::SYSTEM;
+        di.size = nblocks * bs as u64;
+        // Height and indirect blocks per level (lowest first).
+        let inptrs = layout::inptrs(self.bsize);
+        let diptrs = layout::diptrs(self.bsize);
+        let mut levels: Vec<u64> = Vec::new();
+        let mut count = nblocks;
+        while count > diptrs {
+            count = count.div_ceil(inptrs);
+            levels.push(count);
+        }
+        if levels.len() + 1 > usize::from(gfs2_ondisk::MAX_META_HEIGHT) {
+            return Err(Fatal("system file too large".into()));
+        }
+        di.height = levels.len() as u16 + 1;
+        let total = nblocks + levels.iter().sum::<u64>();
+        let start = self
+            .alloc_run(total)
+            .ok_or_else(|| Fatal(format!("no run of {total} free blocks")))?;
+        // Indirect blocks first (top level first), then the data blocks.
+        let mut level_start = Vec::new();
+        let mut at = start;
+        for &c in levels.iter().rev() {
+            level_start.push(at);
+            at += c;
+        }
+        level_start.reverse(); // lowest level first, as `levels`
+        let data0 = at;
+        let clean = match kind {
+            SysKind::Journal(j, _) => self
+                .journals
+                .iter()
+                .find(|(n, _)| *n == j)
+                .map(|(_, c)| CleanHeader { jinode: addr, ..*c }),
+            _ => None,
+        };
+        for l in 0..nblocks {
+            let p = data0 + l;
+            let blk = match (kind, &clean) {
+                (SysKind::Journal(j, _), Some(c)) => {
+                    clean_log_header(self.bsize, j, l + 1, l as u32, p, c)?
+                }
+                (SysKind::Journal(j, _), None) => {
+                    let c = CleanHeader {
+                        writer_jid: j,
+                        jinode: addr,
+                        ..CleanHeader::default()
+                    };
+                    clean_log_header(self.bsize, j, l + 1, l as u32, p, &c)?
+                }
+                _ => {
+                    let mut z = vec![0u8; bs];
+                    MetaHeader::new(metatype::QC, format::QC).write(&mut z)?;
+                    z
+                }
+            };
+            self.write(p, blk);
+        }
+        // Pointers: each level points at the one below (data for the lowest).
+        let mut below_start = data0;
+        let mut below_count = nblocks;
+        for (k, &c) in levels.iter().enumerate() {
+            for i in 0..c {
+                let mut ib = vec![0u8; bs];
+                MetaHeader::new(metatype::IN, format::IN).write(&mut ib)?;
+                for s in 0..inptrs {
+                    let child = i * inptrs + s;
+                    if child >= below_count {
+                        break;
+                    }
+                    put_be64(
+                        &mut ib,
+                        MetaHeader::SIZE + 8 * s as usize,
+                        below_start + child,
+                    );
+                }
+                self.write(level_start[k] + i, ib);
+            }
+            below_start = level_start[k];
+            below_count = c;
+        }
+        for s in 0..below_count {
+            put_be64(&mut b, Dinode::SIZE + 8 * s as usize, below_start + s);
+        }
+        di.blocks = 1 + total;
+        di.write(&mut b)?;
+        self.write(addr, b);
+        Ok(())
+    }
+
+    /// `n` consecutive blocks free in the bitmap and not claimed, marked
+    /// used in the bitmap (the walk claims them). From the end backwards.
+    fn alloc_run(&mut self, n: u64) -> Option<u64> {
+        for i in (0..self.rgs.len()).rev() {
+            if self.load_bits(i).is_err() {
+                continue;
+            }
+            let ri = self.rgs[i].ri;
+            let mut run = 0u64;
+            let mut found = None;
+            for idx in (0..u64::from(ri.data)).rev() {
+                let blk = ri.data0 + idx;
+                if bitmap_get(&self.rgs[i].bits, idx as usize) == Some(BlockState::Free)
+                    && want_get(&self.want, blk) == W_FREE
+                    && !self.cache.contains_key(&blk)
+                {
+                    run += 1;
+                    if run == n {
+                        found = Some(blk);
+                        break;
+                    }
+                } else {
+                    run = 0;
+                }
+            }
+            if let Some(start) = found {
+                for b in start..start + n {
+                    self.set_bit(b, BlockState::Used);
+                }
+                return Some(start);
+            }
+        }
+        None
     }
 
     fn check_de_type(&mut self, rf: &Ref, dt: u16, label: &str) -> Res<()> {
