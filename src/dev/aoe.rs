@@ -120,12 +120,7 @@ pub struct AoeConfig {
 
 /// [`DEFAULT_TIMEOUT`], or [`TIMEOUT_ENV`] when it holds a positive number of seconds.
 pub fn timeout_from_env() -> Duration {
-    std::env::var(TIMEOUT_ENV)
-        .ok()
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
-        .map(Duration::from_secs_f64)
-        .unwrap_or(DEFAULT_TIMEOUT)
+    super::timeout_from(TIMEOUT_ENV, DEFAULT_TIMEOUT)
 }
 
 impl AoeConfig {
@@ -166,12 +161,8 @@ pub fn parse_spec(spec: &str, rest: &str) -> io::Result<AoeConfig> {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         match k {
             "timeout" => {
-                let s: f64 = v
-                    .parse()
-                    .ok()
-                    .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s < 1e9)
+                timeout = super::parse_secs(v)
                     .ok_or_else(|| invalid(spec, format!("bad timeout {v:?}")))?;
-                timeout = Duration::from_secs_f64(s);
             }
             _ => return Err(invalid(spec, format!("unknown parameter {k:?}"))),
         }

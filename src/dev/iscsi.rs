@@ -141,12 +141,7 @@ impl IscsiConfig {
 
 /// [`DEFAULT_TIMEOUT`], or [`TIMEOUT_ENV`] when it holds a positive number of seconds.
 pub fn timeout_from_env() -> Duration {
-    std::env::var(TIMEOUT_ENV)
-        .ok()
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
-        .map(Duration::from_secs_f64)
-        .unwrap_or(DEFAULT_TIMEOUT)
+    super::timeout_from(TIMEOUT_ENV, DEFAULT_TIMEOUT)
 }
 
 /// Parse the part after `iscsi://`:
@@ -162,32 +157,7 @@ pub fn parse_spec(spec: &str, rest: &str) -> io::Result<IscsiConfig> {
         Some((c, h)) => (Some(c), h),
         None => (None, authority),
     };
-    let (host, port) = if let Some(r) = hostport.strip_prefix('[') {
-        let (h, after) = r
-            .split_once(']')
-            .ok_or_else(|| invalid(spec, "unclosed [ in host"))?;
-        let port = match after {
-            "" => None,
-            p => Some(
-                p.strip_prefix(':')
-                    .ok_or_else(|| invalid(spec, "junk after ]"))?,
-            ),
-        };
-        (h, port)
-    } else {
-        match hostport.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (hostport, None),
-        }
-    };
-    let port = match port {
-        None => DEFAULT_PORT,
-        Some(p) => p
-            .parse()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| invalid(spec, format!("bad port {p:?}")))?,
-    };
+    let (host, port) = super::spec::host_port(spec, hostport, DEFAULT_PORT)?;
     if host.is_empty() || target.is_empty() || target.contains('/') {
         return Err(invalid(spec, FORM));
     }
@@ -218,12 +188,8 @@ pub fn parse_spec(spec: &str, rest: &str) -> io::Result<IscsiConfig> {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         match k {
             "timeout" => {
-                let s: f64 = v
-                    .parse()
-                    .ok()
-                    .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s < 1e9)
+                cfg.timeout = super::parse_secs(v)
                     .ok_or_else(|| invalid(spec, format!("bad timeout {v:?}")))?;
-                cfg.timeout = Duration::from_secs_f64(s);
             }
             "target_user" => cfg.target_user = Some(v.to_string()),
             "target_password" => cfg.target_password = Some(Secret(v.to_string())),

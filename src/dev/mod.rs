@@ -13,6 +13,25 @@ pub mod nbd;
 pub mod spec;
 
 use std::io;
+use std::time::Duration;
+
+/// A number of seconds (fractions allowed) as a request timeout: finite,
+/// positive and below a billion, or nothing.
+pub fn parse_secs(v: &str) -> Option<Duration> {
+    v.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+        .map(Duration::from_secs_f64)
+}
+
+/// The timeout in environment variable `var`, or `default`.
+pub fn timeout_from(var: &str, default: Duration) -> Duration {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| parse_secs(&v))
+        .unwrap_or(default)
+}
 
 /// A device the filesystem is stored on, addressed in bytes.
 ///

@@ -155,12 +155,7 @@ impl NbdConfig {
 
 /// [`DEFAULT_TIMEOUT`], or [`TIMEOUT_ENV`] when it holds a positive number of seconds.
 pub fn timeout_from_env() -> Duration {
-    std::env::var(TIMEOUT_ENV)
-        .ok()
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
-        .map(Duration::from_secs_f64)
-        .unwrap_or(DEFAULT_TIMEOUT)
+    super::timeout_from(TIMEOUT_ENV, DEFAULT_TIMEOUT)
 }
 
 /// An error with the errno it stands for; carried inside `io::Error` so the

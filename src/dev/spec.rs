@@ -20,7 +20,6 @@ use std::ffi::OsStr;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// A parsed device specification.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,12 +122,10 @@ fn parse_nbd(spec: &str, sch: &str, rest: &str) -> io::Result<NbdConfig> {
         match k {
             "socket" => socket = Some(PathBuf::from(percent_decode(spec, v)?)),
             "timeout" => {
-                let s: f64 = v
-                    .parse()
-                    .ok()
-                    .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s < 1e9)
-                    .ok_or_else(|| invalid(spec, format!("bad timeout {v:?}")))?;
-                timeout = Some(Duration::from_secs_f64(s));
+                timeout = Some(
+                    super::parse_secs(v)
+                        .ok_or_else(|| invalid(spec, format!("bad timeout {v:?}")))?,
+                );
             }
             _ => return Err(invalid(spec, format!("unknown parameter {k:?}"))),
         }
@@ -145,35 +142,7 @@ fn parse_nbd(spec: &str, sch: &str, rest: &str) -> io::Result<NbdConfig> {
         if socket.is_some() {
             return Err(invalid(spec, "socket= is only for nbd+unix://"));
         }
-        let (host, port) = if let Some(r) = authority.strip_prefix('[') {
-            let (h, after) = r
-                .split_once(']')
-                .ok_or_else(|| invalid(spec, "unclosed [ in host"))?;
-            let port = match after {
-                "" => None,
-                p => Some(
-                    p.strip_prefix(':')
-                        .ok_or_else(|| invalid(spec, "junk after ]"))?,
-                ),
-            };
-            (h, port)
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (authority, None),
-            }
-        };
-        if host.is_empty() {
-            return Err(invalid(spec, "no host"));
-        }
-        let port = match port {
-            None => DEFAULT_PORT,
-            Some(p) => p
-                .parse()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| invalid(spec, format!("bad port {p:?}")))?,
-        };
+        let (host, port) = host_port(spec, authority, DEFAULT_PORT)?;
         NbdAddr::Tcp {
             host: host.to_string(),
             port,
@@ -184,6 +153,45 @@ fn parse_nbd(spec: &str, sch: &str, rest: &str) -> io::Result<NbdConfig> {
         cfg.timeout = t;
     }
     Ok(cfg)
+}
+
+/// `host[:port]` or `[v6-address][:port]`, with `default` for a missing
+/// port; an empty host or port 0 is refused.
+pub(super) fn host_port<'a>(
+    spec: &str,
+    authority: &'a str,
+    default: u16,
+) -> io::Result<(&'a str, u16)> {
+    let (host, port) = if let Some(r) = authority.strip_prefix('[') {
+        let (h, after) = r
+            .split_once(']')
+            .ok_or_else(|| invalid(spec, "unclosed [ in host"))?;
+        let port = match after {
+            "" => None,
+            p => Some(
+                p.strip_prefix(':')
+                    .ok_or_else(|| invalid(spec, "junk after ]"))?,
+            ),
+        };
+        (h, port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(invalid(spec, "no host"));
+    }
+    let port = match port {
+        None => default,
+        Some(p) => p
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| invalid(spec, format!("bad port {p:?}")))?,
+    };
+    Ok((host, port))
 }
 
 /// Open a device from its specification.
@@ -228,6 +236,7 @@ pub fn open_os(spec: &OsStr, read_only: bool) -> io::Result<Arc<dyn BlockDevice>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn nbd(s: &str) -> NbdConfig {
         match parse(s).unwrap() {

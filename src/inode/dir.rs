@@ -41,38 +41,18 @@ const MAX_CHAIN: usize = 1 << 16;
 
 /// Parse the dirents of a block from byte `start`, skipping unused ones.
 pub fn parse_dirents(block: &[u8], start: usize, blkno: u64) -> Result<Vec<DirEntry>> {
-    let mut out = Vec::new();
-    let mut off = start;
-    while off < block.len() {
-        let d = Dirent::parse(block.get(off..).unwrap_or(&[]))
-            .map_err(|_| FsError::corrupt(blkno, format!("dirent at {off} past the end")))?;
-        let rec = d.rec_len as usize;
-        if rec < DIRENT_SIZE || off + rec > block.len() {
-            return Err(FsError::corrupt(
-                blkno,
-                format!("dirent at {off} with bad rec_len {rec}"),
-            ));
-        }
-        let nl = d.name_len as usize;
-        if nl > rec - DIRENT_SIZE {
-            return Err(FsError::corrupt(
-                blkno,
-                format!("dirent at {off}: name_len {nl} > rec_len {rec}"),
-            ));
-        }
-        if d.inum.addr != 0 && nl > 0 {
-            let name = block[off + DIRENT_SIZE..off + DIRENT_SIZE + nl].to_vec();
-            out.push(DirEntry {
-                name,
-                ino: d.inum.addr,
-                formal_ino: d.inum.formal_ino,
-                hash: d.hash,
-                de_type: d.de_type,
-            });
-        }
-        off += rec;
-    }
-    Ok(out)
+    let mut slots = Vec::new();
+    slot_dirents(block, start, blkno, 0, &mut slots)?;
+    Ok(slots
+        .iter()
+        .map(|s| DirEntry {
+            name: block[s.name_at as usize..s.name_at as usize + s.name_len as usize].to_vec(),
+            ino: s.ino,
+            formal_ino: s.formal_ino,
+            hash: s.hash,
+            de_type: s.de_type,
+        })
+        .collect())
 }
 
 /// Read `len` bytes of directory data at `offset`: the stuffed area, or data
