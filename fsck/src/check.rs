@@ -257,6 +257,8 @@ pub struct Fsck {
     rindex_damaged: Option<Inum>,
     /// The rindex entries were wrong; rewritten from the rgrps at the end.
     rindex_fix: Option<Inum>,
+    /// The master directory's entries as found (it is destroyed; -n).
+    master_list: Option<Vec<(String, Inum)>>,
     /// File data blocks taken back as metadata by their rightful owner.
     stolen: std::collections::HashSet<u64>,
     /// Resource group to allocate from first, and the last block allocated.
@@ -513,6 +515,7 @@ impl Fsck {
             stolen: Default::default(),
             rindex_damaged: None,
             rindex_fix: None,
+            master_list: None,
             alloc_hint: usize::MAX,
             alloc_last: 0,
             journals: Vec::new(),
@@ -939,6 +942,15 @@ impl Fsck {
     }
 
     fn lookup(&self, dir: u64, name: &str) -> Res<Inum> {
+        if dir == self.sb.master_dir.addr {
+            if let Some(l) = &self.master_list {
+                return l
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, i)| *i)
+                    .ok_or_else(|| Fatal(format!("no {name} found for the master directory")));
+            }
+        }
         self.list_dir(dir)?
             .into_iter()
             .find(|(n, _)| n == name)
@@ -951,10 +963,32 @@ impl Fsck {
     pub fn check_rgrps(&mut self) -> Res<()> {
         self.r.progress("Checking resource groups");
         let master = self.sb.master_dir.addr;
-        let ri_inum = self.lookup(master, "rindex")?;
+        // A destroyed master directory: the rgrps come from their headers,
+        // and its files are found after they are read.
+        let master_lost = self.dinode(master).map_or(true, |d| !d.0.is_dir());
+        let ri_inum = if master_lost {
+            Inum::default()
+        } else {
+            self.lookup(master, "rindex")?
+        };
         let ri_addr = ri_inum.addr;
-        let data = match self.file_data(ri_addr) {
+        let read = if master_lost {
+            Err(Fatal("the master directory is destroyed".into()))
+        } else {
+            self.file_data(ri_addr)
+        };
+        let data = match read {
             Ok(d) => d,
+            Err(e) if master_lost => {
+                let ris = self.rindex_from_headers();
+                if !self.chain_covers(&ris) {
+                    return Err(Fatal(format!(
+                        "{}; the resource group headers do not cover the device",
+                        e.0
+                    )));
+                }
+                ris.iter().flat_map(|r| r.to_bytes()).collect()
+            }
             Err(e) => {
                 // The rindex dinode is gone: follow the rgrp headers instead,
                 // and write a new rindex after the walk.
@@ -1230,6 +1264,102 @@ impl Fsck {
         }
         let nblocks = usize::try_from(self.fs_blocks).map_err(|_| Fatal("too big".into()))?;
         self.want = vec![0u8; nblocks.div_ceil(4)];
+        if master_lost {
+            self.rebuild_master()?;
+        }
+        Ok(())
+    }
+
+    /// The master directory is destroyed: find its files (system dinodes:
+    /// the directory holding journal0 is the jindex, the one holding
+    /// statfs_change0 per_node; then inum by its 8 bytes, statfs by its 24
+    /// (not a per_node file), rindex and quota by their formats) and, with
+    /// -y, write a new master directory where the old one was.
+    fn rebuild_master(&mut self) -> Res<()> {
+        let mut found: Vec<(String, Inum)> = Vec::new();
+        let mut small = Vec::new();
+        let mut pn_files: Vec<u64> = Vec::new();
+        for i in 0..self.rgs.len() {
+            let ri = self.rgs[i].ri;
+            let bits = self.rg_bits(i)?;
+            for idx in dinode_indexes(&bits, ri.data) {
+                let blk = ri.data0 + idx;
+                let Ok((di, _)) = self.dinode(blk) else {
+                    continue;
+                };
+                if di.flags & dif::SYSTEM == 0 || blk == self.sb.master_dir.addr {
+                    continue;
+                }
+                let has = |n: &str| found.iter().any(|f| f.0 == n);
+                if di.is_dir() {
+                    let Ok(list) = self.list_dir(blk) else {
+                        continue;
+                    };
+                    if list.iter().any(|e| e.0 == "journal0") && !has("jindex") {
+                        found.push(("jindex".into(), di.num));
+                    } else if list.iter().any(|e| e.0 == "statfs_change0") && !has("per_node") {
+                        pn_files.extend(list.iter().map(|e| e.1.addr));
+                        found.push(("per_node".into(), di.num));
+                    }
+                } else if di.payload_format == format::RI && !has("rindex") {
+                    found.push(("rindex".into(), di.num));
+                } else if di.payload_format == format::QU && !has("quota") {
+                    found.push(("quota".into(), di.num));
+                } else if di.height == 0 && (di.size == 8 || di.size == 24) {
+                    small.push(di);
+                }
+            }
+        }
+        for di in small {
+            let name = if di.size == 8 { "inum" } else { "statfs" };
+            if !pn_files.contains(&di.num.addr) && !found.iter().any(|f| f.0 == name) {
+                found.push((name.into(), di.num));
+            }
+        }
+        for need in ["jindex", "rindex"] {
+            if !found.iter().any(|f| f.0 == need) {
+                return Err(Fatal(format!(
+                    "the master directory is destroyed and no {need} was found to rebuild it"
+                )));
+            }
+        }
+        let order = ["jindex", "per_node", "inum", "statfs", "rindex", "quota"];
+        found.sort_by_key(|f| order.iter().position(|o| *o == f.0));
+        let master = self.sb.master_dir;
+        let names: Vec<&str> = found.iter().map(|f| f.0.as_str()).collect();
+        let msg = format!(
+            "The master directory at block {} is destroyed; rebuilding it with the system files found ({})",
+            master.addr,
+            names.join(", ")
+        );
+        if self.r.problem(&msg, true) {
+            let (mut di, mut b) = self.empty_dir(master, master, 0o40755)?;
+            di.flags = dif::SYSTEM;
+            let entries: Vec<Entry> = [
+                Entry::new(".", master, dt::DIR),
+                Entry::new("..", master, dt::DIR),
+            ]
+            .into_iter()
+            .chain(found.iter().map(|(n, i)| {
+                let t = if n == "jindex" || n == "per_node" {
+                    dt::DIR
+                } else {
+                    dt::REG
+                };
+                Entry::new(n, *i, t)
+            }))
+            .collect();
+            let subdirs = entries.iter().skip(2).filter(|e| e.dt == dt::DIR).count();
+            let refs: Vec<&Entry> = entries.iter().collect();
+            dirlayout::pack(&mut b[Dinode::SIZE..], &refs).map_err(Fatal)?;
+            di.entries = entries.len() as u32;
+            di.nlink = 2 + subdirs as u32;
+            di.write(&mut b)?;
+            self.write(master.addr, b);
+            self.set_bit(master.addr, BlockState::Dinode);
+        } else {
+            self.master_list = Some(found);
+        }
         Ok(())
     }
 

@@ -664,6 +664,13 @@ fn system_file_scenarios(b: &Path) {
             |fs| zero(fs, fs.lookup(fs.lookup(fs.master, "jindex"), name)),
         );
     }
+    // gfs2-utils 3.5: -n and -y stop with 8 (it cannot rebuild it).
+    scenario(
+        b,
+        "destroyed master directory",
+        Oracle::Exit(&[4, 8]),
+        |fs| zero(fs, fs.master),
+    );
     scenario(
         b,
         "destroyed per_node directory",
