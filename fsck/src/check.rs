@@ -3568,6 +3568,12 @@ impl Fsck {
             {
                 continue; // the bitmap check frees it
             }
+            if !di.is_dir() && di.size == 0 && di.eattr == 0 {
+                // As gfs2-utils: an unlinked empty file (no extended
+                // attributes either) holds nothing worth keeping; the
+                // bitmap check frees it.
+                continue;
+            }
             let msg = format!(
                 "Inode {blk} (mode {:o}, {} blocks) is not linked from any directory; moving it to lost+found",
                 di.mode, di.blocks

@@ -945,3 +945,47 @@ fn unused() -> (usize, usize) {
         Dirent::SIZE + Rgrp::SIZE + metatype::DI as usize,
     )
 }
+
+/// Unlinked files: one with data goes to lost+found, an empty one is
+/// freed; gfs2-utils' -y (on a copy) must do the same with each.
+#[test]
+fn orphans_kept_or_freed_as_gfs2_utils() {
+    let base = base_image("orph", 4096);
+    let fs = Fs::open(&base.0);
+    let d1 = fs.lookup(fs.root, "dir1");
+    let d2 = fs.lookup(fs.root, "dir2");
+    let kept = fs.lookup(d1, "file5");
+    let empty = fs.lookup(d2, "file3");
+    assert_eq!(fs.dinode(kept).size, 100);
+    assert_eq!(fs.dinode(empty).size, 0);
+    for (dir, name, f) in [(d1, "file5", kept), (d2, "file3", empty)] {
+        fs.del_entry(dir, name);
+        fs.poke(f, 52, &0u32.to_be_bytes());
+        let n = fs.dinode(dir).entries - 1;
+        fs.poke(dir, 148, &n.to_be_bytes());
+    }
+    let theirs = tmp("orph-utils");
+    sparse_copy(&base.0, &theirs.0);
+    let st = Command::new(need(ORACLE_FSCK))
+        .arg("-y")
+        .arg(&theirs.0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("fsck.gfs2 -y");
+    assert_eq!(st.code(), Some(1), "gfs2-utils -y");
+    let (rc, out) = ours_rc(&["-y"], &base.0);
+    assert_eq!(rc, 1, "ours -y:\n{out}");
+    let utils = Fs::open(&theirs.0);
+    for (who, f) in [("ours", &fs), ("gfs2-utils", &utils)] {
+        assert_eq!(f.state(kept), 3, "{who}: the file with data is kept");
+        assert_eq!(f.state(empty), 0, "{who}: the empty file is freed");
+        let lf = f.lookup(f.root, "lost+found");
+        assert!(
+            f.entries(lf).iter().any(|e| e.1.addr == kept),
+            "{who}: the file with data is in lost+found"
+        );
+        assert_eq!(f.dinode(kept).nlink, 1, "{who}: link count");
+    }
+    assert_clean_both(&base.0, "orphans after our -y");
+}
