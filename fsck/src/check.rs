@@ -52,93 +52,10 @@ impl<E: std::fmt::Display> From<E> for Fatal {
 type Res<T> = Result<T, Fatal>;
 
 /// A block read from the device, shared with the read cache.
-type Blk = std::sync::Arc<Vec<u8>>;
-
-/// Directory entries whose dinode blocks are read ahead by the prefetch
-/// thread (the next ones the walk will follow).
-const PREFETCH_AHEAD: usize = 32;
-
-/// Blocks read ahead by a second thread for the walk, so that the read
-/// calls (and the kernel's copying) run beside the checking.
-struct Prefetch {
-    tx: Option<std::sync::mpsc::Sender<Vec<(u64, u64)>>>,
-    /// Block -> (request number, contents).
-    ready: std::sync::Arc<std::sync::Mutex<HashMap<u64, (u64, Blk)>>>,
-    seq: u64,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Prefetch {
-    fn start(path: &Path, bsize: u32) -> Option<Prefetch> {
-        use std::os::unix::fs::FileExt;
-        let file = std::fs::File::open(path).ok()?;
-        let (tx, rx) = std::sync::mpsc::channel::<Vec<(u64, u64)>>();
-        let ready: std::sync::Arc<std::sync::Mutex<HashMap<u64, (u64, Blk)>>> = Default::default();
-        let r2 = ready.clone();
-        let bs = bsize as usize;
-        let thread = std::thread::Builder::new()
-            .name("prefetch".into())
-            .spawn(move || {
-                while let Ok(batch) = rx.recv() {
-                    for (seq, blk) in batch {
-                        let mut b = vec![0u8; bs];
-                        if file.read_exact_at(&mut b, blk * bs as u64).is_err() {
-                            continue;
-                        }
-                        let Ok(mut m) = r2.lock() else { return };
-                        // Bounded: the walk drops what it will not use.
-                        if m.len() < 2 * PREFETCH_AHEAD {
-                            m.insert(blk, (seq, std::sync::Arc::new(b)));
-                        }
-                    }
-                }
-            })
-            .ok()?;
-        Some(Prefetch {
-            tx: Some(tx),
-            ready,
-            seq: 0,
-            thread: Some(thread),
-        })
-    }
-
-    fn take(&self, blk: u64) -> Option<Blk> {
-        self.ready.lock().ok()?.remove(&blk).map(|e| e.1)
-    }
-
-    fn request(&mut self, blocks: Vec<u64>) {
-        let batch: Vec<(u64, u64)> = blocks
-            .into_iter()
-            .map(|b| {
-                self.seq += 1;
-                (self.seq, b)
-            })
-            .collect();
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(batch);
-        }
-        // Drop blocks read for entries the walk has passed.
-        if let Ok(mut m) = self.ready.lock() {
-            if m.len() >= 2 * PREFETCH_AHEAD {
-                let old = self.seq.saturating_sub(2 * PREFETCH_AHEAD as u64);
-                m.retain(|_, e| e.0 > old);
-            }
-        }
-    }
-
-    fn stop(&mut self) {
-        self.tx = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        if let Ok(mut m) = self.ready.lock() {
-            *m = HashMap::default();
-        }
-    }
-}
+type Blk = std::rc::Rc<Vec<u8>>;
 
 /// Slots of the read cache (direct-mapped by block number).
-const RECENT: usize = 64;
+const RECENT: usize = 16;
 /// Blocks read at once on a cache miss.
 const READ_AHEAD: u64 = 1;
 
@@ -200,9 +117,6 @@ struct Ref {
     dir: u64,
     /// Where the entry is: (block, record offset, start of records).
     at: (u64, usize, usize),
-    name: String,
-    /// Its dinode block was asked of the prefetch thread.
-    fetched: bool,
 }
 
 /// System files that are rebuilt empty when destroyed.
@@ -266,8 +180,6 @@ pub struct Fsck {
     alloc_last: u64,
     journals: Vec<(u32, CleanHeader)>,
     deferred: Vec<u32>,
-    device: String,
-    prefetch: Option<Prefetch>,
 }
 
 /// The device as modified so far (for reading journals after repairs).
@@ -520,8 +432,6 @@ impl Fsck {
             alloc_last: 0,
             journals: Vec::new(),
             deferred: Vec::new(),
-            device: o.device.clone(),
-            prefetch: None,
         })
     }
 
@@ -538,7 +448,7 @@ impl Fsck {
     /// A block to look at (shared with the read cache: no copy).
     fn read_rc(&self, blk: u64) -> Res<Blk> {
         if let Some(b) = self.cache.get(&blk) {
-            return Ok(std::sync::Arc::new(b.clone()));
+            return Ok(std::rc::Rc::new(b.clone()));
         }
         if blk >= self.dev_blocks {
             return Err(Fatal(format!("block {blk} is beyond the device")));
@@ -552,14 +462,6 @@ impl Fsck {
                 }
             }
         }
-        if let Some(b) = self.prefetch.as_ref().and_then(|p| p.take(blk)) {
-            let mut r = self.recent.borrow_mut();
-            if r.is_empty() {
-                r.resize(RECENT, (u64::MAX, std::sync::Arc::new(Vec::new())));
-            }
-            r[slot] = (blk, b.clone());
-            return Ok(b);
-        }
         // A miss reads a few blocks at once: dinodes are allocated close
         // together, and one read call is cheaper than several.
         let bs = self.bsize as usize;
@@ -568,7 +470,7 @@ impl Fsck {
         self.dev.read_at(&mut raw, blk * bs as u64)?;
         let mut r = self.recent.borrow_mut();
         if r.is_empty() {
-            r.resize(RECENT, (u64::MAX, std::sync::Arc::new(Vec::new())));
+            r.resize(RECENT, (u64::MAX, std::rc::Rc::new(Vec::new())));
         }
         let mut first = None;
         for k in (0..n).rev() {
@@ -576,7 +478,7 @@ impl Fsck {
             if self.cache.contains_key(&b) {
                 continue;
             }
-            let data = std::sync::Arc::new(raw[k * bs..(k + 1) * bs].to_vec());
+            let data = std::rc::Rc::new(raw[k * bs..(k + 1) * bs].to_vec());
             if k == 0 {
                 first = Some(data.clone());
             }
@@ -1143,6 +1045,7 @@ impl Fsck {
                 .filter(|k| !meta_ok(&raw[k * bsize..(k + 1) * bsize], metatype::RB))
                 .collect();
             raw.truncate(Rgrp::SIZE);
+            raw.shrink_to_fit();
             (raw, bad, notes)
         };
         let results: Vec<RgRead> = std::thread::scope(|s| {
@@ -2142,50 +2045,35 @@ impl Fsck {
         }
     }
 
-    /// Follow the queued directory entries (depth first), asking the
-    /// prefetch thread for the next dinode blocks.
+    /// Follow the queued directory entries (depth first).
     fn drain_queue(&mut self) -> Res<()> {
-        loop {
-            if let Some(p) = &mut self.prefetch {
-                // Ask in batches: when the next half window is not asked
-                // for yet, ask for the whole window.
-                let due = self
-                    .queue
-                    .iter()
-                    .rev()
-                    .take(PREFETCH_AHEAD / 2)
-                    .any(|r| !r.fetched);
-                let mut want = Vec::new();
-                for rf in self
-                    .queue
-                    .iter_mut()
-                    .rev()
-                    .take(if due { PREFETCH_AHEAD } else { 0 })
-                {
-                    if !rf.fetched {
-                        rf.fetched = true;
-                        if rf.inum.addr < self.dev_blocks && !self.cache.contains_key(&rf.inum.addr)
-                        {
-                            want.push(rf.inum.addr);
-                        }
-                    }
-                }
-                if !want.is_empty() {
-                    p.request(want);
-                }
-            }
-            let Some(rf) = self.queue.pop_back() else {
-                return Ok(());
-            };
+        while let Some(rf) = self.queue.pop_back() {
             self.follow(rf)?;
         }
+        Ok(())
+    }
+
+    /// The name in the directory entry at `at`.
+    fn ref_name(&self, at: (u64, usize, usize)) -> String {
+        let Ok(b) = self.read_rc(at.0) else {
+            return String::new();
+        };
+        let Some(de) = b.get(at.1..).and_then(|r| Dirent::parse(r).ok()) else {
+            return String::new();
+        };
+        let from = at.1 + Dirent::SIZE;
+        b.get(from..from + usize::from(de.name_len))
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .unwrap_or_default()
     }
 
     /// Follow a directory entry to its inode.
     fn follow(&mut self, rf: Ref) -> Res<()> {
         let addr = rf.inum.addr;
         let parent_addr = rf.dir;
-        let label = format!("Directory {parent_addr}: entry {:?} -> {addr}", rf.name);
+        // The name is read back from the entry (the queue does not keep it).
+        let name = self.ref_name(rf.at);
+        let label = format!("Directory {parent_addr}: entry {name:?} -> {addr}");
         if self.visited(addr) {
             let idx = addr;
             let (formal, is_dir, mode) = {
@@ -2259,7 +2147,7 @@ impl Fsck {
             if system {
                 // Removing a system file's entry only makes the next run
                 // fail: rebuild it (empty, as gfs2-utils does) where it was.
-                let kind = self.system_kind(parent_addr, &rf.name);
+                let kind = self.system_kind(parent_addr, &name);
                 let free = self.rg_of(addr).is_some() && want_get(&self.want, addr) == W_FREE;
                 let Some(kind) = kind.filter(|_| free) else {
                     self.r.problem(&format!("System {label}: {why}"), false);
@@ -2317,12 +2205,12 @@ impl Fsck {
         let idx = self.add_inode(&di, addr);
         self.ino(idx).parent = parent_addr;
         self.ino(idx).quota_change =
-            parent_addr == self.per_node && rf.name.starts_with("quota_change");
+            parent_addr == self.per_node && name.starts_with("quota_change");
         if parent_addr == self.sb.master_dir.addr
             || parent_addr == self.jindex
             || parent_addr == self.per_node
         {
-            self.check_system(addr, &rf.name)?;
+            self.check_system(addr, &name)?;
         }
         self.check_de_type(&rf, ifmt_to_dt(di.mode), &label)?;
         self.inspect(idx)?;
@@ -3522,8 +3410,6 @@ impl Fsck {
                 de_type: de.de_type,
                 dir: idx,
                 at: (blk, off, start),
-                name: sname,
-                fetched: false,
             });
         }
         if changed || !dels.is_empty() {
@@ -3547,10 +3433,21 @@ impl Fsck {
             }
             let ri = self.rgs[i].ri;
             let bits = self.rg_bits(i)?;
-            for idx in dinode_indexes(&bits, ri.data) {
-                let blk = ri.data0 + idx;
-                if want_get(&self.want, blk) == W_FREE {
-                    found.push(blk);
+            for (j, &b) in bits.iter().enumerate() {
+                // Both bits of a pair set: a dinode.
+                let both = b & (b >> 1) & 0x55;
+                if both == 0 {
+                    continue;
+                }
+                for k in 0..4 {
+                    let idx = (j * 4 + k) as u64;
+                    let blk = ri.data0 + idx;
+                    if both & (1 << (2 * k)) != 0
+                        && idx < u64::from(ri.data)
+                        && want_get(&self.want, blk) == W_FREE
+                    {
+                        found.push(blk);
+                    }
                 }
             }
         }
@@ -3604,8 +3501,6 @@ impl Fsck {
                         de_type: dt,
                         dir: lf,
                         at,
-                        name,
-                        fetched: false,
                     });
                     self.drain_queue()?;
                 }
@@ -4215,12 +4110,8 @@ impl Fsck {
         self.check_sb()?;
         self.check_rgrps()?;
         self.check_journals()?;
-        self.prefetch = Prefetch::start(Path::new(&self.device), self.bsize);
-        let walked = self.walk().and_then(|_| self.orphans());
-        if let Some(mut p) = self.prefetch.take() {
-            p.stop();
-        }
-        walked?;
+        self.walk()?;
+        self.orphans()?;
         self.resolve_stolen()?;
         self.rebuild_rindex()?;
         self.rewrite_rindex()?;
