@@ -119,6 +119,31 @@ struct Ref {
     at: (u64, usize, usize),
 }
 
+/// "Directory D: entry NAME -> ADDR" for messages, the name read from the
+/// directory block only when it is shown.
+struct Label {
+    dir: u64,
+    addr: u64,
+    block: Option<Blk>,
+    off: usize,
+}
+
+impl std::fmt::Display for Label {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = self
+            .block
+            .as_ref()
+            .and_then(|b| {
+                let de = Dirent::parse(b.get(self.off..)?).ok()?;
+                let from = self.off + Dirent::SIZE;
+                b.get(from..from + usize::from(de.name_len))
+            })
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .unwrap_or_default();
+        write!(f, "Directory {}: entry {name:?} -> {}", self.dir, self.addr)
+    }
+}
+
 /// System files that are rebuilt empty when destroyed.
 #[derive(Clone, Copy, Debug)]
 enum SysKind {
@@ -466,6 +491,17 @@ impl Fsck {
         // together, and one read call is cheaper than several.
         let bs = self.bsize as usize;
         let n = READ_AHEAD.min(self.dev_blocks - blk) as usize;
+        if n == 1 {
+            let mut b = vec![0u8; bs];
+            self.dev.read_at(&mut b, blk * bs as u64)?;
+            let data = std::rc::Rc::new(b);
+            let mut r = self.recent.borrow_mut();
+            if r.is_empty() {
+                r.resize(RECENT, (u64::MAX, std::rc::Rc::new(Vec::new())));
+            }
+            r[slot] = (blk, data.clone());
+            return Ok(data);
+        }
         let mut raw = vec![0u8; n * bs];
         self.dev.read_at(&mut raw, blk * bs as u64)?;
         let mut r = self.recent.borrow_mut();
@@ -1876,7 +1912,10 @@ impl Fsck {
         if track && st != W_DINODE {
             self.owner.insert(blk, owner);
         }
-        self.ino(owner).blocks += 1;
+        match self.inodes.get_mut(&owner) {
+            Some(i) => i.blocks += 1,
+            None => self.ino(owner).blocks += 1,
+        }
         Ok(())
     }
 
@@ -1916,7 +1955,10 @@ impl Fsck {
                     if track {
                         self.owner.insert(blk, owner);
                     }
-                    self.ino(owner).blocks += 1;
+                    match self.inodes.get_mut(&owner) {
+                        Some(i) => i.blocks += 1,
+                        None => self.ino(owner).blocks += 1,
+                    }
                     return Some(blk);
                 }
             }
@@ -2072,8 +2114,22 @@ impl Fsck {
         let addr = rf.inum.addr;
         let parent_addr = rf.dir;
         // The name is read back from the entry (the queue does not keep it).
-        let name = self.ref_name(rf.at);
-        let label = format!("Directory {parent_addr}: entry {name:?} -> {addr}");
+        // Names matter for system directories; elsewhere the label reads
+        // it only when a problem is reported.
+        let system_dir = parent_addr == self.sb.master_dir.addr
+            || parent_addr == self.jindex
+            || parent_addr == self.per_node;
+        let name = if system_dir {
+            self.ref_name(rf.at)
+        } else {
+            String::new()
+        };
+        let label = Label {
+            dir: parent_addr,
+            addr,
+            block: self.read_rc(rf.at.0).ok(),
+            off: rf.at.1,
+        };
         if self.visited(addr) {
             let idx = addr;
             let (formal, is_dir, mode) = {
@@ -2424,7 +2480,7 @@ impl Fsck {
         None
     }
 
-    fn check_de_type(&mut self, rf: &Ref, dt: u16, label: &str) -> Res<()> {
+    fn check_de_type(&mut self, rf: &Ref, dt: u16, label: &Label) -> Res<()> {
         if rf.de_type != dt
             && self.r.problem(
                 &format!(
