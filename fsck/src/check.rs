@@ -54,10 +54,11 @@ type Res<T> = Result<T, Fatal>;
 /// A block read from the device, shared with the read cache.
 type Blk = std::rc::Rc<Vec<u8>>;
 
-/// Slots of the read cache (direct-mapped by block number).
+/// The read cache: (block, contents, last use) and a use counter.
+type Recent = (Vec<(u64, Blk, u64)>, u64);
+
+/// Blocks kept by the read cache.
 const RECENT: usize = 16;
-/// Blocks read at once on a cache miss.
-const READ_AHEAD: u64 = 1;
 
 /// Byte offset of the superblock.
 const SB_OFFSET: u64 = 65536;
@@ -173,7 +174,9 @@ pub struct Fsck {
     cache: HashMap<u64, Vec<u8>>,
     /// Recently read blocks (unchanged ones), so that a dinode or indirect
     /// block looked at by several checks is read once.
-    recent: std::cell::RefCell<Vec<(u64, Blk)>>,
+    recent: std::cell::RefCell<Recent>,
+    /// The rgrp the last block looked up was in.
+    rg_hint: std::cell::Cell<usize>,
     rgs: Vec<Rg>,
     want: Vec<u8>,
     /// Owner of every claimed dinode, indirect, leaf, EA and directory
@@ -437,7 +440,8 @@ impl Fsck {
             dev_blocks: dev_size / 4096,
             fs_blocks: 0,
             cache: HashMap::default(),
-            recent: std::cell::RefCell::new(Vec::new()),
+            recent: std::cell::RefCell::new((Vec::new(), 0)),
+            rg_hint: std::cell::Cell::new(0),
             rgs: Vec::new(),
             want: Vec::new(),
             owner: HashMap::default(),
@@ -478,58 +482,29 @@ impl Fsck {
         if blk >= self.dev_blocks {
             return Err(Fatal(format!("block {blk} is beyond the device")));
         }
-        let slot = (blk % RECENT as u64) as usize;
-        {
-            let r = self.recent.borrow();
-            if let Some((b, data)) = r.get(slot) {
-                if *b == blk && !data.is_empty() {
-                    return Ok(data.clone());
-                }
-            }
-        }
-        // A miss reads a few blocks at once: dinodes are allocated close
-        // together, and one read call is cheaper than several.
-        let bs = self.bsize as usize;
-        let n = READ_AHEAD.min(self.dev_blocks - blk) as usize;
-        if n == 1 {
-            let mut b = vec![0u8; bs];
-            self.dev.read_at(&mut b, blk * bs as u64)?;
-            let data = std::rc::Rc::new(b);
-            let mut r = self.recent.borrow_mut();
-            if r.is_empty() {
-                r.resize(RECENT, (u64::MAX, std::rc::Rc::new(Vec::new())));
-            }
-            r[slot] = (blk, data.clone());
-            return Ok(data);
-        }
-        let mut raw = vec![0u8; n * bs];
-        self.dev.read_at(&mut raw, blk * bs as u64)?;
         let mut r = self.recent.borrow_mut();
-        if r.is_empty() {
-            r.resize(RECENT, (u64::MAX, std::rc::Rc::new(Vec::new())));
+        r.1 += 1;
+        let now = r.1;
+        if let Some(e) = r.0.iter_mut().find(|e| e.0 == blk) {
+            e.2 = now;
+            return Ok(e.1.clone());
         }
-        let mut first = None;
-        for k in (0..n).rev() {
-            let b = blk + k as u64;
-            if self.cache.contains_key(&b) {
-                continue;
-            }
-            let data = std::rc::Rc::new(raw[k * bs..(k + 1) * bs].to_vec());
-            if k == 0 {
-                first = Some(data.clone());
-            }
-            r[(b % RECENT as u64) as usize] = (b, data);
+        let bs = self.bsize as usize;
+        let mut b = vec![0u8; bs];
+        self.dev.read_at(&mut b, blk * bs as u64)?;
+        let data = std::rc::Rc::new(b);
+        // Least recently used out: a directory block being followed stays
+        // while the dinodes it names come and go.
+        if r.0.len() < RECENT {
+            r.0.push((blk, data.clone(), now));
+        } else if let Some(e) = r.0.iter_mut().min_by_key(|e| e.2) {
+            *e = (blk, data.clone(), now);
         }
-        first.ok_or_else(|| Fatal(format!("block {blk}: read failed")))
+        Ok(data)
     }
 
     fn write(&mut self, blk: u64, b: Vec<u8>) {
-        let slot = (blk % RECENT as u64) as usize;
-        if let Some(e) = self.recent.borrow_mut().get_mut(slot) {
-            if e.0 == blk {
-                e.0 = u64::MAX;
-            }
-        }
+        self.recent.borrow_mut().0.retain(|e| e.0 != blk);
         self.cache.insert(blk, b);
     }
 
@@ -556,10 +531,21 @@ impl Fsck {
 
     /// Which rgrp holds data block `blk`, and its index there.
     fn rg_of(&self, blk: u64) -> Option<(usize, u64)> {
+        // Most lookups fall in the rgrp of the one before.
+        let h = self.rg_hint.get();
+        if let Some(r) = self.rgs.get(h) {
+            if blk >= r.ri.data0 && blk - r.ri.data0 < u64::from(r.ri.data) {
+                return Some((h, blk - r.ri.data0));
+            }
+        }
         let i = self.rgs.partition_point(|r| r.ri.data0 <= blk);
         let r = self.rgs.get(i.checked_sub(1)?)?;
         let idx = blk - r.ri.data0;
-        (idx < u64::from(r.ri.data)).then_some((i - 1, idx))
+        let found = (idx < u64::from(r.ri.data)).then_some((i - 1, idx));
+        if found.is_some() {
+            self.rg_hint.set(i - 1);
+        }
+        found
     }
 
     /// Bitmap bytes of rgrp `i`: kept if loaded, else read (zeros for a
@@ -1869,7 +1855,7 @@ impl Fsck {
         if self.r.problem(&msg, can_replay) {
             let st = recovery::recover(&self.dev, self.bsize, ex, &head, clean)
                 .map_err(|e| Fatal(format!("journal{j}: replay failed: {e}")))?;
-            self.recent.borrow_mut().clear();
+            self.recent.borrow_mut().0.clear();
             self.r.info(&format!(
                 "journal{j}: replayed {} blocks, {} revoked, {} revokes",
                 st.replayed, st.revoked, st.revokes
