@@ -588,6 +588,12 @@ impl Fs {
         })
     }
 
+    /// How many entries directory `ino` says it holds (`di_entries`): a
+    /// hint for sizing a listing, not trusted beyond that.
+    pub fn dir_entries(&self, ino: u64) -> Result<u64> {
+        self.with_inode(ino, |_, ip| Ok(ip.di.entries as u64))
+    }
+
     /// Read file data.
     pub fn read(&self, ino: u64, offset: u64, size: usize) -> Result<Vec<u8>> {
         self.with_inode(ino, |m, ip| {

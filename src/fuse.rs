@@ -178,7 +178,13 @@ impl Gfs2Fuse {
             }
         }
         drop(map);
-        let mut l = Listing::default();
+        // Sized from the directory's own count (capped: it is disk data),
+        // so a big listing is not copied as it grows.
+        let hint = self.fs.dir_entries(ino).unwrap_or(0).min(1 << 20) as usize;
+        let mut l = Listing {
+            names: Vec::with_capacity(hint * 16),
+            items: Vec::with_capacity(hint),
+        };
         self.fs.readdir(ino, 0, |e| {
             l.push(e);
             true
