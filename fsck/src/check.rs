@@ -125,18 +125,33 @@ struct Ref {
 struct Label {
     dir: u64,
     addr: u64,
+    /// The directory block if it was changed (only in memory so far).
     block: Option<Blk>,
-    off: usize,
+    /// Else the device, read when the label is shown.
+    file: std::rc::Rc<std::fs::File>,
+    bsize: u64,
+    at: (u64, usize),
 }
 
 impl std::fmt::Display for Label {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = self
-            .block
-            .as_ref()
-            .and_then(|b| {
-                let de = Dirent::parse(b.get(self.off..)?).ok()?;
-                let from = self.off + Dirent::SIZE;
+        use std::os::unix::fs::FileExt;
+        let (blk, off) = self.at;
+        let b = match &self.block {
+            Some(b) => b.to_vec(),
+            None => {
+                let mut b = vec![0u8; self.bsize as usize];
+                if self.file.read_exact_at(&mut b, blk * self.bsize).is_err() {
+                    b.clear();
+                }
+                b
+            }
+        };
+        let name = b
+            .get(off..)
+            .and_then(|r| Dirent::parse(r).ok())
+            .and_then(|de| {
+                let from = off + Dirent::SIZE;
                 b.get(from..from + usize::from(de.name_len))
             })
             .map(|n| String::from_utf8_lossy(n).into_owned())
@@ -175,6 +190,11 @@ pub struct Fsck {
     /// Recently read blocks (unchanged ones), so that a dinode or indirect
     /// block looked at by several checks is read once.
     recent: std::cell::RefCell<Recent>,
+    /// The device opened again, for the names in messages.
+    names: std::rc::Rc<std::fs::File>,
+    /// The dinode the walk reads next (read together with the current one
+    /// when they are neighbours).
+    pair_hint: std::cell::Cell<Option<u64>>,
     /// The rgrp the last block looked up was in.
     rg_hint: std::cell::Cell<usize>,
     rgs: Vec<Rg>,
@@ -442,6 +462,8 @@ impl Fsck {
             cache: HashMap::default(),
             recent: std::cell::RefCell::new((Vec::new(), 0)),
             rg_hint: std::cell::Cell::new(0),
+            pair_hint: std::cell::Cell::new(None),
+            names: std::rc::Rc::new(std::fs::File::open(&o.device)?),
             rgs: Vec::new(),
             want: Vec::new(),
             owner: HashMap::default(),
@@ -490,6 +512,37 @@ impl Fsck {
             return Ok(e.1.clone());
         }
         let bs = self.bsize as usize;
+        // The next entry's dinode right beside this one: one read for both.
+        let pair = self.pair_hint.get().filter(|&p| {
+            (p + 1 == blk || blk + 1 == p)
+                && p < self.dev_blocks
+                && !self.cache.contains_key(&p)
+                && !r.0.iter().any(|e| e.0 == p)
+        });
+        if let Some(p) = pair {
+            self.pair_hint.set(None);
+            let lo = p.min(blk);
+            let mut two = vec![0u8; 2 * bs];
+            self.dev.read_at(&mut two, lo * bs as u64)?;
+            let hi_part = std::rc::Rc::new(two.split_off(bs));
+            let lo_part = std::rc::Rc::new(two);
+            let (mine, other) = if lo == blk {
+                (lo_part, hi_part)
+            } else {
+                (hi_part, lo_part)
+            };
+            if r.0.len() < RECENT {
+                r.0.push((p, other, now));
+            } else if let Some(e) = r.0.iter_mut().min_by_key(|e| e.2) {
+                *e = (p, other, now);
+            }
+            if r.0.len() < RECENT {
+                r.0.push((blk, mine.clone(), now));
+            } else if let Some(e) = r.0.iter_mut().min_by_key(|e| e.2) {
+                *e = (blk, mine.clone(), now);
+            }
+            return Ok(mine);
+        }
         let mut b = vec![0u8; bs];
         self.dev.read_at(&mut b, blk * bs as u64)?;
         let data = std::rc::Rc::new(b);
@@ -2076,8 +2129,10 @@ impl Fsck {
     /// Follow the queued directory entries (depth first).
     fn drain_queue(&mut self) -> Res<()> {
         while let Some(rf) = self.queue.pop_back() {
+            self.pair_hint.set(self.queue.back().map(|n| n.inum.addr));
             self.follow(rf)?;
         }
+        self.pair_hint.set(None);
         Ok(())
     }
 
@@ -2113,8 +2168,13 @@ impl Fsck {
         let label = Label {
             dir: parent_addr,
             addr,
-            block: self.read_rc(rf.at.0).ok(),
-            off: rf.at.1,
+            block: self
+                .cache
+                .get(&rf.at.0)
+                .map(|b| std::rc::Rc::new(b.clone())),
+            file: self.names.clone(),
+            bsize: u64::from(self.bsize),
+            at: (rf.at.0, rf.at.1),
         };
         if self.visited(addr) {
             let idx = addr;
@@ -2738,7 +2798,14 @@ impl Fsck {
             self.write(addr, b);
         }
         if is_dir {
+            // Follow the entries in block order (sequential reads; the
+            // queue is popped from the back).
+            let from = self.queue.len();
             self.check_dir(idx, &di, &data)?;
+            let tail = self.queue.make_contiguous();
+            if let Some(new) = tail.get_mut(from..) {
+                new.sort_unstable_by_key(|r| std::cmp::Reverse(r.inum.addr));
+            }
         }
         Ok(())
     }
