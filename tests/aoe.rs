@@ -74,16 +74,6 @@ fn run(cmd: &mut Command) {
     );
 }
 
-fn mkfs_bin() -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_gfs2-fuse")).with_file_name("mkfs-gfs2");
-    assert!(
-        p.exists(),
-        "{} missing: build the workspace (cargo build --release --workspace)",
-        p.display()
-    );
-    p
-}
-
 fn our_mkfs(spec: &str) {
     let out = Command::new(mkfs_bin())
         .args(["-O", "-p", "lock_nolock", "-j", "1", "-b", "4096"])
@@ -338,13 +328,6 @@ fn image(tag: &str, mb: u64) -> TempPath {
     let f = std::fs::File::create(&p).unwrap();
     f.set_len(mb << 20).unwrap();
     TempPath(p)
-}
-
-fn fill(rng: &mut Rng, b: &mut [u8]) {
-    for c in b.chunks_mut(8) {
-        let v = rng.next().to_le_bytes();
-        c.copy_from_slice(&v[..c.len()]);
-    }
 }
 
 fn payload(seed: u64, len: usize) -> Vec<u8> {

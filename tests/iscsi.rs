@@ -47,13 +47,6 @@ fn bin(name: &str) -> PathBuf {
     p
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
-}
-
 fn tmp(tag: &str) -> PathBuf {
     std::env::temp_dir().join(format!("gfs2iscsi-{tag}-{}", std::process::id()))
 }
@@ -351,25 +344,6 @@ fn mount_foreground(url: &str, mnt: &Path, envs: &[(&str, &str)]) -> Child {
         std::thread::sleep(Duration::from_millis(20));
     }
     child
-}
-
-/// Unmount and wait for the daemon to finish its final flush.
-fn unmount_and_wait(mnt: &Path, mut child: Child) {
-    let st = Command::new(tool("fusermount3"))
-        .arg("-u")
-        .arg(mnt)
-        .status()
-        .unwrap();
-    assert!(st.success(), "fusermount3 -u {}", mnt.display());
-    let st = child.wait().unwrap();
-    assert!(st.success(), "gfs2-fuse exited with {st}");
-}
-
-fn fill(rng: &mut Rng, b: &mut [u8]) {
-    for c in b.chunks_mut(8) {
-        let v = rng.next().to_le_bytes();
-        c.copy_from_slice(&v[..c.len()]);
-    }
 }
 
 fn content(i: u64, len: usize) -> Vec<u8> {

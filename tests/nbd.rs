@@ -33,23 +33,6 @@ fn need(name: &str, package: &str) -> PathBuf {
     panic!("{name} not found: install the Debian package {package} (scripts/test.sh does)");
 }
 
-fn mkfs_bin() -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_gfs2-fuse")).with_file_name("mkfs-gfs2");
-    assert!(
-        p.exists(),
-        "{} missing: build the workspace (cargo build --release --workspace)",
-        p.display()
-    );
-    p
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
-}
-
 fn tmp(tag: &str) -> PathBuf {
     std::env::temp_dir().join(format!("gfs2nbd-{tag}-{}", std::process::id()))
 }
@@ -814,18 +797,6 @@ fn mount_foreground(spec: &str, mnt: &Path) -> Child {
         std::thread::sleep(Duration::from_millis(20));
     }
     child
-}
-
-/// Unmount and wait for the daemon to finish its final flush.
-fn unmount_and_wait(mnt: &Path, mut child: Child) {
-    let st = Command::new(tool("fusermount3"))
-        .arg("-u")
-        .arg(mnt)
-        .status()
-        .unwrap();
-    assert!(st.success(), "fusermount3 -u {}", mnt.display());
-    let st = child.wait().unwrap();
-    assert!(st.success(), "gfs2-fuse exited with {st}");
 }
 
 /// Files written through a FUSE mount over NBD (Unix socket, nbdkit) are

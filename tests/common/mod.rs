@@ -344,3 +344,43 @@ pub fn with_mount<T>(img: &Path, opts: &str, tag: &str, f: impl FnOnce(&Path) ->
     wait_daemon_gone(&mnt.0);
     r
 }
+
+/// Our mkfs binary, built beside gfs2-fuse.
+pub fn mkfs_bin() -> PathBuf {
+    let p = Path::new(gfs2_fuse()).with_file_name("mkfs-gfs2");
+    assert!(
+        p.exists(),
+        "{} missing: build the workspace (cargo build --release --workspace)",
+        p.display()
+    );
+    p
+}
+
+/// A TCP port nobody listens on right now (for a test's own server).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+/// `fusermount3 -u` a mount whose daemon is `child`, and wait for the
+/// daemon to exit successfully.
+pub fn unmount_and_wait(mnt: &Path, mut child: std::process::Child) {
+    let st = Command::new(tool("fusermount3"))
+        .arg("-u")
+        .arg(mnt)
+        .status()
+        .unwrap();
+    assert!(st.success(), "fusermount3 -u {}", mnt.display());
+    let st = child.wait().unwrap();
+    assert!(st.success(), "gfs2-fuse exited with {st}");
+}
+
+/// Fill `b` with the generator's bytes.
+pub fn fill(rng: &mut Rng, b: &mut [u8]) {
+    for c in b.chunks_mut(8) {
+        let v = rng.next().to_le_bytes();
+        c.copy_from_slice(&v[..c.len()]);
+    }
+}
