@@ -11,7 +11,7 @@ mod common;
 
 use common::kvm::{host_manifest, run_vm, section};
 use common::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The workload, for bash on the host and busybox sh in the VM. `N` is the
@@ -58,6 +58,8 @@ setfattr -n security.s1 -v sv a/moved
 fallocate -l 100000 a/falloc
 fallocate -n -o 100000 -l 50000 a/falloc
 fallocate -p -o 4096 -l 8192 a/shrink
+mkdir src && tar -xf TARBALL -C src
+rm -r src/ondisk src/fsck/tests
 "#;
 
 /// More changes, made by the kernel on top of ours.
@@ -70,8 +72,31 @@ mv a/moved a/moved_by_kernel
 dd if=/dev/urandom of=a/kernel_big bs=4096 count=100 2>/dev/null
 "#;
 
+/// The workload with `N` entries in the big directory; it also unpacks a
+/// real source tree (this repository's) and removes part of it.
 fn workload(n: u32) -> String {
-    WORKLOAD.replace("N", &n.to_string())
+    WORKLOAD
+        .replace("TARBALL", &source_tarball().display().to_string())
+        .replace("N", &n.to_string())
+}
+
+/// A tarball of this repository's sources, made once per test run.
+fn source_tarball() -> PathBuf {
+    static TAR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    TAR.get_or_init(|| {
+        let t = std::env::temp_dir().join(format!("gfs2t-src-{}.tar", std::process::id()));
+        let st = Command::new("tar")
+            .arg("-cf")
+            .arg(&t)
+            .arg("-C")
+            .arg(env!("CARGO_MANIFEST_DIR"))
+            .args(["src", "ondisk", "fsck", "mkfs", "lockproto", "Cargo.toml"])
+            .status()
+            .expect("tar");
+        assert!(st.success(), "tar of the sources failed");
+        t
+    })
+    .clone()
 }
 
 fn run_sh(dir: &Path, script: &str) {
