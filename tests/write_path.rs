@@ -237,3 +237,58 @@ fn colliding_names_chain_leaves_at_max_depth() {
         "kernel contents:\n{console}"
     );
 }
+
+/// A random sequence of namespace and data operations (seeded; failures
+/// such as renaming a missing file are part of the sequence), then
+/// unmount: fsck clean, our remount and the kernel see the same tree.
+#[test]
+fn random_operations_agree_with_the_kernel() {
+    let mut rng = Rng(0x00c0_ffee_d00d);
+    let names = ["a", "b", "c", "d/e", "d/f", "d/g/h", "i", "d/g/j"];
+    let mut script = String::from("mkdir -p d/g\n");
+    for step in 0..600 {
+        let mut pick = || names[rng.below(names.len() as u64) as usize];
+        let (x, y) = (pick(), pick());
+        let op = rng.below(12);
+        let n = rng.below(300_000);
+        let line = match op {
+            0 => format!("head -c {n} /dev/urandom > {x}"),
+            1 => format!("mkdir {x}"),
+            2 => format!("rm -f {x}"),
+            3 => format!("rmdir {x}"),
+            4 => format!("mv -T {x} {y}"),
+            5 => format!("ln {x} {y}"),
+            6 => format!("ln -s {y} {x}"),
+            7 => format!("truncate -s {n} {x}"),
+            8 => format!("dd if=/dev/urandom of={x} bs=1 count=100 seek={n} conv=notrunc"),
+            9 => format!("setfattr -n user.k{step} -v {n} {x}"),
+            10 => format!("chmod {:o} {x}", 0o600 + rng.below(0o177)),
+            _ => format!("fallocate -p -o {} -l 5000 {x}", n / 2),
+        };
+        script += &format!("{line} 2>/dev/null || true\n");
+    }
+    let img = mkfs(4096, 1, 256, "randops");
+    let (mnt, g) = mount_ours(&img.0, "allow_other", "randops");
+    run_sh(&mnt.0, &script);
+    let ours = host_manifest(&mnt.0);
+    unmount(g, &mnt.0);
+    fsck_clean(&img.0, "random operations");
+    let (mnt, g) = mount_ours(&img.0, "allow_other", "randops");
+    let again = host_manifest(&mnt.0);
+    unmount(g, &mnt.0);
+    compare_manifests(&ours, &again, "random operations: after remount");
+    let w = "mount -t gfs2 -o lockproto=lock_nolock,noatime /dev/vda /mnt || echo MOUNTFAIL\n\
+             echo BEGIN-rand\n(cd /mnt && . /manifest.sh)\necho END-rand\n\
+             umount /mnt || echo UMOUNTFAIL\n";
+    let console = run_vm(w, &[img.0.as_path()]);
+    for bad in ["MOUNTFAIL", "UMOUNTFAIL", "withdraw"] {
+        assert!(!console.contains(bad), "kernel: {bad}:\n{console}");
+    }
+    let k = section(&console, "rand");
+    compare_manifests(
+        &without_rdev(&k),
+        &without_rdev(&ours),
+        "random operations: the kernel's view",
+    );
+    assert!(ours.len() > 3, "the sequence left almost nothing: {ours:?}");
+}
