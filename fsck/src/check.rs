@@ -57,6 +57,9 @@ type Blk = std::rc::Rc<Vec<u8>>;
 /// The read cache: (block, contents, last use) and a use counter.
 type Recent = (Vec<(u64, Blk, u64)>, u64);
 
+/// Most dinodes read at once (neighbours the walk reads next).
+const RUN_MAX: u64 = 8;
+
 /// Blocks kept by the read cache.
 const RECENT: usize = 16;
 
@@ -194,7 +197,7 @@ pub struct Fsck {
     names: std::rc::Rc<std::fs::File>,
     /// The dinode the walk reads next (read together with the current one
     /// when they are neighbours).
-    pair_hint: std::cell::Cell<Option<u64>>,
+    run_hint: std::cell::Cell<(u64, u64)>,
     /// The rgrp the last block looked up was in.
     rg_hint: std::cell::Cell<usize>,
     rgs: Vec<Rg>,
@@ -462,7 +465,7 @@ impl Fsck {
             cache: HashMap::default(),
             recent: std::cell::RefCell::new((Vec::new(), 0)),
             rg_hint: std::cell::Cell::new(0),
-            pair_hint: std::cell::Cell::new(None),
+            run_hint: std::cell::Cell::new((0, 0)),
             names: std::rc::Rc::new(std::fs::File::open(&o.device)?),
             rgs: Vec::new(),
             want: Vec::new(),
@@ -512,36 +515,40 @@ impl Fsck {
             return Ok(e.1.clone());
         }
         let bs = self.bsize as usize;
-        // The next entry's dinode right beside this one: one read for both.
-        let pair = self.pair_hint.get().filter(|&p| {
-            (p + 1 == blk || blk + 1 == p)
-                && p < self.dev_blocks
-                && !self.cache.contains_key(&p)
-                && !r.0.iter().any(|e| e.0 == p)
-        });
-        if let Some(p) = pair {
-            self.pair_hint.set(None);
-            let lo = p.min(blk);
-            let mut two = vec![0u8; 2 * bs];
-            self.dev.read_at(&mut two, lo * bs as u64)?;
-            let hi_part = std::rc::Rc::new(two.split_off(bs));
-            let lo_part = std::rc::Rc::new(two);
-            let (mine, other) = if lo == blk {
-                (lo_part, hi_part)
-            } else {
-                (hi_part, lo_part)
-            };
-            if r.0.len() < RECENT {
-                r.0.push((p, other, now));
-            } else if let Some(e) = r.0.iter_mut().min_by_key(|e| e.2) {
-                *e = (p, other, now);
+        // The next entries' dinodes right after this one: one read for all.
+        let run = match self.run_hint.get() {
+            (start, n) if start == blk && n > 1 => {
+                let mut n = n.min(RUN_MAX).min(self.dev_blocks - blk);
+                // Stop before a block changed in memory or cached.
+                for k in 1..n {
+                    let p = blk + k;
+                    if self.cache.contains_key(&p) || r.0.iter().any(|e| e.0 == p) {
+                        n = k;
+                        break;
+                    }
+                }
+                n
             }
-            if r.0.len() < RECENT {
-                r.0.push((blk, mine.clone(), now));
-            } else if let Some(e) = r.0.iter_mut().min_by_key(|e| e.2) {
-                *e = (blk, mine.clone(), now);
+            _ => 1,
+        };
+        if run > 1 {
+            self.run_hint.set((0, 0));
+            let mut all = vec![0u8; run as usize * bs];
+            self.dev.read_at(&mut all, blk * bs as u64)?;
+            let mut mine = None;
+            for (k, chunk) in all.chunks_exact(bs).enumerate() {
+                let data = std::rc::Rc::new(chunk.to_vec());
+                if k == 0 {
+                    mine = Some(data.clone());
+                }
+                let p = blk + k as u64;
+                if r.0.len() < RECENT {
+                    r.0.push((p, data, now));
+                } else if let Some(e) = r.0.iter_mut().min_by_key(|e| e.2) {
+                    *e = (p, data, now);
+                }
             }
-            return Ok(mine);
+            return mine.ok_or_else(|| Fatal(format!("block {blk}: read failed")));
         }
         let mut b = vec![0u8; bs];
         self.dev.read_at(&mut b, blk * bs as u64)?;
@@ -2129,10 +2136,18 @@ impl Fsck {
     /// Follow the queued directory entries (depth first).
     fn drain_queue(&mut self) -> Res<()> {
         while let Some(rf) = self.queue.pop_back() {
-            self.pair_hint.set(self.queue.back().map(|n| n.inum.addr));
+            // How many of the next entries' dinodes follow this one's.
+            let mut n = 1u64;
+            for next in self.queue.iter().rev().take(RUN_MAX as usize - 1) {
+                if next.inum.addr != rf.inum.addr + n {
+                    break;
+                }
+                n += 1;
+            }
+            self.run_hint.set((rf.inum.addr, n));
             self.follow(rf)?;
         }
-        self.pair_hint.set(None);
+        self.run_hint.set((0, 0));
         Ok(())
     }
 
