@@ -384,6 +384,7 @@ fn mkfs_and_fuse_mount_over_aoe() {
         assert_eq!(std::fs::read(m.join("d/sub/f10")).unwrap(), files[10].1);
     });
     fsck_clean(&img.0, "after the FUSE workload over AoE");
+    our_fsck_clean(&tgt.spec(), &[], "over AoE after the FUSE workload");
     let mut want = big.clone();
     want[3_000_001..3_000_001 + 16].copy_from_slice(b"patched in place");
     // Over AoE again, then from the plain image: the same bytes.

@@ -405,6 +405,7 @@ fn mkfs_and_fuse_mount_over_iscsi() {
     unmount_and_wait(&mnt.0, child);
     std::mem::forget(guard);
     fsck_clean(&img.0, "after the FUSE mount over iSCSI");
+    our_fsck_clean(&url, SECRET, "over iSCSI after the FUSE mount");
     let child = mount_foreground(&url, &mnt.0, SECRET);
     let guard = MountGuard(mnt.0.clone());
     for (i, len) in sizes.iter().enumerate() {

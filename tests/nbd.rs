@@ -324,6 +324,9 @@ fn mkfs_fsck_and_fuse_mount_over_qemu_nbd_and_nbdkit() {
     fsck_clean(&b.0);
     let qa = Server::start(Kind::QemuNbd, &a.0, Listen::Unix(sock_a.clone()));
     let kb = Server::start(Kind::Nbdkit, &b.0, Listen::Tcp(free_port()));
+    // Our fsck over NBD agrees the kernel's result is clean.
+    our_fsck_clean(&qa.spec(), &[], "a over NBD");
+    our_fsck_clean(&kb.spec(), &[], "b over NBD");
     for (srv, tag) in [(&qa, "a"), (&kb, "b")] {
         let kernel = section(&console, tag);
         assert!(kernel.len() > 150, "{tag}: kernel manifest: {kernel:?}");

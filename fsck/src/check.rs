@@ -11,7 +11,6 @@ use gfs2_ondisk::{
     dt_to_ifmt, hash, ifmt_to_dt, layout, BlockState, Dinode, Dirent, DirentIter, EaIter, Inum,
     Leaf, MetaHeader, Rgrp, Rindex, StatfsChange, Superblock, MAGIC,
 };
-use gfs2fuse::dev::file::{FileDevice, OpenFlags};
 use gfs2fuse::dev::BlockDevice;
 use gfs2fuse::log::recovery::{self, CleanHeader, JournalExtent};
 use std::collections::VecDeque;
@@ -131,20 +130,19 @@ struct Label {
     /// The directory block if it was changed (only in memory so far).
     block: Option<Blk>,
     /// Else the device, read when the label is shown.
-    file: std::rc::Rc<std::fs::File>,
+    file: std::sync::Arc<dyn BlockDevice>,
     bsize: u64,
     at: (u64, usize),
 }
 
 impl std::fmt::Display for Label {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use std::os::unix::fs::FileExt;
         let (blk, off) = self.at;
         let b = match &self.block {
             Some(b) => b.to_vec(),
             None => {
                 let mut b = vec![0u8; self.bsize as usize];
-                if self.file.read_exact_at(&mut b, blk * self.bsize).is_err() {
+                if self.file.read_at(&mut b, blk * self.bsize).is_err() {
                     b.clear();
                 }
                 b
@@ -183,7 +181,7 @@ struct PtrLoc {
 }
 
 pub struct Fsck {
-    dev: FileDevice,
+    dev: std::sync::Arc<dyn BlockDevice>,
     pub r: Report,
     bsize: u32,
     sb: Superblock,
@@ -193,8 +191,8 @@ pub struct Fsck {
     /// Recently read blocks (unchanged ones), so that a dinode or indirect
     /// block looked at by several checks is read once.
     recent: std::cell::RefCell<Recent>,
-    /// The device opened again, for the names in messages.
-    names: std::rc::Rc<std::fs::File>,
+    /// The device again, for the names in messages.
+    names: std::sync::Arc<dyn BlockDevice>,
     /// The dinode the walk reads next (read together with the current one
     /// when they are neighbours).
     run_hint: std::cell::Cell<(u64, u64)>,
@@ -235,7 +233,7 @@ pub struct Fsck {
 
 /// The device as modified so far (for reading journals after repairs).
 struct CacheDev<'a> {
-    dev: &'a FileDevice,
+    dev: &'a dyn BlockDevice,
     cache: &'a HashMap<u64, Vec<u8>>,
     bsize: u64,
 }
@@ -320,7 +318,7 @@ fn bitmap_bytes(raw: &[u8], bsize: usize, ri: &Rindex) -> Vec<u8> {
 /// Bitmap bytes of an rgrp: kept if loaded, else read (zeros for a bitmap
 /// that cannot be trusted).
 fn rg_bits_of<'a>(
-    dev: &FileDevice,
+    dev: &dyn BlockDevice,
     bs: usize,
     rg: &'a Rg,
 ) -> std::io::Result<std::borrow::Cow<'a, [u8]>> {
@@ -447,16 +445,12 @@ pub fn check_not_mounted(path: &Path) -> Result<(), String> {
 
 impl Fsck {
     pub fn open(o: &Options) -> Res<Self> {
-        let dev = FileDevice::open(
-            Path::new(&o.device),
-            OpenFlags {
-                read_only: o.mode == Mode::No,
-                direct: false,
-            },
-        )?;
+        // A path, or a network disk (nbd://, aoe:, iscsi://) as the mount
+        // takes it.
+        let dev = gfs2fuse::dev::spec::open(&o.device, o.mode == Mode::No)?;
         let dev_size = dev.size();
         Ok(Fsck {
-            dev,
+            dev: dev.clone(),
             r: Report::new(o.mode, o.verbosity),
             bsize: 4096,
             sb: Superblock::default(),
@@ -466,7 +460,7 @@ impl Fsck {
             recent: std::cell::RefCell::new((Vec::new(), 0)),
             rg_hint: std::cell::Cell::new(0),
             run_hint: std::cell::Cell::new((0, 0)),
-            names: std::rc::Rc::new(std::fs::File::open(&o.device)?),
+            names: dev.clone(),
             rgs: Vec::new(),
             want: Vec::new(),
             owner: HashMap::default(),

@@ -384,3 +384,32 @@ pub fn fill(rng: &mut Rng, b: &mut [u8]) {
         c.copy_from_slice(&v[..c.len()]);
     }
 }
+
+/// Our fsck binary, built beside gfs2-fuse.
+pub fn fsck_bin() -> PathBuf {
+    let p = Path::new(gfs2_fuse()).with_file_name("fsck-gfs2");
+    assert!(
+        p.exists(),
+        "{} missing: build the workspace (cargo build --release --workspace)",
+        p.display()
+    );
+    p
+}
+
+/// Our `fsck.gfs2 -n` over a device specification (a path or a network
+/// disk) exits 0: nothing found.
+pub fn our_fsck_clean(spec: &str, envs: &[(&str, &str)], what: &str) {
+    let out = Command::new(fsck_bin())
+        .envs(envs.iter().copied())
+        .arg("-n")
+        .arg(spec)
+        .output()
+        .expect("fsck-gfs2");
+    assert!(
+        out.status.success(),
+        "{what}: our fsck.gfs2 -n {spec} exited {}:\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
