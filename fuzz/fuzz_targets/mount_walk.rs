@@ -116,7 +116,7 @@ fn walk(fs: &Fs, root: u64) {
         let _ = fs.seek(ino, 0, false);
         let mut kids = Vec::new();
         let _ = fs.readdir(ino, 0, |it| {
-            kids.push((it.name.clone(), it.ino));
+            kids.push((it.name.to_vec(), it.ino));
             kids.len() < 4096
         });
         for (name, child) in kids {
