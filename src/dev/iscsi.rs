@@ -213,41 +213,10 @@ pub fn open(cfg: IscsiConfig) -> io::Result<Arc<dyn BlockDevice>> {
     Ok(Arc::new(IscsiDevice::connect(cfg)?))
 }
 
-/// An error with the errno it stands for; carried inside `io::Error` so the
-/// message survives. See [`errno_of`].
-#[derive(Debug)]
-pub struct IscsiError {
-    pub errno: i32,
-    pub msg: String,
-}
-
-impl fmt::Display for IscsiError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.msg)
-    }
-}
-
-impl std::error::Error for IscsiError {}
+pub use super::{errno_of, DevError as IscsiError};
 
 fn iscsi_err(errno: i32, msg: String) -> io::Error {
-    let kind = match errno {
-        libc::EACCES | libc::EPERM => io::ErrorKind::PermissionDenied,
-        libc::ECONNREFUSED => io::ErrorKind::ConnectionRefused,
-        libc::ENOENT => io::ErrorKind::NotFound,
-        libc::ETIMEDOUT => io::ErrorKind::TimedOut,
-        libc::EINVAL => io::ErrorKind::InvalidInput,
-        _ => io::ErrorKind::Other,
-    };
-    io::Error::new(kind, IscsiError { errno, msg })
-}
-
-/// The errno an error stands for: the OS error, or that of an [`IscsiError`].
-pub fn errno_of(e: &io::Error) -> Option<i32> {
-    e.raw_os_error().or_else(|| {
-        e.get_ref()
-            .and_then(|i| i.downcast_ref::<IscsiError>())
-            .map(|n| n.errno)
-    })
+    super::dev_err(errno, msg)
 }
 
 /// What the target said about the LUN when we logged in.

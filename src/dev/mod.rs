@@ -15,6 +15,47 @@ pub mod spec;
 use std::io;
 use std::time::Duration;
 
+/// An error with the errno it stands for (a network initiator's EIO,
+/// EROFS, ...), carried inside `io::Error` so the message survives. See
+/// [`errno_of`].
+#[derive(Debug)]
+pub struct DevError {
+    pub errno: i32,
+    pub msg: String,
+}
+
+impl std::fmt::Display for DevError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for DevError {}
+
+/// An `io::Error` for `errno` with `msg`, of the matching kind.
+pub fn dev_err(errno: i32, msg: String) -> io::Error {
+    let kind = match errno {
+        libc::EACCES | libc::EPERM => io::ErrorKind::PermissionDenied,
+        libc::ECONNREFUSED => io::ErrorKind::ConnectionRefused,
+        libc::ENOENT => io::ErrorKind::NotFound,
+        libc::ETIMEDOUT => io::ErrorKind::TimedOut,
+        libc::EINVAL => io::ErrorKind::InvalidInput,
+        libc::ENOMEM => io::ErrorKind::OutOfMemory,
+        libc::ENOTSUP => io::ErrorKind::Unsupported,
+        _ => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, DevError { errno, msg })
+}
+
+/// The errno an error stands for: the OS error, or that of a [`DevError`].
+pub fn errno_of(e: &io::Error) -> Option<i32> {
+    e.raw_os_error().or_else(|| {
+        e.get_ref()
+            .and_then(|i| i.downcast_ref::<DevError>())
+            .map(|n| n.errno)
+    })
+}
+
 /// A number of seconds (fractions allowed) as a request timeout: finite,
 /// positive and below a billion, or nothing.
 pub fn parse_secs(v: &str) -> Option<Duration> {

@@ -30,7 +30,6 @@
 
 use super::BlockDevice;
 use std::collections::HashMap;
-use std::fmt;
 use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
@@ -158,40 +157,10 @@ pub fn timeout_from_env() -> Duration {
     super::timeout_from(TIMEOUT_ENV, DEFAULT_TIMEOUT)
 }
 
-/// An error with the errno it stands for; carried inside `io::Error` so the
-/// message survives. See [`errno_of`].
-#[derive(Debug)]
-pub struct NbdError {
-    pub errno: i32,
-    pub msg: String,
-}
-
-impl fmt::Display for NbdError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.msg)
-    }
-}
-
-impl std::error::Error for NbdError {}
+pub use super::{errno_of, DevError as NbdError};
 
 fn nbd_err(errno: i32, msg: String) -> io::Error {
-    let kind = match errno {
-        libc::EPERM | libc::EACCES => io::ErrorKind::PermissionDenied,
-        libc::EINVAL => io::ErrorKind::InvalidInput,
-        libc::ENOMEM => io::ErrorKind::OutOfMemory,
-        libc::ENOTSUP => io::ErrorKind::Unsupported,
-        _ => io::ErrorKind::Other,
-    };
-    io::Error::new(kind, NbdError { errno, msg })
-}
-
-/// The errno an error stands for: the OS error, or that of an [`NbdError`].
-pub fn errno_of(e: &io::Error) -> Option<i32> {
-    e.raw_os_error().or_else(|| {
-        e.get_ref()
-            .and_then(|i| i.downcast_ref::<NbdError>())
-            .map(|n| n.errno)
-    })
+    super::dev_err(errno, msg)
 }
 
 fn proto(msg: impl Into<String>) -> io::Error {
