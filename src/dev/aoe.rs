@@ -631,7 +631,7 @@ pub struct AoeInfo {
 pub struct AoeDevice {
     inner: Inner,
     info: AoeInfo,
-    ranges: RangeLocks,
+    ranges: super::rangelock::RangeLocks,
 }
 
 /// A random 15-bit number (socket ids, sequence starts).
@@ -1159,7 +1159,7 @@ impl AoeDevice {
                 lba48: true,
                 sectors: 0,
             },
-            ranges: RangeLocks::default(),
+            ranges: super::rangelock::RangeLocks::default(),
         };
         let mut id = [0u8; SECTOR];
         let f = FrameSpec {
@@ -1264,45 +1264,6 @@ impl AoeDevice {
                 ),
             )),
         }
-    }
-}
-
-/// Locks on sector ranges: shared for whole-sector writes, exclusive for
-/// read-modify-write.
-#[derive(Default)]
-struct RangeLocks {
-    held: Mutex<Vec<(u64, u64, bool)>>,
-    cv: Condvar,
-}
-
-struct RangeGuard<'a> {
-    locks: &'a RangeLocks,
-    entry: (u64, u64, bool),
-}
-
-impl RangeLocks {
-    fn lock(&self, start: u64, end: u64, exclusive: bool) -> RangeGuard<'_> {
-        let mut h = lock(&self.held);
-        while h
-            .iter()
-            .any(|&(s, e, x)| s < end && start < e && (x || exclusive))
-        {
-            h = self.cv.wait(h).unwrap_or_else(|p| p.into_inner());
-        }
-        let entry = (start, end, exclusive);
-        h.push(entry);
-        RangeGuard { locks: self, entry }
-    }
-}
-
-impl Drop for RangeGuard<'_> {
-    fn drop(&mut self) {
-        let mut h = lock(&self.locks.held);
-        if let Some(i) = h.iter().position(|e| *e == self.entry) {
-            h.swap_remove(i);
-        }
-        drop(h);
-        self.locks.cv.notify_all();
     }
 }
 

@@ -61,7 +61,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -325,44 +325,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Locks on ranges of logical blocks, held by writes.
-#[derive(Default)]
-struct RangeLocks {
-    held: Mutex<Vec<(u64, u64)>>,
-    cond: Condvar,
-}
-
-struct RangeGuard<'a> {
-    locks: &'a RangeLocks,
-    range: (u64, u64),
-}
-
-impl RangeLocks {
-    /// Lock blocks `start..end`, waiting for overlapping holders.
-    fn lock(&self, start: u64, end: u64) -> RangeGuard<'_> {
-        let mut held = lock(&self.held);
-        while held.iter().any(|&(s, e)| s < end && start < e) {
-            held = self.cond.wait(held).unwrap_or_else(|p| p.into_inner());
-        }
-        held.push((start, end));
-        RangeGuard {
-            locks: self,
-            range: (start, end),
-        }
-    }
-}
-
-impl Drop for RangeGuard<'_> {
-    fn drop(&mut self) {
-        let mut held = lock(&self.locks.held);
-        if let Some(i) = held.iter().position(|r| *r == self.range) {
-            held.swap_remove(i);
-        }
-        drop(held);
-        self.locks.cond.notify_all();
-    }
-}
-
 /// A block device on an iSCSI LUN.
 pub struct IscsiDevice {
     shared: Arc<Shared>,
@@ -371,7 +333,7 @@ pub struct IscsiDevice {
     /// Bytes per command (a multiple of the block size).
     chunk: usize,
     read_only: bool,
-    locks: RangeLocks,
+    locks: super::rangelock::RangeLocks,
 }
 
 /// Spawn the I/O thread with every signal blocked, so that process-directed
@@ -445,7 +407,7 @@ impl IscsiDevice {
             },
             chunk: MAX_CHUNK,
             read_only,
-            locks: RangeLocks::default(),
+            locks: super::rangelock::RangeLocks::default(),
         };
         match first_rx.recv() {
             Ok(Ok(())) => {}
@@ -690,7 +652,7 @@ impl BlockDevice for IscsiDevice {
         let end = offset + buf.len() as u64;
         let start_b = offset / bs;
         let end_b = end.div_ceil(bs);
-        let _guard = self.locks.lock(start_b, end_b);
+        let _guard = self.locks.lock(start_b, end_b, true);
         if (offset | buf.len() as u64) & (bs - 1) == 0 {
             // The buffer is only read (data out), never written through.
             return self.blocks_io(true, start_b, buf.as_ptr().cast_mut(), buf.len());

@@ -10,6 +10,7 @@ pub mod aoe;
 pub mod file;
 pub mod iscsi;
 pub mod nbd;
+mod rangelock;
 pub mod spec;
 
 use std::io;
