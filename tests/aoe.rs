@@ -25,30 +25,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// vblade, installed with apt-get when missing (as scripts/test.sh does).
-fn vblade() -> PathBuf {
-    static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| {
-        let p = Path::new("/usr/sbin/vblade");
-        if !p.exists() {
-            let st = Command::new("apt-get")
-                .args(["install", "-y", "-qq", "vblade"])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdout(Stdio::null())
-                .status();
-            assert!(
-                st.is_ok_and(|s| s.success()) && p.exists(),
-                "vblade is missing and `apt-get install -y vblade` failed: install the Debian \
-                 package vblade (scripts/test.sh does)"
-            );
-        }
-        p.to_path_buf()
-    })
-    .clone()
-}
 
 fn ip() -> PathBuf {
     let p = tool("ip");
@@ -151,7 +129,7 @@ impl Net {
                 cmd.arg("--net=/proc/self/ns/net");
             }
             let mut child = cmd
-                .arg(nft())
+                .arg(package_tool("nft", "nftables"))
                 .args(["-f", "-"])
                 .stdin(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -166,28 +144,6 @@ impl Net {
             );
         }
     }
-}
-
-/// nft, installed with apt-get when missing (as scripts/test.sh does).
-fn nft() -> PathBuf {
-    static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| {
-        let p = Path::new("/usr/sbin/nft");
-        if !p.exists() {
-            let st = Command::new("apt-get")
-                .args(["install", "-y", "-qq", "nftables"])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdout(Stdio::null())
-                .status();
-            assert!(
-                st.is_ok_and(|s| s.success()) && p.exists(),
-                "nft is missing and `apt-get install -y nftables` failed: install the Debian \
-                 package nftables (scripts/test.sh does)"
-            );
-        }
-        p.to_path_buf()
-    })
-    .clone()
 }
 
 impl Drop for Net {
@@ -252,7 +208,7 @@ impl Target {
         // that filesystem alive after our unmount.
         let child = Command::new(tool("nsenter"))
             .arg(format!("--net=/var/run/netns/{}", self.ns))
-            .arg(vblade())
+            .arg(package_tool("vblade", "vblade"))
             .args(&self.args)
             .arg(self.shelf.to_string())
             .arg(self.slot.to_string())

@@ -26,17 +26,6 @@ use std::time::{Duration, Instant};
 
 const MB: u64 = 1 << 20;
 
-/// A tgt program; fails with the Debian package to install.
-fn need(name: &str) -> PathBuf {
-    for d in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
-        let p = Path::new(d).join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("{name} not found: install the Debian package tgt (scripts/test.sh does)");
-}
-
 fn bin(name: &str) -> PathBuf {
     let p = Path::new(gfs2_fuse()).with_file_name(name);
     assert!(
@@ -111,7 +100,7 @@ impl Tgt {
     }
 
     fn tgtadm(&self, args: &[&str]) -> Result<(), String> {
-        let out = Command::new(need("tgtadm"))
+        let out = Command::new(package_tool("tgtadm", "tgt"))
             .args(["-C", &self.ctl.to_string(), "--lld", "iscsi"])
             .args(args)
             .output()
@@ -133,6 +122,28 @@ impl Tgt {
         }
     }
 
+    /// A CHAP account bound to the target: the initiator's (`outgoing`
+    /// false) or the one the target answers with (mutual CHAP).
+    fn account(&self, user: &str, password: &str, outgoing: bool) {
+        self.must(&[
+            "--op",
+            "new",
+            "--mode",
+            "account",
+            "--user",
+            user,
+            "--password",
+            password,
+        ]);
+        let mut bind = vec![
+            "--op", "bind", "--mode", "account", "--tid", "1", "--user", user,
+        ];
+        if outgoing {
+            bind.push("--outgoing");
+        }
+        self.must(&bind);
+    }
+
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -146,7 +157,7 @@ impl Tgt {
 
     fn try_spawn(&mut self) -> Result<(), String> {
         let log = std::fs::File::create(&self.log).unwrap();
-        let child = Command::new(need("tgtd"))
+        let child = Command::new(package_tool("tgtd", "tgt"))
             .args(["-f", "-C", &self.ctl.to_string(), "--iscsi"])
             .arg(format!("portal=127.0.0.1:{}", self.port))
             .stdin(Stdio::null())
@@ -202,42 +213,10 @@ impl Tgt {
             "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
         ]);
         if let Some((u, p)) = self.setup.chap {
-            self.must(&[
-                "--op",
-                "new",
-                "--mode",
-                "account",
-                "--user",
-                u,
-                "--password",
-                p,
-            ]);
-            self.must(&[
-                "--op", "bind", "--mode", "account", "--tid", "1", "--user", u,
-            ]);
+            self.account(u, p, false);
         }
         if let Some((u, p)) = self.setup.mutual {
-            self.must(&[
-                "--op",
-                "new",
-                "--mode",
-                "account",
-                "--user",
-                u,
-                "--password",
-                p,
-            ]);
-            self.must(&[
-                "--op",
-                "bind",
-                "--mode",
-                "account",
-                "--tid",
-                "1",
-                "--user",
-                u,
-                "--outgoing",
-            ]);
+            self.account(u, p, true);
         }
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {

@@ -22,17 +22,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A server program; fails with the Debian package to install.
-fn need(name: &str, package: &str) -> PathBuf {
-    for d in ["/usr/bin", "/usr/sbin", "/bin", "/sbin"] {
-        let p = Path::new(d).join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("{name} not found: install the Debian package {package} (scripts/test.sh does)");
-}
-
 fn tmp(tag: &str) -> PathBuf {
     std::env::temp_dir().join(format!("gfs2nbd-{tag}-{}", std::process::id()))
 }
@@ -94,7 +83,7 @@ impl Server {
     fn spawn(&mut self) {
         let mut cmd = match self.kind {
             Kind::QemuNbd | Kind::QemuNbdReadOnly => {
-                let mut c = Command::new(need("qemu-nbd", "qemu-utils"));
+                let mut c = Command::new(package_tool("qemu-nbd", "qemu-utils"));
                 c.args(["-f", "raw", "-x", "exp", "-e", "4", "-t"]);
                 if self.kind == Kind::QemuNbdReadOnly {
                     c.arg("-r");
@@ -112,7 +101,7 @@ impl Server {
             | Kind::NbdkitNoSr
             | Kind::NbdkitInject
             | Kind::NbdkitInjectNoSr => {
-                let mut c = Command::new(need("nbdkit", "nbdkit"));
+                let mut c = Command::new(package_tool("nbdkit", "nbdkit"));
                 c.args(["-f", "--exit-with-parent"]);
                 match &self.listen {
                     Listen::Tcp(p) => c.args(["-i", "127.0.0.1", "-p", &p.to_string()]),

@@ -413,3 +413,28 @@ pub fn our_fsck_clean(spec: &str, envs: &[(&str, &str)], what: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Program `name` from Debian package `package`: installed with apt-get when
+/// missing (as scripts/test.sh does); fails loudly when that is impossible.
+pub fn package_tool(name: &str, package: &str) -> PathBuf {
+    let find = || {
+        ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(name))
+            .find(|p| p.exists())
+    };
+    if let Some(p) = find() {
+        return p;
+    }
+    let _ = Command::new("apt-get")
+        .args(["install", "-y", "-qq", package])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(std::process::Stdio::null())
+        .status();
+    find().unwrap_or_else(|| {
+        panic!(
+            "{name} is missing and `apt-get install -y {package}` failed: install the Debian \
+             package {package} (scripts/test.sh does)"
+        )
+    })
+}
