@@ -105,27 +105,34 @@ const FS_INDEX_FL: u32 = 0x0000_1000;
 const FS_JOURNAL_DATA_FL: u32 = 0x0000_4000;
 const FS_TOPDIR_FL: u32 = 0x0002_0000;
 
-/// GFS2 dinode flags as `FS_*_FL` (the kernel's `gfs2_fileattr_get`).
-fn fsflags_of(di: &Dinode) -> u32 {
-    let mut f = 0;
-    for (d, fl) in [
-        (dif::SYNC, FS_SYNC_FL),
-        (dif::IMMUTABLE, FS_IMMUTABLE_FL),
-        (dif::APPENDONLY, FS_APPEND_FL),
-        (dif::NOATIME, FS_NOATIME_FL),
-        (dif::EXHASH, FS_INDEX_FL),
-        (dif::TOPDIR, FS_TOPDIR_FL),
-    ] {
-        if di.flags & d != 0 {
-            f |= fl;
-        }
-    }
-    let j = if di.is_dir() {
+/// Dinode flags and their `FS_*_FL` twins (the kernel's `gfs2_fileattr_get`);
+/// journaled data is mapped apart (it means another bit on directories).
+const FLAG_MAP: [(u32, u32); 6] = [
+    (dif::SYNC, FS_SYNC_FL),
+    (dif::IMMUTABLE, FS_IMMUTABLE_FL),
+    (dif::APPENDONLY, FS_APPEND_FL),
+    (dif::NOATIME, FS_NOATIME_FL),
+    (dif::EXHASH, FS_INDEX_FL),
+    (dif::TOPDIR, FS_TOPDIR_FL),
+];
+
+/// The dinode bit `chattr +j` stands for: new files inherit it on a
+/// directory, the data is journaled on a file.
+fn jdata_bit(di: &Dinode) -> u32 {
+    if di.is_dir() {
         dif::INHERIT_JDATA
     } else {
         dif::JDATA
-    };
-    if di.flags & j != 0 {
+    }
+}
+
+/// GFS2 dinode flags as `FS_*_FL`.
+fn fsflags_of(di: &Dinode) -> u32 {
+    let mut f = FLAG_MAP
+        .iter()
+        .filter(|(d, _)| di.flags & d != 0)
+        .fold(0, |f, (_, fl)| f | fl);
+    if di.flags & jdata_bit(di) != 0 {
         f |= FS_JOURNAL_DATA_FL;
     }
     f
@@ -354,39 +361,33 @@ impl Fs {
         if uid != 0 && uid != cur.uid {
             return Err(errno(libc::EPERM));
         }
-        let settable = FS_SYNC_FL | FS_NOATIME_FL | FS_JOURNAL_DATA_FL | FS_TOPDIR_FL;
-        let have = fsflags_of(&cur);
-        if (fs ^ have) & (FS_IMMUTABLE_FL | FS_APPEND_FL) != 0 {
+        if (fs ^ fsflags_of(&cur)) & (FS_IMMUTABLE_FL | FS_APPEND_FL) != 0 {
             return Err(errno(libc::EOPNOTSUPP));
         }
-        let is_dir = cur.is_dir();
-        let mut flags = cur.flags & !(dif::SYNC | dif::NOATIME | dif::TOPDIR);
-        if fs & FS_SYNC_FL != 0 {
-            flags |= dif::SYNC;
+        // The dinode bits chattr may change, and what they become.
+        let jflag = jdata_bit(&cur);
+        let mask = dif::SYNC | dif::NOATIME | dif::TOPDIR | jflag;
+        let mut want = FLAG_MAP
+            .iter()
+            .filter(|(d, fl)| mask & d != 0 && fs & fl != 0)
+            .fold(0, |w, (d, _)| w | d);
+        if fs & FS_JOURNAL_DATA_FL != 0 {
+            want |= jflag;
         }
-        if fs & FS_NOATIME_FL != 0 {
-            flags |= dif::NOATIME;
+        if want & dif::TOPDIR != 0 && !cur.is_dir() {
+            return Err(errno(libc::EINVAL));
         }
-        if fs & FS_TOPDIR_FL != 0 {
-            if !is_dir {
-                return Err(errno(libc::EINVAL));
-            }
-            flags |= dif::TOPDIR;
-        }
-        let jflag = if is_dir {
-            dif::INHERIT_JDATA
-        } else {
-            dif::JDATA
-        };
-        flags = (flags & !jflag)
-            | if fs & FS_JOURNAL_DATA_FL != 0 {
-                jflag
-            } else {
-                0
-            };
-        if fs & !(settable | FS_INDEX_FL | FS_IMMUTABLE_FL | FS_APPEND_FL) != 0 {
+        let known = FS_SYNC_FL
+            | FS_NOATIME_FL
+            | FS_JOURNAL_DATA_FL
+            | FS_TOPDIR_FL
+            | FS_INDEX_FL
+            | FS_IMMUTABLE_FL
+            | FS_APPEND_FL;
+        if fs & !known != 0 {
             return Err(errno(libc::EOPNOTSUPP));
         }
+        let flags = (cur.flags & !mask) | want;
         if flags == cur.flags {
             return Ok(());
         }
@@ -398,8 +399,7 @@ impl Fs {
         }
         self.modify(&[ino], |tx, _, _| {
             let mut di = dinode(tx, ino)?;
-            di.flags = (di.flags & !(dif::SYNC | dif::NOATIME | dif::TOPDIR | jflag))
-                | (flags & (dif::SYNC | dif::NOATIME | dif::TOPDIR | jflag));
+            di.flags = (di.flags & !mask) | want;
             touch_c(&mut di);
             put_dinode(tx, &di)
         })
