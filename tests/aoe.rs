@@ -593,55 +593,28 @@ fn target_restart_mid_workload_loses_no_acknowledged_write() {
     let dev = Arc::new(AoeDevice::open(tgt.config(Duration::from_secs(30))).unwrap());
     assert_eq!(dev.info().sectors_per_frame, 17, "{:?}", dev.info());
     let nblocks = (32 << 20) / BLK;
-    let acked = Arc::new(AtomicUsize::new(0));
     let block = |i: usize| {
         let mut b = payload(i as u64 + 1, BLK);
         b[..8].copy_from_slice(&(i as u64).to_le_bytes());
         b
     };
-    let writers: Vec<_> = (0..2)
-        .map(|t| {
-            let dev = dev.clone();
-            let acked = acked.clone();
-            std::thread::spawn(move || {
-                let mut mine = Vec::new();
-                for i in (t..nblocks).step_by(2) {
-                    if let Err(e) = dev.write_at(&block(i), (i * BLK) as u64) {
-                        panic!("write of block {i} failed: {e}");
-                    }
-                    mine.push(i);
-                    acked.fetch_add(1, Ordering::SeqCst);
-                }
-                mine
-            })
-        })
-        .collect();
-    while acked.load(Ordering::SeqCst) < 400 {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    tgt.kill();
-    let at_kill = acked.load(Ordering::SeqCst);
-    std::thread::sleep(Duration::from_secs(1));
-    tgt.spawn();
-    let mut all = Vec::new();
-    for w in writers {
-        all.extend(w.join().unwrap());
-    }
-    assert!(at_kill < nblocks, "the stream ended before the kill");
-    assert_eq!(all.len(), nblocks);
+    let at_kill = stream_across_restart(
+        &*dev,
+        nblocks,
+        BLK,
+        &block,
+        400,
+        &mut tgt,
+        |t| t.kill(),
+        |t| t.spawn(),
+    );
     dev.flush().unwrap();
     let st = dev.stats();
     assert!(st.retransmits >= 1, "nothing was resent: {st:?}");
     assert_eq!(st.timeouts, 0);
     eprintln!("killed after {at_kill} acks: {st:?}");
     drop(dev);
-    let file = std::fs::read(&img.0).unwrap();
-    for i in all {
-        assert!(
-            file[i * BLK..(i + 1) * BLK] == block(i)[..],
-            "acknowledged block {i} is not in the image"
-        );
-    }
+    assert_blocks_in_image(&img.0, nblocks, BLK, &block);
 }
 
 /// vblade killed and restarted 1 s later under a FUSE mount that is

@@ -20,7 +20,6 @@ use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -640,47 +639,21 @@ fn target_restart_mid_stream_loses_no_acknowledged_write() {
     let mut tgt = Tgt::start("restart", &img.0, Setup::default());
     let dev = Arc::new(IscsiDevice::connect(tgt.config(Duration::from_secs(30))).unwrap());
     let nblocks = (64 * MB) as usize / BLK;
-    let acked = Arc::new(AtomicUsize::new(0));
     let block = |i: usize| {
         let mut b = content(i as u64, BLK);
         b[..8].copy_from_slice(&(i as u64).to_le_bytes());
         b
     };
-    let writers: Vec<_> = (0..2)
-        .map(|t| {
-            let dev = dev.clone();
-            let acked = acked.clone();
-            std::thread::spawn(move || {
-                let mut mine = Vec::new();
-                for i in (t..nblocks).step_by(2) {
-                    match dev.write_at(&block(i), (i * BLK) as u64) {
-                        Ok(()) => {
-                            mine.push(i);
-                            acked.fetch_add(1, Ordering::SeqCst);
-                        }
-                        Err(e) => panic!("write of block {i} failed: {e}"),
-                    }
-                }
-                mine
-            })
-        })
-        .collect();
-    while acked.load(Ordering::SeqCst) < 600 {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    tgt.kill();
-    let at_kill = acked.load(Ordering::SeqCst);
-    std::thread::sleep(Duration::from_secs(1));
-    tgt.spawn();
-    let mut all = Vec::new();
-    for w in writers {
-        all.extend(w.join().unwrap());
-    }
-    assert!(
-        at_kill < nblocks,
-        "the stream ended before the kill ({at_kill} of {nblocks})"
+    let at_kill = stream_across_restart(
+        &*dev,
+        nblocks,
+        BLK,
+        &block,
+        600,
+        &mut tgt,
+        |t| t.kill(),
+        |t| t.spawn(),
     );
-    assert_eq!(all.len(), nblocks);
     dev.flush().unwrap();
     assert!(dev.is_connected());
     let (reconnects, resent) = dev.reconnections();
@@ -688,13 +661,7 @@ fn target_restart_mid_stream_loses_no_acknowledged_write() {
     assert!(resent >= 1, "nothing was in flight across the restart");
     eprintln!("killed after {at_kill} acks: {reconnects} reconnections, {resent} commands resent");
     drop(dev);
-    let file = std::fs::read(&img.0).unwrap();
-    for i in all {
-        assert!(
-            file[i * BLK..(i + 1) * BLK] == block(i)[..],
-            "acknowledged block {i} is not in the image"
-        );
-    }
+    assert_blocks_in_image(&img.0, nblocks, BLK, &block);
 }
 
 fn expect_eio(r: std::io::Result<()>, what: &str, started: Instant, timeout: Duration) {

@@ -18,7 +18,6 @@ use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -529,49 +528,22 @@ fn server_killed_mid_stream_loses_no_acknowledged_write() {
     let mut srv = Server::start(Kind::QemuNbd, &img.0, Listen::Tcp(free_port()));
     let dev = Arc::new(NbdDevice::connect(srv.config(Duration::from_secs(30))).unwrap());
     let nblocks = (64 << 20) / BLK;
-    let acked = Arc::new(AtomicUsize::new(0));
     let block = |i: usize| {
         let mut b = vec![0u8; BLK];
         Rng(i as u64 + 1).fill(&mut b);
         b[..8].copy_from_slice(&(i as u64).to_le_bytes());
         b
     };
-    let writers: Vec<_> = (0..2)
-        .map(|t| {
-            let dev = dev.clone();
-            let acked = acked.clone();
-            std::thread::spawn(move || {
-                let mut mine = Vec::new();
-                for i in (t..nblocks).step_by(2) {
-                    let data = block(i);
-                    match dev.write_at(&data, (i * BLK) as u64) {
-                        Ok(()) => {
-                            mine.push(i);
-                            acked.fetch_add(1, Ordering::SeqCst);
-                        }
-                        Err(e) => panic!("write of block {i} failed: {e}"),
-                    }
-                }
-                mine
-            })
-        })
-        .collect();
-    while acked.load(Ordering::SeqCst) < 600 {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    srv.kill();
-    let at_kill = acked.load(Ordering::SeqCst);
-    std::thread::sleep(Duration::from_secs(1));
-    srv.spawn();
-    let mut all = Vec::new();
-    for w in writers {
-        all.extend(w.join().unwrap());
-    }
-    assert!(
-        at_kill < nblocks,
-        "the stream ended before the kill ({at_kill} of {nblocks})"
+    let at_kill = stream_across_restart(
+        &*dev,
+        nblocks,
+        BLK,
+        &block,
+        600,
+        &mut srv,
+        |t| t.kill(),
+        |t| t.spawn(),
     );
-    assert_eq!(all.len(), nblocks);
     dev.flush().unwrap();
     assert!(dev.is_connected());
     let (reconnects, resent) = dev.reconnections();
@@ -579,13 +551,7 @@ fn server_killed_mid_stream_loses_no_acknowledged_write() {
     assert!(resent >= 1, "nothing was in flight across the restart");
     eprintln!("killed after {at_kill} acks: {reconnects} reconnections, {resent} requests resent");
     drop(dev);
-    let file = std::fs::read(&img.0).unwrap();
-    for i in all {
-        assert!(
-            file[i * BLK..(i + 1) * BLK] == block(i)[..],
-            "acknowledged block {i} is not in the image"
-        );
-    }
+    assert_blocks_in_image(&img.0, nblocks, BLK, &block);
 }
 
 fn expect_eio(r: std::io::Result<()>, what: &str, started: Instant, timeout: Duration) {

@@ -438,3 +438,68 @@ pub fn package_tool(name: &str, package: &str) -> PathBuf {
         )
     })
 }
+
+/// The initiators' restart test: two writer threads write blocks
+/// `0..nblocks` of `blk` bytes (`block(i)`) through `dev`, and every write
+/// must succeed; after `kill_after` acknowledgements `kill` stops
+/// `target`, and a second later `restart` brings it back. Returns the
+/// acknowledgements counted at the kill, having checked that the stream was
+/// still going then.
+#[allow(clippy::too_many_arguments)]
+pub fn stream_across_restart<T>(
+    dev: &dyn gfs2fuse::dev::BlockDevice,
+    nblocks: usize,
+    blk: usize,
+    block: &(dyn Fn(usize) -> Vec<u8> + Sync),
+    kill_after: usize,
+    target: &mut T,
+    kill: impl FnOnce(&mut T),
+    restart: impl FnOnce(&mut T),
+) -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let acked = AtomicUsize::new(0);
+    let at_kill = std::thread::scope(|s| {
+        for t in 0..2 {
+            let acked = &acked;
+            s.spawn(move || {
+                for i in (t..nblocks).step_by(2) {
+                    if let Err(e) = dev.write_at(&block(i), (i * blk) as u64) {
+                        panic!("write of block {i} failed: {e}");
+                    }
+                    acked.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+        while acked.load(Ordering::SeqCst) < kill_after {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        kill(target);
+        let at_kill = acked.load(Ordering::SeqCst);
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        restart(target);
+        at_kill
+    });
+    assert!(
+        at_kill < nblocks,
+        "the stream ended before the kill ({at_kill} of {nblocks})"
+    );
+    assert_eq!(acked.load(Ordering::SeqCst), nblocks);
+    at_kill
+}
+
+/// Every block `0..nblocks` of `blk` bytes that [`stream_across_restart`]
+/// wrote is in the image file `img`.
+pub fn assert_blocks_in_image(
+    img: &Path,
+    nblocks: usize,
+    blk: usize,
+    block: &dyn Fn(usize) -> Vec<u8>,
+) {
+    let file = std::fs::read(img).unwrap();
+    for i in 0..nblocks {
+        assert!(
+            file[i * blk..(i + 1) * blk] == block(i)[..],
+            "acknowledged block {i} is not in the image"
+        );
+    }
+}
