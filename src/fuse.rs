@@ -15,11 +15,14 @@ use fuser::{
     ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
+use listing::Listing;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+mod listing;
 
 /// How long the kernel may cache attributes and entries. With a cluster lock
 /// manager another node may change things at any time, so keep it short.
@@ -114,50 +117,6 @@ fn dtype_kind(dt: u16) -> FileType {
     }
 }
 
-/// A directory's entries as one open handle saw them: the names in one
-/// buffer and fixed-size records beside them, so a listing of 100,000
-/// entries costs two allocations to build and two to drop.
-#[derive(Default)]
-struct Listing {
-    names: Vec<u8>,
-    items: Vec<ListItem>,
-}
-
-struct ListItem {
-    next: u64,
-    ino: u64,
-    name_end: usize,
-    dtype: u16,
-}
-
-impl Listing {
-    fn push(&mut self, e: &crate::fs::DirItem<'_>) {
-        self.names.extend_from_slice(e.name);
-        self.items.push(ListItem {
-            next: e.next,
-            ino: e.ino,
-            name_end: self.names.len(),
-            dtype: e.dtype,
-        });
-    }
-
-    /// The entries after cookie `offset`.
-    fn from(&self, offset: u64) -> impl Iterator<Item = crate::fs::DirItem<'_>> {
-        let start = self.items.partition_point(|e| e.next <= offset);
-        let mut name_at = start.checked_sub(1).map_or(0, |i| self.items[i].name_end);
-        self.items[start..].iter().map(move |e| {
-            let name = &self.names[name_at..e.name_end];
-            name_at = e.name_end;
-            crate::fs::DirItem {
-                name,
-                ino: e.ino,
-                dtype: e.dtype,
-                next: e.next,
-            }
-        })
-    }
-}
-
 impl Gfs2Fuse {
     /// An adapter over `fs`.
     pub fn new(fs: Arc<Fs>) -> Self {
@@ -171,30 +130,24 @@ impl Gfs2Fuse {
     /// The listing of directory `ino` for handle `fh` from `offset`: a fresh
     /// walk at offset 0 (rewinddir sees changes), the stored one after.
     fn listing(&self, ino: u64, fh: u64, offset: u64) -> crate::error::Result<Arc<Listing>> {
-        let mut map = self.listings.lock().unwrap_or_else(|e| e.into_inner());
         if offset != 0 {
-            if let Some(l) = map.get(&fh) {
+            if let Some(l) = self.lock_listings().get(&fh) {
                 return Ok(l.clone());
             }
         }
-        drop(map);
-        // Sized from the directory's own count (capped: it is disk data),
-        // so a big listing is not copied as it grows.
-        let hint = self.fs.dir_entries(ino).unwrap_or(0).min(1 << 20) as usize;
-        let mut l = Listing {
-            names: Vec::with_capacity(hint * 16),
-            items: Vec::with_capacity(hint),
-        };
-        self.fs.readdir(ino, 0, |e| {
-            l.push(e);
-            true
-        })?;
-        let l = Arc::new(l);
-        map = self.listings.lock().unwrap_or_else(|e| e.into_inner());
+        let l = Listing::start(&self.fs, ino)?;
         if fh != 0 {
-            map.insert(fh, l.clone());
+            if let Some(old) = self.lock_listings().insert(fh, l.clone()) {
+                old.cancel();
+            }
         }
         Ok(l)
+    }
+
+    fn lock_listings(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Arc<Listing>>> {
+        self.listings.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn ino(&self, i: INodeNo) -> u64 {
@@ -645,10 +598,9 @@ impl fuser::Filesystem for Gfs2Fuse {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.listings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh.0);
+        if let Some(l) = self.lock_listings().remove(&fh.0) {
+            l.cancel();
+        }
         reply.ok()
     }
 
@@ -660,21 +612,25 @@ impl fuser::Filesystem for Gfs2Fuse {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let items = match self.listing(self.ino(ino), fh.0, offset) {
+        let l = match self.listing(self.ino(ino), fh.0, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(errno(&e)),
         };
-        for e in items.from(offset) {
-            if reply.add(
+        let mut any = false;
+        let r = l.entries(offset, |e| {
+            any = true;
+            !reply.add(
                 self.fuse_ino(e.ino),
                 e.next,
                 dtype_kind(e.dtype),
                 OsStr::from_bytes(e.name),
-            ) {
-                break;
-            }
+            )
+        });
+        // Entries before a failure are passed on; the next call gets the error.
+        match r {
+            Err(e) if !any => reply.error(errno(&e)),
+            _ => reply.ok(),
         }
-        reply.ok()
     }
 
     fn readdirplus(
@@ -688,32 +644,38 @@ impl fuser::Filesystem for Gfs2Fuse {
         // The names come from the handle's listing (taken under the
         // directory's glock); each entry is then stat'ed under its own:
         // never two inode glocks at once.
-        let items = match self.listing(self.ino(ino), fh.0, offset) {
+        let l = match self.listing(self.ino(ino), fh.0, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(errno(&e)),
         };
-        for it in items.from(offset).take(256) {
-            let a = match self.fs.getattr(it.ino) {
-                Ok(a) => a,
+        let (mut any, mut left) = (false, 256);
+        let r = l.entries(offset, |it| {
+            any = true;
+            left -= 1;
+            match self.fs.getattr(it.ino) {
+                Ok(a) => {
+                    let fa = self.attr(&a);
+                    let full = reply.add(
+                        fa.ino,
+                        it.next,
+                        OsStr::from_bytes(it.name),
+                        &TTL,
+                        &fa,
+                        Generation(a.generation),
+                    );
+                    !full && left > 0
+                }
                 Err(e) => {
                     // One damaged inode must not hide the rest of the directory.
                     tracing::warn!("readdirplus: inode {}: {e}", it.ino);
-                    continue;
+                    left > 0
                 }
-            };
-            let fa = self.attr(&a);
-            if reply.add(
-                fa.ino,
-                it.next,
-                OsStr::from_bytes(it.name),
-                &TTL,
-                &fa,
-                Generation(a.generation),
-            ) {
-                break;
             }
+        });
+        match r {
+            Err(e) if !any => reply.error(errno(&e)),
+            _ => reply.ok(),
         }
-        reply.ok()
     }
 
     /// `FS_IOC_GETFLAGS`/`FS_IOC_SETFLAGS` (lsattr, chattr; the kernel's
