@@ -13,7 +13,7 @@ seq_mb=${2:-1024}
 : "${CARGO_TARGET_DIR:=$root/target}"
 cargo build --release -q -p gfs2-fuse -p gfs2-mkfs --manifest-path "$root/Cargo.toml"
 bin=$CARGO_TARGET_DIR/release
-for t in fuse2fs mkfs.ext4 fusermount3 python3; do
+for t in fuse2fs mkfs.ext4 fusermount3 python3 cc; do
     command -v $t >/dev/null || { echo "bench-fs: $t not installed" >&2; exit 1; }
 done
 size_mb=$((seq_mb * 3 + 2048))
@@ -91,18 +91,60 @@ elif op == "untar":
     os.mkdir(f"{d}/src")
     subprocess.run(["tar", "-xf", sys.argv[4], "-C", f"{d}/src"], check=True)
     fd = os.open(f"{d}/src", os.O_RDONLY); os.fsync(fd); os.close(fd)
-elif op in ("list", "relist"):
-    n = sum(1 for _ in os.scandir(f"{d}/l"))
-    assert n == 100000, n
 print(f"{time.perf_counter() - t:.3f}")
 PY
 
+# Listing is timed by a compiled getdents64 loop with glibc's 32 KiB buffer: in Python the
+# interpreter's per-entry cost would hide the filesystems' difference.
+cat > "$work/lister.c" <<'C'
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+int main(int argc, char **argv) {
+    static char buf[32768];
+    struct timespec a, b;
+    long n = 0, r;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    int fd = open(argv[1], O_RDONLY | O_DIRECTORY);
+    if (fd < 0) { perror(argv[1]); return 1; }
+    while ((r = syscall(SYS_getdents64, fd, buf, sizeof buf)) > 0)
+        for (long off = 0; off < r; off += *(unsigned short *)(buf + off + 16)) n++;
+    if (r < 0) { perror("getdents64"); return 1; }
+    close(fd);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    if (n != atol(argv[2])) { fprintf(stderr, "%s: %ld entries\n", argv[1], n); return 1; }
+    printf("%.4f\n", (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9);
+    return 0;
+}
+C
+cc -O2 -o "$work/lister" "$work/lister.c"
+
 declare -A T
 run() { # op
-    local op=$1
-    case $op in seqread|randread|stat|list) fresh;; esac
+    local op=$1 side i t
+    case $op in seqread|randread|stat) fresh;; esac
+    if [ "$op" = list ]; then
+        # Tens of milliseconds: the best of three fresh mounts.
+        for i in 1 2 3; do
+            fresh
+            for side in gfs2 ext4 plain; do
+                t=$("$work/lister" "$work/$side/l" 100002)
+                if [ $i = 1 ] || awk -v a="$t" -v b="${T[$op,$side]}" 'BEGIN { exit !(a < b) }'; then
+                    T[$op,$side]=$t
+                fi
+            done
+        done
+        return
+    fi
     for side in gfs2 ext4 plain; do
-        T[$op,$side]=$(python3 "$work/w.py" "$op" "$work/$side" "$seq_mb" "$work/src.tar")
+        case $op in
+            relist) T[$op,$side]=$("$work/lister" "$work/$side/l" 100002) ;;
+            *) T[$op,$side]=$(python3 "$work/w.py" "$op" "$work/$side" "$seq_mb" "$work/src.tar") ;;
+        esac
     done
 }
 # A real source tree to unpack: the system's C headers.
@@ -111,6 +153,27 @@ mount_all
 for op in untar seqwrite seqread randread randwrite create stat unlink mkbig list relist; do run $op; done
 umount_all
 
+# The floor: a FUSE daemon with no disk at all serving 100,000 names from memory
+# (examples/fuse_floor.rs), with the kernel's directory cache (as ours) and without (as fuse2fs).
+cargo build --release -q --example fuse_floor --manifest-path "$root/Cargo.toml"
+mkdir -p "$work/floor"
+floor() { # [--cache-dir]: "first again" in seconds
+    "$CARGO_TARGET_DIR/release/examples/fuse_floor" "$work/floor" 100000 "$@" &
+    local pid=$! i
+    for i in $(seq 100); do mountpoint -q "$work/floor" && break; sleep 0.05; done
+    local a b
+    a=$("$work/lister" "$work/floor/l" 100000); b=$("$work/lister" "$work/floor/l" 100000)
+    fusermount3 -u "$work/floor"; wait $pid || true
+    echo "$a $b"
+}
+best3() { # best3 [--cache-dir]: the best "first again" of three mounts
+    local r1=() r2=() a b i
+    for i in 1 2 3; do read -r a b < <(floor "$@"); r1+=("$a"); r2+=("$b"); done
+    echo "$(printf '%s\n' "${r1[@]}" | sort -g | head -1) $(printf '%s\n' "${r2[@]}" | sort -g | head -1)"
+}
+read -r fl_c1 fl_c2 < <(best3 --cache-dir)
+read -r fl_n1 fl_n2 < <(best3)
+
 printf '%-10s %10s %10s %10s %14s\n' workload gfs2-fuse fuse2fs plain fuse2fs/ours
 for op in untar seqwrite seqread randwrite randread create stat unlink list relist; do
     g=${T[$op,gfs2]}; e=${T[$op,ext4]}; p=${T[$op,plain]}
@@ -118,5 +181,7 @@ for op in untar seqwrite seqread randwrite randread create stat unlink list reli
     printf '%-10s %9ss %9ss %9ss %14s\n' "$op" "$g" "$e" "$p" "$r"
 done
 echo "(untar: /usr/include, $(tar -tf "$work/src.tar" | wc -l) entries; sequential size ${seq_mb} MiB; random I/O: 4000 x 4 KiB; metadata: 10,000 files; list: 100,000 entries;"
-echo " reads and the first list start from freshly mounted filesystems on page-cache-warm images;"
-echo " relist: the same listing again on the live mount)"
+echo " reads and the first list start from freshly mounted filesystems on page-cache-warm images (list: best of 3);"
+echo " relist: the same listing again on the live mount; list and relist by a getdents64 loop)"
+echo "floor, a diskless FUSE daemon listing 100,000 names: with the kernel's directory cache first ${fl_c1}s, again ${fl_c2}s;"
+echo " without it first ${fl_n1}s, again ${fl_n2}s"
