@@ -9,13 +9,18 @@
 //! the `ffi` submodule): login with or without CHAP (also mutual CHAP), READ(16),
 //! WRITE(16), SYNCHRONIZE CACHE(16) (falling back to (10) when the target
 //! lacks it), READ CAPACITY(16), MODE SENSE(6) for write protection and
-//! INQUIRY for the Block Limits page. One I/O thread per device owns the
-//! libiscsi context and drives it with its non-blocking API
-//! (`iscsi_which_events`/`iscsi_service` and task callbacks), so any number
-//! of commands are in flight on the one connection; callers hand it
-//! requests through a queue and a wake-up eventfd and block until their
-//! requests are answered. Requests larger than the target's maximum transfer
-//! (at most [`MAX_CHUNK`]) are split, and the pieces issued together.
+//! INQUIRY for the Block Limits page. The libiscsi context and every
+//! request not yet answered live in one mutex-protected core, driven with
+//! libiscsi's non-blocking API (`iscsi_which_events`/`iscsi_service` and
+//! task callbacks), so any number of commands are in flight on the one
+//! connection and libiscsi is never entered by two threads at once. A
+//! caller locks the core, queues its commands and writes them to the socket
+//! itself (no hand-off), then parks until they are answered. One I/O thread
+//! per device sleeps in poll(2) on the socket (and a wake-up eventfd) with
+//! the core unlocked, reads the answers and unparks their callers, writes
+//! what a full socket did not take, and does the login, reconnection and
+//! deadlines below. Requests larger than the target's maximum transfer (at
+//! most [`MAX_CHUNK`]) are split, and the pieces issued together.
 //!
 //! Data moves straight between the caller's buffer and the socket. A
 //! request is answered only when libiscsi no longer refers to its buffer:
@@ -59,7 +64,7 @@ use std::ffi::{c_int, c_void, CString};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -266,9 +271,32 @@ impl Op {
     }
 }
 
-type Reply = mpsc::Sender<(usize, io::Result<usize>)>;
+/// The caller's side of a batch of requests: every piece is answered
+/// exactly once, and the caller sleeps (parked) until the last answer.
+struct Batch {
+    results: Mutex<Vec<Option<io::Result<usize>>>>,
+    /// Pieces not answered yet.
+    left: AtomicUsize,
+    /// The caller, unparked by the last answer.
+    waiter: std::thread::Thread,
+}
 
-/// One command on its way through the I/O thread.
+impl Batch {
+    fn answer(&self, idx: usize, r: io::Result<usize>) {
+        if let Some(slot) = lock(&self.results).get_mut(idx) {
+            *slot = Some(r);
+        }
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.waiter.unpark();
+        }
+    }
+}
+
+/// An answer decided while the core was locked, delivered after unlocking
+/// (so that the woken caller does not run into the lock).
+type Answer = (Arc<Batch>, usize, io::Result<usize>);
+
+/// One command on its way to the target.
 struct Req {
     op: Op,
     /// The caller's buffer (data in or out) and its length; valid until the
@@ -276,7 +304,7 @@ struct Req {
     buf: usize,
     len: usize,
     deadline: Instant,
-    reply: Reply,
+    batch: Arc<Batch>,
     /// Index of this piece in its caller's batch.
     idx: usize,
     /// Unit attentions seen so far.
@@ -289,15 +317,9 @@ struct Req {
     sent: bool,
 }
 
-struct Queue {
-    reqs: Vec<Req>,
-    closing: bool,
-}
-
 struct Shared {
     cfg: IscsiConfig,
     uri: String,
-    queue: Mutex<Queue>,
     wake: OwnedFd,
     connected: AtomicBool,
     reconnects: AtomicU64,
@@ -328,6 +350,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// A block device on an iSCSI LUN.
 pub struct IscsiDevice {
     shared: Arc<Shared>,
+    core: Arc<Mutex<Core>>,
     io: Option<JoinHandle<()>>,
     info: LunInfo,
     /// Bytes per command (a multiple of the block size).
@@ -382,10 +405,6 @@ impl IscsiDevice {
         let shared = Arc::new(Shared {
             uri: uri.clone(),
             cfg,
-            queue: Mutex::new(Queue {
-                reqs: Vec::new(),
-                closing: false,
-            }),
             wake,
             connected: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
@@ -394,10 +413,12 @@ impl IscsiDevice {
             last_error: Mutex::new(String::new()),
         });
         let (first_tx, first_rx) = mpsc::channel();
-        let s2 = shared.clone();
-        let io = spawn_quiet("iscsi-io", move || IoThread::new(lib, s2, first_tx).run())?;
+        let core = Arc::new(Mutex::new(Core::new(lib, shared.clone(), first_tx)));
+        let (s2, c2) = (shared.clone(), core.clone());
+        let io = spawn_quiet("iscsi-io", move || io_thread(s2, c2))?;
         let mut dev = IscsiDevice {
             shared,
+            core,
             io: Some(io),
             info: LunInfo {
                 block_size: 512,
@@ -514,14 +535,21 @@ impl IscsiDevice {
         self.shared.connected.load(Ordering::Relaxed)
     }
 
-    /// Queue requests `(op, buffer, length)` and wait for all their answers.
-    fn run(&self, pieces: Vec<(Op, *mut u8, usize)>) -> Vec<io::Result<usize>> {
+    /// Hand requests `(op, buffer, length)` to the target and wait for all
+    /// their answers. When the session is up the calling thread puts them on
+    /// the wire itself (no hand-off to the I/O thread); the I/O thread reads
+    /// the answers and unparks the caller.
+    fn run(&self, pieces: &[(Op, *mut u8, usize)]) -> Vec<io::Result<usize>> {
         let n = pieces.len();
-        let (tx, rx) = mpsc::channel();
+        let batch = Arc::new(Batch {
+            results: Mutex::new((0..n).map(|_| None).collect()),
+            left: AtomicUsize::new(n),
+            waiter: std::thread::current(),
+        });
         let deadline = Instant::now() + self.shared.cfg.timeout;
-        {
-            let mut q = lock(&self.shared.queue);
-            if q.closing {
+        let answers = {
+            let mut c = lock(&self.core);
+            if c.closing {
                 return (0..n)
                     .map(|_| {
                         Err(iscsi_err(
@@ -531,45 +559,47 @@ impl IscsiDevice {
                     })
                     .collect();
             }
-            let was_empty = q.reqs.is_empty();
-            for (idx, (op, buf, len)) in pieces.into_iter().enumerate() {
-                q.reqs.push(Req {
-                    op,
-                    buf: buf as usize,
-                    len,
-                    deadline,
-                    reply: tx.clone(),
-                    idx,
-                    uas: 0,
-                    not_before: None,
-                    in_flight: false,
-                    sent: false,
-                });
+            for (idx, &(op, buf, len)) in pieces.iter().enumerate() {
+                let id = c.next_id;
+                c.next_id += 1;
+                c.reqs.insert(
+                    id,
+                    Req {
+                        op,
+                        buf: buf as usize,
+                        len,
+                        deadline,
+                        batch: batch.clone(),
+                        idx,
+                        uas: 0,
+                        not_before: None,
+                        in_flight: false,
+                        sent: false,
+                    },
+                );
             }
-            if was_empty {
+            if matches!(c.state, ConnState::Up { .. }) {
+                c.send_waiting(Instant::now());
+            } else {
+                // The I/O thread sends them once logged in.
                 self.shared.wake();
             }
+            std::mem::take(&mut c.answers)
+        };
+        deliver(answers);
+        // Every piece is answered exactly once: by a completion, a failure,
+        // the timeout, or the I/O thread's exit.
+        while batch.left.load(Ordering::Acquire) != 0 {
+            std::thread::park();
         }
-        drop(tx);
-        let mut out: Vec<Option<io::Result<usize>>> = (0..n).map(|_| None).collect();
-        // Every piece is answered exactly once; a closed channel means the
-        // I/O thread is gone (and with it any use of the buffers).
-        for _ in 0..n {
-            match rx.recv() {
-                Ok((i, r)) => {
-                    if let Some(slot) = out.get_mut(i) {
-                        *slot = Some(r);
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        out.into_iter()
+        let mut results = lock(&batch.results);
+        results
+            .iter_mut()
             .map(|r| {
-                r.unwrap_or_else(|| {
+                r.take().unwrap_or_else(|| {
                     Err(iscsi_err(
                         libc::EIO,
-                        format!("{}: request lost (I/O thread gone)", self.shared.uri),
+                        format!("{}: request lost", self.shared.uri),
                     ))
                 })
             })
@@ -577,7 +607,7 @@ impl IscsiDevice {
     }
 
     fn run_one(&self, op: Op, buf: *mut u8, len: usize) -> io::Result<usize> {
-        self.run(vec![(op, buf, len)])
+        self.run(&[(op, buf, len)])
             .pop()
             .unwrap_or_else(|| Err(iscsi_err(libc::EIO, "no answer".into())))
     }
@@ -614,7 +644,7 @@ impl IscsiDevice {
             pieces.push((op, unsafe { buf.add(done) }, n));
             done += n;
         }
-        for r in self.run(pieces) {
+        for r in self.run(&pieces) {
             r?;
         }
         Ok(())
@@ -693,7 +723,7 @@ impl BlockDevice for IscsiDevice {
 
 impl Drop for IscsiDevice {
     fn drop(&mut self) {
-        lock(&self.shared.queue).closing = true;
+        lock(&self.core).closing = true;
         self.shared.wake();
         if let Some(h) = self.io.take() {
             let _ = h.join();
@@ -782,22 +812,30 @@ unsafe extern "C" fn nop_cb(
 
 /// Runs when the I/O thread ends, normally or not: later requests must be
 /// refused rather than wait for a thread that is gone.
-struct ExitGuard(Arc<Shared>);
+struct ExitGuard(Arc<Mutex<Core>>);
 
 impl Drop for ExitGuard {
     fn drop(&mut self) {
-        self.0.connected.store(false, Ordering::Relaxed);
-        let mut q = lock(&self.0.queue);
-        q.closing = true;
-        for r in q.reqs.drain(..) {
-            let _ = r.reply.send((
-                r.idx,
-                Err(iscsi_err(
-                    libc::EIO,
-                    format!("{}: device closed", self.0.uri),
-                )),
-            ));
-        }
+        let answers = {
+            let mut c = lock(&self.0);
+            c.shared.connected.store(false, Ordering::Relaxed);
+            c.closing = true;
+            let uri = c.shared.uri.clone();
+            let mut answers = std::mem::take(&mut c.answers);
+            for (_, r) in std::mem::take(&mut c.reqs) {
+                let e = iscsi_err(libc::EIO, format!("{uri}: device closed"));
+                answers.push((r.batch, r.idx, Err(e)));
+            }
+            answers
+        };
+        deliver(answers);
+    }
+}
+
+/// Hand answers to their callers (with the core unlocked).
+fn deliver(answers: Vec<Answer>) {
+    for (batch, idx, r) in answers {
+        batch.answer(idx, r);
     }
 }
 
@@ -827,12 +865,25 @@ enum ConnState {
     },
 }
 
-struct IoThread {
+/// The session: the libiscsi context and every request not yet answered.
+/// It lives behind a mutex: callers lock it to put their commands on the
+/// wire, the I/O thread to read answers, log in and watch the deadlines;
+/// libiscsi is only ever called with the lock held.
+struct Core {
     lib: &'static ffi::Lib,
     shared: Arc<Shared>,
     /// Told the outcome of the first login, then dropped.
     first: Option<mpsc::Sender<io::Result<()>>>,
+    closing: bool,
     state: ConnState,
+    /// Bumped whenever the context is destroyed, so that the I/O thread
+    /// never services a context that went away while it polled.
+    generation: u64,
+    /// The I/O thread polls for POLLOUT (else a caller that leaves data
+    /// unwritten must wake it).
+    poll_out: bool,
+    /// Answers to deliver once the lock is released.
+    answers: Vec<Answer>,
     reqs: BTreeMap<u64, Req>,
     next_id: u64,
     backoff: Duration,
@@ -873,12 +924,16 @@ fn hostname() -> String {
     }
 }
 
-impl IoThread {
+// SAFETY: the raw context pointer inside is only used with the Core's mutex
+// held, so by one thread at a time; libiscsi keeps no thread affinity.
+unsafe impl Send for Core {}
+
+impl Core {
     fn new(
         lib: &'static ffi::Lib,
         shared: Arc<Shared>,
         first: mpsc::Sender<io::Result<()>>,
-    ) -> IoThread {
+    ) -> Core {
         let t = shared.cfg.timeout;
         let initiator = CString::new(format!("{INITIATOR_PREFIX}{}", hostname()))
             .unwrap_or_else(|_| c"iqn.2024-01.org.gfs2-fuse:host".into());
@@ -891,13 +946,17 @@ impl IoThread {
             x ^= Arc::as_ptr(&shared) as u64;
             (x ^ (x >> 29)) as u32 & 0x00ff_ffff
         };
-        IoThread {
+        Core {
             lib,
             shared,
             first: Some(first),
+            closing: false,
             state: ConnState::Down {
                 next: Instant::now(),
             },
+            generation: 0,
+            poll_out: false,
+            answers: Vec::new(),
             reqs: BTreeMap::new(),
             next_id: 1,
             backoff: Duration::from_millis(100),
@@ -1020,7 +1079,7 @@ impl IoThread {
                 libc::EIO
             };
             let _ = first.send(Err(iscsi_err(errno, format!("{}: {e}", self.shared.uri))));
-            lock(&self.shared.queue).closing = true;
+            self.closing = true;
         }
         self.schedule_retry();
     }
@@ -1059,11 +1118,14 @@ impl IoThread {
         self.state = ConnState::Down {
             next: Instant::now(),
         };
+        self.generation += 1;
+        // A caller may have dropped it: the I/O thread logs in again.
+        self.shared.wake();
     }
 
     fn answer(&mut self, id: u64, r: io::Result<usize>) {
         if let Some(req) = self.reqs.remove(&id) {
-            let _ = req.reply.send((req.idx, r));
+            self.answers.push((req.batch, req.idx, r));
         }
     }
 
@@ -1233,27 +1295,6 @@ impl IoThread {
         true
     }
 
-    /// Take the requests callers queued; true when the device is closing.
-    fn intake(&mut self, woken: bool) -> bool {
-        if woken {
-            let mut buf = 0u64;
-            // SAFETY: reading 8 bytes into a local from our non-blocking eventfd.
-            unsafe {
-                libc::read(
-                    self.shared.wake.as_raw_fd(),
-                    (&mut buf as *mut u64).cast(),
-                    8,
-                )
-            };
-        }
-        let mut q = lock(&self.shared.queue);
-        for r in q.reqs.drain(..) {
-            self.reqs.insert(self.next_id, r);
-            self.next_id += 1;
-        }
-        q.closing
-    }
-
     fn logout(&mut self, ctx: *mut ffi::Context) {
         let mut done = false;
         // SAFETY: ctx is logged in and idle; `done` outlives the wait below,
@@ -1280,161 +1321,158 @@ impl IoThread {
         DONE.with(|v| v.borrow_mut().clear());
     }
 
-    fn run(mut self) {
-        let _exit = ExitGuard(self.shared.clone());
-        let mut closing = false;
-        let mut woken = true;
-        loop {
-            closing |= self.intake(woken);
-            woken = false;
-            let now = Instant::now();
-            if closing {
-                if let ConnState::Up { ctx } = self.state {
-                    if !self.reqs.values().any(|r| r.in_flight) {
-                        self.logout(ctx);
-                    }
-                }
-                self.drop_connection("device closed");
-                let ids: Vec<u64> = self.reqs.keys().copied().collect();
-                for id in ids {
-                    let why = "device closed".to_string();
-                    self.fail(id, libc::EIO, why);
-                }
+    /// Put every request that waits (new, or to be sent again) on the wire,
+    /// in order, and write out what the socket takes.
+    fn send_waiting(&mut self, now: Instant) {
+        let ConnState::Up { ctx } = self.state else {
+            return;
+        };
+        if !self.reqs.values().any(|r| r.in_flight) {
+            // Silence is measured from the first command after idling.
+            self.progress = now;
+        }
+        let mut next = 0;
+        let mut sent = false;
+        while let Some(id) = self
+            .reqs
+            .range_mut(next..)
+            .find(|(_, r)| !r.in_flight && !matches!(r.not_before, Some(t) if t > now))
+            .map(|(id, r)| {
+                r.not_before = None;
+                *id
+            })
+        {
+            next = id + 1;
+            if !self.submit(ctx, id) {
+                let e = format!("cannot queue a command: {}", self.ctx_error(ctx));
+                self.drop_connection(&e);
                 return;
             }
-            // Deadlines.
-            let expired: Vec<u64> = self
-                .reqs
-                .iter()
-                .filter(|(_, r)| r.deadline <= now)
-                .map(|(id, _)| *id)
-                .collect();
-            if !expired.is_empty() {
-                if expired.iter().any(|id| self.reqs[id].in_flight) {
-                    self.drop_connection("a command timed out");
-                }
-                let t = self.shared.cfg.timeout.as_secs_f64();
-                for id in expired {
-                    let why = if self.last_error.is_empty() {
-                        format!("no answer from the target within {t} s")
-                    } else {
-                        format!(
-                            "no answer from the target within {t} s (last error: {})",
-                            self.last_error
-                        )
-                    };
-                    self.fail(id, libc::EIO, why);
-                }
+            sent = true;
+        }
+        if !sent {
+            return;
+        }
+        let n = self.reqs.values().filter(|r| r.in_flight).count() as u64;
+        self.shared.peak.fetch_max(n, Ordering::Relaxed);
+        // Write them out now rather than after another poll.
+        self.service(ctx, c_int::from(libc::POLLOUT));
+        if let ConnState::Up { ctx } = self.state {
+            // SAFETY: ctx is a live context.
+            let ev = unsafe { (self.lib.iscsi_which_events)(ctx) };
+            if ev & c_int::from(libc::POLLOUT) != 0 && !self.poll_out {
+                // The socket is full: the I/O thread writes the rest.
+                self.shared.wake();
             }
-            // Connection state.
-            match self.state {
-                ConnState::Down { next } if now >= next => self.start_login(),
-                ConnState::LoggingIn { since, .. } if now >= since + self.login_limit => {
-                    let e = format!(
-                        "login timed out after {:.1} s",
-                        self.login_limit.as_secs_f64()
-                    );
-                    self.drop_connection(&e);
-                    self.login_failed(e);
-                }
-                ConnState::Up { ctx } if self.reqs.values().any(|r| r.in_flight) => {
-                    if now >= self.progress + self.stall_limit {
-                        let e = format!("no answer for {:.1} s", self.stall_limit.as_secs_f64());
-                        self.drop_connection(&e);
-                    } else if now >= self.progress + self.stall_limit / 2 && !self.nop_out {
-                        // Commands are slow: is the target still there? A
-                        // NOP-In back counts as progress.
-                        // SAFETY: ctx is logged in; no data, no private pointer.
-                        let r = unsafe {
-                            (self.lib.iscsi_nop_out_async)(
-                                ctx,
-                                nop_cb,
-                                std::ptr::null_mut(),
-                                0,
-                                std::ptr::null_mut(),
-                            )
-                        };
-                        self.nop_out = r == 0;
-                    }
-                }
-                _ => {}
-            }
-            // Send what waits.
+        }
+    }
+
+    /// The I/O thread's round: deadlines, login and reconnection, sending
+    /// what waits; then what to poll for and how long. None: the device is
+    /// closed, every request answered.
+    fn tick(&mut self) -> Option<(Option<(c_int, i16)>, c_int)> {
+        let now = Instant::now();
+        if self.closing {
             if let ConnState::Up { ctx } = self.state {
                 if !self.reqs.values().any(|r| r.in_flight) {
-                    // Silence is measured from the first command after idling.
-                    self.progress = now;
-                }
-                let ids: Vec<u64> = self
-                    .reqs
-                    .iter()
-                    .filter(|(_, r)| !r.in_flight && !matches!(r.not_before, Some(t) if t > now))
-                    .map(|(id, _)| *id)
-                    .collect();
-                let sent = !ids.is_empty();
-                let mut ok = true;
-                for id in ids {
-                    if let Some(r) = self.reqs.get_mut(&id) {
-                        r.not_before = None;
-                    }
-                    if !self.submit(ctx, id) {
-                        let e = format!("cannot queue a command: {}", self.ctx_error(ctx));
-                        self.drop_connection(&e);
-                        ok = false;
-                        break;
-                    }
-                }
-                let n = self.reqs.values().filter(|r| r.in_flight).count() as u64;
-                self.shared.peak.fetch_max(n, Ordering::Relaxed);
-                if sent && ok {
-                    // Write them out now rather than after another poll.
-                    self.service(ctx, c_int::from(libc::POLLOUT));
+                    self.logout(ctx);
                 }
             }
-            // Wait.
-            let ctx = match self.state {
-                ConnState::Up { ctx } | ConnState::LoggingIn { ctx, .. } => Some(ctx),
-                ConnState::Down { .. } => None,
-            };
-            let mut fds = [
-                libc::pollfd {
-                    fd: self.shared.wake.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: -1,
-                    events: 0,
-                    revents: 0,
-                },
-            ];
-            if let Some(ctx) = ctx {
+            self.drop_connection("device closed");
+            let ids: Vec<u64> = self.reqs.keys().copied().collect();
+            for id in ids {
+                let why = "device closed".to_string();
+                self.fail(id, libc::EIO, why);
+            }
+            return None;
+        }
+        // Deadlines.
+        let expired: Vec<u64> = self
+            .reqs
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        if !expired.is_empty() {
+            if expired.iter().any(|id| self.reqs[id].in_flight) {
+                self.drop_connection("a command timed out");
+            }
+            let t = self.shared.cfg.timeout.as_secs_f64();
+            for id in expired {
+                let why = if self.last_error.is_empty() {
+                    format!("no answer from the target within {t} s")
+                } else {
+                    format!(
+                        "no answer from the target within {t} s (last error: {})",
+                        self.last_error
+                    )
+                };
+                self.fail(id, libc::EIO, why);
+            }
+        }
+        // Connection state.
+        match self.state {
+            ConnState::Down { next } if now >= next => self.start_login(),
+            ConnState::LoggingIn { since, .. } if now >= since + self.login_limit => {
+                let e = format!(
+                    "login timed out after {:.1} s",
+                    self.login_limit.as_secs_f64()
+                );
+                self.drop_connection(&e);
+                self.login_failed(e);
+            }
+            ConnState::Up { ctx } if self.reqs.values().any(|r| r.in_flight) => {
+                if now >= self.progress + self.stall_limit {
+                    let e = format!("no answer for {:.1} s", self.stall_limit.as_secs_f64());
+                    self.drop_connection(&e);
+                } else if now >= self.progress + self.stall_limit / 2 && !self.nop_out {
+                    // Commands are slow: is the target still there? A
+                    // NOP-In back counts as progress.
+                    // SAFETY: ctx is logged in; no data, no private pointer.
+                    let r = unsafe {
+                        (self.lib.iscsi_nop_out_async)(
+                            ctx,
+                            nop_cb,
+                            std::ptr::null_mut(),
+                            0,
+                            std::ptr::null_mut(),
+                        )
+                    };
+                    self.nop_out = r == 0;
+                }
+            }
+            _ => {}
+        }
+        // Send what waits (resends after a login, retries after BUSY).
+        self.send_waiting(now);
+        // What to wait for.
+        let sock = match self.state {
+            ConnState::Up { ctx } | ConnState::LoggingIn { ctx, .. } => {
                 // SAFETY: ctx is a live context.
                 unsafe {
-                    fds[1].fd = (self.lib.iscsi_get_fd)(ctx);
-                    fds[1].events = (self.lib.iscsi_which_events)(ctx) as i16;
+                    Some((
+                        (self.lib.iscsi_get_fd)(ctx),
+                        (self.lib.iscsi_which_events)(ctx) as i16,
+                    ))
                 }
             }
-            let mut wait = Duration::from_millis(100);
-            if let ConnState::Down { next } = self.state {
-                wait = wait.min(next.saturating_duration_since(now));
-            }
-            if let Some(t) = self.reqs.values().filter_map(|r| r.not_before).min() {
-                wait = wait.min(t.saturating_duration_since(now));
-            }
-            let ms = wait.as_millis() as c_int;
-            // SAFETY: polling two pollfd structs we own.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
-            if n < 0 {
-                continue;
-            }
-            woken = fds[0].revents != 0;
-            let Some(ctx) = ctx else { continue };
-            let revents = fds[1].revents;
-            if revents == 0 {
-                continue;
-            }
-            self.service(ctx, c_int::from(revents));
+            ConnState::Down { .. } => None,
+        };
+        let mut wait = Duration::from_millis(100);
+        if let ConnState::Down { next } = self.state {
+            wait = wait.min(next.saturating_duration_since(now));
+        }
+        if let Some(t) = self.reqs.values().filter_map(|r| r.not_before).min() {
+            wait = wait.min(t.saturating_duration_since(now));
+        }
+        Some((sock, wait.as_millis() as c_int))
+    }
+
+    /// The live context, if any.
+    fn ctx(&self) -> Option<*mut ffi::Context> {
+        match self.state {
+            ConnState::Up { ctx } | ConnState::LoggingIn { ctx, .. } => Some(ctx),
+            ConnState::Down { .. } => None,
         }
     }
 
@@ -1488,6 +1526,55 @@ impl IoThread {
         }
         if let Some(e) = lost {
             self.drop_connection(&e);
+        }
+    }
+}
+
+/// The I/O thread: logs in (and in again), reads the answers, enforces the
+/// deadlines. It sleeps in poll(2) on the socket and the wake-up eventfd,
+/// with the core unlocked, so that callers can send meanwhile.
+fn io_thread(shared: Arc<Shared>, core: Arc<Mutex<Core>>) {
+    let _exit = ExitGuard(core.clone());
+    let mut woken = true;
+    // Socket events seen by the last poll, and the context they were for.
+    let mut ready: Option<(u64, c_int)> = None;
+    loop {
+        if woken {
+            let mut buf = 0u64;
+            // SAFETY: reading 8 bytes into a local from our non-blocking eventfd.
+            unsafe { libc::read(shared.wake.as_raw_fd(), (&mut buf as *mut u64).cast(), 8) };
+        }
+        let mut c = lock(&core);
+        if let Some((generation, revents)) = ready.take() {
+            match c.ctx() {
+                Some(ctx) if c.generation == generation => c.service(ctx, revents),
+                _ => {}
+            }
+        }
+        let plan = c.tick();
+        let generation = c.generation;
+        c.poll_out = matches!(plan, Some((Some((_, ev)), _)) if ev & libc::POLLOUT != 0);
+        let answers = std::mem::take(&mut c.answers);
+        drop(c);
+        deliver(answers);
+        let Some((sock, ms)) = plan else { return };
+        let mut fds = [
+            libc::pollfd {
+                fd: shared.wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: sock.map_or(-1, |s| s.0),
+                events: sock.map_or(0, |s| s.1),
+                revents: 0,
+            },
+        ];
+        // SAFETY: polling two pollfd structs we own.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+        woken = n < 0 || fds[0].revents != 0;
+        if n > 0 && fds[1].revents != 0 {
+            ready = Some((generation, c_int::from(fds[1].revents)));
         }
     }
 }
