@@ -5,14 +5,16 @@
 //!           [--threads N] [--seconds S]
 //! ```
 //! Sequential modes move the first N MiB (default: the whole device) in
-//! `bs`-byte requests (default 1 MiB), thread t taking blocks t, t+T, ...
+//! `bs`-byte requests (default 1 MiB), in order, each thread taking the
+//! next block as soon as its previous request is done (so T requests stay
+//! in flight until the end, as with an asynchronous client of depth T).
 //! Random modes issue `bs`-byte requests (default 4096) at random aligned
 //! offsets for S seconds (default 5). Prints one line:
 //! `MODE bs=.. threads=.. bytes=.. secs=.. MBps=.. iops=..`.
 
 use gfs2fuse::dev::{spec, BlockDevice};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 fn main() {
@@ -62,17 +64,21 @@ fn run() -> Result<(), String> {
     }
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let start = Instant::now();
+    // The clock starts once every thread is spawned and has its buffer, as
+    // the reference clients' clocks start after their set-up.
+    let ready = Arc::new(Barrier::new(threads + 1));
+    let next = Arc::new(AtomicU64::new(0));
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             let (dev, done, stop) = (dev.clone(), done.clone(), stop.clone());
+            let (ready, next) = (ready.clone(), next.clone());
             std::thread::spawn(move || -> std::io::Result<()> {
                 let mut buf = vec![0u8; bs];
                 for (i, b) in buf.iter_mut().enumerate() {
                     *b = (i * 31 + t) as u8;
                 }
+                ready.wait();
                 let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (t as u64 + 1);
-                let mut blk = t as u64;
                 loop {
                     let b = if random {
                         if stop.load(Ordering::Relaxed) {
@@ -83,11 +89,10 @@ fn run() -> Result<(), String> {
                         x ^= x << 17;
                         x % blocks
                     } else {
-                        if blk >= blocks {
+                        let b = next.fetch_add(1, Ordering::Relaxed);
+                        if b >= blocks {
                             return Ok(());
                         }
-                        let b = blk;
-                        blk += threads as u64;
                         b
                     };
                     let off = b * bs as u64;
@@ -101,6 +106,8 @@ fn run() -> Result<(), String> {
             })
         })
         .collect();
+    ready.wait();
+    let start = Instant::now();
     if random {
         std::thread::sleep(Duration::from_secs_f64(seconds));
         stop.store(true, Ordering::Relaxed);

@@ -832,6 +832,22 @@ impl Drop for ExitGuard {
     }
 }
 
+/// Set or clear TCP_CORK (clearing it sends what it held back).
+fn cork(fd: c_int, on: bool) {
+    let v = c_int::from(on);
+    // SAFETY: setsockopt on a socket descriptor with a c_int option value;
+    // a failure (not a TCP socket) only costs the merging of segments.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            (&v as *const c_int).cast(),
+            std::mem::size_of::<c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 /// Hand answers to their callers (with the core unlocked).
 fn deliver(answers: Vec<Answer>) {
     for (batch, idx, r) in answers {
@@ -1333,12 +1349,14 @@ impl Core {
         }
         let mut next = 0;
         let mut sent = false;
+        let mut data_out = false;
         while let Some(id) = self
             .reqs
             .range_mut(next..)
             .find(|(_, r)| !r.in_flight && !matches!(r.not_before, Some(t) if t > now))
             .map(|(id, r)| {
                 r.not_before = None;
+                data_out |= matches!(r.op, Op::Write { .. });
                 *id
             })
         {
@@ -1355,8 +1373,19 @@ impl Core {
         }
         let n = self.reqs.values().filter(|r| r.in_flight).count() as u64;
         self.shared.peak.fetch_max(n, Ordering::Relaxed);
-        // Write them out now rather than after another poll.
+        // Write them out now rather than after another poll. libiscsi sends
+        // a PDU's header and its data in two calls: corked, they leave in
+        // one segment, and the target wakes once for them.
+        // SAFETY: ctx is a live context.
+        let fd = unsafe { (self.lib.iscsi_get_fd)(ctx) };
+        let generation = self.generation;
+        if data_out {
+            cork(fd, true);
+        }
         self.service(ctx, c_int::from(libc::POLLOUT));
+        if data_out && self.generation == generation {
+            cork(fd, false);
+        }
         if let ConnState::Up { ctx } = self.state {
             // SAFETY: ctx is a live context.
             let ev = unsafe { (self.lib.iscsi_which_events)(ctx) };
