@@ -9,18 +9,28 @@
 //! the `ffi` submodule): login with or without CHAP (also mutual CHAP), READ(16),
 //! WRITE(16), SYNCHRONIZE CACHE(16) (falling back to (10) when the target
 //! lacks it), READ CAPACITY(16), MODE SENSE(6) for write protection and
-//! INQUIRY for the Block Limits page. The libiscsi context and every
-//! request not yet answered live in one mutex-protected core, driven with
+//! INQUIRY for the Block Limits page.
+//!
+//! A device keeps a small pool of sessions to the LUN (one at first, more
+//! logged in in the background while callers outnumber them, up to
+//! [`MAX_SESSIONS`]; each its own ISID, TCP connection and libiscsi
+//! context); a caller takes a session nobody else uses if there is one,
+//! else shares the least used. Each session's context and every request
+//! not yet answered live in one mutex-protected core, driven with
 //! libiscsi's non-blocking API (`iscsi_which_events`/`iscsi_service` and
-//! task callbacks), so any number of commands are in flight on the one
-//! connection and libiscsi is never entered by two threads at once. A
-//! caller locks the core, queues its commands and writes them to the socket
-//! itself (no hand-off), then parks until they are answered. One I/O thread
-//! per device sleeps in poll(2) on the socket (and a wake-up eventfd) with
-//! the core unlocked, reads the answers and unparks their callers, writes
-//! what a full socket did not take, and does the login, reconnection and
-//! deadlines below. Requests larger than the target's maximum transfer (at
-//! most [`MAX_CHUNK`]) are split, and the pieces issued together.
+//! task callbacks), so any number of commands are in flight on a session
+//! and libiscsi is never entered by two threads at once. A caller locks the
+//! core, queues its commands and writes them to the socket itself; if it
+//! is the only caller waiting on the session it then polls the socket and
+//! reads its answers itself (one sleep per request, no hand-off between
+//! threads), otherwise it parks and whoever reads the answers unparks it.
+//! One I/O thread per session sleeps in poll(2) with the core unlocked: it
+//! reads the answers when no caller does, writes what a full socket did
+//! not take, and does the login, reconnection and deadlines below; it
+//! interrupts a polling caller (an eventfd) when the connection goes or a
+//! deadline passes. Requests larger than the target's maximum transfer (at
+//! most [`MAX_CHUNK`]) are split, and the pieces issued together on one
+//! session.
 //!
 //! Data moves straight between the caller's buffer and the socket. A
 //! request is answered only when libiscsi no longer refers to its buffer:
@@ -320,7 +330,10 @@ struct Req {
 struct Shared {
     cfg: IscsiConfig,
     uri: String,
+    /// Wakes the I/O thread.
     wake: OwnedFd,
+    /// Wakes a caller that polls the socket for its own answers.
+    kick: OwnedFd,
     connected: AtomicBool,
     reconnects: AtomicU64,
     resent: AtomicU64,
@@ -331,27 +344,78 @@ struct Shared {
 
 impl Shared {
     fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes from a local to our eventfd.
-        unsafe {
-            libc::write(
-                self.wake.as_raw_fd(),
-                (&one as *const u64).cast(),
-                std::mem::size_of::<u64>(),
-            );
-        }
+        signal(&self.wake);
     }
+
+    fn kick(&self) {
+        signal(&self.kick);
+    }
+}
+
+fn signal(fd: &OwnedFd) {
+    let one: u64 = 1;
+    // SAFETY: writing 8 bytes from a local to our eventfd.
+    unsafe {
+        libc::write(
+            fd.as_raw_fd(),
+            (&one as *const u64).cast(),
+            std::mem::size_of::<u64>(),
+        );
+    }
+}
+
+fn drain(fd: &OwnedFd) {
+    let mut buf = 0u64;
+    // SAFETY: reading 8 bytes into a local from our non-blocking eventfd.
+    unsafe { libc::read(fd.as_raw_fd(), (&mut buf as *mut u64).cast(), 8) };
+}
+
+fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain eventfd creation; the descriptor is owned at once.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A block device on an iSCSI LUN.
-pub struct IscsiDevice {
+/// Most sessions one device opens to its LUN.
+pub const MAX_SESSIONS: usize = 8;
+
+/// One session (one TCP connection, one libiscsi context) and its I/O thread.
+struct Session {
     shared: Arc<Shared>,
     core: Arc<Mutex<Core>>,
     io: Option<JoinHandle<()>>,
+}
+
+/// The device's sessions, and how many callers use each.
+struct Pool {
+    sessions: Vec<Arc<Session>>,
+    users: Vec<usize>,
+    /// A session is being added.
+    growing: bool,
+    closed: bool,
+}
+
+/// A block device on an iSCSI LUN.
+///
+/// Callers share a small pool of sessions to the LUN (each with its own
+/// ISID, so the target keeps them apart): a caller takes a session nobody
+/// uses if there is one, and then reads its own answers from that
+/// session's socket; when every session is in use, one more logs in in the
+/// background (up to [`MAX_SESSIONS`]) and meanwhile callers share the
+/// least used one. A flush (SYNCHRONIZE CACHE) applies to the whole LUN,
+/// whichever session carries it.
+pub struct IscsiDevice {
+    cfg: IscsiConfig,
+    uri: String,
+    pool: Arc<Mutex<Pool>>,
     info: LunInfo,
     /// Bytes per command (a multiple of the block size).
     chunk: usize,
@@ -388,24 +452,19 @@ fn be64(b: &[u8], at: usize) -> u64 {
         .map_or(0, u64::from_be_bytes)
 }
 
-impl IscsiDevice {
-    /// Log in (failing at once if the first login fails), read the LUN's
-    /// capacity and write protection, and start the I/O thread.
-    pub fn connect(cfg: IscsiConfig) -> io::Result<IscsiDevice> {
+impl Session {
+    /// Log in (failing at once if the first login fails) and start the I/O
+    /// thread.
+    fn connect(cfg: IscsiConfig) -> io::Result<Session> {
         let uri = cfg.uri();
         let lib = ffi::lib().map_err(|e| iscsi_err(libc::ENOSYS, format!("{uri}: {e}")))?;
-        // SAFETY: plain eventfd creation; the descriptor is owned below.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if efd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: efd is a fresh descriptor nobody else owns.
-        let wake = unsafe { OwnedFd::from_raw_fd(efd) };
-        let read_only = cfg.read_only;
+        let wake = eventfd()?;
+        let kick = eventfd()?;
         let shared = Arc::new(Shared {
             uri: uri.clone(),
             cfg,
             wake,
+            kick,
             connected: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
             resent: AtomicU64::new(0),
@@ -416,10 +475,50 @@ impl IscsiDevice {
         let core = Arc::new(Mutex::new(Core::new(lib, shared.clone(), first_tx)));
         let (s2, c2) = (shared.clone(), core.clone());
         let io = spawn_quiet("iscsi-io", move || io_thread(s2, c2))?;
-        let mut dev = IscsiDevice {
+        let session = Session {
             shared,
             core,
             io: Some(io),
+        };
+        match first_rx.recv() {
+            Ok(Ok(())) => Ok(session),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(iscsi_err(libc::EIO, format!("{uri}: I/O thread died"))),
+        }
+    }
+
+    /// Ask the I/O thread to fail what waits, log out and end.
+    fn close(&self) {
+        lock(&self.core).closing = true;
+        self.shared.wake();
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.close();
+        if let Some(h) = self.io.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl IscsiDevice {
+    /// Log in (failing at once if the first login fails), read the LUN's
+    /// capacity and write protection, and start the I/O thread.
+    pub fn connect(cfg: IscsiConfig) -> io::Result<IscsiDevice> {
+        let uri = cfg.uri();
+        let read_only = cfg.read_only;
+        let first = Session::connect(cfg.clone())?;
+        let mut dev = IscsiDevice {
+            cfg,
+            uri: uri.clone(),
+            pool: Arc::new(Mutex::new(Pool {
+                sessions: vec![Arc::new(first)],
+                users: vec![0],
+                growing: false,
+                closed: false,
+            })),
             info: LunInfo {
                 block_size: 512,
                 blocks: 0,
@@ -430,11 +529,6 @@ impl IscsiDevice {
             read_only,
             locks: super::rangelock::RangeLocks::default(),
         };
-        match first_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(iscsi_err(libc::EIO, format!("{uri}: I/O thread died"))),
-        }
         dev.info = dev.probe()?;
         if !read_only && dev.info.write_protected {
             return Err(io::Error::from_raw_os_error(libc::EROFS));
@@ -460,7 +554,7 @@ impl IscsiDevice {
     }
 
     fn probe(&self) -> io::Result<LunInfo> {
-        let uri = &self.shared.uri;
+        let uri = &self.uri;
         let mut cap = [0u8; 32];
         let n = self.run_one(Op::ReadCapacity16, cap.as_mut_ptr(), cap.len())?;
         if n < 12 {
@@ -513,28 +607,100 @@ impl IscsiDevice {
 
     /// The configuration in use.
     pub fn config(&self) -> &IscsiConfig {
-        &self.shared.cfg
+        &self.cfg
     }
 
-    /// How many times the session was re-established, and how many commands
-    /// were sent again because of that.
+    /// How many times a session was re-established, and how many commands
+    /// were sent again because of that (all sessions together).
     pub fn reconnections(&self) -> (u64, u64) {
-        (
-            self.shared.reconnects.load(Ordering::Relaxed),
-            self.shared.resent.load(Ordering::Relaxed),
-        )
+        let p = lock(&self.pool);
+        p.sessions.iter().fold((0, 0), |(r, s), x| {
+            (
+                r + x.shared.reconnects.load(Ordering::Relaxed),
+                s + x.shared.resent.load(Ordering::Relaxed),
+            )
+        })
     }
 
-    /// The most commands that were outstanding on the session at once.
+    /// The most commands that were outstanding on one session at once.
     pub fn peak_in_flight(&self) -> u64 {
-        self.shared.peak.load(Ordering::Relaxed)
+        let p = lock(&self.pool);
+        p.sessions
+            .iter()
+            .map(|x| x.shared.peak.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0)
     }
 
     /// Is a session currently logged in?
     pub fn is_connected(&self) -> bool {
-        self.shared.connected.load(Ordering::Relaxed)
+        let p = lock(&self.pool);
+        p.sessions
+            .iter()
+            .any(|x| x.shared.connected.load(Ordering::Relaxed))
     }
 
+    /// How many sessions the device has open.
+    pub fn sessions(&self) -> usize {
+        lock(&self.pool).sessions.len()
+    }
+
+    /// Hand requests to a session (one nobody else uses, if any) and wait
+    /// for their answers.
+    fn run(&self, pieces: &[(Op, *mut u8, usize)]) -> Vec<io::Result<usize>> {
+        let (session, i) = {
+            let mut p = lock(&self.pool);
+            let i = (0..p.users.len()).min_by_key(|&i| p.users[i]).unwrap_or(0);
+            let Some(session) = p.sessions.get(i).cloned() else {
+                let e = || iscsi_err(libc::EIO, format!("{}: device closed", self.uri));
+                return pieces.iter().map(|_| Err(e())).collect();
+            };
+            p.users[i] += 1;
+            if p.users[i] > 1 && p.sessions.len() < MAX_SESSIONS && !p.growing && !p.closed {
+                p.growing = true;
+                self.grow();
+            }
+            (session, i)
+        };
+        let r = session.run(pieces);
+        lock(&self.pool).users[i] -= 1;
+        r
+    }
+
+    /// Log in one more session in the background; callers share the ones
+    /// there are meanwhile, and keep doing so if it fails.
+    fn grow(&self) {
+        let (cfg, pool) = (self.cfg.clone(), self.pool.clone());
+        let r = spawn_quiet("iscsi-grow", move || {
+            let s = Session::connect(cfg);
+            let mut p = lock(&pool);
+            p.growing = false;
+            match s {
+                Ok(s) if !p.closed => {
+                    p.sessions.push(Arc::new(s));
+                    p.users.push(0);
+                }
+                Ok(s) => {
+                    drop(p);
+                    drop(s);
+                }
+                Err(e) => {
+                    // Do not try again at once.
+                    p.growing = true;
+                    drop(p);
+                    tracing::debug!("another session: {e}");
+                    std::thread::sleep(Duration::from_secs(5));
+                    lock(&pool).growing = false;
+                }
+            }
+        });
+        if r.is_err() {
+            lock(&self.pool).growing = false;
+        }
+    }
+}
+
+impl Session {
     /// Hand requests `(op, buffer, length)` to the target and wait for all
     /// their answers. When the session is up the calling thread puts them on
     /// the wire itself (no hand-off to the I/O thread); the I/O thread reads
@@ -547,17 +713,11 @@ impl IscsiDevice {
             waiter: std::thread::current(),
         });
         let deadline = Instant::now() + self.shared.cfg.timeout;
-        let answers = {
+        {
             let mut c = lock(&self.core);
             if c.closing {
-                return (0..n)
-                    .map(|_| {
-                        Err(iscsi_err(
-                            libc::EIO,
-                            format!("{}: device closed", self.shared.uri),
-                        ))
-                    })
-                    .collect();
+                let e = || iscsi_err(libc::EIO, format!("{}: device closed", self.shared.uri));
+                return (0..n).map(|_| Err(e())).collect();
             }
             for (idx, &(op, buf, len)) in pieces.iter().enumerate() {
                 let id = c.next_id;
@@ -578,19 +738,14 @@ impl IscsiDevice {
                     },
                 );
             }
+            c.active += 1;
             if matches!(c.state, ConnState::Up { .. }) {
                 c.send_waiting(Instant::now());
             } else {
                 // The I/O thread sends them once logged in.
                 self.shared.wake();
             }
-            std::mem::take(&mut c.answers)
-        };
-        deliver(answers);
-        // Every piece is answered exactly once: by a completion, a failure,
-        // the timeout, or the I/O thread's exit.
-        while batch.left.load(Ordering::Acquire) != 0 {
-            std::thread::park();
+            self.wait(c, &batch);
         }
         let mut results = lock(&batch.results);
         results
@@ -606,6 +761,96 @@ impl IscsiDevice {
             .collect()
     }
 
+    /// Wait until every piece of `batch` is answered (exactly once: by a
+    /// completion, a failure, the timeout, or the I/O thread's exit). A
+    /// caller that is the only one waiting on a live session polls the
+    /// socket and reads the answers itself, which spares two thread
+    /// switches per request; otherwise it parks and whoever reads the
+    /// answers (the I/O thread, or the caller that polls) unparks it.
+    fn wait<'a>(&'a self, mut c: MutexGuard<'a, Core>, batch: &Batch) {
+        let mut servicer = false;
+        loop {
+            if !c.answers.is_empty() {
+                let answers = std::mem::take(&mut c.answers);
+                drop(c);
+                deliver(answers);
+                c = lock(&self.core);
+            }
+            if batch.left.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            let ctx = match c.state {
+                ConnState::Up { ctx } if !c.closing => Some(ctx),
+                _ => None,
+            };
+            if !servicer && ctx.is_some() && c.active == 1 && !c.self_servicer {
+                servicer = true;
+                c.self_servicer = true;
+            }
+            if servicer && ctx.is_none() {
+                // The session went down: the I/O thread takes over.
+                servicer = false;
+                c.self_servicer = false;
+                self.shared.wake();
+            }
+            let answers = std::mem::take(&mut c.answers);
+            match ctx {
+                Some(ctx) if servicer => {
+                    let generation = c.generation;
+                    // SAFETY: ctx is a live context.
+                    let fd = unsafe { (c.lib.iscsi_get_fd)(ctx) };
+                    drop(c);
+                    deliver(answers);
+                    let mut fds = [
+                        libc::pollfd {
+                            fd,
+                            events: libc::POLLIN,
+                            revents: 0,
+                        },
+                        libc::pollfd {
+                            fd: self.shared.kick.as_raw_fd(),
+                            events: libc::POLLIN,
+                            revents: 0,
+                        },
+                    ];
+                    // SAFETY: polling two pollfd structs we own. The socket
+                    // may be closed meanwhile (the generation tells). No
+                    // timeout: whatever answers this caller otherwise (the
+                    // deadline, a lost connection, closing) kicks it.
+                    let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+                    if n > 0 && fds[1].revents != 0 {
+                        drain(&self.shared.kick);
+                    }
+                    c = lock(&self.core);
+                    let revents = c_int::from(fds[0].revents);
+                    if n > 0 && revents != 0 && c.generation == generation {
+                        c.service(ctx, revents);
+                        c.write_out();
+                    }
+                }
+                _ => {
+                    drop(c);
+                    deliver(answers);
+                    std::thread::park();
+                    c = lock(&self.core);
+                }
+            }
+        }
+        c.active -= 1;
+        if servicer {
+            c.self_servicer = false;
+            if c.active > 0 {
+                // Others wait: the I/O thread reads for them now.
+                self.shared.wake();
+            }
+        }
+        let answers = std::mem::take(&mut c.answers);
+        drop(c);
+        deliver(answers);
+    }
+}
+
+impl IscsiDevice {
     fn run_one(&self, op: Op, buf: *mut u8, len: usize) -> io::Result<usize> {
         self.run(&[(op, buf, len)])
             .pop()
@@ -619,7 +864,7 @@ impl IscsiDevice {
                 io::ErrorKind::UnexpectedEof,
                 format!(
                     "{}: {len} bytes at {offset} beyond the end ({} bytes)",
-                    self.shared.uri,
+                    self.uri,
                     self.size()
                 ),
             )),
@@ -717,17 +962,23 @@ impl BlockDevice for IscsiDevice {
     }
 
     fn describe(&self) -> String {
-        self.shared.uri.clone()
+        self.uri.clone()
     }
 }
 
 impl Drop for IscsiDevice {
     fn drop(&mut self) {
-        lock(&self.core).closing = true;
-        self.shared.wake();
-        if let Some(h) = self.io.take() {
-            let _ = h.join();
+        let sessions = {
+            let mut p = lock(&self.pool);
+            p.closed = true;
+            p.users.clear();
+            std::mem::take(&mut p.sessions)
+        };
+        // All of them log out at once, then each I/O thread is joined.
+        for s in &sessions {
+            s.close();
         }
+        drop(sessions);
     }
 }
 
@@ -819,6 +1070,7 @@ impl Drop for ExitGuard {
         let answers = {
             let mut c = lock(&self.0);
             c.shared.connected.store(false, Ordering::Relaxed);
+            c.shared.kick();
             c.closing = true;
             let uri = c.shared.uri.clone();
             let mut answers = std::mem::take(&mut c.answers);
@@ -900,6 +1152,11 @@ struct Core {
     poll_out: bool,
     /// Answers to deliver once the lock is released.
     answers: Vec<Answer>,
+    /// Callers waiting for answers.
+    active: usize,
+    /// A caller (the only one waiting) polls the socket and reads the
+    /// answers itself; the I/O thread leaves POLLIN to it.
+    self_servicer: bool,
     reqs: BTreeMap<u64, Req>,
     next_id: u64,
     backoff: Duration,
@@ -973,6 +1230,8 @@ impl Core {
             generation: 0,
             poll_out: false,
             answers: Vec::new(),
+            active: 0,
+            self_servicer: false,
             reqs: BTreeMap::new(),
             next_id: 1,
             backoff: Duration::from_millis(100),
@@ -1135,8 +1394,10 @@ impl Core {
             next: Instant::now(),
         };
         self.generation += 1;
-        // A caller may have dropped it: the I/O thread logs in again.
+        // A caller may have dropped it: the I/O thread logs in again; a
+        // caller polling the old socket stops.
         self.shared.wake();
+        self.shared.kick();
     }
 
     fn answer(&mut self, id: u64, r: io::Result<usize>) {
@@ -1386,11 +1647,26 @@ impl Core {
         if data_out && self.generation == generation {
             cork(fd, false);
         }
+        self.write_out();
+    }
+
+    /// Write what libiscsi has queued (Data-Out PDUs after an R2T, a
+    /// NOP-Out, the rest of a write the socket did not take); what the
+    /// socket still does not take, the I/O thread writes when it can.
+    fn write_out(&mut self) {
+        let pollout = c_int::from(libc::POLLOUT);
+        let ConnState::Up { ctx } = self.state else {
+            return;
+        };
+        // SAFETY: ctx is a live context.
+        if unsafe { (self.lib.iscsi_which_events)(ctx) } & pollout == 0 {
+            return;
+        }
+        self.service(ctx, pollout);
         if let ConnState::Up { ctx } = self.state {
             // SAFETY: ctx is a live context.
             let ev = unsafe { (self.lib.iscsi_which_events)(ctx) };
-            if ev & c_int::from(libc::POLLOUT) != 0 && !self.poll_out {
-                // The socket is full: the I/O thread writes the rest.
+            if ev & pollout != 0 && !self.poll_out {
                 self.shared.wake();
             }
         }
@@ -1402,6 +1678,7 @@ impl Core {
     fn tick(&mut self) -> Option<(Option<(c_int, i16)>, c_int)> {
         let now = Instant::now();
         if self.closing {
+            self.shared.kick();
             if let ConnState::Up { ctx } = self.state {
                 if !self.reqs.values().any(|r| r.in_flight) {
                     self.logout(ctx);
@@ -1426,6 +1703,7 @@ impl Core {
             if expired.iter().any(|id| self.reqs[id].in_flight) {
                 self.drop_connection("a command timed out");
             }
+            self.shared.kick();
             let t = self.shared.cfg.timeout.as_secs_f64();
             for id in expired {
                 let why = if self.last_error.is_empty() {
@@ -1478,12 +1756,16 @@ impl Core {
         let sock = match self.state {
             ConnState::Up { ctx } | ConnState::LoggingIn { ctx, .. } => {
                 // SAFETY: ctx is a live context.
-                unsafe {
-                    Some((
+                let (fd, mut ev) = unsafe {
+                    (
                         (self.lib.iscsi_get_fd)(ctx),
-                        (self.lib.iscsi_which_events)(ctx) as i16,
-                    ))
+                        (self.lib.iscsi_which_events)(ctx),
+                    )
+                };
+                if self.self_servicer {
+                    ev &= !c_int::from(libc::POLLIN);
                 }
+                Some((fd, ev as i16))
             }
             ConnState::Down { .. } => None,
         };
@@ -1569,14 +1851,16 @@ fn io_thread(shared: Arc<Shared>, core: Arc<Mutex<Core>>) {
     let mut ready: Option<(u64, c_int)> = None;
     loop {
         if woken {
-            let mut buf = 0u64;
-            // SAFETY: reading 8 bytes into a local from our non-blocking eventfd.
-            unsafe { libc::read(shared.wake.as_raw_fd(), (&mut buf as *mut u64).cast(), 8) };
+            drain(&shared.wake);
         }
         let mut c = lock(&core);
-        if let Some((generation, revents)) = ready.take() {
+        if let Some((generation, mut revents)) = ready.take() {
+            if c.self_servicer {
+                // The caller reads (and sees errors); only write here.
+                revents &= c_int::from(libc::POLLOUT);
+            }
             match c.ctx() {
-                Some(ctx) if c.generation == generation => c.service(ctx, revents),
+                Some(ctx) if c.generation == generation && revents != 0 => c.service(ctx, revents),
                 _ => {}
             }
         }
