@@ -586,6 +586,8 @@ fn random_io(block_size: u32) {
     for t in threads {
         whole.extend_from_slice(&t.join().unwrap());
     }
+    // Four callers at once: more sessions logged in for them.
+    assert!(dev.sessions() >= 2, "sessions {}", dev.sessions());
     dev.flush().unwrap();
     let mut file = std::fs::read(&img.0).unwrap();
     assert!(file == whole, "backing file differs from the model");
@@ -659,7 +661,10 @@ fn target_restart_mid_stream_loses_no_acknowledged_write() {
     let (reconnects, resent) = dev.reconnections();
     assert!(reconnects >= 1, "never reconnected");
     assert!(resent >= 1, "nothing was in flight across the restart");
-    eprintln!("killed after {at_kill} acks: {reconnects} reconnections, {resent} commands resent");
+    eprintln!(
+        "killed after {at_kill} acks: {reconnects} reconnections, {resent} commands resent, {} sessions",
+        dev.sessions()
+    );
     drop(dev);
     assert_blocks_in_image(&img.0, nblocks, BLK, &block);
 }
