@@ -124,7 +124,14 @@ fn mkfs_utils_j(img: &Path, size_mb: u64, bsize: u32, journals: u32, jsize_mb: u
 
 fn our_mkfs_bin() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let bin = root.join("target/release/mkfs-gfs2");
+    // Beside this test's own binary (target/<profile>/deps/..), wherever
+    // CARGO_TARGET_DIR put it.
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary in target/<profile>/deps")
+        .join("mkfs-gfs2");
     if !bin.exists() {
         let st = Command::new(env!("CARGO"))
             .args(["build", "--release", "-p", "gfs2-mkfs"])
