@@ -14,8 +14,10 @@
 //! A device keeps a small pool of sessions to the LUN (one at first, more
 //! logged in in the background while callers outnumber them, up to
 //! [`MAX_SESSIONS`]; each its own ISID, TCP connection and libiscsi
-//! context); a caller takes a session nobody else uses if there is one,
-//! else shares the least used. Each session's context and every request
+//! context); a caller with a small request takes a session nobody else
+//! uses if there is one, else shares the least used (large requests share
+//! the first session, whose one reader sleeps less often than one reader
+//! per connection would). Each session's context and every request
 //! not yet answered live in one mutex-protected core, driven with
 //! libiscsi's non-blocking API (`iscsi_which_events`/`iscsi_service` and
 //! task callbacks), so any number of commands are in flight on a session
@@ -386,6 +388,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Most sessions one device opens to its LUN.
 pub const MAX_SESSIONS: usize = 8;
+/// Requests of this many bytes or more all go to the first session: their
+/// data arrives in many segments, and one reader for all of them (on one
+/// connection) sleeps less often than one reader per connection.
+const BIG_REQUEST: usize = 128 << 10;
 
 /// One session (one TCP connection, one libiscsi context) and its I/O thread.
 struct Session {
@@ -406,11 +412,12 @@ struct Pool {
 /// A block device on an iSCSI LUN.
 ///
 /// Callers share a small pool of sessions to the LUN (each with its own
-/// ISID, so the target keeps them apart): a caller takes a session nobody
-/// uses if there is one, and then reads its own answers from that
-/// session's socket; when every session is in use, one more logs in in the
-/// background (up to [`MAX_SESSIONS`]) and meanwhile callers share the
-/// least used one. A flush (SYNCHRONIZE CACHE) applies to the whole LUN,
+/// ISID, so the target keeps them apart): a caller with a small request
+/// takes a session nobody uses if there is one, and then reads its own
+/// answers from that session's socket; when every session is in use, one
+/// more logs in in the background (up to [`MAX_SESSIONS`]) and meanwhile
+/// callers share the least used one. Large requests share the first
+/// session. A flush (SYNCHRONIZE CACHE) applies to the whole LUN,
 /// whichever session carries it.
 pub struct IscsiDevice {
     cfg: IscsiConfig,
@@ -648,15 +655,21 @@ impl IscsiDevice {
     /// Hand requests to a session (one nobody else uses, if any) and wait
     /// for their answers.
     fn run(&self, pieces: &[(Op, *mut u8, usize)]) -> Vec<io::Result<usize>> {
+        let big = pieces.iter().map(|p| p.2).sum::<usize>() >= BIG_REQUEST;
         let (session, i) = {
             let mut p = lock(&self.pool);
-            let i = (0..p.users.len()).min_by_key(|&i| p.users[i]).unwrap_or(0);
+            let i = if big {
+                0
+            } else {
+                (0..p.users.len()).min_by_key(|&i| p.users[i]).unwrap_or(0)
+            };
             let Some(session) = p.sessions.get(i).cloned() else {
                 let e = || iscsi_err(libc::EIO, format!("{}: device closed", self.uri));
                 return pieces.iter().map(|_| Err(e())).collect();
             };
             p.users[i] += 1;
-            if p.users[i] > 1 && p.sessions.len() < MAX_SESSIONS && !p.growing && !p.closed {
+            if !big && p.users[i] > 1 && p.sessions.len() < MAX_SESSIONS && !p.growing && !p.closed
+            {
                 p.growing = true;
                 self.grow();
             }
