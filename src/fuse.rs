@@ -50,10 +50,15 @@ pub struct Gfs2Fuse {
 }
 
 fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(logged_errno(e))
+}
+
+/// The errno for `e`; damage and device errors are logged on the way out.
+fn logged_errno(e: &FsError) -> i32 {
     if let FsError::Corrupt { .. } | FsError::Io { .. } = e {
         tracing::error!("{e}");
     }
-    Errno::from_i32(e.errno())
+    e.errno()
 }
 
 fn time(t: (i64, u32)) -> SystemTime {

@@ -140,12 +140,7 @@ impl Listing {
         if !cur.items.is_empty() {
             self.publish(cur);
         }
-        let end = r.map_err(|e| {
-            if let FsError::Corrupt { .. } | FsError::Io { .. } = e {
-                tracing::error!("listing directory {ino}: {e}");
-            }
-            e.errno()
-        });
+        let end = r.map_err(|e| super::logged_errno(&e));
         self.lock().end = Some(end);
         self.grown.notify_all();
     }
