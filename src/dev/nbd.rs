@@ -35,7 +35,7 @@ use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -479,6 +479,18 @@ fn connect_once(cfg: &NbdConfig) -> io::Result<(Stream, ExportInfo)> {
     Ok((s, info))
 }
 
+/// The 28-byte transmission request header (no command flags).
+fn request_header(cmd: u16, handle: u64, offset: u64, len: u32) -> [u8; 28] {
+    let mut h = [0u8; 28];
+    h[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
+    h[4..6].copy_from_slice(&0u16.to_be_bytes());
+    h[6..8].copy_from_slice(&cmd.to_be_bytes());
+    h[8..16].copy_from_slice(&handle.to_be_bytes());
+    h[16..24].copy_from_slice(&offset.to_be_bytes());
+    h[24..28].copy_from_slice(&len.to_be_bytes());
+    h
+}
+
 fn write_request(
     s: &mut Stream,
     cmd: u16,
@@ -487,13 +499,7 @@ fn write_request(
     len: u32,
     payload: Option<&[u8]>,
 ) -> io::Result<()> {
-    let mut h = [0u8; 28];
-    h[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
-    h[4..6].copy_from_slice(&0u16.to_be_bytes());
-    h[6..8].copy_from_slice(&cmd.to_be_bytes());
-    h[8..16].copy_from_slice(&handle.to_be_bytes());
-    h[16..24].copy_from_slice(&offset.to_be_bytes());
-    h[24..28].copy_from_slice(&len.to_be_bytes());
+    let h = request_header(cmd, handle, offset, len);
     match payload {
         Some(p) if p.len() <= 64 << 10 => {
             let mut m = Vec::with_capacity(28 + p.len());
@@ -507,6 +513,45 @@ fn write_request(
         }
         None => s.write_all(&h),
     }
+}
+
+/// A request on its way to the server.
+struct Outgoing {
+    cmd: u16,
+    handle: u64,
+    offset: u64,
+    len: u32,
+    payload: Option<Arc<[u8]>>,
+}
+
+/// Send requests in order, gathering small ones into writes of up to
+/// 256 KiB; a big payload goes in a write of its own.
+fn write_batch(s: &mut Stream, batch: &[Outgoing]) -> io::Result<()> {
+    const GATHER: usize = 256 << 10;
+    let mut buf: Vec<u8> = Vec::new();
+    for o in batch {
+        let plen = o.payload.as_ref().map_or(0, |p| p.len());
+        if plen > 64 << 10 {
+            if !buf.is_empty() {
+                s.write_all(&buf)?;
+                buf.clear();
+            }
+            write_request(s, o.cmd, o.handle, o.offset, o.len, o.payload.as_deref())?;
+            continue;
+        }
+        if !buf.is_empty() && buf.len() + 28 + plen > GATHER {
+            s.write_all(&buf)?;
+            buf.clear();
+        }
+        buf.extend_from_slice(&request_header(o.cmd, o.handle, o.offset, o.len));
+        if let Some(p) = &o.payload {
+            buf.extend_from_slice(p);
+        }
+    }
+    if !buf.is_empty() {
+        s.write_all(&buf)?;
+    }
+    Ok(())
 }
 
 fn cmd_name(cmd: u16) -> &'static str {
@@ -557,6 +602,8 @@ struct State {
     connected: bool,
     /// A handle on the live socket, to shut it down from any thread.
     ctl: Option<Stream>,
+    /// Requests queued for sending, oldest first (see `Inner::pump`).
+    outq: Vec<u64>,
 }
 
 struct Writer {
@@ -641,6 +688,7 @@ impl NbdDevice {
                 gen: 1,
                 connected: true,
                 ctl: Some(ctl),
+                outq: Vec::new(),
             }),
             cond: Condvar::new(),
             writer: Mutex::new(Some(Writer { stream, gen: 1 })),
@@ -803,40 +851,78 @@ impl Inner {
                     waker: my_waker(),
                 },
             );
+            st.outq.push(h);
             h
         };
         // The deadline counts from here: time spent queueing behind other
         // senders is part of the wait.
         let t = Instant::now();
-        self.send_pending(handle);
+        self.pump();
         Ok((handle, t))
     }
 
-    /// Send one queued request on the live connection unless it already went.
-    fn send_pending(&self, handle: u64) {
-        let mut w = lock(&self.writer);
-        let Some(w) = w.as_mut() else {
-            return;
-        };
-        let (cmd, offset, len, payload) = {
-            let mut st = lock(&self.state);
-            let Some(r) = st.pending.get_mut(&handle) else {
-                return;
+    /// Send the queued requests on the live connection. Whoever holds the
+    /// writer sends everything queued, its own and other callers', in as few
+    /// writes as it can; a caller that finds the writer busy leaves its
+    /// request to the holder and goes on to wait for the reply. (Callers that
+    /// slept on the writer's mutex behind each 4 KiB write cost a context
+    /// switch per request.) The holder looks at the queue again after
+    /// letting the writer go, so nothing queued meanwhile is left behind.
+    fn pump(&self) {
+        loop {
+            let mut w = match self.writer.try_lock() {
+                Ok(w) => w,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(TryLockError::WouldBlock) => return,
             };
-            if r.sent_gen == w.gen || r.abandoned {
+            loop {
+                let batch = self.take_batch(w.as_ref().map(|w| w.gen));
+                let Some(w) = w.as_mut() else {
+                    // No connection: the reconnection resends what is pending.
+                    break;
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                if let Err(e) = write_batch(&mut w.stream, &batch) {
+                    tracing::warn!("{}: sending requests: {e}; reconnecting", self.uri());
+                    w.stream.shutdown();
+                    break;
+                }
+            }
+            drop(w);
+            if lock(&self.state).outq.is_empty() {
                 return;
             }
-            r.sent_gen = w.gen;
-            (r.cmd, r.offset, r.len, r.payload.clone())
-        };
-        if let Err(e) = write_request(&mut w.stream, cmd, handle, offset, len, payload.as_deref()) {
-            tracing::warn!(
-                "{}: sending {}: {e}; reconnecting",
-                self.uri(),
-                cmd_name(cmd)
-            );
-            w.stream.shutdown();
         }
+    }
+
+    /// Empty the send queue, marking its live requests as sent on
+    /// connection `gen` (none when there is no connection).
+    fn take_batch(&self, gen: Option<u64>) -> Vec<Outgoing> {
+        let mut st = lock(&self.state);
+        let queued = std::mem::take(&mut st.outq);
+        let Some(gen) = gen else {
+            return Vec::new();
+        };
+        let mut batch = Vec::with_capacity(queued.len());
+        for handle in queued {
+            let Some(r) = st.pending.get_mut(&handle) else {
+                continue;
+            };
+            if r.sent_gen == gen || r.abandoned || r.done.is_some() {
+                continue;
+            }
+            r.sent_gen = gen;
+            batch.push(Outgoing {
+                cmd: r.cmd,
+                handle,
+                offset: r.offset,
+                len: r.len,
+                payload: r.payload.clone(),
+            });
+        }
+        batch
     }
 
     /// Wait for a request's reply; EIO after the timeout.
@@ -886,6 +972,29 @@ impl Inner {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
+    }
+
+    /// Complete a request that expects no data (a write, flush or trim
+    /// that succeeded) under one acquisition of the state lock, the common
+    /// case of a write-heavy load. False if `handle` is not such a request
+    /// sent on connection `gen`: the general path then deals with it.
+    fn complete_dataless(&self, handle: u64, gen: u64) -> bool {
+        let mut st = lock(&self.state);
+        let Some(r) = st.pending.get_mut(&handle) else {
+            return false;
+        };
+        if r.sent_gen != gen || r.cmd == CMD_READ {
+            return false;
+        }
+        if r.abandoned {
+            st.pending.remove(&handle);
+            return true;
+        }
+        r.done = Some(Ok(Vec::new()));
+        let waker = r.waker.clone();
+        drop(st);
+        waker.notify_all();
+        true
     }
 
     fn complete(&self, handle: u64, res: io::Result<Vec<u8>>) {
@@ -976,6 +1085,9 @@ impl Inner {
         rd.read_exact(&mut h)?;
         let error = be_u32(&h);
         let handle = be_u64(&h[4..]);
+        if error == 0 && self.complete_dataless(handle, gen) {
+            return Ok(());
+        }
         let (cmd, offset, len) = self.lookup(handle, gen)?;
         if error == NBD_ESHUTDOWN {
             // The server is going away: this request is retried after reconnecting.
@@ -1221,12 +1333,9 @@ impl Inner {
             self.resent
                 .fetch_add(resend.len() as u64, Ordering::Relaxed);
             tracing::info!("{}: resending {} requests", self.uri(), resend.len());
+            lock(&self.state).outq.extend(resend);
             let me = self.clone();
-            spawn_quiet("nbd-resend", move || {
-                for h in resend {
-                    me.send_pending(h);
-                }
-            })?;
+            spawn_quiet("nbd-resend", move || me.pump())?;
         }
         self.cond.notify_all();
         Ok(Some((read_half, gen)))
