@@ -53,5 +53,5 @@ for mtu in $MTUS; do
     AOE_BENCH_MTU=$mtu AOE_BENCH_MB=$SIZE_MB AOE_BENCH_THREADS=$THREADS \
         AOE_BENCH_SECS=$SECONDS_RAND AOE_BENCH_ROUNDS=$ROUNDS \
         cargo test --release --quiet --test aoe bench_throughput -- --ignored --exact \
-        --nocapture 2>&1 | grep -E '^(AoE bench|test  |sequential|random)|panicked|failed'
+        --nocapture 2>&1 | grep -E '^(AoE bench|\(raw|test  |sequential|random)|panicked|failed'
 done

@@ -879,10 +879,16 @@ struct RawAoe {
     dst: [u8; 6],
     shelf: u16,
     slot: u8,
+    /// Upper half of every tag this client sends (bit 31, then its id).
+    tag_base: u32,
 }
 
 impl RawAoe {
-    fn open(iface: &str, dst: [u8; 6], shelf: u16, slot: u8) -> RawAoe {
+    /// A client whose tags carry `id` in bits 16-30. With `filter`, a socket
+    /// filter passes only replies to those tags, so that several clients can
+    /// run side by side, each on its own socket.
+    fn open(iface: &str, dst: [u8; 6], shelf: u16, slot: u8, id: u16, filter: bool) -> RawAoe {
+        let tag_base = 0x8000_0000 | (u32::from(id & 0x7fff) << 16);
         use std::os::fd::{AsRawFd, FromRawFd};
         let name = std::ffi::CString::new(iface).unwrap();
         // SAFETY: plain libc calls on values owned here.
@@ -916,12 +922,37 @@ impl RawAoe {
                 &tv as *const _ as *const libc::c_void,
                 std::mem::size_of::<libc::timeval>() as u32,
             );
+            if filter {
+                let f = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+                let prog = [
+                    f(0x30, 0, 0, 0),           // ldb [0]
+                    f(0x45, 0, 4, 0x08),        // jset #response, next, drop
+                    f(0x20, 0, 0, 6),           // ld [6] (the tag)
+                    f(0x54, 0, 0, 0xffff_0000), // and #0xffff0000
+                    f(0x15, 0, 1, tag_base),    // jeq #tag_base, accept, drop
+                    f(0x06, 0, 0, 0x0004_0000), // accept
+                    f(0x06, 0, 0, 0),           // drop
+                ];
+                let fprog = libc::sock_fprog {
+                    len: prog.len() as u16,
+                    filter: prog.as_ptr() as *mut libc::sock_filter,
+                };
+                let r = libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_ATTACH_FILTER,
+                    &fprog as *const _ as *const libc::c_void,
+                    std::mem::size_of::<libc::sock_fprog>() as u32,
+                );
+                assert_eq!(r, 0, "filter: {}", std::io::Error::last_os_error());
+            }
             RawAoe {
                 fd,
                 ifindex,
                 dst,
                 shelf,
                 slot,
+                tag_base,
             }
         }
     }
@@ -977,14 +1008,14 @@ impl RawAoe {
         use std::os::fd::AsRawFd;
         let data = vec![0x5au8; 255 * 512];
         let mut buf = vec![0u8; 65536];
-        let mut tag = 0x8000_0000u32;
+        let mut seq = 0u32;
         let mut out = 0usize;
         let mut done = 0u64;
         loop {
             while out < window && (until.is_none() || Some(Instant::now()) < until) {
                 let Some((lba, n)) = ops.next() else { break };
-                tag += 1;
-                self.send(tag, write, lba, n, &data);
+                seq = (seq + 1) & 0xffff;
+                self.send(self.tag_base | seq, write, lba, n, &data);
                 out += 1;
             }
             if out == 0 {
@@ -1001,7 +1032,9 @@ impl RawAoe {
             };
             assert!(r >= 0, "reference client: no reply (a frame was lost)");
             let f = &buf[..r as usize];
-            if f.len() >= 22 && f[0] & 0x08 != 0 && f[5] == 0 && f[6] & 0x80 != 0 {
+            let mine = f.len() >= 22
+                && u32::from_be_bytes([f[6], f[7], f[8], f[9]]) & 0xffff_0000 == self.tag_base;
+            if mine && f[0] & 0x08 != 0 && f[5] == 0 {
                 assert_eq!(f[0] & 0x04, 0, "AoE error");
                 assert_eq!(f[13] & 0x21, 0, "ATA error");
                 out -= 1;
@@ -1096,7 +1129,7 @@ fn bench_throughput() {
         .unwrap()
         .info()
         .clone();
-    let raw = || RawAoe::open(&net.host_if, info.target_mac, 11, 1);
+    let raw = || RawAoe::open(&net.host_if, info.target_mac, 11, 1, 0, false);
     let spf = info.sectors_per_frame;
     let sectors = size / 512;
     let window = usize::from(info.bufcnt);
@@ -1126,40 +1159,96 @@ fn bench_throughput() {
         let n = raw().run(ops, write, window, Some(until));
         n as f64 / per4k as f64 / t.elapsed().as_secs_f64()
     };
+    // The same client in as many threads as ours, each with one request
+    // (its frames) in flight on a socket of its own: the access pattern of
+    // a synchronous block device API, without our locks, timers or copies.
+    let raw_random_threads = |write: bool| {
+        let t = Instant::now();
+        let until = Instant::now() + Duration::from_secs(secs);
+        let n: u64 = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..threads)
+                .map(|i| {
+                    let c = RawAoe::open(&net.host_if, info.target_mac, 11, 1, 1 + i as u16, true);
+                    sc.spawn(move || {
+                        let mut rng = Rng(0x777 + i);
+                        let ops = std::iter::repeat_with(move || rng.below(sectors / 8) * 8)
+                            .flat_map(|l| {
+                                (0..per4k).map(move |k| {
+                                    let at = k * u64::from(spf);
+                                    (l + at, (8 - at).min(u64::from(spf)) as u8)
+                                })
+                            });
+                        c.run(ops, write, per4k as usize, Some(until))
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        n as f64 / per4k as f64 / t.elapsed().as_secs_f64()
+    };
     println!(
         "AoE bench: MTU {mtu}, {spf} sectors per frame, target buffer count {}, {mb} MiB image, \
          random 4 KiB I/O with {threads} in flight, best of {rounds}",
         info.bufcnt
     );
     println!(
-        "{:<26} {:>16} {:>16} {:>7} {:>16} {:>7}",
-        "test", "ours", "raw client", "ratio", "file", "ratio"
+        "(raw client: one thread, one socket, a window of frames; \
+         raw x{threads}: {threads} threads, each one request in flight on its own socket)"
+    );
+    println!(
+        "{:<26} {:>16} {:>16} {:>7} {:>16} {:>7} {:>16} {:>7}",
+        "test", "ours", "raw client", "ratio", "raw x threads", "ratio", "file", "ratio"
     );
     type Run<'a> = &'a dyn Fn(&Arc<dyn BlockDevice>) -> f64;
-    let tests: [(&str, &str, Run, &dyn Fn() -> f64); 4] = [
-        ("sequential write 1 MiB", "MB/s", &|d| seq(d, true), &|| {
-            raw_seq(true)
-        }),
-        ("sequential read 1 MiB", "MB/s", &|d| seq(d, false), &|| {
-            raw_seq(false)
-        }),
-        ("random read 4 KiB", "IOPS", &|d| random(d, false), &|| {
-            raw_random(false)
-        }),
-        ("random write 4 KiB", "IOPS", &|d| random(d, true), &|| {
-            raw_random(true)
-        }),
+    type Ref<'a> = Option<&'a dyn Fn() -> f64>;
+    let tests: [(&str, &str, Run, &dyn Fn() -> f64, Ref); 4] = [
+        (
+            "sequential write 1 MiB",
+            "MB/s",
+            &|d| seq(d, true),
+            &|| raw_seq(true),
+            None,
+        ),
+        (
+            "sequential read 1 MiB",
+            "MB/s",
+            &|d| seq(d, false),
+            &|| raw_seq(false),
+            None,
+        ),
+        (
+            "random read 4 KiB",
+            "IOPS",
+            &|d| random(d, false),
+            &|| raw_random(false),
+            Some(&|| raw_random_threads(false)),
+        ),
+        (
+            "random write 4 KiB",
+            "IOPS",
+            &|d| random(d, true),
+            &|| raw_random(true),
+            Some(&|| raw_random_threads(true)),
+        ),
     ];
-    // Best of `rounds`, the three taking turns: the host may be busy.
-    for (name, unit, ours, reference) in tests {
-        let (mut a, mut r, mut f) = (0f64, 0f64, 0f64);
+    // Best of `rounds`, all taking turns: the host may be busy.
+    for (name, unit, ours, reference, threaded) in tests {
+        let (mut a, mut r, mut rt, mut f) = (0f64, 0f64, 0f64, 0f64);
         for _ in 0..rounds {
             a = a.max(ours(&aoe()));
             r = r.max(reference());
+            if let Some(t) = threaded {
+                rt = rt.max(t());
+            }
             f = f.max(ours(&file));
         }
+        let threaded_cols = if threaded.is_some() {
+            format!("{rt:>11.0} {unit} {:>6.1}%", 100.0 * a / rt)
+        } else {
+            format!("{:>16} {:>7}", "-", "-")
+        };
         println!(
-            "{name:<26} {a:>11.0} {unit} {r:>11.0} {unit} {:>6.1}% {f:>11.0} {unit} {:>6.1}%",
+            "{name:<26} {a:>11.0} {unit} {r:>11.0} {unit} {:>6.1}% {threaded_cols} {f:>11.0} {unit} {:>6.1}%",
             100.0 * a / r,
             100.0 * a / f
         );

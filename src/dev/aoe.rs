@@ -287,15 +287,19 @@ impl Link {
             .and_then(|s| s.trim().parse::<usize>().ok())
             .unwrap_or(1500);
         // A socket filter (classic BPF) passes replies to this socket's
-        // tags only: load the tag (offset 6 of the AoE header), keep its
-        // upper half, compare.
+        // tags only: the response flag (bit 3 of the first byte) must be
+        // set, which keeps the copies of our own outgoing requests out of
+        // the socket (each cost a wake-up and a receive); then the tag
+        // (offset 6 of the AoE header), its upper half compared.
         let want = TAG_USER | (id << 16);
         let prog = [
-            bpf(0x20, 0, 0, 6),           // ld [6]
-            bpf(0x54, 0, 0, 0xffff_0000), // and #0xffff0000
-            bpf(0x15, 0, 1, want),        // jeq #want, accept, drop
-            bpf(0x06, 0, 0, 0x0004_0000), // ret: accept
-            bpf(0x06, 0, 0, 0),           // ret: drop
+            bpf(0x30, 0, 0, 0),                    // ldb [0]
+            bpf(0x45, 0, 4, u32::from(FLAG_RESP)), // jset #R, next, drop
+            bpf(0x20, 0, 0, 6),                    // ld [6]
+            bpf(0x54, 0, 0, 0xffff_0000),          // and #0xffff0000
+            bpf(0x15, 0, 1, want),                 // jeq #want, accept, drop
+            bpf(0x06, 0, 0, 0x0004_0000),          // ret: accept
+            bpf(0x06, 0, 0, 0),                    // ret: drop
         ];
         let fprog = libc::sock_fprog {
             len: prog.len() as u16,
@@ -795,8 +799,12 @@ impl Inner {
                 }
             }
         }
+        // (A wake-up is a system call: none when nobody waits for a slot.)
+        let waiting = sh.waiting > 0;
         drop(sh);
-        self.slots.notify_all();
+        if waiting {
+            self.slots.notify_all();
+        }
     }
 
     fn header(&self, f: &FrameSpec, tag: u32) -> [u8; AOE_HDR + ATA_HDR] {
