@@ -1201,7 +1201,8 @@ fn bench_throughput() {
     );
     type Run<'a> = &'a dyn Fn(&Arc<dyn BlockDevice>) -> f64;
     type Ref<'a> = Option<&'a dyn Fn() -> f64>;
-    let tests: [(&str, &str, Run, &dyn Fn() -> f64, Ref); 4] = [
+    type Row<'a> = (&'a str, &'a str, Run<'a>, &'a dyn Fn() -> f64, Ref<'a>);
+    let tests: [Row; 4] = [
         (
             "sequential write 1 MiB",
             "MB/s",
