@@ -222,6 +222,21 @@ struct Link {
     seq: u16,
     /// Receive buffer.
     scratch: Vec<u8>,
+    /// Replies taken from the socket together, not yet handed out.
+    rx: RxBatch,
+}
+
+/// How many frames one receive call may take (recvmmsg).
+const RX_BATCH: usize = 8;
+
+/// Frames received by one recvmmsg: slot `i` of `cap` bytes in `data`;
+/// `frames` lists the slots kept (index, length, source), `next` the first
+/// not handed out yet.
+struct RxBatch {
+    data: Vec<u8>,
+    cap: usize,
+    frames: Vec<(usize, usize, [u8; 6])>,
+    next: usize,
 }
 
 fn bpf(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
@@ -384,6 +399,12 @@ impl Link {
             // A random start: less chance of meeting another socket's tags.
             seq: (random_id() as u16) % 0xff00,
             scratch: vec![0u8; (mtu + 128).max(9216)],
+            rx: RxBatch {
+                data: vec![0u8; RX_BATCH * (mtu + 128)],
+                cap: mtu + 128,
+                frames: Vec::with_capacity(RX_BATCH),
+                next: 0,
+            },
         };
         // Frames that came before the filter.
         let mut junk = [0u8; 64];
@@ -492,19 +513,23 @@ impl Link {
         self.recv_flags(buf, libc::MSG_DONTWAIT)
     }
 
-    /// Receive one frame, waiting up to [`RECV_TICK`] for it.
-    fn recv_wait(&self, buf: &mut [u8]) -> io::Result<Option<(usize, [u8; 6])>> {
-        self.recv_flags(buf, 0)
-    }
-
-    /// Receive one frame: look for one without blocking for up to `poll`,
-    /// yielding the processor between looks, then wait as [`Self::recv_wait`].
-    fn recv_polling(&self, buf: &mut [u8], poll: Duration) -> io::Result<Option<(usize, [u8; 6])>> {
+    /// Receive one frame: one left from the last batch, else look for
+    /// some without blocking for up to `poll`, yielding the processor
+    /// between looks, then wait up to [`RECV_TICK`]. Replies that arrived
+    /// together are taken in one call.
+    fn recv_polling(
+        &mut self,
+        buf: &mut [u8],
+        poll: Duration,
+    ) -> io::Result<Option<(usize, [u8; 6])>> {
+        if let Some(got) = self.rx_take(buf) {
+            return Ok(Some(got));
+        }
         if !poll.is_zero() {
             let t0 = Instant::now();
             loop {
-                if let Some(got) = self.recv(buf)? {
-                    return Ok(Some(got));
+                if self.rx_fill(libc::MSG_DONTWAIT)? {
+                    return Ok(self.rx_take(buf));
                 }
                 if t0.elapsed() >= poll {
                     break;
@@ -512,7 +537,83 @@ impl Link {
                 std::thread::yield_now();
             }
         }
-        self.recv_wait(buf)
+        if self.rx_fill(libc::MSG_WAITFORONE)? {
+            return Ok(self.rx_take(buf));
+        }
+        Ok(None)
+    }
+
+    /// The next frame of the current batch, copied into `buf`.
+    fn rx_take(&mut self, buf: &mut [u8]) -> Option<(usize, [u8; 6])> {
+        let rx = &mut self.rx;
+        let &(slot, len, mac) = rx.frames.get(rx.next)?;
+        rx.next += 1;
+        let n = len.min(buf.len()).min(rx.cap);
+        let at = slot * rx.cap;
+        buf[..n].copy_from_slice(&rx.data[at..at + n]);
+        Some((n, mac))
+    }
+
+    /// Receive up to [`RX_BATCH`] frames (recvmmsg with `flags`) into a new
+    /// batch. False when none came (nothing queued, or the receive tick
+    /// passed) or none of them was an incoming frame on our interface.
+    fn rx_fill(&mut self, flags: i32) -> io::Result<bool> {
+        let rx = &mut self.rx;
+        rx.frames.clear();
+        rx.next = 0;
+        let mut addrs = [sockaddr(0, None); RX_BATCH];
+        let mut iovs: Vec<libc::iovec> = rx
+            .data
+            .chunks_exact_mut(rx.cap)
+            .map(|c| libc::iovec {
+                iov_base: c.as_mut_ptr() as *mut libc::c_void,
+                iov_len: c.len(),
+            })
+            .collect();
+        let mut msgs: Vec<libc::mmsghdr> = iovs
+            .iter_mut()
+            .zip(addrs.iter_mut())
+            .map(|(iov, sa)| {
+                // SAFETY: mmsghdr is plain data; all-zero is valid before filling.
+                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                m.msg_hdr.msg_name = sa as *mut libc::sockaddr_ll as *mut libc::c_void;
+                m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+                m.msg_hdr.msg_iov = iov;
+                m.msg_hdr.msg_iovlen = 1;
+                m
+            })
+            .collect();
+        let r = loop {
+            // SAFETY: every message points at a live slot of `rx.data` and
+            // a live address in `addrs`, of the sizes given.
+            let r = unsafe {
+                libc::recvmmsg(
+                    self.sock.as_raw_fd(),
+                    msgs.as_mut_ptr(),
+                    msgs.len() as libc::c_uint,
+                    flags,
+                    std::ptr::null_mut(),
+                )
+            };
+            if r >= 0 {
+                break r as usize;
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return Ok(false),
+                _ => return Err(e),
+            }
+        };
+        for (i, (m, sa)) in msgs.iter().zip(addrs.iter()).take(r).enumerate() {
+            if sa.sll_ifindex != self.ifindex || sa.sll_pkttype == libc::PACKET_OUTGOING {
+                continue;
+            }
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(&sa.sll_addr[..6]);
+            rx.frames.push((i, m.msg_len as usize, mac));
+        }
+        Ok(!rx.frames.is_empty())
     }
 
     fn recv_flags(&self, buf: &mut [u8], flags: i32) -> io::Result<Option<(usize, [u8; 6])>> {
