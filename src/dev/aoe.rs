@@ -20,8 +20,12 @@
 //! request runs in its caller's thread on a packet socket of its own (from
 //! a pool), whose socket filter passes only replies to that socket's tags
 //! (bit 31 set, as for userland AoE tools, then 15 bits naming the socket,
-//! then a sequence number), so a caller sends its frames, receives its own
-//! replies and wakes nobody else. A frame without reply is sent again under
+//! then a sequence number), so a caller sends its frames (in one sendmmsg),
+//! receives its own replies (those that arrived together in one recvmmsg)
+//! and wakes nobody else. On a fast target a caller polls for its replies,
+//! yielding the processor, for up to twice the round-trip time (at most
+//! [`DEFAULT_POLL`], or [`POLL_ENV`]) before it sleeps: a context switch per
+//! reply otherwise costs more than the round trip itself. A frame without reply is sent again under
 //! a new tag after an adaptive timeout (smoothed round-trip time plus four
 //! times its deviation, doubled for each resend, as TCP does; samples only
 //! from frames sent once). A reply to any tag a frame was sent under
