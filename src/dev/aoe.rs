@@ -519,21 +519,38 @@ impl Link {
 
     /// Receive one frame: one left from the last batch, else look for
     /// some without blocking for up to `poll`, yielding the processor
-    /// between looks, then wait up to [`RECV_TICK`]. Replies that arrived
-    /// together are taken in one call.
+    /// between looks, then wait up to [`RECV_TICK`]. With `batch` (the
+    /// caller awaits several replies), replies that arrived together are
+    /// taken in one call; a single reply is cheaper to take alone.
     fn recv_polling(
         &mut self,
         buf: &mut [u8],
         poll: Duration,
+        batch: bool,
     ) -> io::Result<Option<(usize, [u8; 6])>> {
         if let Some(got) = self.rx_take(buf) {
             return Ok(Some(got));
         }
+        let mut look = |link: &mut Link, flags: i32| -> io::Result<Option<(usize, [u8; 6])>> {
+            if !batch {
+                return link.recv_flags(buf, flags);
+            }
+            let flags = if flags == 0 {
+                libc::MSG_WAITFORONE
+            } else {
+                flags
+            };
+            Ok(if link.rx_fill(flags)? {
+                link.rx_take(buf)
+            } else {
+                None
+            })
+        };
         if !poll.is_zero() {
             let t0 = Instant::now();
             loop {
-                if self.rx_fill(libc::MSG_DONTWAIT)? {
-                    return Ok(self.rx_take(buf));
+                if let Some(got) = look(self, libc::MSG_DONTWAIT)? {
+                    return Ok(Some(got));
                 }
                 if t0.elapsed() >= poll {
                     break;
@@ -541,10 +558,7 @@ impl Link {
                 std::thread::yield_now();
             }
         }
-        if self.rx_fill(libc::MSG_WAITFORONE)? {
-            return Ok(self.rx_take(buf));
-        }
-        Ok(None)
+        look(self, 0)
     }
 
     /// The next frame of the current batch, copied into `buf`.
@@ -566,27 +580,20 @@ impl Link {
         rx.frames.clear();
         rx.next = 0;
         let mut addrs = [sockaddr(0, None); RX_BATCH];
-        let mut iovs: Vec<libc::iovec> = rx
-            .data
-            .chunks_exact_mut(rx.cap)
-            .map(|c| libc::iovec {
-                iov_base: c.as_mut_ptr() as *mut libc::c_void,
-                iov_len: c.len(),
-            })
-            .collect();
-        let mut msgs: Vec<libc::mmsghdr> = iovs
-            .iter_mut()
-            .zip(addrs.iter_mut())
-            .map(|(iov, sa)| {
-                // SAFETY: mmsghdr is plain data; all-zero is valid before filling.
-                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                m.msg_hdr.msg_name = sa as *mut libc::sockaddr_ll as *mut libc::c_void;
-                m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-                m.msg_hdr.msg_iov = iov;
-                m.msg_hdr.msg_iovlen = 1;
-                m
-            })
-            .collect();
+        // (On the stack: this runs for every look while polling.)
+        // SAFETY: iovec and mmsghdr are plain data; all-zero is valid
+        // before filling.
+        let mut iovs: [libc::iovec; RX_BATCH] = unsafe { std::mem::zeroed() };
+        let mut msgs: [libc::mmsghdr; RX_BATCH] = unsafe { std::mem::zeroed() };
+        let slots = rx.data.chunks_exact_mut(rx.cap);
+        for (((iov, m), sa), c) in iovs.iter_mut().zip(&mut msgs).zip(&mut addrs).zip(slots) {
+            iov.iov_base = c.as_mut_ptr() as *mut libc::c_void;
+            iov.iov_len = c.len();
+            m.msg_hdr.msg_name = sa as *mut libc::sockaddr_ll as *mut libc::c_void;
+            m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+        }
         let r = loop {
             // SAFETY: every message points at a live slot of `rx.data` and
             // a live address in `addrs`, of the sizes given.
@@ -1174,7 +1181,7 @@ impl Inner {
                 };
             }
             // One reply, or the receive tick passing.
-            let got = match link.recv_polling(buf, poll) {
+            let got = match link.recv_polling(buf, poll, flying.len() > 1) {
                 Ok(g) => g,
                 Err(e) => {
                     // (Interface down, say: like silence, until the timeout.)
