@@ -24,7 +24,7 @@ cd "$(dirname "$0")/.."
 SIZE_MB=${1:-256}
 THREADS=${2:-4}
 SECONDS_RAND=${SECONDS_RAND:-2}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 MTUS=${MTUS:-"1500 9000"}
 
 if [[ $(id -u) -ne 0 ]]; then

@@ -12,8 +12,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// read-modify-write.
 #[derive(Default)]
 pub struct RangeLocks {
-    held: Mutex<Vec<(u64, u64, bool)>>,
+    held: Mutex<Held>,
     cv: Condvar,
+}
+
+#[derive(Default)]
+struct Held {
+    ranges: Vec<(u64, u64, bool)>,
+    /// Threads waiting on the condition variable: a release wakes them only
+    /// when there are some (a wake-up is a system call on every write).
+    waiters: usize,
 }
 
 pub struct RangeGuard<'a> {
@@ -27,13 +35,16 @@ impl RangeLocks {
     pub fn lock(&self, start: u64, end: u64, exclusive: bool) -> RangeGuard<'_> {
         let mut h = lock(&self.held);
         while h
+            .ranges
             .iter()
             .any(|&(s, e, x)| s < end && start < e && (x || exclusive))
         {
+            h.waiters += 1;
             h = self.cv.wait(h).unwrap_or_else(|p| p.into_inner());
+            h.waiters -= 1;
         }
         let entry = (start, end, exclusive);
-        h.push(entry);
+        h.ranges.push(entry);
         RangeGuard { locks: self, entry }
     }
 }
@@ -41,10 +52,13 @@ impl RangeLocks {
 impl Drop for RangeGuard<'_> {
     fn drop(&mut self) {
         let mut h = lock(&self.locks.held);
-        if let Some(i) = h.iter().position(|e| *e == self.entry) {
-            h.swap_remove(i);
+        if let Some(i) = h.ranges.iter().position(|e| *e == self.entry) {
+            h.ranges.swap_remove(i);
         }
+        let wake = h.waiters > 0;
         drop(h);
-        self.locks.cv.notify_all();
+        if wake {
+            self.locks.cv.notify_all();
+        }
     }
 }
