@@ -45,6 +45,14 @@ pub const DEFAULT_PORT: u16 = 10809;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Environment variable overriding [`DEFAULT_TIMEOUT`], in seconds (fractions allowed).
 pub const TIMEOUT_ENV: &str = "GFS2_NBD_TIMEOUT";
+/// How long a caller polls for its reply before it sleeps, when the server
+/// answers within [`POLL_LATENCY_LIMIT`] (see `Inner::wait`).
+pub const DEFAULT_POLL: Duration = Duration::from_micros(30);
+/// Environment variable overriding [`DEFAULT_POLL`], in microseconds; 0
+/// turns polling off.
+pub const POLL_ENV: &str = "GFS2_NBD_POLL_US";
+/// Mean request latency above which callers do not poll.
+const POLL_LATENCY_LIMIT: Duration = Duration::from_millis(1);
 /// Largest read or write payload sent in one request.
 pub const MAX_CHUNK: u32 = 32 << 20;
 
@@ -583,14 +591,22 @@ struct Req {
     chunk_err: Option<io::Error>,
     /// The waiting thread's condition variable (used with the state mutex):
     /// a reply wakes its caller only.
-    waker: Arc<Condvar>,
+    waker: Arc<Waker>,
+    /// The caller sleeps on `waker` (else it polls, and needs no wake-up).
+    sleeping: bool,
+}
+
+struct Waker {
+    cv: Condvar,
+    /// Completions of this thread's requests so far.
+    seq: AtomicU64,
 }
 
 thread_local! {
-    static WAKER: Arc<Condvar> = Arc::new(Condvar::new());
+    static WAKER: Arc<Waker> = Arc::new(Waker { cv: Condvar::new(), seq: AtomicU64::new(0) });
 }
 
-fn my_waker() -> Arc<Condvar> {
+fn my_waker() -> Arc<Waker> {
     WAKER.with(Arc::clone)
 }
 
@@ -624,6 +640,10 @@ struct Inner {
     rmw: RwLock<()>,
     /// Requests sent again after a reconnection (statistics).
     resent: AtomicU64,
+    /// The longest a caller polls for its reply ([`POLL_ENV`]).
+    poll: Duration,
+    /// Smoothed request latency in microseconds (0: none measured yet).
+    latency_us: AtomicU64,
 }
 
 /// A block device on an NBD export.
@@ -695,6 +715,11 @@ impl NbdDevice {
             closing: AtomicBool::new(false),
             rmw: RwLock::new(()),
             resent: AtomicU64::new(0),
+            poll: std::env::var(POLL_ENV)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map_or(DEFAULT_POLL, Duration::from_micros),
+            latency_us: AtomicU64::new(0),
         });
         let i2 = inner.clone();
         let sr = info.structured;
@@ -849,6 +874,7 @@ impl Inner {
                     covered: 0,
                     chunk_err: None,
                     waker: my_waker(),
+                    sleeping: false,
                 },
             );
             st.outq.push(h);
@@ -929,6 +955,7 @@ impl Inner {
     fn wait(&self, handle: u64, submitted: Instant) -> io::Result<Vec<u8>> {
         let deadline = submitted + self.cfg.timeout;
         let waker = my_waker();
+        let mut polled = false;
         let mut st = lock(&self.state);
         loop {
             let Some(r) = st.pending.get_mut(&handle) else {
@@ -936,6 +963,8 @@ impl Inner {
             };
             if let Some(res) = r.done.take() {
                 st.pending.remove(&handle);
+                drop(st);
+                self.note_latency(submitted.elapsed());
                 return res;
             }
             let now = Instant::now();
@@ -967,11 +996,55 @@ impl Inner {
                 tracing::error!("{msg}");
                 return Err(nbd_err(libc::EIO, msg));
             }
+            // Before sleeping, poll for the reply once, giving the processor
+            // away between looks: the hand-off from the reader to a sleeping
+            // caller costs a context switch per request, which on a fast
+            // server is much of its latency (4 KiB writes with 8 in flight:
+            // 29-38k/s sleeping at once, 43-52k/s polling 30 us first).
+            if !polled {
+                polled = true;
+                let budget = self.poll_budget();
+                if !budget.is_zero() {
+                    let s0 = waker.seq.load(Ordering::Acquire);
+                    drop(st);
+                    let t0 = Instant::now();
+                    while waker.seq.load(Ordering::Acquire) == s0 && t0.elapsed() < budget {
+                        std::thread::yield_now();
+                    }
+                    st = lock(&self.state);
+                    continue;
+                }
+            }
+            r.sleeping = true;
             st = waker
+                .cv
                 .wait_timeout(st, deadline - now)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+            if let Some(r) = st.pending.get_mut(&handle) {
+                r.sleeping = false;
+            }
         }
+    }
+
+    /// How long a waiting caller polls: nothing until a latency is known,
+    /// nor for a server slower than [`POLL_LATENCY_LIMIT`], whose replies
+    /// come long after any budget worth spending.
+    fn poll_budget(&self) -> Duration {
+        let lat = self.latency_us.load(Ordering::Relaxed);
+        if lat == 0 || lat > POLL_LATENCY_LIMIT.as_micros() as u64 {
+            return Duration::ZERO;
+        }
+        self.poll
+    }
+
+    /// Fold one request's latency into the smoothed mean (a race between
+    /// callers loses a sample, which is harmless).
+    fn note_latency(&self, d: Duration) {
+        let us = (d.as_micros() as u64).max(1);
+        let old = self.latency_us.load(Ordering::Relaxed);
+        let new = if old == 0 { us } else { (old * 7 + us) / 8 };
+        self.latency_us.store(new.max(1), Ordering::Relaxed);
     }
 
     /// Complete a request that expects no data (a write, flush or trim
@@ -991,9 +1064,12 @@ impl Inner {
             return true;
         }
         r.done = Some(Ok(Vec::new()));
-        let waker = r.waker.clone();
+        r.waker.seq.fetch_add(1, Ordering::Release);
+        let waker = r.sleeping.then(|| r.waker.clone());
         drop(st);
-        waker.notify_all();
+        if let Some(w) = waker {
+            w.cv.notify_all();
+        }
         true
     }
 
@@ -1005,12 +1081,13 @@ impl Inner {
                 st.pending.remove(&handle);
             } else {
                 r.done = Some(res);
-                waker = Some(r.waker.clone());
+                r.waker.seq.fetch_add(1, Ordering::Release);
+                waker = r.sleeping.then(|| r.waker.clone());
             }
         }
         drop(st);
         if let Some(w) = waker {
-            w.notify_all();
+            w.cv.notify_all();
         }
     }
 
