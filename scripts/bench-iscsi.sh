@@ -90,21 +90,9 @@ qbench() {
         sed -n 's/^Run completed in \([0-9.]*\) seconds.*/\1/p' |
         awk -v c="$count" -v s="$size" '{ printf "%.1f", c * s / $1 / 1e6 }'
 }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+# shellcheck source=scripts/bench-pairs.sh
+source scripts/bench-pairs.sh
 row() { printf '%-44s %10s %10s %8s\n' "$@"; }
-
-# The machine may be shared: every pair is measured REPS times, alternating
-# ours and theirs, and the best of each is kept.
-best() { sort -g | tail -1; }
-pair() { # pair VAR_OURS VAR_OTHER 'ours command' 'other command'
-    local a=() b=() i
-    for ((i = 0; i < REPS; i++)); do
-        a+=("$(eval "$3")")
-        b+=("$(eval "$4")")
-    done
-    printf -v "$1" '%s' "$(printf '%s\n' "${a[@]}" | best)"
-    printf -v "$2" '%s' "$(printf '%s\n' "${b[@]}" | best)"
-}
 
 echo "tgtd LUN of ${SIZE_MB} MiB on $(dirname "$img"), 512-byte blocks; $(nproc) CPUs," \
     "load $(cut -d' ' -f1 /proc/loadavg); best of $REPS"

@@ -75,19 +75,9 @@ rate() {
 }
 ours() { "$BENCH" "$URI" "$@" | sed -n 's/.*MBps=\([0-9.]*\).*/\1/p'; }
 ours_iops() { "$BENCH" "$URI" "$@" | sed -n 's/.*iops=\([0-9]*\).*/\1/p'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+# shellcheck source=scripts/bench-pairs.sh
+source scripts/bench-pairs.sh
 row() { printf '%-40s %10s %10s %8s\n' "$@"; }
-
-best() { sort -g | tail -1; }
-pair() { # pair VAR_OURS VAR_OTHER 'ours command' 'other command'
-    local a=() b=() i
-    for ((i = 0; i < REPS; i++)); do
-        a+=("$(eval "$3")")
-        b+=("$(eval "$4")")
-    done
-    printf -v "$1" '%s' "$(printf '%s\n' "${a[@]}" | best)"
-    printf -v "$2" '%s' "$(printf '%s\n' "${b[@]}" | best)"
-}
 
 echo "qemu-nbd export of ${SIZE_MB} MiB on $(dirname "$img"), our initiator with $THREADS threads;" \
     "$(nproc) CPUs, load $(cut -d' ' -f1 /proc/loadavg); best of $REPS"
