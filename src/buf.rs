@@ -141,7 +141,7 @@ impl BufCache {
     }
 
     /// Replace block `blkno` with `data` as part of a committed transaction;
-    /// it stays pinned until [`BufCache::clean`] after the log flush.
+    /// it stays dirty until the log flush writes it ([`BufCache::logged`]).
     pub fn put_dirty(&self, glock: ResName, blkno: u64, data: Block) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.lru.pop(&blkno);

@@ -25,10 +25,11 @@
 //! and wakes nobody else. On a fast target a caller polls for its replies,
 //! yielding the processor, for up to twice the round-trip time (at most
 //! [`DEFAULT_POLL`], or [`POLL_ENV`]) before it sleeps: a context switch per
-//! reply otherwise costs more than the round trip itself. A frame without reply is sent again under
-//! a new tag after an adaptive timeout (smoothed round-trip time plus four
-//! times its deviation, doubled for each resend, as TCP does; samples only
-//! from frames sent once). A reply to any tag a frame was sent under
+//! reply otherwise costs more than the round trip itself.
+//!
+//! A frame without reply is sent again under a new tag after an adaptive
+//! timeout (smoothed round-trip time plus four times its deviation, doubled
+//! for each resend, as TCP does; samples only from frames sent once). A reply to any tag a frame was sent under
 //! completes it. Read data goes straight into the caller's buffer and write
 //! data straight from it. A write returns `Ok` only once the target
 //! acknowledged every frame of it. A request that is not complete within
@@ -67,15 +68,16 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const TIMEOUT_ENV: &str = "GFS2_AOE_TIMEOUT";
 /// The AoE ethertype.
 pub const ETH_P_AOE: u16 = 0x88A2;
-/// The longest a caller polls for a reply before it sleeps (see
-/// [`Inner::poll_budget`]).
+/// The longest a caller polls for a reply before it sleeps (twice the
+/// smoothed round-trip time, when that is below 1 ms).
 pub const DEFAULT_POLL: Duration = Duration::from_micros(100);
 /// Round-trip times above which callers do not poll (a target that far
 /// away answers long after any budget worth spending).
 const POLL_RTT_LIMIT: f64 = 0.001;
-/// Environment variable overriding [`DEFAULT_POLL`], in microseconds; 0
-/// turns polling off (every wait sleeps in the kernel).
+/// Environment variable overriding [`DEFAULT_POLL`], in microseconds (at
+/// most 10,000); 0 turns polling off (every wait sleeps in the kernel).
 pub const POLL_ENV: &str = "GFS2_AOE_POLL_US";
+const MAX_POLL_US: u64 = 10_000;
 
 const SECTOR: usize = 512;
 /// Common AoE header (after the Ethernet header): ver/flags, error,
@@ -199,7 +201,9 @@ fn poll_from_env() -> Duration {
     std::env::var(POLL_ENV)
         .ok()
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(DEFAULT_POLL, Duration::from_micros)
+        .map_or(DEFAULT_POLL, |us| {
+            Duration::from_micros(us.min(MAX_POLL_US))
+        })
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -46,11 +46,12 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Environment variable overriding [`DEFAULT_TIMEOUT`], in seconds (fractions allowed).
 pub const TIMEOUT_ENV: &str = "GFS2_NBD_TIMEOUT";
 /// How long a caller polls for its reply before it sleeps, when the server
-/// answers within [`POLL_LATENCY_LIMIT`] (see `Inner::wait`).
+/// answers within 1 ms on average.
 pub const DEFAULT_POLL: Duration = Duration::from_micros(30);
-/// Environment variable overriding [`DEFAULT_POLL`], in microseconds; 0
-/// turns polling off.
+/// Environment variable overriding [`DEFAULT_POLL`], in microseconds (at
+/// most 10,000); 0 turns polling off.
 pub const POLL_ENV: &str = "GFS2_NBD_POLL_US";
+const MAX_POLL_US: u64 = 10_000;
 /// Mean request latency above which callers do not poll.
 const POLL_LATENCY_LIMIT: Duration = Duration::from_millis(1);
 /// Largest read or write payload sent in one request.
@@ -718,7 +719,9 @@ impl NbdDevice {
             poll: std::env::var(POLL_ENV)
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())
-                .map_or(DEFAULT_POLL, Duration::from_micros),
+                .map_or(DEFAULT_POLL, |us| {
+                    Duration::from_micros(us.min(MAX_POLL_US))
+                }),
             latency_us: AtomicU64::new(0),
         });
         let i2 = inner.clone();
