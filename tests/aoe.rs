@@ -1145,15 +1145,19 @@ fn bench_throughput() {
     };
     // 4 KiB takes 8 / spf frames when a frame holds fewer than 8 sectors.
     let per4k = 8u64.div_ceil(u64::from(spf));
-    let raw_random = |write: bool| {
-        let mut rng = Rng(0x777);
-        let t = Instant::now();
-        let ops = std::iter::repeat_with(move || rng.below(sectors / 8) * 8).flat_map(|l| {
+    // The frames (sector, count) of 4 KiB requests at random offsets.
+    let random_ops = move |seed: u64| {
+        let mut rng = Rng(seed);
+        std::iter::repeat_with(move || rng.below(sectors / 8) * 8).flat_map(move |l| {
             (0..per4k).map(move |i| {
                 let at = i * u64::from(spf);
                 (l + at, (8 - at).min(u64::from(spf)) as u8)
             })
-        });
+        })
+    };
+    let raw_random = |write: bool| {
+        let t = Instant::now();
+        let ops = random_ops(0x777);
         let until = Instant::now() + Duration::from_secs(secs);
         let window = (threads * per4k) as usize;
         let n = raw().run(ops, write, window, Some(until));
@@ -1170,15 +1174,7 @@ fn bench_throughput() {
                 .map(|i| {
                     let c = RawAoe::open(&net.host_if, info.target_mac, 11, 1, 1 + i as u16, true);
                     sc.spawn(move || {
-                        let mut rng = Rng(0x777 + i);
-                        let ops = std::iter::repeat_with(move || rng.below(sectors / 8) * 8)
-                            .flat_map(|l| {
-                                (0..per4k).map(move |k| {
-                                    let at = k * u64::from(spf);
-                                    (l + at, (8 - at).min(u64::from(spf)) as u8)
-                                })
-                            });
-                        c.run(ops, write, per4k as usize, Some(until))
+                        c.run(random_ops(0x777 + i), write, per4k as usize, Some(until))
                     })
                 })
                 .collect();
