@@ -100,23 +100,20 @@ row "test" "ours" "other" "ratio"
 
 n1m=$SIZE_MB
 perf1m() { awk -v i="$(perf 2048 4)" 'BEGIN { printf "%.1f", i * 1048576 / 1e6 }'; }
-pair r_ours r_perf 'ours seqread --threads 4 | mbps' 'perf1m'
-row "seq read 1M x4 MB/s vs iscsi-perf" "$r_ours" "$r_perf" "$(ratio "$r_ours" "$r_perf")"
-pair r_ours2 r_q 'ours seqread --threads 4 | mbps' 'qbench "$n1m" 1048576 4'
-row "seq read 1M x4 MB/s vs qemu-img bench" "$r_ours2" "$r_q" "$(ratio "$r_ours2" "$r_q")"
+compare "seq read 1M x4 MB/s vs iscsi-perf" 'ours seqread --threads 4 | mbps' 'perf1m'
+compare "seq read 1M x4 MB/s vs qemu-img bench" 'ours seqread --threads 4 | mbps' \
+    'qbench "$n1m" 1048576 4'
 
-pair w_ours w_q 'ours seqwrite --threads 4 | mbps' 'qbench "$n1m" 1048576 4 -w'
-row "seq write 1M x4 MB/s vs qemu-img bench -w" "$w_ours" "$w_q" "$(ratio "$w_ours" "$w_q")"
+compare "seq write 1M x4 MB/s vs qemu-img bench -w" 'ours seqwrite --threads 4 | mbps' \
+    'qbench "$n1m" 1048576 4 -w'
 
-pair rr_ours rr_perf 'ours randread --threads 8 --seconds "$SECS" | iops' 'perf 8 8 -r'
-row "rand read 4K x8 IOPS vs iscsi-perf -r" "$rr_ours" "$rr_perf" "$(ratio "$rr_ours" "$rr_perf")"
+compare "rand read 4K x8 IOPS vs iscsi-perf -r" 'ours randread --threads 8 --seconds "$SECS" | iops' \
+    'perf 8 8 -r'
 
 # qemu-img bench walks sequential offsets: ours does the same, with the
 # same number of 4 KiB requests (at most 100000, within the LUN).
 n4k=$(((SIZE_MB < 390 ? SIZE_MB : 390) * 256))
 q4k() { qbench "$n4k" 4096 8 "$@" | awk '{ printf "%.0f", $1 * 1e6 / 4096 }'; }
 seq4k() { ours "$1" --bs 4096 --threads 8 --mb $((n4k / 256)) | iops; }
-pair sr_ours sr_q 'seq4k seqread' 'q4k'
-row "seq read 4K x8 IOPS vs qemu-img bench" "$sr_ours" "$sr_q" "$(ratio "$sr_ours" "$sr_q")"
-pair sw_ours sw_q 'seq4k seqwrite' 'q4k -w'
-row "seq write 4K x8 IOPS vs qemu-img bench -w" "$sw_ours" "$sw_q" "$(ratio "$sw_ours" "$sw_q")"
+compare "seq read 4K x8 IOPS vs qemu-img bench" 'seq4k seqread' 'q4k'
+compare "seq write 4K x8 IOPS vs qemu-img bench -w" 'seq4k seqwrite' 'q4k -w'

@@ -84,17 +84,14 @@ echo "qemu-nbd export of ${SIZE_MB} MiB on $(dirname "$img"), our initiator with
     "$(nproc) CPUs, load $(cut -d' ' -f1 /proc/loadavg); best of $REPS"
 row "test" "ours" "other" "ratio"
 
-pair r_ours r_copy 'ours seqread --threads "$THREADS"' 'rate nbdcopy "$URI" null:'
-row "seq read MB/s vs nbdcopy" "$r_ours" "$r_copy" "$(ratio "$r_ours" "$r_copy")"
-pair r_ours2 r_conv 'ours seqread --threads "$THREADS"' \
+compare "seq read MB/s vs nbdcopy" 'ours seqread --threads "$THREADS"' 'rate nbdcopy "$URI" null:'
+compare "seq read MB/s vs qemu-img convert" 'ours seqread --threads "$THREADS"' \
     'rate qemu-img convert -n -f raw -O raw "$URI" "$dst"'
-row "seq read MB/s vs qemu-img convert" "$r_ours2" "$r_conv" "$(ratio "$r_ours2" "$r_conv")"
 
-pair w_ours w_copy 'ours seqwrite --threads "$THREADS"' 'rate nbdcopy "$src" "$URI"'
-row "seq write MB/s vs nbdcopy" "$w_ours" "$w_copy" "$(ratio "$w_ours" "$w_copy")"
-pair w_ours2 w_conv 'ours seqwrite --threads "$THREADS"' \
+compare "seq write MB/s vs nbdcopy" 'ours seqwrite --threads "$THREADS"' \
+    'rate nbdcopy "$src" "$URI"'
+compare "seq write MB/s vs qemu-img convert" 'ours seqwrite --threads "$THREADS"' \
     'rate qemu-img convert -n -f raw -O raw "$src" "$URI"'
-row "seq write MB/s vs qemu-img convert" "$w_ours2" "$w_conv" "$(ratio "$w_ours2" "$w_conv")"
 
 # Small requests: 4 KiB, 8 outstanding, one connection. Random offsets over
 # the whole export: fio's nbd engine. Sequential offsets: nbdcopy, which has
@@ -128,13 +125,11 @@ fio_iops() {
 j = json.load(open(sys.argv[1]))["jobs"][0]
 print(round(j["read"]["iops"] + j["write"]["iops"]))' "$dir/fio.json"
 }
-pair rr_ours r_fio 'ours_iops randread --threads 8 --seconds "$SECONDS_RAND"' 'fio_iops randread'
-row "4K random read IOPS vs fio (nbd engine)" "$rr_ours" "$r_fio" "$(ratio "$rr_ours" "$r_fio")"
-pair sr_ours r_small2 'ours_iops seqread --threads 8 --bs 4096 --mb "$SMALL_MB"' \
+compare "4K random read IOPS vs fio (nbd engine)" 'ours_iops randread --threads 8 --seconds "$SECONDS_RAND"' \
+    'fio_iops randread'
+compare "4K seq read IOPS vs nbdcopy" 'ours_iops seqread --threads 8 --bs 4096 --mb "$SMALL_MB"' \
     'rate_small nbdcopy "${small[@]}" "$small_uri" null:'
-row "4K seq read IOPS vs nbdcopy" "$sr_ours" "$r_small2" "$(ratio "$sr_ours" "$r_small2")"
-pair rw_ours w_fio 'ours_iops randwrite --threads 8 --seconds "$SECONDS_RAND"' 'fio_iops randwrite'
-row "4K random write IOPS vs fio (nbd engine)" "$rw_ours" "$w_fio" "$(ratio "$rw_ours" "$w_fio")"
-pair sw_ours w_small2 'ours_iops seqwrite --threads 8 --bs 4096 --mb "$SMALL_MB"' \
+compare "4K random write IOPS vs fio (nbd engine)" 'ours_iops randwrite --threads 8 --seconds "$SECONDS_RAND"' \
+    'fio_iops randwrite'
+compare "4K seq write IOPS vs nbdcopy" 'ours_iops seqwrite --threads 8 --bs 4096 --mb "$SMALL_MB"' \
     'rate_small nbdcopy "${small[@]}" "$dir/small.img" "$URI"'
-row "4K seq write IOPS vs nbdcopy" "$sw_ours" "$w_small2" "$(ratio "$sw_ours" "$w_small2")"

@@ -19,3 +19,10 @@ pair() {
     printf -v "$1" '%s' "$(printf '%s\n' "${a[@]}" | best)"
     printf -v "$2" '%s' "$(printf '%s\n' "${b[@]}" | best)"
 }
+# compare LABEL 'ours command' 'other command': measure the pair and print
+# its row (the caller's row function) with the ratio.
+compare() {
+    local _ours _other
+    pair _ours _other "$2" "$3"
+    row "$1" "$_ours" "$_other" "$(ratio "$_ours" "$_other")"
+}
