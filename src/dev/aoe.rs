@@ -29,14 +29,15 @@
 //!
 //! A frame without reply is sent again under a new tag after an adaptive
 //! timeout (smoothed round-trip time plus four times its deviation, doubled
-//! for each resend, as TCP does; samples only from frames sent once). A reply to any tag a frame was sent under
-//! completes it. Read data goes straight into the caller's buffer and write
-//! data straight from it. A write returns `Ok` only once the target
-//! acknowledged every frame of it. A request that is not complete within
-//! the timeout (default 30 s, [`TIMEOUT_ENV`] or `?timeout=SECS`) fails
-//! with EIO; the device keeps working and later requests succeed once the
-//! target answers again. While frames go unanswered the target is looked
-//! for again by broadcast, so a target restarted on another port is found.
+//! for each resend, as TCP does; samples only from frames sent once). A
+//! reply to any tag a frame was sent under completes it. Read data goes
+//! straight into the caller's buffer and write data straight from it. A
+//! write returns `Ok` only once the target acknowledged every frame of it.
+//! A request that is not complete within the timeout (default 30 s,
+//! [`TIMEOUT_ENV`] or `?timeout=SECS`) fails with EIO; the device keeps
+//! working and later requests succeed once the target answers again. While
+//! frames go unanswered the target is looked for again by broadcast, so a
+//! target restarted on another port is found.
 //! An AoE error reply or an ATA status with ERR or DF set fails the request
 //! with EIO and the target's error in the message (frames of the request
 //! not sent yet are not sent).
@@ -77,7 +78,6 @@ const POLL_RTT_LIMIT: f64 = 0.001;
 /// Environment variable overriding [`DEFAULT_POLL`], in microseconds (at
 /// most 10,000); 0 turns polling off (every wait sleeps in the kernel).
 pub const POLL_ENV: &str = "GFS2_AOE_POLL_US";
-const MAX_POLL_US: u64 = 10_000;
 
 const SECTOR: usize = 512;
 /// Common AoE header (after the Ethernet header): ver/flags, error,
@@ -194,16 +194,6 @@ pub fn parse_spec(spec: &str, rest: &str) -> io::Result<AoeConfig> {
 /// Open the target described by `cfg`.
 pub fn open(cfg: AoeConfig) -> io::Result<Arc<dyn BlockDevice>> {
     Ok(Arc::new(AoeDevice::open(cfg)?))
-}
-
-/// [`DEFAULT_POLL`], or [`POLL_ENV`] when it holds a number of microseconds.
-fn poll_from_env() -> Duration {
-    std::env::var(POLL_ENV)
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(DEFAULT_POLL, |us| {
-            Duration::from_micros(us.min(MAX_POLL_US))
-        })
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -535,14 +525,14 @@ impl Link {
         if let Some(got) = self.rx_take(buf) {
             return Ok(Some(got));
         }
-        let mut look = |link: &mut Link, flags: i32| -> io::Result<Option<(usize, [u8; 6])>> {
+        let mut look = |link: &mut Link, wait: bool| -> io::Result<Option<(usize, [u8; 6])>> {
             if !batch {
-                return link.recv_flags(buf, flags);
+                return link.recv_flags(buf, if wait { 0 } else { libc::MSG_DONTWAIT });
             }
-            let flags = if flags == 0 {
+            let flags = if wait {
                 libc::MSG_WAITFORONE
             } else {
-                flags
+                libc::MSG_DONTWAIT
             };
             Ok(if link.rx_fill(flags)? {
                 link.rx_take(buf)
@@ -550,19 +540,10 @@ impl Link {
                 None
             })
         };
-        if !poll.is_zero() {
-            let t0 = Instant::now();
-            loop {
-                if let Some(got) = look(self, libc::MSG_DONTWAIT)? {
-                    return Ok(Some(got));
-                }
-                if t0.elapsed() >= poll {
-                    break;
-                }
-                std::thread::yield_now();
-            }
+        if let Some(got) = super::poll_yielding(poll, || look(self, false))? {
+            return Ok(Some(got));
         }
-        look(self, 0)
+        look(self, true)
     }
 
     /// The next frame of the current batch, copied into `buf`.
@@ -621,14 +602,11 @@ impl Link {
             }
         };
         for (i, (m, sa)) in msgs.iter().zip(addrs.iter()).take(r).enumerate() {
-            if sa.sll_ifindex != self.ifindex || sa.sll_pkttype == libc::PACKET_OUTGOING {
-                continue;
+            if let Some(mac) = self.source(sa) {
+                self.rx.frames.push((i, m.msg_len as usize, mac));
             }
-            let mut mac = [0u8; 6];
-            mac.copy_from_slice(&sa.sll_addr[..6]);
-            rx.frames.push((i, m.msg_len as usize, mac));
         }
-        Ok(!rx.frames.is_empty())
+        Ok(!self.rx.frames.is_empty())
     }
 
     fn recv_flags(&self, buf: &mut [u8], flags: i32) -> io::Result<Option<(usize, [u8; 6])>> {
@@ -654,13 +632,21 @@ impl Link {
                     _ => return Err(e),
                 }
             }
-            if sa.sll_ifindex != self.ifindex || sa.sll_pkttype == libc::PACKET_OUTGOING {
-                continue;
+            if let Some(mac) = self.source(&sa) {
+                return Ok(Some((r as usize, mac)));
             }
-            let mut mac = [0u8; 6];
-            mac.copy_from_slice(&sa.sll_addr[..6]);
-            return Ok(Some((r as usize, mac)));
         }
+    }
+
+    /// The sender of a frame received with address `sa`: `None` for a frame
+    /// seen on another interface or for a copy of one we sent.
+    fn source(&self, sa: &libc::sockaddr_ll) -> Option<[u8; 6]> {
+        if sa.sll_ifindex != self.ifindex || sa.sll_pkttype == libc::PACKET_OUTGOING {
+            return None;
+        }
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&sa.sll_addr[..6]);
+        Some(mac)
     }
 
     /// Wait until a frame arrives or `timeout` passes.
@@ -789,6 +775,22 @@ impl Shared {
     }
     fn window(&self) -> usize {
         (self.cwnd as usize).clamp(1, self.wmax)
+    }
+
+    /// How long a caller with frames in flight polls its socket (giving
+    /// the processor away between looks) before it sleeps in the kernel.
+    /// Sleeping costs a context switch per reply, which on a fast target
+    /// is most of the round trip: a single-threaded client with the same
+    /// frames in flight got 1.5 times our small-request rate. Polling for
+    /// up to twice the smoothed round-trip time catches most replies
+    /// awake (at most `max`); a target slower than [`POLL_RTT_LIMIT`] is
+    /// not polled for at all, as its replies would mostly come after the
+    /// budget anyway.
+    fn poll_budget(&self, max: Duration) -> Duration {
+        match self.srtt {
+            Some(s) if s > 0.0 && s <= POLL_RTT_LIMIT => Duration::from_secs_f64(2.0 * s).min(max),
+            _ => Duration::ZERO,
+        }
     }
 }
 
@@ -933,12 +935,21 @@ fn discover_with(
     }
 }
 
-/// How a caller got on with the window.
-/// Window slots given to a caller, and where and how to send.
+/// Window slots given to a caller, where and how to send, and how long
+/// to poll for the replies.
 struct Grant {
     n: usize,
     dst: [u8; 6],
     rto: f64,
+    poll: Duration,
+}
+
+/// The data a frame carries: its slice of a write's buffer, none for reads.
+fn frame_data<'a>(f: &FrameSpec, wdata: Option<&'a [u8]>) -> &'a [u8] {
+    match wdata {
+        Some(d) => &d[f.off..f.off + usize::from(f.nsec) * SECTOR],
+        None => &[],
+    }
 }
 
 impl Inner {
@@ -956,29 +967,12 @@ impl Inner {
         lock(&self.links).push(l);
     }
 
-    /// How long a caller with frames in flight polls its socket (giving
-    /// the processor away between looks) before it sleeps in the kernel.
-    /// Sleeping costs a context switch per reply, which on a fast target
-    /// is most of the round trip: a single-threaded client with the same
-    /// frames in flight got 1.5 times our small-request rate. Polling for
-    /// up to twice the smoothed round-trip time catches most replies
-    /// awake; a target slower than the cap is not polled for at all, as
-    /// its replies would mostly come after the budget anyway.
-    fn poll_budget(&self) -> Duration {
-        let srtt = lock(&self.shared).srtt;
-        match srtt {
-            Some(s) if s > 0.0 && s <= POLL_RTT_LIMIT => {
-                Duration::from_secs_f64(2.0 * s).min(self.poll_max)
-            }
-            _ => Duration::ZERO,
-        }
-    }
-
     /// Take up to `want` window slots for a caller with `mine` frames in
-    /// flight, with the target's address and the resend timeout, in one
-    /// acquisition of the lock. A caller with none waits for a slot until
-    /// `end` (`None` when it passes); one with some takes only free slots
-    /// (possibly none), and leaves half of the window to callers waiting.
+    /// flight, with the target's address, the resend timeout and the
+    /// polling budget, in one acquisition of the lock. A caller with none
+    /// waits for a slot until `end` (`None` when it passes); one with some
+    /// takes only free slots (possibly none), and leaves half of the window
+    /// to callers waiting.
     fn take_slots(&self, mine: usize, want: usize, end: Instant) -> Option<Grant> {
         let mut sh = lock(&self.shared);
         if mine == 0 {
@@ -1009,6 +1003,7 @@ impl Inner {
             n,
             dst: sh.target,
             rto: sh.rto(),
+            poll: sh.poll_budget(self.poll_max),
         })
     }
 
@@ -1067,14 +1062,7 @@ impl Inner {
         dst: &[u8; 6],
     ) {
         let hdr = self.header(f, tag);
-        let r = match wdata {
-            Some(d) => {
-                let len = usize::from(f.nsec) * SECTOR;
-                link.send(dst, &[&hdr, &d[f.off..f.off + len]])
-            }
-            None => link.send(dst, &[&hdr]),
-        };
-        if let Err(e) = r {
+        if let Err(e) = link.send(dst, &[&hdr, frame_data(f, wdata)]) {
             // Like a lost frame: the timer resends it.
             tracing::debug!("{}: send: {e}", self.cfg.name());
         }
@@ -1100,13 +1088,7 @@ impl Inner {
         let frames: Vec<[&[u8]; 2]> = fs
             .iter()
             .zip(&hdrs)
-            .map(|(f, h)| {
-                let data: &[u8] = match wdata {
-                    Some(d) => &d[f.off..f.off + usize::from(f.nsec) * SECTOR],
-                    None => &[],
-                };
-                [h.as_slice(), data]
-            })
+            .map(|(f, h)| [h.as_slice(), frame_data(f, wdata)])
             .collect();
         if let Err(e) = link.send_many(dst, &frames) {
             // Like lost frames: the timers resend them.
@@ -1144,7 +1126,7 @@ impl Inner {
     ) -> io::Result<()> {
         let start = Instant::now();
         let end = start + self.cfg.timeout;
-        let poll = self.poll_budget();
+        let mut poll = Duration::ZERO;
         // Frames in flight: (index in `frames`, state); at most a window.
         let mut flying: Vec<(usize, Flying)> = Vec::new();
         let mut next = 0usize;
@@ -1160,6 +1142,7 @@ impl Inner {
                 if g.n == 0 {
                     break;
                 }
+                poll = g.poll;
                 let tags: Vec<u32> = (0..g.n).map(|_| link.next_tag()).collect();
                 let now = Instant::now();
                 self.send_frames(link, &frames[next..next + g.n], &tags, wdata, &g.dst);
@@ -1420,7 +1403,7 @@ impl AoeDevice {
             flush_mode: AtomicU8::new(0),
             retransmits: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
-            poll_max: poll_from_env(),
+            poll_max: super::poll_from(POLL_ENV, DEFAULT_POLL),
         };
         let mut dev = AoeDevice {
             inner,

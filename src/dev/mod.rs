@@ -75,6 +75,41 @@ pub fn timeout_from(var: &str, default: Duration) -> Duration {
         .unwrap_or(default)
 }
 
+/// Longest reply-polling budget an environment variable may set.
+const MAX_POLL: Duration = Duration::from_millis(10);
+
+/// The polling budget in environment variable `var` (microseconds, at most
+/// 10,000; 0 turns polling off), or `default`.
+pub fn poll_from(var: &str, default: Duration) -> Duration {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(default, |us| Duration::from_micros(us).min(MAX_POLL))
+}
+
+/// Call `look` until it finds something or `budget` has passed, giving the
+/// processor away between calls. An initiator's caller does this before it
+/// sleeps for a reply: on a fast target, the context switch of sleeping and
+/// being woken costs more than the wait itself.
+pub fn poll_yielding<T>(
+    budget: Duration,
+    mut look: impl FnMut() -> io::Result<Option<T>>,
+) -> io::Result<Option<T>> {
+    if budget.is_zero() {
+        return Ok(None);
+    }
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(got) = look()? {
+            return Ok(Some(got));
+        }
+        if t0.elapsed() >= budget {
+            return Ok(None);
+        }
+        std::thread::yield_now();
+    }
+}
+
 /// A device the filesystem is stored on, addressed in bytes.
 ///
 /// Implementations are shared between the threads that serve requests, so all
