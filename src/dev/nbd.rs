@@ -51,7 +51,6 @@ pub const DEFAULT_POLL: Duration = Duration::from_micros(30);
 /// Environment variable overriding [`DEFAULT_POLL`], in microseconds (at
 /// most 10,000); 0 turns polling off.
 pub const POLL_ENV: &str = "GFS2_NBD_POLL_US";
-const MAX_POLL_US: u64 = 10_000;
 /// Mean request latency above which callers do not poll.
 const POLL_LATENCY_LIMIT: Duration = Duration::from_millis(1);
 /// Largest read or write payload sent in one request.
@@ -500,30 +499,6 @@ fn request_header(cmd: u16, handle: u64, offset: u64, len: u32) -> [u8; 28] {
     h
 }
 
-fn write_request(
-    s: &mut Stream,
-    cmd: u16,
-    handle: u64,
-    offset: u64,
-    len: u32,
-    payload: Option<&[u8]>,
-) -> io::Result<()> {
-    let h = request_header(cmd, handle, offset, len);
-    match payload {
-        Some(p) if p.len() <= 64 << 10 => {
-            let mut m = Vec::with_capacity(28 + p.len());
-            m.extend_from_slice(&h);
-            m.extend_from_slice(p);
-            s.write_all(&m)
-        }
-        Some(p) => {
-            s.write_all(&h)?;
-            s.write_all(p)
-        }
-        None => s.write_all(&h),
-    }
-}
-
 /// A request on its way to the server.
 struct Outgoing {
     cmd: u16,
@@ -534,7 +509,7 @@ struct Outgoing {
 }
 
 /// Send requests in order, gathering small ones into writes of up to
-/// 256 KiB; a big payload goes in a write of its own.
+/// 256 KiB; a big payload goes in writes of its own, not copied.
 fn write_batch(s: &mut Stream, batch: &[Outgoing]) -> io::Result<()> {
     const GATHER: usize = 256 << 10;
     let mut buf: Vec<u8> = Vec::new();
@@ -545,7 +520,10 @@ fn write_batch(s: &mut Stream, batch: &[Outgoing]) -> io::Result<()> {
                 s.write_all(&buf)?;
                 buf.clear();
             }
-            write_request(s, o.cmd, o.handle, o.offset, o.len, o.payload.as_deref())?;
+            s.write_all(&request_header(o.cmd, o.handle, o.offset, o.len))?;
+            if let Some(p) = &o.payload {
+                s.write_all(p)?;
+            }
             continue;
         }
         if !buf.is_empty() && buf.len() + 28 + plen > GATHER {
@@ -609,6 +587,25 @@ thread_local! {
 
 fn my_waker() -> Arc<Waker> {
     WAKER.with(Arc::clone)
+}
+
+/// Hand `res` to the caller waiting for `handle` (waking it if it sleeps),
+/// or drop it if the caller gave up; releases the state lock.
+fn settle(mut st: MutexGuard<'_, State>, handle: u64, res: io::Result<Vec<u8>>) {
+    let Some(r) = st.pending.get_mut(&handle) else {
+        return;
+    };
+    if r.abandoned {
+        st.pending.remove(&handle);
+        return;
+    }
+    r.done = Some(res);
+    r.waker.seq.fetch_add(1, Ordering::Release);
+    let waker = r.sleeping.then(|| r.waker.clone());
+    drop(st);
+    if let Some(w) = waker {
+        w.cv.notify_all();
+    }
 }
 
 struct State {
@@ -716,12 +713,7 @@ impl NbdDevice {
             closing: AtomicBool::new(false),
             rmw: RwLock::new(()),
             resent: AtomicU64::new(0),
-            poll: std::env::var(POLL_ENV)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map_or(DEFAULT_POLL, |us| {
-                    Duration::from_micros(us.min(MAX_POLL_US))
-                }),
+            poll: super::poll_from(POLL_ENV, DEFAULT_POLL),
             latency_us: AtomicU64::new(0),
         });
         let i2 = inner.clone();
@@ -1010,10 +1002,11 @@ impl Inner {
                 if !budget.is_zero() {
                     let s0 = waker.seq.load(Ordering::Acquire);
                     drop(st);
-                    let t0 = Instant::now();
-                    while waker.seq.load(Ordering::Acquire) == s0 && t0.elapsed() < budget {
-                        std::thread::yield_now();
-                    }
+                    // (Nothing here fails; the result only says whether a
+                    // completion came, which the loop looks up anyway.)
+                    let _ = super::poll_yielding(budget, || {
+                        Ok((waker.seq.load(Ordering::Acquire) != s0).then_some(()))
+                    });
                     st = lock(&self.state);
                     continue;
                 }
@@ -1062,36 +1055,12 @@ impl Inner {
         if r.sent_gen != gen || r.cmd == CMD_READ {
             return false;
         }
-        if r.abandoned {
-            st.pending.remove(&handle);
-            return true;
-        }
-        r.done = Some(Ok(Vec::new()));
-        r.waker.seq.fetch_add(1, Ordering::Release);
-        let waker = r.sleeping.then(|| r.waker.clone());
-        drop(st);
-        if let Some(w) = waker {
-            w.cv.notify_all();
-        }
+        settle(st, handle, Ok(Vec::new()));
         true
     }
 
     fn complete(&self, handle: u64, res: io::Result<Vec<u8>>) {
-        let mut st = lock(&self.state);
-        let mut waker = None;
-        if let Some(r) = st.pending.get_mut(&handle) {
-            if r.abandoned {
-                st.pending.remove(&handle);
-            } else {
-                r.done = Some(res);
-                r.waker.seq.fetch_add(1, Ordering::Release);
-                waker = r.sleeping.then(|| r.waker.clone());
-            }
-        }
-        drop(st);
-        if let Some(w) = waker {
-            w.cv.notify_all();
-        }
+        settle(lock(&self.state), handle, res);
     }
 
     /// Read replies until the connection fails; then reconnect and go on.
@@ -1431,7 +1400,14 @@ impl Drop for NbdDevice {
         {
             let mut w = lock(&inner.writer);
             if let Some(w) = w.as_mut() {
-                let _ = write_request(&mut w.stream, CMD_DISC, 0, 0, 0, None);
+                let disc = Outgoing {
+                    cmd: CMD_DISC,
+                    handle: 0,
+                    offset: 0,
+                    len: 0,
+                    payload: None,
+                };
+                let _ = write_batch(&mut w.stream, &[disc]);
             }
         }
         {
