@@ -9,7 +9,10 @@
 //! the `ffi` submodule): login with or without CHAP (also mutual CHAP), READ(16),
 //! WRITE(16), SYNCHRONIZE CACHE(16) (falling back to (10) when the target
 //! lacks it), READ CAPACITY(16), MODE SENSE(6) for write protection and
-//! INQUIRY for the Block Limits page.
+//! INQUIRY for the Block Limits page. A library rather than a hand-written
+//! initiator: libiscsi is kept in Debian and already gets the login
+//! negotiation, CHAP and the command encodings right against many targets;
+//! loading it at run time keeps it optional for users without iSCSI.
 //!
 //! A device keeps a small pool of sessions to the LUN (one at first, more
 //! logged in in the background while callers outnumber them, up to
