@@ -133,6 +133,8 @@ pub struct Fs {
     writer: Option<std::sync::Mutex<crate::ops::Writer>>,
     /// The live lock, held shared for the whole mount.
     _live: Holder,
+    /// How the first [`Fs::unmount`] ended; later calls return it.
+    unmounted: std::sync::Mutex<Option<std::result::Result<(), String>>>,
 }
 
 fn inode_lock(ino: u64) -> ResName {
@@ -142,8 +144,7 @@ fn inode_lock(ino: u64) -> ResName {
 impl Fs {
     /// Mount the filesystem on `dev`.
     pub fn mount(dev: Arc<dyn BlockDevice>, opts: MountOptions) -> Result<Arc<Fs>> {
-        let sb = crate::sb::read_sb(dev.as_ref())?;
-        let bsize = sb.bsize;
+        let mut sb = crate::sb::read_sb(dev.as_ref())?;
         let proto: Arc<dyn LockProto> = match &opts.lock_module {
             Some(p) => p.clone(),
             None => {
@@ -153,6 +154,16 @@ impl Fs {
                 })?
             }
         };
+        // A lock_nolock node owns its device alone (the kernel cannot mount
+        // one device twice either); cluster protocols share it through their
+        // locks. The superblock is read again under the claim: whoever held
+        // the device before (a mkfs) may have rewritten it.
+        if proto.name() == "lock_nolock" {
+            dev.claim(crate::dev::claim::Claimant::Mount)
+                .map_err(|e| FsError::Mount(e.to_string()))?;
+            sb = crate::sb::read_sb(dev.as_ref())?;
+        }
+        let bsize = sb.bsize;
         let table = opts
             .locktable
             .clone()
@@ -199,6 +210,7 @@ impl Fs {
             jid: 0,
             writer: None,
             _live: live,
+            unmounted: Default::default(),
         };
         fs.jid = fs.opts.jid.unwrap_or(0);
         let master = fs.sb.master_dir.addr;
@@ -669,12 +681,27 @@ impl Fs {
         })
     }
 
-    /// Unmount: flush the log and mark our journal clean, then drop every
-    /// glock and leave the lockspace.
+    /// Unmount: flush the log and mark our journal clean, drop every glock
+    /// and leave the lockspace, then give the device up (its claim, its
+    /// connection), so that whatever comes next finds a clean, free disk.
+    /// Only the first call does the work; later ones return its outcome.
     pub fn unmount(&self) -> Result<()> {
-        let r = self.sync_and_close_log();
-        let g = self.glocks.shutdown();
-        r.and(g)
+        let mut done = self.unmounted.lock().unwrap_or_else(|e| e.into_inner());
+        let outcome = match &*done {
+            Some(o) => o.clone(),
+            None => {
+                let r = self.sync_and_close_log();
+                let g = self.glocks.shutdown();
+                self.dev.release();
+                let o = r.and(g).map_err(|e| e.to_string());
+                *done = Some(o.clone());
+                o
+            }
+        };
+        outcome.map_err(|msg| FsError::Io {
+            what: "unmount".into(),
+            source: std::io::Error::other(msg),
+        })
     }
 }
 

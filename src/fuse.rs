@@ -22,6 +22,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub mod blkmount;
 mod listing;
 
 /// How long the kernel may cache attributes and entries. With a cluster lock
@@ -235,6 +236,17 @@ impl fuser::Filesystem for Gfs2Fuse {
         Ok(())
     }
 
+    /// FUSE_DESTROY of a `fuseblk` mount: umount(2) waits for our reply,
+    /// so the disk is clean and free before it returns.
+    fn unmounting(&self) {
+        if let Err(e) = self.fs.unmount() {
+            tracing::error!("unmount: {e}");
+        }
+    }
+
+    /// The serving threads ended: a plain `fuse` mount was unmounted (no
+    /// DESTROY comes then), or this follows [`Self::unmounting`] and does
+    /// nothing.
     fn destroy(&mut self) {
         if let Err(e) = self.fs.unmount() {
             tracing::error!("unmount: {e}");
@@ -849,11 +861,68 @@ pub fn spawn(
 
 /// A mounted session that is not yet serving: lets the caller report success
 /// (and detach) between the mount and the serving loop.
+pub struct Mounted {
+    /// The session to run.
+    pub session: fuser::Session<Gfs2Fuse>,
+    /// A `fuseblk` mount (its `umount` waits for the disk to be clean);
+    /// otherwise a plain `fuse` mount, for which `gfs2-fuse umount` waits.
+    pub fuseblk: bool,
+}
+
+/// Mount `fs` (stored on `device`, a path or a network disk's name) at
+/// `mountpoint`: as `fuseblk` where the kernel lets us (see [`blkmount`]),
+/// else as plain `fuse`.
 pub fn session(
     fs: Arc<Fs>,
+    device: &str,
     mountpoint: &Path,
     opts: &FuseOptions,
-) -> std::io::Result<fuser::Session<Gfs2Fuse>> {
+) -> std::io::Result<Mounted> {
     let cfg = config(&fs, opts);
-    fuser::Session::new(Gfs2Fuse::new(fs), mountpoint, &cfg)
+    let token = blkmount::Token::for_device(device);
+    if let blkmount::Token::BlockDevice(p) = &token {
+        // A second fuseblk mount of one block device would silently share
+        // the first one's superblock, and with it the first daemon.
+        if let Some(m) = blkmount::mounted_on(p)? {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ResourceBusy,
+                format!("{} is already mounted on {}", p.display(), m),
+            ));
+        }
+    }
+    match blkmount::mount(&token, mountpoint, opts, fs.options().read_only) {
+        Ok((fd, src)) => {
+            tracing::info!("fuseblk mount on {}", src.display());
+            match fuser::Session::from_fd(Gfs2Fuse::new(fs), fd, cfg.acl, cfg) {
+                Ok(session) => {
+                    return Ok(Mounted {
+                        session,
+                        fuseblk: true,
+                    })
+                }
+                Err(e) => {
+                    let _ = blkmount::unmount(mountpoint, true);
+                    return Err(e);
+                }
+            }
+        }
+        // Not root, no loop driver, no fuseblk in the kernel: plain fuse.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EPERM | libc::EACCES | libc::ENOENT | libc::ENODEV | libc::ENXIO)
+            ) =>
+        {
+            tracing::warn!(
+                "no fuseblk mount ({e}): a plain FUSE mount, whose umount returns before the \
+                 disk is clean; unmount it with `gfs2-fuse umount {}`",
+                mountpoint.display()
+            );
+        }
+        Err(e) => return Err(e),
+    }
+    fuser::Session::new(Gfs2Fuse::new(fs), mountpoint, &cfg).map(|session| Mounted {
+        session,
+        fuseblk: false,
+    })
 }

@@ -14,5 +14,6 @@ pub mod inode;
 pub mod log;
 pub mod ops;
 pub mod rgrp;
+pub mod runstate;
 pub mod sb;
 pub mod scan;

@@ -11,9 +11,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use gfs2fuse::dev::spec;
 use gfs2fuse::fs::{Fs, MountOptions};
 use gfs2fuse::fuse::{self, FuseOptions};
+use gfs2fuse::runstate::RunState;
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 struct Args {
     device: PathBuf,
@@ -26,6 +28,7 @@ struct Args {
 const USAGE: &str = concat!(
     "usage: gfs2-fuse mount DEVICE MOUNTPOINT [-o OPTIONS] [-f]\n",
     "       gfs2-fuse DEVICE MOUNTPOINT [-o OPTIONS] [-f]   (the form mount.fuse3 uses)\n",
+    "       gfs2-fuse umount MOUNTPOINT   (unmount; returns once the disk is clean)\n",
     "       gfs2-fuse scan [--no-local] [TARGET...]   (list GFS2 filesystems)\n",
     "DEVICE:  an image file or block device, nbd://host[:port]/export,\n",
     "         nbd+unix:///export?socket=PATH, aoe:eSHELF.SLOT@IFACE,\n",
@@ -134,6 +137,9 @@ fn parse_args() -> Result<Args> {
     if argv.first().map(String::as_str) == Some("scan") {
         scan_main(&argv[1..]);
     }
+    if argv.first().map(String::as_str) == Some("umount") {
+        gfs2fuse::runstate::umount_main(&argv[1..]);
+    }
     if argv.first().map(String::as_str) == Some("mount") {
         argv.remove(0);
     }
@@ -168,12 +174,22 @@ fn parse_args() -> Result<Args> {
         bail!("{USAGE}");
     }
     a.device = PathBuf::from(&pos[0]);
-    a.mountpoint = PathBuf::from(&pos[1]);
+    // Resolved now: once mounted, looking at the path would ask the mount
+    // itself, which is not served yet.
+    a.mountpoint =
+        std::fs::canonicalize(&pos[1]).with_context(|| format!("mount point {}", pos[1]))?;
     a.fuse.fsname = redact_secret(&pos[0]);
     Ok(a)
 }
 
-fn mount(a: &mut Args) -> Result<fuser::Session<fuse::Gfs2Fuse>> {
+/// A mounted filesystem about to be served.
+struct Daemon {
+    mounted: fuse::Mounted,
+    fs: Arc<Fs>,
+    mountpoint: PathBuf,
+}
+
+fn mount(a: &mut Args) -> Result<Daemon> {
     // Open read-write even for `ro`: a dirty journal is replayed anyway when
     // the device allows it, as the kernel does.
     // DEVICE is a path or a network device (nbd://host[:port]/export,
@@ -194,8 +210,64 @@ fn mount(a: &mut Args) -> Result<fuser::Session<fuse::Gfs2Fuse>> {
     };
     let fs = Fs::mount(dev, a.mount.clone())
         .with_context(|| format!("mounting {}", a.device.display()))?;
-    fuse::session(fs, &a.mountpoint, &a.fuse)
-        .with_context(|| format!("FUSE mount on {}", a.mountpoint.display()))
+    let mounted = fuse::session(
+        fs.clone(),
+        &a.device.to_string_lossy(),
+        &a.mountpoint,
+        &a.fuse,
+    );
+    let mounted = match mounted {
+        Ok(m) => m,
+        Err(e) => {
+            // Nothing was written through the mount; give the device back
+            // clean all the same.
+            if let Err(u) = fs.unmount() {
+                tracing::error!("unmount after the failed FUSE mount: {u}");
+            }
+            return Err(e).with_context(|| format!("FUSE mount on {}", a.mountpoint.display()));
+        }
+    };
+    Ok(Daemon {
+        mounted,
+        fs,
+        mountpoint: a.mountpoint.clone(),
+    })
+}
+
+/// Serve `d` until it is unmounted; the exit status: 0 only if the disk
+/// was left clean. The run-state file (see [`gfs2fuse::runstate`]) records
+/// the outcome for `gfs2-fuse umount`.
+fn serve(d: Daemon, state: Option<RunState>) -> i32 {
+    let Daemon {
+        mut mounted,
+        fs,
+        mountpoint,
+    } = d;
+    let unmount: Box<dyn FnMut() -> std::io::Result<()> + Send> = if mounted.fuseblk {
+        Box::new(move || fuse::blkmount::unmount(&mountpoint, true))
+    } else {
+        let mut u = mounted.session.unmount_callable();
+        Box::new(move || u.unmount())
+    };
+    unmount_on_signal(unmount);
+    let served = mounted.session.run();
+    // Done already on FUSE_DESTROY (fuseblk) or as the session ended; this
+    // returns how it went.
+    let mut outcome = fs.unmount().map_err(|e| e.to_string());
+    if let Err(e) = served {
+        tracing::error!("serving: {e}");
+        outcome = outcome.and(Err(format!("serving: {e}")));
+    }
+    if let Some(st) = state {
+        st.finish(&outcome);
+    }
+    match outcome {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("gfs2-fuse: {e}");
+            1
+        }
+    }
 }
 
 /// The signals that unmount: blocked in every thread (call this before any
@@ -216,11 +288,10 @@ fn block_unmount_signals() -> libc::sigset_t {
 }
 
 /// SIGTERM, SIGINT and SIGHUP unmount the filesystem instead of killing the
-/// daemon: the serving loop then ends, `destroy` flushes everything and
-/// leaves the journal clean, as `fusermount3 -u` would. The signals were
-/// blocked by [`block_unmount_signals`]; one watcher thread takes them.
-fn unmount_on_signal<FS: fuser::Filesystem>(s: &mut fuser::Session<FS>) {
-    let mut unmounter = s.unmount_callable();
+/// daemon: the serving loop then ends, the disk is left clean, as
+/// `umount` would. The signals were blocked by [`block_unmount_signals`];
+/// one watcher thread takes them and calls `unmount`.
+fn unmount_on_signal(mut unmount: Box<dyn FnMut() -> std::io::Result<()> + Send>) {
     let set = block_unmount_signals();
     let spawned = std::thread::Builder::new()
         .name("signals".into())
@@ -229,7 +300,7 @@ fn unmount_on_signal<FS: fuser::Filesystem>(s: &mut fuser::Session<FS>) {
             // SAFETY: waits on the signal set built above.
             if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
                 tracing::info!("signal {sig}: unmounting");
-                if let Err(e) = unmounter.unmount() {
+                if let Err(e) = unmount() {
                     tracing::error!("unmount on signal {sig}: {e}");
                     std::process::exit(1);
                 }
@@ -273,19 +344,15 @@ fn main() {
     if args.foreground {
         block_unmount_signals();
         match mount(&mut args) {
-            Ok(mut s) => {
-                unmount_on_signal(&mut s);
-                if let Err(e) = s.run() {
-                    eprintln!("gfs2-fuse: {e}");
-                    std::process::exit(1);
-                }
+            Ok(d) => {
+                let state = run_state(&d.mountpoint);
+                std::process::exit(serve(d, state));
             }
             Err(e) => {
                 eprintln!("gfs2-fuse: {e:#}");
                 std::process::exit(1);
             }
         }
-        return;
     }
     // Detach: the child mounts and tells the parent through a pipe whether
     // the mount is ready; the parent exits with that status. Forking happens
@@ -316,8 +383,8 @@ fn main() {
     unsafe { libc::setsid() };
     block_unmount_signals();
     match mount(&mut args) {
-        Ok(mut s) => {
-            unmount_on_signal(&mut s);
+        Ok(d) => {
+            let state = run_state(&d.mountpoint);
             let _ = w.write_all(&[0]);
             drop(w);
             // Detach from the terminal.
@@ -334,7 +401,7 @@ fn main() {
                     libc::dup2(null.as_raw_fd(), 2);
                 }
             }
-            let _ = s.run();
+            std::process::exit(serve(d, state));
         }
         Err(e) => {
             eprintln!("gfs2-fuse: {e:#}");
@@ -342,6 +409,14 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// The run-state file for `gfs2-fuse umount`; a mount without one still
+/// works (a plain `umount` of a fuseblk mount needs none).
+fn run_state(mountpoint: &std::path::Path) -> Option<RunState> {
+    RunState::create(mountpoint)
+        .map_err(|e| tracing::warn!("no run-state file for gfs2-fuse umount: {e}"))
+        .ok()
 }
 
 #[cfg(test)]

@@ -390,8 +390,12 @@ fn meta_ok(b: &[u8], mh_type: u32) -> bool {
     MetaHeader::parse(b).is_ok_and(|h| h.magic == MAGIC && h.mh_type == mh_type)
 }
 
-/// Refuse a device that is mounted here.
-pub fn check_not_mounted(path: &Path) -> Result<(), String> {
+/// Refuse a device that is mounted here. With `live_node_ok` (a read-only
+/// check), a mount by a gfs2-fuse node (`fuse.gfs2`, `fuseblk.gfs2`) is
+/// let through, as gfs2-utils' `-n` reads a device whoever holds it: the
+/// node writes straight to the device, so a check sees what a crash would
+/// leave (a live journal reads as dirty).
+pub fn check_not_mounted(path: &Path, live_node_ok: bool) -> Result<(), String> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let meta = std::fs::metadata(&canon).ok();
@@ -422,6 +426,10 @@ pub fn check_not_mounted(path: &Path) -> Result<(), String> {
         };
         let source = f.get(sep + 2).copied().unwrap_or("");
         let mnt = f.get(4).copied().unwrap_or("");
+        let fstype = f.get(sep + 1).copied().unwrap_or("");
+        if live_node_ok && (fstype == "fuse.gfs2" || fstype == "fuseblk.gfs2") {
+            continue;
+        }
         let src_path = Path::new(source);
         let same_path = source == path.to_string_lossy()
             || std::fs::canonicalize(src_path).is_ok_and(|c| c == canon);

@@ -1,5 +1,6 @@
 use gfs2_fsck::check::{check_not_mounted, Fsck};
-use gfs2_fsck::cli::{self, Action};
+use gfs2_fsck::cli::{self, Action, Mode};
+use gfs2fuse::dev::claim::{Claim, Claimant};
 use std::path::Path;
 use std::time::Instant;
 
@@ -29,10 +30,26 @@ fn main() {
             std::process::exit(16);
         }
     };
-    if let Err(e) = check_not_mounted(Path::new(&o.device)) {
+    let read_only = o.mode == Mode::No;
+    if let Err(e) = check_not_mounted(Path::new(&o.device), read_only) {
         eprintln!("{e}: not checking a mounted filesystem");
         std::process::exit(8);
     }
+    // A repairing check owns the device for its whole run, as a
+    // lock_nolock node does: neither writes under the other. gfs2-utils
+    // refuses a busy device with exit 16 too.
+    let _claim = match gfs2fuse::dev::spec::parse(&o.device) {
+        Ok(gfs2fuse::dev::spec::Spec::Path(p)) if !read_only => {
+            match Claim::take(&p, Claimant::Tool) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!("Device {} is busy: {e}", o.device);
+                    std::process::exit(16);
+                }
+            }
+        }
+        _ => None,
+    };
     let t0 = Instant::now();
     let mut f = match Fsck::open(&o) {
         Ok(f) => f,

@@ -58,6 +58,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Never format under a running node (or a kernel mount): gfs2-utils
+    // opens the device O_EXCL and fails with exit 1 the same way.
+    if let Err(e) = dev.claim(gfs2fuse::dev::claim::Claimant::Tool) {
+        eprintln!("{path}: {e}");
+        return ExitCode::from(1);
+    }
     let dev_size = dev.size();
     if dev_size == 0 {
         eprintln!("Device '{path}' is too small");

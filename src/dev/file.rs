@@ -1,5 +1,6 @@
 //! A local image file or block device.
 
+use super::claim::{Claim, Claimant};
 use super::BlockDevice;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -11,6 +12,7 @@ pub struct FileDevice {
     file: File,
     path: PathBuf,
     size: u64,
+    claim: std::sync::Mutex<Option<Claim>>,
 }
 
 /// How to open a [`FileDevice`].
@@ -39,6 +41,7 @@ impl FileDevice {
             file,
             path: path.to_path_buf(),
             size,
+            claim: Default::default(),
         })
     }
 }
@@ -70,5 +73,17 @@ impl BlockDevice for FileDevice {
     }
     fn describe(&self) -> String {
         self.path.display().to_string()
+    }
+    fn claim(&self, who: Claimant) -> io::Result<()> {
+        let mut c = self.claim.lock().unwrap_or_else(|p| p.into_inner());
+        if c.is_none() {
+            *c = Some(Claim::take(&self.path, who)?);
+        }
+        Ok(())
+    }
+    fn release(&self) {
+        // The data was made durable by the caller's flush; the descriptor
+        // itself stays open (a later read fails nowhere) but owns nothing.
+        *self.claim.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }

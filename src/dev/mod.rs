@@ -7,6 +7,7 @@
 //! ([`nbd::NbdDevice`], [`aoe`], [`iscsi`]); [`spec::open`] opens either from a user's string.
 
 pub mod aoe;
+pub mod claim;
 pub mod file;
 pub mod iscsi;
 pub mod nbd;
@@ -131,6 +132,19 @@ pub trait BlockDevice: Send + Sync {
     }
     /// A human-readable name for messages ("/dev/sdb", "nbd://host/export").
     fn describe(&self) -> String;
+    /// Claim the device for this process alone until [`BlockDevice::release`]
+    /// or exit: a second claimant is refused with `EBUSY` and a message
+    /// naming the holder (see [`claim`]). A local file or block device
+    /// implements it; the default claims nothing, as for network disks whose
+    /// protocol has no owner lock (NBD) or where the target's own locking
+    /// stands in for it.
+    fn claim(&self, _who: claim::Claimant) -> io::Result<()> {
+        Ok(())
+    }
+    /// The filesystem is done with the device: drop the claim and end the
+    /// connection (NBD says goodbye), so that whatever uses the device next
+    /// finds it free. Later requests fail. The default does nothing.
+    fn release(&self) {}
 }
 
 /// A shared device is a device: lets `&Arc<dyn BlockDevice>` be passed where
@@ -153,5 +167,11 @@ impl<T: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<T> {
     }
     fn describe(&self) -> String {
         (**self).describe()
+    }
+    fn claim(&self, who: claim::Claimant) -> io::Result<()> {
+        (**self).claim(who)
+    }
+    fn release(&self) {
+        (**self).release()
     }
 }

@@ -1391,8 +1391,10 @@ impl Inner {
     }
 }
 
-impl Drop for NbdDevice {
-    fn drop(&mut self) {
+impl NbdDevice {
+    /// Say goodbye to the server (DISC) and shut the connection down; later
+    /// requests fail. Idempotent: the writer is gone after the first call.
+    fn disconnect(&self) {
         let inner = &self.inner;
         // Closing first: the server hanging up after DISC must not look like
         // a lost connection to the reader.
@@ -1420,6 +1422,12 @@ impl Drop for NbdDevice {
             w.stream.shutdown();
         }
         inner.cond.notify_all();
+    }
+}
+
+impl Drop for NbdDevice {
+    fn drop(&mut self) {
+        self.disconnect();
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
@@ -1513,6 +1521,9 @@ impl BlockDevice for NbdDevice {
 
     fn describe(&self) -> String {
         self.inner.cfg.uri()
+    }
+    fn release(&self) {
+        self.disconnect();
     }
 }
 

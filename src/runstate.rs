@@ -1,0 +1,200 @@
+//! The daemon's run-state file, and `gfs2-fuse umount`, which uses it.
+//!
+//! Where the kernel gives us a `fuseblk` mount (root, loop driver present;
+//! see [`crate::fuse::blkmount`]) a plain `umount` already waits until the
+//! disk is clean. A plain `fuse` mount (an unprivileged user) cannot: the
+//! kernel detaches it and returns while the daemon still flushes. For those,
+//! and for scripts that want the outcome, `gfs2-fuse umount MOUNTPOINT`
+//! unmounts, waits for the daemon serving the mount to exit and reports
+//! whether it left the journal clean.
+//!
+//! The daemon finds itself again through a small file named after the
+//! mount's device number (`MAJ:MIN`, the third field of mountinfo) in
+//! `/run/gfs2-fuse` (root) or `$XDG_RUNTIME_DIR/gfs2-fuse`: its pid on the
+//! first line, written once the mount is ready, and `clean` or
+//! `failed: REASON` appended when it has unmounted.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The run-state file of a mounted daemon; removed by `gfs2-fuse umount`.
+pub struct RunState {
+    path: PathBuf,
+}
+
+fn state_dir() -> PathBuf {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/run/gfs2-fuse");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => Path::new(&d).join("gfs2-fuse"),
+        // SAFETY: getuid cannot fail.
+        _ => PathBuf::from(format!("/tmp/gfs2-fuse-{}", unsafe { libc::getuid() })),
+    }
+}
+
+/// The device number (`MAJ:MIN`) and type of the mount at the absolute,
+/// canonical path `mountpoint`, from `/proc/self/mountinfo` (asking the
+/// mount itself would wait on the daemon, which may not be serving yet).
+/// The last entry wins: a mount on top of another hides it.
+fn mount_entry(mountpoint: &Path) -> Option<(String, String)> {
+    let want = mountpoint.to_str()?.replace(' ', "\\040");
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let sep = f.iter().position(|x| *x == "-")?;
+        (f.get(4)? == &want).then(|| Some((f.get(2)?.to_string(), f.get(sep + 1)?.to_string())))?
+    })
+}
+
+/// The state file of the mount at `mountpoint` (absolute and canonical).
+fn state_path(mountpoint: &Path) -> io::Result<PathBuf> {
+    let (dev, _) = mount_entry(mountpoint).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{} is not a mount point", mountpoint.display()),
+        )
+    })?;
+    Ok(state_dir().join(dev))
+}
+
+impl RunState {
+    /// Record this process as the daemon of the mount at `mountpoint`
+    /// (absolute and canonical: see [`mount_entry`]).
+    pub fn create(mountpoint: &Path) -> io::Result<RunState> {
+        let path = state_path(mountpoint)?;
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        std::fs::write(&path, format!("{}\n", std::process::id()))?;
+        Ok(RunState { path })
+    }
+
+    /// Record how the unmount ended.
+    pub fn finish(&self, outcome: &Result<(), String>) {
+        let line = match outcome {
+            Ok(()) => "clean\n".to_string(),
+            Err(e) => format!("failed: {}\n", e.replace('\n', " ")),
+        };
+        let r = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = r {
+            tracing::warn!("{}: {e}", self.path.display());
+        }
+    }
+}
+
+fn wait_exit(pid: i32, mountpoint: &Path) {
+    // SAFETY: pidfd_open has no memory arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let alive = || Path::new(&format!("/proc/{pid}")).exists();
+    let t0 = Instant::now();
+    let mut next_note = Duration::from_secs(5);
+    loop {
+        let gone = if fd >= 0 {
+            let mut p = libc::pollfd {
+                fd: fd as i32,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one pollfd we own.
+            unsafe { libc::poll(&mut p, 1, 1000) > 0 }
+        } else {
+            std::thread::sleep(Duration::from_millis(50));
+            !alive()
+        };
+        if gone {
+            if fd >= 0 {
+                // SAFETY: closing the pidfd we opened.
+                unsafe { libc::close(fd as i32) };
+            }
+            return;
+        }
+        if t0.elapsed() >= next_note {
+            eprintln!(
+                "gfs2-fuse umount: the daemon of {} (pid {pid}) is still writing to disk ({}s)",
+                mountpoint.display(),
+                t0.elapsed().as_secs()
+            );
+            next_note += Duration::from_secs(5);
+        }
+    }
+}
+
+/// `gfs2-fuse umount MOUNTPOINT`: unmount, wait until the daemon has
+/// finished with the disk, and exit 0 only if it left it clean.
+pub fn umount_main(args: &[String]) -> ! {
+    let usage = "usage: gfs2-fuse umount MOUNTPOINT\n\
+        Unmounts a gfs2-fuse mount and returns once the daemon has flushed everything,\n\
+        marked its journal clean and released the device (exit 0), or says why not (exit 1).";
+    let [mnt] = args else {
+        eprintln!("{usage}");
+        std::process::exit(2);
+    };
+    if mnt == "-h" || mnt == "--help" {
+        println!("{usage}");
+        std::process::exit(0);
+    }
+    let canon = std::fs::canonicalize(mnt).unwrap_or_else(|_| PathBuf::from(mnt));
+    let mountpoint = canon.as_path();
+    let ours =
+        mount_entry(mountpoint).is_some_and(|(_, t)| t == "fuse.gfs2" || t == "fuseblk.gfs2");
+    if !ours {
+        eprintln!("gfs2-fuse umount: {mnt} is not a gfs2-fuse mount point");
+        std::process::exit(1);
+    }
+    let state = state_path(mountpoint).ok();
+    let pid = state
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|s| s.lines().next()?.trim().parse::<i32>().ok());
+    if let Err(e) = unmount(mountpoint) {
+        eprintln!("gfs2-fuse umount: {mnt}: {e}");
+        std::process::exit(1);
+    }
+    let (Some(pid), Some(state)) = (pid, state) else {
+        eprintln!(
+            "gfs2-fuse umount: {mnt} unmounted, but its daemon left no state file: \
+             cannot tell when the disk is clean"
+        );
+        std::process::exit(1);
+    };
+    wait_exit(pid, mountpoint);
+    let text = std::fs::read_to_string(&state).unwrap_or_default();
+    let _ = std::fs::remove_file(&state);
+    match text.lines().nth(1) {
+        Some("clean") => std::process::exit(0),
+        Some(l) => {
+            eprintln!("gfs2-fuse umount: {mnt}: {l}");
+            std::process::exit(1)
+        }
+        None => {
+            eprintln!(
+                "gfs2-fuse umount: the daemon of {mnt} died before finishing; the next \
+                 mount replays its journal"
+            );
+            std::process::exit(1)
+        }
+    }
+}
+
+/// Unmount as root directly, otherwise through `fusermount3 -u`.
+fn unmount(mountpoint: &Path) -> io::Result<()> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        let st = std::process::Command::new("fusermount3")
+            .arg("-u")
+            .arg(mountpoint)
+            .status()?;
+        return if st.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!("fusermount3 -u exited with {st}")))
+        };
+    }
+    crate::fuse::blkmount::unmount(mountpoint, false)
+}
