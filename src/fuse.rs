@@ -909,7 +909,7 @@ pub fn session(
         // Not root, no loop driver, no fuseblk in the kernel: plain fuse.
         Err(e)
             if matches!(
-                e.raw_os_error(),
+                crate::dev::errno_of(&e),
                 Some(libc::EPERM | libc::EACCES | libc::ENOENT | libc::ENODEV | libc::ENXIO)
             ) =>
         {

@@ -87,8 +87,13 @@ struct LoopConfig {
     reserved: [u64; 8],
 }
 
+/// `e` with `what` in its message, keeping its errno (see
+/// [`crate::dev::errno_of`]): the caller decides on it.
 fn ctx(e: io::Error, what: impl std::fmt::Display) -> io::Error {
-    io::Error::new(e.kind(), format!("{what}: {e}"))
+    match e.raw_os_error() {
+        Some(errno) => crate::dev::dev_err(errno, format!("{what}: {e}")),
+        None => io::Error::new(e.kind(), format!("{what}: {e}")),
+    }
 }
 
 /// A free loop device bound to `backing`, detaching itself when its last
