@@ -15,11 +15,19 @@ if ! command -v fusermount3 >/dev/null; then
     fi
 fi
 cargo build --release --workspace --quiet
+bin=${CARGO_TARGET_DIR:-target}/release
 rm -f "$img"
 truncate -s 1G "$img"
-target/release/mkfs-gfs2 -O -p lock_nolock -j 1 "$img"
+"$bin/mkfs-gfs2" -O -p lock_nolock -j 1 "$img"
 mkdir -p "$mnt"
-target/release/gfs2-fuse mount "$img" "$mnt"
+"$bin/gfs2-fuse" mount "$img" "$mnt"
 echo
 echo "GFS2 image $img is mounted at $mnt through FUSE."
-echo "Unmount with:  fusermount3 -u $mnt"
+if grep -q " $mnt .* fuseblk.gfs2 " /proc/self/mountinfo; then
+    echo "Unmount with:  umount $mnt"
+    echo "  (a fuseblk mount: umount returns once the journal is clean and the image free)"
+else
+    echo "Unmount with:  $bin/gfs2-fuse umount $mnt"
+    echo "  (a plain FUSE mount, as an unprivileged user gets: fusermount3 -u would return"
+    echo "   before the disk is clean; gfs2-fuse umount waits for it)"
+fi

@@ -825,6 +825,11 @@ impl fuser::Filesystem for Gfs2Fuse {
     }
 }
 
+/// Is the mount read-only: asked for, or the device cannot be written?
+fn read_only(fs: &Fs) -> bool {
+    fs.options().read_only || fs.options().device_read_only
+}
+
 /// The fuser configuration for a mount of `fs`.
 pub fn config(fs: &Fs, opts: &FuseOptions) -> fuser::Config {
     let mut mo = vec![
@@ -834,7 +839,7 @@ pub fn config(fs: &Fs, opts: &FuseOptions) -> fuser::Config {
         MountOption::Dev,
         MountOption::Suid,
     ];
-    if fs.options().read_only {
+    if read_only(fs) {
         mo.push(MountOption::RO);
         mo.push(MountOption::NoAtime);
     }
@@ -879,7 +884,7 @@ pub fn session(
     opts: &FuseOptions,
 ) -> std::io::Result<Mounted> {
     let cfg = config(&fs, opts);
-    let token = blkmount::Token::for_device(device);
+    let token = blkmount::Token::for_device(device, &opts.fsname);
     if let blkmount::Token::BlockDevice(p) = &token {
         // A second fuseblk mount of one block device would silently share
         // the first one's superblock, and with it the first daemon.
@@ -890,7 +895,7 @@ pub fn session(
             ));
         }
     }
-    match blkmount::mount(&token, mountpoint, opts, fs.options().read_only) {
+    match blkmount::mount(&token, mountpoint, opts, read_only(&fs)) {
         Ok((fd, src)) => {
             tracing::info!("fuseblk mount on {}", src.display());
             match fuser::Session::from_fd(Gfs2Fuse::new(fs), fd, cfg.acl, cfg) {

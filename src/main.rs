@@ -35,7 +35,9 @@ const USAGE: &str = concat!(
     "         iscsi://[user[%secret]@]host[:port]/IQN/LUN, UUID=uuid or LOCKTABLE=cluster:fs\n",
     "options: lockproto=, locktable=, hostdata=jid=N, ro, acl, norecovery, spectator,\n",
     "         commit=SECONDS (log flush interval, default 30), quota=off, allow_other,\n",
-    "         default_permissions (always on), and the generic rw, dev, suid, ..."
+    "         default_permissions (always on), and the generic rw, dev, suid, ...\n",
+    "unmount: as root the mount is fuseblk and `umount MOUNTPOINT` returns once the disk\n",
+    "         is clean; `gfs2-fuse umount MOUNTPOINT` waits for that on every mount."
 );
 
 /// The device as /proc/mounts shows it: a secret in the URL

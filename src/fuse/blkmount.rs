@@ -40,18 +40,20 @@ pub enum Token<'a> {
     BlockDevice(&'a Path),
     /// An image file: a loop device over it.
     Image(&'a Path),
-    /// A network disk: a loop device over a memfd named `name`.
+    /// A network disk: a loop device over a memfd named after the disk
+    /// (`shown`, its name without secrets), which /proc/mounts also shows.
     Network(&'a str),
 }
 
 impl<'a> Token<'a> {
-    /// The token for a device given as `spec` (a path or a network URL).
-    pub fn for_device(spec: &'a str) -> Token<'a> {
+    /// The token for a device given as `spec` (a path or a network URL),
+    /// shown as `shown` where it is a network disk.
+    pub fn for_device(spec: &'a str, shown: &'a str) -> Token<'a> {
         let p = Path::new(spec);
         match std::fs::metadata(p) {
             Ok(m) if m.file_type().is_block_device() => Token::BlockDevice(p),
             Ok(m) if m.is_file() => Token::Image(p),
-            _ => Token::Network(spec),
+            _ => Token::Network(shown),
         }
     }
 }
@@ -190,6 +192,12 @@ pub fn mount(
         .map_err(|e| ctx(e, mountpoint.display()))?
         .mode();
     let (src, _loop_held) = source(token)?;
+    // A network disk's name is what /proc/mounts should show, as on a
+    // plain FUSE mount, not the loop device standing in for it.
+    let shown = match token {
+        Token::Network(name) => NamedSource::new(name, &src),
+        _ => None,
+    };
     // The kernel's fuse options; blksize must be a power of two between the
     // device's logical block size and the page size.
     let mut data = format!(
@@ -211,33 +219,114 @@ pub fn mount(
         CString::new(p.as_os_str().as_bytes())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
     };
-    let (csrc, cmnt) = (c(&src)?, c(mountpoint)?);
+    let (csrc, cmnt) = match &shown {
+        Some(n) => (c(Path::new(n.name))?, c(mountpoint)?),
+        None => (c(&src)?, c(mountpoint)?),
+    };
     let (ctype, cdata) = (
         CString::new("fuseblk").map_err(io::Error::other)?,
         CString::new(data).map_err(io::Error::other)?,
     );
-    // SAFETY: NUL-terminated strings that outlive the call.
-    let r = unsafe {
-        libc::mount(
-            csrc.as_ptr(),
-            cmnt.as_ptr(),
-            ctype.as_ptr(),
-            flags,
-            cdata.as_ptr().cast(),
-        )
+    let mount = || {
+        // SAFETY: NUL-terminated strings that outlive the call.
+        let r = unsafe {
+            libc::mount(
+                csrc.as_ptr(),
+                cmnt.as_ptr(),
+                ctype.as_ptr(),
+                flags,
+                cdata.as_ptr().cast(),
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     };
-    if r != 0 {
-        // The loop device, if any, detaches itself as `_loop_held` closes.
-        return Err(ctx(
-            io::Error::last_os_error(),
-            format!(
-                "mount -t fuseblk {} {}",
-                src.display(),
-                mountpoint.display()
-            ),
-        ));
-    }
+    let r = match &shown {
+        Some(n) => n.resolving(mount),
+        None => mount(),
+    };
+    // On failure the loop device, if any, detaches itself as `_loop_held`
+    // closes.
+    r.map_err(|e| {
+        let what = format!(
+            "mount -t fuseblk {} {}",
+            src.display(),
+            mountpoint.display()
+        );
+        ctx(e, what)
+    })?;
     Ok((OwnedFd::from(dev_fuse), src))
+}
+
+/// A name for the mount's source that resolves to its loop device: the
+/// kernel looks a `fuseblk` source up as a path and keeps the string as
+/// given, so a network disk's name (relative: `nbd://host/export` is the
+/// path `nbd:/host/export`) is laid out as directories and a symlink to the
+/// loop device in a private directory, entered only for the mount call.
+struct NamedSource<'a> {
+    name: &'a str,
+    dir: PathBuf,
+}
+
+impl<'a> NamedSource<'a> {
+    /// `None` when `name` cannot be a relative path (absolute, `.`/`..`
+    /// components, over-long components): the loop device is shown then.
+    fn new(name: &'a str, dev: &Path) -> Option<NamedSource<'a>> {
+        let parts: Vec<&str> = name.split('/').filter(|c| !c.is_empty()).collect();
+        let usable = !name.starts_with('/')
+            && !parts.is_empty()
+            && parts
+                .iter()
+                .all(|c| *c != "." && *c != ".." && c.len() <= 255);
+        if !usable {
+            return None;
+        }
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "gfs2-fuse-src-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let link = parts.iter().fold(dir.clone(), |p, c| p.join(c));
+        let made = link
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::os::unix::fs::symlink(dev, &link));
+        let named = NamedSource { name, dir };
+        match made {
+            Ok(()) => Some(named),
+            Err(e) => {
+                tracing::debug!("{name} as a mount source: {e}");
+                None
+            }
+        }
+    }
+
+    /// Run `mount` (the mount(2) call) with the private directory as the
+    /// current one, then return to where we were.
+    fn resolving(&self, mount: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+        let here = File::open(".")?;
+        std::env::set_current_dir(&self.dir)?;
+        let r = mount();
+        // SAFETY: fchdir to a directory descriptor we hold.
+        if unsafe { libc::fchdir(here.as_raw_fd()) } != 0 {
+            tracing::warn!(
+                "back from {}: {}",
+                self.dir.display(),
+                io::Error::last_os_error()
+            );
+        }
+        r
+    }
+}
+
+impl Drop for NamedSource<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Where the block device at `dev` is mounted, if anywhere.
