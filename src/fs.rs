@@ -133,6 +133,9 @@ pub struct Fs {
     writer: Option<std::sync::Mutex<crate::ops::Writer>>,
     /// The live lock, held shared for the whole mount.
     _live: Holder,
+    /// The lock on our journal (type 9, number jid), held exclusively for
+    /// the whole mount so that no other node uses it (none for spectators).
+    _journal: Option<Holder>,
     /// How the first [`Fs::unmount`] ended; later calls return it.
     unmounted: std::sync::Mutex<Option<std::result::Result<(), String>>>,
 }
@@ -210,18 +213,16 @@ impl Fs {
             jid: 0,
             writer: None,
             _live: live,
+            _journal: None,
             unmounted: Default::default(),
         };
-        fs.jid = fs.opts.jid.unwrap_or(0);
         let master = fs.sb.master_dir.addr;
         let jindex = fs.lookup_sys(master, b"jindex")?;
         fs.journals = fs.read_jindex(jindex)?;
-        if !fs.opts.spectator && !fs.journals.iter().any(|j| j.jid == fs.jid) {
-            return Err(FsError::Mount(format!(
-                "journal id {} does not exist ({} journals)",
-                fs.jid,
-                fs.journals.len()
-            )));
+        if !fs.opts.spectator {
+            let (jid, holder) = fs.claim_journal()?;
+            fs.jid = jid;
+            fs._journal = Some(holder);
         }
         let rindex = fs.lookup_sys(master, b"rindex")?;
         fs.rindex = fs.read_rindex(rindex)?;
@@ -272,6 +273,41 @@ impl Fs {
                 });
         }
         Ok(fs)
+    }
+
+    /// Take a journal for this node: the one `hostdata=jid=N` names, else
+    /// the first whose journal lock no other node holds. The lock is held
+    /// for the whole mount, as the kernel holds its journal glock, so a node
+    /// never writes a journal another live node uses.
+    fn claim_journal(&self) -> Result<(u32, Holder)> {
+        let n = self.journals.len();
+        let wanted: Vec<u32> = match self.opts.jid {
+            Some(j) if !self.journals.iter().any(|x| x.jid == j) => {
+                return Err(FsError::Mount(format!(
+                    "journal id {j} does not exist ({n} journals)"
+                )));
+            }
+            Some(j) => vec![j],
+            None => {
+                let mut all: Vec<u32> = self.journals.iter().map(|j| j.jid).collect();
+                all.sort_unstable();
+                all
+            }
+        };
+        for &jid in &wanted {
+            let name = ResName::new(lm_type::JOURNAL, u64::from(jid));
+            if let Some(h) = self.glocks.try_acquire(name, Mode::EX)? {
+                tracing::info!("journal {jid} of {n}");
+                return Ok((jid, h));
+            }
+        }
+        Err(FsError::Mount(match self.opts.jid {
+            Some(j) => format!("journal {j} is in use by another node"),
+            None => format!(
+                "all {n} journals are in use by other nodes: a filesystem needs one \
+                 journal per node mounting it (add journals with gfs2_jadd)"
+            ),
+        }))
     }
 
     /// Our journal, positioned after its head, and what the write path
@@ -360,9 +396,17 @@ impl Fs {
 
     fn recover_all(&self) -> Result<()> {
         for j in &self.journals {
-            let jgh = self
-                .glocks
-                .acquire(ResName::new(lm_type::JOURNAL, j.jid as u64), Mode::EX)?;
+            // Our own journal's lock is held already (claim_journal); a
+            // journal whose lock another node holds is that live node's.
+            let jgh = if self._journal.is_some() && j.jid == self.jid {
+                None
+            } else {
+                let name = ResName::new(lm_type::JOURNAL, u64::from(j.jid));
+                match self.glocks.try_acquire(name, Mode::EX)? {
+                    Some(h) => Some(h),
+                    None => continue,
+                }
+            };
             let head = recovery::find_head(self.dev.as_ref(), self.sb.bsize, &j.extents)
                 .map_err(|e| FsError::Mount(format!("journal {}: {e}", j.jid)))?;
             if head.is_clean() {

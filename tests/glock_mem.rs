@@ -80,3 +80,48 @@ fn exclusive_request_on_one_node_demotes_the_other() {
     b.unmount().unwrap();
     assert!(mgr.holders("fs1", root).is_empty());
 }
+
+/// Each node takes a journal of its own through the journal locks: without
+/// `hostdata=jid=` the first free one, with it exactly that one; a node
+/// more than there are journals is refused with a clear error; a journal
+/// is free again once its node has unmounted.
+#[test]
+fn one_journal_per_node() {
+    let img = mkfs(4096, 2, 128, "memj");
+    let dev = Arc::new(OverlayDevice::new(Arc::new(std::fs::read(&img.0).unwrap())));
+    let mgr = MemLockManager::new();
+    let mount = |jid: Option<u32>| {
+        let opts = MountOptions {
+            lock_module: Some(mgr.proto()),
+            locktable: Some("test:fsj".into()),
+            jid,
+            read_only: true,
+            ..Default::default()
+        };
+        Fs::mount(dev.clone(), opts)
+    };
+    let journal = |jid: u32| ResName::new(lm_type::JOURNAL, u64::from(jid));
+    // Modes above NL held on a journal lock (the first mounter keeps NL on
+    // the journals it checked for recovery).
+    let held = |jid: u32| -> Vec<Mode> {
+        let mut m = mgr.holders("fsj", journal(jid));
+        m.retain(|&x| x > Mode::NL);
+        m
+    };
+    let a = mount(None).unwrap();
+    assert_eq!(held(0), vec![Mode::EX]);
+    let e = mount(Some(0)).err().expect("a second node on journal 0");
+    assert!(e.to_string().contains("journal 0 is in use"), "{e}");
+    let b = mount(None).unwrap();
+    assert_eq!(held(1), vec![Mode::EX]);
+    let e = mount(None).err().expect("a third node with two journals");
+    assert!(e.to_string().contains("all 2 journals are in use"), "{e}");
+    let e = mount(Some(7)).err().expect("a journal that does not exist");
+    assert!(e.to_string().contains("does not exist"), "{e}");
+    a.unmount().unwrap();
+    assert!(held(0).is_empty());
+    let c = mount(None).unwrap();
+    assert_eq!(held(0), vec![Mode::EX]);
+    b.unmount().unwrap();
+    c.unmount().unwrap();
+}

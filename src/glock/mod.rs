@@ -30,6 +30,10 @@ struct GlState {
     busy: bool,
     /// A blocking callback asked us to go down to this mode.
     demote: Option<Mode>,
+    /// Give the lock up (to NL) as soon as its last holder goes instead of
+    /// caching it (the kernel's `GL_NOCACHE`): for locks that others only
+    /// ever try to take (journals), which never send a blocking callback.
+    nocache: bool,
 }
 
 /// One glock.
@@ -85,6 +89,9 @@ impl Drop for Holder {
             st.shared = st.shared.saturating_sub(1);
         }
         let idle = st.shared == 0 && !st.exclusive;
+        if idle && st.nocache && st.held.is_some_and(|h| h > Mode::NL) {
+            st.demote = Some(Mode::NL);
+        }
         if idle && st.demote.is_some() && !st.busy {
             self.table.demote(&self.gl, st);
         } else {
@@ -189,6 +196,7 @@ impl GlockTable {
                         exclusive: false,
                         busy: false,
                         demote: None,
+                        nocache: false,
                     }),
                     cv: Condvar::new(),
                 })
@@ -278,6 +286,54 @@ impl GlockTable {
             }
             st = gl.cv.wait(st).unwrap_or_else(|e| e.into_inner());
         }
+    }
+
+    /// Take a holder on `name` in `mode` only if the lock manager grants it
+    /// at once (`LM_FLAG_TRY`): `None` when another node holds it in a
+    /// conflicting mode. For locks whose owner is the question (a journal):
+    /// such a glock is not cached (see `GlState::nocache`), since a try
+    /// request of another node never calls it back.
+    pub fn try_acquire(self: &Arc<Self>, name: ResName, mode: Mode) -> Result<Option<Holder>> {
+        let mode = if mode >= Mode::PW { Mode::EX } else { Mode::PR };
+        let gl = self.get(name);
+        let mut st = gl.lock_st();
+        st.nocache = true;
+        if st.busy || st.exclusive || (mode == Mode::EX && st.shared > 0) {
+            return Ok(None);
+        }
+        if !st.held.is_some_and(|h| h >= mode) {
+            let flags = LockFlags {
+                try_lock: true,
+                ..LockFlags::default()
+            };
+            st.busy = true;
+            drop(st);
+            let r = self.ls.lock(name, mode, flags, None);
+            st = gl.lock_st();
+            st.busy = false;
+            gl.cv.notify_all();
+            match r {
+                Ok(Some(g)) if g.status == GrantStatus::Granted => st.held = g.mode,
+                Ok(Some(_)) => return Ok(None),
+                // A try request completes at once by definition.
+                Ok(None) => {
+                    return Err(FsError::Lock(gfs2_lockproto::LockError::Manager(format!(
+                        "try-lock of {name} did not complete at once"
+                    ))))
+                }
+                Err(e) => return Err(FsError::Lock(e)),
+            }
+        }
+        if mode == Mode::EX {
+            st.exclusive = true;
+        } else {
+            st.shared += 1;
+        }
+        Ok(Some(Holder {
+            table: self.clone(),
+            gl: gl.clone(),
+            mode,
+        }))
     }
 
     /// Demote `gl` (no holders, not busy, demote requested): sync, invalidate,
