@@ -301,7 +301,7 @@ impl GlockTable {
         if st.busy || st.exclusive || (mode == Mode::EX && st.shared > 0) {
             return Ok(None);
         }
-        if !st.held.is_some_and(|h| h >= mode) {
+        if st.held.is_none_or(|h| h < mode) {
             let flags = LockFlags {
                 try_lock: true,
                 ..LockFlags::default()
