@@ -30,13 +30,22 @@ pub enum FsError {
     /// A plain errno result (ENOENT, ENOTDIR, ENODATA, ERANGE...).
     #[error("errno {0}")]
     Errno(i32),
+    /// A transaction touched a block whose glock the operation does not hold
+    /// in the mode needed. Never leaves [`crate::fs::Fs`]'s transaction
+    /// loop: it drops the transaction, takes the glock (in lock order) and
+    /// runs the operation again.
+    #[error("glock {0} needed in {1:?}")]
+    NeedGlock(gfs2_lockproto::ResName, gfs2_lockproto::Mode),
 }
 
 impl FsError {
     /// The errno a VFS caller should see.
     pub fn errno(&self) -> i32 {
         match self {
-            FsError::Io { .. } | FsError::Corrupt { .. } | FsError::Lock(_) => libc::EIO,
+            FsError::Io { .. }
+            | FsError::Corrupt { .. }
+            | FsError::Lock(_)
+            | FsError::NeedGlock(..) => libc::EIO,
             FsError::Mount(_) => libc::EINVAL,
             FsError::Errno(e) => *e,
         }

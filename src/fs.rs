@@ -192,7 +192,7 @@ impl Fs {
         let mut ops: HashMap<u32, Arc<dyn GlockOps>> = HashMap::new();
         let cops = CacheOps::new(cache.clone());
         ops.insert(lm_type::INODE, cops.clone());
-        ops.insert(lm_type::RGRP, cops);
+        ops.insert(lm_type::RGRP, cops.clone());
         let glocks = GlockTable::new(ls, &callbacks, ops);
 
         // As the kernel: the mount lock serialises mounts and recovery, the
@@ -259,6 +259,11 @@ impl Fs {
         // The root must be readable for the mount to be useful.
         fs.getattr(fs.root())?;
         let fs = Arc::new(fs);
+        let weak = Arc::downgrade(&fs);
+        cops.set_sync(Box::new(move || {
+            weak.upgrade()
+                .map_or(Ok(()), |fs: Arc<Fs>| fs.flush_for_demote())
+        }));
         if fs.writer.is_some() {
             Self::start_commit_timer(&fs);
             let weak = Arc::downgrade(&fs);
@@ -296,7 +301,7 @@ impl Fs {
         };
         for &jid in &wanted {
             let name = ResName::new(lm_type::JOURNAL, u64::from(jid));
-            if let Some(h) = self.glocks.try_acquire(name, Mode::EX)? {
+            if let Some(h) = self.glocks.try_acquire_nocache(name, Mode::EX)? {
                 tracing::info!("journal {jid} of {n}");
                 return Ok((jid, h));
             }
@@ -402,7 +407,7 @@ impl Fs {
                 None
             } else {
                 let name = ResName::new(lm_type::JOURNAL, u64::from(j.jid));
-                match self.glocks.try_acquire(name, Mode::EX)? {
+                match self.glocks.try_acquire_nocache(name, Mode::EX)? {
                     Some(h) => Some(h),
                     None => continue,
                 }

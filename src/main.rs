@@ -176,10 +176,7 @@ fn parse_args() -> Result<Args> {
         bail!("{USAGE}");
     }
     a.device = PathBuf::from(&pos[0]);
-    // Resolved now: once mounted, looking at the path would ask the mount
-    // itself, which is not served yet.
-    a.mountpoint =
-        std::fs::canonicalize(&pos[1]).with_context(|| format!("mount point {}", pos[1]))?;
+    a.mountpoint = PathBuf::from(&pos[1]);
     a.fuse.fsname = redact_secret(&pos[0]);
     Ok(a)
 }
@@ -202,6 +199,10 @@ fn mount(a: &mut Args) -> Result<Daemon> {
         tracing::info!("{} is {found}", a.device.display());
         a.device = PathBuf::from(found);
     }
+    // Resolved before mounting: once mounted, looking at the path would ask
+    // the mount itself, which is not served yet.
+    a.mountpoint = std::fs::canonicalize(&a.mountpoint)
+        .with_context(|| format!("mount point {}", a.mountpoint.display()))?;
     let dev = match spec::open_os(a.device.as_os_str(), false) {
         Ok(d) => d,
         Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EROFS)) => {

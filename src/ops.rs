@@ -12,15 +12,17 @@ use crate::dev::BlockDevice;
 use crate::error::{FsError, Result};
 use crate::format::{dif, mt, Dinode, Inum, Rindex, StatfsChange, DINODE_SIZE};
 use crate::fs::{Attr, Fs};
+use crate::glock::Holder;
 use crate::inode::dirops;
 use crate::inode::write::{self, dinode, glock, put_dinode, Alloc};
 use crate::log::trans::Txn;
 use crate::log::writer::LogWriter;
 use crate::rgrp;
 use gfs2_lockproto::Mode;
+use gfs2_lockproto::ResName;
 use gfs2_ondisk::consts::{dt, format};
 use gfs2_ondisk::{ifmt_to_dt, layout, BlockState};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// State of a writable mount, behind the writer lock.
 pub struct Writer {
@@ -184,31 +186,47 @@ fn get_data(tx: &Txn<'_>, dev: &dyn BlockDevice, jdata: bool, blk: u64) -> Resul
 
 impl Fs {
     /// Run `f` as one transaction with the given inodes' glocks held
-    /// exclusively.
+    /// exclusively, and whatever other glocks it turns out to need.
+    ///
+    /// Glocks are taken before the writer lock and in lock order (by type,
+    /// then number: inodes before resource groups, as the kernel's
+    /// `gfs2_glock_nq_m` sorts them), never while holding the writer lock: a
+    /// demotion of one of our glocks that another node waits for needs the
+    /// writer lock for its log flush, so no thread may wait on a remote
+    /// glock while holding it. When the transaction reaches a block whose
+    /// glock is not held (a resource group to allocate from, a new inode,
+    /// the statfs files), it fails with [`FsError::NeedGlock`]; the
+    /// transaction is dropped, the writer lock released, the glock taken
+    /// (after letting go of every glock sorting after it, so the order
+    /// holds) and `f` runs again from the start.
     pub(crate) fn modify<T>(
         &self,
         inodes: &[u64],
         mut f: impl FnMut(&mut Txn<'_>, Alloc<'_>, &mut HashMap<u64, u32>) -> Result<T>,
     ) -> Result<T> {
         let w = self.writer().ok_or(errno(libc::EROFS))?;
-        let mut wg = w.lock().unwrap_or_else(|e| e.into_inner());
-        let mut ids: Vec<u64> = inodes.to_vec();
-        ids.sort_unstable();
-        ids.dedup();
-        let mut holders = Vec::with_capacity(ids.len());
-        for ino in ids {
-            holders.push(self.glocks().acquire(glock(ino), Mode::EX)?);
-        }
-        let wr = &mut *wg;
+        let mut want: BTreeMap<ResName, Mode> =
+            inodes.iter().map(|&i| (glock(i), Mode::EX)).collect();
+        let mut holders: BTreeMap<ResName, Holder> = BTreeMap::new();
         let mut retried = false;
         loop {
-            let mut tx = Txn::new(self.cache());
+            self.take_glocks(&want, &mut holders)?;
+            let held: HashMap<ResName, Mode> =
+                holders.iter().map(|(n, h)| (*n, h.mode())).collect();
+            let mut wg = w.lock().unwrap_or_else(|e| e.into_inner());
+            let wr = &mut *wg;
+            let mut tx = Txn::new(self.cache(), self.glocks(), held);
             let al = Alloc {
                 rindex: &wr.rindex,
                 busy: &wr.busy,
             };
             let r = match f(&mut tx, al, &mut wr.open) {
                 Ok(r) => r,
+                Err(FsError::NeedGlock(name, mode)) => {
+                    let m = want.entry(name).or_insert(mode);
+                    *m = (*m).max(mode);
+                    continue;
+                }
                 // Blocks freed since the last flush become usable after it,
                 // as in the kernel, which flushes the log when it runs out.
                 Err(e) if e.errno() == libc::ENOSPC && !retried && !wr.busy.is_empty() => {
@@ -228,20 +246,54 @@ impl Fs {
                     wr.master_statfs
                 };
                 let d = tx.statfs;
-                let b = tx.get_mut(glock(ino), ino, mt::DI)?;
+                let b = match tx.get_mut(glock(ino), ino, mt::DI) {
+                    Ok(b) => b,
+                    Err(FsError::NeedGlock(name, mode)) => {
+                        want.insert(name, mode);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 let mut sc = StatfsChange::parse(&b[DINODE_SIZE..])?;
                 sc.free += d.free;
                 sc.dinodes += d.dinodes;
                 sc.write(&mut b[DINODE_SIZE..])?;
             }
+            let taken = tx.take_holders();
             let freed = tx.publish();
             wr.busy.extend(freed);
             if self.cache().dirty_len() > wr.log.capacity() / 2 {
                 Self::flush_locked(self, wr)?;
             }
+            drop(wg);
+            drop(taken);
             drop(holders);
             return Ok(r);
         }
+    }
+
+    /// Hold every glock of `want` in (at least) its mode, in lock order.
+    /// `holders` keeps what is held already; a glock missing or held too
+    /// weakly that sorts before a held one makes us let go of those after
+    /// it first, so that glocks are always taken in ascending order.
+    fn take_glocks(
+        &self,
+        want: &BTreeMap<ResName, Mode>,
+        holders: &mut BTreeMap<ResName, Holder>,
+    ) -> Result<()> {
+        let first_missing = want
+            .iter()
+            .find(|(n, m)| holders.get(n).is_none_or(|h| h.mode() < **m))
+            .map(|(n, _)| *n);
+        let Some(first) = first_missing else {
+            return Ok(());
+        };
+        // Everything from the first missing one on is (re)taken in order.
+        drop(holders.split_off(&first));
+        for (&name, &mode) in want.range(first..) {
+            holders.insert(name, self.glocks().acquire(name, mode)?);
+        }
+        Ok(())
     }
 
     fn flush_locked(&self, wr: &mut Writer) -> Result<()> {
@@ -329,6 +381,22 @@ impl Fs {
         };
         let mut wg = w.lock().unwrap_or_else(|e| e.into_inner());
         self.flush_locked(&mut wg)?;
+        self.device().flush().map_err(|e| FsError::Io {
+            what: "flushing the device".into(),
+            source: e,
+        })
+    }
+
+    /// Before an inode or rgrp glock held exclusively goes to another node:
+    /// every change in the log and in place, durably, because the other node
+    /// reads the blocks where they live, not in our journal.
+    pub(crate) fn flush_for_demote(&self) -> Result<()> {
+        let Some(w) = self.writer() else {
+            return Ok(());
+        };
+        let mut wg = w.lock().unwrap_or_else(|e| e.into_inner());
+        self.flush_locked(&mut wg)?;
+        self.checkpoint_locked(&mut wg)?;
         self.device().flush().map_err(|e| FsError::Io {
             what: "flushing the device".into(),
             source: e,
@@ -479,6 +547,9 @@ impl Fs {
             entries: if is_dir { 2 } else { 0 },
             ..Dinode::default()
         };
+        // The new inode's glock, exclusively, before anything of it is
+        // cached (the kernel's gfs2_create_inode does the same).
+        tx.require(glock(addr), Mode::EX)?;
         let b = tx.new_meta(glock(addr), addr, mt::DI, format::DI);
         di.write(b)?;
         if is_dir {

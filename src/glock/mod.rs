@@ -15,7 +15,7 @@ pub mod ops;
 use crate::error::{FsError, Result};
 use gfs2_lockproto::{Grant, GrantStatus, LockCallbacks, LockFlags, Lockspace, Mode, ResName};
 use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 
 pub use ops::{GlockOps, NoOps};
 
@@ -34,6 +34,24 @@ struct GlState {
     /// caching it (the kernel's `GL_NOCACHE`): for locks that others only
     /// ever try to take (journals), which never send a blocking callback.
     nocache: bool,
+    /// A local request sent to the lock manager for a waiting holder: once
+    /// granted, that holder goes first and no demotion may take the grant
+    /// away before it has its holder (the kernel grants the holder whose
+    /// request promoted the glock before running a pending demote).
+    promoting: bool,
+}
+
+impl GlState {
+    /// No local holder has, or is about to get, this glock: a demotion may
+    /// run.
+    fn idle(&self) -> bool {
+        self.shared == 0 && !self.exclusive && !self.promoting
+    }
+
+    /// A demotion is due and may run now.
+    fn demote_due(&self) -> bool {
+        self.idle() && !self.busy && self.demote.is_some()
+    }
 }
 
 /// One glock.
@@ -59,6 +77,12 @@ pub struct GlockTable {
     ls: Arc<dyn Lockspace>,
     glocks: Mutex<HashMap<ResName, Arc<Glock>>>,
     ops: HashMap<u32, Arc<dyn GlockOps>>,
+    /// Glocks with a demotion to run, for the demotion worker (the kernel's
+    /// glock workqueue). A demotion flushes the log, which needs the writer
+    /// lock: it never runs on a thread that may hold it (an operation
+    /// dropping its last holder) nor on the lock module's thread (which
+    /// must stay free to deliver grants). `None` once shut down.
+    work: Mutex<Option<mpsc::Sender<Arc<Glock>>>>,
 }
 
 /// Proof that a glock is held in at least `mode` by the current operation.
@@ -88,15 +112,14 @@ impl Drop for Holder {
         } else {
             st.shared = st.shared.saturating_sub(1);
         }
-        let idle = st.shared == 0 && !st.exclusive;
-        if idle && st.nocache && st.held.is_some_and(|h| h > Mode::NL) {
+        if st.idle() && st.nocache && st.held.is_some_and(|h| h > Mode::NL) {
             st.demote = Some(Mode::NL);
         }
-        if idle && st.demote.is_some() && !st.busy {
-            self.table.demote(&self.gl, st);
-        } else {
-            drop(st);
-            self.gl.cv.notify_all();
+        let demote = st.demote_due();
+        drop(st);
+        self.gl.cv.notify_all();
+        if demote {
+            self.table.queue_demote(&self.gl);
         }
     }
 }
@@ -147,8 +170,10 @@ impl LockCallbacks for GlockCallbacks {
             return;
         }
         st.demote = Some(st.demote.map_or(target, |d| d.min(target)));
-        if st.shared == 0 && !st.exclusive && !st.busy {
-            t.demote(&gl, st);
+        let demote = st.demote_due();
+        drop(st);
+        if demote {
+            t.queue_demote(&gl);
         }
     }
 }
@@ -162,13 +187,48 @@ impl GlockTable {
         callbacks: &GlockCallbacks,
         ops: HashMap<u32, Arc<dyn GlockOps>>,
     ) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel::<Arc<Glock>>();
         let t = Arc::new(GlockTable {
             ls,
             glocks: Mutex::new(HashMap::new()),
             ops,
+            work: Mutex::new(Some(tx)),
         });
         let _ = callbacks.table.set(Arc::downgrade(&t));
+        let weak = Arc::downgrade(&t);
+        let spawned = std::thread::Builder::new()
+            .name("glock-demote".into())
+            .spawn(move || {
+                // Ends when the table is shut down or dropped (the sender
+                // goes with it).
+                while let Ok(gl) = rx.recv() {
+                    let Some(t) = weak.upgrade() else { break };
+                    let st = gl.lock_st();
+                    if st.demote_due() {
+                        t.demote(&gl, st);
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            // Demotions then run on the threads that find them due.
+            tracing::error!("no glock demotion worker: {e}");
+            *t.work.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
         t
+    }
+
+    /// Have the demotion worker look at `gl` (it demotes if still due).
+    fn queue_demote(&self, gl: &Arc<Glock>) {
+        let sent = match &*self.work.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(tx) => tx.send(gl.clone()).is_ok(),
+            None => false,
+        };
+        if !sent {
+            let st = gl.lock_st();
+            if st.demote_due() {
+                self.demote(gl, st);
+            }
+        }
     }
 
     /// The lockspace this table locks in.
@@ -197,6 +257,7 @@ impl GlockTable {
                         busy: false,
                         demote: None,
                         nocache: false,
+                        promoting: false,
                     }),
                     cv: Condvar::new(),
                 })
@@ -226,6 +287,9 @@ impl GlockTable {
                 !st.exclusive
             };
             if !st.busy && sufficient && local_ok && (st.demote.is_none() || promoted) {
+                if promoted {
+                    st.promoting = false;
+                }
                 if mode == Mode::EX {
                     st.exclusive = true;
                 } else {
@@ -237,15 +301,22 @@ impl GlockTable {
                     mode,
                 });
             }
-            let idle = st.shared == 0 && !st.exclusive;
+            let idle = st.idle();
             if !st.busy && idle && st.demote.is_some() {
-                self.demote(&gl, st);
+                // A remote request goes first (fairness); the worker
+                // demotes, and we ask again afterwards.
+                drop(st);
+                self.queue_demote(&gl);
                 st = gl.lock_st();
+                if !st.busy && st.demote.is_some() {
+                    st = gl.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
                 continue;
             }
             if !st.busy && !sufficient && idle {
                 let was = st.held;
                 st.busy = true;
+                st.promoting = true;
                 drop(st);
                 let r = self.ls.lock(name, mode, LockFlags::default(), None);
                 st = gl.lock_st();
@@ -271,6 +342,7 @@ impl GlockTable {
                     }
                     Err(e) => {
                         st.busy = false;
+                        st.promoting = false;
                         drop(st);
                         gl.cv.notify_all();
                         return Err(FsError::Lock(e));
@@ -279,7 +351,12 @@ impl GlockTable {
                 if st.held.is_some_and(|h| h >= mode) {
                     promoted = true;
                 } else {
-                    return Err(FsError::Errno(libc::EAGAIN));
+                    st.promoting = false;
+                    drop(st);
+                    gl.cv.notify_all();
+                    return Err(FsError::Lock(gfs2_lockproto::LockError::Manager(format!(
+                        "{name}: granted below the mode asked for"
+                    ))));
                 }
                 gl.cv.notify_all();
                 continue;
@@ -288,17 +365,38 @@ impl GlockTable {
         }
     }
 
-    /// Take a holder on `name` in `mode` only if the lock manager grants it
-    /// at once (`LM_FLAG_TRY`): `None` when another node holds it in a
-    /// conflicting mode. For locks whose owner is the question (a journal):
-    /// such a glock is not cached (see `GlState::nocache`), since a try
-    /// request of another node never calls it back.
+    /// Take a holder on `name` in `mode` only if that needs no waiting: the
+    /// lock is cached in a sufficient mode, or the lock manager grants it at
+    /// once (`LM_FLAG_TRY`). `None` when another node holds it in a
+    /// conflicting mode (it is not called back), a local holder conflicts,
+    /// or a demotion is pending. Never blocks, so it may be called in any
+    /// lock order and under the writer lock.
     pub fn try_acquire(self: &Arc<Self>, name: ResName, mode: Mode) -> Result<Option<Holder>> {
+        self.try_take(name, mode, false)
+    }
+
+    /// [`GlockTable::try_acquire`] for locks whose owner is the question (a
+    /// journal): the glock is not cached (see `GlState::nocache`), since
+    /// other nodes only ever try to take it and never call it back.
+    pub fn try_acquire_nocache(
+        self: &Arc<Self>,
+        name: ResName,
+        mode: Mode,
+    ) -> Result<Option<Holder>> {
+        self.try_take(name, mode, true)
+    }
+
+    fn try_take(
+        self: &Arc<Self>,
+        name: ResName,
+        mode: Mode,
+        nocache: bool,
+    ) -> Result<Option<Holder>> {
         let mode = if mode >= Mode::PW { Mode::EX } else { Mode::PR };
         let gl = self.get(name);
         let mut st = gl.lock_st();
-        st.nocache = true;
-        if st.busy || st.exclusive || (mode == Mode::EX && st.shared > 0) {
+        st.nocache |= nocache;
+        if st.busy || st.demote.is_some() || st.exclusive || (mode == Mode::EX && st.shared > 0) {
             return Ok(None);
         }
         if st.held.is_none_or(|h| h < mode) {
@@ -384,6 +482,7 @@ impl GlockTable {
 
     /// Unmount: sync and drop every glock, then leave the lockspace.
     pub fn shutdown(&self) -> Result<()> {
+        *self.work.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let all: Vec<Arc<Glock>> = self
             .glocks
             .lock()

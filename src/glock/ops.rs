@@ -4,7 +4,7 @@
 use crate::buf::BufCache;
 use crate::error::Result;
 use gfs2_lockproto::ResName;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Operations run on demotion.
 pub trait GlockOps: Send + Sync {
@@ -27,24 +27,42 @@ impl GlockOps for NoOps {
     fn go_inval(&self, _name: ResName) {}
 }
 
+/// What syncing a glock takes: the filesystem's log flush and checkpoint.
+pub type SyncFn = Box<dyn Fn() -> Result<()> + Send + Sync>;
+
 /// Inode and rgrp glocks: they cover metadata buffers (dinode, indirect
 /// blocks, directory leaves and hash table, EA blocks; rgrp headers and
-/// bitmaps). The read path never dirties buffers, so sync has nothing to do
-/// until the write path adds its journal flush here.
+/// bitmaps). Syncing one held exclusively flushes the log and writes every
+/// logged block in place (`sync`), since the next holder reads them there;
+/// the kernel writes back only the glock's own blocks (its per-glock AIL),
+/// we write the whole AIL, which is simpler and never less safe.
 pub struct CacheOps {
     cache: Arc<BufCache>,
+    sync: OnceLock<SyncFn>,
 }
 
 impl CacheOps {
-    /// Operations invalidating `cache`.
+    /// Operations invalidating `cache`; syncing does nothing until
+    /// [`CacheOps::set_sync`] (a read-only mount never dirties anything).
     pub fn new(cache: Arc<BufCache>) -> Arc<Self> {
-        Arc::new(CacheOps { cache })
+        Arc::new(CacheOps {
+            cache,
+            sync: OnceLock::new(),
+        })
+    }
+
+    /// What `go_sync` runs, given once the filesystem exists.
+    pub fn set_sync(&self, f: SyncFn) {
+        let _ = self.sync.set(f);
     }
 }
 
 impl GlockOps for CacheOps {
     fn go_sync(&self, _name: ResName) -> Result<()> {
-        Ok(())
+        match self.sync.get() {
+            Some(f) => f(),
+            None => Ok(()),
+        }
     }
     fn go_inval(&self, name: ResName) {
         self.cache.invalidate(name);

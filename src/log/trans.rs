@@ -9,8 +9,9 @@
 use crate::buf::{Block, BufCache};
 use crate::error::{FsError, Result};
 use crate::format::MetaHeader;
-use gfs2_lockproto::ResName;
-use std::collections::BTreeMap;
+use crate::glock::{GlockTable, Holder};
+use gfs2_lockproto::{Mode, ResName};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// Changes to the master statfs totals made by a transaction.
@@ -21,8 +22,19 @@ pub struct StatfsDelta {
 }
 
 /// One operation's metadata changes.
+///
+/// A block may only be read under its glock held at least shared, and
+/// changed under it held exclusively: a transaction knows the glocks its
+/// operation holds and answers [`FsError::NeedGlock`] for any other, so
+/// that the operation can take it (in lock order, holding nothing a
+/// demotion needs) and start again.
 pub struct Txn<'c> {
     cache: &'c BufCache,
+    glocks: &'c Arc<GlockTable>,
+    /// The glocks held for this transaction and their modes.
+    held: HashMap<ResName, Mode>,
+    /// Glocks the transaction took itself (see [`Txn::require`]).
+    taken: Vec<Holder>,
     blocks: BTreeMap<u64, (ResName, Vec<u8>)>,
     /// Data blocks of journaled-data files (no metadata header).
     jdata: BTreeMap<u64, (ResName, Vec<u8>)>,
@@ -33,9 +45,18 @@ pub struct Txn<'c> {
 }
 
 impl<'c> Txn<'c> {
-    pub fn new(cache: &'c BufCache) -> Self {
+    /// A transaction reading through `cache`, under the glocks `held` (of
+    /// `glocks`).
+    pub fn new(
+        cache: &'c BufCache,
+        glocks: &'c Arc<GlockTable>,
+        held: HashMap<ResName, Mode>,
+    ) -> Self {
         Txn {
             cache,
+            glocks,
+            held,
+            taken: Vec::new(),
             blocks: BTreeMap::new(),
             jdata: BTreeMap::new(),
             freed: Vec::new(),
@@ -53,9 +74,38 @@ impl<'c> Txn<'c> {
         self.cache
     }
 
+    /// Make sure `glock` is held in `mode` or a stronger one: taken here
+    /// if that needs no waiting (cached, or granted at once), else
+    /// [`FsError::NeedGlock`] for the operation to wait for it outside the
+    /// transaction, in lock order.
+    pub fn require(&mut self, glock: ResName, mode: Mode) -> Result<()> {
+        if self.held.get(&glock).is_some_and(|&m| m >= mode) {
+            return Ok(());
+        }
+        match self.glocks.try_acquire(glock, mode)? {
+            Some(h) => {
+                self.held.insert(glock, h.mode());
+                self.taken.push(h);
+                Ok(())
+            }
+            None => Err(FsError::NeedGlock(glock, mode)),
+        }
+    }
+
+    /// The holders this transaction took: the operation keeps them until
+    /// its changes are published.
+    pub fn take_holders(&mut self) -> Vec<Holder> {
+        std::mem::take(&mut self.taken)
+    }
+
     /// Metadata block `blkno` of type `mh_type`, as this transaction sees
-    /// it, for editing. `glock` is the lock covering it.
+    /// it, for editing. `glock` is the lock covering it, needed exclusively.
     pub fn get_mut(&mut self, glock: ResName, blkno: u64, mh_type: u32) -> Result<&mut Vec<u8>> {
+        self.require(glock, Mode::EX)?;
+        self.fetch(glock, blkno, mh_type)
+    }
+
+    fn fetch(&mut self, glock: ResName, blkno: u64, mh_type: u32) -> Result<&mut Vec<u8>> {
         if !self.blocks.contains_key(&blkno) {
             let b = self.cache.read_meta_as(glock, blkno, mh_type)?;
             self.blocks.insert(blkno, (glock, b.to_vec()));
@@ -68,9 +118,10 @@ impl<'c> Txn<'c> {
         Ok(data)
     }
 
-    /// Read-only view of a block (a copy).
+    /// Read-only view of a block (a copy); its glock is needed shared.
     pub fn get(&mut self, glock: ResName, blkno: u64, mh_type: u32) -> Result<Vec<u8>> {
-        self.get_mut(glock, blkno, mh_type).map(|b| b.clone())
+        self.require(glock, Mode::PR)?;
+        self.fetch(glock, blkno, mh_type).map(|b| b.clone())
     }
 
     /// A freshly allocated metadata block: zeroed, with a header of the
