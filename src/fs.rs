@@ -161,7 +161,8 @@ impl Fs {
         // one device twice either); cluster protocols share it through their
         // locks. The superblock is read again under the claim: whoever held
         // the device before (a mkfs) may have rewritten it.
-        if proto.name() == "lock_nolock" {
+        let nolock = proto.name() == "lock_nolock";
+        if nolock {
             dev.claim(crate::dev::claim::Claimant::Mount)
                 .map_err(|e| FsError::Mount(e.to_string()))?;
             sb = crate::sb::read_sb(dev.as_ref())?;
@@ -266,6 +267,11 @@ impl Fs {
         }));
         if fs.writer.is_some() {
             Self::start_commit_timer(&fs);
+        }
+        // Only a node alone on the disk may free what a crash left unlinked:
+        // in a cluster another node may still have such an inode open, which
+        // the iopen glocks must decide (not built yet), so it is left alone.
+        if fs.writer.is_some() && nolock {
             let weak = Arc::downgrade(&fs);
             let _ = std::thread::Builder::new()
                 .name("gfs2-reclaim".into())

@@ -170,11 +170,16 @@ fn two_nodes_write_one_filesystem() {
     let db = b.mknod(root, b"db", dir, 0, 0, 0, 0, None).unwrap().ino;
     let log = b.mknod(root, b"log", file, 0, 0, 0, 0, None).unwrap().ino;
     let t0 = Instant::now();
+    // Both nodes step through the workload together, so their operations on
+    // the shared directory and file interleave.
+    let step = std::sync::Barrier::new(2);
     std::thread::scope(|s| {
         for (k, node, own, other) in [(0usize, &a, da, db), (1, &b, db, da)] {
+            let step = &step;
             s.spawn(move || {
                 let tag = if k == 0 { "a" } else { "b" };
                 for i in 0..N {
+                    step.wait();
                     let n = format!("{tag}{i}");
                     let at = node
                         .mknod(shared, n.as_bytes(), file, 0, 0, 0, 0, None)

@@ -152,8 +152,13 @@ impl LockCallbacks for GlockCallbacks {
             _ => grant.mode,
         };
         st.busy = false;
+        let due = st.demote_due();
         drop(st);
         gl.cv.notify_all();
+        // A callback that came while the request was in flight.
+        if due {
+            t.queue_demote(&gl);
+        }
     }
 
     fn blocking(&self, res: ResName, wanted: Mode) {
@@ -412,7 +417,15 @@ impl GlockTable {
             gl.cv.notify_all();
             match r {
                 Ok(Some(g)) if g.status == GrantStatus::Granted => st.held = g.mode,
-                Ok(Some(_)) => return Ok(None),
+                Ok(Some(_)) => {
+                    // A callback that came while the request was in flight.
+                    let due = st.demote_due();
+                    drop(st);
+                    if due {
+                        self.queue_demote(&gl);
+                    }
+                    return Ok(None);
+                }
                 // A try request completes at once by definition.
                 Ok(None) => {
                     return Err(FsError::Lock(gfs2_lockproto::LockError::Manager(format!(
@@ -471,8 +484,14 @@ impl GlockTable {
                 st.busy = false;
             }
         }
+        // Another node's callback may have come while we converted (one
+        // wanting EX after one wanting PR): it asks for a further demotion.
+        let due = st.demote_due();
         drop(st);
         gl.cv.notify_all();
+        if due {
+            self.queue_demote(gl);
+        }
     }
 
     /// Current lock-manager mode of a glock (for tests and diagnostics).
