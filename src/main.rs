@@ -29,6 +29,7 @@ const USAGE: &str = concat!(
     "usage: gfs2-fuse mount DEVICE MOUNTPOINT [-o OPTIONS] [-f]\n",
     "       gfs2-fuse DEVICE MOUNTPOINT [-o OPTIONS] [-f]   (the form mount.fuse3 uses)\n",
     "       gfs2-fuse umount MOUNTPOINT   (unmount; returns once the disk is clean)\n",
+    "       gfs2-fuse glocks MOUNTPOINT   (this node's glocks, like debugfs glocks)\n",
     "       gfs2-fuse scan [--no-local] [TARGET...]   (list GFS2 filesystems)\n",
     "DEVICE:  an image file or block device, nbd://host[:port]/export,\n",
     "         nbd+unix:///export?socket=PATH, aoe:eSHELF.SLOT@IFACE,\n",
@@ -142,6 +143,9 @@ fn parse_args() -> Result<Args> {
     if argv.first().map(String::as_str) == Some("umount") {
         gfs2fuse::runstate::umount_main(&argv[1..]);
     }
+    if argv.first().map(String::as_str) == Some("glocks") {
+        gfs2fuse::runstate::glocks_main(&argv[1..]);
+    }
     if argv.first().map(String::as_str) == Some("mount") {
         argv.remove(0);
     }
@@ -252,7 +256,20 @@ fn serve(d: Daemon, state: Option<RunState>) -> i32 {
         let mut u = mounted.session.unmount_callable();
         Box::new(move || u.unmount())
     };
-    unmount_on_signal(unmount);
+    // SIGUSR1 writes this node's glock dump for `gfs2-fuse glocks`.
+    let dump: Box<dyn Fn() + Send> = match &state {
+        Some(st) => {
+            let path = st.glocks_path();
+            let weak = Arc::downgrade(&fs);
+            Box::new(move || {
+                if let Some(fs) = weak.upgrade() {
+                    RunState::write_glocks(&path, &fs.glocks().dump());
+                }
+            })
+        }
+        None => Box::new(|| tracing::warn!("no run-state file: no glock dump")),
+    };
+    unmount_on_signal(unmount, dump);
     let served = mounted.session.run();
     // Done already on FUSE_DESTROY (fuseblk) or as the session ended; this
     // returns how it went.
@@ -282,7 +299,7 @@ fn block_unmount_signals() -> libc::sigset_t {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1] {
             libc::sigaddset(&mut set, sig);
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
@@ -292,22 +309,31 @@ fn block_unmount_signals() -> libc::sigset_t {
 
 /// SIGTERM, SIGINT and SIGHUP unmount the filesystem instead of killing the
 /// daemon: the serving loop then ends, the disk is left clean, as
-/// `umount` would. The signals were blocked by [`block_unmount_signals`];
-/// one watcher thread takes them and calls `unmount`.
-fn unmount_on_signal(mut unmount: Box<dyn FnMut() -> std::io::Result<()> + Send>) {
+/// `umount` would. SIGUSR1 runs `dump` (the glock dump). The signals were
+/// blocked by [`block_unmount_signals`]; one watcher thread takes them.
+fn unmount_on_signal(
+    mut unmount: Box<dyn FnMut() -> std::io::Result<()> + Send>,
+    dump: Box<dyn Fn() + Send>,
+) {
     let set = block_unmount_signals();
     let spawned = std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || {
+        .spawn(move || loop {
             let mut sig = 0;
             // SAFETY: waits on the signal set built above.
-            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-                tracing::info!("signal {sig}: unmounting");
-                if let Err(e) = unmount() {
-                    tracing::error!("unmount on signal {sig}: {e}");
-                    std::process::exit(1);
-                }
+            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                return;
             }
+            if sig == libc::SIGUSR1 {
+                dump();
+                continue;
+            }
+            tracing::info!("signal {sig}: unmounting");
+            if let Err(e) = unmount() {
+                tracing::error!("unmount on signal {sig}: {e}");
+                std::process::exit(1);
+            }
+            return;
         });
     if let Err(e) = spawned {
         tracing::warn!("no signal watcher ({e}); SIGTERM will not unmount cleanly");

@@ -72,6 +72,21 @@ impl RunState {
         Ok(RunState { path })
     }
 
+    /// Where this daemon writes its glock dump (`gfs2-fuse glocks`).
+    pub fn glocks_path(&self) -> PathBuf {
+        self.path.with_extension("glocks")
+    }
+
+    /// Write a glock dump to `path` whole (through a temporary name), so
+    /// that a reader never sees half of it.
+    pub fn write_glocks(path: &Path, text: &str) {
+        let tmp = path.with_extension("glocks-new");
+        let r = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = r {
+            tracing::warn!("{}: {e}", path.display());
+        }
+    }
+
     /// Record how the unmount ended.
     pub fn finish(&self, outcome: &Result<(), String>) {
         let line = match outcome {
@@ -139,24 +154,16 @@ pub fn umount_main(args: &[String]) -> ! {
         println!("{usage}");
         std::process::exit(0);
     }
-    let canon = std::fs::canonicalize(mnt).unwrap_or_else(|_| PathBuf::from(mnt));
-    let mountpoint = canon.as_path();
-    let ours =
-        mount_entry(mountpoint).is_some_and(|(_, t)| t == "fuse.gfs2" || t == "fuseblk.gfs2");
-    if !ours {
-        eprintln!("gfs2-fuse umount: {mnt} is not a gfs2-fuse mount point");
+    let (canon, daemon) = daemon_of(mnt).unwrap_or_else(|e| {
+        eprintln!("gfs2-fuse umount: {e}");
         std::process::exit(1);
-    }
-    let state = state_path(mountpoint).ok();
-    let pid = state
-        .as_ref()
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .and_then(|s| s.lines().next()?.trim().parse::<i32>().ok());
+    });
+    let mountpoint = canon.as_path();
     if let Err(e) = unmount(mountpoint) {
         eprintln!("gfs2-fuse umount: {mnt}: {e}");
         std::process::exit(1);
     }
-    let (Some(pid), Some(state)) = (pid, state) else {
+    let Some((state, pid)) = daemon else {
         eprintln!(
             "gfs2-fuse umount: {mnt} unmounted, but its daemon left no state file: \
              cannot tell when the disk is clean"
@@ -180,6 +187,79 @@ pub fn umount_main(args: &[String]) -> ! {
             std::process::exit(1)
         }
     }
+}
+
+/// The canonical path of the gfs2-fuse mount point `mnt`, with its state
+/// file and the daemon's pid when it left one; an error when `mnt` is not
+/// a gfs2-fuse mount point.
+type Daemon = (PathBuf, Option<(PathBuf, i32)>);
+fn daemon_of(mnt: &str) -> Result<Daemon, String> {
+    let canon = std::fs::canonicalize(mnt).unwrap_or_else(|_| PathBuf::from(mnt));
+    let ours = mount_entry(&canon).is_some_and(|(_, t)| t == "fuse.gfs2" || t == "fuseblk.gfs2");
+    if !ours {
+        return Err(format!("{mnt} is not a gfs2-fuse mount point"));
+    }
+    let found = state_path(&canon).ok().and_then(|state| {
+        let pid = std::fs::read_to_string(&state)
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse::<i32>()
+            .ok()?;
+        Some((state, pid))
+    });
+    Ok((canon, found))
+}
+
+/// `gfs2-fuse glocks MOUNTPOINT`: print the glocks of the node serving the
+/// mount (see [`crate::glock::GlockTable::dump`]): its daemon writes them
+/// on SIGUSR1.
+pub fn glocks_main(args: &[String]) -> ! {
+    let usage = "usage: gfs2-fuse glocks MOUNTPOINT\n\
+        Prints the glocks of the node serving MOUNTPOINT, one per line:\n\
+        G: s:STATE n:TYPE/NUMBER f:FLAGS d:DEMOTE h:SHARED/EXCLUSIVE w:WAITING\n\
+        STATE is UN, SH, DF or EX (- for no lock); FLAGS: b request in flight,\n\
+        D demotion pending, n not cached, p grant on its way to a holder.";
+    let [mnt] = args else {
+        eprintln!("{usage}");
+        std::process::exit(2);
+    };
+    if mnt == "-h" || mnt == "--help" {
+        println!("{usage}");
+        std::process::exit(0);
+    }
+    let (state, pid) = match daemon_of(mnt) {
+        Ok((_, Some(d))) => d,
+        Ok((_, None)) => {
+            eprintln!("gfs2-fuse glocks: the daemon of {mnt} left no state file");
+            std::process::exit(1);
+        }
+        Err(e) => {
+            eprintln!("gfs2-fuse glocks: {e}");
+            std::process::exit(1);
+        }
+    };
+    let dump = RunState { path: state }.glocks_path();
+    let _ = std::fs::remove_file(&dump);
+    // SAFETY: kill with a pid and a signal number.
+    if unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
+        eprintln!(
+            "gfs2-fuse glocks: signalling pid {pid}: {}",
+            io::Error::last_os_error()
+        );
+        std::process::exit(1);
+    }
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        if let Ok(text) = std::fs::read_to_string(&dump) {
+            print!("{text}");
+            std::process::exit(0);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("gfs2-fuse glocks: pid {pid} wrote no dump in 10 s");
+    std::process::exit(1);
 }
 
 /// Unmount as root directly, otherwise through `fusermount3 -u`.

@@ -333,3 +333,41 @@ fn big_directory_listing() {
         assert_eq!(v, want, "after remount");
     });
 }
+
+/// `gfs2-fuse glocks MOUNTPOINT` lists the serving node's glocks: the
+/// inode glock of a file just created there (held exclusively, cached with
+/// no holder), its journal lock and the live lock.
+#[test]
+fn glock_dump_of_a_mounted_filesystem() {
+    use std::os::unix::fs::MetadataExt;
+    let img = mkfs(4096, 2, 128, "glocks");
+    with_mount(&img.0, "", "glocks", |mnt| {
+        std::fs::write(mnt.join("f"), b"x").unwrap();
+        let ino = std::fs::metadata(mnt.join("f")).unwrap().ino();
+        let out = Command::new(bin()).arg("glocks").arg(mnt).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = |name: &str| {
+            text.lines()
+                .find(|l| l.contains(&format!(" n:{name} ")))
+                .unwrap_or_else(|| panic!("no glock {name} in:\n{text}"))
+                .to_string()
+        };
+        let f = line(&format!("2/{ino:x}"));
+        assert!(f.starts_with("G: s:EX ") && f.contains(" h:0/0 "), "{f}");
+        let j = line("9/0");
+        // Held exclusively by the mount itself, never cached (flag n).
+        assert!(
+            j.starts_with("G: s:EX ") && j.contains(" f:n ") && j.contains(" h:0/1 "),
+            "{j}"
+        );
+        assert!(line("1/1").starts_with("G: s:SH "), "{text}");
+        // Not a mount point of ours: a clear refusal.
+        let out = Command::new(bin()).arg("glocks").arg("/").output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+    });
+}

@@ -39,6 +39,8 @@ struct GlState {
     /// away before it has its holder (the kernel grants the holder whose
     /// request promoted the glock before running a pending demote).
     promoting: bool,
+    /// Local requests waiting for this glock.
+    waiters: u32,
 }
 
 impl GlState {
@@ -69,6 +71,15 @@ impl Glock {
 
     fn lock_st(&self) -> MutexGuard<'_, GlState> {
         self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wait for a change of state as a local request that is not granted
+    /// yet (counted in the glock dump's `w:`).
+    fn wait_as_waiter<'a>(&self, mut st: MutexGuard<'a, GlState>) -> MutexGuard<'a, GlState> {
+        st.waiters += 1;
+        let mut st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        st.waiters -= 1;
+        st
     }
 }
 
@@ -263,6 +274,7 @@ impl GlockTable {
                         demote: None,
                         nocache: false,
                         promoting: false,
+                        waiters: 0,
                     }),
                     cv: Condvar::new(),
                 })
@@ -314,7 +326,7 @@ impl GlockTable {
                 self.queue_demote(&gl);
                 st = gl.lock_st();
                 if !st.busy && st.demote.is_some() {
-                    st = gl.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                    st = gl.wait_as_waiter(st);
                 }
                 continue;
             }
@@ -342,7 +354,7 @@ impl GlockTable {
                             st = gl.lock_st();
                         }
                         while st.busy {
-                            st = gl.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                            st = gl.wait_as_waiter(st);
                         }
                     }
                     Err(e) => {
@@ -366,7 +378,7 @@ impl GlockTable {
                 gl.cv.notify_all();
                 continue;
             }
-            st = gl.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+            st = gl.wait_as_waiter(st);
         }
     }
 
@@ -492,6 +504,60 @@ impl GlockTable {
         if due {
             self.queue_demote(gl);
         }
+    }
+
+    /// This node's glocks as text, one line each, in the spirit of the
+    /// kernel's debugfs `glocks` file:
+    /// `G: s:EX n:2/805b f:bDnp d:UN h:1/0 w:2`, that is the state granted
+    /// by the lock manager (UN, SH, DF, EX as the kernel names NL, PR, CW,
+    /// EX; `-` for no lock), the name (type/number in hex), flags (`b` a
+    /// request in flight, `D` a demotion pending, `n` not cached, `p` a
+    /// granted request whose holder is on its way), the demotion's target,
+    /// the holders (shared/exclusive) and the local requests waiting.
+    pub fn dump(&self) -> String {
+        fn state(m: Option<Mode>) -> &'static str {
+            match m {
+                None => "-",
+                Some(Mode::NL) | Some(Mode::CR) => "UN",
+                Some(Mode::CW) => "DF",
+                Some(Mode::PR) => "SH",
+                Some(Mode::PW) | Some(Mode::EX) => "EX",
+            }
+        }
+        let mut all: Vec<Arc<Glock>> = self
+            .glocks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by_key(|g| g.name);
+        let mut out = String::new();
+        for gl in all {
+            let st = gl.lock_st();
+            let flags: String = [
+                (st.busy, 'b'),
+                (st.demote.is_some(), 'D'),
+                (st.nocache, 'n'),
+                (st.promoting, 'p'),
+            ]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, c)| *c)
+            .collect();
+            out.push_str(&format!(
+                "G: s:{} n:{:x}/{:x} f:{} d:{} h:{}/{} w:{}\n",
+                state(st.held),
+                gl.name.lk_type,
+                gl.name.number,
+                flags,
+                st.demote.map_or("-", |d| state(Some(d))),
+                st.shared,
+                u32::from(st.exclusive),
+                st.waiters,
+            ));
+        }
+        out
     }
 
     /// Current lock-manager mode of a glock (for tests and diagnostics).
