@@ -136,6 +136,9 @@ pub struct Fs {
     /// The lock on our journal (type 9, number jid), held exclusively for
     /// the whole mount so that no other node uses it (none for spectators).
     _journal: Option<Holder>,
+    /// Alone on the disk (`lock_nolock`): no other node can have an inode
+    /// open or in its caches.
+    nolock: bool,
     /// How the first [`Fs::unmount`] ended; later calls return it.
     unmounted: std::sync::Mutex<Option<std::result::Result<(), String>>>,
 }
@@ -215,6 +218,7 @@ impl Fs {
             writer: None,
             _live: live,
             _journal: None,
+            nolock,
             unmounted: Default::default(),
         };
         let master = fs.sb.master_dir.addr;
@@ -361,6 +365,7 @@ impl Fs {
             log,
             busy: Default::default(),
             open: Default::default(),
+            iopen: Default::default(),
             rindex,
             master_statfs: hdr.master_statfs_addr,
             local_statfs: hdr.statfs_addr,
@@ -565,6 +570,10 @@ impl Fs {
     /// The metadata cache.
     pub fn cache(&self) -> &Arc<BufCache> {
         &self.cache
+    }
+    /// Is this node alone on the disk (`lock_nolock`)?
+    pub fn is_single_node(&self) -> bool {
+        self.nolock
     }
     /// The mount options.
     pub fn options(&self) -> &MountOptions {

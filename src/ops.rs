@@ -31,6 +31,11 @@ pub struct Writer {
     pub busy: HashSet<u64>,
     /// Open handles per inode (unlinked inodes are freed at last close).
     pub open: HashMap<u64, u32>,
+    /// The iopen glock (shared, uncached) of every inode with open handles:
+    /// other nodes then know it is in use here. Whoever unlinks or closes an
+    /// unlinked inode frees it only if it can take that glock exclusively,
+    /// that is when no node has it open (the kernel's iopen protocol).
+    pub iopen: HashMap<u64, Holder>,
     /// Resource groups sorted by address.
     pub rindex: Vec<Rindex>,
     /// The master statfs file.
@@ -82,6 +87,11 @@ fn touch_c(di: &mut Dinode) {
     let (s, ns) = now();
     di.ctime = s;
     di.ctime_nsec = ns;
+}
+
+/// The iopen glock of inode `ino`.
+fn iopen_glock(ino: u64) -> ResName {
+    ResName::new(gfs2_lockproto::lm_type::IOPEN, ino)
 }
 
 fn errno(e: i32) -> FsError {
@@ -753,10 +763,12 @@ impl Fs {
         touch_c(&mut di);
         put_dinode(tx, &di)?;
         if di.nlink == 0 {
-            if open.get(&ino).copied().unwrap_or(0) > 0 {
-                rgrp::set_dinode_state(tx, al.rindex, ino, BlockState::Unlinked)?;
-            } else {
+            let open_here = open.get(&ino).copied().unwrap_or(0) > 0;
+            if !open_here && tx.try_take_uncached(iopen_glock(ino), Mode::EX)? {
                 Self::dealloc(tx, al, ino)?;
+            } else {
+                // Open here or on another node: the last to close frees it.
+                rgrp::set_dinode_state(tx, al.rindex, ino, BlockState::Unlinked)?;
             }
         }
         Ok(())
@@ -776,8 +788,15 @@ impl Fs {
                     .contains_key(&target)
             })
             .unwrap_or(false);
-        if !dir && ta.nlink == 1 && ta.mode & S_IFMT == 0o100000 && unopened {
+        if !dir
+            && ta.nlink == 1
+            && ta.mode & S_IFMT == 0o100000
+            && unopened
+            && self.is_single_node()
+        {
             // Its data goes with it: free it in bounded transactions first.
+            // (In a cluster another node may have it open: the last to
+            // close it frees it whole, see drop_link.)
             self.free_tail_in_chunks(target, 0)?;
         }
         self.modify(&[parent, target], |tx, al, open| {
@@ -1167,8 +1186,19 @@ impl Fs {
     /// A file handle was opened on `ino`.
     pub fn open_inode(&self, ino: u64) {
         if let Some(w) = self.writer() {
+            // Taken before the writer lock: it may wait for another node.
+            let h = match self.glocks().acquire_uncached(iopen_glock(ino), Mode::PR) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::error!("iopen glock of inode {ino}: {e}");
+                    None
+                }
+            };
             let mut wg = w.lock().unwrap_or_else(|e| e.into_inner());
             *wg.open.entry(ino).or_default() += 1;
+            if let Some(h) = h {
+                wg.iopen.entry(ino).or_insert(h);
+            }
         }
     }
 
@@ -1187,6 +1217,7 @@ impl Fs {
                 }
                 Some(_) => {
                     wg.open.remove(&ino);
+                    wg.iopen.remove(&ino);
                     true
                 }
                 None => false,
@@ -1200,7 +1231,10 @@ impl Fs {
                 return Ok(());
             }
             let di = dinode(tx, ino)?;
-            if di.nlink == 0 && rgrp::state(tx, al.rindex, ino)? == BlockState::Unlinked {
+            if di.nlink == 0
+                && rgrp::state(tx, al.rindex, ino)? == BlockState::Unlinked
+                && tx.try_take_uncached(iopen_glock(ino), Mode::EX)?
+            {
                 Self::dealloc(tx, al, ino)?;
             }
             Ok(())

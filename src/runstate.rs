@@ -140,20 +140,29 @@ fn wait_exit(pid: i32, mountpoint: &Path) {
     }
 }
 
+/// The one MOUNTPOINT argument of a subcommand; `--help` prints `usage`
+/// (exit 0), anything else than one argument is a usage error (exit 2).
+fn the_mountpoint<'a>(args: &'a [String], usage: &str) -> &'a str {
+    match args {
+        [h] if h == "-h" || h == "--help" => {
+            println!("{usage}");
+            std::process::exit(0);
+        }
+        [mnt] => mnt,
+        _ => {
+            eprintln!("{usage}");
+            std::process::exit(2);
+        }
+    }
+}
+
 /// `gfs2-fuse umount MOUNTPOINT`: unmount, wait until the daemon has
 /// finished with the disk, and exit 0 only if it left it clean.
 pub fn umount_main(args: &[String]) -> ! {
     let usage = "usage: gfs2-fuse umount MOUNTPOINT\n\
         Unmounts a gfs2-fuse mount and returns once the daemon has flushed everything,\n\
         marked its journal clean and released the device (exit 0), or says why not (exit 1).";
-    let [mnt] = args else {
-        eprintln!("{usage}");
-        std::process::exit(2);
-    };
-    if mnt == "-h" || mnt == "--help" {
-        println!("{usage}");
-        std::process::exit(0);
-    }
+    let mnt = the_mountpoint(args, usage);
     let (canon, daemon) = daemon_of(mnt).unwrap_or_else(|e| {
         eprintln!("gfs2-fuse umount: {e}");
         std::process::exit(1);
@@ -221,14 +230,7 @@ pub fn glocks_main(args: &[String]) -> ! {
         G: s:STATE n:TYPE/NUMBER f:FLAGS d:DEMOTE h:SHARED/EXCLUSIVE w:WAITING\n\
         STATE is UN, SH, DF or EX (- for no lock); FLAGS: b request in flight,\n\
         D demotion pending, n not cached, p grant on its way to a holder.";
-    let [mnt] = args else {
-        eprintln!("{usage}");
-        std::process::exit(2);
-    };
-    if mnt == "-h" || mnt == "--help" {
-        println!("{usage}");
-        std::process::exit(0);
-    }
+    let mnt = the_mountpoint(args, usage);
     let (state, pid) = match daemon_of(mnt) {
         Ok((_, Some(d))) => d,
         Ok((_, None)) => {

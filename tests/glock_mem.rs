@@ -250,3 +250,52 @@ fn two_nodes_write_one_filesystem() {
     std::fs::write(&out.0, &bytes).unwrap();
     fsck_clean(&out.0, "after two nodes wrote");
 }
+
+/// An inode unlinked on node A while open on node B stays readable on B;
+/// it is freed when B closes it, by B alone, and the disk is clean after.
+#[test]
+fn unlinked_while_open_elsewhere() {
+    let img = mkfs(4096, 2, 128, "memio");
+    let dev = Arc::new(OverlayDevice::new(Arc::new(std::fs::read(&img.0).unwrap())));
+    let mgr = MemLockManager::new();
+    let mount = || {
+        let opts = MountOptions {
+            lock_module: Some(mgr.proto()),
+            locktable: Some("test:fsio".into()),
+            ..Default::default()
+        };
+        Fs::mount(dev.clone(), opts).unwrap()
+    };
+    let a = mount();
+    let b = mount();
+    let root = a.root();
+    let free0 = a.statfs().unwrap().bfree;
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let f = a
+        .mknod(root, b"f", libc::S_IFREG | 0o644, 0, 0, 0, 0, None)
+        .unwrap()
+        .ino;
+    a.write(f, 0, &data).unwrap();
+    b.open_inode(f);
+    assert_eq!(b.read(f, 0, data.len()).unwrap(), data);
+    a.remove(root, b"f", false).unwrap();
+    assert!(a.lookup(root, b"f").is_err());
+    assert!(b.lookup(root, b"f").is_err());
+    // Still readable where it is open, with its blocks still allocated.
+    assert_eq!(b.read(f, 0, data.len()).unwrap(), data, "B lost the data");
+    assert!(
+        a.statfs().unwrap().bfree < free0 - 70,
+        "freed while open on B"
+    );
+    b.release_inode(f).unwrap();
+    assert_eq!(a.statfs().unwrap().bfree, free0, "not freed after B closed");
+    a.unmount().unwrap();
+    b.unmount().unwrap();
+    let out = std::env::temp_dir().join(format!("gfs2t-memio-out-{}.img", std::process::id()));
+    let out = TempPath(out);
+    use gfs2fuse::dev::BlockDevice;
+    let mut bytes = vec![0u8; dev.size() as usize];
+    dev.read_at(&mut bytes, 0).unwrap();
+    std::fs::write(&out.0, &bytes).unwrap();
+    fsck_clean(&out.0, "after an unlink while open on another node");
+}

@@ -286,6 +286,14 @@ impl GlockTable {
         self.ops.get(&name.lk_type)
     }
 
+    /// [`GlockTable::acquire`] of a glock that is given up as soon as its
+    /// last holder goes (`GL_NOCACHE`): for iopen glocks, whose holders on
+    /// other nodes are only ever asked for with try-locks.
+    pub fn acquire_uncached(self: &Arc<Self>, name: ResName, mode: Mode) -> Result<Holder> {
+        self.get(name).lock_st().nocache = true;
+        self.acquire(name, mode)
+    }
+
     /// Take a holder on `name` in `mode` (PR for reading, EX for changing),
     /// promoting the lock through the lock module when needed. Blocks until
     /// the lock is granted.
@@ -413,7 +421,14 @@ impl GlockTable {
         let gl = self.get(name);
         let mut st = gl.lock_st();
         st.nocache |= nocache;
-        if st.busy || st.demote.is_some() || st.exclusive || (mode == Mode::EX && st.shared > 0) {
+        // An uncached glock's demotion is only ever to let go of it: wait
+        // for one under way (local work, no other glock involved) and then
+        // try from where it left us, rather than failing for nothing.
+        while st.nocache && st.busy {
+            st = gl.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        let demote_blocks = st.demote.is_some() && !st.nocache;
+        if st.busy || demote_blocks || st.exclusive || (mode == Mode::EX && st.shared > 0) {
             return Ok(None);
         }
         if st.held.is_none_or(|h| h < mode) {

@@ -92,6 +92,23 @@ impl<'c> Txn<'c> {
         }
     }
 
+    /// Take `glock` in `mode`, uncached, if that needs no waiting; `false`
+    /// when another node holds it. For iopen glocks: whoever gets one
+    /// exclusively knows no other node has the inode open.
+    pub fn try_take_uncached(&mut self, glock: ResName, mode: Mode) -> Result<bool> {
+        if self.held.get(&glock).is_some_and(|&m| m >= mode) {
+            return Ok(true);
+        }
+        match self.glocks.try_acquire_nocache(glock, mode)? {
+            Some(h) => {
+                self.held.insert(glock, h.mode());
+                self.taken.push(h);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     /// The holders this transaction took: the operation keeps them until
     /// its changes are published.
     pub fn take_holders(&mut self) -> Vec<Holder> {
