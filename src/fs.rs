@@ -135,7 +135,7 @@ pub struct Fs {
     _live: Holder,
     /// The lock on our journal (type 9, number jid), held exclusively for
     /// the whole mount so that no other node uses it (none for spectators).
-    _journal: Option<Holder>,
+    journal_gh: Option<Holder>,
     /// Alone on the disk (`lock_nolock`): no other node can have an inode
     /// open or in its caches.
     nolock: bool,
@@ -217,7 +217,7 @@ impl Fs {
             jid: 0,
             writer: None,
             _live: live,
-            _journal: None,
+            journal_gh: None,
             nolock,
             unmounted: Default::default(),
         };
@@ -227,7 +227,7 @@ impl Fs {
         if !fs.opts.spectator {
             let (jid, holder) = fs.claim_journal()?;
             fs.jid = jid;
-            fs._journal = Some(holder);
+            fs.journal_gh = Some(holder);
         }
         let rindex = fs.lookup_sys(master, b"rindex")?;
         fs.rindex = fs.read_rindex(rindex)?;
@@ -273,8 +273,8 @@ impl Fs {
             Self::start_commit_timer(&fs);
         }
         // Only a node alone on the disk may free what a crash left unlinked:
-        // in a cluster another node may still have such an inode open, which
-        // the iopen glocks must decide (not built yet), so it is left alone.
+        // in a cluster another node may still have such an inode open; this
+        // scan does not try their iopen glocks yet, so it is left alone.
         if fs.writer.is_some() && nolock {
             let weak = Arc::downgrade(&fs);
             let _ = std::thread::Builder::new()
@@ -414,7 +414,7 @@ impl Fs {
         for j in &self.journals {
             // Our own journal's lock is held already (claim_journal); a
             // journal whose lock another node holds is that live node's.
-            let jgh = if self._journal.is_some() && j.jid == self.jid {
+            let jgh = if self.journal_gh.is_some() && j.jid == self.jid {
                 None
             } else {
                 let name = ResName::new(lm_type::JOURNAL, u64::from(j.jid));
