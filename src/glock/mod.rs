@@ -422,9 +422,11 @@ impl GlockTable {
         let mut st = gl.lock_st();
         st.nocache |= nocache;
         // An uncached glock's demotion is only ever to let go of it: wait
-        // for one under way (local work, no other glock involved) and then
-        // try from where it left us, rather than failing for nothing.
-        while st.nocache && st.busy {
+        // for one under way (a down-conversion, granted at once, no other
+        // glock involved) and then try from where it left us, rather than
+        // failing for nothing. A promotion in flight may wait on another
+        // node: never wait for that (the caller may hold the writer lock).
+        while st.nocache && st.busy && !st.promoting {
             st = gl.cv.wait(st).unwrap_or_else(|e| e.into_inner());
         }
         let demote_blocks = st.demote.is_some() && !st.nocache;
