@@ -36,17 +36,15 @@ fn state_dir() -> PathBuf {
 }
 
 /// The device number (`MAJ:MIN`) and type of the mount at the absolute,
-/// canonical path `mountpoint`, from `/proc/self/mountinfo` (asking the
-/// mount itself would wait on the daemon, which may not be serving yet).
-/// The last entry wins: a mount on top of another hides it.
+/// canonical path `mountpoint` (see [`crate::dev::mountinfo`]). The last
+/// entry wins: a mount on top of another hides it.
 fn mount_entry(mountpoint: &Path) -> Option<(String, String)> {
-    let want = mountpoint.to_str()?.replace(' ', "\\040");
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().rev().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        let sep = f.iter().position(|x| *x == "-")?;
-        (f.get(4)? == &want).then(|| Some((f.get(2)?.to_string(), f.get(sep + 1)?.to_string())))?
-    })
+    let want = crate::dev::mountinfo::escape(mountpoint.to_str()?);
+    crate::dev::mountinfo::mounts()
+        .into_iter()
+        .rev()
+        .find(|m| m.point == want)
+        .map(|m| (m.dev, m.fstype))
 }
 
 /// The state file of the mount at `mountpoint` (absolute and canonical).

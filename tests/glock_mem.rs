@@ -126,6 +126,27 @@ fn one_journal_per_node() {
     c.unmount().unwrap();
 }
 
+/// A node of lock table `test:TABLE` on `dev`, with the first free journal.
+fn cluster_node(dev: &Arc<OverlayDevice>, mgr: &MemLockManager, table: &str) -> Arc<Fs> {
+    let opts = MountOptions {
+        lock_module: Some(mgr.proto()),
+        locktable: Some(format!("test:{table}")),
+        ..Default::default()
+    };
+    Fs::mount(dev.clone(), opts).unwrap()
+}
+
+/// gfs2-utils' `fsck.gfs2 -n` of the disk as the nodes left it.
+fn fsck_overlay(dev: &OverlayDevice, tag: &str, what: &str) {
+    use gfs2fuse::dev::BlockDevice;
+    let out = std::env::temp_dir().join(format!("gfs2t-{tag}-out-{}.img", std::process::id()));
+    let out = TempPath(out);
+    let mut bytes = vec![0u8; dev.size() as usize];
+    dev.read_at(&mut bytes, 0).unwrap();
+    std::fs::write(&out.0, &bytes).unwrap();
+    fsck_clean(&out.0, what);
+}
+
 /// The names in directory `dir` as node `fs` lists them.
 fn names(fs: &Fs, dir: u64) -> std::collections::BTreeSet<String> {
     let mut out = std::collections::BTreeSet::new();
@@ -152,16 +173,8 @@ fn two_nodes_write_one_filesystem() {
     let img = mkfs(4096, 2, 256, "mem2w");
     let dev = Arc::new(OverlayDevice::new(Arc::new(std::fs::read(&img.0).unwrap())));
     let mgr = MemLockManager::new();
-    let mount = || {
-        let opts = MountOptions {
-            lock_module: Some(mgr.proto()),
-            locktable: Some("test:fs2w".into()),
-            ..Default::default()
-        };
-        Fs::mount(dev.clone(), opts).unwrap()
-    };
-    let a = mount();
-    let b = mount();
+    let a = cluster_node(&dev, &mgr, "fs2w");
+    let b = cluster_node(&dev, &mgr, "fs2w");
     let root = a.root();
     let dir = libc::S_IFDIR | 0o755;
     let file = libc::S_IFREG | 0o644;
@@ -242,13 +255,7 @@ fn two_nodes_write_one_filesystem() {
     a.unmount().unwrap();
     b.unmount().unwrap();
     // The disk as both nodes left it, checked by gfs2-utils.
-    let out = std::env::temp_dir().join(format!("gfs2t-mem2w-out-{}.img", std::process::id()));
-    let out = TempPath(out);
-    use gfs2fuse::dev::BlockDevice;
-    let mut bytes = vec![0u8; dev.size() as usize];
-    dev.read_at(&mut bytes, 0).unwrap();
-    std::fs::write(&out.0, &bytes).unwrap();
-    fsck_clean(&out.0, "after two nodes wrote");
+    fsck_overlay(&dev, "mem2w", "after two nodes wrote");
 }
 
 /// An inode unlinked on node A while open on node B stays readable on B;
@@ -258,16 +265,8 @@ fn unlinked_while_open_elsewhere() {
     let img = mkfs(4096, 2, 128, "memio");
     let dev = Arc::new(OverlayDevice::new(Arc::new(std::fs::read(&img.0).unwrap())));
     let mgr = MemLockManager::new();
-    let mount = || {
-        let opts = MountOptions {
-            lock_module: Some(mgr.proto()),
-            locktable: Some("test:fsio".into()),
-            ..Default::default()
-        };
-        Fs::mount(dev.clone(), opts).unwrap()
-    };
-    let a = mount();
-    let b = mount();
+    let a = cluster_node(&dev, &mgr, "fsio");
+    let b = cluster_node(&dev, &mgr, "fsio");
     let root = a.root();
     let free0 = a.statfs().unwrap().bfree;
     let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
@@ -291,11 +290,5 @@ fn unlinked_while_open_elsewhere() {
     assert_eq!(a.statfs().unwrap().bfree, free0, "not freed after B closed");
     a.unmount().unwrap();
     b.unmount().unwrap();
-    let out = std::env::temp_dir().join(format!("gfs2t-memio-out-{}.img", std::process::id()));
-    let out = TempPath(out);
-    use gfs2fuse::dev::BlockDevice;
-    let mut bytes = vec![0u8; dev.size() as usize];
-    dev.read_at(&mut bytes, 0).unwrap();
-    std::fs::write(&out.0, &bytes).unwrap();
-    fsck_clean(&out.0, "after an unlink while open on another node");
+    fsck_overlay(&dev, "memio", "after an unlink while open on another node");
 }

@@ -118,15 +118,13 @@ fn holder_of(meta: &std::fs::Metadata) -> Option<String> {
     })
 }
 
-/// Where the block device `rdev` is mounted, from `/proc/self/mountinfo`
-/// (its third field is the mounted filesystem's device, `MAJ:MIN`).
+/// Where the block device `rdev` is mounted, if anywhere.
 pub fn mounted_on(rdev: u64) -> Option<String> {
     let want = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|l| {
-        let mut f = l.split(' ');
-        (f.nth(2)? == want).then(|| f.nth(1).map(str::to_string))?
-    })
+    super::mountinfo::mounts()
+        .into_iter()
+        .find(|m| m.dev == want)
+        .map(|m| m.point)
 }
 
 /// The pid of the granted `FLOCK` on inode `ino` of device `dev` in the

@@ -79,16 +79,10 @@ impl<'c> Txn<'c> {
     /// [`FsError::NeedGlock`] for the operation to wait for it outside the
     /// transaction, in lock order.
     pub fn require(&mut self, glock: ResName, mode: Mode) -> Result<()> {
-        if self.held.get(&glock).is_some_and(|&m| m >= mode) {
-            return Ok(());
-        }
-        match self.glocks.try_acquire(glock, mode)? {
-            Some(h) => {
-                self.held.insert(glock, h.mode());
-                self.taken.push(h);
-                Ok(())
-            }
-            None => Err(FsError::NeedGlock(glock, mode)),
+        if self.take(glock, mode, false)? {
+            Ok(())
+        } else {
+            Err(FsError::NeedGlock(glock, mode))
         }
     }
 
@@ -96,17 +90,25 @@ impl<'c> Txn<'c> {
     /// when another node holds it. For iopen glocks: whoever gets one
     /// exclusively knows no other node has the inode open.
     pub fn try_take_uncached(&mut self, glock: ResName, mode: Mode) -> Result<bool> {
+        self.take(glock, mode, true)
+    }
+
+    /// Hold `glock` in `mode` or stronger, taking it here if that needs no
+    /// waiting; `false` if it would.
+    fn take(&mut self, glock: ResName, mode: Mode, uncached: bool) -> Result<bool> {
         if self.held.get(&glock).is_some_and(|&m| m >= mode) {
             return Ok(true);
         }
-        match self.glocks.try_acquire_nocache(glock, mode)? {
-            Some(h) => {
-                self.held.insert(glock, h.mode());
-                self.taken.push(h);
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+        let h = if uncached {
+            self.glocks.try_acquire_nocache(glock, mode)?
+        } else {
+            self.glocks.try_acquire(glock, mode)?
+        };
+        Ok(h.is_some_and(|h| {
+            self.held.insert(glock, h.mode());
+            self.taken.push(h);
+            true
+        }))
     }
 
     /// The holders this transaction took: the operation keeps them until
