@@ -139,6 +139,8 @@ pub struct Fs {
     /// Alone on the disk (`lock_nolock`): no other node can have an inode
     /// open or in its caches.
     nolock: bool,
+    /// The inode and rgrp glocks' operations (for the invalidation hook).
+    cache_ops: Arc<CacheOps>,
     /// How the first [`Fs::unmount`] ended; later calls return it.
     unmounted: std::sync::Mutex<Option<std::result::Result<(), String>>>,
 }
@@ -219,6 +221,7 @@ impl Fs {
             _live: live,
             journal_gh: None,
             nolock,
+            cache_ops: cops.clone(),
             unmounted: Default::default(),
         };
         let master = fs.sb.master_dir.addr;
@@ -571,6 +574,14 @@ impl Fs {
     pub fn cache(&self) -> &Arc<BufCache> {
         &self.cache
     }
+    /// Have `f` told the number of every inode whose glock this node gives
+    /// up (see [`crate::glock::ops::InvalFn`]); `None` stops it. Called from
+    /// the demotion worker, or from a thread whose glock conversion had to
+    /// wait, never with a glock's state locked.
+    pub fn on_inode_invalidate(&self, f: Option<crate::glock::ops::InvalFn>) {
+        self.cache_ops.set_on_inval(f);
+    }
+
     /// Is this node alone on the disk (`lock_nolock`)?
     pub fn is_single_node(&self) -> bool {
         self.nolock

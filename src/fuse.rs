@@ -25,8 +25,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub mod blkmount;
 mod listing;
 
-/// How long the kernel may cache attributes and entries. With a cluster lock
-/// manager another node may change things at any time, so keep it short.
+/// How long the kernel may cache attributes, and names on a node alone on
+/// its disk. In a cluster an inode's attributes stay cached only while this
+/// node holds its glock: giving the glock up tells the kernel to drop them
+/// (attributes, and with them, through `AUTO_INVAL_DATA`, pages and
+/// listings whose mtime moved), see [`invalidate_on_demote`].
 const TTL: Duration = Duration::from_secs(1);
 
 /// FUSE-side options.
@@ -38,6 +41,11 @@ pub struct FuseOptions {
     pub threads: Option<usize>,
     /// Name shown in /proc/mounts as the source.
     pub fsname: String,
+    /// Other nodes of this process mount the same device (`lock_mem`): a
+    /// `fuseblk` mount then never stands on the block device itself, since
+    /// two such mounts of one block device would share one superblock, and
+    /// with it one daemon's node; each gets a loop device of its own.
+    pub shared_device: bool,
 }
 
 /// The `fuser::Filesystem` over a mounted [`Fs`].
@@ -48,6 +56,12 @@ pub struct Gfs2Fuse {
     /// listing costs one walk however many READDIR calls it takes.
     listings: std::sync::Mutex<std::collections::HashMap<u64, Arc<Listing>>>,
     next_fh: std::sync::atomic::AtomicU64,
+    /// How long the kernel may keep a name: [`TTL`] alone on the disk; in a
+    /// cluster none, since a name belongs to its directory's glock and the
+    /// kernel's name cache can only be told of a name it is asked about
+    /// (FUSE's entry invalidation takes the directory's inode lock, which a
+    /// request waiting for that very glock may hold: a deadlock).
+    entry_ttl: Duration,
 }
 
 fn errno(e: &FsError) -> Errno {
@@ -126,10 +140,16 @@ fn dtype_kind(dt: u16) -> FileType {
 impl Gfs2Fuse {
     /// An adapter over `fs`.
     pub fn new(fs: Arc<Fs>) -> Self {
+        let entry_ttl = if fs.is_single_node() {
+            TTL
+        } else {
+            Duration::ZERO
+        };
         Gfs2Fuse {
             fs,
             listings: Default::default(),
             next_fh: std::sync::atomic::AtomicU64::new(1),
+            entry_ttl,
         }
     }
 
@@ -204,7 +224,12 @@ fn empty(r: crate::error::Result<()>, reply: ReplyEmpty) {
 impl Gfs2Fuse {
     fn entry(&self, r: crate::error::Result<Attr>, reply: ReplyEntry) {
         match r {
-            Ok(a) => reply.entry(&TTL, &self.attr(&a), Generation(a.generation)),
+            Ok(a) => reply.entry_with_ttls(
+                &TTL,
+                &self.entry_ttl,
+                &self.attr(&a),
+                Generation(a.generation),
+            ),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -239,6 +264,7 @@ impl fuser::Filesystem for Gfs2Fuse {
     /// FUSE_DESTROY of a `fuseblk` mount: umount(2) waits for our reply,
     /// so the disk is clean and free before it returns.
     fn unmounting(&self) {
+        self.fs.on_inode_invalidate(None);
         if let Err(e) = self.fs.unmount() {
             tracing::error!("unmount: {e}");
         }
@@ -248,6 +274,7 @@ impl fuser::Filesystem for Gfs2Fuse {
     /// DESTROY comes then), or this follows [`Self::unmounting`] and does
     /// nothing.
     fn destroy(&mut self) {
+        self.fs.on_inode_invalidate(None);
         if let Err(e) = self.fs.unmount() {
             tracing::error!("unmount: {e}");
         }
@@ -255,7 +282,12 @@ impl fuser::Filesystem for Gfs2Fuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(self.ino(parent), name.as_bytes()) {
-            Ok(a) => reply.entry(&TTL, &self.attr(&a), Generation(a.generation)),
+            Ok(a) => reply.entry_with_ttls(
+                &TTL,
+                &self.entry_ttl,
+                &self.attr(&a),
+                Generation(a.generation),
+            ),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -319,7 +351,7 @@ impl fuser::Filesystem for Gfs2Fuse {
             Ok(a) => {
                 self.fs.open_inode(a.ino);
                 reply.created(
-                    &TTL,
+                    &self.entry_ttl,
                     &self.attr(&a),
                     Generation(a.generation),
                     FileHandle(0),
@@ -676,7 +708,7 @@ impl fuser::Filesystem for Gfs2Fuse {
                         fa.ino,
                         it.next,
                         OsStr::from_bytes(it.name),
-                        &TTL,
+                        &self.entry_ttl,
                         &fa,
                         Generation(a.generation),
                     );
@@ -853,6 +885,30 @@ pub fn config(fs: &Fs, opts: &FuseOptions) -> fuser::Config {
     c
 }
 
+/// In a cluster, have every inode glock this node gives up drop the
+/// kernel's attributes of that inode (`FUSE_NOTIFY_INVAL_INODE` with a
+/// negative offset: attributes only). The next use asks us again, under
+/// the glock; pages and directory listings go with `AUTO_INVAL_DATA` when
+/// the refreshed mtime or size differ. Pages are not dropped here: that
+/// waits for page locks, and a read holding one may be waiting for this
+/// very glock. An attribute reply already on its way when the glock went
+/// is discarded by the kernel (its attribute version is older).
+fn invalidate_on_demote(fs: &Arc<Fs>, notifier: fuser::Notifier) {
+    if fs.is_single_node() {
+        return;
+    }
+    let root = fs.root();
+    fs.on_inode_invalidate(Some(Arc::new(move |ino| {
+        let fino = if ino == root { 1 } else { ino };
+        // ENOENT: the kernel has no such inode cached; nothing to drop.
+        if let Err(e) = notifier.inval_inode(INodeNo(fino), -1, 0) {
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                tracing::debug!(ino, "FUSE invalidation: {e}");
+            }
+        }
+    })));
+}
+
 /// Mount `fs` at `mountpoint` and serve it on background threads until the
 /// returned session is dropped or unmounted.
 pub fn spawn(
@@ -861,7 +917,9 @@ pub fn spawn(
     opts: &FuseOptions,
 ) -> std::io::Result<fuser::BackgroundSession> {
     let cfg = config(&fs, opts);
-    fuser::spawn_mount(Gfs2Fuse::new(fs), mountpoint, &cfg)
+    let s = fuser::spawn_mount(Gfs2Fuse::new(fs.clone()), mountpoint, &cfg)?;
+    invalidate_on_demote(&fs, s.notifier());
+    Ok(s)
 }
 
 /// A mounted session that is not yet serving: lets the caller report success
@@ -884,7 +942,10 @@ pub fn session(
     opts: &FuseOptions,
 ) -> std::io::Result<Mounted> {
     let cfg = config(&fs, opts);
-    let token = blkmount::Token::for_device(device, &opts.fsname);
+    let mut token = blkmount::Token::for_device(device, &opts.fsname);
+    if opts.shared_device && matches!(token, blkmount::Token::BlockDevice(_)) {
+        token = blkmount::Token::Network(&opts.fsname);
+    }
     if let blkmount::Token::BlockDevice(p) = &token {
         // A second fuseblk mount of one block device would silently share
         // the first one's superblock, and with it the first daemon.
@@ -898,12 +959,13 @@ pub fn session(
     match blkmount::mount(&token, mountpoint, opts, read_only(&fs)) {
         Ok((fd, src)) => {
             tracing::info!("fuseblk mount on {}", src.display());
-            match fuser::Session::from_fd(Gfs2Fuse::new(fs), fd, cfg.acl, cfg) {
+            match fuser::Session::from_fd(Gfs2Fuse::new(fs.clone()), fd, cfg.acl, cfg) {
                 Ok(session) => {
+                    invalidate_on_demote(&fs, session.notifier());
                     return Ok(Mounted {
                         session,
                         fuseblk: true,
-                    })
+                    });
                 }
                 Err(e) => {
                     let _ = blkmount::unmount(mountpoint, true);
@@ -926,7 +988,9 @@ pub fn session(
         }
         Err(e) => return Err(e),
     }
-    fuser::Session::new(Gfs2Fuse::new(fs), mountpoint, &cfg).map(|session| Mounted {
+    let session = fuser::Session::new(Gfs2Fuse::new(fs.clone()), mountpoint, &cfg)?;
+    invalidate_on_demote(&fs, session.notifier());
+    Ok(Mounted {
         session,
         fuseblk: false,
     })

@@ -3,9 +3,13 @@
 //! ```text
 //! gfs2-fuse mount DEVICE MOUNTPOINT [-o OPTIONS] [-f]
 //! gfs2-fuse DEVICE MOUNTPOINT [-o OPTIONS] [-f]     (the form mount.fuse3 uses)
+//! gfs2-fuse mount DEVICE MNT1 MNT2 [MNT3...] -o lockproto=lock_mem [-f]
 //! ```
 //! Without `-f` the program detaches once the mount is ready; mount errors
-//! are reported before that, with a non-zero exit status.
+//! are reported before that, with a non-zero exit status. With several
+//! mount points, each is a node of its own (its own journal, glocks, caches
+//! and device handle) and all share one in-process lock manager: the test
+//! and demo mode of the cluster code.
 
 use anyhow::{anyhow, bail, Context, Result};
 use gfs2fuse::dev::spec;
@@ -19,7 +23,8 @@ use std::sync::Arc;
 
 struct Args {
     device: PathBuf,
-    mountpoint: PathBuf,
+    /// One node per mount point.
+    mountpoints: Vec<PathBuf>,
     foreground: bool,
     mount: MountOptions,
     fuse: FuseOptions,
@@ -28,13 +33,16 @@ struct Args {
 const USAGE: &str = concat!(
     "usage: gfs2-fuse mount DEVICE MOUNTPOINT [-o OPTIONS] [-f]\n",
     "       gfs2-fuse DEVICE MOUNTPOINT [-o OPTIONS] [-f]   (the form mount.fuse3 uses)\n",
+    "       gfs2-fuse mount DEVICE MNT1 MNT2 [MNT3...] -o lockproto=lock_mem [-f]\n",
+    "                 (one cluster node per mount point, all in this process, sharing an\n",
+    "                 in-process lock manager: for tests and demos; kill -9 crashes them all)\n",
     "       gfs2-fuse umount MOUNTPOINT   (unmount; returns once the disk is clean)\n",
     "       gfs2-fuse glocks MOUNTPOINT   (this node's glocks, like debugfs glocks)\n",
     "       gfs2-fuse scan [--no-local] [TARGET...]   (list GFS2 filesystems)\n",
     "DEVICE:  an image file or block device, nbd://host[:port]/export,\n",
     "         nbd+unix:///export?socket=PATH, aoe:eSHELF.SLOT@IFACE,\n",
     "         iscsi://[user[%secret]@]host[:port]/IQN/LUN, UUID=uuid or LOCKTABLE=cluster:fs\n",
-    "options: lockproto=, locktable=, hostdata=jid=N, ro, acl, norecovery, spectator,\n",
+    "options: lockproto= (lock_nolock, lock_mem, lock_dlm), locktable=, hostdata=jid=N, ro, acl, norecovery, spectator,\n",
     "         commit=SECONDS (log flush interval, default 30), quota=off, allow_other,\n",
     "         default_permissions (always on), and the generic rw, dev, suid, ...\n",
     "unmount: as root the mount is fuseblk and `umount MOUNTPOINT` returns once the disk\n",
@@ -152,7 +160,7 @@ fn parse_args() -> Result<Args> {
     let mut pos = Vec::new();
     let mut a = Args {
         device: PathBuf::new(),
-        mountpoint: PathBuf::new(),
+        mountpoints: Vec::new(),
         foreground: false,
         mount: MountOptions::default(),
         fuse: FuseOptions::default(),
@@ -176,12 +184,24 @@ fn parse_args() -> Result<Args> {
             _ => pos.push(x),
         }
     }
-    if pos.len() != 2 {
+    if pos.len() < 2 {
         bail!("{USAGE}");
     }
     a.device = PathBuf::from(&pos[0]);
-    a.mountpoint = PathBuf::from(&pos[1]);
+    a.mountpoints = pos[1..].iter().map(PathBuf::from).collect();
     a.fuse.fsname = redact_secret(&pos[0]);
+    if a.mountpoints.len() > 1 {
+        if a.mount.lockproto.as_deref() != Some("lock_mem") {
+            bail!(
+                "several mount points make several nodes in this process: they need \
+                 -o lockproto=lock_mem (the in-process lock manager)\n{USAGE}"
+            );
+        }
+        if a.mount.jid.is_some() {
+            bail!("hostdata=jid= names one node's journal: with several mount points each node takes the first free journal");
+        }
+        a.fuse.shared_device = true;
+    }
     Ok(a)
 }
 
@@ -192,9 +212,9 @@ struct Daemon {
     mountpoint: PathBuf,
 }
 
-fn mount(a: &mut Args) -> Result<Daemon> {
-    // Open read-write even for `ro`: a dirty journal is replayed anyway when
-    // the device allows it, as the kernel does.
+/// Resolve the device name (`UUID=`, `LOCKTABLE=`) and the mount points,
+/// once for every node.
+fn resolve(a: &mut Args) -> Result<()> {
     // DEVICE is a path or a network device (nbd://host[:port]/export,
     // nbd+unix:///export?socket=PATH): see gfs2fuse::dev::spec. UUID= and
     // LOCKTABLE= name a filesystem on a local block device, found afresh.
@@ -205,24 +225,63 @@ fn mount(a: &mut Args) -> Result<Daemon> {
     }
     // Resolved before mounting: once mounted, looking at the path would ask
     // the mount itself, which is not served yet.
-    a.mountpoint = std::fs::canonicalize(&a.mountpoint)
-        .with_context(|| format!("mount point {}", a.mountpoint.display()))?;
-    let dev = match spec::open_os(a.device.as_os_str(), false) {
+    for m in a.mountpoints.iter_mut() {
+        *m = std::fs::canonicalize(&*m).with_context(|| format!("mount point {}", m.display()))?;
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = a.mountpoints.iter().find(|m| !seen.insert(*m)) {
+        bail!("mount point {} is given twice", dup.display());
+    }
+    Ok(())
+}
+
+/// Mount every node of `a`: one, or one per mount point on `lock_mem`. A
+/// failure unmounts the nodes already mounted.
+fn mount_all(a: &mut Args) -> Result<Vec<Daemon>> {
+    resolve(a)?;
+    let mut mount = a.mount.clone();
+    if mount.lockproto.as_deref() == Some("lock_mem") {
+        // One manager for the nodes of this process.
+        mount.lock_module = Some(gfs2_lockproto::mem::MemLockManager::new().proto());
+    }
+    let mut out: Vec<Daemon> = Vec::new();
+    for (i, mnt) in a.mountpoints.iter().enumerate() {
+        match mount_one(&a.device, mnt, &mount, &a.fuse) {
+            Ok(d) => out.push(d),
+            Err(e) => {
+                for d in out.into_iter().rev() {
+                    d.abandon();
+                }
+                return Err(if a.mountpoints.len() > 1 {
+                    e.context(format!("node {i} ({})", mnt.display()))
+                } else {
+                    e
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn mount_one(
+    device: &std::path::Path,
+    mountpoint: &std::path::Path,
+    opts: &MountOptions,
+    fopts: &FuseOptions,
+) -> Result<Daemon> {
+    // Open read-write even for `ro`: a dirty journal is replayed anyway when
+    // the device allows it, as the kernel does.
+    let mut opts = opts.clone();
+    let dev = match spec::open_os(device.as_os_str(), false) {
         Ok(d) => d,
         Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EROFS)) => {
-            a.mount.device_read_only = true;
-            spec::open_os(a.device.as_os_str(), true)?
+            opts.device_read_only = true;
+            spec::open_os(device.as_os_str(), true)?
         }
         Err(e) => return Err(e.into()),
     };
-    let fs = Fs::mount(dev, a.mount.clone())
-        .with_context(|| format!("mounting {}", a.device.display()))?;
-    let mounted = fuse::session(
-        fs.clone(),
-        &a.device.to_string_lossy(),
-        &a.mountpoint,
-        &a.fuse,
-    );
+    let fs = Fs::mount(dev, opts).with_context(|| format!("mounting {}", device.display()))?;
+    let mounted = fuse::session(fs.clone(), &device.to_string_lossy(), mountpoint, fopts);
     let mounted = match mounted {
         Ok(m) => m,
         Err(e) => {
@@ -231,45 +290,118 @@ fn mount(a: &mut Args) -> Result<Daemon> {
             if let Err(u) = fs.unmount() {
                 tracing::error!("unmount after the failed FUSE mount: {u}");
             }
-            return Err(e).with_context(|| format!("FUSE mount on {}", a.mountpoint.display()));
+            return Err(e).with_context(|| format!("FUSE mount on {}", mountpoint.display()));
         }
     };
     Ok(Daemon {
         mounted,
         fs,
-        mountpoint: a.mountpoint.clone(),
+        mountpoint: mountpoint.to_path_buf(),
     })
 }
 
-/// Serve `d` until it is unmounted; the exit status: 0 only if the disk
-/// was left clean. The run-state file (see [`gfs2fuse::runstate`]) records
-/// the outcome for `gfs2-fuse umount`.
-fn serve(d: Daemon, state: Option<RunState>) -> i32 {
-    let Daemon {
-        mut mounted,
-        fs,
-        mountpoint,
-    } = d;
-    let unmount: Box<dyn FnMut() -> std::io::Result<()> + Send> = if mounted.fuseblk {
-        Box::new(move || fuse::blkmount::unmount(&mountpoint, true))
-    } else {
-        let mut u = mounted.session.unmount_callable();
-        Box::new(move || u.unmount())
-    };
-    // SIGUSR1 writes this node's glock dump for `gfs2-fuse glocks`.
-    let dump: Box<dyn Fn() + Send> = match &state {
-        Some(st) => {
-            let path = st.glocks_path();
-            let weak = Arc::downgrade(&fs);
-            Box::new(move || {
-                if let Some(fs) = weak.upgrade() {
-                    RunState::write_glocks(&path, &fs.glocks().dump());
-                }
-            })
+impl Daemon {
+    /// Undo a mount that will never be served (another node failed to
+    /// mount): the FUSE mount goes, the disk is left clean.
+    fn abandon(self) {
+        let Daemon {
+            mounted,
+            fs,
+            mountpoint,
+        } = self;
+        let fuseblk = mounted.fuseblk;
+        // Closing the session's descriptor first aborts the connection, so
+        // a fuseblk umount does not wait for a FUSE_DESTROY reply nobody
+        // would send; a plain mount is unmounted by the session itself.
+        drop(mounted);
+        if fuseblk {
+            if let Err(e) = fuse::blkmount::unmount(&mountpoint, true) {
+                tracing::error!("unmounting {}: {e}", mountpoint.display());
+            }
         }
-        None => Box::new(|| tracing::warn!("no run-state file: no glock dump")),
-    };
-    unmount_on_signal(unmount, dump);
+        if let Err(e) = fs.unmount() {
+            tracing::error!("unmount of {}: {e}", mountpoint.display());
+        }
+    }
+}
+
+/// Serve every node until each is unmounted; the exit status: 0 only if
+/// every node left the disk clean. Each node's run-state file (see
+/// [`gfs2fuse::runstate`]) records its outcome for `gfs2-fuse umount`.
+fn serve(ds: Vec<Daemon>) -> i32 {
+    let mut unmounts: Vec<Box<dyn FnMut() -> std::io::Result<()> + Send>> = Vec::new();
+    let mut dumps: Vec<Box<dyn Fn() + Send>> = Vec::new();
+    let mut nodes = Vec::new();
+    for d in ds {
+        let Daemon {
+            mut mounted,
+            fs,
+            mountpoint,
+        } = d;
+        let state = run_state(&mountpoint);
+        if mounted.fuseblk {
+            let mp = mountpoint.clone();
+            unmounts.push(Box::new(move || fuse::blkmount::unmount(&mp, true)));
+        } else {
+            let mut u = mounted.session.unmount_callable();
+            unmounts.push(Box::new(move || u.unmount()));
+        }
+        // SIGUSR1 writes each node's glock dump for `gfs2-fuse glocks`.
+        match &state {
+            Some(st) => {
+                let path = st.glocks_path();
+                let weak = Arc::downgrade(&fs);
+                dumps.push(Box::new(move || {
+                    if let Some(fs) = weak.upgrade() {
+                        RunState::write_glocks(&path, &fs.glocks().dump());
+                    }
+                }));
+            }
+            None => dumps.push(Box::new(|| {
+                tracing::warn!("no run-state file: no glock dump")
+            })),
+        }
+        nodes.push((mounted, fs, state));
+    }
+    unmount_on_signal(
+        Box::new(move || {
+            // Every node, even when one fails.
+            let mut first_err = None;
+            for u in unmounts.iter_mut() {
+                if let Err(e) = u() {
+                    first_err.get_or_insert(e);
+                }
+            }
+            first_err.map_or(Ok(()), Err)
+        }),
+        Box::new(move || dumps.iter().for_each(|d| d())),
+    );
+    let threads: Vec<_> = nodes
+        .into_iter()
+        .map(|(mounted, fs, state)| {
+            std::thread::Builder::new()
+                .name("fuse-node".into())
+                .spawn(move || serve_node(mounted, fs, state))
+        })
+        .collect();
+    let mut status = 0;
+    for t in threads {
+        let ok = match t {
+            Ok(h) => h.join().unwrap_or(false),
+            Err(e) => {
+                eprintln!("gfs2-fuse: no thread to serve a node: {e}");
+                false
+            }
+        };
+        if !ok {
+            status = 1;
+        }
+    }
+    status
+}
+
+/// Serve one node until it is unmounted; whether it left the disk clean.
+fn serve_node(mounted: fuse::Mounted, fs: Arc<Fs>, state: Option<RunState>) -> bool {
     let served = mounted.session.run();
     // Done already on FUSE_DESTROY (fuseblk) or as the session ended; this
     // returns how it went.
@@ -282,10 +414,10 @@ fn serve(d: Daemon, state: Option<RunState>) -> i32 {
         st.finish(&outcome);
     }
     match outcome {
-        Ok(()) => 0,
+        Ok(()) => true,
         Err(e) => {
             eprintln!("gfs2-fuse: {e}");
-            1
+            false
         }
     }
 }
@@ -372,11 +504,8 @@ fn main() {
     };
     if args.foreground {
         block_unmount_signals();
-        match mount(&mut args) {
-            Ok(d) => {
-                let state = run_state(&d.mountpoint);
-                std::process::exit(serve(d, state));
-            }
+        match mount_all(&mut args) {
+            Ok(ds) => std::process::exit(serve(ds)),
             Err(e) => {
                 eprintln!("gfs2-fuse: {e:#}");
                 std::process::exit(1);
@@ -411,9 +540,8 @@ fn main() {
     let mut w = unsafe { std::fs::File::from_raw_fd(fds[1]) };
     unsafe { libc::setsid() };
     block_unmount_signals();
-    match mount(&mut args) {
-        Ok(d) => {
-            let state = run_state(&d.mountpoint);
+    match mount_all(&mut args) {
+        Ok(ds) => {
             let _ = w.write_all(&[0]);
             drop(w);
             // Detach from the terminal.
@@ -430,7 +558,7 @@ fn main() {
                     libc::dup2(null.as_raw_fd(), 2);
                 }
             }
-            std::process::exit(serve(d, state));
+            std::process::exit(serve(ds));
         }
         Err(e) => {
             eprintln!("gfs2-fuse: {e:#}");

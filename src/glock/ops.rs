@@ -3,8 +3,8 @@
 
 use crate::buf::BufCache;
 use crate::error::Result;
-use gfs2_lockproto::ResName;
-use std::sync::{Arc, OnceLock};
+use gfs2_lockproto::{lm_type, ResName};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Operations run on demotion.
 pub trait GlockOps: Send + Sync {
@@ -30,6 +30,11 @@ impl GlockOps for NoOps {
 /// What syncing a glock takes: the filesystem's log flush and checkpoint.
 pub type SyncFn = Box<dyn Fn() -> Result<()> + Send + Sync>;
 
+/// Told the number of an inode whose glock was given up, so that caches
+/// above the filesystem (the FUSE kernel's attributes, pages, listings)
+/// are dropped with ours.
+pub type InvalFn = Arc<dyn Fn(u64) + Send + Sync>;
+
 /// Inode and rgrp glocks: they cover metadata buffers (dinode, indirect
 /// blocks, directory leaves and hash table, EA blocks; rgrp headers and
 /// bitmaps). Syncing one held exclusively flushes the log and writes every
@@ -39,6 +44,7 @@ pub type SyncFn = Box<dyn Fn() -> Result<()> + Send + Sync>;
 pub struct CacheOps {
     cache: Arc<BufCache>,
     sync: OnceLock<SyncFn>,
+    on_inval: Mutex<Option<InvalFn>>,
 }
 
 impl CacheOps {
@@ -48,7 +54,13 @@ impl CacheOps {
         Arc::new(CacheOps {
             cache,
             sync: OnceLock::new(),
+            on_inval: Mutex::new(None),
         })
+    }
+
+    /// What to tell when an inode glock is invalidated (`None`: nobody).
+    pub fn set_on_inval(&self, f: Option<InvalFn>) {
+        *self.on_inval.lock().unwrap_or_else(|e| e.into_inner()) = f;
     }
 
     /// What `go_sync` runs, given once the filesystem exists.
@@ -66,5 +78,15 @@ impl GlockOps for CacheOps {
     }
     fn go_inval(&self, name: ResName) {
         self.cache.invalidate(name);
+        if name.lk_type == lm_type::INODE {
+            let hook = self
+                .on_inval
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(f) = hook {
+                f(name.number);
+            }
+        }
     }
 }
