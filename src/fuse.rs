@@ -481,11 +481,18 @@ impl fuser::Filesystem for Gfs2Fuse {
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(self.ino(ino), offset, data) {
+        // O_APPEND: the end of the file is ours to find, under its glock;
+        // the kernel's offset comes from a size another node may have moved.
+        let r = if flags.0 & libc::O_APPEND != 0 {
+            self.fs.append(self.ino(ino), data)
+        } else {
+            self.fs.write(self.ino(ino), offset, data)
+        };
+        match r {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }

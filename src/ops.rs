@@ -983,6 +983,19 @@ impl Fs {
 
     /// Write `data` at `offset` of regular file `ino`; returns bytes written.
     pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> Result<usize> {
+        self.write_at(ino, Some(offset), data)
+    }
+
+    /// Append `data` at the end of file `ino` as it is on disk when the
+    /// inode's glock is held exclusively (`O_APPEND`). The kernel's own
+    /// append offset comes from its cached size, which another node may
+    /// have moved since: only the holder of the glock knows the end.
+    pub fn append(&self, ino: u64, data: &[u8]) -> Result<usize> {
+        self.write_at(ino, None, data)
+    }
+
+    /// Write at `offset`, or at the end of the file (`None`).
+    fn write_at(&self, ino: u64, at: Option<u64>, data: &[u8]) -> Result<usize> {
         if data.is_empty() {
             return Ok(0);
         }
@@ -991,15 +1004,11 @@ impl Fs {
         if data.len() > CHUNK {
             let mut done = 0;
             for piece in data.chunks(CHUNK) {
-                done += self.write(ino, offset + done as u64, piece)?;
+                done += self.write_at(ino, at.map(|o| o + done as u64), piece)?;
             }
             return Ok(done);
         }
         let dev = self.device().clone();
-        let end = offset
-            .checked_add(data.len() as u64)
-            .filter(|e| *e <= i64::MAX as u64)
-            .ok_or(errno(libc::EFBIG))?;
         let sync = self.modify(&[ino], |tx, al, _| {
             let bsize = tx.bsize();
             let bs = u64::from(bsize);
@@ -1007,6 +1016,11 @@ impl Fs {
             if di.is_dir() {
                 return Err(errno(libc::EISDIR));
             }
+            let offset = at.unwrap_or(di.size);
+            let end = offset
+                .checked_add(data.len() as u64)
+                .filter(|e| *e <= i64::MAX as u64)
+                .ok_or(errno(libc::EFBIG))?;
             if di.height == 0 && end <= layout::stuffed_max(bsize) {
                 let b = tx.get_mut(glock(ino), ino, mt::DI)?;
                 let s = DINODE_SIZE + offset as usize;

@@ -94,6 +94,8 @@ pub struct GlockTable {
     /// dropping its last holder) nor on the lock module's thread (which
     /// must stay free to deliver grants). `None` once shut down.
     work: Mutex<Option<mpsc::Sender<Arc<Glock>>>>,
+    /// Shut down: the lockspace was left.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// Proof that a glock is held in at least `mode` by the current operation.
@@ -158,11 +160,15 @@ impl LockCallbacks for GlockCallbacks {
         let Some(t) = self.table() else { return };
         let Some(gl) = t.find(grant.res) else { return };
         let mut st = gl.lock_st();
-        st.held = match grant.status {
-            GrantStatus::Granted => grant.mode,
-            _ => grant.mode,
-        };
+        st.held = grant.mode;
         st.busy = false;
+        // A demotion asked for under a stronger mode than we now hold has
+        // nothing left to do.
+        if let Some(d) = st.demote {
+            if st.held.is_none_or(|h| h <= d) {
+                st.demote = None;
+            }
+        }
         let due = st.demote_due();
         drop(st);
         gl.cv.notify_all();
@@ -209,6 +215,7 @@ impl GlockTable {
             glocks: Mutex::new(HashMap::new()),
             ops,
             work: Mutex::new(Some(tx)),
+            closed: Default::default(),
         });
         let _ = callbacks.table.set(Arc::downgrade(&t));
         let weak = Arc::downgrade(&t);
@@ -235,6 +242,11 @@ impl GlockTable {
 
     /// Have the demotion worker look at `gl` (it demotes if still due).
     fn queue_demote(&self, gl: &Arc<Glock>) {
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            // After shutdown every lock is gone with the lockspace; a
+            // holder dropped later (the journal's) has nothing to give up.
+            return;
+        }
         let sent = match &*self.work.lock().unwrap_or_else(|e| e.into_inner()) {
             Some(tx) => tx.send(gl.clone()).is_ok(),
             None => false,
@@ -483,6 +495,15 @@ impl GlockTable {
             return;
         };
         let held = st.held;
+        if held.is_none_or(|h| h <= target) {
+            // The lock went down since the callback came (a conversion that
+            // had to wait lost its mode): "demoting" now would be a
+            // promotion, which may wait on other nodes, on the one thread
+            // that must stay free to run demotions.
+            drop(st);
+            gl.cv.notify_all();
+            return;
+        }
         st.busy = true;
         drop(st);
         let name = gl.name;
@@ -584,6 +605,7 @@ impl GlockTable {
 
     /// Unmount: sync and drop every glock, then leave the lockspace.
     pub fn shutdown(&self) -> Result<()> {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         *self.work.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let all: Vec<Arc<Glock>> = self
             .glocks
