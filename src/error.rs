@@ -36,6 +36,12 @@ pub enum FsError {
     /// runs the operation again.
     #[error("glock {0} needed in {1:?}")]
     NeedGlock(gfs2_lockproto::ResName, gfs2_lockproto::Mode),
+    /// A name the operation looked up before taking its glocks changed
+    /// before they were held (another node renamed, removed or created
+    /// it): the operation looks its names up again. EAGAIN if it ever
+    /// escapes.
+    #[error("a name changed while its glocks were taken")]
+    Changed,
 }
 
 impl FsError {
@@ -47,6 +53,7 @@ impl FsError {
             | FsError::Lock(_)
             | FsError::NeedGlock(..) => libc::EIO,
             FsError::Mount(_) => libc::EINVAL,
+            FsError::Changed => libc::EAGAIN,
             FsError::Errno(e) => *e,
         }
     }

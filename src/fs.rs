@@ -238,7 +238,19 @@ impl Fs {
         fs.statfs_inos.push(statfs);
         let per_node = fs.lookup_sys(master, b"per_node")?;
         fs.per_node = per_node;
-        for j in &fs.journals {
+        // Alone on the disk every node's local changes are ours to read (a
+        // spectator of a crashed node's disk sees them too). In a cluster
+        // each node holds its own statfs_change exclusively for as long as
+        // it is mounted, as the kernel does, so another node's is never
+        // read: usage is the master file plus our own changes, as the
+        // kernel's statfs (others' changes arrive as they fold theirs into
+        // the master every commit interval).
+        let own_jid = (!fs.opts.spectator).then_some(fs.jid);
+        for j in fs
+            .journals
+            .iter()
+            .filter(|j| fs.nolock || Some(j.jid) == own_jid)
+        {
             let name = format!("statfs_change{}", j.jid);
             match fs.lookup_sys(per_node, name.as_bytes()) {
                 Ok(i) => fs.statfs_inos.push(i),
@@ -731,7 +743,8 @@ impl Fs {
             .collect())
     }
 
-    /// Filesystem usage: the master statfs plus every node's local changes.
+    /// Filesystem usage: the master statfs plus local changes (see
+    /// `Fs::mount` for whose).
     pub fn statfs(&self) -> Result<StatFs> {
         let mut sum = StatfsChange::default();
         for &ino in &self.statfs_inos {

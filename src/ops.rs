@@ -98,6 +98,26 @@ fn errno(e: i32) -> FsError {
     FsError::Errno(e)
 }
 
+/// The cluster's rename lock (the kernel's non-disk lock 3,
+/// `GFS2_RENAME_LOCK`).
+fn rename_glock() -> ResName {
+    ResName::new(gfs2_lockproto::lm_type::NONDISK, 3)
+}
+
+/// Run `f` again while it finds that a name it looked up changed before
+/// its glocks were held ([`FsError::Changed`]): each try sees another
+/// node's change, so only a name changing under us hundreds of times in
+/// a row gives up (EAGAIN).
+fn retry_changed<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    for _ in 0..1000 {
+        match f() {
+            Err(FsError::Changed) => std::thread::yield_now(),
+            r => return r,
+        }
+    }
+    Err(FsError::Changed)
+}
+
 fn check_name(name: &[u8]) -> Result<()> {
     if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
         return Err(errno(libc::EINVAL));
@@ -777,6 +797,10 @@ impl Fs {
     /// `unlink` (`dir == false`) or `rmdir` (`dir == true`).
     pub fn remove(&self, parent: u64, name: &[u8], dir: bool) -> Result<()> {
         check_name(name)?;
+        retry_changed(|| self.remove_once(parent, name, dir))
+    }
+
+    fn remove_once(&self, parent: u64, name: &[u8], dir: bool) -> Result<()> {
         let ta = self.lookup(parent, name)?;
         let target = ta.ino;
         let unopened = self
@@ -802,7 +826,7 @@ impl Fs {
         self.modify(&[parent, target], |tx, al, open| {
             let (inum, _) = dirops::find(tx, al, parent, name)?.ok_or(errno(libc::ENOENT))?;
             if inum.addr != target {
-                return Err(errno(libc::EAGAIN));
+                return Err(FsError::Changed);
             }
             let di = dinode(tx, target)?;
             if dir && !di.is_dir() {
@@ -859,6 +883,25 @@ impl Fs {
         {
             return Err(errno(libc::EINVAL));
         }
+        // As the kernel: a rename between directories holds the cluster's
+        // rename lock, so that no other node moves a directory while this
+        // one checks that the move does not put a directory under itself.
+        let _rename_gh = if sparent != dparent {
+            Some(self.glocks().acquire(rename_glock(), Mode::EX)?)
+        } else {
+            None
+        };
+        retry_changed(|| self.rename_once(sparent, sname, dparent, dname, flags))
+    }
+
+    fn rename_once(
+        &self,
+        sparent: u64,
+        sname: &[u8],
+        dparent: u64,
+        dname: &[u8],
+        flags: u32,
+    ) -> Result<()> {
         let src = self.lookup(sparent, sname)?;
         let dst = match self.lookup(dparent, dname) {
             Ok(a) => Some(a),
@@ -897,7 +940,7 @@ impl Fs {
             let (sinum, stype) =
                 dirops::find(tx, al, sparent, sname)?.ok_or(errno(libc::ENOENT))?;
             if sinum.addr != src.ino {
-                return Err(errno(libc::EAGAIN));
+                return Err(FsError::Changed);
             }
             let sdi = dinode(tx, src.ino)?;
             if flags & RENAME_EXCHANGE != 0 {
@@ -941,7 +984,7 @@ impl Fs {
                 let (dinum, _) =
                     dirops::find(tx, al, dparent, dname)?.ok_or(errno(libc::ENOENT))?;
                 if dinum.addr != d.ino {
-                    return Err(errno(libc::EAGAIN));
+                    return Err(FsError::Changed);
                 }
                 let ddi = dinode(tx, d.ino)?;
                 match (sdi.is_dir(), ddi.is_dir()) {
@@ -957,6 +1000,9 @@ impl Fs {
                     put_dinode(tx, &pd)?;
                 }
                 Self::drop_link(tx, al, open, d.ino, ddi.is_dir())?;
+            }
+            if dst.is_none() && dirops::find(tx, al, dparent, dname)?.is_some() {
+                return Err(FsError::Changed);
             }
             dirops::remove(tx, al, sparent, sname)?;
             dirops::add(tx, al, dparent, dname, sinum, stype, dev.as_ref())?;
