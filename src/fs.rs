@@ -234,6 +234,9 @@ impl Fs {
         }
         let rindex = fs.lookup_sys(master, b"rindex")?;
         fs.rindex = fs.read_rindex(rindex)?;
+        // The kernel trusts rgrp LVBs from format 1802 on (`rgrplvb`).
+        fs.cache_ops
+            .set_rindex(fs.rindex.clone(), fs.sb.fs_format > 1801 && !nolock);
         let statfs = fs.lookup_sys(master, b"statfs")?;
         fs.statfs_inos.push(statfs);
         let per_node = fs.lookup_sys(master, b"per_node")?;
@@ -286,6 +289,23 @@ impl Fs {
         }));
         if fs.writer.is_some() {
             Self::start_commit_timer(&fs);
+            // Survivors replay a dead node's journals, on a thread of their
+            // own: the lock module's thread must stay free for grants.
+            let weak = Arc::downgrade(&fs);
+            fs.glocks.on_recover(Arc::new(move |jids: Vec<u32>| {
+                let weak = weak.clone();
+                let what = format!("{jids:?}");
+                let spawned = std::thread::Builder::new()
+                    .name("gfs2-recover".into())
+                    .spawn(move || {
+                        if let Some(fs) = weak.upgrade() {
+                            fs.recover_dead(&jids);
+                        }
+                    });
+                if let Err(e) = spawned {
+                    tracing::error!("no thread to recover the journals {what} of a dead node: {e}");
+                }
+            }));
         }
         // Only a node alone on the disk may free what a crash left unlinked:
         // in a cluster another node may still have such an inode open; this
@@ -348,17 +368,11 @@ impl Fs {
             .iter()
             .find(|j| j.jid == self.jid)
             .ok_or_else(|| FsError::Mount(format!("no journal {}", self.jid)))?;
-        let per_node_ino = |n: String| {
-            self.with_inode(self.per_node, |m, ip| dir::lookup(m, ip, n.as_bytes()))
-                .ok()
-                .flatten()
-                .map_or(0, |e| e.ino)
-        };
         let hdr = recovery::CleanHeader {
             writer_jid: self.jid,
             jinode: j.ino,
-            statfs_addr: per_node_ino(format!("statfs_change{}", self.jid)),
-            quota_addr: per_node_ino(format!("quota_change{}", self.jid)),
+            statfs_addr: self.per_node_file(&format!("statfs_change{}", self.jid)),
+            quota_addr: self.per_node_file(&format!("quota_change{}", self.jid)),
             master_statfs_addr: self.statfs_inos.first().copied().unwrap_or(0),
         };
         let mut log = crate::log::writer::LogWriter::open(
@@ -451,17 +465,11 @@ impl Fs {
                 )));
             }
             tracing::info!(jid = j.jid, "replaying journal");
-            let per_node_ino = |n: String| {
-                self.with_inode(self.per_node, |m, ip| dir::lookup(m, ip, n.as_bytes()))
-                    .ok()
-                    .flatten()
-                    .map_or(0, |e| e.ino)
-            };
             let clean = recovery::CleanHeader {
                 writer_jid: self.jid,
                 jinode: j.ino,
-                statfs_addr: per_node_ino(format!("statfs_change{}", j.jid)),
-                quota_addr: per_node_ino(format!("quota_change{}", j.jid)),
+                statfs_addr: self.per_node_file(&format!("statfs_change{}", j.jid)),
+                quota_addr: self.per_node_file(&format!("quota_change{}", j.jid)),
                 master_statfs_addr: self.statfs_inos.first().copied().unwrap_or(0),
             };
             let stats =
@@ -478,6 +486,85 @@ impl Fs {
             drop(jgh);
         }
         Ok(())
+    }
+
+    /// Another node died holding journals `jids`: replay each one whose
+    /// lock we get (another survivor may be on it), tell the lock module
+    /// (the dead node's other locks stay blocked until then: nothing it may
+    /// have changed is given out before its journal is replayed), then
+    /// fold its statfs changes into the master file and free what it left
+    /// unlinked.
+    pub fn recover_dead(&self, jids: &[u32]) {
+        for &jid in jids {
+            match self.replay_dead_journal(jid) {
+                Ok(false) => tracing::info!(jid, "journal busy: another node recovers it"),
+                Ok(true) => {
+                    if let Err(e) = self.glocks.lockspace().recovery_done(jid) {
+                        tracing::error!(jid, "reporting recovery: {e}");
+                        continue;
+                    }
+                    if let Err(e) = self.fold_dead_statfs(jid) {
+                        tracing::error!(jid, "folding a dead node's statfs changes: {e}");
+                    }
+                }
+                // Its locks stay blocked: the cluster waits rather than
+                // read what that node may have half written.
+                Err(e) => tracing::error!(jid, "recovering journal: {e}"),
+            }
+        }
+        match self.reclaim_unlinked() {
+            Ok(_) => {}
+            Err(e) => tracing::warn!("reclaiming inodes a dead node left unlinked: {e}"),
+        }
+    }
+
+    /// Replay journal `jid` of a dead node if its lock is ours to take
+    /// (`Ok(false)`: another survivor has it). The replay writes only
+    /// blocks under locks the dead node still holds (every lock it gave up
+    /// was synced and its log tail moved past them), which this node
+    /// therefore does not cache; it does not touch the master statfs file
+    /// (see [`Fs::fold_dead_statfs`]).
+    fn replay_dead_journal(&self, jid: u32) -> Result<bool> {
+        let j = self
+            .journals
+            .iter()
+            .find(|j| j.jid == jid)
+            .ok_or_else(|| FsError::Mount(format!("no journal {jid}")))?;
+        let name = ResName::new(lm_type::JOURNAL, u64::from(jid));
+        let Some(jgh) = self.glocks.try_acquire_nocache(name, Mode::EX)? else {
+            return Ok(false);
+        };
+        let head = recovery::find_head(self.dev.as_ref(), self.sb.bsize, &j.extents)
+            .map_err(|e| FsError::Mount(format!("journal {jid}: {e}")))?;
+        if !head.is_clean() {
+            tracing::info!(jid, "replaying a dead node's journal");
+            let clean = recovery::CleanHeader {
+                writer_jid: self.jid,
+                jinode: j.ino,
+                statfs_addr: self.per_node_file(&format!("statfs_change{jid}")),
+                quota_addr: self.per_node_file(&format!("quota_change{jid}")),
+                master_statfs_addr: 0,
+            };
+            let stats =
+                recovery::recover(self.dev.as_ref(), self.sb.bsize, &j.extents, &head, &clean)
+                    .map_err(|e| FsError::Mount(format!("journal {jid} recovery: {e}")))?;
+            tracing::info!(
+                jid,
+                replayed = stats.replayed,
+                revoked = stats.revoked,
+                "dead node's journal recovered"
+            );
+        }
+        drop(jgh);
+        Ok(true)
+    }
+
+    /// A per-node system file's inode (0 when missing).
+    pub(crate) fn per_node_file(&self, name: &str) -> u64 {
+        self.with_inode(self.per_node, |m, ip| dir::lookup(m, ip, name.as_bytes()))
+            .ok()
+            .flatten()
+            .map_or(0, |e| e.ino)
     }
 
     /// Look up a system file in a system directory.

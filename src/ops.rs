@@ -382,6 +382,24 @@ impl Fs {
             let wg = w.lock().unwrap_or_else(|e| e.into_inner());
             (wg.master_statfs, wg.local_statfs)
         };
+        self.fold_statfs(master, local)
+    }
+
+    /// A dead node's journal was replayed: its local statfs changes (its
+    /// `statfs_change` file as the replay left it) go into the master file
+    /// like ours, under both files' glocks, which are free again now.
+    pub(crate) fn fold_dead_statfs(&self, jid: u32) -> Result<()> {
+        let Some(w) = self.writer() else {
+            return Ok(());
+        };
+        let master = w.lock().unwrap_or_else(|e| e.into_inner()).master_statfs;
+        let local = self.per_node_file(&format!("statfs_change{jid}"));
+        self.fold_statfs(master, local)
+    }
+
+    /// Add the changes of statfs_change file `local` to the master statfs
+    /// file and zero them.
+    fn fold_statfs(&self, master: u64, local: u64) -> Result<()> {
         if local == 0 || master == 0 {
             return Ok(());
         }
@@ -1448,35 +1466,13 @@ impl Fs {
         let mut found = Vec::new();
         for ri in &rindex {
             let gl = rgrp::glock(ri);
+            let _gh = self.glocks().acquire(gl, Mode::PR)?;
             let hdr = self.cache().read_meta_as(gl, ri.addr, mt::RG)?;
             let rg = gfs2_ondisk::Rgrp::parse(&hdr)?;
             if rg.dinodes == 0 {
                 continue;
             }
-            let mut index = 0u64;
-            for b in 0..ri.length {
-                let (blk, ty, start) = if b == 0 {
-                    (ri.addr, mt::RG, gfs2_ondisk::Rgrp::SIZE)
-                } else {
-                    (
-                        ri.addr + u64::from(b),
-                        mt::RB,
-                        crate::format::META_HEADER_SIZE,
-                    )
-                };
-                let data = self.cache().read_meta_as(gl, blk, ty)?;
-                for byte in data.get(start..).unwrap_or(&[]) {
-                    for k in 0..4 {
-                        if index >= u64::from(ri.data) {
-                            break;
-                        }
-                        if (byte >> (2 * k)) & 3 == BlockState::Unlinked as u8 {
-                            found.push(ri.data0 + index);
-                        }
-                        index += 1;
-                    }
-                }
-            }
+            rgrp::for_each_in_state(self.cache(), ri, BlockState::Unlinked, |b| found.push(b))?;
         }
         let mut freed = 0;
         for ino in found {
@@ -1484,6 +1480,10 @@ impl Fs {
                 if open.contains_key(&ino)
                     || rgrp::state(tx, al.rindex, ino)? != BlockState::Unlinked
                 {
+                    return Ok(false);
+                }
+                // Open on another node: its last close frees it.
+                if !tx.try_take_uncached(iopen_glock(ino), Mode::EX)? {
                     return Ok(false);
                 }
                 let di = dinode(tx, ino)?;

@@ -208,3 +208,105 @@ pub fn set_dinode_state(
     set_bits(tx, &rindex[i], blk, st)?;
     Ok(())
 }
+
+/// Call `f` with every block of `ri` whose bitmap state is `want`, reading
+/// the bitmaps through `cache` (the caller holds the rgrp's glock).
+pub fn for_each_in_state(
+    cache: &crate::buf::BufCache,
+    ri: &Rindex,
+    want: BlockState,
+    mut f: impl FnMut(u64),
+) -> Result<()> {
+    let gl = glock(ri);
+    let mut index = 0u64;
+    for b in 0..ri.length {
+        let (blk, ty, start) = if b == 0 {
+            (ri.addr, mt::RG, Rgrp::SIZE)
+        } else {
+            (
+                ri.addr + u64::from(b),
+                mt::RB,
+                crate::format::META_HEADER_SIZE,
+            )
+        };
+        let data = cache.read_meta_as(gl, blk, ty)?;
+        for byte in data.get(start..).unwrap_or(&[]) {
+            for k in 0..4 {
+                if index >= u64::from(ri.data) {
+                    return Ok(());
+                }
+                if (byte >> (2 * k)) & 3 == want as u8 {
+                    f(ri.data0 + index);
+                }
+                index += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The rgrp's lock value block as the kernel keeps it
+/// (`gfs2_rgrp_ondisk2lvb`, plus the count of unlinked dinodes it keeps
+/// beside): written to the lock manager whenever the rgrp glock goes down
+/// from EX. Kernel nodes of a format 1802 filesystem (`rgrplvb`) decide
+/// where to allocate from it without reading the rgrp, and withdraw if it
+/// disagrees with the header when they do read it: a node that changed the
+/// rgrp must leave the LVB true.
+pub fn lvb(cache: &crate::buf::BufCache, ri: &Rindex) -> Result<gfs2_lockproto::Lvb> {
+    let hdr = cache.read_meta_as(glock(ri), ri.addr, mt::RG)?;
+    let rg = Rgrp::parse(&hdr)?;
+    let mut unlinked = 0u32;
+    for_each_in_state(cache, ri, BlockState::Unlinked, |_| {
+        unlinked = unlinked.saturating_add(1)
+    })?;
+    let l = gfs2_ondisk::RgrpLvb {
+        magic: gfs2_ondisk::consts::MAGIC,
+        flags: rg.flags,
+        free: rg.free,
+        dinodes: rg.dinodes,
+        igeneration: rg.igeneration,
+        unlinked,
+        pad: 0,
+    };
+    let mut out = [0u8; gfs2_lockproto::LVB_SIZE];
+    l.write(&mut out)?;
+    Ok(out)
+}
+
+/// Check an LVB received with the rgrp's glock against the header on disk,
+/// as the kernel does with `rgrplvb` (`gfs2_rgrp_lvb_valid`): an LVB
+/// without the magic (never written, or invalidated when its writer died)
+/// says nothing; one with it must agree on flags, free and dinode counts
+/// and generation.
+pub fn check_lvb(
+    cache: &crate::buf::BufCache,
+    ri: &Rindex,
+    lvb: &gfs2_lockproto::Lvb,
+) -> Result<()> {
+    let l = gfs2_ondisk::RgrpLvb::parse(lvb)?;
+    if l.magic != gfs2_ondisk::consts::MAGIC {
+        return Ok(());
+    }
+    let hdr = cache.read_meta_as(glock(ri), ri.addr, mt::RG)?;
+    let rg = Rgrp::parse(&hdr)?;
+    if (l.flags, l.free, l.dinodes, l.igeneration)
+        != (rg.flags, rg.free, rg.dinodes, rg.igeneration)
+    {
+        return Err(FsError::corrupt(
+            ri.addr,
+            format!(
+                "rgrp LVB (flags {:#x}, free {}, dinodes {}, generation {}) disagrees with its \
+                 header (flags {:#x}, free {}, dinodes {}, generation {}): a node left a stale LVB",
+                l.flags,
+                l.free,
+                l.dinodes,
+                l.igeneration,
+                rg.flags,
+                rg.free,
+                rg.dinodes,
+                rg.igeneration
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -188,6 +188,9 @@ pub trait LockCallbacks: Send + Sync {
     /// This node holds `res` in a mode that blocks another node's request for
     /// `wanted`: demote (sync, invalidate, convert down) when possible.
     fn blocking(&self, res: ResName, wanted: Mode);
+    /// A node of the lockspace died; the journals `jids` it held need
+    /// replaying by a survivor (gfs2's `recover_slot`/`recover_done`).
+    fn recover(&self, _jids: &[u32]) {}
 }
 
 /// What joining a lockspace tells the mounter.
@@ -234,6 +237,16 @@ pub trait Lockspace: Send + Sync {
     fn first_done(&self) -> Result<(), LockError>;
     /// Leave the lockspace, dropping every lock of this node.
     fn leave(&self) -> Result<(), LockError>;
+    /// This node's id in the lockspace.
+    fn node_id(&self) -> u32 {
+        0
+    }
+    /// This survivor replayed (or found clean) journal `jid` of a dead
+    /// node: once all of a dead node's journals are done, the locks it
+    /// held are released to the others.
+    fn recovery_done(&self, _jid: u32) -> Result<(), LockError> {
+        Ok(())
+    }
 }
 
 /// The lock module named by a `lockproto=` option, for the modules that need

@@ -13,11 +13,14 @@
 pub mod ops;
 
 use crate::error::{FsError, Result};
-use gfs2_lockproto::{Grant, GrantStatus, LockCallbacks, LockFlags, Lockspace, Mode, ResName};
+use gfs2_lockproto::{Grant, GrantStatus, LockCallbacks, LockFlags, Lockspace, Lvb, Mode, ResName};
 use std::collections::HashMap;
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 
 pub use ops::{GlockOps, NoOps};
+
+/// Told the journal ids of a node that died (see [`GlockTable::on_recover`]).
+pub type RecoverFn = Arc<dyn Fn(Vec<u32>) + Send + Sync>;
 
 /// What a glock type does when it is demoted (the kernel's `glops`).
 struct GlState {
@@ -41,6 +44,8 @@ struct GlState {
     promoting: bool,
     /// Local requests waiting for this glock.
     waiters: u32,
+    /// The lock value block of the last grant (types with an LVB).
+    lvb: Option<Lvb>,
 }
 
 impl GlState {
@@ -96,6 +101,8 @@ pub struct GlockTable {
     work: Mutex<Option<mpsc::Sender<Arc<Glock>>>>,
     /// Shut down: the lockspace was left.
     closed: std::sync::atomic::AtomicBool,
+    /// Who replays a dead node's journals.
+    on_recover: Mutex<Option<RecoverFn>>,
 }
 
 /// Proof that a glock is held in at least `mode` by the current operation.
@@ -161,6 +168,9 @@ impl LockCallbacks for GlockCallbacks {
         let Some(gl) = t.find(grant.res) else { return };
         let mut st = gl.lock_st();
         st.held = grant.mode;
+        if grant.lvb.is_some() {
+            st.lvb = grant.lvb;
+        }
         st.busy = false;
         // A demotion asked for under a stronger mode than we now hold has
         // nothing left to do.
@@ -175,6 +185,19 @@ impl LockCallbacks for GlockCallbacks {
         // A callback that came while the request was in flight.
         if due {
             t.queue_demote(&gl);
+        }
+    }
+
+    fn recover(&self, jids: &[u32]) {
+        let Some(t) = self.table() else { return };
+        let hook = t
+            .on_recover
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match hook {
+            Some(f) => f(jids.to_vec()),
+            None => tracing::warn!(?jids, "a node died and nobody here replays its journals"),
         }
     }
 
@@ -216,6 +239,7 @@ impl GlockTable {
             ops,
             work: Mutex::new(Some(tx)),
             closed: Default::default(),
+            on_recover: Mutex::new(None),
         });
         let _ = callbacks.table.set(Arc::downgrade(&t));
         let weak = Arc::downgrade(&t);
@@ -259,6 +283,13 @@ impl GlockTable {
         }
     }
 
+    /// Have `f` told when another node dies, with the journals it held
+    /// (the lock module's recovery callback). `f` is called on the lock
+    /// module's thread: it must hand the work to a thread of its own.
+    pub fn on_recover(&self, f: RecoverFn) {
+        *self.on_recover.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
+    }
+
     /// The lockspace this table locks in.
     pub fn lockspace(&self) -> &Arc<dyn Lockspace> {
         &self.ls
@@ -287,6 +318,7 @@ impl GlockTable {
                         nocache: false,
                         promoting: false,
                         waiters: 0,
+                        lvb: None,
                     }),
                     cv: Condvar::new(),
                 })
@@ -296,6 +328,24 @@ impl GlockTable {
 
     fn ops_for(&self, name: ResName) -> Option<&Arc<dyn GlockOps>> {
         self.ops.get(&name.lk_type)
+    }
+
+    /// Request flags for `name`: its LVB travels with every request of a
+    /// type that has one (lock_dlm's `DLM_LKF_VALBLK`).
+    fn flags(&self, name: ResName, try_lock: bool) -> LockFlags {
+        LockFlags {
+            try_lock,
+            want_lvb: self.ops_for(name).is_some_and(|o| o.has_lvb(name)),
+        }
+    }
+
+    /// What the glock type checks on a fresh grant (see
+    /// [`GlockOps::go_granted`]).
+    fn granted_check(&self, name: ResName, lvb: Option<&Lvb>) -> Result<()> {
+        match self.ops_for(name) {
+            Some(o) => o.go_granted(name, lvb),
+            None => Ok(()),
+        }
     }
 
     /// [`GlockTable::acquire`] of a glock that is given up as soon as its
@@ -355,11 +405,14 @@ impl GlockTable {
                 st.busy = true;
                 st.promoting = true;
                 drop(st);
-                let r = self.ls.lock(name, mode, LockFlags::default(), None);
+                let r = self.ls.lock(name, mode, self.flags(name, false), None);
                 st = gl.lock_st();
                 match r {
                     Ok(Some(g)) => {
                         st.held = g.mode;
+                        if g.lvb.is_some() {
+                            st.lvb = g.lvb;
+                        }
                         st.busy = false;
                     }
                     Ok(None) => {
@@ -387,6 +440,20 @@ impl GlockTable {
                 }
                 if st.held.is_some_and(|h| h >= mode) {
                     promoted = true;
+                    let lvb = st.lvb;
+                    drop(st);
+                    if let Err(e) = self.granted_check(name, lvb.as_ref()) {
+                        st = gl.lock_st();
+                        st.promoting = false;
+                        let due = st.demote_due();
+                        drop(st);
+                        gl.cv.notify_all();
+                        if due {
+                            self.queue_demote(&gl);
+                        }
+                        return Err(e);
+                    }
+                    st = gl.lock_st();
                 } else {
                     st.promoting = false;
                     drop(st);
@@ -446,18 +513,41 @@ impl GlockTable {
             return Ok(None);
         }
         if st.held.is_none_or(|h| h < mode) {
-            let flags = LockFlags {
-                try_lock: true,
-                ..LockFlags::default()
-            };
             st.busy = true;
             drop(st);
-            let r = self.ls.lock(name, mode, flags, None);
+            let r = self.ls.lock(name, mode, self.flags(name, true), None);
             st = gl.lock_st();
             st.busy = false;
             gl.cv.notify_all();
             match r {
-                Ok(Some(g)) if g.status == GrantStatus::Granted => st.held = g.mode,
+                Ok(Some(g)) if g.status == GrantStatus::Granted => {
+                    st.held = g.mode;
+                    if g.lvb.is_some() {
+                        st.lvb = g.lvb;
+                    }
+                    if self.ops_for(name).is_some_and(|o| o.has_lvb(name)) {
+                        // Checked without the state lock; `promoting` keeps
+                        // a demotion from taking the grant away meanwhile.
+                        let lvb = st.lvb;
+                        st.promoting = true;
+                        drop(st);
+                        let checked = self.granted_check(name, lvb.as_ref());
+                        st = gl.lock_st();
+                        st.promoting = false;
+                        let due = st.demote_due();
+                        if checked.is_err() || due {
+                            drop(st);
+                            gl.cv.notify_all();
+                            if due {
+                                self.queue_demote(&gl);
+                            }
+                            return checked.map(|()| None);
+                        }
+                        if st.exclusive || (mode == Mode::EX && st.shared > 0) {
+                            return Ok(None);
+                        }
+                    }
+                }
                 Ok(Some(_)) => {
                     // A callback that came while the request was in flight.
                     let due = st.demote_due();
@@ -507,17 +597,35 @@ impl GlockTable {
         st.busy = true;
         drop(st);
         let name = gl.name;
+        let mut lvb_out = None;
         if let Some(o) = self.ops_for(name) {
             if held == Some(Mode::EX) {
                 if let Err(e) = o.go_sync(name) {
-                    tracing::error!(glock = %name, "sync before demote failed: {e}");
+                    // What the glock covers is not on disk: giving it up
+                    // would hand other nodes stale blocks. The lock stays
+                    // held (others wait, as for a withdrawn kernel node)
+                    // until this node recovers or is declared dead.
+                    tracing::error!(
+                        glock = %name,
+                        "sync before demote failed, the lock is kept: {e}"
+                    );
+                    let mut st = gl.lock_st();
+                    st.busy = false;
+                    drop(st);
+                    gl.cv.notify_all();
+                    return;
+                }
+                if o.has_lvb(name) {
+                    lvb_out = o.lvb_out(name);
                 }
             }
             if target < Mode::PR {
                 o.go_inval(name);
             }
         }
-        let r = self.ls.lock(name, target, LockFlags::default(), None);
+        let r = self
+            .ls
+            .lock(name, target, self.flags(name, false), lvb_out.as_ref());
         let mut st = gl.lock_st();
         match r {
             Ok(Some(g)) => {
@@ -616,14 +724,18 @@ impl GlockTable {
             .collect();
         for gl in all {
             let held = gl.lock_st().held;
+            let mut lvb_out = None;
             if let Some(o) = self.ops_for(gl.name) {
                 if held == Some(Mode::EX) {
                     o.go_sync(gl.name)?;
+                    if o.has_lvb(gl.name) {
+                        lvb_out = o.lvb_out(gl.name);
+                    }
                 }
                 o.go_inval(gl.name);
             }
             if held.is_some() {
-                self.ls.unlock(gl.name, None)?;
+                self.ls.unlock(gl.name, lvb_out.as_ref())?;
             }
         }
         self.ls.leave()?;

@@ -3,7 +3,7 @@
 
 use crate::buf::BufCache;
 use crate::error::Result;
-use gfs2_lockproto::{lm_type, ResName};
+use gfs2_lockproto::{lm_type, Lvb, ResName};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Operations run on demotion.
@@ -14,6 +14,20 @@ pub trait GlockOps: Send + Sync {
     /// Drop every cached object this glock covers (`go_inval`): after the lock
     /// is converted down, other nodes may change them.
     fn go_inval(&self, name: ResName);
+    /// Whether locks of this glock carry a lock value block (`GLOF_LVB`).
+    fn has_lvb(&self, _name: ResName) -> bool {
+        false
+    }
+    /// The LVB to store with the lock as it goes down from EX, computed
+    /// after `go_sync` and before `go_inval`.
+    fn lvb_out(&self, _name: ResName) -> Option<Lvb> {
+        None
+    }
+    /// The lock manager granted the glock with `lvb`: check what it says
+    /// before anything is read under it (`go_instantiate`).
+    fn go_granted(&self, _name: ResName, _lvb: Option<&Lvb>) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Non-disk locks (mount, live, rename, freeze), iopen and journal locks:
@@ -45,6 +59,11 @@ pub struct CacheOps {
     cache: Arc<BufCache>,
     sync: OnceLock<SyncFn>,
     on_inval: Mutex<Option<InvalFn>>,
+    /// The resource groups (sorted by address), for their LVBs.
+    rindex: OnceLock<Vec<crate::format::Rindex>>,
+    /// Check rgrp LVBs on grant: format 1802, where kernel nodes trust
+    /// them (`rgrplvb`).
+    check_rgrp_lvb: std::sync::atomic::AtomicBool,
 }
 
 impl CacheOps {
@@ -55,7 +74,24 @@ impl CacheOps {
             cache,
             sync: OnceLock::new(),
             on_inval: Mutex::new(None),
+            rindex: OnceLock::new(),
+            check_rgrp_lvb: Default::default(),
         })
+    }
+
+    /// The resource groups, once read; `check_lvb` for format 1802.
+    pub fn set_rindex(&self, mut rindex: Vec<crate::format::Rindex>, check_lvb: bool) {
+        rindex.sort_by_key(|r| r.addr);
+        let _ = self.rindex.set(rindex);
+        self.check_rgrp_lvb
+            .store(check_lvb, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn rgrp(&self, name: ResName) -> Option<&crate::format::Rindex> {
+        let all = self.rindex.get()?;
+        all.binary_search_by_key(&name.number, |r| r.addr)
+            .ok()
+            .map(|i| &all[i])
     }
 
     /// What to tell when an inode glock is invalidated (`None`: nobody).
@@ -76,6 +112,37 @@ impl GlockOps for CacheOps {
             None => Ok(()),
         }
     }
+    fn has_lvb(&self, name: ResName) -> bool {
+        name.lk_type == lm_type::RGRP
+    }
+
+    fn lvb_out(&self, name: ResName) -> Option<Lvb> {
+        let ri = self.rgrp(name)?;
+        match crate::rgrp::lvb(&self.cache, ri) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                // Zeros make every reader rebuild it from the rgrp.
+                tracing::warn!(rgrp = ri.addr, "rgrp LVB not computed, invalidated: {e}");
+                Some([0; gfs2_lockproto::LVB_SIZE])
+            }
+        }
+    }
+
+    fn go_granted(&self, name: ResName, lvb: Option<&Lvb>) -> Result<()> {
+        if !self
+            .check_rgrp_lvb
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok(());
+        }
+        match (self.rgrp(name), lvb) {
+            (Some(ri), Some(l)) => crate::rgrp::check_lvb(&self.cache, ri, l).inspect_err(|e| {
+                tracing::error!("{e}");
+            }),
+            _ => Ok(()),
+        }
+    }
+
     fn go_inval(&self, name: ResName) {
         self.cache.invalidate(name);
         if name.lk_type == lm_type::INODE {
