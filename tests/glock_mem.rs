@@ -297,3 +297,51 @@ fn unlinked_while_open_elsewhere() {
     b.unmount().unwrap();
     fsck_overlay(&dev, "memio", "after an unlink while open on another node");
 }
+
+/// The minimum hold time: an inode glock in use on A when B asks for it is
+/// kept for its hold time (200 ms at first) after A's grant before B gets
+/// it; an idle one goes at once.
+#[test]
+fn busy_inode_glock_is_held_for_its_hold_time() {
+    let img = mkfs(4096, 2, 128, "memhold");
+    let dev = Arc::new(OverlayDevice::new(Arc::new(std::fs::read(&img.0).unwrap())));
+    let mgr = MemLockManager::new();
+    let a = cluster_node(&dev, &mgr, "fshold");
+    let b = cluster_node(&dev, &mgr, "fshold");
+    let f = a
+        .mknod(a.root(), b"f", libc::S_IFREG | 0o644, 0, 0, 0, 0, None)
+        .unwrap()
+        .ino;
+    let name = ResName::new(lm_type::INODE, f);
+    // Idle on A: B gets it at once.
+    a.getattr(f).unwrap();
+    let t = Instant::now();
+    drop(b.glocks().acquire(name, Mode::EX).unwrap());
+    assert!(
+        t.elapsed() < Duration::from_millis(150),
+        "an idle glock was held back {:?}",
+        t.elapsed()
+    );
+    // In use on A: held until 200 ms after A's grant, even though A lets
+    // go of it after 50 ms.
+    let gh = a.glocks().acquire(name, Mode::EX).unwrap();
+    let granted = Instant::now();
+    let b2 = b.clone();
+    let waiter = std::thread::spawn(move || {
+        let h = b2.glocks().acquire(name, Mode::EX).unwrap();
+        let at = Instant::now();
+        drop(h);
+        at
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    drop(gh);
+    let got = waiter.join().unwrap();
+    let after = got.duration_since(granted);
+    assert!(
+        after >= Duration::from_millis(170) && after < Duration::from_secs(2),
+        "B got the glock {after:?} after A's grant"
+    );
+    assert!(a.glocks().dump().contains(&format!("n:2/{f:x}")));
+    a.unmount().unwrap();
+    b.unmount().unwrap();
+}

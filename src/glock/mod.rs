@@ -16,6 +16,17 @@ use crate::error::{FsError, Result};
 use gfs2_lockproto::{Grant, GrantStatus, LockCallbacks, LockFlags, Lockspace, Lvb, Mode, ResName};
 use std::collections::HashMap;
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+/// The minimum hold time of an inode glock, at first and at most (the
+/// kernel's `GL_GLOCK_DFT_HOLD` = `GL_GLOCK_MAX_HOLD`, HZ/5).
+const HOLD_MAX: Duration = Duration::from_millis(200);
+/// Its floor (`GL_GLOCK_MIN_HOLD`).
+const HOLD_MIN: Duration = Duration::from_millis(10);
+/// Added when a local request waited long for it (`GL_GLOCK_HOLD_INCR`).
+const HOLD_INCR: Duration = Duration::from_millis(50);
+/// Taken away each time it delays another node (`GL_GLOCK_HOLD_DECR`).
+const HOLD_DECR: Duration = Duration::from_millis(25);
 
 pub use ops::{GlockOps, NoOps};
 
@@ -46,6 +57,14 @@ struct GlState {
     waiters: u32,
     /// The lock value block of the last grant (types with an LVB).
     lvb: Option<Lvb>,
+    /// A remote request that waits for the minimum hold time: becomes
+    /// `demote` at its instant (the kernel's `GLF_PENDING_DEMOTE`).
+    pending: Option<(Mode, Instant)>,
+    /// When the lock manager last granted this glock (`gl_tchange`).
+    granted_at: Instant,
+    /// How long a busy inode glock is kept after its grant before a remote
+    /// request is honoured (`gl_hold_time`).
+    hold: Duration,
 }
 
 impl GlState {
@@ -98,7 +117,7 @@ pub struct GlockTable {
     /// lock: it never runs on a thread that may hold it (an operation
     /// dropping its last holder) nor on the lock module's thread (which
     /// must stay free to deliver grants). `None` once shut down.
-    work: Mutex<Option<mpsc::Sender<Arc<Glock>>>>,
+    work: Mutex<Option<mpsc::Sender<(Arc<Glock>, Option<Instant>)>>>,
     /// Shut down: the lockspace was left.
     closed: std::sync::atomic::AtomicBool,
     /// Who replays a dead node's journals.
@@ -167,6 +186,9 @@ impl LockCallbacks for GlockCallbacks {
         let Some(t) = self.table() else { return };
         let Some(gl) = t.find(grant.res) else { return };
         let mut st = gl.lock_st();
+        if grant.status == GrantStatus::Granted {
+            st.granted_at = Instant::now();
+        }
         st.held = grant.mode;
         if grant.lvb.is_some() {
             st.lvb = grant.lvb;
@@ -214,6 +236,30 @@ impl LockCallbacks for GlockCallbacks {
         if target >= held {
             return;
         }
+        // An inode glock in use here is kept for its hold time after its
+        // grant, so that a node gets work done between two ping-pongs
+        // (fairness without thrashing); an idle one goes at once.
+        let in_use = !st.idle() || st.waiters > 0;
+        if res.lk_type == gfs2_lockproto::lm_type::INODE && in_use && st.demote.is_none() {
+            let at = st.granted_at + st.hold;
+            if at > Instant::now() {
+                let m = st.pending.map_or(target, |(m, _)| m.min(target));
+                tracing::debug!(
+                    glock = %res,
+                    shared = st.shared,
+                    exclusive = st.exclusive,
+                    promoting = st.promoting,
+                    waiters = st.waiters,
+                    "remote request held back for the hold time"
+                );
+                st.pending = Some((m, at));
+                // Each delay makes the next one shorter, down to the floor.
+                st.hold = st.hold.saturating_sub(HOLD_DECR).max(HOLD_MIN);
+                drop(st);
+                t.queue_demote_at(&gl, at);
+                return;
+            }
+        }
         st.demote = Some(st.demote.map_or(target, |d| d.min(target)));
         let demote = st.demote_due();
         drop(st);
@@ -232,7 +278,7 @@ impl GlockTable {
         callbacks: &GlockCallbacks,
         ops: HashMap<u32, Arc<dyn GlockOps>>,
     ) -> Arc<Self> {
-        let (tx, rx) = mpsc::channel::<Arc<Glock>>();
+        let (tx, rx) = mpsc::channel::<(Arc<Glock>, Option<Instant>)>();
         let t = Arc::new(GlockTable {
             ls,
             glocks: Mutex::new(HashMap::new()),
@@ -247,12 +293,53 @@ impl GlockTable {
             .name("glock-demote".into())
             .spawn(move || {
                 // Ends when the table is shut down or dropped (the sender
-                // goes with it).
-                while let Ok(gl) = rx.recv() {
+                // goes with it). Delayed work (a hold time running out)
+                // waits in `later`, earliest first.
+                let mut later: std::collections::BTreeMap<(Instant, u64), Arc<Glock>> =
+                    Default::default();
+                let mut seq = 0u64;
+                loop {
+                    let next = later.keys().next().map(|(at, _)| *at);
+                    let msg = match next {
+                        Some(at) => {
+                            match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                                Ok(m) => Some(m),
+                                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                            }
+                        }
+                        None => match rx.recv() {
+                            Ok(m) => Some(m),
+                            Err(_) => break,
+                        },
+                    };
                     let Some(t) = weak.upgrade() else { break };
-                    let st = gl.lock_st();
-                    if st.demote_due() {
-                        t.demote(&gl, st);
+                    let due: Vec<Arc<Glock>> = match msg {
+                        Some((gl, Some(at))) => {
+                            seq += 1;
+                            later.insert((at, seq), gl);
+                            Vec::new()
+                        }
+                        Some((gl, None)) => vec![gl],
+                        None => {
+                            let now = Instant::now();
+                            let rest = later.split_off(&(now, u64::MAX));
+                            std::mem::replace(&mut later, rest).into_values().collect()
+                        }
+                    };
+                    for gl in due {
+                        let mut st = gl.lock_st();
+                        // A hold time ran out: the remote request now stops
+                        // new local holders and is served once they go.
+                        if let Some((m, at)) = st.pending {
+                            if at <= Instant::now() {
+                                st.pending = None;
+                                st.demote = Some(st.demote.map_or(m, |d| d.min(m)));
+                            }
+                        }
+                        if st.demote_due() {
+                            t.demote(&gl, st);
+                        }
                     }
                 }
             });
@@ -266,15 +353,31 @@ impl GlockTable {
 
     /// Have the demotion worker look at `gl` (it demotes if still due).
     fn queue_demote(&self, gl: &Arc<Glock>) {
+        self.send_work(gl, None);
+    }
+
+    /// Have the demotion worker look at `gl` at `at` (a hold time ends).
+    fn queue_demote_at(&self, gl: &Arc<Glock>, at: Instant) {
+        self.send_work(gl, Some(at));
+    }
+
+    fn send_work(&self, gl: &Arc<Glock>, at: Option<Instant>) {
         if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
             // After shutdown every lock is gone with the lockspace; a
             // holder dropped later (the journal's) has nothing to give up.
             return;
         }
         let sent = match &*self.work.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(tx) => tx.send(gl.clone()).is_ok(),
+            Some(tx) => tx.send((gl.clone(), at)).is_ok(),
             None => false,
         };
+        if !sent && at.is_some() {
+            // No worker: the hold time is not kept.
+            let mut st = gl.lock_st();
+            if let Some((m, _)) = st.pending.take() {
+                st.demote = Some(st.demote.map_or(m, |d| d.min(m)));
+            }
+        }
         if !sent {
             let st = gl.lock_st();
             if st.demote_due() {
@@ -319,6 +422,9 @@ impl GlockTable {
                         promoting: false,
                         waiters: 0,
                         lvb: None,
+                        pending: None,
+                        granted_at: Instant::now(),
+                        hold: HOLD_MAX,
                     }),
                     cv: Condvar::new(),
                 })
@@ -362,6 +468,7 @@ impl GlockTable {
     pub fn acquire(self: &Arc<Self>, name: ResName, mode: Mode) -> Result<Holder> {
         let mode = if mode >= Mode::PW { Mode::EX } else { Mode::PR };
         let gl = self.get(name);
+        let asked = Instant::now();
         let mut st = gl.lock_st();
         // The request this thread sent: it may take its holder even when a
         // demote arrived meanwhile, so that progress is guaranteed.
@@ -376,6 +483,10 @@ impl GlockTable {
             if !st.busy && sufficient && local_ok && (st.demote.is_none() || promoted) {
                 if promoted {
                     st.promoting = false;
+                }
+                // Waited long for it: keep it longer next time.
+                if asked.elapsed() > Duration::from_secs(1) {
+                    st.hold = (st.hold + HOLD_INCR).min(HOLD_MAX);
                 }
                 if mode == Mode::EX {
                     st.exclusive = true;
@@ -410,6 +521,7 @@ impl GlockTable {
                 match r {
                     Ok(Some(g)) => {
                         st.held = g.mode;
+                        st.granted_at = Instant::now();
                         if g.lvb.is_some() {
                             st.lvb = g.lvb;
                         }
@@ -522,6 +634,7 @@ impl GlockTable {
             match r {
                 Ok(Some(g)) if g.status == GrantStatus::Granted => {
                     st.held = g.mode;
+                    st.granted_at = Instant::now();
                     if g.lvb.is_some() {
                         st.lvb = g.lvb;
                     }
@@ -657,7 +770,8 @@ impl GlockTable {
     /// `G: s:EX n:2/805b f:bDnp d:UN h:1/0 w:2`, that is the state granted
     /// by the lock manager (UN, SH, DF, EX as the kernel names NL, PR, CW,
     /// EX; `-` for no lock), the name (type/number in hex), flags (`b` a
-    /// request in flight, `D` a demotion pending, `n` not cached, `p` a
+    /// request in flight, `D` a demotion pending, `d` a remote request
+    /// waiting for the minimum hold time, `n` not cached, `p` a
     /// granted request whose holder is on its way), the demotion's target,
     /// the holders (shared/exclusive) and the local requests waiting.
     pub fn dump(&self) -> String {
@@ -684,6 +798,7 @@ impl GlockTable {
             let flags: String = [
                 (st.busy, 'b'),
                 (st.demote.is_some(), 'D'),
+                (st.pending.is_some(), 'd'),
                 (st.nocache, 'n'),
                 (st.promoting, 'p'),
             ]
