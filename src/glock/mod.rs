@@ -107,6 +107,9 @@ impl Glock {
     }
 }
 
+/// A glock for the demotion worker to look at, now or at an instant.
+type Work = (Arc<Glock>, Option<Instant>);
+
 /// The node's glocks, keyed by resource name.
 pub struct GlockTable {
     ls: Arc<dyn Lockspace>,
@@ -117,7 +120,7 @@ pub struct GlockTable {
     /// lock: it never runs on a thread that may hold it (an operation
     /// dropping its last holder) nor on the lock module's thread (which
     /// must stay free to deliver grants). `None` once shut down.
-    work: Mutex<Option<mpsc::Sender<(Arc<Glock>, Option<Instant>)>>>,
+    work: Mutex<Option<mpsc::Sender<Work>>>,
     /// Shut down: the lockspace was left.
     closed: std::sync::atomic::AtomicBool,
     /// Who replays a dead node's journals.
@@ -278,7 +281,7 @@ impl GlockTable {
         callbacks: &GlockCallbacks,
         ops: HashMap<u32, Arc<dyn GlockOps>>,
     ) -> Arc<Self> {
-        let (tx, rx) = mpsc::channel::<(Arc<Glock>, Option<Instant>)>();
+        let (tx, rx) = mpsc::channel::<Work>();
         let t = Arc::new(GlockTable {
             ls,
             glocks: Mutex::new(HashMap::new()),
