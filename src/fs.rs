@@ -199,6 +199,8 @@ impl Fs {
         let cops = CacheOps::new(cache.clone());
         ops.insert(lm_type::INODE, cops.clone());
         ops.insert(lm_type::RGRP, cops.clone());
+        let nondisk = crate::glock::ops::NonDiskOps::new();
+        ops.insert(lm_type::NONDISK, nondisk.clone());
         let glocks = GlockTable::new(ls, &callbacks, ops);
 
         // As the kernel: the mount lock serialises mounts and recovery, the
@@ -286,6 +288,11 @@ impl Fs {
         cops.set_sync(Box::new(move || {
             weak.upgrade()
                 .map_or(Ok(()), |fs: Arc<Fs>| fs.flush_for_demote())
+        }));
+        let weak = Arc::downgrade(&fs);
+        nondisk.set_sync(Box::new(move || {
+            weak.upgrade()
+                .map_or(Ok(()), |fs: Arc<Fs>| fs.sync_for_freeze())
         }));
         if fs.writer.is_some() {
             Self::start_commit_timer(&fs);

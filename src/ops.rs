@@ -98,6 +98,14 @@ fn errno(e: i32) -> FsError {
     FsError::Errno(e)
 }
 
+/// The cluster's freeze lock.
+fn freeze_glock() -> ResName {
+    ResName::new(
+        gfs2_lockproto::lm_type::NONDISK,
+        crate::glock::ops::FREEZE_LOCK,
+    )
+}
+
 /// The cluster's rename lock (the kernel's non-disk lock 3,
 /// `GFS2_RENAME_LOCK`).
 fn rename_glock() -> ResName {
@@ -232,11 +240,29 @@ impl Fs {
     pub(crate) fn modify<T>(
         &self,
         inodes: &[u64],
+        f: impl FnMut(&mut Txn<'_>, Alloc<'_>, &mut HashMap<u64, u32>) -> Result<T>,
+    ) -> Result<T> {
+        self.modify_as(inodes, true, f)
+    }
+
+    /// [`Fs::modify`]; `freeze`: hold the freeze lock shared. Every
+    /// transaction does, so a node freezing the filesystem (taking it
+    /// exclusively) makes us write everything out and start no transaction
+    /// until it thaws; the one exception is the statfs fold that the
+    /// freeze itself runs while giving the lock up.
+    fn modify_as<T>(
+        &self,
+        inodes: &[u64],
+        freeze: bool,
         mut f: impl FnMut(&mut Txn<'_>, Alloc<'_>, &mut HashMap<u64, u32>) -> Result<T>,
     ) -> Result<T> {
         let w = self.writer().ok_or(errno(libc::EROFS))?;
         let mut want: BTreeMap<ResName, Mode> =
             inodes.iter().map(|&i| (glock(i), Mode::EX)).collect();
+        // It sorts before every other glock taken here.
+        if freeze {
+            want.insert(freeze_glock(), Mode::PR);
+        }
         let mut holders: BTreeMap<ResName, Holder> = BTreeMap::new();
         let mut retried = false;
         loop {
@@ -382,7 +408,7 @@ impl Fs {
             let wg = w.lock().unwrap_or_else(|e| e.into_inner());
             (wg.master_statfs, wg.local_statfs)
         };
-        self.fold_statfs(master, local)
+        self.fold_statfs(master, local, true)
     }
 
     /// A dead node's journal was replayed: its local statfs changes (its
@@ -394,16 +420,17 @@ impl Fs {
         };
         let master = w.lock().unwrap_or_else(|e| e.into_inner()).master_statfs;
         let local = self.per_node_file(&format!("statfs_change{jid}"));
-        self.fold_statfs(master, local)
+        self.fold_statfs(master, local, true)
     }
 
     /// Add the changes of statfs_change file `local` to the master statfs
-    /// file and zero them.
-    fn fold_statfs(&self, master: u64, local: u64) -> Result<()> {
+    /// file and zero them (`freeze`: as a transaction under the freeze
+    /// lock, see [`Fs::modify_as`]).
+    fn fold_statfs(&self, master: u64, local: u64, freeze: bool) -> Result<()> {
         if local == 0 || master == 0 {
             return Ok(());
         }
-        self.modify(&[master, local], |tx, _, _| {
+        self.modify_as(&[master, local], freeze, |tx, _, _| {
             let lb = tx.get(glock(local), local, mt::DI)?;
             let mut l = StatfsChange::parse(&lb[DINODE_SIZE..])?;
             if l == StatfsChange::default() {
@@ -522,6 +549,25 @@ impl Fs {
     }
 
     /// Flush and leave the journal clean (unmount).
+    /// Before the freeze lock goes to a node freezing the filesystem: our
+    /// statfs changes in the master file, everything in place, and a clean
+    /// header in our journal (the kernel checks that its journal is clean
+    /// when it thaws), so the frozen disk is complete as it stands.
+    pub(crate) fn sync_for_freeze(&self) -> Result<()> {
+        let Some(w) = self.writer() else {
+            return Ok(());
+        };
+        let (master, local) = {
+            let wg = w.lock().unwrap_or_else(|e| e.into_inner());
+            (wg.master_statfs, wg.local_statfs)
+        };
+        self.fold_statfs(master, local, false)?;
+        let mut wg = w.lock().unwrap_or_else(|e| e.into_inner());
+        self.flush_locked(&mut wg)?;
+        self.checkpoint_locked(&mut wg)?;
+        wg.log.write_freeze()
+    }
+
     pub(crate) fn sync_and_close_log(&self) -> Result<()> {
         let Some(w) = self.writer() else {
             return Ok(());

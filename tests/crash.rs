@@ -80,6 +80,14 @@ fn force_unmount(mnt: &Path) {
 type Durable = Arc<Mutex<Vec<(String, String)>>>;
 
 fn workload(dir: PathBuf, seed: u64, stop: Arc<AtomicBool>, durable: Durable) {
+    use std::os::unix::fs::MetadataExt;
+    // The mount's device: once the crashed mount is detached, a path under
+    // `dir` reaches the directory beneath it, where a create and fsync
+    // would succeed on the host's filesystem; such a file is no file of
+    // ours and must not count as durable.
+    let Ok(mount_dev) = std::fs::metadata(&dir).map(|m| m.dev()) else {
+        return;
+    };
     let mut rng = Rng(seed | 1);
     let mut i = 0u64;
     while !stop.load(Ordering::Relaxed) {
@@ -91,6 +99,9 @@ fn workload(dir: PathBuf, seed: u64, stop: Arc<AtomicBool>, durable: Durable) {
             let mut f = std::fs::File::create(dir.join(&name))?;
             f.write_all(&data)?;
             f.sync_all()?;
+            if f.metadata()?.dev() != mount_dev {
+                return Err(std::io::Error::other("the mount is gone"));
+            }
             // Churn that must not disturb durable files.
             if i.is_multiple_of(5) {
                 std::fs::write(dir.join("scratch"), &data[..len.min(3000)])?;

@@ -715,7 +715,8 @@ impl GlockTable {
         let name = gl.name;
         let mut lvb_out = None;
         if let Some(o) = self.ops_for(name) {
-            if held == Some(Mode::EX) {
+            if held == Some(Mode::EX) || (held.is_some_and(|h| h > target) && o.syncs_shared(name))
+            {
                 if let Err(e) = o.go_sync(name) {
                     // What the glock covers is not on disk: giving it up
                     // would hand other nodes stale blocks. The lock stays
@@ -731,7 +732,7 @@ impl GlockTable {
                     gl.cv.notify_all();
                     return;
                 }
-                if o.has_lvb(name) {
+                if held == Some(Mode::EX) && o.has_lvb(name) {
                     lvb_out = o.lvb_out(name);
                 }
             }

@@ -14,6 +14,12 @@ pub trait GlockOps: Send + Sync {
     /// Drop every cached object this glock covers (`go_inval`): after the lock
     /// is converted down, other nodes may change them.
     fn go_inval(&self, name: ResName);
+    /// Whether holders change what this glock covers even in shared mode,
+    /// so that it is synced before any release, not only from EX (the
+    /// freeze lock, which every transaction holds shared).
+    fn syncs_shared(&self, _name: ResName) -> bool {
+        false
+    }
     /// Whether locks of this glock carry a lock value block (`GLOF_LVB`).
     fn has_lvb(&self, _name: ResName) -> bool {
         false
@@ -39,6 +45,45 @@ impl GlockOps for NoOps {
         Ok(())
     }
     fn go_inval(&self, _name: ResName) {}
+}
+
+/// The kernel's freeze lock (non-disk lock 2, `GFS2_FREEZE_LOCK`).
+pub const FREEZE_LOCK: u64 = 2;
+
+/// Non-disk locks: nothing cached under them, except that giving up the
+/// freeze lock (a node freezing the filesystem asked for it exclusively)
+/// first writes the log out and everything in place, so the frozen disk is
+/// complete; transactions hold it shared, so none runs until the freezer
+/// lets it go (the kernel's `freeze_go_sync`).
+pub struct NonDiskOps {
+    sync: OnceLock<SyncFn>,
+}
+
+impl NonDiskOps {
+    /// Operations whose freeze sync does nothing until [`NonDiskOps::set_sync`].
+    pub fn new() -> Arc<Self> {
+        Arc::new(NonDiskOps {
+            sync: OnceLock::new(),
+        })
+    }
+
+    /// What syncing the freeze lock runs.
+    pub fn set_sync(&self, f: SyncFn) {
+        let _ = self.sync.set(f);
+    }
+}
+
+impl GlockOps for NonDiskOps {
+    fn go_sync(&self, name: ResName) -> Result<()> {
+        match self.sync.get() {
+            Some(f) if name.number == FREEZE_LOCK => f(),
+            _ => Ok(()),
+        }
+    }
+    fn go_inval(&self, _name: ResName) {}
+    fn syncs_shared(&self, name: ResName) -> bool {
+        name.number == FREEZE_LOCK
+    }
 }
 
 /// What syncing a glock takes: the filesystem's log flush and checkpoint.

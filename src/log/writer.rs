@@ -363,6 +363,17 @@ impl LogWriter {
     /// Write an unmount header: the journal is clean. Everything logged
     /// must have been checkpointed first.
     pub fn write_unmount(&mut self) -> Result<()> {
+        self.write_clean(lh::FLUSH_SHUTDOWN)
+    }
+
+    /// Write a clean header for a freeze (`FLUSH_FREEZE`): as at unmount,
+    /// a node thawing after a freeze finds its journal clean, and the log
+    /// goes on after it.
+    pub fn write_freeze(&mut self) -> Result<()> {
+        self.write_clean(lh::FLUSH_FREEZE | lh::LFC_FREEZE_GO_SYNC)
+    }
+
+    fn write_clean(&mut self, why: u32) -> Result<()> {
         if self.clean {
             return Ok(());
         }
@@ -373,7 +384,7 @@ impl LogWriter {
             });
         }
         let lblock = self.next;
-        self.write_header(lblock, log::HEAD_UNMOUNT | lh::FLUSH_SHUTDOWN)?;
+        self.write_header(lblock, log::HEAD_UNMOUNT | why)?;
         self.tail = lblock;
         self.clean = true;
         Ok(())
