@@ -1350,6 +1350,13 @@ impl Fs {
         if !last {
             return Ok(());
         }
+        // Only an unlinked inode has anything to do, and most closes are of
+        // linked ones: look under a shared glock first, so that closing a
+        // file does not take it exclusively from every other node that
+        // caches it (the kernel, too, decides at eviction, from nlink).
+        if self.with_inode(ino, |_, ip| Ok(ip.di.nlink))? > 0 {
+            return Ok(());
+        }
         self.modify(&[ino], |tx, al, open| {
             if open.contains_key(&ino) {
                 return Ok(());

@@ -14,7 +14,7 @@ use common::kvm::{host_manifest, run_vm, section};
 use common::*;
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -32,6 +32,26 @@ struct Cluster {
     /// after [`WHOLE_TEST`], so that an operation blocked anywhere fails
     /// (ENOTCONN) instead of hanging the suite.
     done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Mount points of the clusters running now, for [`dump_glocks`].
+static LIVE: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Print every live node's glock dump (`gfs2-fuse glocks`): what a blocked
+/// operation waits for, so that a deadlock seen once in CI can be read.
+fn dump_glocks() {
+    let mnts = LIVE.lock().map(|v| v.clone()).unwrap_or_default();
+    for m in mnts {
+        match Command::new(gfs2_fuse()).arg("glocks").arg(&m).output() {
+            Ok(o) => eprintln!(
+                "--- glocks of {}:\n{}{}",
+                m.display(),
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("--- glocks of {}: {e}", m.display()),
+        }
+    }
 }
 
 /// The longest a whole test may run with its daemon.
@@ -64,6 +84,9 @@ impl Cluster {
             // SAFETY: a plain kill(2) of our own child.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         });
+        if let Ok(mut live) = LIVE.lock() {
+            live.extend(mnts.iter().map(|m| m.0.clone()));
+        }
         let mut c = Cluster {
             child: Some(child),
             mnts,
@@ -80,6 +103,13 @@ impl Cluster {
         c
     }
 
+    /// No longer dumped by [`dump_glocks`].
+    fn forget(&self) {
+        if let Ok(mut live) = LIVE.lock() {
+            live.retain(|l| !self.mnts.iter().any(|m| m.0 == *l));
+        }
+    }
+
     fn m(&self, node: usize) -> &Path {
         &self.mnts[node].0
     }
@@ -91,6 +121,7 @@ impl Cluster {
     /// Unmount every node; the daemon must exit 0 (every node left the
     /// disk clean).
     fn stop(mut self) {
+        self.forget();
         for m in &self.mnts {
             let st = Command::new("umount").arg(&m.0).status().unwrap();
             assert!(st.success(), "umount {}", m.0.display());
@@ -112,6 +143,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         // Only after a failure: do not leave a daemon or a mount behind.
+        self.forget();
         self.done.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -131,7 +163,10 @@ fn bounded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static
     });
     match rx.recv_timeout(BOUND) {
         Ok(v) => v,
-        Err(_) => panic!("{what}: blocked for more than {BOUND:?} (deadlock?)"),
+        Err(_) => {
+            dump_glocks();
+            panic!("{what}: blocked for more than {BOUND:?} (deadlock?)")
+        }
     }
 }
 
@@ -157,7 +192,10 @@ fn all_at_once<J: Send + 'static>(what: &str, jobs: Vec<J>, f: fn(J)) {
         match rx.recv_timeout(left) {
             Ok(Ok(())) => {}
             Ok(Err(msg)) => panic!("{what}: {msg}"),
-            Err(_) => panic!("{what}: blocked for more than {BOUND:?} (deadlock?)"),
+            Err(_) => {
+                dump_glocks();
+                panic!("{what}: blocked for more than {BOUND:?} (deadlock?)")
+            }
         }
     }
 }
@@ -498,6 +536,8 @@ fn coherence_against_a_model() {
     let t = Instant::now();
     let mut done = 0;
     let mut checks = 0;
+    // The last operations, for a failure's message.
+    let mut history = std::collections::VecDeque::new();
     while done < OPS && t.elapsed() < Duration::from_secs(240) {
         let on = rng.below(NODES as u64) as usize;
         let check = (on + 1 + rng.below(NODES as u64 - 1) as usize) % NODES;
@@ -505,6 +545,10 @@ fn coherence_against_a_model() {
         let path = c.path(on, &f);
         let what = rng.below(10);
         let desc = format!("op {done} on node {on}, checked on {check}");
+        history.push_back(format!("{done}: kind {what} on {f} on node {on}"));
+        if history.len() > 30 {
+            history.pop_front();
+        }
         match (what, model.get(&f).cloned()) {
             // Create or replace with fresh contents.
             (0..=1, _) => {
@@ -609,13 +653,22 @@ fn coherence_against_a_model() {
             match obj {
                 Obj::File(body, x) => {
                     let got = read_file(&p2);
-                    assert!(
-                        got == **body,
-                        "{desc}: {name} on node {check}: {} bytes, model {} (first difference at {:?})",
-                        got.len(),
-                        body.len(),
-                        got.iter().zip(body.iter()).position(|(a, b)| a != b)
-                    );
+                    if got != **body {
+                        // What a second look shows tells a stale cache
+                        // from data never written.
+                        std::thread::sleep(Duration::from_secs(1));
+                        let again = read_file(&p2);
+                        let ino = fs::metadata(&p2).map(|m| m.ino()).unwrap_or(0);
+                        panic!(
+                            "{desc} (kind {what}): {name} (inode {ino:#x}) on node {check}: {} bytes, model {} (first difference at {:?}); a second later: {} bytes, {}; the last operations:\n{}",
+                            got.len(),
+                            body.len(),
+                            got.iter().zip(body.iter()).position(|(a, b)| a != b),
+                            again.len(),
+                            if again == **body { "right" } else { "still wrong" },
+                            history.iter().cloned().collect::<Vec<_>>().join("\n")
+                        );
+                    }
                     let len = fs::metadata(&p2).unwrap().len();
                     assert_eq!(len, body.len() as u64, "{desc}: size of {name}");
                     if rng.below(4) == 0 {

@@ -17,6 +17,19 @@
 //! mode must therefore treat its cached state as lost when the conversion
 //! has to wait (the glock layer invalidates before an up-conversion that does
 //! not complete at once).
+//!
+//! A node can be killed ([`MemLockManager::kill`]), as a cluster fences a
+//! failed member: it is gone at once (no more callbacks, every call fails
+//! with [`LockError::Left`], its waiting requests dropped), its journal
+//! locks are released so that a survivor can take them, and every other lock
+//! it held stays granted to nobody (an *orphan*), so that nothing it may
+//! have changed is handed out before its journal is replayed (gfs2's NOEXP
+//! rule, which lock_dlm enforces by holding back grants during recovery).
+//! The survivors are told which journals to replay
+//! ([`LockCallbacks::recover`]); once one of them reports each journal done
+//! ([`Lockspace::recovery_done`]), the orphans are released, and the LVBs
+//! of those held in PW or EX are invalidated (the next holder reads zeros,
+//! as the DLM marks such LVBs not valid).
 
 use crate::{
     Grant, GrantStatus, JoinInfo, LockCallbacks, LockError, LockFlags, LockProto, Lockspace, Lvb,
@@ -31,14 +44,13 @@ type NodeId = u32;
 enum Event {
     Granted(Grant),
     Blocking(ResName, Mode),
+    Recover(Vec<u32>),
 }
 
 struct Request {
     node: NodeId,
     mode: Mode,
     flags: LockFlags,
-    /// Holders already told that this request waits for them.
-    notified: HashSet<NodeId>,
 }
 
 #[derive(Default)]
@@ -48,12 +60,22 @@ struct Resource {
     lvb: Option<Lvb>,
     /// Nodes whose granted lock was dropped to NL to break a conversion deadlock.
     demoted: HashSet<NodeId>,
+    /// The strongest mode each holder was told is waited for since its
+    /// lock was last granted (the DLM's `lkb_highbast`, cleared on every
+    /// grant): a holder is called back again when a stronger mode waits,
+    /// or when it was granted anew, since the callback it had may have been
+    /// spent on the mode it held before.
+    highbast: HashMap<NodeId, Mode>,
 }
 
 #[derive(Default)]
 struct Space {
     members: HashMap<NodeId, mpsc::Sender<Event>>,
     resources: HashMap<ResName, Resource>,
+    /// Killed nodes whose orphan locks wait for these journals' recovery.
+    dead: HashMap<NodeId, HashSet<u32>>,
+    /// Every node ever killed (its later `leave` must not free orphans).
+    killed: HashSet<NodeId>,
 }
 
 #[derive(Default)]
@@ -78,6 +100,91 @@ impl MemLockManager {
     /// simulated node.
     pub fn proto(&self) -> Arc<dyn LockProto> {
         Arc::new(MemProto { mgr: self.clone() })
+    }
+
+    /// Kill `node` of lockspace `ls`, as the cluster fences a failed node
+    /// (see the module doc); returns the journal ids it held, which the
+    /// survivors are told to replay.
+    pub fn kill(&self, ls: &str, node: u32) -> Vec<u32> {
+        let mut st = lock_state(&self.state);
+        let Some(space) = st.spaces.get_mut(ls) else {
+            return Vec::new();
+        };
+        if !space.members.contains_key(&node) {
+            return Vec::new();
+        }
+        // Its waiting requests end as cancelled (a process that is gone
+        // waits for nothing), then its callback thread ends.
+        let waiting: Vec<Grant> = space
+            .resources
+            .iter()
+            .filter(|(_, r)| r.queue.iter().any(|q| q.node == node))
+            .map(|(res, r)| Grant {
+                res: *res,
+                status: GrantStatus::Cancelled,
+                mode: r.granted.get(&node).copied(),
+                lvb: None,
+            })
+            .collect();
+        for g in waiting {
+            send(space, node, Event::Granted(g));
+        }
+        space.members.remove(&node);
+        space.killed.insert(node);
+        let mut jids = Vec::new();
+        let names: Vec<ResName> = space.resources.keys().copied().collect();
+        for res in &names {
+            if let Some(r) = space.resources.get_mut(res) {
+                r.queue.retain(|q| q.node != node);
+                r.demoted.remove(&node);
+                let journal = res.lk_type == crate::lm_type::JOURNAL;
+                if journal && r.granted.get(&node).is_some_and(|m| *m >= Mode::PW) {
+                    r.granted.remove(&node);
+                    jids.push(res.number as u32);
+                }
+            }
+        }
+        jids.sort_unstable();
+        if jids.is_empty() {
+            release_orphans(space, node);
+        } else {
+            space.dead.insert(node, jids.iter().copied().collect());
+        }
+        for res in names {
+            process(space, res);
+        }
+        if !jids.is_empty() {
+            for tx in space.members.values() {
+                let _ = tx.send(Event::Recover(jids.clone()));
+            }
+        }
+        // The last node gone: the lockspace goes with it, and whoever
+        // joins next is the first mounter, who recovers every journal.
+        if space.members.is_empty() {
+            st.spaces.remove(ls);
+        }
+        jids
+    }
+
+    /// Locks held by killed nodes whose journals are not yet recovered.
+    pub fn orphans(&self, ls: &str) -> usize {
+        let st = lock_state(&self.state);
+        st.spaces.get(ls).map_or(0, |s| {
+            s.resources
+                .values()
+                .map(|r| r.granted.keys().filter(|n| s.killed.contains(n)).count())
+                .sum()
+        })
+    }
+
+    /// The LVB stored with `res` in lockspace `ls` (zeros when none was
+    /// written), for tests and diagnostics.
+    pub fn lvb(&self, ls: &str, res: ResName) -> Option<Lvb> {
+        let st = lock_state(&self.state);
+        st.spaces
+            .get(ls)
+            .and_then(|s| s.resources.get(&res))
+            .and_then(|r| r.lvb)
     }
 
     /// Number of nodes currently holding or waiting for `res` in lockspace `ls`
@@ -127,6 +234,7 @@ impl LockProto for MemProto {
                     match ev {
                         Event::Granted(g) => callbacks.granted(g),
                         Event::Blocking(r, m) => callbacks.blocking(r, m),
+                        Event::Recover(jids) => callbacks.recover(&jids),
                     }
                 }
             })
@@ -169,6 +277,13 @@ fn grantable(r: &Resource, node: NodeId, mode: Mode) -> bool {
 }
 
 fn send(space: &Space, node: NodeId, ev: Event) {
+    match &ev {
+        Event::Granted(g) => {
+            tracing::trace!(node, res = %g.res, mode = ?g.mode, status = ?g.status, "grant sent")
+        }
+        Event::Blocking(res, m) => tracing::trace!(node, %res, mode = ?m, "blocking callback sent"),
+        Event::Recover(j) => tracing::trace!(node, jids = ?j, "recovery sent"),
+    }
     if let Some(tx) = space.members.get(&node) {
         // A node whose callback thread is gone has left; nothing to tell it.
         let _ = tx.send(ev);
@@ -178,11 +293,26 @@ fn send(space: &Space, node: NodeId, ev: Event) {
 fn make_grant(r: &mut Resource, res: ResName, node: NodeId, mode: Mode, flags: LockFlags) -> Grant {
     r.granted.insert(node, mode);
     r.demoted.remove(&node);
+    r.highbast.remove(&node);
     Grant {
         res,
         status: GrantStatus::Granted,
         mode: Some(mode),
         lvb: flags.want_lvb.then(|| r.lvb.unwrap_or([0; LVB_SIZE])),
+    }
+}
+
+/// Release every lock dead `node` still holds (its journals are replayed),
+/// invalidating the LVBs it could have changed. The caller processes the
+/// queues.
+fn release_orphans(space: &mut Space, node: NodeId) {
+    space.dead.remove(&node);
+    for r in space.resources.values_mut() {
+        if let Some(m) = r.granted.remove(&node) {
+            if m.writes_lvb() {
+                r.lvb = None;
+            }
+        }
     }
 }
 
@@ -223,9 +353,13 @@ fn process(space: &mut Space, res: ResName) {
         }
     }
     // Blocking callbacks for what is still waiting.
-    for q in r.queue.iter_mut() {
+    for q in r.queue.iter() {
         for (holder, m) in r.granted.iter() {
-            if *holder != q.node && !q.mode.compatible(*m) && q.notified.insert(*holder) {
+            if *holder == q.node || q.mode.compatible(*m) {
+                continue;
+            }
+            if r.highbast.get(holder).is_none_or(|told| *told < q.mode) {
+                r.highbast.insert(*holder, q.mode);
                 events.push((*holder, Event::Blocking(res, q.mode)));
             }
         }
@@ -249,6 +383,7 @@ impl Lockspace for MemSpace {
         let node = self.node;
         self.with_space(|space| {
             let r = space.resources.entry(res).or_default();
+            tracing::trace!(node, %res, ?mode, try_lock = flags.try_lock, granted = ?r.granted, queued = ?r.queue.iter().map(|q| (q.node, q.mode)).collect::<Vec<_>>(), "lock");
             if r.queue.iter().any(|q| q.node == node) {
                 return Err(LockError::BadRequest {
                     res,
@@ -266,10 +401,13 @@ impl Lockspace for MemSpace {
                 conversion_first || r.queue.iter().all(|q| r.granted.contains_key(&q.node));
             if grantable(r, node, mode) && queue_clear {
                 let g = make_grant(r, res, node, mode, flags);
-                // A down-conversion may unblock others.
-                if current.is_some_and(|c| mode < c) {
-                    process(space, res);
-                }
+                // A down-conversion may unblock others; an up-conversion
+                // answered at once, ahead of requests that wait for others,
+                // now blocks them too, and its holder must be told so (as
+                // the DLM sends a blocking AST to every granted lock that
+                // blocks a waiter). The callback may reach the node before
+                // it has seen this grant.
+                process(space, res);
                 return Ok(Some(g));
             }
             if flags.try_lock {
@@ -300,7 +438,6 @@ impl Lockspace for MemSpace {
                 node,
                 mode,
                 flags,
-                notified: HashSet::new(),
             });
             process(space, res);
             Ok(None)
@@ -360,12 +497,40 @@ impl Lockspace for MemSpace {
         Ok(())
     }
 
+    fn node_id(&self) -> u32 {
+        self.node
+    }
+
+    fn recovery_done(&self, jid: u32) -> Result<(), LockError> {
+        self.with_space(|space| {
+            let finished: Vec<NodeId> = space
+                .dead
+                .iter_mut()
+                .filter_map(|(n, jids)| (jids.remove(&jid) && jids.is_empty()).then_some(*n))
+                .collect();
+            for n in &finished {
+                release_orphans(space, *n);
+            }
+            if !finished.is_empty() {
+                let names: Vec<ResName> = space.resources.keys().copied().collect();
+                for res in names {
+                    process(space, res);
+                }
+            }
+            Ok(())
+        })
+    }
+
     fn leave(&self) -> Result<(), LockError> {
         let node = self.node;
         let mut st = lock_state(&self.mgr.state);
         let Some(space) = st.spaces.get_mut(&self.name) else {
             return Ok(());
         };
+        // A killed node's locks are the survivors' business now.
+        if space.killed.contains(&node) {
+            return Ok(());
+        }
         // Dropping the sender ends the node's callback thread.
         space.members.remove(&node);
         let names: Vec<ResName> = space.resources.keys().copied().collect();
@@ -400,6 +565,7 @@ mod tests {
     enum Seen {
         Granted(Grant),
         Blocking(ResName, Mode),
+        Recover(Vec<u32>),
     }
 
     struct Chan(Mutex<mpsc::Sender<Seen>>);
@@ -409,6 +575,9 @@ mod tests {
         }
         fn blocking(&self, r: ResName, m: Mode) {
             let _ = self.0.lock().unwrap().send(Seen::Blocking(r, m));
+        }
+        fn recover(&self, jids: &[u32]) {
+            let _ = self.0.lock().unwrap().send(Seen::Recover(jids.to_vec()));
         }
     }
 
@@ -497,6 +666,68 @@ mod tests {
     }
 
     #[test]
+    fn a_conversion_granted_ahead_of_a_waiter_is_called_back() {
+        let mgr = MemLockManager::new();
+        let (a, _, ra) = node(&mgr);
+        let (b, _, rb) = node(&mgr);
+        let (c, _, rc) = node(&mgr);
+        a.lock(R, Mode::NL, LockFlags::default(), None).unwrap();
+        c.lock(R, Mode::PR, LockFlags::default(), None).unwrap();
+        // B waits for C's PR.
+        assert_eq!(
+            b.lock(R, Mode::EX, LockFlags::default(), None).unwrap(),
+            None
+        );
+        assert_eq!(next(&rc), Seen::Blocking(R, Mode::EX));
+        // A converts NL to PR: compatible with C, granted at once, ahead of
+        // B; A now blocks B too and must hear of it, or B waits for ever.
+        let g = a.lock(R, Mode::PR, LockFlags::default(), None).unwrap();
+        assert_eq!(g.map(|g| g.mode), Some(Some(Mode::PR)));
+        assert_eq!(next(&ra), Seen::Blocking(R, Mode::EX));
+        c.unlock(R, None).unwrap();
+        quiet(&rb);
+        a.lock(R, Mode::NL, LockFlags::default(), None).unwrap();
+        match next(&rb) {
+            Seen::Granted(g) => assert_eq!(g.mode, Some(Mode::EX)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_holder_granted_anew_is_called_back_again() {
+        let mgr = MemLockManager::new();
+        let (a, _, ra) = node(&mgr);
+        let (b, _, rb) = node(&mgr);
+        let (c, _, rc) = node(&mgr);
+        let none = LockFlags::default();
+        a.lock(R, Mode::NL, none, None).unwrap();
+        b.lock(R, Mode::PR, none, None).unwrap();
+        c.lock(R, Mode::PR, none, None).unwrap();
+        // A waits for B and C, who are told.
+        assert_eq!(a.lock(R, Mode::EX, none, None).unwrap(), None);
+        assert_eq!(next(&rb), Seen::Blocking(R, Mode::EX));
+        assert_eq!(next(&rc), Seen::Blocking(R, Mode::EX));
+        // C, before acting on it, converts to EX itself (queued behind A);
+        // B lets go, and C's conversion is granted ahead of A's, which
+        // cannot be granted while C holds PR. The callback C had was
+        // about its PR: it must be told again that A waits, or A waits for
+        // ever.
+        assert_eq!(c.lock(R, Mode::EX, none, None).unwrap(), None);
+        b.lock(R, Mode::NL, none, None).unwrap();
+        match next(&rc) {
+            Seen::Granted(g) => assert_eq!(g.mode, Some(Mode::EX)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(next(&rc), Seen::Blocking(R, Mode::EX));
+        quiet(&ra);
+        c.lock(R, Mode::NL, none, None).unwrap();
+        match next(&ra) {
+            Seen::Granted(g) => assert_eq!(g.mode, Some(Mode::EX)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn try_lock_fails_without_queueing_and_cancel_completes() {
         let mgr = MemLockManager::new();
         let (a, _, ra) = node(&mgr);
@@ -571,6 +802,92 @@ mod tests {
             Seen::Granted(g) => assert_eq!(g.mode, Some(Mode::EX)),
             other => panic!("{other:?}"),
         }
+    }
+
+    const J1: ResName = ResName::new(crate::lm_type::JOURNAL, 1);
+
+    #[test]
+    fn a_dead_nodes_locks_wait_for_its_journal() {
+        let mgr = MemLockManager::new();
+        let (a, _, ra) = node(&mgr);
+        let (b, _, rb) = node(&mgr);
+        let (c, _, _rc) = node(&mgr);
+        b.lock(J1, Mode::EX, LockFlags::default(), None).unwrap();
+        b.lock(R, Mode::EX, LVB, None).unwrap();
+        // B changes the LVB while holding EX, converting down to PR.
+        b.lock(R, Mode::PR, LVB, Some(&[9; LVB_SIZE])).unwrap();
+        b.lock(R, Mode::EX, LVB, None).unwrap();
+        let victim = b.node_id();
+        assert_eq!(mgr.kill("fs", victim), vec![1]);
+        // Gone at once.
+        assert!(matches!(
+            b.lock(R, Mode::NL, LockFlags::default(), None),
+            Err(LockError::Left)
+        ));
+        // Nothing more reaches it: its callback thread is gone.
+        assert!(rb.recv_timeout(Duration::from_millis(100)).is_err());
+        // Survivors are told, and may take the journal lock at once.
+        assert_eq!(next(&ra), Seen::Recover(vec![1]));
+        let g = a
+            .lock(
+                J1,
+                Mode::EX,
+                LockFlags {
+                    try_lock: true,
+                    want_lvb: false,
+                },
+                None,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.status, GrantStatus::Granted);
+        // Its other lock is an orphan: a try fails, a request waits.
+        let g = c
+            .lock(
+                R,
+                Mode::PR,
+                LockFlags {
+                    try_lock: true,
+                    want_lvb: true,
+                },
+                None,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.status, GrantStatus::WouldBlock);
+        assert_eq!(a.lock(R, Mode::PR, LVB, None).unwrap(), None);
+        quiet(&ra);
+        assert_eq!(mgr.orphans("fs"), 1);
+        // Recovery of another journal changes nothing; of its own, frees it.
+        c.recovery_done(5).unwrap();
+        quiet(&ra);
+        a.recovery_done(1).unwrap();
+        match next(&ra) {
+            Seen::Granted(g) => {
+                assert_eq!(g.mode, Some(Mode::PR));
+                // The dead node's LVB is not trusted.
+                assert_eq!(g.lvb, Some([0; LVB_SIZE]));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(mgr.orphans("fs"), 0);
+        // Dropping the dead node's handle frees nothing more.
+        drop(b);
+        assert_eq!(mgr.holders("fs", R).len(), 1);
+    }
+
+    #[test]
+    fn a_node_without_journal_frees_its_locks_at_death() {
+        let mgr = MemLockManager::new();
+        let (a, _, ra) = node(&mgr);
+        let (b, _, _rb) = node(&mgr);
+        b.lock(R, Mode::EX, LockFlags::default(), None).unwrap();
+        assert_eq!(
+            a.lock(R, Mode::EX, LockFlags::default(), None).unwrap(),
+            None
+        );
+        assert!(mgr.kill("fs", b.node_id()).is_empty());
+        assert!(matches!(next(&ra), Seen::Granted(_)));
     }
 
     #[test]

@@ -68,6 +68,28 @@ struct GlState {
 }
 
 impl GlState {
+    /// Take what the lock manager granted (or left us with). A blocking
+    /// callback that came while the request was in flight was recorded
+    /// against a mode we did not know yet: once the new mode is known, a
+    /// demotion it already satisfies is dropped, and one it does not is now
+    /// due (a callback comes once per remote request: dropping it instead
+    /// would leave the other node waiting for ever).
+    fn apply_grant(&mut self, g: &Grant) {
+        if g.status == GrantStatus::Granted {
+            self.granted_at = Instant::now();
+        }
+        self.held = g.mode;
+        if g.lvb.is_some() {
+            self.lvb = g.lvb;
+        }
+        self.busy = false;
+        if let Some(d) = self.demote {
+            if self.held.is_none_or(|h| h <= d) {
+                self.demote = None;
+            }
+        }
+    }
+
     /// No local holder has, or is about to get, this glock: a demotion may
     /// run.
     fn idle(&self) -> bool {
@@ -189,22 +211,9 @@ impl LockCallbacks for GlockCallbacks {
         let Some(t) = self.table() else { return };
         let Some(gl) = t.find(grant.res) else { return };
         let mut st = gl.lock_st();
-        if grant.status == GrantStatus::Granted {
-            st.granted_at = Instant::now();
-        }
-        st.held = grant.mode;
-        if grant.lvb.is_some() {
-            st.lvb = grant.lvb;
-        }
-        st.busy = false;
-        // A demotion asked for under a stronger mode than we now hold has
-        // nothing left to do.
-        if let Some(d) = st.demote {
-            if st.held.is_none_or(|h| h <= d) {
-                st.demote = None;
-            }
-        }
+        st.apply_grant(&grant);
         let due = st.demote_due();
+        tracing::trace!(glock = %grant.res, mode = ?grant.mode, demote = ?st.demote, due, "granted");
         drop(st);
         gl.cv.notify_all();
         // A callback that came while the request was in flight.
@@ -228,15 +237,23 @@ impl LockCallbacks for GlockCallbacks {
 
     fn blocking(&self, res: ResName, wanted: Mode) {
         let Some(t) = self.table() else { return };
-        let Some(gl) = t.find(res) else { return };
+        let Some(gl) = t.find(res) else {
+            tracing::trace!(glock = %res, "blocking callback for a glock we do not have");
+            return;
+        };
         let mut st = gl.lock_st();
-        let Some(held) = st.held else { return };
-        let target = if Mode::PR.compatible(wanted) && held >= Mode::PR {
+        tracing::trace!(glock = %res, ?wanted, held = ?st.held, busy = st.busy, demote = ?st.demote, pending = ?st.pending, idle = st.idle(), "blocking callback");
+        let target = if Mode::PR.compatible(wanted) {
             Mode::PR
         } else {
             Mode::NL
         };
-        if target >= held {
+        // Nothing to give up, unless a request is in flight: then the
+        // callback may be about the mode being granted right now (the
+        // grant of a request answered at once can reach us after the
+        // callback its grant caused), so it is kept for the grant to settle
+        // (see `GlState::apply_grant`).
+        if !st.busy && st.held.is_none_or(|h| target >= h) {
             return;
         }
         // An inode glock in use here is kept for its hold time after its
@@ -519,17 +536,15 @@ impl GlockTable {
                 st.busy = true;
                 st.promoting = true;
                 drop(st);
+                if was.is_some_and(|w| w > Mode::NL) {
+                    if let Some(o) = self.ops_for(name) {
+                        o.go_before_upconvert(name);
+                    }
+                }
                 let r = self.ls.lock(name, mode, self.flags(name, false), None);
                 st = gl.lock_st();
                 match r {
-                    Ok(Some(g)) => {
-                        st.held = g.mode;
-                        st.granted_at = Instant::now();
-                        if g.lvb.is_some() {
-                            st.lvb = g.lvb;
-                        }
-                        st.busy = false;
-                    }
+                    Ok(Some(g)) => st.apply_grant(&g),
                     Ok(None) => {
                         // Waiting for the grant: a conversion that waits may
                         // lose its old mode (conversion deadlock), so what we
@@ -633,14 +648,12 @@ impl GlockTable {
             let r = self.ls.lock(name, mode, self.flags(name, true), None);
             st = gl.lock_st();
             st.busy = false;
+            if let Ok(Some(g)) = &r {
+                st.apply_grant(g);
+            }
             gl.cv.notify_all();
             match r {
                 Ok(Some(g)) if g.status == GrantStatus::Granted => {
-                    st.held = g.mode;
-                    st.granted_at = Instant::now();
-                    if g.lvb.is_some() {
-                        st.lvb = g.lvb;
-                    }
                     if self.ops_for(name).is_some_and(|o| o.has_lvb(name)) {
                         // Checked without the state lock; `promoting` keeps
                         // a demotion from taking the grant away meanwhile.
@@ -713,6 +726,7 @@ impl GlockTable {
         st.busy = true;
         drop(st);
         let name = gl.name;
+        tracing::trace!(glock = %name, ?held, ?target, "demote");
         let mut lvb_out = None;
         if let Some(o) = self.ops_for(name) {
             if held == Some(Mode::EX) || (held.is_some_and(|h| h > target) && o.syncs_shared(name))
@@ -745,10 +759,7 @@ impl GlockTable {
             .lock(name, target, self.flags(name, false), lvb_out.as_ref());
         let mut st = gl.lock_st();
         match r {
-            Ok(Some(g)) => {
-                st.held = g.mode;
-                st.busy = false;
-            }
+            Ok(Some(g)) => st.apply_grant(&g),
             Ok(None) => {
                 while st.busy {
                     st = gl.cv.wait(st).unwrap_or_else(|e| e.into_inner());

@@ -34,6 +34,14 @@ pub trait GlockOps: Send + Sync {
     fn go_granted(&self, _name: ResName, _lvb: Option<&Lvb>) -> Result<()> {
         Ok(())
     }
+    /// A conversion up from a shared mode is about to be asked for. While
+    /// it waits, the lock manager may take the shared mode away to break a
+    /// conversion deadlock, and another node may change what it covers
+    /// before we learn of it: whatever is trusted without a holder (the
+    /// FUSE kernel's attributes, used for their TTL without asking us) must
+    /// go now, not when we learn. Our own caches are safe meanwhile: no new
+    /// holder is granted while the request is in flight.
+    fn go_before_upconvert(&self, _name: ResName) {}
 }
 
 /// Non-disk locks (mount, live, rename, freeze), iopen and journal locks:
@@ -188,8 +196,20 @@ impl GlockOps for CacheOps {
         }
     }
 
+    fn go_before_upconvert(&self, name: ResName) {
+        self.tell_invalidated(name);
+    }
+
     fn go_inval(&self, name: ResName) {
         self.cache.invalidate(name);
+        self.tell_invalidated(name);
+    }
+}
+
+impl CacheOps {
+    /// Tell whoever caches an inode's attributes outside the glock (the
+    /// FUSE kernel) that they are no longer valid.
+    fn tell_invalidated(&self, name: ResName) {
         if name.lk_type == lm_type::INODE {
             let hook = self
                 .on_inval
