@@ -275,6 +275,7 @@ impl Fs {
             let al = Alloc {
                 rindex: &wr.rindex,
                 busy: &wr.busy,
+                shared: !self.is_single_node(),
             };
             let r = match f(&mut tx, al, &mut wr.open) {
                 Ok(r) => r,
@@ -591,7 +592,14 @@ impl Fs {
         rdev: u32,
     ) -> Result<Dinode> {
         let pdi = dinode(tx, parent)?;
-        let (addr, generation) = rgrp::alloc(tx, al.rindex, al.busy, parent, BlockState::Dinode)?;
+        let (addr, generation) = rgrp::alloc(
+            tx,
+            al.rindex,
+            al.busy,
+            parent,
+            BlockState::Dinode,
+            al.shared,
+        )?;
         let (s, ns) = now();
         let is_dir = mode & S_IFMT == S_IFDIR;
         let mut mode = mode;

@@ -9,7 +9,7 @@
 use crate::error::{FsError, Result};
 use crate::format::{mt, Rindex};
 use crate::log::trans::Txn;
-use gfs2_lockproto::{lm_type, ResName};
+use gfs2_lockproto::{lm_type, Mode, ResName};
 use gfs2_ondisk::{layout, BlockState, Rgrp};
 use std::collections::HashSet;
 
@@ -130,18 +130,32 @@ fn find_free(tx: &mut Txn<'_>, ri: &Rindex, from: u64, busy: &HashSet<u64>) -> R
 /// metadata block). For dinodes, also returns the generation the rgrp hands
 /// out (the kernel's `rd_igeneration`), which becomes the formal inode
 /// number.
+///
+/// `shared`: other nodes allocate too. A resource group whose glock another
+/// node holds is then passed over for the next one this node can take at
+/// once, as the kernel passes over congested rgrps: nodes allocating at
+/// the same time settle on rgrps of their own instead of taking one glock
+/// from each other (each take flushes the holder's log). Only when every
+/// rgrp with room is held elsewhere does the transaction wait, for the first
+/// of them.
 pub fn alloc(
     tx: &mut Txn<'_>,
     rindex: &[Rindex],
     busy: &HashSet<u64>,
     goal: u64,
     st: BlockState,
+    shared: bool,
 ) -> Result<(u64, u64)> {
     let n = rindex.len();
     let start = locate(rindex, goal).unwrap_or(0);
+    let mut held_elsewhere = None;
     for k in 0..n {
         let i = (start + k) % n;
         let ri = &rindex[i];
+        if shared && !tx.try_require(glock(ri), Mode::EX)? {
+            held_elsewhere.get_or_insert(glock(ri));
+            continue;
+        }
         let mut rg = header(tx, ri)?;
         if rg.free == 0 {
             continue;
@@ -171,7 +185,10 @@ pub fn alloc(
         put_header(tx, ri, &rg)?;
         return Ok((blk, generation));
     }
-    Err(FsError::Errno(libc::ENOSPC))
+    match held_elsewhere {
+        Some(gl) => Err(FsError::NeedGlock(gl, Mode::EX)),
+        None => Err(FsError::Errno(libc::ENOSPC)),
+    }
 }
 
 /// Free block `blk` (data, metadata or dinode).

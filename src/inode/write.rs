@@ -22,6 +22,10 @@ use std::collections::HashSet;
 pub struct Alloc<'a> {
     pub rindex: &'a [Rindex],
     pub busy: &'a HashSet<u64>,
+    /// Other nodes allocate from the same resource groups: one another
+    /// node holds is passed over while another is free (see
+    /// [`rgrp::alloc`]).
+    pub shared: bool,
 }
 
 /// The glock of inode `ino`.
@@ -92,6 +96,7 @@ pub(crate) fn alloc_block(
         al.busy,
         goal.max(di.num.addr),
         BlockState::Used,
+        al.shared,
     )?;
     di.blocks += 1;
     if meta {

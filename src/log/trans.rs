@@ -86,6 +86,12 @@ impl<'c> Txn<'c> {
         }
     }
 
+    /// Hold `glock` in `mode` or stronger if that needs no waiting; `false`
+    /// when another node holds it (or a demotion for one is under way).
+    pub fn try_require(&mut self, glock: ResName, mode: Mode) -> Result<bool> {
+        self.take(glock, mode, false)
+    }
+
     /// Take `glock` in `mode`, uncached, if that needs no waiting; `false`
     /// when another node holds it. For iopen glocks: whoever gets one
     /// exclusively knows no other node has the inode open.
