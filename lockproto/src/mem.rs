@@ -595,6 +595,14 @@ mod tests {
             .expect("no callback")
     }
 
+    /// The next callback, which must be a grant.
+    fn granted(rx: &Receiver<Seen>) -> Grant {
+        match next(rx) {
+            Seen::Granted(g) => g,
+            other => panic!("{other:?}"),
+        }
+    }
+
     fn quiet(rx: &Receiver<Seen>) {
         assert_eq!(
             rx.recv_timeout(Duration::from_millis(100)),
@@ -687,10 +695,7 @@ mod tests {
         c.unlock(R, None).unwrap();
         quiet(&rb);
         a.lock(R, Mode::NL, LockFlags::default(), None).unwrap();
-        match next(&rb) {
-            Seen::Granted(g) => assert_eq!(g.mode, Some(Mode::EX)),
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(granted(&rb).mode, Some(Mode::EX));
     }
 
     #[test]
@@ -714,17 +719,11 @@ mod tests {
         // ever.
         assert_eq!(c.lock(R, Mode::EX, none, None).unwrap(), None);
         b.lock(R, Mode::NL, none, None).unwrap();
-        match next(&rc) {
-            Seen::Granted(g) => assert_eq!(g.mode, Some(Mode::EX)),
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(granted(&rc).mode, Some(Mode::EX));
         assert_eq!(next(&rc), Seen::Blocking(R, Mode::EX));
         quiet(&ra);
         c.lock(R, Mode::NL, none, None).unwrap();
-        match next(&ra) {
-            Seen::Granted(g) => assert_eq!(g.mode, Some(Mode::EX)),
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(granted(&ra).mode, Some(Mode::EX));
     }
 
     #[test]
@@ -768,10 +767,7 @@ mod tests {
             None
         );
         a.leave().unwrap();
-        match next(&rb) {
-            Seen::Granted(g) => assert_eq!(g.mode, Some(Mode::EX)),
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(granted(&rb).mode, Some(Mode::EX));
         assert!(a.lock(R, Mode::PR, LockFlags::default(), None).is_err());
     }
 
@@ -792,16 +788,10 @@ mod tests {
             b.lock(R, Mode::EX, LockFlags::default(), None).unwrap(),
             None
         );
-        match next(&ra) {
-            Seen::Granted(g) => assert_eq!(g.mode, Some(Mode::EX)),
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(granted(&ra).mode, Some(Mode::EX));
         assert_eq!(next(&ra), Seen::Blocking(R, Mode::EX));
         a.unlock(R, None).unwrap();
-        match next(&rb) {
-            Seen::Granted(g) => assert_eq!(g.mode, Some(Mode::EX)),
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(granted(&rb).mode, Some(Mode::EX));
     }
 
     const J1: ResName = ResName::new(crate::lm_type::JOURNAL, 1);

@@ -72,8 +72,8 @@ impl GlState {
     /// callback that came while the request was in flight was recorded
     /// against a mode we did not know yet: once the new mode is known, a
     /// demotion it already satisfies is dropped, and one it does not is now
-    /// due (a callback comes once per remote request: dropping it instead
-    /// would leave the other node waiting for ever).
+    /// due (the lock manager does not repeat a callback until it grants us
+    /// again: dropping it would leave the other node waiting for ever).
     fn apply_grant(&mut self, g: &Grant) {
         if g.status == GrantStatus::Granted {
             self.granted_at = Instant::now();
