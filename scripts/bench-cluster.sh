@@ -15,12 +15,15 @@
 #    node's mount, on a lock_nolock mount and on a plain directory.
 # 3. Creates of empty files in disjoint directories by k = 1, 2, 3 processes, process i on node
 #    i's mount; against k processes on one node, on a lock_nolock mount and on a plain directory.
+#    The k-node side runs CREATE_REPEAT times (default 3; the median counts) and reports how busy
+#    the machine's CPUs were meanwhile: once they are saturated more nodes cannot add creates.
 # Needs root (fuseblk mounts) and python3.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 glock_secs=${1:-${GLOCK_SECS:-2}}
 pp_secs=${2:-${PINGPONG_SECS:-5}}
 cr_secs=${3:-${CREATE_SECS:-5}}
+cr_repeat=${CREATE_REPEAT:-3}
 : "${CARGO_TARGET_DIR:=$root/target}"
 export CARGO_TARGET_DIR
 command -v python3 >/dev/null || { echo "bench-cluster: python3 not installed" >&2; exit 1; }
@@ -138,13 +141,29 @@ done
 # 3. Creates in disjoint directories, k = 1..3 processes. Sides: process i on node i, all k
 # processes on node 1, on lock_nolock, on a plain directory. Fresh directories for every run.
 declare -A C
+first() { echo "${1%% *}"; }
+# The CPU counters of /proc/stat: "busy total" jiffies; the busy share of all CPUs since then.
+cpu_busy() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat; }
+cpu_busy_since() {
+    echo "$1 $(cpu_busy)" | awk '{ d = $4 - $2; if (d > 0) printf "%.0f", 100 * ($3 - $1) / d; else print 0 }'
+}
+# The run with the median aggregate among "rate count..." lines.
+median_run() { printf '%s\n' "$@" | sort -n -k1,1 | awk '{ a[NR] = $0 } END { print a[int((NR + 1) / 2)] }'; }
 for k in 1 2 3; do
     d_nodes=() d_one=() d_nolock=() d_plain=()
     for i in $(seq 1 $k); do
         d_nodes+=("$work/m$i/n${k}_$i"); d_one+=("$work/m1/o${k}_$i")
         d_nolock+=("$work/single/c${k}_$i"); d_plain+=("$work/plain/c${k}_$i")
     done
-    C[$k,nodes]=$(w create "$cr_secs" "${d_nodes[@]}")
+    runs=() busy=()
+    for r in $(seq 1 "$cr_repeat"); do
+        b0=$(cpu_busy)
+        runs+=("$(w create "$cr_secs" "${d_nodes[@]/%/_r$r}")")
+        busy+=("$(cpu_busy_since "$b0")")
+    done
+    C[$k,nodes]=$(median_run "${runs[@]}")
+    C[$k,busy]=$(median_run "${busy[@]}")
+    C[$k,all]=$(for x in "${runs[@]}"; do first "$x"; done | paste -sd/)
     C[$k,one]=$(w create "$cr_secs" "${d_one[@]}")
     C[$k,nolock]=$(w create "$cr_secs" "${d_nolock[@]}")
     C[$k,plain]=$(w create "$cr_secs" "${d_plain[@]}")
@@ -156,7 +175,6 @@ for m in m1 m2 m3 single; do umount "$work/$m"; done
 t_umount=$(echo "$t0 $(date +%s.%N)" | awk '{ printf "%.1f", $2 - $1 }')
 
 ratio() { echo "$1 $2" | awk '{ if ($2 > 0) printf "%.2f", $1 / $2; else print "n/a" }'; }
-first() { echo "${1%% *}"; }
 
 echo "images and plain directory on $(stat -f -c %T "$work") ($work), $(nproc) cores"
 echo
@@ -192,15 +210,19 @@ else
 fi
 echo
 echo "3. creates of empty files in disjoint directories, k processes (creates/s), ${cr_secs} s each"
-printf '%-3s %10s %10s %11s %10s %12s %10s   %s\n' k "k nodes" "1 node" lock_nolock plain nodes/nolock nodes/1n "per node (k nodes)"
+printf '%-3s %10s %10s %11s %10s %12s %10s %6s   %s\n' k "k nodes" "1 node" lock_nolock plain nodes/nolock nodes/1n "cpu%" "per node (k nodes)"
 for k in 1 2 3; do
     a=$(first "${C[$k,nodes]}"); b=$(first "${C[$k,one]}")
     c=$(first "${C[$k,nolock]}"); d=$(first "${C[$k,plain]}")
-    printf '%-3s %10s %10s %11s %10s %12s %10s   %s\n' $k "$a" "$b" "$c" "$d" "$(ratio "$a" "$c")" "$(ratio "$a" "$b")" "${C[$k,nodes]#* }"
+    printf '%-3s %10s %10s %11s %10s %12s %10s %6s   %s\n' $k "$a" "$b" "$c" "$d" "$(ratio "$a" "$c")" "$(ratio "$a" "$b")" "${C[$k,busy]}" "${C[$k,nodes]#* }"
 done
+echo "   (k nodes: the median of $cr_repeat runs, each: ${C[1,all]} / ${C[2,all]} / ${C[3,all]} for k = 1 / 2 / 3;"
+echo "    cpu%: how busy all $(nproc) CPUs were during the k-node runs, median)"
 c1=$(first "${C[1,nodes]}"); c2=$(first "${C[2,nodes]}"); c3=$(first "${C[3,nodes]}")
 if [ "$c2" -gt "$c1" ] && [ "$c3" -gt "$c2" ]; then
     echo "   aggregate creates grow from 1 to 2 to 3 nodes: yes ($(ratio "$c2" "$c1")x, $(ratio "$c3" "$c1")x)"
+elif [ "$c2" -gt "$c1" ] && [ "${C[2,busy]}" -ge 90 ]; then
+    echo "   aggregate creates grow from 1 to 2 nodes ($(ratio "$c2" "$c1")x), not to 3 ($(ratio "$c3" "$c1")x): the CPUs were already ${C[2,busy]}% busy with 2 nodes"
 else
     echo "   aggregate creates grow from 1 to 2 to 3 nodes: NO (2 nodes $(ratio "$c2" "$c1")x, 3 nodes $(ratio "$c3" "$c1")x of one node)"
 fi
