@@ -230,7 +230,7 @@ impl Fs {
         let jindex = fs.lookup_sys(master, b"jindex")?;
         fs.journals = fs.read_jindex(jindex)?;
         if !fs.opts.spectator {
-            let (jid, holder) = fs.claim_journal()?;
+            let (jid, holder) = fs.claim_journal(info.jid)?;
             fs.jid = jid;
             fs.journal_gh = Some(holder);
         }
@@ -336,9 +336,23 @@ impl Fs {
     /// the first whose journal lock no other node holds. The lock is held
     /// for the whole mount, as the kernel holds its journal glock, so a node
     /// never writes a journal another live node uses.
-    fn claim_journal(&self) -> Result<(u32, Holder)> {
+    fn claim_journal(&self, assigned: Option<u32>) -> Result<(u32, Holder)> {
         let n = self.journals.len();
-        let wanted: Vec<u32> = match self.opts.jid {
+        if let Some(j) = assigned {
+            // The lock module's choice (lock_dlm: the DLM slot), as the
+            // kernel's: a preset jid would collide with a kernel node's.
+            if self.opts.jid.is_some_and(|o| o != j) {
+                return Err(FsError::Mount(format!(
+                    "jid= cannot be chosen with this lock module: the cluster assigned journal {j}"
+                )));
+            }
+            if !self.journals.iter().any(|x| x.jid == j) {
+                return Err(FsError::Mount(format!(
+                    "the cluster assigned journal {j} to this node, but the filesystem has {n}                      journals: add journals with gfs2_jadd"
+                )));
+            }
+        }
+        let wanted: Vec<u32> = match assigned.or(self.opts.jid) {
             Some(j) if !self.journals.iter().any(|x| x.jid == j) => {
                 return Err(FsError::Mount(format!(
                     "journal id {j} does not exist ({n} journals)"
@@ -358,7 +372,7 @@ impl Fs {
                 return Ok((jid, h));
             }
         }
-        Err(FsError::Mount(match self.opts.jid {
+        Err(FsError::Mount(match assigned.or(self.opts.jid) {
             Some(j) => format!("journal {j} is in use by another node"),
             None => format!(
                 "all {n} journals are in use by other nodes: a filesystem needs one \

@@ -9,10 +9,9 @@
 //! - [`mem`]: an in-process lock manager with real conflicts and blocking
 //!   callbacks, so several filesystem instances in one process behave as the
 //!   nodes of a cluster (tests and simulation).
-//! - [`dlm`] (placeholder, joining fails): the Linux DLM through its userspace
-//!   device. It will implement [`LockProto`] and [`Lockspace`] like the
-//!   others; resource and lockspace names come from [`names`] so that a FUSE
-//!   node and a kernel node lock the same resources.
+//! - [`dlm`]: the Linux DLM through its userspace device; resource and
+//!   lockspace names come from [`names`] so that a FUSE node and a kernel
+//!   node lock the same resources.
 //!
 //! The model follows the DLM: one lock per resource per node, requested and
 //! then *converted* between modes; requests may complete synchronously
@@ -199,6 +198,10 @@ pub struct JoinInfo {
     /// This node is the first to mount: it must recover every dirty journal
     /// before others can proceed ([`Lockspace::first_done`]).
     pub first: bool,
+    /// The journal this node must use, when the lock module decides it
+    /// (`lock_dlm`: the node's DLM slot minus one, as the kernel's);
+    /// `None`: the first free one, or `jid=`.
+    pub jid: Option<u32>,
 }
 
 /// A lock module: joins lockspaces.

@@ -245,7 +245,7 @@ impl LockProto for MemProto {
                 name,
                 node,
             }),
-            JoinInfo { first },
+            JoinInfo { first, jid: None },
         ))
     }
 }

@@ -25,7 +25,10 @@ impl LockProto for NoLock {
             Arc::new(NoLockSpace {
                 lvbs: Mutex::new(HashMap::new()),
             }),
-            JoinInfo { first: true },
+            JoinInfo {
+                first: true,
+                jid: None,
+            },
         ))
     }
 }

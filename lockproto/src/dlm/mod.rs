@@ -1,0 +1,202 @@
+//! `lock_dlm`: the Linux DLM through its userspace device, in the same
+//! lockspace and under the same resource names as the kernel's lock_dlm, so
+//! FUSE nodes and kernel nodes mount one disk together.
+//!
+//! - [`wire`]: the device protocol's bytes (`linux/dlm_device.h`).
+//! - [`sys`]: the cluster as configfs shows it, and the devices.
+//! - [`space`]: one lockspace: requests, conversions, completions and
+//!   blocking callbacks.
+//! - [`kmsg`] and [`control`]: the recovery callbacks the kernel's gfs2
+//!   gets from the DLM, read from the kernel log, and the mount/recovery
+//!   protocol on the control and mounted locks built on them.
+//!
+//! Joining: the lock table's cluster part must name the running cluster
+//! (as the kernel checks); the lockspace (the table's fsname) is created or
+//! joined through `dlm-control` with no flags and the 32-byte LVB the
+//! device always uses, which is the configuration a kernel node's
+//! lockspace compares equal to. The journal id is our DLM slot minus one,
+//! as the kernel's.
+//!
+//! Not yet: a daemon that dies while its node stays in the lockspace loses
+//! its locks with it (the DLM drops a closed device's locks), while its
+//! journal may hold unreplayed blocks and no other node sees a failure.
+//! Until locks are taken persistent and re-adopted on restart, restart the
+//! node (or reboot it) after a daemon crash.
+
+pub mod control;
+pub mod kmsg;
+pub mod space;
+pub mod sys;
+pub(crate) mod wire;
+
+use crate::{
+    Grant, JoinInfo, LockCallbacks, LockError, LockFlags, LockProto, Lockspace, Lvb, Mode, ResName,
+};
+use control::Control;
+use space::{Gate, Space};
+use std::fs::File;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// The `lock_dlm` module.
+pub struct Dlm;
+
+impl LockProto for Dlm {
+    fn name(&self) -> &'static str {
+        "lock_dlm"
+    }
+    fn join(
+        &self,
+        table: &str,
+        callbacks: Arc<dyn LockCallbacks>,
+    ) -> Result<(Arc<dyn Lockspace>, JoinInfo), LockError> {
+        let fsname = crate::lockspace_name(table)?;
+        let cluster_part = table.split(':').next().unwrap_or_default();
+        let cluster = sys::cluster()?;
+        if cluster.name != cluster_part {
+            return Err(LockError::Manager(format!(
+                "lock table {table:?} names cluster {cluster_part:?}, but this node is in \
+                 cluster {:?} (change it with tunegfs2 -o locktable= or mount -o locktable=)",
+                cluster.name
+            )));
+        }
+        // The log from before the lockspace exists: its join's lines follow.
+        let kmsg = kmsg::Kmsg::open(fsname)?;
+        let mut ctl = sys::open_misc("dlm-control")?;
+        let minor = ctl
+            .write(&wire::create_lockspace(fsname, 0))
+            .map_err(|e| LockError::Manager(format!("creating DLM lockspace {fsname}: {e}")))?
+            as u32;
+        let dev = match sys::open_misc(&format!("dlm_{fsname}")) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = ctl.write(&wire::remove_lockspace(minor, 0));
+                return Err(e);
+            }
+        };
+        let space = Space::new(fsname, dev, callbacks.clone())?;
+        let reader = {
+            let s = space.clone();
+            std::thread::Builder::new()
+                .name("dlm-reader".into())
+                .spawn(move || s.run_reader())
+                .map_err(|e| LockError::Manager(format!("spawning the DLM reader: {e}")))?
+        };
+        let control = Control::new(cluster.node_id, kmsg, space.clone(), callbacks);
+        let gate: Arc<dyn Gate> = control.clone();
+        space.set_gate(Arc::downgrade(&gate));
+        let ls = Arc::new(DlmLockspace {
+            space,
+            control: control.clone(),
+            ctl: Mutex::new(ctl),
+            minor,
+            node_id: cluster.node_id,
+            threads: Mutex::new(vec![reader]),
+        });
+        let joined = (|| {
+            let jid = control.wait_joined()?;
+            tracing::info!(
+                lockspace = fsname,
+                node = cluster.node_id,
+                jid,
+                "joined the DLM lockspace"
+            );
+            let first = control.mount()?;
+            Ok::<_, LockError>((jid, first))
+        })();
+        let (jid, first) = match joined {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = ls.leave();
+                return Err(e);
+            }
+        };
+        let watcher = std::thread::Builder::new()
+            .name("dlm-recovery".into())
+            .spawn(move || control.run())
+            .map_err(|e| LockError::Manager(format!("spawning the DLM recovery thread: {e}")))?;
+        ls.threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(watcher);
+        Ok((
+            ls,
+            JoinInfo {
+                first,
+                jid: Some(jid),
+            },
+        ))
+    }
+}
+
+impl Gate for Control {
+    fn blocked(&self) -> bool {
+        Control::blocked(self)
+    }
+    fn wait_unblocked(&self) {
+        Control::wait_unblocked(self)
+    }
+}
+
+/// A joined DLM lockspace.
+struct DlmLockspace {
+    space: Arc<Space>,
+    control: Arc<Control>,
+    ctl: Mutex<File>,
+    minor: u32,
+    node_id: u32,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Lockspace for DlmLockspace {
+    fn lock(
+        &self,
+        res: ResName,
+        mode: Mode,
+        flags: LockFlags,
+        lvb_out: Option<&Lvb>,
+    ) -> Result<Option<Grant>, LockError> {
+        // The DLM answers these without waiting for another node; the glock
+        // layer wants try-locks answered at once.
+        let held = self.space.mode_of(res);
+        let sync = flags.try_lock || held.is_some_and(|h| mode <= h);
+        self.space.request(res, mode, flags, lvb_out, sync)
+    }
+    fn unlock(&self, res: ResName, lvb_out: Option<&Lvb>) -> Result<(), LockError> {
+        self.space.unlock(res, lvb_out)
+    }
+    fn cancel(&self, res: ResName) -> Result<(), LockError> {
+        self.space.cancel(res)
+    }
+    fn first_done(&self) -> Result<(), LockError> {
+        self.control.first_done()
+    }
+    fn leave(&self) -> Result<(), LockError> {
+        self.control.stop();
+        for (res, _) in self.space.held() {
+            if let Err(e) = self.space.unlock(res, None) {
+                tracing::warn!(%res, "unlock on leave: {e}");
+            }
+        }
+        self.space.close("the lockspace was left");
+        let removed = self
+            .ctl
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write(&wire::remove_lockspace(self.minor, 0));
+        for t in std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner())) {
+            let _ = t.join();
+        }
+        removed
+            .map(|_| ())
+            .map_err(|e| LockError::Manager(format!("leaving the DLM lockspace: {e}")))
+    }
+    fn node_id(&self) -> u32 {
+        self.node_id
+    }
+    fn recovery_done(&self, jid: u32) -> Result<(), LockError> {
+        self.control.recovery_done(jid);
+        Ok(())
+    }
+}
