@@ -85,6 +85,8 @@ pub struct Control {
     st: Mutex<State>,
     cv: Condvar,
     kmsg: Mutex<Kmsg>,
+    /// The kernel log's descriptor, to wait on without holding `kmsg`.
+    kmsg_fd: std::os::fd::RawFd,
     space: Arc<Space>,
     callbacks: Arc<dyn LockCallbacks>,
 }
@@ -124,6 +126,7 @@ impl Control {
             node_id,
             st: Mutex::new(State::default()),
             cv: Condvar::new(),
+            kmsg_fd: kmsg.fd(),
             kmsg: Mutex::new(kmsg),
             space,
             callbacks,
@@ -235,10 +238,7 @@ impl Control {
                     self.node_id
                 )));
             }
-            self.kmsg
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .wait(200);
+            super::kmsg::wait(self.kmsg_fd, 200);
         }
     }
 
@@ -487,10 +487,7 @@ impl Control {
     /// work when due, until [`Control::stop`].
     pub fn run(self: &Arc<Self>) {
         loop {
-            self.kmsg
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .wait(200);
+            super::kmsg::wait(self.kmsg_fd, 200);
             self.poll_log();
             let run = {
                 let st = self.st();

@@ -136,10 +136,18 @@ impl Kmsg {
         out
     }
 
-    /// Wait up to `ms` milliseconds for a new record.
-    pub fn wait(&self, ms: i32) {
+    /// The descriptor to wait on (see [`wait`]), valid while this reader is.
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
+/// Wait up to `ms` milliseconds for a new record on [`Kmsg::fd`]; needs no
+/// access to the reader, so others may drain it meanwhile.
+pub fn wait(fd: std::os::fd::RawFd, ms: i32) {
+    {
         let mut p = libc::pollfd {
-            fd: self.file.as_raw_fd(),
+            fd,
             events: libc::POLLIN,
             revents: 0,
         };

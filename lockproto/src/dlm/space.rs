@@ -216,7 +216,9 @@ impl Space {
         let convert = s.lkid != 0;
         let mut f = 0;
         if flags.try_lock {
-            f |= lkf::NOQUEUE | lkf::NOQUEUEBAST;
+            // Without NOQUEUEBAST: a try that fails calls nobody back (as
+            // the kernel's LM_FLAG_TRY, and as lock_mem).
+            f |= lkf::NOQUEUE;
         }
         if s.want_lvb {
             f |= lkf::VALBLK;

@@ -44,8 +44,6 @@ pub mod lkf {
     /// On conversion deadlock, demote our granted mode to NL instead of
     /// failing the conversion (`DLM_SBF_DEMOTED` in the completion).
     pub const CONVDEADLK: u32 = 0x40;
-    /// No blocking callback to the holders for a NOQUEUE request that fails.
-    pub const NOQUEUEBAST: u32 = 0x800;
 }
 
 /// Completion flags (`DLM_SBF_*`).
