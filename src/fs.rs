@@ -229,6 +229,8 @@ impl Fs {
         let master = fs.sb.master_dir.addr;
         let jindex = fs.lookup_sys(master, b"jindex")?;
         fs.journals = fs.read_jindex(jindex)?;
+        let count = u32::try_from(fs.journals.len()).unwrap_or(u32::MAX);
+        fs.glocks.lockspace().journals(count);
         if !fs.opts.spectator {
             let (jid, holder) = fs.claim_journal(info.jid)?;
             fs.jid = jid;

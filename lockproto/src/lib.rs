@@ -244,6 +244,10 @@ pub trait Lockspace: Send + Sync {
     fn node_id(&self) -> u32 {
         0
     }
+    /// The filesystem has `count` journals: a node whose slot names no
+    /// journal never mounted, so it is never recovered (asking for it
+    /// would block every node's recovery for ever).
+    fn journals(&self, _count: u32) {}
     /// This survivor replayed (or found clean) journal `jid` of a dead
     /// node: once all of a dead node's journals are done, the locks it
     /// held are released to the others.

@@ -60,6 +60,8 @@ struct State {
     block: u32,
     mount: u32,
     jid: Option<u32>,
+    /// The filesystem's journal count, once known.
+    journals: Option<u32>,
     in_recovery: bool,
     block_locks: bool,
     mount_done: bool,
@@ -164,7 +166,9 @@ impl Control {
             Event::RemoveMember(node) => {
                 // recover_slot (see the module doc: every removal counts).
                 if let Some(slot) = st.slots.remove(&node) {
-                    if slot >= 1 {
+                    let ours = st.jid == slot.checked_sub(1);
+                    let exists = st.journals.is_none_or(|n| slot <= n);
+                    if slot >= 1 && !ours && exists {
                         let jid = slot - 1;
                         tracing::info!(node, jid, gen = st.block, "lockspace member removed");
                         st.submit.insert(jid, st.block);
@@ -367,6 +371,13 @@ impl Control {
             true,
         )?;
         Ok(())
+    }
+
+    /// The filesystem's journal count.
+    pub fn set_journals(&self, n: u32) {
+        let mut st = self.st();
+        st.journals = Some(n);
+        st.submit.retain(|j, _| *j < n);
     }
 
     /// A replay of `jid` finished (or found it clean).

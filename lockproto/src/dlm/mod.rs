@@ -17,11 +17,13 @@
 //! lockspace compares equal to. The journal id is our DLM slot minus one,
 //! as the kernel's.
 //!
-//! Not yet: a daemon that dies while its node stays in the lockspace loses
-//! its locks with it (the DLM drops a closed device's locks), while its
-//! journal may hold unreplayed blocks and no other node sees a failure.
-//! Until locks are taken persistent and re-adopted on restart, restart the
-//! node (or reboot it) after a daemon crash.
+//! A daemon that dies while its node stays up is not a failed node: the DLM
+//! would drop a closed device's locks and nobody would replay its journal.
+//! Every lock is therefore taken `PERSISTENT`: the dead daemon's locks stay
+//! (orphans) and keep everyone away from what it may have left
+//! half-written, until the node is rebooted (then the others see a failed
+//! node and replay its journal). A hang rather than corruption. Not yet: a
+//! restarted daemon that replays its own journal and purges the orphans.
 
 pub mod control;
 pub mod kmsg;
@@ -64,14 +66,27 @@ impl LockProto for Dlm {
         // The log from before the lockspace exists: its join's lines follow.
         let kmsg = kmsg::Kmsg::open(fsname)?;
         let mut ctl = sys::open_misc("dlm-control")?;
-        let minor = ctl
-            .write(&wire::create_lockspace(fsname, 0))
-            .map_err(|e| LockError::Manager(format!("creating DLM lockspace {fsname}: {e}")))?
-            as u32;
+        let minor = match ctl.write(&wire::create_lockspace(fsname, wire::LSFL_NEWEXCL)) {
+            Ok(m) => m as u32,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                return Err(LockError::Manager(format!(
+                    "the DLM lockspace {fsname} exists on this node already: either the \
+                     kernel's gfs2 has this filesystem mounted here, or a gfs2-fuse daemon \
+                     died here and its locks are kept (orphaned) so that no other node reads \
+                     what it may have left half-written; in that case reboot this node (the \
+                     others then replay its journal)"
+                )))
+            }
+            Err(e) => {
+                return Err(LockError::Manager(format!(
+                    "creating DLM lockspace {fsname}: {e}"
+                )))
+            }
+        };
         let dev = match sys::open_misc(&format!("dlm_{fsname}")) {
             Ok(d) => d,
             Err(e) => {
-                let _ = ctl.write(&wire::remove_lockspace(minor, 0));
+                let _ = ctl.write(&wire::remove_lockspace(minor, wire::REMOVE_FORCEFREE));
                 return Err(e);
             }
         };
@@ -184,7 +199,7 @@ impl Lockspace for DlmLockspace {
             .ctl
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .write(&wire::remove_lockspace(self.minor, 0));
+            .write(&wire::remove_lockspace(self.minor, wire::REMOVE_FORCEFREE));
         for t in std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner())) {
             let _ = t.join();
         }
@@ -194,6 +209,9 @@ impl Lockspace for DlmLockspace {
     }
     fn node_id(&self) -> u32 {
         self.node_id
+    }
+    fn journals(&self, count: u32) {
+        self.control.set_journals(count);
     }
     fn recovery_done(&self, jid: u32) -> Result<(), LockError> {
         self.control.recovery_done(jid);

@@ -214,7 +214,7 @@ impl Space {
             s.lvb = *v;
         }
         let convert = s.lkid != 0;
-        let mut f = 0;
+        let mut f = lkf::PERSISTENT;
         if flags.try_lock {
             // Without NOQUEUEBAST: a try that fails calls nobody back (as
             // the kernel's LM_FLAG_TRY, and as lock_mem).
@@ -231,6 +231,7 @@ impl Space {
         }
         let lvb = s.lvb;
         let lkid = s.lkid;
+        let want_lvb = s.want_lvb;
         s.pending = Some(Pending {
             mode,
             unlock: false,
@@ -243,7 +244,7 @@ impl Space {
             flags: f,
             lkid,
             token,
-            lvb: s_lvb(f, &lvb),
+            lvb: want_lvb.then_some(&lvb),
             name: &name,
         };
         tracing::trace!(ls = %self.name, %res, ?mode, flags = format_args!("{f:#x}"), lkid, "dlm request");
@@ -341,6 +342,7 @@ impl Space {
             }
         }
         let req_lvb = s.lvb;
+        let want_lvb = s.want_lvb;
         let (lkid, token) = (s.lkid, s.token);
         s.pending = Some(Pending {
             mode: Mode::NL,
@@ -355,7 +357,9 @@ impl Space {
             flags: f,
             lkid,
             token,
-            lvb: s_lvb(f, &req_lvb),
+            // The kernel copies these bytes into the lock's LVB whatever
+            // the flags: they must be the current ones, never zeros.
+            lvb: want_lvb.then_some(&req_lvb),
             name: &name,
         };
         if let Err(e) = self.send(&wire::unlock(&req)) {
@@ -598,9 +602,4 @@ impl Space {
             }
         }
     }
-}
-
-/// The LVB to send: only with `VALBLK`.
-fn s_lvb(flags: u32, lvb: &Lvb) -> Option<&Lvb> {
-    (flags & lkf::VALBLK != 0).then_some(lvb)
 }

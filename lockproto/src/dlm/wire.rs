@@ -41,6 +41,10 @@ pub mod lkf {
     pub const CONVERT: u32 = 0x4;
     /// Carry the lock value block.
     pub const VALBLK: u32 = 0x8;
+    /// Keep the lock (an orphan) when the device is closed, instead of
+    /// unlocking it. The DLM takes a request's flags anew each time, so
+    /// every request of the lock repeats it (not unlock, which refuses it).
+    pub const PERSISTENT: u32 = 0x80;
     /// On conversion deadlock, demote our granted mode to NL instead of
     /// failing the conversion (`DLM_SBF_DEMOTED` in the completion).
     pub const CONVDEADLK: u32 = 0x40;
@@ -53,6 +57,13 @@ pub mod sbf {
     /// The LVB is not valid (its last writer died).
     pub const VALNOTVALID: u8 = 0x2;
 }
+
+/// Lockspace flags: refuse to join a lockspace that exists on this node
+/// already (a kernel mount's, or a dead daemon's: see [`super`]).
+pub const LSFL_NEWEXCL: u32 = 0x8;
+/// Remove a lockspace even though locks remain (others' locks mastered
+/// here count too).
+pub const REMOVE_FORCEFREE: u32 = 2;
 
 /// Statuses of a completion besides 0 (granted) and `-EAGAIN` (a NOQUEUE
 /// request that would have waited).
