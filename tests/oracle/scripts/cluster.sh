@@ -100,11 +100,20 @@ cl_gone() {
     ! cl_members | grep -qx "$1"
 }
 
+# cl_dlm_gone ID: dlm_controld has removed node ID (`dlm_tool status`
+# marks it X), no lockspace lists it as a member any more, and no lockspace
+# is stopped for recovery (flags 0).
+cl_dlm_gone() {
+    dlm_tool status 2>/dev/null | grep -q "^node $1 X " || return 1
+    ! dlm_tool ls 2>/dev/null | awk '$1 == "members"' | grep -qw "$1" || return 1
+    ! dlm_tool ls 2>/dev/null | awk '$1 == "flags" && $2 != "0x00000000"' | grep -q .
+}
+
 # cl_cmdloop: serve the host's commands on the virtio-serial port named
 # "cmd". A request is one line "C ID TIMEOUT_S BASE64_SCRIPT"; each runs in
-# the background (several may run at once) with `sh`, killed after
-# TIMEOUT_S, with these functions defined, and its reply is "R ID STATUS", its stdout in base64, a "-"
-# line, its stderr in base64, "E ID". Replies go out through one writer (a
+# the background (several may run at once) with `sh`, with these functions
+# defined, killed after TIMEOUT_S. Its reply is "R ID STATUS", its stdout in
+# base64, a "-" line, its stderr in base64, "E ID". Replies go out through one writer (a
 # FIFO of finished ids) so that they never interleave.
 cl_cmdloop() {
     local p port=

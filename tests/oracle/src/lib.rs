@@ -867,6 +867,27 @@ mod tests {
     }
 
     #[test]
+    fn cpio_makes_parent_directories_once() {
+        let a = cpio_entries(&[
+            ("/usr/bin/x", 0o100755, b"1"),
+            ("/usr/bin/y", 0o100644, b"2"),
+            ("/usr/lib/z", 0o100644, b"3"),
+        ]);
+        let text = String::from_utf8_lossy(&a);
+        for (name, n) in [
+            ("usr\0", 1),
+            ("usr/bin\0", 1),
+            ("usr/lib\0", 1),
+            ("usr/bin/y\0", 1),
+        ] {
+            assert_eq!(text.matches(name).count(), n, "{name}");
+        }
+        // The directory entry (mode 040755) precedes its first file.
+        let dir = text.find("000041ED").expect("a directory entry");
+        assert!(dir < text.find("usr/bin/x").expect("file entry"));
+    }
+
+    #[test]
     fn cpio_layout() {
         let a = cpio_newc(&[("s.sh".into(), b"echo\n".to_vec())]);
         assert_eq!(&a[..6], b"070701");
