@@ -348,6 +348,7 @@ pub struct Cluster {
     nodes: Vec<Node>,
     hub: Hub,
     boot_time: Duration,
+    phases: Vec<(&'static str, Duration)>,
     // Last: removed after every qemu is gone.
     _dir: Scratch,
 }
@@ -475,13 +476,17 @@ impl Cluster {
             nodes,
             hub,
             boot_time: Duration::ZERO,
+            phases: Vec::new(),
             _dir: dir,
         };
         if let Some(e) = boot_err {
             return Err(e.context(cluster.diagnostics()));
         }
         let deadline = t0 + opts.boot_timeout;
-        if let Err(e) = cluster.bring_up(deadline) {
+        cluster
+            .phases
+            .push(("initrd and qemu started", t0.elapsed()));
+        if let Err(e) = cluster.bring_up(t0, deadline) {
             return Err(e.context(format!("starting the cluster\n{}", cluster.diagnostics())));
         }
         cluster.boot_time = t0.elapsed();
@@ -492,10 +497,11 @@ impl Cluster {
     /// for full quorate membership everywhere, start dlm_controld
     /// everywhere, wait for the kernel DLM everywhere (the DLM needs every
     /// member's corosync before its daemon starts).
-    fn bring_up(&self, deadline: Instant) -> Result<()> {
+    fn bring_up(&mut self, t0: Instant, deadline: Instant) -> Result<()> {
         for n in &self.nodes {
             n.wait_ready(deadline)?;
         }
+        self.phases.push(("VMs booted", t0.elapsed()));
         let left = || {
             deadline
                 .saturating_duration_since(Instant::now())
@@ -511,6 +517,7 @@ impl Cluster {
             ),
             Duration::from_secs(left() + 5),
         )?;
+        self.phases.push(("corosync quorate", t0.elapsed()));
         self.sh_all_ok("cl_start_dlm", SH_TIMEOUT)?;
         self.sh_all_ok(
             &format!(
@@ -519,6 +526,7 @@ impl Cluster {
             ),
             Duration::from_secs(left() + 5),
         )?;
+        self.phases.push(("DLM ready", t0.elapsed()));
         Ok(())
     }
 
@@ -540,6 +548,11 @@ impl Cluster {
     /// How long [`Cluster::start`] took.
     pub fn boot_time(&self) -> Duration {
         self.boot_time
+    }
+
+    /// When each step of [`Cluster::start`] ended, from its beginning.
+    pub fn boot_phases(&self) -> &[(&'static str, Duration)] {
+        &self.phases
     }
 
     /// Run `script` on every live node at once ([`Node::sh_ok`]); the

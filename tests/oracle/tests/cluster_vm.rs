@@ -38,7 +38,11 @@ fn two_vm_cluster_shares_gfs2_through_the_dlm_and_recovers_a_crashed_node() -> R
         .binary(&tool("gfs2_edit")?)?
         .file("/etc/harness/hello", b"hello from the host\n");
     let c = Cluster::start(opts)?;
-    eprintln!("cluster up in {:.1} s", c.boot_time().as_secs_f64());
+    eprintln!(
+        "cluster up in {:.1} s: {:?}",
+        c.boot_time().as_secs_f64(),
+        c.boot_phases()
+    );
     let (n1, n2) = (c.node(1), c.node(2));
 
     // What a lock module needs: the DLM's control device, dlm and fuse.
@@ -127,7 +131,7 @@ fn two_vm_cluster_shares_gfs2_through_the_dlm_and_recovers_a_crashed_node() -> R
     let tk = Instant::now();
     c.kill(1)?;
     eprintln!(
-        "node1 killed; membership updated in {:.1} s",
+        "node1 killed; the survivor noticed in {:.1} s",
         tk.elapsed().as_secs_f64()
     );
     n2.sh_ok_timeout(
