@@ -167,9 +167,6 @@ impl CmdOutput {
     }
 }
 
-/// One reply of the command loop, or the reason there is none.
-type Reply = CmdOutput;
-
 /// A VM of the cluster. Shared between threads: every method takes `&self`.
 pub struct Node {
     id: usize,
@@ -181,7 +178,7 @@ pub struct Node {
     reaped: Arc<Mutex<bool>>,
     killed: AtomicBool,
     writer: Mutex<Option<UnixStream>>,
-    pending: Arc<Mutex<HashMap<u64, mpsc::Sender<Reply>>>>,
+    pending: Arc<Mutex<HashMap<u64, mpsc::Sender<CmdOutput>>>>,
     next: AtomicU64,
     /// One message when the VM's command loop says `READY`; disconnected
     /// when the node thread ends.
@@ -634,7 +631,7 @@ impl Node {
             }
         }
         let reaped = Arc::new(Mutex::new(false));
-        let pending: Arc<Mutex<HashMap<u64, mpsc::Sender<Reply>>>> = Default::default();
+        let pending: Arc<Mutex<HashMap<u64, mpsc::Sender<CmdOutput>>>> = Default::default();
         let (started_tx, started_rx) = mpsc::channel::<Result<(i32, UnixStream)>>();
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = {
@@ -692,7 +689,7 @@ fn node_thread(
     started: mpsc::Sender<Result<(i32, UnixStream)>>,
     ready: mpsc::Sender<()>,
     reaped: Arc<Mutex<bool>>,
-    pending: Arc<Mutex<HashMap<u64, mpsc::Sender<Reply>>>>,
+    pending: Arc<Mutex<HashMap<u64, mpsc::Sender<CmdOutput>>>>,
 ) {
     let mut child = match cmd.spawn().context("starting qemu-system-x86_64") {
         Ok(c) => c,
@@ -753,7 +750,7 @@ fn node_thread(
 fn read_replies(
     stream: UnixStream,
     ready: &mpsc::Sender<()>,
-    pending: &Mutex<HashMap<u64, mpsc::Sender<Reply>>>,
+    pending: &Mutex<HashMap<u64, mpsc::Sender<CmdOutput>>>,
 ) {
     let mut rd = BufReader::new(stream);
     let mut line = String::new();
@@ -766,7 +763,7 @@ fn read_replies(
             Ok(_) => {}
         }
         let l = line.trim_end();
-        let deliver = |id: u64, r: Reply| {
+        let deliver = |id: u64, r: CmdOutput| {
             if let Some(tx) = pending
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

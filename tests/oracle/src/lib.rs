@@ -12,6 +12,8 @@
 //! * [`sh`]: scenario snippets (mount + manifest + unmount, workloads).
 //! * Host side: [`fsck_n`], [`fsck_clean`], [`mkfs`], [`host_manifest`].
 //! * [`corpus`]: the committed reference images under `images/`.
+//! * [`cluster`]: a cluster of qemu VMs with corosync, dlm_controld and the
+//!   kernel DLM sharing one disk, for lock modules that need the real DLM.
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{BufRead, BufReader, Read, Write};
