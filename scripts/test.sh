@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 PKGS=(gfs2-utils fuse3 libfuse3-dev pkg-config qemu-system-x86 busybox-static cpio attr acl
       e2fsprogs fuse2fs xz-utils mount nbdkit qemu-utils tgt libiscsi-dev libiscsi-bin
-      vblade iproute2 nftables)
+      vblade iproute2 nftables corosync dlm-controld)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,6 +21,14 @@ if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq "${missing[@]}" >/dev/null
+    # corosync and dlm-controld are here for the cluster VMs (tests/oracle
+    # copies them into the VMs' initramfs), not for this machine: the
+    # packages enable and start their services with a one-node default
+    # config, so stop and disable what was just installed.
+    if [[ " ${missing[*]} " == *" corosync "* || " ${missing[*]} " == *" dlm-controld "* ]] &&
+        [[ -d /run/systemd/system ]]; then
+        systemctl disable --now dlm corosync >/dev/null 2>&1 || true
+    fi
 fi
 
 echo "== cargo fmt --check"

@@ -12,6 +12,8 @@
 //! * [`sh`]: scenario snippets (mount + manifest + unmount, workloads).
 //! * Host side: [`fsck_n`], [`fsck_clean`], [`mkfs`], [`host_manifest`].
 //! * [`corpus`]: the committed reference images under `images/`.
+//! * [`cluster`]: a cluster of qemu VMs with corosync, dlm_controld and the
+//!   kernel DLM sharing one disk, for lock modules that need the real DLM.
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -21,6 +23,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod cluster;
 pub mod corpus;
 
 /// The directory of this crate's shell scripts (`scripts/`).
@@ -60,7 +63,7 @@ pub fn tool(name: &str) -> Result<PathBuf> {
     bail!("{name} not found: install it (scripts/test.sh installs the test dependencies)")
 }
 
-fn run(cmd: &mut Command, what: &str) -> Result<String> {
+pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<String> {
     let out = cmd
         .output()
         .with_context(|| format!("{what}: cannot run"))?;
@@ -76,9 +79,9 @@ fn run(cmd: &mut Command, what: &str) -> Result<String> {
 }
 
 /// An exclusive `flock` on a file, released on drop.
-struct Flock(#[allow(dead_code)] std::fs::File);
+pub(crate) struct Flock(#[allow(dead_code)] std::fs::File);
 impl Flock {
-    fn take(path: &Path) -> Result<Self> {
+    pub(crate) fn take(path: &Path) -> Result<Self> {
         let f = std::fs::File::create(path).with_context(|| format!("{}", path.display()))?;
         // SAFETY: flock on a descriptor we own; released when the file closes.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
@@ -93,7 +96,7 @@ impl Flock {
 }
 
 /// 64-bit FNV-1a, for cache keys (stable across Rust versions).
-fn fnv(h: u64, data: &[u8]) -> u64 {
+pub(crate) fn fnv(h: u64, data: &[u8]) -> u64 {
     data.iter()
         .fold(h, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3))
 }
@@ -255,6 +258,18 @@ impl Kernel {
 
 /// A newc cpio archive of regular files (mode 0755), with its trailer.
 fn cpio_newc(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let entries: Vec<(&str, u32, &[u8])> = files
+        .iter()
+        .map(|(n, d)| (n.as_str(), 0o100755, d.as_slice()))
+        .collect();
+    cpio_entries(&entries)
+}
+
+/// A newc cpio archive of `(path, mode, data)` entries (mode with its file
+/// type bits), with its trailer. The kernel's initramfs unpacker creates no
+/// missing parent directories, so a directory entry (0755) comes before the
+/// first entry under each directory; existing directories are kept.
+pub(crate) fn cpio_entries(entries: &[(&str, u32, &[u8])]) -> Vec<u8> {
     let mut out = Vec::new();
     let entry = |out: &mut Vec<u8>, ino: usize, name: &str, mode: u32, data: &[u8]| {
         let hdr = format!(
@@ -284,14 +299,27 @@ fn cpio_newc(files: &[(String, Vec<u8>)]) -> Vec<u8> {
             out.push(0);
         }
     };
-    for (i, (name, data)) in files.iter().enumerate() {
-        entry(&mut out, 0x7000 + i, name, 0o100755, data);
+    let mut dirs = std::collections::BTreeSet::new();
+    let mut ino = 0x7000;
+    for (name, mode, data) in entries {
+        let name = name.trim_start_matches('/');
+        let mut at = 0;
+        while let Some(i) = name[at..].find('/') {
+            let dir = &name[..at + i];
+            if dirs.insert(dir.to_string()) {
+                entry(&mut out, ino, dir, 0o040755, &[]);
+                ino += 1;
+            }
+            at += i + 1;
+        }
+        entry(&mut out, ino, name, *mode, data);
+        ino += 1;
     }
     entry(&mut out, 0, "TRAILER!!!", 0, &[]);
     out
 }
 
-fn gzip(data: &[u8]) -> Result<Vec<u8>> {
+pub(crate) fn gzip(data: &[u8]) -> Result<Vec<u8>> {
     let mut c = Command::new(tool("gzip")?)
         .args(["-1", "-n", "-c"])
         .stdin(Stdio::piped())
@@ -838,6 +866,27 @@ mod tests {
         let h: Vec<u32> = v.iter().map(|n| gfs2_hash(n.as_bytes()) >> 20).collect();
         assert!(h.iter().all(|x| *x == h[0]));
         assert!(v.iter().all(|n| n.len() == 20));
+    }
+
+    #[test]
+    fn cpio_makes_parent_directories_once() {
+        let a = cpio_entries(&[
+            ("/usr/bin/x", 0o100755, b"1"),
+            ("/usr/bin/y", 0o100644, b"2"),
+            ("/usr/lib/z", 0o100644, b"3"),
+        ]);
+        let text = String::from_utf8_lossy(&a);
+        for (name, n) in [
+            ("usr\0", 1),
+            ("usr/bin\0", 1),
+            ("usr/lib\0", 1),
+            ("usr/bin/y\0", 1),
+        ] {
+            assert_eq!(text.matches(name).count(), n, "{name}");
+        }
+        // The directory entry (mode 040755) precedes its first file.
+        let dir = text.find("000041ED").expect("a directory entry");
+        assert!(dir < text.find("usr/bin/x").expect("file entry"));
     }
 
     #[test]
