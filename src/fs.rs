@@ -889,7 +889,9 @@ impl Fs {
             Some(o) => o.clone(),
             None => {
                 let r = self.sync_and_close_log();
+                tracing::debug!(ok = r.is_ok(), "unmount: log closed");
                 let g = self.glocks.shutdown();
+                tracing::debug!(ok = g.is_ok(), "unmount: glocks released, lockspace left");
                 self.dev.release();
                 let o = r.and(g).map_err(|e| e.to_string());
                 *done = Some(o.clone());

@@ -26,13 +26,13 @@ const LONG: Duration = Duration::from_secs(180);
 /// of the VM's shell, its log in /tmp/fuse.log) and wait for the mount.
 fn mount_fuse(n: &Node) -> Result<()> {
     n.sh_ok_timeout(
-        "mkdir -p /mnt; RUST_LOG=info,gfs2_lockproto=debug gfs2-fuse mount -f /dev/vda /mnt \
+        "mkdir -p /mnt; NO_COLOR=1 RUST_LOG=debug,gfs2_lockproto=trace,fuser=info gfs2-fuse mount -f /dev/vda /mnt \
          >/tmp/fuse.log 2>&1 &
          pid=$!
          i=0
-         while ! mountpoint -q /mnt; do
-             kill -0 $pid 2>/dev/null || { echo 'daemon exited:'; cat /tmp/fuse.log; exit 1; }
-             i=$((i+1)); [ $i -lt 1200 ] || { echo 'mount timed out:'; cat /tmp/fuse.log; exit 1; }
+         while ! grep -q ' /mnt ' /proc/mounts; do
+             grep -q '^State:.*Z' /proc/$pid/status 2>/dev/null && { echo 'daemon exited:'; cat /tmp/fuse.log; exit 1; }
+             i=$((i+1)); [ $i -lt 600 ] || { echo 'mount timed out:'; cat /tmp/fuse.log; exit 1; }
              sleep 0.1
          done
          echo $pid > /tmp/fuse.pid",
@@ -49,8 +49,10 @@ fn umount_fuse(n: &Node) -> Result<()> {
         "umount /mnt || { tail -50 /tmp/fuse.log; exit 1; }
          pid=$(cat /tmp/fuse.pid)
          i=0
-         while kill -0 $pid 2>/dev/null; do
-             i=$((i+1)); [ $i -lt 600 ] || { echo 'daemon did not exit'; tail -50 /tmp/fuse.log; exit 1; }
+         # Gone, or a zombie (its parent, the VM's command shell, has exited).
+         while [ -d /proc/$pid ] && ! grep -q '^State:.*Z' /proc/$pid/status; do
+             i=$((i+1)); [ $i -lt 300 ] || { echo 'daemon did not exit'; grep -v 'dlm completion\\|dlm unlock' /tmp/fuse.log | tail -30; \
+                 for t in /proc/$pid/task/*; do echo \"thread $(cat $t/comm) $(cat $t/wchan) $(cut -d' ' -f3 $t/stat)\"; cat $t/stack 2>/dev/null | head -8; done; exit 1; }
              sleep 0.1
          done
          grep -i 'error' /tmp/fuse.log | tail -5; true",

@@ -123,7 +123,10 @@ impl LockProto for Dlm {
         let (jid, first) = match joined {
             Ok(v) => v,
             Err(e) => {
-                let _ = ls.leave();
+                tracing::error!(lockspace = fsname, "joining: {e}; leaving the lockspace");
+                if let Err(l) = ls.leave() {
+                    tracing::error!(lockspace = fsname, "leaving: {l}");
+                }
                 return Err(e);
             }
         };
@@ -188,6 +191,7 @@ impl Lockspace for DlmLockspace {
         self.control.first_done()
     }
     fn leave(&self) -> Result<(), LockError> {
+        tracing::debug!("leaving the DLM lockspace");
         self.control.stop();
         for (res, _) in self.space.held() {
             if let Err(e) = self.space.unlock(res, None) {
@@ -195,14 +199,19 @@ impl Lockspace for DlmLockspace {
             }
         }
         self.space.close("the lockspace was left");
+        for t in std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner())) {
+            let _ = t.join();
+        }
+        tracing::debug!("DLM threads stopped");
+        // The DLM waits for the device's last descriptor before it removes
+        // the lockspace.
+        self.space.close_device();
+        tracing::debug!("locks released, removing the lockspace");
         let removed = self
             .ctl
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .write(&wire::remove_lockspace(self.minor, wire::REMOVE_FORCEFREE));
-        for t in std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner())) {
-            let _ = t.join();
-        }
         removed
             .map(|_| ())
             .map_err(|e| LockError::Manager(format!("leaving the DLM lockspace: {e}")))

@@ -78,7 +78,9 @@ struct Locks {
 /// A lockspace device with its lock table.
 pub struct Space {
     name: String,
-    dev: File,
+    /// The lockspace device; closed (`None`) when leaving: the DLM removes a
+    /// lockspace only once no descriptor of its device is open.
+    dev: std::sync::RwLock<Option<File>>,
     /// Wakes the reader thread out of `poll` when leaving.
     stop: OwnedFd,
     locks: Mutex<Locks>,
@@ -111,7 +113,7 @@ impl Space {
         let stop = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(Arc::new(Space {
             name: name.to_string(),
-            dev,
+            dev: std::sync::RwLock::new(Some(dev)),
             stop,
             locks: Mutex::new(Locks {
                 next_token: 1,
@@ -153,7 +155,17 @@ impl Space {
     }
 
     fn send(&self, bytes: &[u8]) -> std::io::Result<usize> {
-        (&self.dev).write(bytes)
+        let dev = self.dev.read().unwrap_or_else(|e| e.into_inner());
+        match dev.as_ref() {
+            Some(mut f) => f.write(bytes),
+            None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
+        }
+    }
+
+    /// Close the device (after [`Space::close`] and once the reader has
+    /// stopped).
+    pub fn close_device(&self) {
+        self.dev.write().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// Request `mode` on `res` (a new lock or a conversion). With `sync` the
@@ -225,7 +237,9 @@ impl Space {
         }
         if convert {
             f |= lkf::CONVERT;
-            if s.mode.is_some_and(|m| mode > m) {
+            // The DLM refuses CONVDEADLK with NOQUEUE (a try cannot
+            // deadlock: it does not wait).
+            if s.mode.is_some_and(|m| mode > m) && !flags.try_lock {
                 f |= lkf::CONVDEADLK;
             }
         }
@@ -352,6 +366,7 @@ impl Space {
         });
         drop(l);
         let name = crate::resource_name(res);
+        tracing::trace!(ls = %self.name, %res, lkid, "dlm unlock");
         let req = LockRequest {
             mode: Mode::NL,
             flags: f,
@@ -428,10 +443,19 @@ impl Space {
     /// Read completions and blocking callbacks until [`Space::close`].
     pub fn run_reader(self: &Arc<Self>) {
         let mut buf = [0u8; 512];
+        let Some(fd) = self
+            .dev
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|f| f.as_raw_fd())
+        else {
+            return;
+        };
         loop {
             let mut fds = [
                 libc::pollfd {
-                    fd: self.dev.as_raw_fd(),
+                    fd,
                     events: libc::POLLIN,
                     revents: 0,
                 },
@@ -458,7 +482,14 @@ impl Space {
             if fds[0].revents == 0 {
                 continue;
             }
-            let n = match (&self.dev).read(&mut buf) {
+            let read = {
+                let dev = self.dev.read().unwrap_or_else(|e| e.into_inner());
+                match dev.as_ref() {
+                    Some(mut f) => f.read(&mut buf),
+                    None => return,
+                }
+            };
+            let n = match read {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,

@@ -182,7 +182,9 @@ pub fn unlock(req: &LockRequest<'_>) -> Vec<u8> {
 /// misc minor number of its device `dlm_<name>`.
 pub fn create_lockspace(name: &str, flags: u32) -> Vec<u8> {
     let n = &name.as_bytes()[..name.len().min(LOCKSPACE_NAME_MAX)];
-    let mut b = header(CMD_CREATE_LOCKSPACE, LSPACE_REQUEST_LEN + n.len() + 1);
+    // The kernel takes no write shorter than the request structure (the
+    // name inside it then, NUL-terminated by the zero padding).
+    let mut b = header(CMD_CREATE_LOCKSPACE, LOCK_REQUEST_LEN + n.len());
     b[16..20].copy_from_slice(&flags.to_ne_bytes());
     b[LSPACE_REQUEST_LEN..LSPACE_REQUEST_LEN + n.len()].copy_from_slice(n);
     b
@@ -190,7 +192,7 @@ pub fn create_lockspace(name: &str, flags: u32) -> Vec<u8> {
 
 /// `DLM_USER_REMOVE_LOCKSPACE` of the lockspace whose device has `minor`.
 pub fn remove_lockspace(minor: u32, flags: u32) -> Vec<u8> {
-    let mut b = header(CMD_REMOVE_LOCKSPACE, LSPACE_REQUEST_LEN);
+    let mut b = header(CMD_REMOVE_LOCKSPACE, LOCK_REQUEST_LEN);
     b[16..20].copy_from_slice(&flags.to_ne_bytes());
     b[20..24].copy_from_slice(&minor.to_ne_bytes());
     b
@@ -418,11 +420,10 @@ int main(void) {
         assert_eq!(&b[88..120], &lvb);
         assert_eq!(&b[120..], &name);
         let c = create_lockspace("fs1", 0);
-        assert_eq!(
-            (c[12], c.len()),
-            (CMD_CREATE_LOCKSPACE, LSPACE_REQUEST_LEN + 4)
-        );
-        assert_eq!(&c[24..], b"fs1\0");
+        assert_eq!(c[12], CMD_CREATE_LOCKSPACE);
+        assert_eq!(c.len(), LOCK_REQUEST_LEN + 3);
+        assert_eq!(&c[24..28], b"fs1\0");
+        assert_eq!(remove_lockspace(7, 2).len(), LOCK_REQUEST_LEN);
     }
 
     fn result(addr: u64, token: u64, status: i32, bast: u8, lvb: Option<&Lvb>) -> Vec<u8> {
