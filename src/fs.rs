@@ -43,6 +43,10 @@ pub struct MountOptions {
     pub device_read_only: bool,
     /// `commit=`: seconds between periodic log flushes (default 30).
     pub commit_secs: Option<u64>,
+    /// Only replay journal N and stop (with `lock_nolock` rules): the
+    /// journal of a daemon of this node that died in a cluster, whose locks
+    /// the lock manager still keeps (see `LockError::Orphaned`).
+    pub replay_only: Option<u32>,
 }
 
 /// Attributes of an inode.
@@ -194,7 +198,28 @@ impl Fs {
             opts.cache_bytes.unwrap_or(128 << 20),
         ));
         let callbacks = GlockCallbacks::new();
-        let (ls, info) = proto.join(&table, callbacks.clone())?;
+        let (ls, info) = match proto.join(&table, callbacks.clone()) {
+            Err(gfs2_lockproto::LockError::Orphaned { jid, .. }) if opts.replay_only.is_none() => {
+                // A daemon of this node died; its locks still keep every
+                // node away from what its journal holds. Replay that
+                // journal (nothing else: other journals belong to live
+                // nodes), then let the locks go and join afresh.
+                tracing::warn!(
+                    jid,
+                    "a daemon of this node died in the cluster: replaying its journal"
+                );
+                let replay = MountOptions {
+                    lock_module: Some(Arc::new(gfs2_lockproto::nolock::NoLock)),
+                    replay_only: Some(jid),
+                    cache_bytes: opts.cache_bytes,
+                    ..Default::default()
+                };
+                Fs::mount(dev.clone(), replay)?.unmount()?;
+                proto.release_orphans(&table)?;
+                proto.join(&table, callbacks.clone())?
+            }
+            r => r?,
+        };
         let mut ops: HashMap<u32, Arc<dyn GlockOps>> = HashMap::new();
         let cops = CacheOps::new(cache.clone());
         ops.insert(lm_type::INODE, cops.clone());
@@ -231,7 +256,7 @@ impl Fs {
         fs.journals = fs.read_jindex(jindex)?;
         let count = u32::try_from(fs.journals.len()).unwrap_or(u32::MAX);
         fs.glocks.lockspace().journals(count);
-        if !fs.opts.spectator {
+        if !fs.opts.spectator && fs.opts.replay_only.is_none() {
             let (jid, holder) = fs.claim_journal(info.jid)?;
             fs.jid = jid;
             fs.journal_gh = Some(holder);
@@ -266,6 +291,15 @@ impl Fs {
             }
         }
 
+        if let Some(jid) = fs.opts.replay_only {
+            if !fs.replay_dead_journal(jid)? {
+                return Err(FsError::Mount(format!("journal {jid} is busy")));
+            }
+            // Its statfs changes stay in its statfs_change file, folded by
+            // whichever node takes that journal next (as after a crash).
+            tracing::info!(jid, "journal of the dead daemon replayed");
+            return Ok(Arc::new(fs));
+        }
         if info.first && !fs.opts.norecovery && !fs.opts.spectator {
             fs.recover_all()?;
         }

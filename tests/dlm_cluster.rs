@@ -10,7 +10,10 @@
 //!    cleanly and gfs2-utils' `fsck.gfs2 -n` finds the image clean.
 //! 2. A mixed cluster: the kernel's gfs2 on node 1 and our daemon on node
 //!    2, same disk, same lockspace: the same checks both ways, the kernel
-//!    lists what we wrote and the other way round, fsck clean.
+//!    lists what we wrote and the other way round.
+//! 3. Then our daemon is killed with its node up: the kernel node waits for
+//!    what it wrote until a restarted daemon has replayed its journal;
+//!    every fsync'd file intact, fsck clean.
 //!
 //! Two more boots of 2 VMs check recovery both ways (two-node quorum
 //! survives one death, three nodes would not survive two): the VM running
@@ -249,6 +252,42 @@ fn lock_dlm_nodes_share_a_disk_with_each_other_and_with_the_kernel() -> Result<(
         mount_fuse(n2)?;
         ping_pong(n1, n2, "k", 12)?;
         concurrent_appends(n1, n2, "mixed", 50)?;
+        same_tree(n1, n2)?;
+        // 3. Our daemon is killed (kill -9) while its node stays up, right
+        // after fsyncs. Its locks stay (orphans): the kernel node's read of
+        // what it wrote waits, rather than read stale blocks. A restarted
+        // daemon replays its journal, lets the locks go and joins again;
+        // the kernel's read then completes, every fsync'd file is intact.
+        let sums = fsynced_files(n2, "killed", 8)?;
+        n2.sh_ok("kill -9 $(cat /tmp/fuse.pid); sleep 1; umount -l /mnt")?;
+        n1.sh_ok(
+            "rm -f /tmp/blocked.*; (sha256sum /mnt/killed/f0 > /tmp/blocked.out 2>&1; \
+             echo $? > /tmp/blocked.rc) >/dev/null 2>&1 &",
+        )?;
+        std::thread::sleep(Duration::from_secs(3));
+        if n1.sh("test -f /tmp/blocked.rc")?.success() {
+            bail!(
+                "the kernel node read a dead daemon's file before its journal was replayed: {}",
+                n1.sh("cat /tmp/blocked.out")?.stdout
+            );
+        }
+        mount_fuse(n2)?;
+        let log = n2.sh_ok("grep -E 'died|replayed|released' /tmp/fuse.log")?;
+        eprintln!("restarted daemon:\n{log}");
+        if !log.contains("journal of the dead daemon replayed") {
+            bail!("the restarted daemon did not replay its journal:\n{log}");
+        }
+        n1.sh_ok_timeout(
+            "i=0; while [ ! -f /tmp/blocked.rc ]; do i=$((i+1)); [ $i -lt 600 ] || exit 1; sleep 0.1; done; \
+             cat /tmp/blocked.rc /tmp/blocked.out",
+            LONG,
+        )?;
+        for n in [n1, n2] {
+            let seen = n.sh_ok("cd /mnt/killed && sha256sum f* | sort")?;
+            if seen != sums {
+                bail!("node {} after the daemon's restart:\n{seen}\nwanted:\n{sums}", n.id());
+            }
+        }
         same_tree(n1, n2)?;
         umount_fuse(n2)?;
         n1.sh_ok_timeout("umount /mnt", LONG)?;

@@ -176,6 +176,17 @@ pub enum LockError {
     /// The lock manager failed.
     #[error("lock manager: {0}")]
     Manager(String),
+    /// A previous instance of this node died holding its locks, which the
+    /// lock manager keeps (orphans) so that no node reads what its journal
+    /// may hold: replay journal `jid`, then [`LockProto::release_orphans`]
+    /// and join again.
+    #[error("lockspace {lockspace}: a previous daemon of this node died holding its locks (journal {jid})")]
+    Orphaned {
+        /// The lockspace.
+        lockspace: String,
+        /// The dead instance's journal.
+        jid: u32,
+    },
 }
 
 /// What a lock module tells the node that joined a lockspace. Called from the
@@ -214,6 +225,11 @@ pub trait LockProto: Send + Sync {
         table: &str,
         callbacks: Arc<dyn LockCallbacks>,
     ) -> Result<(Arc<dyn Lockspace>, JoinInfo), LockError>;
+    /// After [`LockError::Orphaned`] and the replay of its journal: give up
+    /// the dead instance's locks and its place in the lockspace.
+    fn release_orphans(&self, _table: &str) -> Result<(), LockError> {
+        Ok(())
+    }
 }
 
 /// A joined lockspace: one node's view of the cluster's locks for one filesystem.

@@ -21,9 +21,12 @@
 //! would drop a closed device's locks and nobody would replay its journal.
 //! Every lock is therefore taken `PERSISTENT`: the dead daemon's locks stay
 //! (orphans) and keep everyone away from what it may have left
-//! half-written, until the node is rebooted (then the others see a failed
-//! node and replay its journal). A hang rather than corruption. Not yet: a
-//! restarted daemon that replays its own journal and purges the orphans.
+//! half-written. A restarted daemon finds the lockspace still there
+//! (creating it fails) and the journal it used in its record under
+//! `/run/gfs2-fuse/dlm`: it replays that journal while the orphans still
+//! guard it, then purges them, removes the lockspace and joins afresh
+//! ([`LockError::Orphaned`], [`LockProto::release_orphans`]). Rebooting the
+//! node does as well: the others then see a failed node and replay it.
 
 pub mod control;
 pub mod kmsg;
@@ -48,6 +51,9 @@ impl LockProto for Dlm {
     fn name(&self) -> &'static str {
         "lock_dlm"
     }
+    fn release_orphans(&self, table: &str) -> Result<(), LockError> {
+        release_orphans(crate::lockspace_name(table)?)
+    }
     fn join(
         &self,
         table: &str,
@@ -68,13 +74,32 @@ impl LockProto for Dlm {
         let mut ctl = sys::open_misc("dlm-control")?;
         let minor = match ctl.write(&wire::create_lockspace(fsname, wire::LSFL_NEWEXCL)) {
             Ok(m) => m as u32,
+            Err(e)
+                if e.raw_os_error() == Some(libc::EEXIST)
+                    && sys::misc_exists(&format!("dlm_{fsname}")) =>
+            {
+                // Created from userspace: a daemon of ours that died here.
+                let rec = sys::jid_record(fsname);
+                return match std::fs::read_to_string(&rec)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                {
+                    Some(jid) => Err(LockError::Orphaned {
+                        lockspace: fsname.to_string(),
+                        jid,
+                    }),
+                    None => Err(LockError::Manager(format!(
+                        "the DLM lockspace {fsname} was left here by a process that died, and \
+                         {} does not say which journal it used: reboot this node (the others \
+                         then replay its journal)",
+                        rec.display()
+                    ))),
+                };
+            }
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 return Err(LockError::Manager(format!(
-                    "the DLM lockspace {fsname} exists on this node already: either the \
-                     kernel's gfs2 has this filesystem mounted here, or a gfs2-fuse daemon \
-                     died here and its locks are kept (orphaned) so that no other node reads \
-                     what it may have left half-written; in that case reboot this node (the \
-                     others then replay its journal)"
+                    "the DLM lockspace {fsname} exists on this node already: the kernel's \
+                     gfs2 has this filesystem mounted here"
                 )))
             }
             Err(e) => {
@@ -107,6 +132,7 @@ impl LockProto for Dlm {
             ctl: Mutex::new(ctl),
             minor,
             node_id: cluster.node_id,
+            fsname: fsname.to_string(),
             threads: Mutex::new(vec![reader]),
         });
         let joined = (|| {
@@ -130,6 +156,16 @@ impl LockProto for Dlm {
                 return Err(e);
             }
         };
+        let rec = sys::jid_record(fsname);
+        let recorded = rec
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&rec, format!("{jid}\n")));
+        if let Err(e) = recorded {
+            // Without it a crashed daemon cannot be restarted in place (the
+            // node must be rebooted instead): worth a warning, not a failure.
+            tracing::warn!("{}: {e}", rec.display());
+        }
         let watcher = std::thread::Builder::new()
             .name("dlm-recovery".into())
             .spawn(move || control.run())
@@ -148,6 +184,29 @@ impl LockProto for Dlm {
     }
 }
 
+/// Give up the locks a dead daemon of this node left in lockspace
+/// `fsname` (after its journal was replayed) and the lockspace itself, so
+/// that a fresh join follows (its slot and generations come from new
+/// recovery lines).
+fn release_orphans(fsname: &str) -> Result<(), LockError> {
+    let dev_name = format!("dlm_{fsname}");
+    let minor = sys::misc_minor(&dev_name)?;
+    {
+        let mut dev = sys::open_misc(&dev_name)?;
+        dev.write(&wire::purge(0, 0))
+            .map_err(|e| LockError::Manager(format!("purging the orphaned locks: {e}")))?;
+    }
+    let mut ctl = sys::open_misc("dlm-control")?;
+    ctl.write(&wire::remove_lockspace(minor, wire::REMOVE_FORCEFREE))
+        .map_err(|e| LockError::Manager(format!("removing the dead daemon's lockspace: {e}")))?;
+    let _ = std::fs::remove_file(sys::jid_record(fsname));
+    tracing::info!(
+        lockspace = fsname,
+        "the dead daemon's locks and lockspace are released"
+    );
+    Ok(())
+}
+
 impl Gate for Control {
     fn blocked(&self) -> bool {
         Control::blocked(self)
@@ -164,6 +223,7 @@ struct DlmLockspace {
     ctl: Mutex<File>,
     minor: u32,
     node_id: u32,
+    fsname: String,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -212,6 +272,9 @@ impl Lockspace for DlmLockspace {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .write(&wire::remove_lockspace(self.minor, wire::REMOVE_FORCEFREE));
+        if removed.is_ok() {
+            let _ = std::fs::remove_file(sys::jid_record(&self.fsname));
+        }
         removed
             .map(|_| ())
             .map_err(|e| LockError::Manager(format!("leaving the DLM lockspace: {e}")))

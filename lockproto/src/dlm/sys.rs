@@ -107,6 +107,29 @@ pub fn open_misc(name: &str) -> Result<File, LockError> {
     f
 }
 
+/// Whether this node has a lockspace device `name` (a lockspace created
+/// from userspace: a kernel mount's lockspace has none).
+pub fn misc_exists(name: &str) -> bool {
+    Path::new("/sys/class/misc").join(name).exists()
+}
+
+/// The minor number of misc device `name`.
+pub fn misc_minor(name: &str) -> Result<u32, LockError> {
+    let sys = Path::new("/sys/class/misc").join(name).join("dev");
+    let s =
+        std::fs::read_to_string(&sys).map_err(|e| manager(format!("{}: {e}", sys.display())))?;
+    parse_dev(&s)
+        .map(|(_, m)| m)
+        .ok_or_else(|| manager(format!("{}: cannot parse {s:?}", sys.display())))
+}
+
+/// Where a node records the journal its lockspace gave it, for a daemon
+/// restarted after a crash (the slot cannot change while the lockspace
+/// stays, and no new recovery tells it again).
+pub fn jid_record(fsname: &str) -> PathBuf {
+    PathBuf::from("/run/gfs2-fuse/dlm").join(format!("{fsname}.jid"))
+}
+
 fn private_dir() -> PathBuf {
     PathBuf::from("/run/gfs2-fuse/dev")
 }

@@ -30,6 +30,7 @@ const CMD_LOCK: u8 = 1;
 const CMD_UNLOCK: u8 = 2;
 const CMD_CREATE_LOCKSPACE: u8 = 4;
 const CMD_REMOVE_LOCKSPACE: u8 = 5;
+const CMD_PURGE: u8 = 6;
 
 /// Request flags (`DLM_LKF_*`).
 pub mod lkf {
@@ -195,6 +196,15 @@ pub fn remove_lockspace(minor: u32, flags: u32) -> Vec<u8> {
     let mut b = header(CMD_REMOVE_LOCKSPACE, LOCK_REQUEST_LEN);
     b[16..20].copy_from_slice(&flags.to_ne_bytes());
     b[20..24].copy_from_slice(&minor.to_ne_bytes());
+    b
+}
+
+/// `DLM_USER_PURGE` on a lockspace device: unlock the orphans of node
+/// `nodeid` (0: this node) left by process `pid` (0: any).
+pub fn purge(nodeid: u32, pid: u32) -> Vec<u8> {
+    let mut b = header(CMD_PURGE, LOCK_REQUEST_LEN);
+    b[16..20].copy_from_slice(&nodeid.to_ne_bytes());
+    b[20..24].copy_from_slice(&pid.to_ne_bytes());
     b
 }
 
