@@ -224,9 +224,19 @@ fn lock_dlm_nodes_share_a_disk_with_each_other_and_with_the_kernel() -> Result<(
         e.context(format!("{logs}\n{}", c.diagnostics()))
     };
 
-    // 1. Two FUSE nodes.
+    // 1. Two FUSE nodes. First, a lock table naming another cluster is
+    // refused with the reason (the kernel checks the same).
     let t = Instant::now();
     (|| -> Result<()> {
+        let wrong =
+            n1.sh("mkdir -p /mnt; gfs2-fuse mount -o locktable=othercluster:dlmfs /dev/vda /mnt")?;
+        if wrong.success()
+            || !wrong
+                .stderr
+                .contains("this node is in cluster \"gfs2test\"")
+        {
+            bail!("mount with another cluster's name: {wrong:?}");
+        }
         mount_fuse(n1)?;
         mount_fuse(n2)?;
         let jids = [n1, n2]
@@ -439,4 +449,34 @@ fn kernel_and_fuse_nodes_replay_each_others_journals() -> Result<()> {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     recovery_round(false)?;
     recovery_round(true)
+}
+
+/// Without a cluster (this host runs no DLM) a lock_dlm filesystem is
+/// refused with the reason, nothing is written, and lock_nolock still
+/// mounts it.
+#[test]
+fn lock_dlm_without_a_cluster_is_refused_clearly() -> Result<()> {
+    let dir = Scratch::new("dlm-none")?;
+    let img = dir.join("img");
+    mkfs(
+        &img,
+        64,
+        &["-p", "lock_dlm", "-t", "gfs2test:solo", "-j", "1"],
+    )?;
+    let before = std::fs::read(&img)?;
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt)?;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gfs2-fuse"))
+        .arg("mount")
+        .arg(&img)
+        .arg(&mnt)
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || !err.contains("no DLM cluster configured") {
+        bail!("lock_dlm mount without a cluster: {:?} {err}", out.status);
+    }
+    if std::fs::read(&img)? != before {
+        bail!("the refused mount wrote to the image");
+    }
+    fsck_clean(&img)
 }
