@@ -5,8 +5,9 @@
 //!
 //! 1. Our daemon on both nodes: writes on one node are seen by the other
 //!    right after they return, in both directions (files, appends to one
-//!    shared file, directories, renames, xattrs), then both nodes append
-//!    to one file at once; both nodes list the same tree; both unmount
+//!    shared file, directories, renames, xattrs; then random operations on
+//!    a few shared files, each checked on the other node against a model),
+//!    then both nodes append to one file at once; both nodes list the same tree; both unmount
 //!    cleanly and gfs2-utils' `fsck.gfs2 -n` finds the image clean.
 //! 2. A mixed cluster: the kernel's gfs2 on node 1 and our daemon on node
 //!    2, same disk, same lockspace: the same checks both ways, the kernel
@@ -24,9 +25,13 @@
 //!
 //! The two tests take turns (one cluster at a time on a small machine).
 
+mod common;
+
 use anyhow::{bail, Context, Result};
+use common::Rng;
 use gfs2_oracle::cluster::{Cluster, ClusterOpts, Node};
 use gfs2_oracle::{fsck_clean, mkfs, Scratch};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -77,6 +82,45 @@ fn umount_fuse(n: &Node) -> Result<()> {
     Ok(())
 }
 
+/// Run `cmd` on `node` until it succeeds and return its output; after
+/// [`LONG`], fail naming `what`, with the node's recent kernel log.
+fn wait_for(node: &Node, cmd: &str, what: &str) -> Result<String> {
+    let until = Instant::now() + LONG;
+    loop {
+        let out = node.sh(cmd)?;
+        if out.success() {
+            return Ok(out.stdout);
+        }
+        if Instant::now() > until {
+            bail!(
+                "node {}: no {what} after {LONG:?}:\n{}",
+                node.id(),
+                node.sh("dmesg | tail -30")?.stdout
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// `e` with what every live node of `c` logged (our daemon, the DLM and
+/// gfs2 in the kernel) and the consoles.
+fn with_logs(c: &Cluster, e: anyhow::Error) -> anyhow::Error {
+    let logs: String = c
+        .nodes()
+        .iter()
+        .filter(|n| n.alive())
+        .map(|n| {
+            let log = n
+                .sh("grep -v 'dlm completion\\|dlm unlock\\|dlm request' /tmp/fuse.log | tail -40; \
+                     dmesg | grep -E 'dlm|gfs2' | tail -30")
+                .map(|o| o.stdout)
+                .unwrap_or_default();
+            format!("--- node {} ---\n{log}\n", n.id())
+        })
+        .collect();
+    e.context(format!("{logs}\n{}", c.diagnostics()))
+}
+
 /// Alternating writes and cross-node checks, `rounds` of them, names
 /// prefixed with `p`: the writer's operation returns, then the other node
 /// must see it.
@@ -119,6 +163,85 @@ fn ping_pong(a: &Node, b: &Node, p: &str, rounds: usize) -> Result<()> {
     Ok(())
 }
 
+/// Random operations on a few shared files, each issued on a random node
+/// and checked on the other one right after it returned, against a model
+/// kept here: contents (written, appended), renames over other names,
+/// unlinks, xattrs. `ops` operations in directory /mnt/`dir`.
+fn model_check(nodes: [&Node; 2], dir: &str, ops: usize, seed: u64) -> Result<()> {
+    // name -> (content, xattr)
+    let mut model: BTreeMap<String, (String, Option<String>)> = BTreeMap::new();
+    let mut rng = Rng(seed);
+    nodes[0].sh_ok(&format!("mkdir /mnt/{dir}"))?;
+    let mut log = Vec::new();
+    for i in 0..ops {
+        let w = rng.below(2) as usize;
+        let (on, other) = (nodes[w], nodes[1 - w]);
+        let f = format!("f{}", rng.below(4));
+        let g = format!("f{}", rng.below(4));
+        let val = format!("v{i}n{}", on.id());
+        let exists = model.contains_key(&f);
+        // Renames, unlinks and xattrs need the file; appends do not.
+        let kind = match rng.below(5) {
+            2 if !exists || f == g => 1,
+            3 | 4 if !exists => 1,
+            k => k,
+        };
+        let cmd = match kind {
+            0 => {
+                let x = model.get(&f).and_then(|e| e.1.clone());
+                model.insert(f.clone(), (format!("{val}\n"), x));
+                format!("echo {val} > {f}")
+            }
+            2 => {
+                let e = model.remove(&f).unwrap_or_default();
+                model.insert(g.clone(), e);
+                format!("mv {f} {g}")
+            }
+            3 => {
+                model.remove(&f);
+                format!("rm {f}")
+            }
+            4 => {
+                if let Some(e) = model.get_mut(&f) {
+                    e.1 = Some(val.clone());
+                }
+                format!("setfattr -n user.v -v {val} {f}")
+            }
+            _ => {
+                let e = model.entry(f.clone()).or_insert((String::new(), None));
+                e.0.push_str(&format!("{val}\n"));
+                format!("echo {val} >> {f}")
+            }
+        };
+        log.push(format!("{i}: node {}: {cmd}", on.id()));
+        on.sh_ok(&format!("cd /mnt/{dir} && {cmd}"))
+            .with_context(|| format!("op {i} on node {}: {cmd}", on.id()))?;
+        let seen = other.sh_ok(&format!(
+            "cd /mnt/{dir} && for f in f0 f1 f2 f3; do [ -e $f ] || continue; \
+             echo \"$f $(tr '\\n' '|' < $f) x=$(getfattr --only-values -n user.v $f 2>/dev/null)\"; done"
+        ))?;
+        let want: String = model
+            .iter()
+            .map(|(n, (c, x))| {
+                format!(
+                    "{n} {} x={}\n",
+                    c.replace('\n', "|"),
+                    x.clone().unwrap_or_default()
+                )
+            })
+            .collect();
+        if seen != want {
+            bail!(
+                "after op {i} ({cmd} on node {}), node {} sees:\n{seen}wanted:\n{want}last ops:\n{}",
+                on.id(),
+                other.id(),
+                log[log.len().saturating_sub(10)..].join("\n")
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Both nodes append `n` lines to one file at once; each sees all 2n.
 fn concurrent_appends(a: &Node, b: &Node, file: &str, n: usize) -> Result<()> {
     let script = |id: usize| {
@@ -131,21 +254,12 @@ fn concurrent_appends(a: &Node, b: &Node, file: &str, n: usize) -> Result<()> {
     b.sh_ok("rm -f /tmp/appends.done")?;
     a.sh_ok(&script(a.id()))?;
     b.sh_ok(&script(b.id()))?;
-    let until = Instant::now() + LONG;
     for node in [a, b] {
-        loop {
-            if node.sh("test -f /tmp/appends.done")?.success() {
-                break;
-            }
-            if Instant::now() > until {
-                bail!(
-                    "appends on node {} did not finish: {}",
-                    node.id(),
-                    node.sh("cat /tmp/appends.log")?.stdout
-                );
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        wait_for(node, "test -f /tmp/appends.done", "end of the appends").with_context(|| {
+            node.sh("cat /tmp/appends.log")
+                .map(|o| o.stdout)
+                .unwrap_or_default()
+        })?;
     }
     for node in [a, b] {
         let out = node.sh_ok(&format!(
@@ -210,19 +324,7 @@ fn lock_dlm_nodes_share_a_disk_with_each_other_and_with_the_kernel() -> Result<(
     let c = Cluster::start(ClusterOpts::new(2, &img, CLUSTER).binary(bin)?)?;
     eprintln!("cluster up in {:.1} s", c.boot_time().as_secs_f64());
     let (n1, n2) = (c.node(1), c.node(2));
-    let diag = |e: anyhow::Error| -> anyhow::Error {
-        let logs: String = [n1, n2]
-            .iter()
-            .map(|n| {
-                let log = n
-                    .sh("tail -40 /tmp/fuse.log; dmesg | grep -E 'dlm|gfs2' | tail -20")
-                    .map(|o| o.stdout)
-                    .unwrap_or_default();
-                format!("--- node {} ---\n{log}\n", n.id())
-            })
-            .collect();
-        e.context(format!("{logs}\n{}", c.diagnostics()))
-    };
+    let diag = |e| with_logs(&c, e);
 
     // 1. Two FUSE nodes. First, a lock table naming another cluster is
     // refused with the reason (the kernel checks the same).
@@ -245,6 +347,7 @@ fn lock_dlm_nodes_share_a_disk_with_each_other_and_with_the_kernel() -> Result<(
             .collect::<Result<Vec<_>>>()?;
         eprintln!("fuse nodes joined: {jids:?}");
         ping_pong(n1, n2, "a", 12)?;
+        model_check([n1, n2], "model-a", 40, 0x5eed_0001)?;
         concurrent_appends(n1, n2, "both", 50)?;
         same_tree(n1, n2)?;
         umount_fuse(n1)?;
@@ -261,6 +364,7 @@ fn lock_dlm_nodes_share_a_disk_with_each_other_and_with_the_kernel() -> Result<(
         n1.sh_ok_timeout("mount -t gfs2 /dev/vda /mnt", LONG)?;
         mount_fuse(n2)?;
         ping_pong(n1, n2, "k", 12)?;
+        model_check([n1, n2], "model-k", 40, 0x5eed_0002)?;
         concurrent_appends(n1, n2, "mixed", 50)?;
         same_tree(n1, n2)?;
         // 3. Our daemon is killed (kill -9) while its node stays up, right
@@ -326,25 +430,6 @@ fn fsynced_files(node: &Node, dir: &str, n: usize) -> Result<String> {
     )
 }
 
-/// Wait until the kernel log of `node` matches `pattern` (grep -E).
-fn wait_dmesg(node: &Node, pattern: &str, what: &str) -> Result<String> {
-    let until = Instant::now() + LONG;
-    loop {
-        let out = node.sh(&format!("dmesg | grep -E '{pattern}'"))?;
-        if out.success() {
-            return Ok(out.stdout);
-        }
-        if Instant::now() > until {
-            bail!(
-                "node {}: no {what} in the kernel log:\n{}",
-                node.id(),
-                node.sh("dmesg | tail -30")?.stdout
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 /// One recovery, on a fresh 2-VM cluster (two-node quorum survives a
 /// death): the kernel's gfs2 on node 1, our daemon on node 2, both write in
 /// one directory, then the node that is to die writes fsync'd files and
@@ -364,22 +449,7 @@ fn recovery_round(kernel_dies: bool) -> Result<()> {
     } else {
         (fuse, kernel)
     };
-    let diag = |e: anyhow::Error| -> anyhow::Error {
-        let logs: String = c
-            .nodes()
-            .iter()
-            .filter(|n| n.alive())
-            .map(|n| {
-                let log = n
-                    .sh("grep -v 'dlm completion\\|dlm unlock\\|dlm request' /tmp/fuse.log | tail -40; \
-                         dmesg | grep -E 'dlm|gfs2' | tail -30")
-                    .map(|o| o.stdout)
-                    .unwrap_or_default();
-                format!("--- node {} ---\n{log}\n", n.id())
-            })
-            .collect();
-        e.context(format!("{logs}\n{}", c.diagnostics()))
-    };
+    let diag = |e| with_logs(&c, e);
     let sums = (|| -> Result<String> {
         kernel.sh_ok_timeout("mount -t gfs2 /dev/vda /mnt", LONG)?;
         mount_fuse(fuse)?;
@@ -392,27 +462,21 @@ fn recovery_round(kernel_dies: bool) -> Result<()> {
     c.kill(dying.id())?;
     (|| -> Result<()> {
         if kernel_dies {
-            let until = Instant::now() + LONG;
-            loop {
-                let log = fuse.sh_ok("cat /tmp/fuse.log")?;
-                if log.contains("recovery done: lock requests go on") {
-                    // It was asked to, and did, replay the dead node's
-                    // journal (not merely found nothing to do).
-                    let asked = log.lines().find(|l| l.contains("journals to recover"));
-                    let replayed = log.lines().find(|l| l.contains("dead node's journal recovered"));
-                    match (asked, replayed) {
-                        (Some(a), Some(r)) => eprintln!("ours: {}\nours: {}", a.trim(), r.trim()),
-                        _ => bail!("our node did not replay the kernel's journal:\n{log}"),
-                    }
-                    break;
-                }
-                if Instant::now() > until {
-                    bail!("our node did not finish recovering the kernel node's journal");
-                }
-                std::thread::sleep(Duration::from_millis(500));
+            let log = wait_for(
+                fuse,
+                "grep -q 'recovery done: lock requests go on' /tmp/fuse.log && cat /tmp/fuse.log",
+                "end of our recovery of the kernel's journal",
+            )?;
+            // It was asked to, and did, replay the dead node's journal (not
+            // merely found nothing to do).
+            let asked = log.lines().find(|l| l.contains("journals to recover"));
+            let replayed = log.lines().find(|l| l.contains("dead node's journal recovered"));
+            match (asked, replayed) {
+                (Some(a), Some(r)) => eprintln!("ours: {}\nours: {}", a.trim(), r.trim()),
+                _ => bail!("our node did not replay the kernel's journal:\n{log}"),
             }
         } else {
-            let rec = wait_dmesg(kernel, "jid=1: Done", "recovery of jid 1")?;
+            let rec = wait_for(kernel, "dmesg | grep -E 'jid=1: Done'", "recovery of jid 1")?;
             eprintln!("kernel: {}", rec.trim());
         }
         let seen = survivor.sh_ok("cd /mnt/dying && sha256sum f* | sort")?;

@@ -3768,7 +3768,7 @@ impl Fsck {
         } else {
             candidates.push((addr, Dinode::SIZE));
         }
-        for (blk, start) in candidates {
+        for &(blk, start) in &candidates {
             let mut b = self.read(blk)?;
             let mut spot = None;
             for d in DirentIter::new(&b, start) {
@@ -3804,7 +3804,47 @@ impl Fsck {
             self.write(blk, b);
             return Ok(Some((blk, noff, start)));
         }
-        Ok(None)
+        // Every leaf of the hash chain is full: chain one more leaf, as the
+        // kernel does when a leaf cannot be split.
+        let Some(&(last, _)) = candidates.last().filter(|_| di.is_exhash()) else {
+            return Ok(None);
+        };
+        let mut lb = self.read(last)?;
+        let Ok(mut tail) = Leaf::parse(&lb) else {
+            return Ok(None);
+        };
+        let Some(nb) = self.alloc(idx, true) else {
+            self.r.info("no free block for another directory leaf");
+            return Ok(None);
+        };
+        let mut b = vec![0u8; self.bsize as usize];
+        Leaf {
+            depth: tail.depth,
+            entries: 1,
+            inode: addr,
+            dist: u32::try_from(candidates.len() + 1).unwrap_or(u32::MAX),
+            ..Leaf::default()
+        }
+        .write(&mut b)?;
+        Dirent {
+            inum,
+            hash: h,
+            rec_len: (self.bsize as usize - Leaf::SIZE) as u16,
+            name_len: name.len() as u16,
+            de_type: dt,
+            ..Dirent::default()
+        }
+        .write(&mut b[Leaf::SIZE..])?;
+        b[Leaf::SIZE + Dirent::SIZE..Leaf::SIZE + Dirent::SIZE + name.len()].copy_from_slice(name);
+        self.write(nb, b);
+        tail.next = nb;
+        tail.write(&mut lb)?;
+        self.write(last, lb);
+        // Counted with the directory's other entries from now on.
+        if let Some(d) = self.dirs.get_mut(&idx) {
+            d.dirent_blocks.push((nb, Leaf::SIZE));
+        }
+        Ok(Some((nb, Leaf::SIZE, Leaf::SIZE)))
     }
 
     /// After the walk: '.' and '..', entry counts, link counts, di_blocks.

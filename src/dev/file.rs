@@ -23,6 +23,9 @@ pub struct FileDevice {
     claim: std::sync::Mutex<Option<Claim>>,
     /// The sector size of direct I/O; `None` for buffered I/O.
     direct: Option<usize>,
+    /// Sector ranges being written: a partial-sector write (read, modify,
+    /// write) must not interleave with another write to those sectors.
+    ranges: super::rangelock::RangeLocks,
 }
 
 /// Memory alignment of direct I/O buffers (enough for any sector size).
@@ -102,6 +105,7 @@ impl FileDevice {
             size,
             claim: Default::default(),
             direct,
+            ranges: Default::default(),
         })
     }
 }
@@ -151,6 +155,12 @@ impl BlockDevice for FileDevice {
             return self.file.write_all_at(buf, offset);
         };
         let aligned = offset.is_multiple_of(sector as u64) && buf.len().is_multiple_of(sector);
+        let s = sector as u64;
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .and_then(|e| e.checked_next_multiple_of(s))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "I/O past 2^64"))?;
+        let _held = self.ranges.lock(offset - offset % s, end, !aligned);
         let (start, mut b) = if aligned {
             (offset, Aligned::new(buf.len())?)
         } else {

@@ -315,7 +315,7 @@ impl Control {
                 tracing::info!(gen, "first mounter");
                 return Ok(true);
             }
-            self.sync(CONTROL, Mode::NL, false, None)?;
+            self.release_control(None)?;
             if !lvb_jids(&lvb).is_empty() {
                 tracing::info!(jids = ?lvb_jids(&lvb), "mount waits for journal recovery");
                 continue;
@@ -360,17 +360,13 @@ impl Control {
         let mut lvb = [0u8; LVB_SIZE];
         lvb[..4].copy_from_slice(&start.to_le_bytes());
         self.sync(MOUNTED, Mode::PR, false, None)?;
-        self.space.request(
-            CONTROL,
-            Mode::NL,
-            LockFlags {
-                try_lock: false,
-                want_lvb: true,
-            },
-            Some(&lvb),
-            true,
-        )?;
-        Ok(())
+        self.release_control(Some(&lvb))
+    }
+
+    /// Convert the control lock from EX down to NL, writing `lvb` to the
+    /// resource (or, with `None`, the LVB as read: unchanged).
+    fn release_control(&self, lvb: Option<&Lvb>) -> Result<(), LockError> {
+        self.sync(CONTROL, Mode::NL, false, lvb).map(|_| ())
     }
 
     /// The filesystem's journal count.
@@ -414,7 +410,7 @@ impl Control {
             let mut st = self.st();
             if st.block != block || st.start != start {
                 drop(st);
-                self.sync(CONTROL, Mode::NL, false, None)?;
+                self.release_control(None)?;
                 return Ok(());
             }
             if gen <= start {
@@ -444,18 +440,9 @@ impl Control {
         }
         if write {
             lvb[..4].copy_from_slice(&start.to_le_bytes());
-            self.space.request(
-                CONTROL,
-                Mode::NL,
-                LockFlags {
-                    try_lock: false,
-                    want_lvb: true,
-                },
-                Some(&lvb),
-                true,
-            )?;
+            self.release_control(Some(&lvb))?;
         } else {
-            self.sync(CONTROL, Mode::NL, false, None)?;
+            self.release_control(None)?;
         }
         let jids = lvb_jids(&lvb);
         if !jids.is_empty() {
