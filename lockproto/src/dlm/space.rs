@@ -228,9 +228,17 @@ impl Space {
         let convert = s.lkid != 0;
         let mut f = lkf::PERSISTENT;
         if flags.try_lock {
-            // Without NOQUEUEBAST: a try that fails calls nobody back (as
-            // the kernel's LM_FLAG_TRY, and as lock_mem).
             f |= lkf::NOQUEUE;
+            // A try that fails calls nobody back (the kernel's
+            // LM_FLAG_TRY), except on an iopen lock, which the kernel asks
+            // for with LM_FLAG_TRY_1CB: its holders are called back once,
+            // and a kernel node then evicts the inode and deletes it if it
+            // was the last user. Without that callback an inode unlinked
+            // here while a kernel node merely cached it would stay
+            // unlinked, its blocks lost until fsck.
+            if res.lk_type == crate::lm_type::IOPEN {
+                f |= lkf::NOQUEUEBAST;
+            }
         }
         if s.want_lvb {
             f |= lkf::VALBLK;

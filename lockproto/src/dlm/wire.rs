@@ -49,6 +49,8 @@ pub mod lkf {
     /// On conversion deadlock, demote our granted mode to NL instead of
     /// failing the conversion (`DLM_SBF_DEMOTED` in the completion).
     pub const CONVDEADLK: u32 = 0x40;
+    /// With NOQUEUE: call the holders back even though the request fails.
+    pub const NOQUEUEBAST: u32 = 0x800;
 }
 
 /// Completion flags (`DLM_SBF_*`).
