@@ -149,6 +149,22 @@ pub struct Fs {
     unmounted: std::sync::Mutex<Option<std::result::Result<(), String>>>,
 }
 
+/// Leaves the lockspace when a mount fails after joining it: a cluster
+/// lock module keeps the locks of a mounter that just goes away (the DLM's
+/// are persistent, so that a crashed daemon's stay), and every other node
+/// would then wait for ever on the mount lock or the journal lock it took.
+struct LeaveOnError(Option<Arc<GlockTable>>);
+
+impl Drop for LeaveOnError {
+    fn drop(&mut self) {
+        if let Some(g) = self.0.take() {
+            if let Err(e) = g.shutdown() {
+                tracing::warn!("leaving the lockspace after the failed mount: {e}");
+            }
+        }
+    }
+}
+
 fn inode_lock(ino: u64) -> ResName {
     ResName::new(lm_type::INODE, ino)
 }
@@ -227,6 +243,7 @@ impl Fs {
         let nondisk = crate::glock::ops::NonDiskOps::new();
         ops.insert(lm_type::NONDISK, nondisk.clone());
         let glocks = GlockTable::new(ls, &callbacks, ops);
+        let mut leave_on_error = LeaveOnError(Some(glocks.clone()));
 
         // As the kernel: the mount lock serialises mounts and recovery, the
         // live lock is held shared while mounted.
@@ -298,6 +315,7 @@ impl Fs {
             // Its statfs changes stay in its statfs_change file, folded by
             // whichever node takes that journal next (as after a crash).
             tracing::info!(jid, "journal of the dead daemon replayed");
+            leave_on_error.0 = None;
             return Ok(Arc::new(fs));
         }
         if info.first && !fs.opts.norecovery && !fs.opts.spectator {
@@ -319,6 +337,7 @@ impl Fs {
         drop(mount_gh);
         // The root must be readable for the mount to be useful.
         fs.getattr(fs.root())?;
+        leave_on_error.0 = None;
         let fs = Arc::new(fs);
         let weak = Arc::downgrade(&fs);
         cops.set_sync(Box::new(move || {

@@ -339,6 +339,19 @@ fn lock_dlm_nodes_share_a_disk_with_each_other_and_with_the_kernel() -> Result<(
         {
             bail!("mount with another cluster's name: {wrong:?}");
         }
+        // A mount that fails after joining (here: a journal id the DLM slot
+        // contradicts) leaves the lockspace, rather than leave its
+        // persistent locks (the mount lock among them) to block the others.
+        let preset = n1.sh("gfs2-fuse mount -o hostdata=jid=1 /dev/vda /mnt; dlm_tool ls")?;
+        if !preset.stderr.contains("jid= cannot be chosen") {
+            bail!("mount with jid=1 on the node of slot 1: {preset:?}");
+        }
+        if preset.stdout.contains(FSNAME) {
+            bail!(
+                "the failed mount left its lockspace behind:\n{}",
+                preset.stdout
+            );
+        }
         mount_fuse(n1)?;
         mount_fuse(n2)?;
         let jids = [n1, n2]
