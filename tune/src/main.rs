@@ -15,7 +15,7 @@ use gfs2fuse::dev::{spec, BlockDevice};
 /// strerror/perror, falling back to our own message for errors that carry
 /// no errno (a network device's protocol error, say).
 fn strerror(e: &io::Error) -> String {
-    match e.raw_os_error() {
+    match gfs2fuse::dev::errno_of(e) {
         Some(n) => {
             // SAFETY: strerror returns a pointer to a NUL-terminated string
             // that stays valid until the next strerror call on this thread;
@@ -32,6 +32,24 @@ fn strerror(e: &io::Error) -> String {
         None => e.to_string(),
     }
 }
+
+/// Open a local path the way gfs2-utils does, for its errno: the device
+/// layer's open error names the path itself and keeps no errno, and
+/// scripts match gfs2-utils' "Unable to open device X: strerror" line.
+/// Network specs (nbd://...) are left to the device layer.
+fn probe_local(dev: &std::ffi::OsStr, read_only: bool) -> io::Result<()> {
+    match dev.to_str().map(spec::parse) {
+        Some(Ok(spec::Spec::Path(_))) | None => std::fs::OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(dev)
+            .map(drop),
+        _ => Ok(()),
+    }
+}
+
+/// One superblock change, as applied to its command-line argument.
+type Step = fn(&mut SbEdit, &[u8]) -> Result<(), gfs2_tune::tune::Refusal>;
 
 fn fail(msg: &str, code: u8) -> ExitCode {
     eprintln!("{msg}");
@@ -76,6 +94,12 @@ fn main() -> ExitCode {
     let name = o.device.to_string_lossy().into_owned();
     // -l anywhere opens read-only, as gfs2-utils does; a change requested
     // with it then fails at the write, as there.
+    if let Err(e) = probe_local(&o.device, o.list) {
+        return fail(
+            &format!("Unable to open device {name}: {}", strerror(&e)),
+            EX_IOERR,
+        );
+    }
     let dev = match spec::open_os(&o.device, o.list) {
         Ok(d) => d,
         Err(e) => {
@@ -101,9 +125,14 @@ fn main() -> ExitCode {
         Err(e) => return fail(&format!("read_super: pread: {}", strerror(&e)), EX_IOERR),
     };
     let Some(mut ed) = SbEdit::from_block(block) else {
-        return fail("Device does not contain a GFS or GFS2 file system", EX_IOERR);
+        return fail(
+            "Device does not contain a GFS or GFS2 file system",
+            EX_IOERR,
+        );
     };
-    let steps: [(&Option<Vec<u8>>, fn(&mut SbEdit, &[u8]) -> _); 5] = [
+    // gfs2-utils' order, which matters: a lockproto change decides how the
+    // lock table is checked.
+    let steps: [(&Option<Vec<u8>>, Step); 5] = [
         (&o.uuid, SbEdit::change_uuid),
         (&o.lockproto, SbEdit::change_lockproto),
         (&o.label, SbEdit::change_locktable),

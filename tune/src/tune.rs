@@ -69,7 +69,10 @@ impl SbEdit {
                 self.sb.uuid = u;
                 Ok(())
             }
-            None => Err(Refusal { msg: None, code: 255 }),
+            None => Err(Refusal {
+                msg: None,
+                code: 255,
+            }),
         }
     }
 
@@ -120,7 +123,12 @@ impl SbEdit {
     /// `-r`: a known format (1801 or 1802) and never lower than the
     /// current one; going back would hide features the filesystem may use.
     pub fn change_format(&mut self, f: &[u8]) -> Result<(), Refusal> {
-        let invalid = || data_err(format!("Invalid format option '{}'", String::from_utf8_lossy(f)));
+        let invalid = || {
+            data_err(format!(
+                "Invalid format option '{}'",
+                String::from_utf8_lossy(f)
+            ))
+        };
         let n = strtol(f).ok_or_else(invalid)?;
         if !(1801..=1802).contains(&n) {
             return Err(invalid());
@@ -157,7 +165,10 @@ impl SbEdit {
             sb.fs_format.to_string().as_bytes(),
         );
         line("Block size: ", (sb.bsize as i32).to_string().as_bytes());
-        line("Block shift: ", (sb.bsize_shift as i32).to_string().as_bytes());
+        line(
+            "Block shift: ",
+            (sb.bsize_shift as i32).to_string().as_bytes(),
+        );
         line("Root inode: ", sb.root_dir.addr.to_string().as_bytes());
         if sb.fs_format == format::FS {
             line("Master inode: ", sb.master_dir.addr.to_string().as_bytes());
