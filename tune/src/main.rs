@@ -114,8 +114,10 @@ fn main() -> ExitCode {
     // or fsck all hold or check it).
     if !o.list {
         if let Err(e) = dev.claim(Claimant::Tool) {
+            // gfs2-utils' line first (scripts match it), then who holds
+            // the device, which gfs2-utils cannot say.
             return fail(
-                &format!("Unable to open device {name}: {}", strerror(&e)),
+                &format!("Unable to open device {name}: {}\n{e}", strerror(&e)),
                 EX_IOERR,
             );
         }
