@@ -31,7 +31,7 @@
 //!   and removes the temporary files. A failing step's error carries the
 //!   tails of the VMs' console logs.
 
-use crate::{fnv, gzip, run, tool, Flock, Kernel, Scratch};
+use crate::{gzip, run, tool, Kernel, Scratch};
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -885,19 +885,6 @@ fn cluster_layer(k: &Kernel) -> Result<PathBuf> {
         return Ok(p.clone());
     }
     let base = k.base_initrd()?;
-    let mut h = fnv(
-        0xcbf2_9ce4_8422_2325,
-        base.file_name()
-            .map(|n| n.as_encoded_bytes())
-            .unwrap_or_default(),
-    );
-    for s in ["cluster-initramfs.sh", "cluster-init", "cluster.sh"] {
-        let p = crate::scripts_dir().join(s);
-        h = fnv(
-            h,
-            &std::fs::read(&p).with_context(|| format!("{}", p.display()))?,
-        );
-    }
     let mut tools: Vec<PathBuf> = [
         "corosync",
         "corosync-cfgtool",
@@ -912,33 +899,15 @@ fn cluster_layer(k: &Kernel) -> Result<PathBuf> {
     })
     .collect::<Result<_>>()?;
     tools.push(gcc_s()?);
-    for p in tools {
-        let md = std::fs::metadata(&p)?;
-        let mt = md
-            .modified()?
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        h = fnv(h, &md.len().to_le_bytes());
-        h = fnv(h, &mt.as_secs().to_le_bytes());
-    }
-    let dir = crate::cache_dir();
-    let out = dir.join(format!("cluster-{}-{h:016x}.cpio.gz", k.version));
-    let _lock = Flock::take(&dir.join("lock-cluster"))?;
-    if !out.exists() {
-        for e in std::fs::read_dir(&dir)?.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with("cluster-") && n.ends_with(".cpio.gz") {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-        run(
-            Command::new("bash")
-                .arg(crate::scripts_dir().join("cluster-initramfs.sh"))
-                .arg(&k.root)
-                .arg(&out),
-            "building the cluster initramfs layer",
-        )?;
-    }
+    let out = k.cached_archive(
+        "cluster",
+        base.file_name()
+            .map(|n| n.as_encoded_bytes())
+            .unwrap_or_default(),
+        &["cluster-initramfs.sh", "cluster-init", "cluster.sh"],
+        &tools,
+        "building the cluster initramfs layer",
+    )?;
     *g = Some(out.clone());
     Ok(out)
 }

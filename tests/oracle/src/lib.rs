@@ -214,17 +214,47 @@ impl Kernel {
         if let Some(p) = g.as_ref() {
             return Ok(p.clone());
         }
-        let mut h = fnv(0xcbf2_9ce4_8422_2325, self.version.as_bytes());
-        for s in ["initramfs.sh", "init", "oracle.sh", "manifest.sh"] {
+        let tools = ["busybox", "setfattr", "getfattr", "setfacl", "getfacl"]
+            .iter()
+            .map(|t| tool(t))
+            .collect::<Result<Vec<_>>>()?;
+        let out = self.cached_archive(
+            "base",
+            self.version.as_bytes(),
+            &["initramfs.sh", "init", "oracle.sh", "manifest.sh"],
+            &tools,
+            "building the base initramfs",
+        )?;
+        *g = Some(out.clone());
+        Ok(out)
+    }
+}
+
+impl Kernel {
+    /// An initramfs archive built by `scripts/<scripts[0]>` from this
+    /// kernel and cached as `<prefix>-<version>-<key>.cpio.gz`, the key
+    /// hashing `seed`, the `scripts` it depends on and the size and mtime
+    /// of the host `tools` it copies in (a package upgrade rebuilds it).
+    /// Older archives of the prefix are stale by construction and removed.
+    /// Built under a flock, so concurrent test processes build it once.
+    pub(crate) fn cached_archive(
+        &self,
+        prefix: &str,
+        seed: &[u8],
+        scripts: &[&str],
+        tools: &[PathBuf],
+        what: &str,
+    ) -> Result<PathBuf> {
+        let mut h = fnv(0xcbf2_9ce4_8422_2325, seed);
+        for s in scripts {
             let p = scripts_dir().join(s);
             h = fnv(
                 h,
                 &std::fs::read(&p).with_context(|| format!("{}", p.display()))?,
             );
         }
-        for t in ["busybox", "setfattr", "getfattr", "setfacl", "getfacl"] {
-            let p = tool(t)?;
-            let md = std::fs::metadata(&p)?;
+        for p in tools {
+            let md = std::fs::metadata(p)?;
             let mt = md
                 .modified()?
                 .duration_since(std::time::UNIX_EPOCH)
@@ -233,25 +263,27 @@ impl Kernel {
             h = fnv(h, &mt.as_secs().to_le_bytes());
         }
         let dir = cache_dir();
-        let out = dir.join(format!("base-{}-{h:016x}.cpio.gz", self.version));
-        let _lock = Flock::take(&dir.join("lock-initrd"))?;
+        let out = dir.join(format!("{prefix}-{}-{h:016x}.cpio.gz", self.version));
+        let _lock = Flock::take(&dir.join(format!("lock-{prefix}")))?;
         if !out.exists() {
-            // Old bases are stale by construction.
+            let stale = format!("{prefix}-");
             for e in std::fs::read_dir(&dir)?.flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
-                if n.starts_with("base-") && n.ends_with(".cpio.gz") {
+                if n.starts_with(&stale) && n.ends_with(".cpio.gz") {
                     let _ = std::fs::remove_file(e.path());
                 }
             }
+            let script = scripts
+                .first()
+                .ok_or_else(|| anyhow!("{what}: no script"))?;
             run(
                 Command::new("bash")
-                    .arg(scripts_dir().join("initramfs.sh"))
+                    .arg(scripts_dir().join(script))
                     .arg(&self.root)
                     .arg(&out),
-                "building the base initramfs",
+                what,
             )?;
         }
-        *g = Some(out.clone());
         Ok(out)
     }
 }
