@@ -13,6 +13,7 @@ pub mod glock;
 pub mod inode;
 pub mod log;
 pub mod ops;
+pub mod pnfs;
 pub mod rgrp;
 pub mod runstate;
 pub mod sb;
