@@ -10,9 +10,12 @@
 //!   every bitmap block, read on two threads; wrong rindex entries are
 //!   rewritten from the rgrp layout (headers followed from the first, the
 //!   device searched for the next header where neither a header nor an
-//!   entry tells), and a lost rindex is rebuilt the same way;
+//!   entry tells), and a lost rindex is rebuilt the same way; a rindex
+//!   that must grow past the blocks it has gets a new metadata tree;
 //! - the system files: a destroyed master directory, jindex or per_node is
-//!   rebuilt from the system files found; a destroyed inum, statfs, quota,
+//!   rebuilt from the system files found by scanning, and those destroyed
+//!   with it (the rindex, the jindex, a per_node file) are made anew; a
+//!   destroyed inum, statfs, quota,
 //!   inum_range, statfs_change, quota_change or journal dinode is rebuilt
 //!   empty where it was (a journal as big as the others, all clean log
 //!   headers);

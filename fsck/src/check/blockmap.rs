@@ -88,10 +88,12 @@ impl Fsck {
     }
 
     /// `n` consecutive blocks free in the bitmap and not claimed, marked
-    /// used in the bitmap (the walk claims them). From the end backwards.
+    /// used in the bitmap (the walk claims them). From the end backwards,
+    /// and never in an rgrp whose bitmap was lost (before the walk has
+    /// claimed everything, its zeros would say every block is free).
     pub(super) fn alloc_run(&mut self, n: u64) -> Option<u64> {
         for i in (0..self.rgs.len()).rev() {
-            if self.load_bits(i).is_err() {
+            if self.rgs[i].bits_lost || self.load_bits(i).is_err() {
                 continue;
             }
             let ri = self.rgs[i].ri;

@@ -106,12 +106,21 @@ impl Fsck {
     pub fn check_journals(&mut self) -> Res<()> {
         self.r.progress("Checking journals");
         let master = self.sb.master_dir.addr;
-        let jindex_inum = self.lookup(master, "jindex")?;
+        // A destroyed master directory seen with -n: the files it lacks
+        // were reported with it, and their checks are left out.
+        let lost = self.master_list.is_some();
+        let jindex_inum = match self.lookup(master, "jindex") {
+            Err(_) if lost => return Ok(()),
+            r => r?,
+        };
         let jindex = jindex_inum.addr;
         self.jindex = jindex;
         let per_node = self.lookup(master, "per_node").map(|i| i.addr).ok();
         self.per_node = per_node.unwrap_or(0);
-        self.statfs_addr = self.lookup(master, "statfs")?.addr;
+        self.statfs_addr = match self.lookup(master, "statfs") {
+            Err(_) if lost => 0,
+            r => r?.addr,
+        };
         let listed = match self.list_dir(jindex) {
             Ok(l) => l,
             Err(e) => self.rebuild_jindex(jindex_inum, &e.0)?,

@@ -18,7 +18,8 @@
 //! Underneath: `blockio.rs` (reads, the in-memory repairs and the final
 //! write), `blockmap.rs` (claims, the expected state of every block,
 //! allocation), `metawalk.rs` (reading trees and directories without
-//! claiming), `dirwrite.rs` (new directories and entries), `mounted.rs`.
+//! claiming), `dirwrite.rs` (new directories and entries), `filewrite.rs`
+//! (new metadata trees), `mounted.rs`.
 //!
 //! Repairs are made in memory (`cache`) as problems are found and written
 //! out at the end, so a check that stops on an operational error (exit 8)
@@ -28,6 +29,7 @@ mod blockio;
 mod blockmap;
 mod dirwrite;
 mod exhash;
+mod filewrite;
 mod initialize;
 mod journals;
 mod metawalk;
@@ -43,7 +45,9 @@ mod sysdirs;
 mod sysfiles;
 
 use blockio::rg_bits_of;
+use filewrite::Alloc;
 use journals::clean_log_header;
+use metawalk::TreeOut;
 pub use mounted::check_not_mounted;
 
 use crate::cli::{Mode, Options};

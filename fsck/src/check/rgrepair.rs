@@ -140,8 +140,39 @@ impl Fsck {
         self.rgrp_chain(&[])
     }
 
-    /// Write the rindex entries as the rgrps now are into the existing
-    /// rindex file (its size changes only within the blocks it has).
+    /// The rindex file's contents as the rgrps now are.
+    fn rindex_bytes(&self) -> Vec<u8> {
+        self.rgs.iter().flat_map(|r| r.ri.to_bytes()).collect()
+    }
+
+    /// Put `data` into the rindex dinode `di` at `addr` (inode `idx`, its
+    /// current block `b`): stuffed when it fits, else in a new tree (after
+    /// the walk: its blocks claimed at once).
+    fn fill_rindex(&mut self, idx: u64, di: &mut Dinode, b: &mut [u8], data: &[u8]) -> Res<()> {
+        let bs = self.bsize as usize;
+        di.size = data.len() as u64;
+        b[Dinode::SIZE..].fill(0);
+        if data.len() as u64 <= layout::stuffed_max(self.bsize) {
+            di.height = 0;
+            b[Dinode::SIZE..Dinode::SIZE + data.len()].copy_from_slice(data);
+        } else {
+            let nblocks = data.len().div_ceil(bs) as u64;
+            let mut chunk = |l: u64, _p: u64| -> Res<Vec<u8>> {
+                let from = l as usize * bs;
+                Ok(data[from..data.len().min(from + bs)].to_vec())
+            };
+            self.write_tree(di, b, nblocks, &mut chunk, Alloc::Claim(idx))?;
+        }
+        di.blocks = self.ino(idx).blocks;
+        self.ino(idx).di_blocks = di.blocks;
+        di.write(b)?;
+        Ok(())
+    }
+
+    /// Write the rindex entries as the rgrps now are into the rindex file:
+    /// into the blocks it has when they hold them, else into a new tree
+    /// (the old one given back), so a rindex that lost entries can grow
+    /// again however far.
     pub(super) fn rewrite_rindex(&mut self) -> Res<()> {
         let Some(inum) = self.rindex_fix else {
             return Ok(());
@@ -149,18 +180,12 @@ impl Fsck {
         if !self.r.repairing() {
             return Ok(());
         }
-        let data: Vec<u8> = self.rgs.iter().flat_map(|r| r.ri.to_bytes()).collect();
+        let data = self.rindex_bytes();
         let (mut di, buf) = self.dinode(inum.addr)?;
         let bs = self.bsize as usize;
-        if di.height == 0 {
-            if data.len() as u64 > layout::stuffed_max(self.bsize) {
-                self.r.problem(
-                    "the rindex does not fit in its dinode: not rewritten",
-                    false,
-                );
-                return Ok(());
-            }
-            let mut b = buf.to_vec();
+        let mut b = buf.to_vec();
+        let stuffed = data.len() as u64 <= layout::stuffed_max(self.bsize);
+        if di.height == 0 && stuffed {
             b[Dinode::SIZE..].fill(0);
             b[Dinode::SIZE..Dinode::SIZE + data.len()].copy_from_slice(&data);
             di.size = data.len() as u64;
@@ -168,14 +193,30 @@ impl Fsck {
             self.write(inum.addr, b);
             return Ok(());
         }
-        let t = self.tree(&di, &buf, inum.addr)?;
+        let t = if di.height == 0 {
+            TreeOut::default()
+        } else {
+            self.tree(&di, &buf, inum.addr)?
+        };
         let nblocks = data.len().div_ceil(bs) as u64;
         let have: Vec<(u64, u64)> = t.data.iter().map(|d| (d.0, d.1)).collect();
-        if (0..nblocks).any(|l| !have.iter().any(|h| h.0 == l)) {
-            self.r.problem(
-                "the rindex file lacks blocks for its new entries: not rewritten",
-                false,
-            );
+        if di.height == 0 || (0..nblocks).any(|l| !have.iter().any(|h| h.0 == l)) {
+            // Too few blocks: a new tree, the old blocks given back.
+            let idx = inum.addr;
+            let old: Vec<u64> = have
+                .iter()
+                .map(|h| h.1)
+                .chain(t.meta.iter().map(|m| m.0))
+                .collect();
+            for p in old {
+                self.release(p, idx);
+            }
+            self.r.info(&format!(
+                "rindex: {} entries need {nblocks} blocks; writing it anew",
+                self.rgs.len()
+            ));
+            self.fill_rindex(idx, &mut di, &mut b, &data)?;
+            self.write(inum.addr, b);
             return Ok(());
         }
         for (l, p) in have {
@@ -184,11 +225,11 @@ impl Fsck {
             if start >= data.len() {
                 continue;
             }
-            let mut b = self.read(p)?;
+            let mut blk = self.read(p)?;
             let n = bs.min(data.len() - start);
-            b.fill(0);
-            b[..n].copy_from_slice(&data[start..start + n]);
-            self.write(p, b);
+            blk.fill(0);
+            blk[..n].copy_from_slice(&data[start..start + n]);
+            self.write(p, blk);
         }
         let mut b = self.read(inum.addr)?;
         di.size = data.len() as u64;
@@ -197,7 +238,8 @@ impl Fsck {
         Ok(())
     }
 
-    /// Write a new rindex file where the destroyed one was.
+    /// Write a new rindex file where the destroyed one was (or at the
+    /// block set aside for it when the master directory was rebuilt).
     pub(super) fn rebuild_rindex(&mut self) -> Res<()> {
         let Some(inum) = self.rindex_damaged else {
             return Ok(());
@@ -213,13 +255,12 @@ impl Fsck {
             );
             return Ok(());
         }
-        let data: Vec<u8> = self.rgs.iter().flat_map(|r| r.ri.to_bytes()).collect();
+        let data = self.rindex_bytes();
         let master = self.sb.master_dir.addr;
         let mut di = Dinode {
             num: inum,
             mode: 0o100600,
             nlink: 1,
-            size: data.len() as u64,
             blocks: 1,
             goal_meta: addr,
             goal_data: addr,
@@ -232,28 +273,7 @@ impl Fsck {
         want_set(&mut self.want, addr, W_DINODE);
         self.ino(idx).blocks = 1;
         let mut b = vec![0u8; self.bsize as usize];
-        if data.len() as u64 <= layout::stuffed_max(self.bsize) {
-            b[Dinode::SIZE..Dinode::SIZE + data.len()].copy_from_slice(&data);
-        } else {
-            let chunks: Vec<&[u8]> = data.chunks(self.bsize as usize).collect();
-            if chunks.len() as u64 > layout::diptrs(self.bsize) {
-                self.r.problem("rindex too large to rebuild here", false);
-                return Ok(());
-            }
-            di.height = 1;
-            for (i, c) in chunks.iter().enumerate() {
-                let Some(nb) = self.alloc(idx, false) else {
-                    return Err(Fatal("no free block for the rindex".into()));
-                };
-                let mut d = vec![0u8; self.bsize as usize];
-                d[..c.len()].copy_from_slice(c);
-                self.write(nb, d);
-                put_be64(&mut b, Dinode::SIZE + 8 * i, nb);
-            }
-        }
-        di.blocks = self.ino(idx).blocks;
-        self.ino(idx).di_blocks = di.blocks;
-        di.write(&mut b)?;
+        self.fill_rindex(idx, &mut di, &mut b, &data)?;
         self.write(addr, b);
         self.set_bit(addr, BlockState::Dinode);
         Ok(())

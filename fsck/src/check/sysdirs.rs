@@ -3,6 +3,15 @@
 //! system files found among the dinodes the bitmaps list (as gfs2-utils
 //! finds its system inodes): journals by their log headers, per-node files
 //! by size and quota change headers, the others by size and format.
+//!
+//! A system file that is not found (destroyed with its directory) gets a
+//! new dinode block, set aside here and named in the rebuilt directory; the
+//! later steps then make it as they make any destroyed system file: a
+//! jindex or per_node directory from the files found ([`Fsck::rebuild_jindex`],
+//! [`Fsck::rebuild_per_node`], when the journals are checked), the rindex
+//! from the rgrps after the walk, the others empty during the walk
+//! (`sysfiles.rs`). The block comes from the end of the filesystem, free in
+//! the bitmaps of rgrps whose bitmaps are intact.
 
 use super::*;
 
@@ -11,7 +20,8 @@ impl Fsck {
     /// the directory holding journal0 is the jindex, the one holding
     /// statfs_change0 per_node; then inum by its 8 bytes, statfs by its 24
     /// (not a per_node file), rindex and quota by their formats) and, with
-    /// -y, write a new master directory where the old one was.
+    /// -y, write a new master directory where the old one was, with new
+    /// dinodes set aside for the files not found.
     pub(super) fn rebuild_master(&mut self) -> Res<()> {
         let mut found: Vec<(String, Inum)> = Vec::new();
         let mut small = Vec::new();
@@ -24,6 +34,7 @@ impl Fsck {
                 let Ok((di, _)) = self.dinode(blk) else {
                     continue;
                 };
+                self.max_formal = self.max_formal.max(di.num.formal_ino);
                 if di.flags & dif::SYSTEM == 0 || blk == self.sb.master_dir.addr {
                     continue;
                 }
@@ -53,23 +64,31 @@ impl Fsck {
                 found.push((name.into(), di.num));
             }
         }
-        for need in ["jindex", "rindex"] {
-            if !found.iter().any(|f| f.0 == need) {
-                return Err(Fatal(format!(
-                    "the master directory is destroyed and no {need} was found to rebuild it"
-                )));
-            }
-        }
         let order = ["jindex", "per_node", "inum", "statfs", "rindex", "quota"];
-        found.sort_by_key(|f| order.iter().position(|o| *o == f.0));
+        let missing: Vec<&str> = order
+            .into_iter()
+            .filter(|n| !found.iter().any(|f| f.0 == *n))
+            .collect();
         let master = self.sb.master_dir;
-        let names: Vec<&str> = found.iter().map(|f| f.0.as_str()).collect();
-        let msg = format!(
+        let names: Vec<&str> = order.into_iter().filter(|n| !missing.contains(n)).collect();
+        let mut msg = format!(
             "The master directory at block {} is destroyed; rebuilding it with the system files found ({})",
             master.addr,
             names.join(", ")
         );
+        if !missing.is_empty() {
+            msg += &format!("; not found, made anew: {}", missing.join(", "));
+        }
         if self.r.problem(&msg, true) {
+            for name in missing {
+                let inum = self.set_aside_dinode()?;
+                if name == "rindex" {
+                    // Written after the walk, from the rgrps as they are then.
+                    self.rindex_damaged = Some(inum);
+                }
+                found.push((name.into(), inum));
+            }
+            found.sort_by_key(|f| order.iter().position(|o| *o == f.0));
             let (mut di, mut b) = self.empty_dir(master, master, 0o40755)?;
             di.flags = dif::SYSTEM;
             let entries: Vec<Entry> = [
@@ -95,9 +114,27 @@ impl Fsck {
             self.write(master.addr, b);
             self.set_bit(master.addr, BlockState::Dinode);
         } else {
+            found.sort_by_key(|f| order.iter().position(|o| *o == f.0));
             self.master_list = Some(found);
         }
         Ok(())
+    }
+
+    /// A new dinode block for a system file that was not found, named in
+    /// the directory being rebuilt: free in the bitmaps, marked as a dinode
+    /// there, zeroed (so the step that makes the file finds it destroyed,
+    /// not whatever was there), with a formal number above every one seen.
+    fn set_aside_dinode(&mut self) -> Res<Inum> {
+        let addr = self
+            .alloc_run(1)
+            .ok_or_else(|| Fatal("no free block for a new system dinode".into()))?;
+        self.set_bit(addr, BlockState::Dinode);
+        self.write(addr, vec![0u8; self.bsize as usize]);
+        self.max_formal += 1;
+        Ok(Inum {
+            formal_ino: self.max_formal,
+            addr,
+        })
     }
 
     /// The jindex directory is unreadable: find the journals (system files
@@ -173,18 +210,21 @@ impl Fsck {
 
     /// The per_node directory is unreadable: find its files (system
     /// dinodes nothing else claims: inum_range of 16 bytes, statfs_change
-    /// of 24, quota_change starting with a quota change block; per kind in
-    /// address order, as mkfs makes them) and, with -y, write a new
-    /// per_node where the old one was.
+    /// of 24, quota_change starting with a quota change block) and, with
+    /// -y, write a new per_node where the old one was. mkfs and jadd make
+    /// each journal's three files together, so in address order they fall
+    /// into one group per journal (a kind seen again starts the next
+    /// group); a file missing from its group (destroyed too) gets a new
+    /// dinode, made empty by the walk.
     pub(super) fn rebuild_per_node(
         &mut self,
         inum: Inum,
         why: &str,
         journals: &[u32],
     ) -> Res<Vec<(String, Inum)>> {
-        let mut ranges = Vec::new();
-        let mut changes = Vec::new();
-        let mut quotas = Vec::new();
+        const KINDS: [&str; 3] = ["inum_range", "statfs_change", "quota_change"];
+        let mut groups: Vec<[Option<Inum>; 3]> = Vec::new();
+        let mut nfound = 0;
         for i in 0..self.rgs.len() {
             let ri = self.rgs[i].ri;
             let bits = self.rg_bits(i)?;
@@ -196,60 +236,87 @@ impl Fsck {
                 let Ok((di, buf)) = self.dinode(blk) else {
                     continue;
                 };
+                self.max_formal = self.max_formal.max(di.num.formal_ino);
                 if di.flags & dif::SYSTEM == 0 || di.mode & 0o170000 != 0o100000 {
                     continue;
                 }
-                if di.height == 0 && di.size == 16 {
-                    ranges.push(di.num);
+                let kind = if di.height == 0 && di.size == 16 {
+                    0
                 } else if di.height == 0 && di.size == 24 {
-                    changes.push(di.num);
+                    1
                 } else if di.height > 0 && di.size < 64 << 20 {
                     let t = self.tree_ex(&di, &buf, blk, true).unwrap_or_default();
                     let qc = t.data.first().is_some_and(|d| {
                         d.1 < self.dev_blocks
                             && self.read_rc(d.1).is_ok_and(|b| meta_ok(&b, metatype::QC))
                     });
-                    if qc {
-                        quotas.push(di.num);
+                    if !qc {
+                        continue;
+                    }
+                    2
+                } else {
+                    continue;
+                };
+                match groups.last_mut() {
+                    Some(g) if g[kind].is_none() => g[kind] = Some(di.num),
+                    _ => {
+                        let mut g = [None; 3];
+                        g[kind] = Some(di.num);
+                        groups.push(g);
                     }
                 }
+                nfound += 1;
             }
         }
         let mut list: Vec<(String, Inum)> = Vec::new();
+        let mut missing: Vec<String> = Vec::new();
         for (k, &j) in journals.iter().enumerate() {
-            for (name, found) in [
-                ("inum_range", &ranges),
-                ("statfs_change", &changes),
-                ("quota_change", &quotas),
-            ] {
-                if let Some(i) = found.get(k) {
-                    list.push((format!("{name}{j}"), *i));
+            for (kind, name) in KINDS.iter().enumerate() {
+                match groups.get(k).and_then(|g| g[kind]) {
+                    Some(i) => list.push((format!("{name}{j}"), i)),
+                    None => missing.push(format!("{name}{j}")),
                 }
             }
         }
-        let entries: Vec<Entry> = [
-            Entry::new(".", inum, dt::DIR),
-            Entry::new("..", self.sb.master_dir, dt::DIR),
-        ]
-        .into_iter()
-        .chain(list.iter().map(|(n, i)| Entry::new(n, *i, dt::REG)))
-        .collect();
-        if list.is_empty()
-            || !dirlayout::fits_stuffed(self.bsize, &entries)
+        let master = self.sb.master_dir;
+        let entries = move |list: &[(String, Inum)]| -> Vec<Entry> {
+            [
+                Entry::new(".", inum, dt::DIR),
+                Entry::new("..", master, dt::DIR),
+            ]
+            .into_iter()
+            .chain(list.iter().map(|(n, i)| Entry::new(n, *i, dt::REG)))
+            .collect()
+        };
+        // The full directory must fit (stuffed, as mkfs makes it).
+        let all: Vec<(String, Inum)> = list
+            .iter()
+            .cloned()
+            .chain(missing.iter().map(|n| (n.clone(), Inum::default())))
+            .collect();
+        if journals.is_empty()
+            || !dirlayout::fits_stuffed(self.bsize, &entries(&all))
             || self.rg_of(inum.addr).is_none()
         {
             return Err(Fatal(format!(
                 "per_node: {why}; cannot find its files to rebuild it"
             )));
         }
-        let msg = format!(
-            "The per_node directory at block {} is damaged ({why}); rebuilding it with the {} files found",
+        let mut msg = format!(
+            "The per_node directory at block {} is damaged ({why}); rebuilding it with the {nfound} files found",
             inum.addr,
-            list.len()
         );
+        if !missing.is_empty() {
+            msg += &format!("; not found, made anew: {}", missing.join(", "));
+        }
         if self.r.problem(&msg, true) {
+            for name in missing {
+                let i = self.set_aside_dinode()?;
+                list.push((name, i));
+            }
             let (mut di, mut b) = self.empty_dir(inum, self.sb.master_dir, 0o40700)?;
             di.flags = dif::SYSTEM;
+            let entries = entries(&list);
             let refs: Vec<&Entry> = entries.iter().collect();
             dirlayout::pack(&mut b[Dinode::SIZE..], &refs).map_err(Fatal)?;
             di.entries = entries.len() as u32;

@@ -91,32 +91,6 @@ impl Fsck {
         };
         di.flags = dif::SYSTEM;
         di.size = nblocks * bs as u64;
-        // Height and indirect blocks per level (lowest first).
-        let inptrs = layout::inptrs(self.bsize);
-        let diptrs = layout::diptrs(self.bsize);
-        let mut levels: Vec<u64> = Vec::new();
-        let mut count = nblocks;
-        while count > diptrs {
-            count = count.div_ceil(inptrs);
-            levels.push(count);
-        }
-        if levels.len() + 1 > usize::from(gfs2_ondisk::MAX_META_HEIGHT) {
-            return Err(Fatal("system file too large".into()));
-        }
-        di.height = levels.len() as u16 + 1;
-        let total = nblocks + levels.iter().sum::<u64>();
-        let start = self
-            .alloc_run(total)
-            .ok_or_else(|| Fatal(format!("no run of {total} free blocks")))?;
-        // Indirect blocks first (top level first), then the data blocks.
-        let mut level_start = Vec::new();
-        let mut at = start;
-        for &c in levels.iter().rev() {
-            level_start.push(at);
-            at += c;
-        }
-        level_start.reverse(); // lowest level first, as `levels`
-        let data0 = at;
         let clean = match kind {
             SysKind::Journal(j, _) => self
                 .journals
@@ -125,11 +99,11 @@ impl Fsck {
                 .map(|(_, c)| CleanHeader { jinode: addr, ..*c }),
             _ => None,
         };
-        for l in 0..nblocks {
-            let p = data0 + l;
-            let blk = match (kind, &clean) {
+        let bsize = self.bsize;
+        let mut data = |l: u64, p: u64| -> Res<Vec<u8>> {
+            Ok(match (kind, &clean) {
                 (SysKind::Journal(j, _), Some(c)) => {
-                    clean_log_header(self.bsize, j, l + 1, l as u32, p, c)?
+                    clean_log_header(bsize, j, l + 1, l as u32, p, c)?
                 }
                 (SysKind::Journal(j, _), None) => {
                     let c = CleanHeader {
@@ -137,43 +111,16 @@ impl Fsck {
                         jinode: addr,
                         ..CleanHeader::default()
                     };
-                    clean_log_header(self.bsize, j, l + 1, l as u32, p, &c)?
+                    clean_log_header(bsize, j, l + 1, l as u32, p, &c)?
                 }
                 _ => {
                     let mut z = vec![0u8; bs];
                     MetaHeader::new(metatype::QC, format::QC).write(&mut z)?;
                     z
                 }
-            };
-            self.write(p, blk);
-        }
-        // Pointers: each level points at the one below (data for the lowest).
-        let mut below_start = data0;
-        let mut below_count = nblocks;
-        for (k, &c) in levels.iter().enumerate() {
-            for i in 0..c {
-                let mut ib = vec![0u8; bs];
-                MetaHeader::new(metatype::IN, format::IN).write(&mut ib)?;
-                for s in 0..inptrs {
-                    let child = i * inptrs + s;
-                    if child >= below_count {
-                        break;
-                    }
-                    put_be64(
-                        &mut ib,
-                        MetaHeader::SIZE + 8 * s as usize,
-                        below_start + child,
-                    );
-                }
-                self.write(level_start[k] + i, ib);
-            }
-            below_start = level_start[k];
-            below_count = c;
-        }
-        for s in 0..below_count {
-            put_be64(&mut b, Dinode::SIZE + 8 * s as usize, below_start + s);
-        }
-        di.blocks = 1 + total;
+            })
+        };
+        self.write_tree(&mut di, &mut b, nblocks, &mut data, Alloc::Run)?;
         di.write(&mut b)?;
         self.write(addr, b);
         Ok(())
