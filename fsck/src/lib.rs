@@ -15,10 +15,9 @@
 //! - the system files: a destroyed master directory, jindex or per_node is
 //!   rebuilt from the system files found by scanning, and those destroyed
 //!   with it (the rindex, the jindex, a per_node file) are made anew; a
-//!   destroyed inum, statfs, quota,
-//!   inum_range, statfs_change, quota_change or journal dinode is rebuilt
-//!   empty where it was (a journal as big as the others, all clean log
-//!   headers);
+//!   destroyed inum, statfs, quota, inum_range, statfs_change, quota_change
+//!   or journal dinode is rebuilt empty where it was (a journal as big as
+//!   the others, all clean log headers);
 //! - journals: each head is found with the mount code's recovery module and
 //!   a dirty journal is replayed; a journal whose block map lost blocks gets
 //!   new ones;

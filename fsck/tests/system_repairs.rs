@@ -1,7 +1,9 @@
 //! The system-structure repairs gfs2-utils' fsck.gfs2 cannot make, each a
 //! corruption scenario on a populated gfs2-utils image: a destroyed master
-//! directory together with the rindex or the jindex it names (found by
-//! scanning, or made anew), a destroyed per_node directory together with
+//! directory together with the rindex, the jindex or the per_node it names
+//! (its other files found by scanning, those lost made anew: the jindex
+//! from the journals found, the rindex from the rgrp headers, per_node from
+//! its files), a destroyed per_node directory together with
 //! one of its files, and a rindex that lost entries and must grow a
 //! metadata tree to hold them again.
 //!
@@ -256,7 +258,15 @@ fn system_directories_and_rindex_rebuilt_then_kernel_mounts() {
         zero_block(img, ji);
     });
     assert_eq!(sys_dir(&a_ji, "jindex"), jindex4k, "rebuilt jindex");
-    for (img, made) in [(&a_ri, "rindex"), (&a_ji, "jindex")] {
+    // And with per_node, whose statfs_change files look like the master's
+    // statfs (24 bytes each): every one must stay where it belongs.
+    let a_pn = repair(&dir, &base4k, "master+per_node", Some(&[8]), |img| {
+        let pn = sys_file(img, "master", "per_node");
+        zero_block(img, master_blk);
+        zero_block(img, pn);
+    });
+    assert_eq!(sys_dir(&a_pn, "per_node"), per_node4k, "rebuilt per_node");
+    for (img, made) in [(&a_ri, "rindex"), (&a_ji, "jindex"), (&a_pn, "per_node")] {
         let m = sys_dir(img, "master");
         let mut names: Vec<&str> = m.iter().map(|e| e.0.as_str()).collect();
         names.sort_unstable();
@@ -313,8 +323,14 @@ fn system_directories_and_rindex_rebuilt_then_kernel_mounts() {
 
     // The kernel: every file as on the uncorrupted image, then a workload
     // that allocates (rindex, rgrps), frees and updates statfs_change.
-    let disks = [&base4k, &a_ri, &a_ji, &b_pn, &base1k, &c_ri];
-    let repaired = [(1, "a_ri"), (2, "a_ji"), (3, "b_pn"), (5, "c_ri")];
+    let disks = [&base4k, &a_ri, &a_ji, &b_pn, &base1k, &c_ri, &a_pn];
+    let repaired = [
+        (1, "a_ri"),
+        (2, "a_ji"),
+        (3, "b_pn"),
+        (5, "c_ri"),
+        (6, "a_pn"),
+    ];
     let mut s = String::new();
     s += &sh::manifest(&sh::dev(0), "base4k");
     s += &sh::manifest(&sh::dev(4), "base1k");
@@ -344,7 +360,7 @@ fn system_directories_and_rindex_rebuilt_then_kernel_mounts() {
         assert_eq!(&r.section(tag), want, "{tag}: files as before");
         assert_eq!(r.workload_status(&format!("w_{tag}")), Some(0), "{tag}");
     }
-    for img in [&a_ri, &a_ji, &b_pn, &c_ri] {
+    for img in [&a_ri, &a_ji, &b_pn, &c_ri, &a_pn] {
         let f = fsck_n(img).expect("fsck.gfs2 -n");
         assert_eq!(
             f.code,

@@ -19,7 +19,10 @@ impl Fsck {
     /// The master directory is destroyed: find its files (system dinodes:
     /// the directory holding journal0 is the jindex, the one holding
     /// statfs_change0 per_node; then inum by its 8 bytes, statfs by its 24
-    /// (not a per_node file), rindex and quota by their formats) and, with
+    /// (told from a statfs_change, which has 24 bytes too, by its formal
+    /// number: mkfs makes statfs right after inum and before rindex, and
+    /// each statfs_change right after an inum_range), rindex and quota by
+    /// their formats) and, with
     /// -y, write a new master directory where the old one was, with new
     /// dinodes set aside for the files not found.
     pub(super) fn rebuild_master(&mut self) -> Res<()> {
@@ -53,16 +56,43 @@ impl Fsck {
                     found.push(("rindex".into(), di.num));
                 } else if di.payload_format == format::QU && !has("quota") {
                     found.push(("quota".into(), di.num));
-                } else if di.height == 0 && (di.size == 8 || di.size == 24) {
+                } else if di.height == 0 && matches!(di.size, 8 | 16 | 24) {
                     small.push(di);
                 }
             }
         }
-        for di in small {
-            let name = if di.size == 8 { "inum" } else { "statfs" };
-            if !pn_files.contains(&di.num.addr) && !found.iter().any(|f| f.0 == name) {
-                found.push((name.into(), di.num));
-            }
+        let formal_of = |found: &[(String, Inum)], n: &str| {
+            found.iter().find(|f| f.0 == n).map(|f| f.1.formal_ino)
+        };
+        if let Some(di) = small.iter().find(|d| d.size == 8) {
+            found.push(("inum".into(), di.num));
+        }
+        let ranges: Vec<u64> = small
+            .iter()
+            .filter(|d| d.size == 16)
+            .map(|d| d.num.formal_ino)
+            .collect();
+        let statfs: Vec<&Dinode> = small
+            .iter()
+            .filter(|d| d.size == 24 && !pn_files.contains(&d.num.addr))
+            .collect();
+        let after_inum = formal_of(&found, "inum").map(|f| f + 1);
+        let before_rindex = formal_of(&found, "rindex").map(|f| f.saturating_sub(1));
+        let pick = statfs
+            .iter()
+            .find(|d| Some(d.num.formal_ino) == after_inum)
+            .or_else(|| {
+                statfs
+                    .iter()
+                    .find(|d| Some(d.num.formal_ino) == before_rindex)
+            })
+            .or_else(|| {
+                statfs
+                    .iter()
+                    .find(|d| !ranges.contains(&d.num.formal_ino.wrapping_sub(1)))
+            });
+        if let Some(di) = pick {
+            found.push(("statfs".into(), di.num));
         }
         let order = ["jindex", "per_node", "inum", "statfs", "rindex", "quota"];
         let missing: Vec<&str> = order
@@ -74,7 +104,7 @@ impl Fsck {
         let mut msg = format!(
             "The master directory at block {} is destroyed; rebuilding it with the system files found ({})",
             master.addr,
-            names.join(", ")
+            if names.is_empty() { "none".to_string() } else { names.join(", ") }
         );
         if !missing.is_empty() {
             msg += &format!("; not found, made anew: {}", missing.join(", "));
