@@ -4,8 +4,8 @@
 //! (its other files found by scanning, those lost made anew: the jindex
 //! from the journals found, the rindex from the rgrp headers, per_node from
 //! its files), a destroyed per_node directory together with
-//! one of its files, and a rindex that lost entries and must grow a
-//! metadata tree to hold them again.
+//! one of its files, and a rindex that lost entries (and blocks) and must
+//! grow a metadata tree, or get a new one, to hold them again.
 //!
 //! Each is repaired by ours (`-y`), then must be clean for ours and for
 //! gfs2-utils' `fsck.gfs2 -n`, with the structures gfs2-utils' `gfs2_edit
@@ -131,6 +131,27 @@ fn truncate_rindex(img: &Path, keep: usize) {
     di.height = 0;
     di.size = n as u64;
     di.blocks = 1;
+    di.write(&mut b).expect("dinode");
+    f.write_all_at(&b, ri * bs as u64).expect("write");
+}
+
+/// Lose the rindex's second data block (its pointer cleared) and the
+/// entries it held: the rindex says 10 entries, in one block.
+fn drop_rindex_block(img: &Path) {
+    let bs = bsize(img) as usize;
+    let ri = sys_file(img, "master", "rindex");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(img)
+        .expect("open image");
+    let mut b = vec![0u8; bs];
+    f.read_exact_at(&mut b, ri * bs as u64).expect("read");
+    let mut di = Dinode::parse(&b).expect("rindex dinode");
+    assert_eq!((di.height, di.blocks), (1, 3), "rindex of two data blocks");
+    b[Dinode::SIZE + 8..Dinode::SIZE + 16].fill(0);
+    di.size = 96 * 10;
+    di.blocks = 2;
     di.write(&mut b).expect("dinode");
     f.write_all_at(&b, ri * bs as u64).expect("write");
 }
@@ -320,16 +341,29 @@ fn system_directories_and_rindex_rebuilt_then_kernel_mounts() {
         1,
         "the rindex's tree again"
     );
+    // Its second block lost: the tree is written anew (the first block
+    // given back), with two data blocks again.
+    let c_blk = repair(
+        &dir,
+        &base1k,
+        "rindex-lost-block",
+        Some(&[4]),
+        drop_rindex_block,
+    );
+    assert_eq!(rindex_fields(&c_blk), rindex1k, "rewritten rindex");
+    let ri = sys_file(&c_blk, "master", "rindex").to_string();
+    assert_eq!(field(&c_blk, &ri, "di_blocks"), 3, "dinode and two blocks");
 
     // The kernel: every file as on the uncorrupted image, then a workload
     // that allocates (rindex, rgrps), frees and updates statfs_change.
-    let disks = [&base4k, &a_ri, &a_ji, &b_pn, &base1k, &c_ri, &a_pn];
+    let disks = [&base4k, &a_ri, &a_ji, &b_pn, &base1k, &c_ri, &a_pn, &c_blk];
     let repaired = [
         (1, "a_ri"),
         (2, "a_ji"),
         (3, "b_pn"),
         (5, "c_ri"),
         (6, "a_pn"),
+        (7, "c_blk"),
     ];
     let mut s = String::new();
     s += &sh::manifest(&sh::dev(0), "base4k");
@@ -356,11 +390,11 @@ fn system_directories_and_rindex_rebuilt_then_kernel_mounts() {
     let (m4, m1) = (r.section("base4k"), r.section("base1k"));
     assert!(m4.len() > 40 && m1.len() > 40, "{m4:?}\n{m1:?}");
     for (i, tag) in repaired {
-        let want = if i == 5 { &m1 } else { &m4 };
+        let want = if i == 5 || i == 7 { &m1 } else { &m4 };
         assert_eq!(&r.section(tag), want, "{tag}: files as before");
         assert_eq!(r.workload_status(&format!("w_{tag}")), Some(0), "{tag}");
     }
-    for img in [&a_ri, &a_ji, &b_pn, &c_ri, &a_pn] {
+    for img in [&a_ri, &a_ji, &b_pn, &c_ri, &a_pn, &c_blk] {
         let f = fsck_n(img).expect("fsck.gfs2 -n");
         assert_eq!(
             f.code,

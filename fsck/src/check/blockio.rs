@@ -176,14 +176,42 @@ impl Fsck {
         Ok(())
     }
 
+    /// A repair allocates or frees `blk`: its bitmap state, and the
+    /// rgrp's free and dinode counts follow (as an allocation by the
+    /// kernel keeps them), so pass 5 does not report the repair's own
+    /// doing as another problem.
     pub(super) fn set_bit(&mut self, blk: u64, st: BlockState) {
+        self.put_bit(blk, st, true);
+    }
+
+    /// Pass 5 corrects `blk`'s bitmap state to what the walk found: the
+    /// counts are compared with the corrected bitmap afterwards.
+    pub(super) fn correct_bit(&mut self, blk: u64, st: BlockState) {
+        self.put_bit(blk, st, false);
+    }
+
+    fn put_bit(&mut self, blk: u64, st: BlockState, counted: bool) {
         if let Some((i, idx)) = self.rg_of(blk) {
             if self.load_bits(i).is_err() {
                 return;
             }
             let rg = &mut self.rgs[i];
+            let old = bitmap_get(&rg.bits, idx as usize);
             bitmap_set(&mut rg.bits, idx as usize, st);
             rg.dirty = true;
+            if counted && !rg.bits_lost {
+                let h = &mut rg.hdr;
+                match old {
+                    Some(BlockState::Free) => h.free = h.free.saturating_sub(1),
+                    Some(BlockState::Dinode) => h.dinodes = h.dinodes.saturating_sub(1),
+                    _ => {}
+                }
+                match st {
+                    BlockState::Free => h.free = h.free.saturating_add(1),
+                    BlockState::Dinode => h.dinodes = h.dinodes.saturating_add(1),
+                    _ => {}
+                }
+            }
         }
     }
 }

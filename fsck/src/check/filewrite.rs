@@ -131,7 +131,8 @@ impl Fsck {
     /// Give back a block claimed for inode `idx` (a tree being replaced):
     /// free in the expected state and the bitmap, no longer counted.
     pub(super) fn release(&mut self, blk: u64, idx: u64) {
-        if want_get(&self.want, blk) == W_FREE || self.rg_of(blk).is_none() {
+        let others = self.owner_of(blk).is_some_and(|o| o != idx);
+        if want_get(&self.want, blk) == W_FREE || self.rg_of(blk).is_none() || others {
             return;
         }
         want_set(&mut self.want, blk, W_FREE);

@@ -108,7 +108,7 @@ impl Fsck {
                     true,
                 ) {
                     for (blk, _, w) in list {
-                        self.set_bit(blk, BlockState::from_bits(w));
+                        self.correct_bit(blk, BlockState::from_bits(w));
                     }
                 }
                 continue;
@@ -135,7 +135,7 @@ impl Fsck {
                     }
                 }
                 if self.r.problem(&what, true) {
-                    self.set_bit(blk, BlockState::from_bits(w));
+                    self.correct_bit(blk, BlockState::from_bits(w));
                 }
             }
             self.r.verbosity = verbosity;
