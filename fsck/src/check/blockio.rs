@@ -128,7 +128,7 @@ impl Fsck {
     }
 
     /// Write every changed block and flush.
-    pub fn flush(&mut self) -> Res<()> {
+    pub(super) fn flush(&mut self) -> Res<()> {
         if self.cache.is_empty() || !self.r.repairing() {
             return Ok(());
         }

@@ -10,7 +10,9 @@
 use super::*;
 
 impl Fsck {
-    pub fn check_sb(&mut self) -> Res<()> {
+    /// The superblock, found at 64 KiB: its block size found again when
+    /// wrong, then formats, lock protocol and table.
+    pub(super) fn check_sb(&mut self) -> Res<()> {
         self.r.progress("Checking the superblock");
         let mut raw = vec![0u8; Superblock::SIZE];
         self.dev
@@ -140,7 +142,10 @@ impl Fsck {
         })
     }
 
-    pub fn check_rgrps(&mut self) -> Res<()> {
+    /// The rindex and every rgrp header; the rgrp layout from the headers
+    /// when the rindex is wrong or lost, and the master directory rebuilt
+    /// when it is destroyed.
+    pub(super) fn check_rgrps(&mut self) -> Res<()> {
         self.r.progress("Checking resource groups");
         let master = self.sb.master_dir.addr;
         // A destroyed master directory: the rgrps come from their headers,

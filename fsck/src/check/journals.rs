@@ -103,7 +103,9 @@ impl Fsck {
         Ok(Some(ex))
     }
 
-    pub fn check_journals(&mut self) -> Res<()> {
+    /// The jindex and per_node directories (rebuilt when unreadable), and
+    /// each journal: clean, replayed, or reset.
+    pub(super) fn check_journals(&mut self) -> Res<()> {
         self.r.progress("Checking journals");
         let master = self.sb.master_dir.addr;
         // A destroyed master directory seen with -n: the files it lacks

@@ -9,7 +9,8 @@
 use super::*;
 
 impl Fsck {
-    pub fn walk(&mut self) -> Res<()> {
+    /// Walk every inode reachable from the master and root directories.
+    pub(super) fn walk(&mut self) -> Res<()> {
         self.r.progress("Checking inodes and directories");
         let master = self.sb.master_dir;
         let root = self.sb.root_dir;

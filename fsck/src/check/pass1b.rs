@@ -24,7 +24,7 @@ impl Fsck {
 
     /// Give the files whose data blocks were taken back as metadata their
     /// own copies (a journal gets zeroed blocks).
-    pub fn resolve_stolen(&mut self) -> Res<()> {
+    pub(super) fn resolve_stolen(&mut self) -> Res<()> {
         if self.stolen.is_empty() || !self.r.repairing() {
             return Ok(());
         }

@@ -7,7 +7,7 @@ use super::*;
 impl Fsck {
     /// Inodes the bitmaps say exist but no directory reaches: moved to
     /// lost+found (created if needed) with -y, so nothing is lost.
-    pub fn orphans(&mut self) -> Res<()> {
+    pub(super) fn orphans(&mut self) -> Res<()> {
         let mut found = Vec::new();
         for i in 0..self.rgs.len() {
             if self.rgs[i].bits_lost {

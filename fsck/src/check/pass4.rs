@@ -6,7 +6,7 @@ use super::*;
 
 impl Fsck {
     /// After the walk: '.' and '..', entry counts, link counts, di_blocks.
-    pub fn check_counts(&mut self) -> Res<()> {
+    pub(super) fn check_counts(&mut self) -> Res<()> {
         self.r.progress("Checking link counts and entry counts");
         // '..'
         for i in self.tracked() {

@@ -6,7 +6,8 @@
 use super::*;
 
 impl Fsck {
-    pub fn check_bitmaps(&mut self) -> Res<()> {
+    /// Every bitmap against the expected state, the rgrp counts and statfs.
+    pub(super) fn check_bitmaps(&mut self) -> Res<()> {
         self.r.progress("Checking bitmaps");
         // Compare on two threads, reading the bitmaps that are not in
         // memory; also count free blocks and dinodes as the bitmaps are.
