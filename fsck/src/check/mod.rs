@@ -6,10 +6,10 @@
 //!   rindex is wrong or lost; `sysdirs.rs` rebuilds a destroyed master
 //!   directory, jindex or per_node from the system files found by scanning;
 //! - `journals.rs`: heads found, dirty journals replayed;
-//! - `pass1.rs`: the inode walk from the master and root directories (every
-//!   dinode's tree and EA blocks; `sysfiles.rs` rebuilds destroyed system
-//!   files empty), `pass2.rs`: directory entries and blocks as they are
-//!   reached (`exhash.rs` rebuilds a broken hash table);
+//! - `pass1.rs`: the inode walk from the master and root directories, every
+//!   dinode's tree (`pass1c.rs`: its EA blocks; `sysfiles.rs` rebuilds
+//!   destroyed system files empty), and `pass2.rs`: directory entries and
+//!   blocks as they are reached (`exhash.rs` rebuilds a broken hash table);
 //! - `pass3.rs`: inodes no directory reaches, to lost+found;
 //! - `pass1b.rs`: blocks claimed twice get a copy for the data owner;
 //! - `pass4.rs`: '.', '..', entry, link and block counts;
@@ -36,6 +36,7 @@ mod metawalk;
 mod mounted;
 mod pass1;
 mod pass1b;
+mod pass1c;
 mod pass2;
 mod pass3;
 mod pass4;

@@ -1,7 +1,7 @@
 //! Pass 1, the inode walk: every inode reachable from the master and root
 //! directories is inspected: dinode header and address, formal number,
 //! mode, height against size, every pointer of its metadata tree (out of
-//! range or already claimed ones cleared), EA blocks, `di_blocks`,
+//! range or already claimed ones cleared), EA blocks (`pass1c.rs`), `di_blocks`,
 //! allocation goals, and the system files' flags and sizes. Only
 //! directories, system files and inodes whose counts are not settled keep
 //! a record; a plain file is dropped once checked, to keep memory small.
@@ -401,54 +401,5 @@ impl Fsck {
             }
         }
         out
-    }
-
-    pub(super) fn check_ea(&mut self, idx: u64, di: &Dinode) -> Result<(), String> {
-        let mut blocks = vec![di.eattr];
-        let mut claimed = Vec::new();
-        let res = (|| {
-            self.claim(di.eattr, idx, W_USED)?;
-            claimed.push(di.eattr);
-            let b = self.read(di.eattr).map_err(|e| e.0)?;
-            if di.flags & dif::EA_INDIRECT != 0 {
-                if !meta_ok(&b, metatype::IN) {
-                    return Err(format!("block {} is not an EA indirect block", di.eattr));
-                }
-                blocks.clear();
-                for off in (MetaHeader::SIZE..b.len()).step_by(8) {
-                    let p = be64(&b, off);
-                    if p == 0 {
-                        break;
-                    }
-                    self.claim(p, idx, W_USED)?;
-                    claimed.push(p);
-                    blocks.push(p);
-                }
-            }
-            for eb in blocks {
-                let b = self.read(eb).map_err(|e| e.0)?;
-                if !meta_ok(&b, metatype::EA) {
-                    return Err(format!("block {eb} is not an EA block"));
-                }
-                for ea in EaIter::new(&b) {
-                    let ea = ea.map_err(|e| e.to_string())?;
-                    for p in ea.ptrs {
-                        self.claim(p, idx, W_USED)?;
-                        claimed.push(p);
-                        let d = self.read(p).map_err(|e| e.0)?;
-                        if !meta_ok(&d, metatype::ED) {
-                            return Err(format!("block {p} is not an EA data block"));
-                        }
-                    }
-                }
-            }
-            Ok(())
-        })();
-        if res.is_err() {
-            for c in claimed {
-                self.unclaim(c, idx);
-            }
-        }
-        res
     }
 }
