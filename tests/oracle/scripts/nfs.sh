@@ -35,10 +35,12 @@ nfs_gone() {
     [ ! -e "/proc/$1/status" ] || grep -q '^State:.*Z' "/proc/$1/status"
 }
 
-# nfs_capture IFACE FILE: start tcpdump on IFACE writing FILE (full packets);
+# nfs_capture IFACE FILE: start tcpdump on IFACE writing FILE (full packets,
+# each written as it comes: without --immediate-mode the last second of
+# packets stays in the kernel ring when tcpdump is stopped);
 # nfs_capture_stop: stop it and wait until the file is complete.
 nfs_capture() {
-    tcpdump -Z root -i "$1" -s 0 -w "$2" -U > /tmp/tcpdump.log 2>&1 &
+    tcpdump -Z root --immediate-mode -i "$1" -s 0 -w "$2" -U > /tmp/tcpdump.log 2>&1 &
     echo $! > /tmp/tcpdump.pid
     cl_wait 20 'tcpdump listening' grep -q 'listening on' /tmp/tcpdump.log
 }
