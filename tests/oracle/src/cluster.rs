@@ -63,7 +63,7 @@ pub struct ClusterOpts {
     /// Limit for the VMs to boot and the cluster stack to come up.
     pub boot_timeout: Duration,
     /// Extra files for every VM: (absolute path, mode with type bits, data).
-    files: Vec<(String, u32, Vec<u8>)>,
+    files: VmFiles,
 }
 
 impl ClusterOpts {
@@ -89,11 +89,7 @@ impl ClusterOpts {
     /// Copy the host file `host` to `vm_path` in every VM, keeping its
     /// permission bits (read now; symlinks followed).
     pub fn host_file(mut self, host: &Path, vm_path: &str) -> Result<Self> {
-        use std::os::unix::fs::PermissionsExt;
-        let data = std::fs::read(host).with_context(|| format!("reading {}", host.display()))?;
-        let perm = std::fs::metadata(host)?.permissions().mode() & 0o7777;
-        self.files
-            .push((vm_path.to_string(), 0o100000 | perm, data));
+        add_host_file(&mut self.files, host, vm_path)?;
         Ok(self)
     }
 
@@ -101,33 +97,9 @@ impl ClusterOpts {
     /// (on `PATH` there), with the shared libraries `ldd` lists for it in
     /// `/lib/x86_64-linux-gnu/`, plus `libgcc_s.so.1` (which glibc loads at
     /// run time for unwinding and thread cancellation, invisible to `ldd`).
-    pub fn binary(self, host: &Path) -> Result<Self> {
-        let name = host
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| anyhow!("no file name in {}", host.display()))?;
-        let mut me = self.host_file(host, &format!("/usr/bin/{name}"))?;
-        let ldd = run(Command::new(tool("ldd")?).arg(host), "ldd")?;
-        let mut libs: Vec<PathBuf> = ldd
-            .lines()
-            .filter_map(|l| l.split("=>").nth(1))
-            .filter_map(|r| r.split_whitespace().next())
-            .filter(|p| p.starts_with('/'))
-            .map(PathBuf::from)
-            .collect();
-        libs.push(gcc_s()?);
-        for lib in libs {
-            let base = lib
-                .file_name()
-                .and_then(|n| n.to_str())
-                .ok_or_else(|| anyhow!("odd library path {}", lib.display()))?
-                .to_string();
-            let dest = format!("/lib/x86_64-linux-gnu/{base}");
-            if me.files.iter().all(|(p, _, _)| *p != dest) {
-                me = me.host_file(&lib, &dest)?;
-            }
-        }
-        Ok(me)
+    pub fn binary(mut self, host: &Path) -> Result<Self> {
+        add_binary(&mut self.files, host)?;
+        Ok(self)
     }
 
     pub fn memory_mb(mut self, mb: u32) -> Self {
@@ -139,6 +111,51 @@ impl ClusterOpts {
         self.boot_timeout = t;
         self
     }
+}
+
+/// Files for a VM's initramfs: (absolute path, mode with type bits, data).
+pub(crate) type VmFiles = Vec<(String, u32, Vec<u8>)>;
+
+/// Add the host file `host` at `vm_path`, keeping its permission bits (read
+/// now; symlinks followed).
+pub(crate) fn add_host_file(files: &mut VmFiles, host: &Path, vm_path: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let data = std::fs::read(host).with_context(|| format!("reading {}", host.display()))?;
+    let perm = std::fs::metadata(host)?.permissions().mode() & 0o7777;
+    files.push((vm_path.to_string(), 0o100000 | perm, data));
+    Ok(())
+}
+
+/// Add the host executable `host` at `/usr/bin/<its name>` with the shared
+/// libraries `ldd` lists for it in `/lib/x86_64-linux-gnu/` (each once) and
+/// `libgcc_s.so.1`.
+pub(crate) fn add_binary(files: &mut VmFiles, host: &Path) -> Result<()> {
+    let name = host
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow!("no file name in {}", host.display()))?;
+    add_host_file(files, host, &format!("/usr/bin/{name}"))?;
+    let ldd = run(Command::new(tool("ldd")?).arg(host), "ldd")?;
+    let mut libs: Vec<PathBuf> = ldd
+        .lines()
+        .filter_map(|l| l.split("=>").nth(1))
+        .filter_map(|r| r.split_whitespace().next())
+        .filter(|p| p.starts_with('/'))
+        .map(PathBuf::from)
+        .collect();
+    libs.push(gcc_s()?);
+    for lib in libs {
+        let base = lib
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| anyhow!("odd library path {}", lib.display()))?
+            .to_string();
+        let dest = format!("/lib/x86_64-linux-gnu/{base}");
+        if files.iter().all(|(p, _, _)| *p != dest) {
+            add_host_file(files, &lib, &dest)?;
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn gcc_s() -> Result<PathBuf> {

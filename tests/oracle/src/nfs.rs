@@ -31,7 +31,7 @@
 //! * Dropping the VM kills qemu and removes its temporary files.
 
 use crate::cluster::{self, CmdOutput, Node, SH_TIMEOUT};
-use crate::{tool, Kernel, Scratch};
+use crate::{gzip, tool, Kernel, Scratch};
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -49,6 +49,7 @@ pub const MNT: &str = "/mnt/nfs";
 #[derive(Clone, Debug)]
 pub struct NfsVmOpts {
     disks: Vec<PathBuf>,
+    files: cluster::VmFiles,
     pcap: Option<PathBuf>,
     memory_mb: u32,
     boot_timeout: Duration,
@@ -58,6 +59,7 @@ impl Default for NfsVmOpts {
     fn default() -> Self {
         NfsVmOpts {
             disks: Vec::new(),
+            files: Vec::new(),
             pcap: None,
             memory_mb: 1024,
             boot_timeout: Duration::from_secs(120),
@@ -76,6 +78,21 @@ impl NfsVmOpts {
     pub fn disk(mut self, path: impl Into<PathBuf>) -> Self {
         self.disks.push(path.into());
         self
+    }
+
+    /// Put `data` at the absolute path `vm_path` in the VM (mode 0644;
+    /// missing directories are created).
+    pub fn file(mut self, vm_path: &str, data: &[u8]) -> Self {
+        self.files
+            .push((vm_path.to_string(), 0o100644, data.to_vec()));
+        self
+    }
+
+    /// Put the host executable `host` at `/usr/bin/<its name>` in the VM
+    /// with its shared libraries (as [`crate::cluster::ClusterOpts::binary`]).
+    pub fn binary(mut self, host: &Path) -> Result<Self> {
+        cluster::add_binary(&mut self.files, host)?;
+        Ok(self)
     }
 
     /// Dump the VM's network traffic (its link to the host) to `path`
@@ -169,6 +186,14 @@ impl NfsClientVm {
             let mut data = std::fs::read(k.base_initrd()?).context("base initrd")?;
             data.extend(std::fs::read(cluster::cluster_layer(k)?).context("cluster layer")?);
             data.extend(std::fs::read(nfs_layer(k)?).context("NFS layer")?);
+            if !opts.files.is_empty() {
+                let entries: Vec<(&str, u32, &[u8])> = opts
+                    .files
+                    .iter()
+                    .map(|(p, m, d)| (p.as_str(), *m, d.as_slice()))
+                    .collect();
+                data.extend(gzip(&crate::cpio_entries(&entries))?);
+            }
             std::fs::write(&initrd, data).with_context(|| format!("{}", initrd.display()))?;
         }
         let pcap = match &opts.pcap {
