@@ -12,9 +12,12 @@
 //!    running: the client uses the block layout (dmesg "pNFS: using block
 //!    device", LAYOUTGET/GETDEVICEINFO/LAYOUTCOMMIT in mountstats) and
 //!    moves the file's data on the disk, not through nfsd (WRITE and READ
-//!    stay 0). Its capture (tcpdump on the VM's loopback) is decoded by
-//!    tshark and kept as `target/tmp/nfs-reference/kernel-nfsd-block.pcap`
-//!    as the wire reference of a working block-layout exchange.
+//!    stay 0). A local write on the server to a file the client holds open
+//!    with a layout makes nfsd send CB_LAYOUTRECALL. The capture (tcpdump
+//!    on the VM's loopback) is decoded by tshark and kept as
+//!    `target/tmp/nfs-reference/kernel-nfsd-block.pcap` (with its `tshark
+//!    -V` decode as `.txt`): the wire reference of a working block-layout
+//!    exchange.
 
 use anyhow::{bail, Context, Result};
 use gfs2_oracle::nfs::{MountStats, NfsClientVm, NfsVmOpts, MNT};
@@ -206,6 +209,17 @@ fn nfs_client_vm_against_ganesha_and_the_kernel_nfsd_block_layout() -> Result<()
         .collect();
     assert!(sums.len() == 2 && sums[0] == sums[1], "{out}");
     let st: MountStats = vm.mountstats(MNT)?;
+    // A recall: a local write on the server (XFS breaks the layout lease)
+    // while the client holds the file open with a layout.
+    vm.sh_ok(&format!(
+        "sh -c 'exec 5<>{MNT}/rec; dd if=/dev/urandom bs=64k count=16 2>/dev/null >&5; \
+         sync; echo held; sleep 4; echo closing' > /tmp/holder.log 2>&1 &\n\
+         cl_wait 60 'the client writing' grep -q held /tmp/holder.log"
+    ))?;
+    vm.sh_ok(
+        "echo from-the-server | dd of=/export/rec bs=1 seek=100 conv=notrunc 2>/dev/null && \
+         cl_wait 60 'the client closing' grep -q closing /tmp/holder.log",
+    )?;
     vm.umount(MNT)?;
     vm.sh_ok("nfs_capture_stop")?;
     let dmesg = vm.dmesg()?;
@@ -234,16 +248,28 @@ fn nfs_client_vm_against_ganesha_and_the_kernel_nfsd_block_layout() -> Result<()
     let kept = rdir.join("kernel-nfsd-block.pcap");
     std::fs::write(&kept, &ref_pcap)?;
     let ops = tshark(&kept, "nfs", &["-T", "fields", "-e", "nfs.opcode"])?;
+    // CLOSE (sent at umount, after the data) shows the capture is whole.
     for (op, code) in [
         ("LAYOUTGET", "50"),
         ("GETDEVICEINFO", "47"),
         ("LAYOUTCOMMIT", "49"),
+        ("CLOSE", "4"),
     ] {
         assert!(
             ops.lines().any(|l| l.split(',').any(|c| c == code)),
             "{op} ({code}) not in the capture: {ops}"
         );
     }
+    let cb = tshark(&kept, "nfs.cb", &["-T", "fields", "-e", "nfs.cb.operation"])?;
+    assert!(
+        cb.lines().any(|l| l.split(',').any(|c| c == "5")),
+        "no CB_LAYOUTRECALL (5) in the capture: {cb}"
+    );
+    // Its full decode next to it, for reading.
+    std::fs::write(
+        rdir.join("kernel-nfsd-block.txt"),
+        tshark(&kept, "rpc", &["-V"])?,
+    )?;
     eprintln!(
         "reference capture: {} ({} bytes)",
         kept.display(),
