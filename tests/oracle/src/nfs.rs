@@ -28,6 +28,9 @@
 //! * Commands: [`NfsClientVm::sh`] runs a busybox `sh` script in the VM
 //!   over a virtio-serial port, as [`crate::cluster::Node::sh`] does, with
 //!   the functions of `/lib/nfs.sh` defined.
+//! * Failures: [`NfsClientVm::set_link`] cuts the VM's network (the client
+//!   keeps its state and answers nothing), [`NfsClientVm::set_running`]
+//!   freezes it (qemu's monitor, [`NfsClientVm::monitor`]).
 //! * Dropping the VM kills qemu and removes its temporary files.
 
 use crate::cluster::{self, CmdOutput, Node, SH_TIMEOUT};
@@ -170,6 +173,8 @@ pub struct NfsClientVm {
     node: Node,
     pcap: PathBuf,
     boot_time: Duration,
+    /// qemu's human monitor socket; one conversation at a time.
+    monitor: Mutex<PathBuf>,
     // Last: removed after qemu is gone.
     _dir: Scratch,
 }
@@ -227,7 +232,12 @@ impl NfsClientVm {
                 "socket,id=c0,path={},server=on,wait=off",
                 dir.join("cmd1.sock").display()
             ))
-            .args(["-device", "virtserialport,chardev=c0,name=cmd"]);
+            .args(["-device", "virtserialport,chardev=c0,name=cmd"])
+            .arg("-monitor")
+            .arg(format!(
+                "unix:{},server=on,wait=off",
+                dir.join("monitor.sock").display()
+            ));
         for (i, d) in opts.disks.iter().enumerate() {
             let d = d
                 .canonicalize()
@@ -251,6 +261,7 @@ impl NfsClientVm {
             node,
             pcap,
             boot_time: Duration::ZERO,
+            monitor: Mutex::new(dir.join("monitor.sock")),
             _dir: dir,
         };
         if let Err(e) = vm.node.wait_ready(t0 + opts.boot_timeout) {
@@ -264,6 +275,55 @@ impl NfsClientVm {
     /// How long [`NfsClientVm::start`] took.
     pub fn boot_time(&self) -> Duration {
         self.boot_time
+    }
+
+    /// Run a command of qemu's human monitor (`info status`, `stop`, ...)
+    /// and return what it printed.
+    pub fn monitor(&self, command: &str) -> Result<String> {
+        use std::io::{Read, Write};
+        if command.contains('\n') {
+            bail!("monitor command {command:?}: one line please");
+        }
+        let path = self.monitor.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = std::os::unix::net::UnixStream::connect(&*path)
+            .with_context(|| format!("connecting to qemu's monitor {}", path.display()))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let prompt = b"(qemu) ";
+        let read_to_prompt = |s: &mut std::os::unix::net::UnixStream| -> Result<Vec<u8>> {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !got.ends_with(prompt) {
+                let n = s.read(&mut buf).context("reading qemu's monitor")?;
+                if n == 0 {
+                    bail!("qemu's monitor closed");
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            Ok(got)
+        };
+        read_to_prompt(&mut s)?;
+        s.write_all(format!("{command}\n").as_bytes())?;
+        let out = read_to_prompt(&mut s)?;
+        // The monitor echoes the command line (with terminal escapes) first.
+        let text = String::from_utf8_lossy(&out[..out.len() - prompt.len()]).replace('\r', "");
+        Ok(text
+            .split_once('\n')
+            .map_or(String::new(), |(_, rest)| rest.to_string()))
+    }
+
+    /// Connect or cut the VM's network link (qemu `set_link`): a client
+    /// cut off keeps its state but answers nothing (recalls time out), as a
+    /// client behind a failed network would.
+    pub fn set_link(&self, up: bool) -> Result<()> {
+        self.monitor(&format!("set_link n0 {}", if up { "on" } else { "off" }))?;
+        Ok(())
+    }
+
+    /// Freeze the VM (qemu `stop`: no guest code runs, nothing answers)
+    /// or let it run again (`cont`).
+    pub fn set_running(&self, running: bool) -> Result<()> {
+        self.monitor(if running { "cont" } else { "stop" })?;
+        Ok(())
     }
 
     /// The pcap file of the VM's link to the host (complete once the VM is

@@ -5,7 +5,8 @@
 //!    temporary directory): the VM mounts it over the user-mode network,
 //!    writes, lists and reads back files; the host sees the same bytes; the
 //!    client's mountstats count the WRITE and READ it sent; the pcap of the
-//!    VM's link holds the NFS traffic.
+//!    VM's link holds the NFS traffic. Then the link goes down and up and
+//!    the VM freezes and runs again (qemu's monitor), as fencing tests need.
 //! 2. The reference for our own server: the kernel nfsd in the VM
 //!    exporting XFS on the VM's disk with the block layout (`pnfs` export
 //!    option), mounted by the kernel client in the same VM with blkmapd
@@ -187,6 +188,25 @@ fn nfs_client_vm_against_ganesha_and_the_kernel_nfsd_block_layout() -> Result<()
     );
     vm.umount(MNT)?;
     eprintln!("ganesha part: {:.1} s", t1.elapsed().as_secs_f64());
+
+    // Failure injection through qemu's monitor: the guest sees its link
+    // drop and come back; the VM freezes and runs again.
+    let carrier = || -> Result<String> {
+        Ok(vm
+            .sh_ok("cat /sys/class/net/eth0/carrier")?
+            .trim()
+            .to_string())
+    };
+    vm.set_link(false)?;
+    assert_eq!(carrier()?, "0");
+    vm.set_link(true)?;
+    assert_eq!(carrier()?, "1");
+    vm.set_running(false)?;
+    let st = vm.monitor("info status")?;
+    assert!(st.contains("paused"), "{st:?}");
+    vm.set_running(true)?;
+    let st = vm.monitor("info status")?;
+    assert!(st.contains("running"), "{st:?}");
 
     // 2. The kernel nfsd's XFS block layout, client in the same VM.
     let t2 = Instant::now();
