@@ -435,6 +435,53 @@ impl Drop for NfsClientVm {
     }
 }
 
+/// `tshark -r pcap -Y filter EXTRA...`: the decoded frames matching
+/// `filter` (one summary line each, or with `-V` the full decode; `-T fields
+/// -e FIELD` for values).
+pub fn tshark(pcap: &Path, filter: &str, extra: &[&str]) -> Result<String> {
+    let out = Command::new(tool("tshark").context("apt-get install tshark")?)
+        .arg("-r")
+        .arg(pcap)
+        .args(["-Y", filter])
+        .args(extra)
+        .output()
+        .context("running tshark")?;
+    if !out.status.success() {
+        bail!(
+            "tshark -r {} -Y {filter:?} failed: {}",
+            pcap.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The frames of `pcap` that tshark finds malformed or notes at the
+/// "error" expert level (`FRAME: message` each): empty for a capture of
+/// well-formed NFS/RPC. (Warnings such as "State ID deprecated in CLOSE
+/// responses", which the kernel nfsd's replies get, are not errors.)
+pub fn tshark_errors(pcap: &Path) -> Result<Vec<String>> {
+    // Expert severities: chat 0x200000, note 0x400000, warn 0x600000,
+    // error 0x800000.
+    let out = tshark(
+        pcap,
+        "_ws.malformed || _ws.expert.severity >= 0x800000",
+        &[
+            "-T",
+            "fields",
+            "-e",
+            "frame.number",
+            "-e",
+            "_ws.expert.message",
+        ],
+    )?;
+    Ok(out
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.replacen('\t', ": ", 1))
+        .collect())
+}
+
 /// The NFS layer of the initramfs (`scripts/nfs-initramfs.sh`), built once
 /// and cached next to the others, keyed by the cluster layer's name (which
 /// carries the base's), the NFS scripts and the tools copied in.

@@ -21,7 +21,7 @@
 //!    exchange.
 
 use anyhow::{bail, Context, Result};
-use gfs2_oracle::nfs::{MountStats, NfsClientVm, NfsVmOpts, MNT};
+use gfs2_oracle::nfs::{tshark, tshark_errors, MountStats, NfsClientVm, NfsVmOpts, MNT};
 use gfs2_oracle::{tool, Scratch};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -102,23 +102,18 @@ fn sha256_host(p: &Path) -> Result<String> {
     Ok(s.split_whitespace().next().unwrap_or_default().to_string())
 }
 
-/// `tshark -r pcap -Y filter` output lines (one per matching frame).
-fn tshark(pcap: &Path, filter: &str, extra: &[&str]) -> Result<String> {
-    let out = Command::new(tool("tshark").context("apt-get install tshark")?)
-        .arg("-r")
-        .arg(pcap)
-        .args(["-Y", filter])
-        .args(extra)
-        .output()
-        .context("tshark")?;
-    if !out.status.success() {
-        bail!(
-            "tshark -r {} failed: {}",
-            pcap.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+/// A copy of the pcap file `pcap` whose first XDR string `name` (length
+/// word, bytes, padding) claims 4095 bytes instead.
+fn break_name_length(pcap: &[u8], name: &[u8]) -> Result<Vec<u8>> {
+    let mut pat = (name.len() as u32).to_be_bytes().to_vec();
+    pat.extend_from_slice(name);
+    let at = pcap
+        .windows(pat.len())
+        .position(|w| w == pat.as_slice())
+        .with_context(|| format!("no XDR string {name:?} in the capture"))?;
+    let mut out = pcap.to_vec();
+    out[at..at + 4].copy_from_slice(&4095u32.to_be_bytes());
+    Ok(out)
 }
 
 /// Where the reference capture is kept: `tmp/nfs-reference` in the cargo
@@ -285,6 +280,16 @@ fn nfs_client_vm_against_ganesha_and_the_kernel_nfsd_block_layout() -> Result<()
         cb.lines().any(|l| l.split(',').any(|c| c == "5")),
         "no CB_LAYOUTRECALL (5) in the capture: {cb}"
     );
+    // tshark finds nothing malformed in a good server's exchange, and does
+    // when one length field is broken (the LOOKUP of "blk" made to claim
+    // 4095 bytes): the check other servers' captures go through can fail.
+    let errs = tshark_errors(&kept)?;
+    assert!(errs.is_empty(), "{errs:?}");
+    let broken = rdir.join("kernel-nfsd-block-broken.pcap");
+    std::fs::write(&broken, break_name_length(&ref_pcap, b"blk")?)?;
+    let errs = tshark_errors(&broken)?;
+    assert!(errs.len() == 1 && errs[0].contains("Malformed"), "{errs:?}");
+    std::fs::remove_file(&broken)?;
     // Its full decode next to it, for reading.
     std::fs::write(
         rdir.join("kernel-nfsd-block.txt"),
@@ -300,6 +305,8 @@ fn nfs_client_vm_against_ganesha_and_the_kernel_nfsd_block_layout() -> Result<()
     // The link to the host carried ganesha's NFS (qemu's filter-dump).
     let link = tshark(&pcap, "nfs", &[])?;
     assert!(link.lines().count() >= 10, "link capture: {link}");
+    let errs = tshark_errors(&pcap)?;
+    assert!(errs.is_empty(), "ganesha's exchange: {errs:?}");
     drop(ganesha);
     eprintln!("whole test: {:.1} s", t0.elapsed().as_secs_f64());
     Ok(())
