@@ -22,11 +22,17 @@ nfs_ops() {
 
 # nfs_blkmapd: start blkmapd (the block layout's device discovery daemon:
 # the kernel asks it, through rpc_pipefs, which local disk carries a
-# volume's signature) in the foreground, logging to /tmp/blkmapd.log.
+# volume's signature) in the foreground, logging to /tmp/blkmapd.log, and
+# wait until it holds the kernel's pipe open (an upcall without a reader
+# fails, and the client falls back to I/O through the server).
 nfs_blkmapd() {
+    local p
     [ -e /tmp/blkmapd.pid ] && return 0
     blkmapd -f > /tmp/blkmapd.log 2>&1 &
-    echo $! > /tmp/blkmapd.pid
+    p=$!
+    echo $p > /tmp/blkmapd.pid
+    cl_wait 20 'blkmapd opening rpc_pipefs/nfs/blocklayout' \
+        sh -c "ls -l /proc/$p/fd 2>/dev/null | grep -q blocklayout"
 }
 
 # nfs_gone PID: process PID has exited (a zombie counts: the init that
