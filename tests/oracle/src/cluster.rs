@@ -63,7 +63,7 @@ pub struct ClusterOpts {
     /// Limit for the VMs to boot and the cluster stack to come up.
     pub boot_timeout: Duration,
     /// Extra files for every VM: (absolute path, mode with type bits, data).
-    files: Vec<(String, u32, Vec<u8>)>,
+    files: VmFiles,
 }
 
 impl ClusterOpts {
@@ -89,11 +89,7 @@ impl ClusterOpts {
     /// Copy the host file `host` to `vm_path` in every VM, keeping its
     /// permission bits (read now; symlinks followed).
     pub fn host_file(mut self, host: &Path, vm_path: &str) -> Result<Self> {
-        use std::os::unix::fs::PermissionsExt;
-        let data = std::fs::read(host).with_context(|| format!("reading {}", host.display()))?;
-        let perm = std::fs::metadata(host)?.permissions().mode() & 0o7777;
-        self.files
-            .push((vm_path.to_string(), 0o100000 | perm, data));
+        add_host_file(&mut self.files, host, vm_path)?;
         Ok(self)
     }
 
@@ -101,33 +97,9 @@ impl ClusterOpts {
     /// (on `PATH` there), with the shared libraries `ldd` lists for it in
     /// `/lib/x86_64-linux-gnu/`, plus `libgcc_s.so.1` (which glibc loads at
     /// run time for unwinding and thread cancellation, invisible to `ldd`).
-    pub fn binary(self, host: &Path) -> Result<Self> {
-        let name = host
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| anyhow!("no file name in {}", host.display()))?;
-        let mut me = self.host_file(host, &format!("/usr/bin/{name}"))?;
-        let ldd = run(Command::new(tool("ldd")?).arg(host), "ldd")?;
-        let mut libs: Vec<PathBuf> = ldd
-            .lines()
-            .filter_map(|l| l.split("=>").nth(1))
-            .filter_map(|r| r.split_whitespace().next())
-            .filter(|p| p.starts_with('/'))
-            .map(PathBuf::from)
-            .collect();
-        libs.push(gcc_s()?);
-        for lib in libs {
-            let base = lib
-                .file_name()
-                .and_then(|n| n.to_str())
-                .ok_or_else(|| anyhow!("odd library path {}", lib.display()))?
-                .to_string();
-            let dest = format!("/lib/x86_64-linux-gnu/{base}");
-            if me.files.iter().all(|(p, _, _)| *p != dest) {
-                me = me.host_file(&lib, &dest)?;
-            }
-        }
-        Ok(me)
+    pub fn binary(mut self, host: &Path) -> Result<Self> {
+        add_binary(&mut self.files, host)?;
+        Ok(self)
     }
 
     pub fn memory_mb(mut self, mb: u32) -> Self {
@@ -141,7 +113,52 @@ impl ClusterOpts {
     }
 }
 
-fn gcc_s() -> Result<PathBuf> {
+/// Files for a VM's initramfs: (absolute path, mode with type bits, data).
+pub(crate) type VmFiles = Vec<(String, u32, Vec<u8>)>;
+
+/// Add the host file `host` at `vm_path`, keeping its permission bits (read
+/// now; symlinks followed).
+pub(crate) fn add_host_file(files: &mut VmFiles, host: &Path, vm_path: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let data = std::fs::read(host).with_context(|| format!("reading {}", host.display()))?;
+    let perm = std::fs::metadata(host)?.permissions().mode() & 0o7777;
+    files.push((vm_path.to_string(), 0o100000 | perm, data));
+    Ok(())
+}
+
+/// Add the host executable `host` at `/usr/bin/<its name>` with the shared
+/// libraries `ldd` lists for it in `/lib/x86_64-linux-gnu/` (each once) and
+/// `libgcc_s.so.1`.
+pub(crate) fn add_binary(files: &mut VmFiles, host: &Path) -> Result<()> {
+    let name = host
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow!("no file name in {}", host.display()))?;
+    add_host_file(files, host, &format!("/usr/bin/{name}"))?;
+    let ldd = run(Command::new(tool("ldd")?).arg(host), "ldd")?;
+    let mut libs: Vec<PathBuf> = ldd
+        .lines()
+        .filter_map(|l| l.split("=>").nth(1))
+        .filter_map(|r| r.split_whitespace().next())
+        .filter(|p| p.starts_with('/'))
+        .map(PathBuf::from)
+        .collect();
+    libs.push(gcc_s()?);
+    for lib in libs {
+        let base = lib
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| anyhow!("odd library path {}", lib.display()))?
+            .to_string();
+        let dest = format!("/lib/x86_64-linux-gnu/{base}");
+        if files.iter().all(|(p, _, _)| *p != dest) {
+            add_host_file(files, &lib, &dest)?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn gcc_s() -> Result<PathBuf> {
     [
         "/lib/x86_64-linux-gnu/libgcc_s.so.1",
         "/usr/lib/x86_64-linux-gnu/libgcc_s.so.1",
@@ -321,7 +338,7 @@ impl Node {
 
     /// SIGKILL qemu (if it still runs) and wait for the node thread, which
     /// reaps it.
-    fn kill_qemu(&self) {
+    pub(crate) fn kill_qemu(&self) {
         self.killed.store(true, Ordering::SeqCst);
         {
             let reaped = self.reaped.lock().unwrap_or_else(|e| e.into_inner());
@@ -610,7 +627,7 @@ impl Node {
     /// command socket, reads replies until the VM goes away and reaps qemu.
     /// qemu runs with PDEATHSIG = SIGKILL so that it dies with that thread
     /// (and the test process), never outliving a killed test run.
-    fn spawn(id: usize, mut cmd: Command, dir: &Scratch) -> Result<Node> {
+    pub(crate) fn spawn(id: usize, mut cmd: Command, dir: &Scratch) -> Result<Node> {
         let console = dir.join(&format!("console{id}.log"));
         let qemu_log = dir.join(&format!("qemu{id}.log"));
         let sock = dir.join(&format!("cmd{id}.sock"));
@@ -666,7 +683,7 @@ impl Node {
     }
 
     /// Wait for the VM's command loop to say `READY`.
-    fn wait_ready(&self, deadline: Instant) -> Result<()> {
+    pub(crate) fn wait_ready(&self, deadline: Instant) -> Result<()> {
         let rx = self.ready.lock().unwrap_or_else(|e| e.into_inner());
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(_) => Ok(()),
@@ -812,7 +829,7 @@ fn read_replies(
 }
 
 /// Whether `path` can be opened with O_DIRECT (qemu's cache=none).
-fn o_direct_ok(path: &Path) -> bool {
+pub(crate) fn o_direct_ok(path: &Path) -> bool {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .read(true)
@@ -878,7 +895,7 @@ impl Hub {
 /// built once and cached next to the base one, keyed by the base (its name
 /// carries the kernel and the base scripts), the cluster scripts and the
 /// cluster tools copied in (size and mtime: a package upgrade rebuilds it).
-fn cluster_layer(k: &Kernel) -> Result<PathBuf> {
+pub(crate) fn cluster_layer(k: &Kernel) -> Result<PathBuf> {
     static LAYER: Mutex<Option<PathBuf>> = Mutex::new(None);
     let mut g = LAYER.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(p) = g.as_ref() {
@@ -971,7 +988,7 @@ fn base64_encode(data: &[u8]) -> String {
 
 /// Decode base64 (busybox `base64` output with its line breaks removed);
 /// characters outside the alphabet and padding are skipped.
-fn base64_decode(s: &str) -> Vec<u8> {
+pub(crate) fn base64_decode(s: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len() * 3 / 4);
     let (mut acc, mut bits) = (0u32, 0u32);
     for b in s.bytes() {
