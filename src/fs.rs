@@ -725,6 +725,30 @@ impl Fs {
         f(m, &ip)
     }
 
+    /// [`Fs::with_inode`] for the owner of `pin` on the inode's glock (the
+    /// pNFS layout service): the holder is taken under the pin.
+    pub(crate) fn with_inode_pinned<T>(
+        &self,
+        pin: &crate::glock::Pin,
+        f: impl FnOnce(Meta<'_>, &Inode) -> Result<T>,
+    ) -> Result<T> {
+        let ino = pin.name().number;
+        let gh = self.glocks.acquire_pinned(pin, Mode::PR)?;
+        let m = Meta {
+            cache: &self.cache,
+            gh: &gh,
+        };
+        let ip = Inode::read(m, ino)?;
+        f(m, &ip)
+    }
+
+    /// Tell whoever caches inode `ino` above the filesystem (the FUSE
+    /// kernel's attributes and pages) that it changed behind their back:
+    /// a pNFS client wrote its blocks on the disk.
+    pub fn notify_inode_changed(&self, ino: u64) {
+        self.cache_ops.tell_invalidated(inode_lock(ino));
+    }
+
     /// The superblock.
     pub fn superblock(&self) -> &Superblock {
         &self.sb
@@ -766,7 +790,7 @@ impl Fs {
         &self.opts
     }
 
-    fn attr_of(&self, ip: &Inode) -> Attr {
+    pub(crate) fn attr_of(&self, ip: &Inode) -> Attr {
         let d = &ip.di;
         let rdev = if matches!(ip.kind(), 0o020000 | 0o060000) {
             ip.rdev()

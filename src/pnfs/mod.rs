@@ -29,6 +29,11 @@
 //!   Linux client sends 0): only what this module recorded at grant time
 //!   is used.
 
+pub mod layout;
+pub mod recall;
+
+pub use layout::{LayoutOptions, LayoutService};
+
 use crate::error::FsError;
 use crate::fs::Attr;
 
