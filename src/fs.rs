@@ -147,6 +147,8 @@ pub struct Fs {
     cache_ops: Arc<CacheOps>,
     /// How the first [`Fs::unmount`] ended; later calls return it.
     unmounted: std::sync::Mutex<Option<std::result::Result<(), String>>>,
+    /// Told of inodes changed behind the caches above us (pNFS commits).
+    on_changed: std::sync::Mutex<Option<crate::glock::ops::InvalFn>>,
 }
 
 /// Leaves the lockspace when a mount fails after joining it: a cluster
@@ -267,6 +269,7 @@ impl Fs {
             nolock,
             cache_ops: cops.clone(),
             unmounted: Default::default(),
+            on_changed: Default::default(),
         };
         let master = fs.sb.master_dir.addr;
         let jindex = fs.lookup_sys(master, b"jindex")?;
@@ -746,7 +749,21 @@ impl Fs {
     /// kernel's attributes and pages) that it changed behind their back:
     /// a pNFS client wrote its blocks on the disk.
     pub fn notify_inode_changed(&self, ino: u64) {
-        self.cache_ops.tell_invalidated(inode_lock(ino));
+        let hook = self
+            .on_changed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(f) = hook {
+            f(ino);
+        }
+    }
+
+    /// Have `f` told the number of every inode whose data or attributes
+    /// changed behind the caches above the filesystem (see
+    /// [`Fs::notify_inode_changed`]); `None` stops it.
+    pub fn on_inode_changed(&self, f: Option<crate::glock::ops::InvalFn>) {
+        *self.on_changed.lock().unwrap_or_else(|e| e.into_inner()) = f;
     }
 
     /// The superblock.

@@ -209,7 +209,7 @@ impl GlockOps for CacheOps {
 impl CacheOps {
     /// Tell whoever caches an inode's attributes outside the glock (the
     /// FUSE kernel) that they are no longer valid.
-    pub(crate) fn tell_invalidated(&self, name: ResName) {
+    fn tell_invalidated(&self, name: ResName) {
         if name.lk_type == lm_type::INODE {
             let hook = self
                 .on_inval

@@ -29,6 +29,7 @@
 //!   Linux client sends 0): only what this module recorded at grant time
 //!   is used.
 
+pub mod control;
 pub mod layout;
 pub mod recall;
 
