@@ -184,14 +184,17 @@ impl Inner {
         lock(&self.files).entry(ino).or_default().clone()
     }
 
-    /// Forget `ino`'s entry if nothing is left in it (called with its lock
-    /// released; racing users re-create it).
+    /// Forget `ino`'s entry if nothing is left in it and nobody else has
+    /// it (entries are handed out under the map's lock, so a count of one
+    /// there means no thread is about to use it; the caller drops its own
+    /// reference first).
     fn forget_if_idle(&self, ino: u64) {
         let mut files = lock(&self.files);
         let idle = files.get(&ino).is_some_and(|f| {
-            f.try_lock().is_ok_and(|st| {
-                st.grants.is_empty() && st.pin.is_none() && st.uncommitted.is_empty()
-            })
+            Arc::strong_count(f) == 1
+                && f.try_lock().is_ok_and(|st| {
+                    st.grants.is_empty() && st.pin.is_none() && st.uncommitted.is_empty()
+                })
         });
         if idle {
             files.remove(&ino);
@@ -413,12 +416,12 @@ impl Inner {
     fn return_range(
         &self,
         ino: u64,
-        f: &FileRef,
+        f: FileRef,
         client: ClientId,
         start: u64,
         end: u64,
     ) -> Result<(), LayoutError> {
-        let mut st = lock(f);
+        let mut st = lock(&f);
         let mut kept = Vec::new();
         for g in st.grants.drain(..) {
             if g.client != client || g.end <= start || g.start >= end {
@@ -452,6 +455,7 @@ impl Inner {
             st.recall_since = None;
         }
         drop(st);
+        drop(f);
         self.forget_if_idle(ino);
         r
     }
@@ -550,7 +554,7 @@ pub(crate) fn return_layouts(
     };
     let mut first_err = None;
     for (i, f) in files {
-        if let Err(e) = inner.return_range(i, &f, client, offset, end) {
+        if let Err(e) = inner.return_range(i, f, client, offset, end) {
             tracing::error!(client, ino = i, "layout return: {e}");
             first_err.get_or_insert(e);
         }
@@ -563,6 +567,21 @@ impl FileState {
     fn uncommitted_end(&self) -> u64 {
         self.uncommitted.keys().next_back().map_or(0, |l| l + 1)
     }
+}
+
+/// Record a grant, merged with the same client's grants of the same mode
+/// that it overlaps or touches (a client asks again and again as it goes).
+fn add_grant(grants: &mut Vec<Grant>, mut g: Grant) {
+    grants.retain(|o| {
+        let joins =
+            o.client == g.client && o.iomode == g.iomode && o.start <= g.end && g.start <= o.end;
+        if joins {
+            g.start = g.start.min(o.start);
+            g.end = g.end.max(o.end);
+        }
+        !joins
+    });
+    grants.push(g);
 }
 
 fn data_state(rw: bool) -> ExtentState {
@@ -679,16 +698,19 @@ impl LayoutBackend for LayoutService {
             for (lb, p) in new {
                 st.uncommitted.insert(lb, p);
             }
-            st.grants.push(Grant {
-                client,
-                iomode,
-                start: layout.offset,
-                end: if layout.length == u64::MAX {
-                    u64::MAX
-                } else {
-                    layout.offset + layout.length
+            add_grant(
+                &mut st.grants,
+                Grant {
+                    client,
+                    iomode,
+                    start: layout.offset,
+                    end: if layout.length == u64::MAX {
+                        u64::MAX
+                    } else {
+                        layout.offset + layout.length
+                    },
                 },
-            });
+            );
             Layout { ino, ..layout }
         });
         if r.is_err() {
@@ -701,6 +723,7 @@ impl LayoutBackend for LayoutService {
             st.pin_mode = None;
         }
         drop(st);
+        drop(f);
         inner.forget_if_idle(ino);
         if let Ok(l) = &r {
             tracing::debug!(
@@ -853,7 +876,13 @@ impl LayoutService {
                 ))
             }
             IoMode::ReadWrite => {
-                // A read-write range is bounded by what may be allocated.
+                // A read-write range is bounded by what may be allocated;
+                // a minimum far beyond that is refused rather than
+                // allocated in one transaction.
+                let hard = (inner.opts.max_alloc / bs).max(1).saturating_mul(8);
+                if min_last - first > hard {
+                    return Err(LayoutError::BadRange);
+                }
                 let last = asked_end
                     .map(|e| e.div_ceil(bs))
                     .unwrap_or(u64::MAX / bs)
