@@ -187,13 +187,52 @@ fn read_layouts_are_the_files_blocks() {
         Err(LayoutError::BadRange)
     ));
 
-    for c in 1..=3 {
+    // A height-1 file whose block pointers gfs2_edit lists after unmount.
+    let h1 = create(&fs, "h1");
+    fs.write(h1, 0, &pattern(6, 3 * 4096)).unwrap();
+    fs.write(h1, 100 * 4096, &pattern(7, 2 * 4096 + 10))
+        .unwrap();
+    let lh1 = svc.layout_get(4, h1, 0, u64::MAX, 1, IoMode::Read).unwrap();
+    check_shape(&lh1);
+
+    for c in 1..=4 {
         svc.client_gone(c);
     }
     assert!(svc.holders(big).is_empty());
     drop(svc);
     fs.unmount().unwrap();
     fsck_clean(&img.0, "after read layouts");
+
+    // gfs2-utils' view of h1's pointers: "IDX: 0xIDX => 0xBLK / BLK (data offset ...".
+    let out = std::process::Command::new(tool("gfs2_edit"))
+        .args(["-p", &h1.to_string()])
+        .arg(&img.0)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("(at height 0 of 1)"), "{text}");
+    let mut edit: Vec<(u64, u64)> = Vec::new();
+    for l in text.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() > 4 && f[2] == "=>" && f[0].ends_with(':') {
+            let idx = u64::from_str_radix(f[1].trim_start_matches("0x"), 16).unwrap();
+            let blk = u64::from_str_radix(f[3].trim_start_matches("0x"), 16).unwrap();
+            edit.push((idx * bs, blk * bs));
+        }
+    }
+    let mut ours: Vec<(u64, u64)> = Vec::new();
+    for e in lh1
+        .extents
+        .iter()
+        .filter(|e| e.state == ExtentState::ReadData)
+    {
+        for i in 0..e.length / bs {
+            ours.push((e.file_offset + i * bs, e.storage_offset + i * bs));
+        }
+    }
+    assert_eq!(edit.len(), 6, "{text}");
+    assert_eq!(ours, edit, "layout of h1 against gfs2_edit -p {h1}");
 }
 
 #[test]
