@@ -101,6 +101,17 @@ fn read_layouts_are_the_files_blocks() {
         svc.layout_get(1, small, 0, 4096, 1, IoMode::Read),
         Err(LayoutError::Unavailable)
     ));
+    // Journaled data (chattr +j): its data is in the log first.
+    let jd = create(&fs, "jdata");
+    fs.set_fsflags(jd, 0, 0x0000_4000).unwrap();
+    fs.write(jd, 0, &pattern(9, 3 * 4096)).unwrap();
+    assert_eq!(fs.fsflags(jd).unwrap() & 0x0000_4000, 0x0000_4000);
+    for mode in [IoMode::Read, IoMode::ReadWrite] {
+        assert!(matches!(
+            svc.layout_get(1, jd, 0, 4096, 1, mode),
+            Err(LayoutError::Unavailable)
+        ));
+    }
     // Not a regular file.
     assert!(matches!(
         svc.layout_get(1, fs.root(), 0, 4096, 1, IoMode::Read),
@@ -604,12 +615,19 @@ fn recalls_follow_the_glock() {
     assert_eq!(&got[1..300_000], &data[1..]);
     assert_eq!(&got[1 << 20..], &more[..]);
 
-    // 3. A local change on the node holding the layout recalls it too; a
-    // local read does not.
+    // 3. A read layout: reads here and on the other node go on without a
+    // recall (shared is compatible); a local change recalls it.
     sink.recalls.lock().unwrap().clear();
+    a.write(f, 5000, b"x").unwrap();
+    let gl = gfs2_lockproto::ResName::new(gfs2_lockproto::lm_type::INODE, f);
+    assert_eq!(a.glocks().held_mode(gl), Some(gfs2_lockproto::Mode::EX));
     let _l = svc.layout_get(4, f, 0, 4096, 4096, IoMode::Read).unwrap();
     assert_eq!(a.read(f, 0, 1).unwrap(), b"B");
+    // B's read makes A go down to shared, which the read layout allows.
+    assert_eq!(b.read(f, 5000, 1).unwrap(), b"x");
+    assert_eq!(a.glocks().held_mode(gl), Some(gfs2_lockproto::Mode::PR));
     assert!(sink.recalls.lock().unwrap().is_empty());
+    assert!(!svc.recalling(f));
     let a2 = a.clone();
     let w = std::thread::spawn(move || a2.write(f, 1, b"A").unwrap());
     wait_for("a recall by a local write", Duration::from_secs(5), || {
