@@ -625,7 +625,10 @@ fn recalls_follow_the_glock() {
     assert_eq!(a.read(f, 0, 1).unwrap(), b"B");
     // B's read makes A go down to shared, which the read layout allows.
     assert_eq!(b.read(f, 5000, 1).unwrap(), b"x");
-    assert_eq!(a.glocks().held_mode(gl), Some(gfs2_lockproto::Mode::PR));
+    // (A records its new mode just after the lock manager granted B.)
+    wait_for("A down to PR", Duration::from_secs(5), || {
+        a.glocks().held_mode(gl) == Some(gfs2_lockproto::Mode::PR)
+    });
     assert!(sink.recalls.lock().unwrap().is_empty());
     assert!(!svc.recalling(f));
     let a2 = a.clone();

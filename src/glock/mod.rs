@@ -684,7 +684,7 @@ impl GlockTable {
                 }
                 continue;
             }
-            if !st.busy && !sufficient && idle {
+            if !st.busy && !sufficient && idle && !pin_conflict {
                 let was = st.held;
                 st.busy = true;
                 st.promoting = true;
