@@ -149,6 +149,10 @@ pub struct Fs {
     unmounted: std::sync::Mutex<Option<std::result::Result<(), String>>>,
     /// Told of inodes changed behind the caches above us (pNFS commits).
     on_changed: std::sync::Mutex<Option<crate::glock::ops::InvalFn>>,
+    /// The pNFS layout service of this mount, if one was started (one per
+    /// mount: see [`crate::pnfs::LayoutService::start`]); its layouts are
+    /// dropped before the unmount.
+    pub(crate) layouts: std::sync::Mutex<std::sync::Weak<crate::pnfs::LayoutService>>,
 }
 
 /// Leaves the lockspace when a mount fails after joining it: a cluster
@@ -270,6 +274,7 @@ impl Fs {
             cache_ops: cops.clone(),
             unmounted: Default::default(),
             on_changed: Default::default(),
+            layouts: Default::default(),
         };
         let master = fs.sb.master_dir.addr;
         let jindex = fs.lookup_sys(master, b"jindex")?;
@@ -982,6 +987,16 @@ impl Fs {
         let outcome = match &*done {
             Some(o) => o.clone(),
             None => {
+                // Layouts end with the mount: blocks granted and never
+                // committed past the end of a file are freed first.
+                let svc = self
+                    .layouts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .upgrade();
+                if let Some(svc) = svc {
+                    svc.release_all();
+                }
                 let r = self.sync_and_close_log();
                 tracing::debug!(ok = r.is_ok(), "unmount: log closed");
                 let g = self.glocks.shutdown();

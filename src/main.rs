@@ -335,7 +335,7 @@ fn start_pnfs(mut d: Daemon, a: &Args) -> Result<Daemon> {
     if let Some(s) = a.pnfs_lease {
         opts.lease = std::time::Duration::from_secs(s);
     }
-    let svc = gfs2fuse::pnfs::LayoutService::new(d.fs.clone(), opts);
+    let svc = gfs2fuse::pnfs::LayoutService::start(&d.fs, opts);
     match gfs2fuse::pnfs::control::ControlServer::start(svc, sock) {
         Ok(s) => {
             d.pnfs = Some(s);

@@ -91,7 +91,7 @@ fn data_blocks(l: &Layout, bs: u64) -> u64 {
 fn read_layouts_are_the_files_blocks() {
     let img = mkfs(4096, 1, 256, "pl-read");
     let fs = open(&img);
-    let svc = LayoutService::new(fs.clone(), LayoutOptions::default());
+    let svc = LayoutService::start(&fs, LayoutOptions::default());
     let bs = 4096u64;
 
     // Stuffed: nothing to hand out.
@@ -251,7 +251,7 @@ fn read_layouts_at_every_block_size() {
     for bs in [512u32, 1024, 2048] {
         let img = mkfs(bs, 1, 128, &format!("pl-bs{bs}"));
         let fs = open(&img);
-        let svc = LayoutService::new(fs.clone(), LayoutOptions::default());
+        let svc = LayoutService::start(&fs, LayoutOptions::default());
         let f = create(&fs, "f");
         // Far enough for several levels of indirection at this block size.
         for (i, off) in [0u64, 300_000, 9_000_000, 700_000_000].iter().enumerate() {
@@ -296,7 +296,7 @@ fn client_write(dev: &dyn BlockDevice, l: &Layout, at: u64, data: &[u8]) {
 fn write_layout_then_commit() {
     let img = mkfs(4096, 1, 256, "pl-rw");
     let fs = open(&img);
-    let svc = LayoutService::new(fs.clone(), LayoutOptions::default());
+    let svc = LayoutService::start(&fs, LayoutOptions::default());
     let bs = 4096u64;
 
     // A new (empty, stuffed) file: the layout allocates exactly the range.
@@ -405,7 +405,7 @@ fn uncommitted_layouts_leak_nothing() {
         max_alloc: 2 << 20,
         ..Default::default()
     };
-    let svc = LayoutService::new(fs.clone(), opts);
+    let svc = LayoutService::start(&fs, opts);
     let f = create(&fs, "f");
     fs.write(f, 0, &pattern(30, 10_000)).unwrap();
     // A big sparse file with data far away: a hole inside, then past EOF.
@@ -459,7 +459,7 @@ fn uncommitted_layouts_leak_nothing() {
 fn crash_after_grant_is_consistent() {
     let img = mkfs(4096, 1, 256, "pl-crash");
     let fs = open(&img);
-    let svc = LayoutService::new(fs.clone(), LayoutOptions::default());
+    let svc = LayoutService::start(&fs, LayoutOptions::default());
     let f = create(&fs, "f");
     fs.write(f, 0, &pattern(40, 5000)).unwrap();
     let l = svc
@@ -529,7 +529,7 @@ fn recalls_follow_the_glock() {
         lease: Duration::from_millis(400),
         ..Default::default()
     };
-    let svc = LayoutService::new(a.clone(), opts);
+    let svc = LayoutService::start(&a, opts);
     let sink = Arc::new(Sink::default());
     svc.set_recall_sink(sink.clone());
     let f = create(&a, "f");
@@ -650,4 +650,40 @@ fn recalls_follow_the_glock() {
     dev.read_at(&mut bytes, 0).unwrap();
     std::fs::write(&out.0, bytes).unwrap();
     fsck_clean(&out.0, "after recalls on lock_mem");
+}
+
+#[test]
+fn unmount_frees_what_no_client_committed() {
+    let img = mkfs(4096, 1, 256, "pl-umount");
+    let fs = open(&img);
+    let svc = LayoutService::start(&fs, LayoutOptions::default());
+    // One service per mount.
+    assert!(Arc::ptr_eq(
+        &svc,
+        &LayoutService::start(&fs, LayoutOptions::default())
+    ));
+    let f = create(&fs, "f");
+    fs.write(f, 0, &pattern(60, 6000)).unwrap();
+    fs.sync().unwrap();
+    let free0 = fs.statfs().unwrap().bfree;
+    let l = svc
+        .layout_get(1, f, 8192, 8 << 20, 8 << 20, IoMode::ReadWrite)
+        .unwrap();
+    assert_eq!(l.length, 8 << 20);
+    assert!(fs.statfs().unwrap().bfree < free0);
+    // The daemon unmounts with the layout still out.
+    fs.unmount().unwrap();
+    assert!(svc.holders(f).is_empty());
+    drop(svc);
+    fsck_clean(&img.0, "unmounted with a layout out");
+    // Every granted block is free again; the layout reached block 2050,
+    // past the dinode's 483 pointers, so the tree grew to height 2 and
+    // keeps the indirect block that now maps blocks 0 and 1 (a tree never
+    // gets lower, in the kernel either, but on truncation to nothing).
+    let fs = open(&img);
+    assert_eq!(fs.statfs().unwrap().bfree, free0 - 1);
+    let a = fs.getattr(f).unwrap();
+    assert_eq!((a.size, a.blocks * 512 / 4096), (6000, 1 + 2 + 1));
+    assert_eq!(fs.read(f, 0, 10_000).unwrap(), pattern(60, 6000));
+    fs.unmount().unwrap();
 }

@@ -133,8 +133,49 @@ struct FileInfo {
 }
 
 impl LayoutService {
-    /// A service over `fs` (which must be writable for read-write layouts).
-    pub fn new(fs: Arc<Fs>, opts: LayoutOptions) -> Arc<LayoutService> {
+    /// The layout service of `fs`, started with `opts` if it has none yet
+    /// (`opts` are then ignored). There is one per mount: the metadata
+    /// server in the daemon and the control channel share it, since each
+    /// file's glock pin has one owner to tell about recalls.
+    pub fn start(fs: &Arc<Fs>, opts: LayoutOptions) -> Arc<LayoutService> {
+        let mut slot = lock(&fs.layouts);
+        if let Some(s) = slot.upgrade() {
+            return s;
+        }
+        let s = Self::new(fs.clone(), opts);
+        *slot = Arc::downgrade(&s);
+        s
+    }
+
+    /// Drop every layout of every client (the unmount does, before its
+    /// last log flush): uncommitted blocks past the end of files are freed
+    /// and every glock pin is let go. Clients are not told: their server
+    /// is going away with the mount.
+    pub fn release_all(&self) {
+        let files: Vec<FileRef> = lock(&self.inner.files).values().cloned().collect();
+        let mut clients: Vec<ClientId> = files
+            .iter()
+            .flat_map(|f| lock(f).grants.iter().map(|g| g.client).collect::<Vec<_>>())
+            .collect();
+        drop(files);
+        clients.sort_unstable();
+        clients.dedup();
+        for c in clients {
+            if let Err(e) = return_layouts(&self.inner, c, None, 0, u64::MAX) {
+                tracing::error!(client = c, "dropping layouts at unmount: {e}");
+            }
+        }
+        let files: Vec<FileRef> = lock(&self.inner.files).drain().map(|(_, f)| f).collect();
+        for f in files {
+            let mut st = lock(&f);
+            st.pin = None;
+            st.pin_mode = None;
+        }
+    }
+
+    /// A service over `fs` of its own; [`LayoutService::start`] is what a
+    /// daemon uses (tests may run several, each with its own pins).
+    fn new(fs: Arc<Fs>, opts: LayoutOptions) -> Arc<LayoutService> {
         let (tx, rx) = mpsc::channel();
         let inner = Arc::new(Inner {
             fs,
