@@ -57,7 +57,7 @@ fn control_socket_of_a_mount() {
     let _sock_guard = TempPath(sock.clone());
     let opts = format!("pnfs={},pnfs_lease=1", sock.display());
     let image = img.0.clone();
-    with_mount(&img.0, &opts, "pnfs-ctl", |mnt| {
+    let kept = with_mount(&img.0, &opts, "pnfs-ctl", |mnt| {
         // Usage and a server that is not there.
         let (code, out, _) = pnfs(&["--help"]);
         assert_eq!(code, 0);
@@ -221,6 +221,24 @@ fn control_socket_of_a_mount() {
             "fenced after {waited:?}"
         );
         assert_eq!(std::fs::metadata(mnt.join("new")).unwrap().len(), 200_000);
+
+        // A layout still out when the mount goes: its blocks are freed.
+        let md = std::fs::metadata(mnt.join("new")).unwrap();
+        let r = ask(&sock, "LAYOUTGET 12 rw 1048576 65536 65536 new");
+        assert!(r[0].starts_with("OK LAYOUT "), "{r:?}");
+        let md2 = std::fs::metadata(mnt.join("new")).unwrap();
+        assert_eq!(md2.blocks(), md.blocks() + 65536 / 512);
+        (md.ino(), md.blocks())
     });
     fsck_clean(&img.0, "after the control channel's layouts");
+    // gfs2-utils' count of the file's blocks, after the unmount.
+    let (ino, blocks) = kept;
+    let out = Command::new(tool("gfs2_edit"))
+        .args(["-p", &ino.to_string(), "field", "di_blocks"])
+        .arg(&img.0)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let di_blocks: u64 = text.trim().parse().unwrap_or_else(|_| panic!("{text:?}"));
+    assert_eq!(di_blocks * 8, blocks, "blocks of the file after unmount");
 }

@@ -448,6 +448,7 @@ impl Inner {
             source: e,
         })?;
         self.fs.sync()?;
+        self.fs.notify_inode_changed(ino);
         Ok((grant_end, new))
     }
 
@@ -568,6 +569,7 @@ impl Inner {
                 put_dinode(tx, &di)
             })?;
             self.fs.sync()?;
+            self.fs.notify_inode_changed(ino);
             tracing::debug!(ino, blocks = free.len(), "uncommitted layout blocks freed");
         }
         for (l, _) in loose {
