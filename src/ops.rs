@@ -355,19 +355,35 @@ impl Fs {
             .iter()
             .find(|(n, m)| holders.get(n).is_none_or(|h| h.mode() < **m))
             .map(|(n, _)| *n);
-        let Some(first) = first_missing else {
+        let Some(mut first) = first_missing else {
             return Ok(());
         };
-        // Everything from the first missing one on is (re)taken in order.
-        drop(holders.split_off(&first));
-        for (&name, &mode) in want.range(first..) {
-            let h = match pin {
-                Some(p) if p.name() == name => self.glocks().acquire_pinned(p, mode)?,
-                _ => self.glocks().acquire(name, mode)?,
-            };
-            holders.insert(name, h);
+        'again: loop {
+            // Everything from the first missing one on is (re)taken in order.
+            drop(holders.split_off(&first));
+            for (&name, &mode) in want.range(first..) {
+                let h = match pin {
+                    Some(p) if p.name() == name => self.glocks().acquire_pinned(p, mode)?,
+                    _ => match self.glocks().acquire_unless_pinned(name, mode)? {
+                        Some(h) => h,
+                        None => {
+                            // A pNFS layout keeps it: its owner was told.
+                            // Wait holding nothing, since letting go may
+                            // need a glock we hold (a statfs file's).
+                            holders.clear();
+                            self.glocks().wait_unpinned(name);
+                            match want.keys().next() {
+                                Some(f) => first = *f,
+                                None => return Ok(()),
+                            }
+                            continue 'again;
+                        }
+                    },
+                };
+                holders.insert(name, h);
+            }
+            return Ok(());
         }
-        Ok(())
     }
 
     fn flush_locked(&self, wr: &mut Writer) -> Result<()> {

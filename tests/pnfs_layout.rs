@@ -641,6 +641,28 @@ fn recalls_follow_the_glock() {
     w.join().unwrap();
     assert_eq!(b.read(f, 0, 2).unwrap(), b"BA");
 
+    // 4. An operation that waits for a pinned file holds nothing else
+    // meanwhile: a link of the file into the root directory (the root's
+    // glock sorts first) does not keep the root from the other node.
+    // (A lease long enough that no fence ends the wait here.)
+    svc.set_lease(Duration::from_secs(60));
+    sink.recalls.lock().unwrap().clear();
+    let _l = svc
+        .layout_get(5, f, 0, 4096, 4096, IoMode::ReadWrite)
+        .unwrap();
+    let a2 = a.clone();
+    let root = a.root();
+    let w = std::thread::spawn(move || a2.link(f, root, b"f-link").unwrap());
+    wait_for("a recall by a local link", Duration::from_secs(5), || {
+        !sink.recalls.lock().unwrap().is_empty()
+    });
+    let other = create(&b, "created-meanwhile");
+    assert!(!w.is_finished(), "linked under a layout");
+    svc.layout_return(5, Some(f), 0, u64::MAX).unwrap();
+    w.join().unwrap();
+    assert_eq!(b.lookup(b.root(), b"f-link").unwrap().ino, f);
+    assert_eq!(a.lookup(a.root(), b"created-meanwhile").unwrap().ino, other);
+
     drop(svc);
     a.unmount().unwrap();
     b.unmount().unwrap();

@@ -174,6 +174,17 @@ impl Glock {
     }
 }
 
+/// How a local request treats a pin (see [`Pin`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// Wait for it (telling its owner).
+    Wait,
+    /// Return `None` instead of waiting (telling its owner).
+    UnlessPinned,
+    /// The pin's owner: neither the pin nor a demotion it holds back apply.
+    Pinned,
+}
+
 /// A glock for the demotion worker to look at, now or at an instant.
 type Work = (Arc<Glock>, Option<Instant>);
 
@@ -584,7 +595,38 @@ impl GlockTable {
     /// promoting the lock through the lock module when needed. Blocks until
     /// the lock is granted.
     pub fn acquire(self: &Arc<Self>, name: ResName, mode: Mode) -> Result<Holder> {
-        self.acquire_inner(name, mode, false)
+        self.acquire_inner(name, mode, Want::Wait)
+            .and_then(Self::some)
+    }
+
+    fn some(h: Option<Holder>) -> Result<Holder> {
+        h.ok_or_else(|| {
+            FsError::Lock(gfs2_lockproto::LockError::Manager(
+                "a waiting request came back empty".into(),
+            ))
+        })
+    }
+
+    /// [`GlockTable::acquire`], except that a pin the request conflicts
+    /// with is not waited for: its owner is told and `None` comes back, for
+    /// the caller to let go of what it holds and [`GlockTable::wait_unpinned`]
+    /// (whoever waits for a pin while holding other glocks may hold one the
+    /// pin's owner needs to let go).
+    pub fn acquire_unless_pinned(
+        self: &Arc<Self>,
+        name: ResName,
+        mode: Mode,
+    ) -> Result<Option<Holder>> {
+        self.acquire_inner(name, mode, Want::UnlessPinned)
+    }
+
+    /// Wait until `name` has no pin.
+    pub fn wait_unpinned(&self, name: ResName) {
+        let gl = self.get(name);
+        let mut st = gl.lock_st();
+        while st.pin.is_some() {
+            st = gl.wait_as_waiter(st);
+        }
     }
 
     /// Pin `name` in `mode` (see [`Pin`]): waits like [`GlockTable::acquire`]
@@ -595,8 +637,12 @@ impl GlockTable {
     pub fn pin(self: &Arc<Self>, name: ResName, mode: Mode, notify: PinNotify) -> Result<Pin> {
         let mode = if mode >= Mode::PW { Mode::EX } else { Mode::PR };
         let gl = self.get(name);
-        let pinned = gl.lock_st().pin.is_some();
-        let h = self.acquire_inner(name, mode, pinned)?;
+        let how = if gl.lock_st().pin.is_some() {
+            Want::Pinned
+        } else {
+            Want::Wait
+        };
+        let h = self.acquire_inner(name, mode, how).and_then(Self::some)?;
         let mut st = gl.lock_st();
         match st.pin.as_mut() {
             Some(p) => {
@@ -624,10 +670,17 @@ impl GlockTable {
     /// A holder for the owner of `pin`: it does not wait for the pin nor for
     /// a demotion the pin holds back (only for other local holders).
     pub fn acquire_pinned(self: &Arc<Self>, pin: &Pin, mode: Mode) -> Result<Holder> {
-        self.acquire_inner(pin.gl.name, mode, true)
+        self.acquire_inner(pin.gl.name, mode, Want::Pinned)
+            .and_then(Self::some)
     }
 
-    fn acquire_inner(self: &Arc<Self>, name: ResName, mode: Mode, pinned: bool) -> Result<Holder> {
+    fn acquire_inner(
+        self: &Arc<Self>,
+        name: ResName,
+        mode: Mode,
+        how: Want,
+    ) -> Result<Option<Holder>> {
+        let pinned = how == Want::Pinned;
         let mode = if mode >= Mode::PW { Mode::EX } else { Mode::PR };
         let gl = self.get(name);
         let asked = Instant::now();
@@ -645,7 +698,15 @@ impl GlockTable {
             };
             if pin_conflict {
                 // A local change to a pinned glock: its owner must let go.
-                if let Some(f) = st.pin_tell() {
+                let tell = st.pin_tell();
+                if how == Want::UnlessPinned && !promoted {
+                    drop(st);
+                    if let Some(f) = tell {
+                        f(name);
+                    }
+                    return Ok(None);
+                }
+                if let Some(f) = tell {
                     drop(st);
                     f(name);
                     st = gl.lock_st();
@@ -666,11 +727,11 @@ impl GlockTable {
                 } else {
                     st.shared += 1;
                 }
-                return Ok(Holder {
+                return Ok(Some(Holder {
                     table: self.clone(),
                     gl: gl.clone(),
                     mode,
-                });
+                }));
             }
             let idle = st.idle();
             if !st.busy && idle && demote_waits && !st.pin_blocks_demote() {

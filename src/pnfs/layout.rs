@@ -105,6 +105,9 @@ pub(crate) type FileRef = Arc<Mutex<FileState>>;
 pub(crate) struct Inner {
     pub fs: Arc<Fs>,
     pub opts: LayoutOptions,
+    /// The lease period in milliseconds (the metadata server's, see
+    /// [`LayoutService::set_lease`]).
+    pub lease_ms: std::sync::atomic::AtomicU64,
     pub files: Mutex<HashMap<u64, FileRef>>,
     pub sink: Mutex<Option<Arc<dyn RecallSink>>>,
     pub events: Mutex<mpsc::Sender<Event>>,
@@ -147,6 +150,15 @@ impl LayoutService {
         s
     }
 
+    /// The lease period of the metadata server using the service: a
+    /// recalled client is fenced after two of them.
+    pub fn set_lease(&self, lease: Duration) {
+        self.inner.lease_ms.store(
+            u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
     /// Drop every layout of every client (the unmount does, before its
     /// last log flush): uncommitted blocks past the end of files are freed
     /// and every glock pin is let go. Clients are not told: their server
@@ -180,6 +192,9 @@ impl LayoutService {
         let inner = Arc::new(Inner {
             fs,
             opts,
+            lease_ms: std::sync::atomic::AtomicU64::new(
+                u64::try_from(opts.lease.as_millis()).unwrap_or(u64::MAX),
+            ),
             files: Mutex::new(HashMap::new()),
             sink: Mutex::new(None),
             events: Mutex::new(tx),

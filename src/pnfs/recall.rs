@@ -84,7 +84,12 @@ fn run(weak: Weak<Inner>, rx: mpsc::Receiver<Event>) {
 
 /// How long a recalled client has to return: two lease periods.
 fn bound(inner: &Inner) -> Duration {
-    inner.opts.lease.saturating_mul(2)
+    Duration::from_millis(
+        inner
+            .lease_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_mul(2),
+    )
 }
 
 fn next_deadline(inner: &Inner) -> Option<Instant> {
