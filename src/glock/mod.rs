@@ -18,7 +18,10 @@
 //! node's request) and a local exclusive request wait until the pin goes,
 //! and the pin's owner is told once, through its non-blocking callback,
 //! that it must let go. The demotion worker never waits for it: the
-//! demotion simply runs when the last pin is dropped.
+//! demotion simply runs when the last pin is dropped. An operation that
+//! meets a pin waits for it holding no other glock
+//! ([`GlockTable::acquire_unless_pinned`], [`GlockTable::wait_unpinned`]):
+//! the owner may need one of them (a statfs file) to let go.
 
 pub mod ops;
 
