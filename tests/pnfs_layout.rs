@@ -709,3 +709,31 @@ fn unmount_frees_what_no_client_committed() {
     assert_eq!(fs.read(f, 0, 10_000).unwrap(), pattern(60, 6000));
     fs.unmount().unwrap();
 }
+
+#[test]
+fn damaged_pointers_are_errors() {
+    let img = mkfs(4096, 1, 64, "pl-bad");
+    let dev = Arc::new(OverlayDevice::new(Arc::new(std::fs::read(&img.0).unwrap())));
+    let fs = Fs::mount(dev.clone(), MountOptions::default()).unwrap();
+    let f = create(&fs, "f");
+    fs.write(f, 0, &pattern(70, 3 * 4096)).unwrap();
+    fs.unmount().unwrap();
+    // The dinode's second pointer (after its 232-byte header) now points
+    // far past the end of the 64 MiB device, the third one just at its end.
+    dev.poke(f * 4096 + 232 + 8, &(1u64 << 40).to_be_bytes());
+    dev.poke(f * 4096 + 232 + 16, &(dev.size() / 4096).to_be_bytes());
+    let fs = Fs::mount(dev.clone(), MountOptions::default()).unwrap();
+    let svc = LayoutService::start(&fs, LayoutOptions::default());
+    for off in [4096u64, 8192] {
+        match svc.layout_get(1, f, off, 4096, 4096, IoMode::Read) {
+            Err(LayoutError::Fs(e)) => assert!(e.to_string().contains("beyond"), "{e}"),
+            other => panic!("a pointer beyond the device gave {other:?}"),
+        }
+    }
+    // The sound first block still maps; nothing is held after the errors.
+    let l = svc.layout_get(1, f, 0, 4096, 4096, IoMode::Read).unwrap();
+    check_against_device(&fs, &l);
+    svc.client_gone(1);
+    assert!(svc.holders(f).is_empty());
+    fs.unmount().unwrap();
+}

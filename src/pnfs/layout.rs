@@ -336,6 +336,15 @@ impl Inner {
                     match ext.phys {
                         None => push(&mut out, lb * bs, len * bs, 0, ExtentState::NoneData),
                         Some(p) => {
+                            // A pointer from the disk: the run must lie on
+                            // the device before any offset is computed.
+                            let dev_blocks = m.cache.device().size() / bs;
+                            if p.checked_add(len).is_none_or(|e| e > dev_blocks) {
+                                return Err(FsError::corrupt(
+                                    ip.ino,
+                                    format!("data block {p} (+{len}) beyond the device"),
+                                ));
+                            }
                             // Split around the blocks no commit covered yet.
                             let mut at = lb;
                             let end = lb + len;
@@ -653,8 +662,12 @@ fn data_state(rw: bool) -> ExtentState {
 /// Append an extent, merged with the previous one when it continues it.
 fn push(out: &mut Vec<Extent>, file_offset: u64, length: u64, storage: u64, state: ExtentState) {
     if let Some(l) = out.last_mut() {
-        let cont_storage = state == ExtentState::NoneData || l.storage_offset + l.length == storage;
-        if l.state == state && l.file_offset + l.length == file_offset && cont_storage {
+        let cont_storage = state == ExtentState::NoneData
+            || l.storage_offset.checked_add(l.length) == Some(storage);
+        if l.state == state
+            && l.file_offset.checked_add(l.length) == Some(file_offset)
+            && cont_storage
+        {
             l.length = l.length.saturating_add(length);
             return;
         }
@@ -812,7 +825,7 @@ impl LayoutBackend for LayoutService {
         if rw.is_empty()
             || !rw
                 .iter()
-                .any(|g| g.start < c_end.max(c.offset + 1) && c.offset < g.end)
+                .any(|g| g.start < c_end.max(c.offset.saturating_add(1)) && c.offset < g.end)
         {
             return Err(LayoutError::BadRange);
         }
