@@ -134,6 +134,35 @@ fn control_socket_of_a_mount() {
         assert!(r[0].starts_with("ERR UNAVAILABLE"), "{r:?}");
         let r = ask(&sock, "LAYOUTGET x read 0 4096 1 tiny");
         assert!(r[0].starts_with("ERR PROTO"), "{r:?}");
+        for bad in [
+            "LAYOUTGET 1 write 0 4096 1 tiny",
+            "LAYOUTGET 1 read 0",
+            "COMMIT 1 0 10 9 1.2000000000 tiny",
+            "RETURN",
+            "FROB",
+            "",
+        ] {
+            let r = ask(&sock, bad);
+            assert!(r[0].starts_with("ERR PROTO"), "{bad:?}: {r:?}");
+        }
+        // Not UTF-8, then a line past 8 KiB: answered, the latter ends the
+        // connection; the server goes on serving others.
+        {
+            let c = UnixStream::connect(&sock).unwrap();
+            let mut rd = BufReader::new(c.try_clone().unwrap());
+            (&c).write_all(b"DEVICE \xff\xfe\n").unwrap();
+            let mut l = String::new();
+            rd.read_line(&mut l).unwrap();
+            assert!(l.starts_with("ERR PROTO"), "{l:?}");
+            (&c).write_all(&vec![b'A'; 20_000]).unwrap();
+            (&c).write_all(b"\n").unwrap_or(());
+            l.clear();
+            rd.read_line(&mut l).unwrap();
+            assert!(l.starts_with("ERR PROTO"), "{l:?}");
+            l.clear();
+            assert_eq!(rd.read_line(&mut l).unwrap_or(0), 0, "{l:?}");
+        }
+        assert!(ask(&sock, "DEVICE")[0].starts_with("OK DEVICE"));
 
         // A client writes a new file through a read-write layout: the blocks
         // at the granted disk offsets become the file once committed.
