@@ -133,10 +133,27 @@ fn read_layouts_are_the_files_blocks() {
     check_against_device(&fs, &l);
     assert_eq!(data_blocks(&l, bs), 5, "{l:?}");
     let states: Vec<ExtentState> = l.extents.iter().map(|e| e.state).collect();
-    // data, hole, data (the 3 blocks may be one extent or more), hole, data, hole to the end.
+    // Data, hole, data (the 3 blocks may be one extent or more), hole,
+    // data; "to the end" stops at the end of file's block: a range of
+    // u64::MAX bytes would fail the Linux client's check that offset +
+    // length is where the extents end.
     assert_eq!(states.first(), Some(&ExtentState::ReadData));
-    assert_eq!(states.last(), Some(&ExtentState::NoneData));
-    assert_eq!(l.extents.last().unwrap().file_offset, (5 << 20) + bs);
+    assert_eq!(states.last(), Some(&ExtentState::ReadData));
+    assert_eq!((l.offset, l.length), (0, (5 << 20) + bs));
+    assert_eq!(l.extents.last().unwrap().file_offset, 5 << 20);
+    // Read layouts carry only READ_DATA and NONE_DATA (what the Linux
+    // client's verify_extent accepts for them).
+    assert!(l
+        .extents
+        .iter()
+        .all(|e| matches!(e.state, ExtentState::ReadData | ExtentState::NoneData)));
+    // Past the end of file: the asked minimum, a hole.
+    let past = svc
+        .layout_get(1, sparse, 7 << 20, 100, 100, IoMode::Read)
+        .unwrap();
+    check_shape(&past);
+    assert_eq!((past.offset, past.length), (7 << 20, bs));
+    assert_eq!(past.extents[0].state, ExtentState::NoneData);
     assert_eq!(
         l.extents[1],
         gfs2fuse::pnfs::Extent {
@@ -265,6 +282,18 @@ fn read_layouts_at_every_block_size() {
             .map(|o| (o + 3000).div_ceil(bs as u64) - o / bs as u64)
             .sum();
         assert_eq!(data_blocks(&l, bs as u64), expect, "bs {bs}: {l:?}");
+        assert_eq!((l.offset % 4096, l.length % 4096), (0, 0));
+        // A read-write layout at an unaligned offset covers whole pages.
+        let w = svc
+            .layout_get(2, f, 50_000_123, 3000, 3000, IoMode::ReadWrite)
+            .unwrap();
+        check_shape(&w);
+        assert_eq!((w.offset, w.length), (50_000_123 / 4096 * 4096, 4096));
+        assert!(w
+            .extents
+            .iter()
+            .all(|e| e.state == ExtentState::InvalidData && e.storage_offset % 512 == 0));
+        svc.client_gone(2);
         svc.client_gone(1);
         drop(svc);
         fs.unmount().unwrap();

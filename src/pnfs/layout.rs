@@ -3,7 +3,12 @@
 //! Layouts are the file's metadata tree as [`bmap`] reads it, in the block
 //! layout's terms: a run of consecutive disk blocks is one extent, a hole is
 //! `NONE_DATA` in a read layout, blocks allocated for a client and not yet
-//! covered by its LAYOUTCOMMIT are `INVALID_DATA`. Stuffed files have no
+//! covered by its LAYOUTCOMMIT are `INVALID_DATA` in read-write layouts
+//! (`READ_DATA` in read layouts, which the Linux client accepts only with
+//! `READ_DATA` and `NONE_DATA` extents). Ranges are 4 KiB aligned and never
+//! "to the end of all offsets": a read layout ends at the end of file's
+//! page (or the asked minimum), since the Linux client checks that the
+//! extents end exactly at offset + length. Stuffed files have no
 //! blocks to hand out for reading and journaled-data files keep their data
 //! in the journal first: both are served through the MDS (`Unavailable`).
 //! A read-write layout of a stuffed file unstuffs it first, so that files a
@@ -52,6 +57,11 @@ const MAX_EXTENTS: usize = 4096;
 
 /// The largest file offset (the kernel's `MAX_LFS_FILESIZE`).
 const MAX_OFFSET: u64 = i64::MAX as u64;
+
+/// Layout ranges start and end on 4 KiB boundaries (every GFS2 block size
+/// divides it): the Linux client tracks returned ranges in pages and
+/// ignores unaligned ones (`bl_return_range`).
+const ALIGN: u64 = 4096;
 
 /// Tunables of the service.
 #[derive(Debug, Clone, Copy)]
@@ -358,7 +368,16 @@ impl Inner {
                                         {
                                             n += 1;
                                         }
-                                        (n, ExtentState::InvalidData)
+                                        // A read layout may hold only
+                                        // READ_DATA and NONE_DATA (the Linux
+                                        // client refuses others): the block
+                                        // reads as the MDS would read it.
+                                        let state = if rw {
+                                            ExtentState::InvalidData
+                                        } else {
+                                            ExtentState::ReadData
+                                        };
+                                        (n, state)
                                     }
                                     Some(u) => (u - at, data_state(rw)),
                                     None => (end - at, data_state(rw)),
@@ -436,6 +455,13 @@ impl Inner {
         if grant_end < min_last {
             return Err(LayoutError::BadRange);
         }
+        // The grant ends on an aligned boundary (min_last is one).
+        let per = ALIGN.max(bs) / bs;
+        let grant_end = (grant_end / per * per).max(min_last);
+        holes.retain_mut(|(s, n)| {
+            *n = (*n).min(grant_end.saturating_sub(*s));
+            *n > 0
+        });
         if holes.is_empty() {
             return Ok((grant_end, Vec::new()));
         }
@@ -750,8 +776,10 @@ impl LayoutBackend for LayoutService {
         } else {
             Some(offset.saturating_add(length).min(MAX_OFFSET + 1))
         };
-        let first = offset / bs;
-        let min_last = min_end.div_ceil(bs).max(first + 1);
+        let al = ALIGN.max(bs);
+        let first = offset / al * al / bs;
+        let min_last = (min_end.div_ceil(al) * al / bs).max(first + al / bs);
+        let asked_end = asked_end.map(|e| e.div_ceil(al).saturating_mul(al));
         let f = inner.file(ino);
         let mut st = lock(&f);
         if st.recall_since.is_some() {
@@ -928,13 +956,18 @@ impl LayoutService {
         let start = first * bs;
         match iomode {
             IoMode::Read => {
-                let last = asked_end.map(|e| e.div_ceil(bs));
-                let (extents, end) = inner.map(pin, st, first, last, min_last, false)?;
-                let length = if end == u64::MAX {
-                    u64::MAX
-                } else {
-                    end - start
-                };
+                // To the end of file at most (past it there is nothing to
+                // read), the asked minimum at least; never "to the end of
+                // all offsets": the Linux client checks that the extents
+                // end where offset + length does, in 64 bits.
+                let al = ALIGN.max(bs);
+                let eof_last = info.size.div_ceil(al).saturating_mul(al) / bs;
+                let last = asked_end
+                    .map_or(u64::MAX, |e| e / bs)
+                    .min(eof_last.max(min_last))
+                    .max(min_last);
+                let (extents, end) = inner.map(pin, st, first, Some(last), min_last, false)?;
+                let length = end - start;
                 Ok((
                     Layout {
                         ino,
