@@ -252,6 +252,71 @@ fn control_socket_of_a_mount() {
         );
         assert_eq!(std::fs::metadata(mnt.join("new")).unwrap().len(), 200_000);
 
+        // The operator's commands end to end: a kept read-write layout,
+        // data written at its disk offsets, a commit, a return; `watch`
+        // prints the recall a local write causes.
+        let sk = sock.to_str().unwrap();
+        std::fs::write(mnt.join("op"), b"").unwrap();
+        let (code, out, err) = pnfs(&[
+            "layout", sk, "op", "0", "8192", "--rw", "--keep", "--client", "20",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("rw layout of 0+8192"), "{out}");
+        let disk_at: Vec<u64> = out
+            .lines()
+            .filter(|l| l.trim_end().ends_with("invalid"))
+            .map(|l| l.split_whitespace().nth(2).unwrap().parse().unwrap())
+            .collect();
+        assert!(!disk_at.is_empty(), "{out}");
+        let op_data = vec![0x5au8; 8192];
+        let mut file_off = 0usize;
+        for l in out.lines().filter(|l| l.trim_end().ends_with("invalid")) {
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .take(3)
+                .map(|x| x.parse().unwrap())
+                .collect();
+            assert_eq!(f[0] as usize, file_off);
+            dev.write_all_at(&op_data[file_off..file_off + f[1] as usize], f[2])
+                .unwrap();
+            file_off += f[1] as usize;
+        }
+        dev.sync_all().unwrap();
+        let (code, out, err) = pnfs(&["commit", sk, "op", "0", "8192", "--client", "20"]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("size 8192"), "{out}");
+        assert_eq!(std::fs::read(mnt.join("op")).unwrap(), op_data);
+        // A recall seen by `watch` (which takes over as the subscriber).
+        let mut watch = Command::new(gfs2_fuse())
+            .args(["pnfs", "watch", sk])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // It says so once it is the subscriber.
+        let mut said = String::new();
+        BufReader::new(watch.stderr.take().unwrap())
+            .read_line(&mut said)
+            .unwrap();
+        assert!(said.contains("watching"), "{said}");
+        let p4 = mnt.join("op");
+        let w = std::thread::spawn(move || {
+            let f = std::fs::OpenOptions::new().write(true).open(p4).unwrap();
+            f.write_all_at(b"mine", 0).unwrap();
+        });
+        let mut wl = BufReader::new(watch.stdout.take().unwrap()).lines();
+        let line = wl.next().unwrap().unwrap();
+        assert!(line.starts_with("RECALL 20 "), "{line}");
+        let (code, _, err) = pnfs(&["return", sk, "op", "--client", "20"]);
+        assert_eq!(code, 0, "{err}");
+        w.join().unwrap();
+        watch.kill().unwrap();
+        let _ = watch.wait();
+        assert_eq!(
+            &std::fs::read(mnt.join("op")).unwrap()[..6],
+            b"mine\x5a\x5a"
+        );
+
         // A layout still out when the mount goes: its blocks are freed.
         let md = std::fs::metadata(mnt.join("new")).unwrap();
         let r = ask(&sock, "LAYOUTGET 12 rw 1048576 65536 65536 new");

@@ -226,8 +226,6 @@ fn serve_conn(svc: Arc<LayoutService>, conn: UnixStream) {
             }
         };
         if text == "SUBSCRIBE" {
-            let _ = out.write_all(b"OK\n");
-            let _ = out.flush();
             subscribe(&svc, out);
             return;
         }
@@ -246,6 +244,10 @@ fn subscribe(svc: &Arc<LayoutService>, mut out: std::io::BufWriter<UnixStream>) 
     let (tx, rx) = mpsc::channel::<String>();
     svc.set_recall_sink(Arc::new(SocketSink { tx: Mutex::new(tx) }));
     tracing::info!("a metadata server subscribed to recalls");
+    // Only now: a recall after the peer read "OK" reaches it.
+    if out.write_all(b"OK\n").is_err() || out.flush().is_err() {
+        return;
+    }
     for line in rx {
         if out.write_all(line.as_bytes()).is_err() || out.flush().is_err() {
             tracing::warn!("the recall subscriber went away");
@@ -631,13 +633,21 @@ pub mod client {
                 if w.write_all(b"SUBSCRIBE\n").is_err() {
                     std::process::exit(3);
                 }
-                for l in BufReader::new(conn).lines() {
-                    match l {
-                        Ok(l) => {
-                            println!("{l}");
-                            let _ = std::io::stdout().flush();
-                        }
-                        Err(_) => break,
+                let mut lines = BufReader::new(conn).lines();
+                match lines.next() {
+                    Some(Ok(l)) if l == "OK" => eprintln!("gfs2-fuse pnfs: watching {sock}"),
+                    Some(Ok(l)) => {
+                        eprintln!("gfs2-fuse pnfs: {l}");
+                        std::process::exit(1);
+                    }
+                    _ => std::process::exit(3),
+                }
+                let mut out = std::io::stdout();
+                for l in lines {
+                    let Ok(l) = l else { break };
+                    // A reader that went away ends the watch.
+                    if writeln!(out, "{l}").and_then(|_| out.flush()).is_err() {
+                        break;
                     }
                 }
             }
