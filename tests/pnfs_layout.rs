@@ -568,6 +568,24 @@ fn recalls_follow_the_glock() {
     let l = svc
         .layout_get(1, f, 0, 1 << 20, 1 << 20, IoMode::ReadWrite)
         .unwrap();
+    // The glock dump shows the pin (flag P) on the file's inode glock.
+    let dump = a.glocks().dump();
+    let line = dump
+        .lines()
+        .find(|l| l.contains(&format!(" n:2/{f:x} ")))
+        .unwrap_or_else(|| panic!("{dump}"));
+    assert!(
+        line.contains(" s:EX ")
+            && line
+                .split(" f:")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .contains('P'),
+        "{line}"
+    );
     let data = pattern(50, 300_000);
     client_write(dev.as_ref(), &l, 0, &data);
     let b2 = b.clone();

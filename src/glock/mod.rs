@@ -1010,7 +1010,8 @@ impl GlockTable {
     /// EX; `-` for no lock), the name (type/number in hex), flags (`b` a
     /// request in flight, `D` a demotion pending, `d` a remote request
     /// waiting for the minimum hold time, `n` not cached, `p` a
-    /// granted request whose holder is on its way), the demotion's target,
+    /// granted request whose holder is on its way, `P` pinned by the pNFS
+    /// layout service), the demotion's target,
     /// the holders (shared/exclusive) and the local requests waiting.
     pub fn dump(&self) -> String {
         fn state(m: Option<Mode>) -> &'static str {
@@ -1039,6 +1040,7 @@ impl GlockTable {
                 (st.pending.is_some(), 'd'),
                 (st.nocache, 'n'),
                 (st.promoting, 'p'),
+                (st.pin.is_some(), 'P'),
             ]
             .iter()
             .filter(|(on, _)| *on)
