@@ -28,6 +28,10 @@ struct Args {
     foreground: bool,
     mount: MountOptions,
     fuse: FuseOptions,
+    /// `pnfs=SOCKET`: serve the layout service on this control socket.
+    pnfs: Option<PathBuf>,
+    /// `pnfs_lease=SECONDS`: the NFS lease bounding recalls.
+    pnfs_lease: Option<u64>,
 }
 
 const USAGE: &str = concat!(
@@ -39,11 +43,14 @@ const USAGE: &str = concat!(
     "       gfs2-fuse umount MOUNTPOINT   (unmount; returns once the disk is clean)\n",
     "       gfs2-fuse glocks MOUNTPOINT   (this node's glocks, like debugfs glocks)\n",
     "       gfs2-fuse scan [--no-local] [TARGET...]   (list GFS2 filesystems)\n",
+    "       gfs2-fuse pnfs layout|device|commit|return|gone|watch SOCKET ...   (pNFS control; --help)\n",
     "DEVICE:  an image file or block device, nbd://host[:port]/export,\n",
     "         nbd+unix:///export?socket=PATH, aoe:eSHELF.SLOT@IFACE,\n",
     "         iscsi://[user[%secret]@]host[:port]/IQN/LUN, UUID=uuid or LOCKTABLE=cluster:fs\n",
     "options: lockproto= (lock_nolock, lock_mem, lock_dlm), locktable=, hostdata=jid=N, ro, acl, norecovery, spectator,\n",
     "         commit=SECONDS (log flush interval, default 30), quota=off, allow_other,\n",
+    "         pnfs=SOCKET (pNFS layouts for a metadata server on this Unix socket),\n",
+    "         pnfs_lease=SECONDS (its lease: recalls unanswered for two are fenced; default 90),\n",
     "         default_permissions (always on), and the generic rw, dev, suid, ...\n",
     "unmount: as root the mount is fuseblk and `umount MOUNTPOINT` returns once the disk\n",
     "         is clean; `gfs2-fuse umount MOUNTPOINT` waits for that on every mount."
@@ -96,6 +103,14 @@ fn parse_options(s: &str, a: &mut Args) -> Result<()> {
             ("quota", Some("off")) | ("noquota", None) => {}
             ("quota", Some(v)) => {
                 bail!("quota={v} is not supported: quotas are neither enforced nor accounted (quota=off)")
+            }
+            ("pnfs", Some(v)) if !v.is_empty() => a.pnfs = Some(PathBuf::from(v)),
+            ("pnfs_lease", Some(v)) => {
+                let secs: u64 = v.parse().with_context(|| format!("bad pnfs_lease={v:?}"))?;
+                if secs == 0 {
+                    bail!("pnfs_lease= must be at least 1 second");
+                }
+                a.pnfs_lease = Some(secs);
             }
             ("allow_other", None) => a.fuse.allow_other = true,
             ("threads", Some(v)) => a.fuse.threads = Some(v.parse().context("threads=")?),
@@ -151,6 +166,9 @@ fn parse_args() -> Result<Args> {
     if argv.first().map(String::as_str) == Some("umount") {
         gfs2fuse::runstate::umount_main(&argv[1..]);
     }
+    if argv.first().map(String::as_str) == Some("pnfs") {
+        gfs2fuse::pnfs::control::client::main(&argv[1..]);
+    }
     if argv.first().map(String::as_str) == Some("glocks") {
         gfs2fuse::runstate::glocks_main(&argv[1..]);
     }
@@ -164,6 +182,8 @@ fn parse_args() -> Result<Args> {
         foreground: false,
         mount: MountOptions::default(),
         fuse: FuseOptions::default(),
+        pnfs: None,
+        pnfs_lease: None,
     };
     let mut it = argv.into_iter();
     while let Some(x) = it.next() {
@@ -190,6 +210,9 @@ fn parse_args() -> Result<Args> {
     a.device = PathBuf::from(&pos[0]);
     a.mountpoints = pos[1..].iter().map(PathBuf::from).collect();
     a.fuse.fsname = redact_secret(&pos[0]);
+    if a.mountpoints.len() > 1 && a.pnfs.is_some() {
+        bail!("pnfs= serves one node: give one mount point\n{USAGE}");
+    }
     if a.mountpoints.len() > 1 {
         if a.mount.lockproto.as_deref() != Some("lock_mem") {
             bail!(
@@ -210,6 +233,8 @@ struct Daemon {
     mounted: fuse::Mounted,
     fs: Arc<Fs>,
     mountpoint: PathBuf,
+    /// The pNFS control channel (`pnfs=`), stopped before the unmount.
+    pnfs: Option<gfs2fuse::pnfs::control::ControlServer>,
 }
 
 /// Resolve the device name (`UUID=`, `LOCKTABLE=`) and the mount points,
@@ -246,7 +271,7 @@ fn mount_all(a: &mut Args) -> Result<Vec<Daemon>> {
     }
     let mut out: Vec<Daemon> = Vec::new();
     for (i, mnt) in a.mountpoints.iter().enumerate() {
-        match mount_one(&a.device, mnt, &mount, &a.fuse) {
+        match mount_one(&a.device, mnt, &mount, &a.fuse).and_then(|d| start_pnfs(d, a)) {
             Ok(d) => out.push(d),
             Err(e) => {
                 for d in out.into_iter().rev() {
@@ -297,7 +322,30 @@ fn mount_one(
         mounted,
         fs,
         mountpoint: mountpoint.to_path_buf(),
+        pnfs: None,
     })
+}
+
+/// `pnfs=SOCKET`: the layout service of the node on its control socket.
+fn start_pnfs(mut d: Daemon, a: &Args) -> Result<Daemon> {
+    let Some(sock) = &a.pnfs else {
+        return Ok(d);
+    };
+    let mut opts = gfs2fuse::pnfs::LayoutOptions::default();
+    if let Some(s) = a.pnfs_lease {
+        opts.lease = std::time::Duration::from_secs(s);
+    }
+    let svc = gfs2fuse::pnfs::LayoutService::start(&d.fs, opts);
+    match gfs2fuse::pnfs::control::ControlServer::start(svc, sock) {
+        Ok(s) => {
+            d.pnfs = Some(s);
+            Ok(d)
+        }
+        Err(e) => {
+            d.abandon();
+            Err(anyhow!("pNFS control socket {}: {e}", sock.display()))
+        }
+    }
 }
 
 impl Daemon {
@@ -308,7 +356,9 @@ impl Daemon {
             mounted,
             fs,
             mountpoint,
+            pnfs,
         } = self;
+        drop(pnfs);
         let fuseblk = mounted.fuseblk;
         // Closing the session's descriptor first aborts the connection, so
         // a fuseblk umount does not wait for a FUSE_DESTROY reply nobody
@@ -337,6 +387,7 @@ fn serve(ds: Vec<Daemon>) -> i32 {
             mut mounted,
             fs,
             mountpoint,
+            pnfs,
         } = d;
         let state = run_state(&mountpoint);
         if mounted.fuseblk {
@@ -361,7 +412,7 @@ fn serve(ds: Vec<Daemon>) -> i32 {
                 tracing::warn!("no run-state file: no glock dump")
             })),
         }
-        nodes.push((mounted, fs, state));
+        nodes.push((mounted, fs, state, pnfs));
     }
     unmount_on_signal(
         Box::new(move || {
@@ -378,10 +429,10 @@ fn serve(ds: Vec<Daemon>) -> i32 {
     );
     let threads: Vec<_> = nodes
         .into_iter()
-        .map(|(mounted, fs, state)| {
+        .map(|(mounted, fs, state, pnfs)| {
             std::thread::Builder::new()
                 .name("fuse-node".into())
-                .spawn(move || serve_node(mounted, fs, state))
+                .spawn(move || serve_node(mounted, fs, state, pnfs))
         })
         .collect();
     let mut status = 0;
@@ -401,8 +452,15 @@ fn serve(ds: Vec<Daemon>) -> i32 {
 }
 
 /// Serve one node until it is unmounted; whether it left the disk clean.
-fn serve_node(mounted: fuse::Mounted, fs: Arc<Fs>, state: Option<RunState>) -> bool {
+fn serve_node(
+    mounted: fuse::Mounted,
+    fs: Arc<Fs>,
+    state: Option<RunState>,
+    pnfs: Option<gfs2fuse::pnfs::control::ControlServer>,
+) -> bool {
     let served = mounted.session.run();
+    // No layout outlives the mount.
+    drop(pnfs);
     // Done already on FUSE_DESTROY (fuseblk) or as the session ended; this
     // returns how it went.
     let mut outcome = fs.unmount().map_err(|e| e.to_string());

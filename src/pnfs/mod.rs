@@ -29,6 +29,12 @@
 //!   Linux client sends 0): only what this module recorded at grant time
 //!   is used.
 
+pub mod control;
+pub mod layout;
+pub mod recall;
+
+pub use layout::{LayoutOptions, LayoutService};
+
 use crate::error::FsError;
 use crate::fs::Attr;
 
@@ -133,9 +139,10 @@ pub struct Recall {
 /// Why a layout operation failed, in the terms the MDS answers with.
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
-    /// `NFS4ERR_LAYOUTUNAVAILABLE`: no layout for this file (stuffed,
-    /// journaled data, not a regular file...): the client does I/O through
-    /// the MDS.
+    /// `NFS4ERR_LAYOUTUNAVAILABLE`: no layout for this file (a read layout
+    /// of a stuffed file, journaled data, not a regular file...): the
+    /// client does I/O through the MDS. (A read-write layout of a stuffed
+    /// file unstuffs it, so that new files are written through layouts.)
     #[error("no layout for this file")]
     Unavailable,
     /// `NFS4ERR_LAYOUTTRYLATER`: a recall of this file is in progress.
