@@ -39,6 +39,8 @@ const USAGE: &str = concat!(
     "       gfs2-fuse umount MOUNTPOINT   (unmount; returns once the disk is clean)\n",
     "       gfs2-fuse glocks MOUNTPOINT   (this node's glocks, like debugfs glocks)\n",
     "       gfs2-fuse scan [--no-local] [TARGET...]   (list GFS2 filesystems)\n",
+    "       gfs2-fuse savemeta [-z LEVEL] DEVICE FILE   (dump the metadata, gfs2_edit's format)\n",
+    "       gfs2-fuse restoremeta FILE DEVICE   (write a metadata dump back)\n",
     "DEVICE:  an image file or block device, nbd://host[:port]/export,\n",
     "         nbd+unix:///export?socket=PATH, aoe:eSHELF.SLOT@IFACE,\n",
     "         iscsi://[user[%secret]@]host[:port]/IQN/LUN, UUID=uuid or LOCKTABLE=cluster:fs\n",
@@ -153,6 +155,12 @@ fn parse_args() -> Result<Args> {
     }
     if argv.first().map(String::as_str) == Some("glocks") {
         gfs2fuse::runstate::glocks_main(&argv[1..]);
+    }
+    if argv.first().map(String::as_str) == Some("savemeta") {
+        gfs2fuse::meta::cli::savemeta_main(&argv[1..]);
+    }
+    if argv.first().map(String::as_str) == Some("restoremeta") {
+        gfs2fuse::meta::cli::restoremeta_main(&argv[1..]);
     }
     if argv.first().map(String::as_str) == Some("mount") {
         argv.remove(0);
