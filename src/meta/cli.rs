@@ -23,8 +23,8 @@ const SAVE_USAGE: &str = concat!(
 const RESTORE_USAGE: &str = concat!(
     "usage: gfs2-fuse restoremeta [-q] FILE DEVICE\n",
     "Write the metadata saved in FILE (gfs2_edit's savemeta format, gzip, bzip2 or\n",
-    "uncompressed) onto DEVICE, which must hold the saved filesystem's size (an image\n",
-    "file smaller than that is extended). Blocks not in FILE are left as they are.\n",
+    "uncompressed) onto DEVICE, which must hold the saved filesystem's size (make an\n",
+    "image with `truncate -s SIZE IMG` first). Blocks not in FILE are left as they are.\n",
     "  -q        no progress lines on stderr\n",
     "Exit: 0 restored, 1 failed, 2 bad usage."
 );
@@ -131,22 +131,6 @@ pub fn restoremeta_main(args: &[String]) -> ! {
             ));
         }
         None => info("No valid file header found. Falling back to old format...".into()),
-    }
-    // An image file grows to the saved size, as gfs2_edit's restore grows
-    // it by writing; a block device must be big enough already.
-    if let (Some(h), Ok(m)) = (reader.header(), std::fs::metadata(device)) {
-        if m.is_file() && m.len() < h.fs_bytes {
-            let grown = std::fs::OpenOptions::new()
-                .write(true)
-                .open(device)
-                .and_then(|f| f.set_len(h.fs_bytes));
-            if let Err(e) = grown {
-                fail(
-                    "restoremeta",
-                    format!("extending {device} to {} bytes: {e}", h.fs_bytes),
-                );
-            }
-        }
     }
     let dev =
         spec::open(device, false).unwrap_or_else(|e| fail("restoremeta", format!("{device}: {e}")));
