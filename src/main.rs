@@ -3,6 +3,7 @@
 //! ```text
 //! gfs2-fuse mount DEVICE MOUNTPOINT [-o OPTIONS] [-f]
 //! gfs2-fuse DEVICE MOUNTPOINT [-o OPTIONS] [-f]     (the form mount.fuse3 uses)
+//! mount.fuse.gfs2-fuse DEVICE MOUNTPOINT [-sfnv] [-o OPTIONS]   (mount(8)'s helper)
 //! gfs2-fuse mount DEVICE MNT1 MNT2 [MNT3...] -o lockproto=lock_mem [-f]
 //! ```
 //! Without `-f` the program detaches once the mount is ready; mount errors
@@ -43,6 +44,7 @@ const USAGE: &str = concat!(
     "       gfs2-fuse scan [--no-local] [TARGET...]   (list GFS2 filesystems)\n",
     "       gfs2-fuse savemeta [-z LEVEL] DEVICE FILE   (dump the metadata, gfs2_edit's format)\n",
     "       gfs2-fuse restoremeta FILE DEVICE   (write a metadata dump back)\n",
+    "       mount -t fuse.gfs2-fuse DEVICE MOUNTPOINT   (through /sbin/mount.fuse.gfs2-fuse)\n",
     "DEVICE:  an image file or block device, nbd://host[:port]/export,\n",
     "         nbd+unix:///export?socket=PATH, aoe:eSHELF.SLOT@IFACE,\n",
     "         iscsi://[user[%secret]@]host[:port]/IQN/LUN, UUID=uuid or LOCKTABLE=cluster:fs\n",
