@@ -268,7 +268,7 @@ pub struct Reader {
 
 /// Compression from the stream's first bytes (gfs2_edit tries bzip2, then
 /// gzip, whose reader passes plain files through).
-fn sniff(first: &[u8]) -> Compression {
+pub fn sniff(first: &[u8]) -> Compression {
     if first.starts_with(b"BZh") {
         Compression::Bzip2
     } else if first.starts_with(&[0x1f, 0x8b]) {
