@@ -150,8 +150,19 @@ impl<'a, W: Write> Saver<'a, W> {
     }
 
     fn read(&self, blk: u64, n: u64) -> std::io::Result<Vec<u8>> {
-        let mut b = vec![0u8; n as usize * self.bsize];
-        self.dev.read_at(&mut b, blk * self.bsize as u64)?;
+        let bs = self.bsize as u64;
+        let (off, end) = blk
+            .checked_mul(bs)
+            .and_then(|o| Some((o, n.checked_mul(bs)?.checked_add(o)?)))
+            .filter(|(_, e)| *e <= self.dev.size())
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "past the end of the device",
+                )
+            })?;
+        let mut b = vec![0u8; (end - off) as usize];
+        self.dev.read_at(&mut b, off)?;
         Ok(b)
     }
 
@@ -430,7 +441,9 @@ impl<'a, W: Write> Saver<'a, W> {
     /// with what hangs from it.
     fn save_rgrp(&mut self, ri: &Rindex) -> Result<()> {
         let len = u64::from(ri.length);
+        // gfs2-utils' limit: a 2 GB rgrp of 512-byte blocks needs 2149.
         if len == 0
+            || len > 2149
             || ri.addr > self.fssize
             || ri.addr <= self.sb_addr
             || ri.addr.checked_add(len).is_none_or(|e| e > self.fssize)
@@ -484,10 +497,12 @@ impl<'a, W: Write> Saver<'a, W> {
                     if (byte >> (2 * k)) & 3 != BLKST_DINODE {
                         continue;
                     }
-                    let blk = ri.data0 + ((start_byte + byte_i) * NBBY + k) as u64;
+                    let blk = ri
+                        .data0
+                        .saturating_add(((start_byte + byte_i) * NBBY + k) as u64);
                     run = match run {
                         None => Some((blk, 1)),
-                        Some((s, l)) if s + l == blk => Some((s, l + 1)),
+                        Some((s, l)) if s.checked_add(l) == Some(blk) => Some((s, l + 1)),
                         Some((s, l)) => {
                             self.save_allocated_run(s, l)?;
                             Some((blk, 1))
