@@ -163,6 +163,32 @@ fn mount_t_fstab_and_mount_gfs2_through_the_helper() {
         assert!(opts.split(',').any(|o| o == f), "{f} missing from {opts}");
     }
     let mut files = write_tree(&mnt.0, "first");
+    // A metadata dump of the mounted filesystem may be taken, but restoring
+    // one onto it is refused: the mount owns the device.
+    let dump = mnt.0.with_extension("meta");
+    let _dump_file = TempPath(dump.clone());
+    ok(
+        &run(Command::new(bin())
+            .args(["savemeta", "-q"])
+            .arg(&img.0)
+            .arg(&dump)),
+        "savemeta of the mounted image",
+    );
+    let out = run(Command::new(bin())
+        .args(["restoremeta", "-q"])
+        .arg(&dump)
+        .arg(&img.0));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "restoremeta onto a mounted image: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use by pid"),
+        "the refusal names the holder: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     umount(&mnt.0);
     fsck_clean(&img.0, "right after umount of the mount -t mount");
 
