@@ -9,15 +9,18 @@
 # for `mount -t fuse.gfs2-fuse DEVICE MOUNTPOINT` and fstab lines of that type. With
 # MOUNT_GFS2=1 also MOUNT_HELPER_DIR/mount.gfs2, so that `mount -t gfs2` (and fstab lines of type
 # gfs2) mount through gfs2-fuse instead of the kernel's GFS2: only on machines that mean it.
-# The binaries are taken from CARGO_TARGET_DIR when it is set.
+# The binaries are taken from wherever cargo builds them (CARGO_TARGET_DIR included).
 #   [MOUNT_GFS2=1] [MOUNT_HELPER_DIR=/sbin] scripts/install.sh [PREFIX]
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 prefix=${1:-/usr/local}
 cargo build --release --workspace --manifest-path "$root/Cargo.toml"
+# Where cargo put them (CARGO_TARGET_DIR, a cargo config's target-dir, or target/).
+target=$(cargo metadata --format-version 1 --no-deps --manifest-path "$root/Cargo.toml" |
+    grep -o '"target_directory":"[^"]*"' | sed 's/.*:"\(.*\)"/\1/')
 install -d "$prefix/sbin"
 for b in gfs2-fuse mkfs-gfs2 fsck-gfs2 tunegfs2; do
-    install -m 755 "${CARGO_TARGET_DIR:-$root/target}/release/$b" "$prefix/sbin/$b"
+    install -m 755 "$target/release/$b" "$prefix/sbin/$b"
 done
 ln -sf mkfs-gfs2 "$prefix/sbin/mkfs.gfs2"
 ln -sf fsck-gfs2 "$prefix/sbin/fsck.gfs2"
