@@ -15,7 +15,9 @@ if ! command -v fusermount3 >/dev/null; then
     fi
 fi
 cargo build --release --workspace --quiet
-bin=${CARGO_TARGET_DIR:-target}/release
+# Where cargo put the binaries (CARGO_TARGET_DIR, a cargo config's target-dir, or target/).
+bin=$(cargo metadata --format-version 1 --no-deps |
+    grep -o '"target_directory":"[^"]*"' | sed 's/.*:"\(.*\)"/\1/')/release
 rm -f "$img"
 truncate -s 1G "$img"
 "$bin/mkfs-gfs2" -O -p lock_nolock -j 1 "$img"

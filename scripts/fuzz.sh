@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SECS=${1:-${FUZZ_SECONDS:-20}}
-TARGETS=(ondisk_structs ondisk_dirents ondisk_ea ondisk_log mount_walk)
+TARGETS=(ondisk_structs ondisk_dirents ondisk_ea ondisk_log mount_walk savemeta)
 # A single input running longer than this counts as a hang (a failure).
 PER_INPUT_TIMEOUT=${FUZZ_TIMEOUT:-25}
 

@@ -46,6 +46,11 @@ pub struct FuseOptions {
     /// two such mounts of one block device would share one superblock, and
     /// with it one daemon's node; each gets a loop device of its own.
     pub shared_device: bool,
+    /// `nosuid`, `nodev`, `noexec`: the generic mount flags (mount(8)
+    /// adds all three for an fstab line with `user`).
+    pub nosuid: bool,
+    pub nodev: bool,
+    pub noexec: bool,
 }
 
 /// The `fuser::Filesystem` over a mounted [`Fs`].
@@ -877,9 +882,20 @@ pub fn config(fs: &Fs, opts: &FuseOptions) -> fuser::Config {
         MountOption::FSName(opts.fsname.clone()),
         MountOption::Subtype("gfs2".into()),
         MountOption::DefaultPermissions,
-        MountOption::Dev,
-        MountOption::Suid,
+        if opts.nodev {
+            MountOption::NoDev
+        } else {
+            MountOption::Dev
+        },
+        if opts.nosuid {
+            MountOption::NoSuid
+        } else {
+            MountOption::Suid
+        },
     ];
+    if opts.noexec {
+        mo.push(MountOption::NoExec);
+    }
     if read_only(fs) {
         mo.push(MountOption::RO);
         mo.push(MountOption::NoAtime);

@@ -12,6 +12,7 @@ pub mod fuse;
 pub mod glock;
 pub mod inode;
 pub mod log;
+pub mod meta;
 pub mod ops;
 pub mod pnfs;
 pub mod rgrp;

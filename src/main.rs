@@ -3,6 +3,7 @@
 //! ```text
 //! gfs2-fuse mount DEVICE MOUNTPOINT [-o OPTIONS] [-f]
 //! gfs2-fuse DEVICE MOUNTPOINT [-o OPTIONS] [-f]     (the form mount.fuse3 uses)
+//! mount.fuse.gfs2-fuse DEVICE MOUNTPOINT [-sfnv] [-o OPTIONS]   (mount(8)'s helper)
 //! gfs2-fuse mount DEVICE MNT1 MNT2 [MNT3...] -o lockproto=lock_mem [-f]
 //! ```
 //! Without `-f` the program detaches once the mount is ready; mount errors
@@ -22,6 +23,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 struct Args {
+    /// `-s` of a mount helper: unknown options are ignored, not refused.
+    sloppy: bool,
     device: PathBuf,
     /// One node per mount point.
     mountpoints: Vec<PathBuf>,
@@ -44,6 +47,9 @@ const USAGE: &str = concat!(
     "       gfs2-fuse glocks MOUNTPOINT   (this node's glocks, like debugfs glocks)\n",
     "       gfs2-fuse scan [--no-local] [TARGET...]   (list GFS2 filesystems)\n",
     "       gfs2-fuse pnfs layout|device|commit|return|gone|watch SOCKET ...   (pNFS control; --help)\n",
+    "       gfs2-fuse savemeta [-z LEVEL] DEVICE FILE   (dump the metadata, gfs2_edit's format)\n",
+    "       gfs2-fuse restoremeta FILE DEVICE   (write a metadata dump back)\n",
+    "       mount -t fuse.gfs2-fuse DEVICE MOUNTPOINT   (through /sbin/mount.fuse.gfs2-fuse)\n",
     "DEVICE:  an image file or block device, nbd://host[:port]/export,\n",
     "         nbd+unix:///export?socket=PATH, aoe:eSHELF.SLOT@IFACE,\n",
     "         iscsi://[user[%secret]@]host[:port]/IQN/LUN, UUID=uuid or LOCKTABLE=cluster:fs\n",
@@ -114,31 +120,40 @@ fn parse_options(s: &str, a: &mut Args) -> Result<()> {
             }
             ("allow_other", None) => a.fuse.allow_other = true,
             ("threads", Some(v)) => a.fuse.threads = Some(v.parse().context("threads=")?),
-            // Generic mount options the kernel applies to the FUSE mount or
-            // that mean nothing here.
+            ("nosuid", None) => a.fuse.nosuid = true,
+            ("suid", None) => a.fuse.nosuid = false,
+            ("nodev", None) => a.fuse.nodev = true,
+            ("dev", None) => a.fuse.nodev = false,
+            ("noexec", None) => a.fuse.noexec = true,
+            ("exec", None) => a.fuse.noexec = false,
+            // Generic mount options that mean nothing here.
             (
                 "default_permissions"
-                | "dev"
-                | "nodev"
-                | "suid"
-                | "nosuid"
-                | "exec"
-                | "noexec"
                 | "atime"
                 | "noatime"
                 | "relatime"
                 | "nodiratime"
-                | "defaults"
-                | "_netdev"
-                | "auto"
-                | "noauto"
-                | "user"
-                | "nouser"
                 | "localflocks"
+                | "strictatime"
+                | "lazytime"
+                | "nolazytime"
+                | "async"
+                | "silent"
+                | "loud"
                 | "nobarrier"
                 | "barrier",
                 None,
             ) => {}
+            // mount(8)'s own options (fstab, systemd): for mount(8), not
+            // for the filesystem. mount(8) passes some of them on to a
+            // helper (`_netdev`, `nofail`, `user`).
+            (
+                "defaults" | "_netdev" | "auto" | "noauto" | "user" | "nouser" | "users" | "owner"
+                | "group" | "nofail",
+                None,
+            ) => {}
+            (k, _) if k.starts_with("x-") || k == "comment" => {}
+            _ if a.sloppy => tracing::warn!("ignoring unknown mount option {o:?} (-s)"),
             _ => bail!("unknown mount option {o:?}\n{USAGE}"),
         }
     }
@@ -158,8 +173,86 @@ fn scan_main(args: &[String]) -> ! {
     std::process::exit(if found.is_empty() { 1 } else { 0 });
 }
 
+/// How mount(8) runs a helper (`mount.TYPE`): `SPEC DIR [-sfnv] [-N NS]
+/// [-o OPTIONS] [-t TYPE]`. `-f` is mount(8)'s fake mode (do nothing),
+/// not the daemon's foreground flag; the mount always detaches.
+fn helper_args(argv: Vec<String>) -> Result<Args> {
+    let mut a = Args {
+        sloppy: false,
+        device: PathBuf::new(),
+        mountpoints: Vec::new(),
+        foreground: false,
+        mount: MountOptions::default(),
+        fuse: FuseOptions::default(),
+        pnfs: None,
+        pnfs_lease: None,
+    };
+    let mut pos = Vec::new();
+    let mut opts = Vec::new();
+    let mut fake = false;
+    let mut it = argv.into_iter();
+    while let Some(x) = it.next() {
+        match x.as_str() {
+            "-o" => opts.push(it.next().ok_or_else(|| anyhow!("-o needs an argument"))?),
+            "-t" | "-N" => {
+                let v = it.next().ok_or_else(|| anyhow!("{x} needs an argument"))?;
+                if x == "-N" {
+                    bail!("mount namespaces (-N {v}) are not supported");
+                }
+            }
+            "-h" | "--help" => {
+                println!("{HELPER_USAGE}");
+                std::process::exit(0);
+            }
+            s if s.starts_with("-o") => opts.push(s[2..].to_string()),
+            s if s.starts_with('-') && s.len() > 1 => {
+                for c in s[1..].chars() {
+                    match c {
+                        's' => a.sloppy = true,
+                        'f' => fake = true,
+                        'n' | 'v' => {}
+                        _ => bail!("unknown flag -{c}\n{HELPER_USAGE}"),
+                    }
+                }
+            }
+            _ => pos.push(x),
+        }
+    }
+    for o in &opts {
+        parse_options(o, &mut a)?;
+    }
+    let [dev, mnt] = pos.as_slice() else {
+        bail!("{HELPER_USAGE}");
+    };
+    if fake {
+        std::process::exit(0);
+    }
+    a.device = PathBuf::from(dev);
+    a.mountpoints = vec![PathBuf::from(mnt)];
+    a.fuse.fsname = redact_secret(dev);
+    Ok(a)
+}
+
+const HELPER_USAGE: &str = concat!(
+    "usage: mount.fuse.gfs2-fuse DEVICE MOUNTPOINT [-sfnv] [-o OPTIONS]\n",
+    "The mount(8) helper of gfs2-fuse: `mount -t fuse.gfs2-fuse DEVICE MOUNTPOINT`,\n",
+    "an fstab line of type fuse.gfs2-fuse, or (installed as mount.gfs2) `mount -t gfs2`.\n",
+    "Options as for gfs2-fuse mount; mount(8)'s own (_netdev, nofail, user, noauto,\n",
+    "x-systemd.*, ...) are accepted and left to mount(8). -s ignores unknown options,\n",
+    "-f does nothing (mount(8)'s fake mode)."
+);
+
 fn parse_args() -> Result<Args> {
     let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    // Called as mount.fuse.gfs2-fuse or mount.gfs2 (a symlink to us).
+    let arg0 = std::env::args().next().unwrap_or_default();
+    let name = std::path::Path::new(&arg0)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if name.starts_with("mount.") {
+        return helper_args(argv);
+    }
     if argv.first().map(String::as_str) == Some("scan") {
         scan_main(&argv[1..]);
     }
@@ -172,11 +265,18 @@ fn parse_args() -> Result<Args> {
     if argv.first().map(String::as_str) == Some("glocks") {
         gfs2fuse::runstate::glocks_main(&argv[1..]);
     }
+    if argv.first().map(String::as_str) == Some("savemeta") {
+        gfs2fuse::meta::cli::savemeta_main(&argv[1..]);
+    }
+    if argv.first().map(String::as_str) == Some("restoremeta") {
+        gfs2fuse::meta::cli::restoremeta_main(&argv[1..]);
+    }
     if argv.first().map(String::as_str) == Some("mount") {
         argv.remove(0);
     }
     let mut pos = Vec::new();
     let mut a = Args {
+        sloppy: false,
         device: PathBuf::new(),
         mountpoints: Vec::new(),
         foreground: false,

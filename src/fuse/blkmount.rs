@@ -215,6 +215,15 @@ pub fn mount(
     if read_only {
         flags |= libc::MS_RDONLY | libc::MS_NOATIME;
     }
+    for (on, f) in [
+        (opts.nosuid, libc::MS_NOSUID),
+        (opts.nodev, libc::MS_NODEV),
+        (opts.noexec, libc::MS_NOEXEC),
+    ] {
+        if on {
+            flags |= f;
+        }
+    }
     let c = |p: &Path| {
         CString::new(p.as_os_str().as_bytes())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
