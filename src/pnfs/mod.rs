@@ -29,6 +29,8 @@
 //!   Linux client sends 0): only what this module recorded at grant time
 //!   is used.
 
+pub mod nfs;
+
 use crate::error::FsError;
 use crate::fs::Attr;
 
