@@ -28,6 +28,8 @@ struct Args {
     foreground: bool,
     mount: MountOptions,
     fuse: FuseOptions,
+    /// `nfsd=ADDR:PORT`: serve NFSv4.1 (the pNFS metadata server) there too.
+    nfsd: Option<String>,
 }
 
 const USAGE: &str = concat!(
@@ -44,6 +46,8 @@ const USAGE: &str = concat!(
     "         iscsi://[user[%secret]@]host[:port]/IQN/LUN, UUID=uuid or LOCKTABLE=cluster:fs\n",
     "options: lockproto= (lock_nolock, lock_mem, lock_dlm), locktable=, hostdata=jid=N, ro, acl, norecovery, spectator,\n",
     "         commit=SECONDS (log flush interval, default 30), quota=off, allow_other,\n",
+    "         nfsd=ADDR:PORT (also serve the filesystem over NFSv4.1 there, e.g. 0.0.0.0:2049:\n",
+    "         the pNFS metadata server; with several mount points, the first node's),\n",
     "         default_permissions (always on), and the generic rw, dev, suid, ...\n",
     "unmount: as root the mount is fuseblk and `umount MOUNTPOINT` returns once the disk\n",
     "         is clean; `gfs2-fuse umount MOUNTPOINT` waits for that on every mount."
@@ -98,6 +102,14 @@ fn parse_options(s: &str, a: &mut Args) -> Result<()> {
                 bail!("quota={v} is not supported: quotas are neither enforced nor accounted (quota=off)")
             }
             ("allow_other", None) => a.fuse.allow_other = true,
+            ("nfsd", Some(v)) => {
+                if v.rsplit_once(':')
+                    .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+                {
+                    bail!("nfsd= needs ADDR:PORT, e.g. nfsd=0.0.0.0:2049 (got {v:?})");
+                }
+                a.nfsd = Some(v.to_string());
+            }
             ("threads", Some(v)) => a.fuse.threads = Some(v.parse().context("threads=")?),
             // Generic mount options the kernel applies to the FUSE mount or
             // that mean nothing here.
@@ -164,6 +176,7 @@ fn parse_args() -> Result<Args> {
         foreground: false,
         mount: MountOptions::default(),
         fuse: FuseOptions::default(),
+        nfsd: None,
     };
     let mut it = argv.into_iter();
     while let Some(x) = it.next() {
@@ -258,6 +271,16 @@ fn mount_all(a: &mut Args) -> Result<Vec<Daemon>> {
                     e
                 });
             }
+        }
+    }
+    if let (Some(addr), Some(first)) = (&a.nfsd, out.first()) {
+        // Bound before the parent is told the mount is ready, so that a
+        // taken port fails the mount.
+        if let Err(e) = gfs2fuse::pnfs::nfs::start(first.fs.clone(), None, addr) {
+            for d in out.into_iter().rev() {
+                d.abandon();
+            }
+            return Err(anyhow!("NFS server on {addr}: {e}"));
         }
     }
     Ok(out)

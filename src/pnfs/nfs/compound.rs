@@ -190,7 +190,7 @@ fn run_op(ctx: &mut Ctx<'_>, opcode: u32, d: &mut Dec<'_>, body: &mut Enc) -> Op
         op::LAYOUTGET => op_layout::layoutget(ctx, d, body),
         op::LAYOUTCOMMIT => op_layout::layoutcommit(ctx, d, body),
         op::LAYOUTRETURN => op_layout::layoutreturn(ctx, d, body),
-        4..=op::LAST_V41 => Err(st::NOTSUPP),
+        n if (3..=op::LAST_V41).contains(&n) => Err(st::NOTSUPP),
         _ => Err(st::OP_ILLEGAL),
     }
 }
