@@ -63,14 +63,17 @@ impl Fh {
         })
     }
 
-    /// Check that the handle still names an inode: any failure to read
-    /// it as a dinode (a block past the device, one that holds something
-    /// else now) or a different generation is stale. (A dinode freed in
-    /// place keeps its header with no links: the caller decides about
-    /// `nlink == 0`, which an open file may have.)
+    /// Check that the handle still names an inode: the block must be
+    /// allocated as a dinode in its resource group's bitmap (a freed dinode
+    /// keeps its old contents on disk, links and all), read as a dinode, and
+    /// carry the handle's generation (a reused block has a new one). An
+    /// unlinked dinode still open somewhere passes: the caller decides.
     pub fn check(&self, fs: &Fs) -> Result<crate::fs::Attr, FhError> {
         let blocks = fs.device().size() / u64::from(fs.superblock().bsize.max(1));
         if self.ino == 0 || self.ino >= blocks {
+            return Err(FhError::Stale);
+        }
+        if self.ino != fs.root() && !matches!(allocated_dinode(fs, self.ino), Ok(true)) {
             return Err(FhError::Stale);
         }
         match fs.getattr(self.ino) {
@@ -78,6 +81,44 @@ impl Fh {
             _ => Err(FhError::Stale),
         }
     }
+}
+
+/// Whether block `blk` is a dinode (in use, or unlinked but open) in its
+/// resource group's bitmap, read under the rgrp's glock held shared.
+fn allocated_dinode(fs: &Fs, blk: u64) -> crate::error::Result<bool> {
+    use gfs2_ondisk::BlockState;
+    let rindex = fs.rindex();
+    let Some(i) = crate::rgrp::locate(rindex, blk) else {
+        return Ok(false);
+    };
+    let ri = &rindex[i];
+    let Some(index) = blk.checked_sub(ri.data0) else {
+        return Ok(false);
+    };
+    let Some((bb, off, shift)) = gfs2_ondisk::layout::bitmap_position(fs.superblock().bsize, index)
+    else {
+        return Ok(false);
+    };
+    if bb >= ri.length {
+        return Ok(false);
+    }
+    let (mty, gl) = (
+        if bb == 0 {
+            crate::format::mt::RG
+        } else {
+            crate::format::mt::RB
+        },
+        crate::rgrp::glock(ri),
+    );
+    let _gh = fs.glocks().acquire(gl, gfs2_lockproto::Mode::PR)?;
+    let b = fs.cache().read_meta_as(gl, ri.addr + u64::from(bb), mty)?;
+    let Some(byte) = b.get(off) else {
+        return Ok(false);
+    };
+    Ok(matches!(
+        BlockState::from_bits(byte >> shift),
+        BlockState::Dinode | BlockState::Unlinked
+    ))
 }
 
 #[cfg(test)]
