@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 PKGS=(gfs2-utils fuse3 libfuse3-dev pkg-config qemu-system-x86 busybox-static cpio attr acl
       e2fsprogs fuse2fs xz-utils mount nbdkit qemu-utils tgt libiscsi-dev libiscsi-bin
-      vblade iproute2 nftables corosync dlm-controld)
+      vblade iproute2 nftables corosync dlm-controld
+      nfs-common nfs-kernel-server nfs-ganesha nfs-ganesha-vfs xfsprogs tcpdump tshark)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -28,6 +29,12 @@ if ((${#missing[@]})); then
     if [[ " ${missing[*]} " == *" corosync "* || " ${missing[*]} " == *" dlm-controld "* ]] &&
         [[ -d /run/systemd/system ]]; then
         systemctl disable --now dlm corosync >/dev/null 2>&1 || true
+    fi
+    # Likewise the NFS tools are for the pNFS client VM (tests/oracle/src/nfs.rs)
+    # and nfs-ganesha is started by its test on a port of its own.
+    if [[ " ${missing[*]} " == *" nfs-"* ]] && [[ -d /run/systemd/system ]]; then
+        systemctl disable --now nfs-ganesha nfs-server rpcbind.socket rpcbind \
+            >/dev/null 2>&1 || true
     fi
 fi
 

@@ -141,7 +141,7 @@ impl ClusterOpts {
     }
 }
 
-fn gcc_s() -> Result<PathBuf> {
+pub(crate) fn gcc_s() -> Result<PathBuf> {
     [
         "/lib/x86_64-linux-gnu/libgcc_s.so.1",
         "/usr/lib/x86_64-linux-gnu/libgcc_s.so.1",
@@ -321,7 +321,7 @@ impl Node {
 
     /// SIGKILL qemu (if it still runs) and wait for the node thread, which
     /// reaps it.
-    fn kill_qemu(&self) {
+    pub(crate) fn kill_qemu(&self) {
         self.killed.store(true, Ordering::SeqCst);
         {
             let reaped = self.reaped.lock().unwrap_or_else(|e| e.into_inner());
@@ -610,7 +610,7 @@ impl Node {
     /// command socket, reads replies until the VM goes away and reaps qemu.
     /// qemu runs with PDEATHSIG = SIGKILL so that it dies with that thread
     /// (and the test process), never outliving a killed test run.
-    fn spawn(id: usize, mut cmd: Command, dir: &Scratch) -> Result<Node> {
+    pub(crate) fn spawn(id: usize, mut cmd: Command, dir: &Scratch) -> Result<Node> {
         let console = dir.join(&format!("console{id}.log"));
         let qemu_log = dir.join(&format!("qemu{id}.log"));
         let sock = dir.join(&format!("cmd{id}.sock"));
@@ -666,7 +666,7 @@ impl Node {
     }
 
     /// Wait for the VM's command loop to say `READY`.
-    fn wait_ready(&self, deadline: Instant) -> Result<()> {
+    pub(crate) fn wait_ready(&self, deadline: Instant) -> Result<()> {
         let rx = self.ready.lock().unwrap_or_else(|e| e.into_inner());
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(_) => Ok(()),
@@ -812,7 +812,7 @@ fn read_replies(
 }
 
 /// Whether `path` can be opened with O_DIRECT (qemu's cache=none).
-fn o_direct_ok(path: &Path) -> bool {
+pub(crate) fn o_direct_ok(path: &Path) -> bool {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .read(true)
@@ -878,7 +878,7 @@ impl Hub {
 /// built once and cached next to the base one, keyed by the base (its name
 /// carries the kernel and the base scripts), the cluster scripts and the
 /// cluster tools copied in (size and mtime: a package upgrade rebuilds it).
-fn cluster_layer(k: &Kernel) -> Result<PathBuf> {
+pub(crate) fn cluster_layer(k: &Kernel) -> Result<PathBuf> {
     static LAYER: Mutex<Option<PathBuf>> = Mutex::new(None);
     let mut g = LAYER.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(p) = g.as_ref() {
@@ -971,7 +971,7 @@ fn base64_encode(data: &[u8]) -> String {
 
 /// Decode base64 (busybox `base64` output with its line breaks removed);
 /// characters outside the alphabet and padding are skipped.
-fn base64_decode(s: &str) -> Vec<u8> {
+pub(crate) fn base64_decode(s: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len() * 3 / 4);
     let (mut acc, mut bits) = (0u32, 0u32);
     for b in s.bytes() {

@@ -14,6 +14,9 @@
 //! * [`corpus`]: the committed reference images under `images/`.
 //! * [`cluster`]: a cluster of qemu VMs with corosync, dlm_controld and the
 //!   kernel DLM sharing one disk, for lock modules that need the real DLM.
+//! * [`nfs`]: a Linux NFSv4.1/pNFS client in a qemu VM (block layout,
+//!   blkmapd, the shared disk attached), and the kernel nfsd exporting XFS
+//!   with the block layout as the reference server.
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -25,6 +28,7 @@ use std::time::{Duration, Instant};
 
 pub mod cluster;
 pub mod corpus;
+pub mod nfs;
 
 /// The directory of this crate's shell scripts (`scripts/`).
 pub fn scripts_dir() -> PathBuf {

@@ -1,0 +1,92 @@
+# Shell functions of the pNFS client VM (busybox sh), sourced by /nfs-init;
+# commands get them with `. /lib/nfs.sh` (src/nfs.rs prefixes its scripts
+# with it).
+
+# nfs_mount SERVER PORT EXPORT MNT [OPTS]: mount SERVER:EXPORT on MNT with
+# NFS 4.1 on PORT, trying once (retry=0: mount.nfs would retry a refused
+# connection for 2 minutes), and OPTS appended.
+nfs_mount() {
+    mkdir -p "$4"
+    mount.nfs "$1:$3" "$4" -o "vers=4.1,port=$2,retry=0${5:+,$5}"
+}
+
+# nfs_ops MNT: the per-op statistics of the NFS mount on MNT from
+# /proc/self/mountstats, one "OP COUNT" a line.
+nfs_ops() {
+    awk -v m="$1" '
+        $1 == "device" { on = ($5 == m) ; ops = 0; next }
+        on && /per-op statistics/ { ops = 1; next }
+        on && ops && NF >= 2 && $1 ~ /:$/ { sub(":", "", $1); print $1, $2 }
+    ' /proc/self/mountstats
+}
+
+# nfs_blkmapd: start blkmapd (the block layout's device discovery daemon:
+# the kernel asks it, through rpc_pipefs, which local disk carries a
+# volume's signature) in the foreground, logging to /tmp/blkmapd.log.
+nfs_blkmapd() {
+    [ -e /tmp/blkmapd.pid ] && return 0
+    blkmapd -f > /tmp/blkmapd.log 2>&1 &
+    echo $! > /tmp/blkmapd.pid
+}
+
+# nfs_gone PID: process PID has exited (a zombie counts: the init that
+# inherits orphans reaps them late).
+nfs_gone() {
+    [ ! -e "/proc/$1/status" ] || grep -q '^State:.*Z' "/proc/$1/status"
+}
+
+# nfs_capture IFACE FILE: start tcpdump on IFACE writing FILE (full packets,
+# each written as it comes: without --immediate-mode the last second of
+# packets stays in the kernel ring when tcpdump is stopped);
+# nfs_capture_stop: stop it and wait until the file is complete.
+nfs_capture() {
+    tcpdump -Z root --immediate-mode -i "$1" -s 0 -w "$2" -U > /tmp/tcpdump.log 2>&1 &
+    echo $! > /tmp/tcpdump.pid
+    cl_wait 20 'tcpdump listening' grep -q 'listening on' /tmp/tcpdump.log
+}
+nfs_capture_stop() {
+    local p
+    p=$(cat /tmp/tcpdump.pid) || return 1
+    kill -INT "$p"
+    cl_wait 20 'tcpdump exit' nfs_gone "$p"
+    rm -f /tmp/tcpdump.pid
+}
+
+# nfs_step WHAT COMMAND...: run COMMAND; on failure print "WHAT failed
+# (status)" on stderr and fail.
+nfs_step() {
+    local what=$1 rc
+    shift
+    "$@" && return 0
+    rc=$?
+    echo "$what failed ($rc)" >&2
+    return $rc
+}
+
+# nfs_kernel_server DEV: the kernel nfsd exporting a fresh XFS on DEV at
+# /export with the block layout (export option pnfs), NFSv4.1+ only (no
+# rpcbind: v4 does not need it), lease and grace times at their minimum
+# (10 s) and the grace period ended at once. Clients mount
+# 127.0.0.1:/ (fsid=0 makes /export the v4 root).
+nfs_kernel_server() {
+    local m
+    for m in $(cat /mods/nfsd-order); do
+        grep -q "^$m " /proc/modules || nfs_step "insmod $m" insmod /mods/$m.ko || return 1
+    done
+    nfs_step mkfs.xfs mkfs.xfs -q -f "$1" || return 1
+    mkdir -p /export
+    nfs_step "mount $1" mount -t xfs "$1" /export || return 1
+    grep -q " /proc/fs/nfsd " /proc/mounts ||
+        nfs_step "mount nfsd" mount -t nfsd nfsd /proc/fs/nfsd || return 1
+    echo '/export *(rw,pnfs,fsid=0,no_root_squash,insecure,no_subtree_check,sync)' > /etc/exports
+    nfs_step exportfs exportfs -ra || return 1
+    echo 10 > /proc/fs/nfsd/nfsv4leasetime
+    echo 10 > /proc/fs/nfsd/nfsv4gracetime
+    # The kernel has no NFSv2 (-N 2 is an error); mountd still serves
+    # nfsd's export upcalls with v3 off.
+    nfs_step rpc.mountd rpc.mountd -N 3 || return 1
+    nfs_step rpc.nfsd rpc.nfsd -p 2049 -N 3 -N 4.0 -U 4 || return 1
+    # No state to reclaim on a fresh server: end the grace period now
+    # (OPENs would get NFS4ERR_GRACE for 10 s).
+    echo Y > /proc/fs/nfsd/v4_end_grace
+}
