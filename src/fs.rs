@@ -147,6 +147,12 @@ pub struct Fs {
     cache_ops: Arc<CacheOps>,
     /// How the first [`Fs::unmount`] ended; later calls return it.
     unmounted: std::sync::Mutex<Option<std::result::Result<(), String>>>,
+    /// Told of inodes changed behind the caches above us (pNFS commits).
+    on_changed: std::sync::Mutex<Option<crate::glock::ops::InvalFn>>,
+    /// The pNFS layout service of this mount, if one was started (one per
+    /// mount: see [`crate::pnfs::LayoutService::start`]); its layouts are
+    /// dropped before the unmount.
+    pub(crate) layouts: std::sync::Mutex<std::sync::Weak<crate::pnfs::LayoutService>>,
 }
 
 /// Leaves the lockspace when a mount fails after joining it: a cluster
@@ -267,6 +273,8 @@ impl Fs {
             nolock,
             cache_ops: cops.clone(),
             unmounted: Default::default(),
+            on_changed: Default::default(),
+            layouts: Default::default(),
         };
         let master = fs.sb.master_dir.addr;
         let jindex = fs.lookup_sys(master, b"jindex")?;
@@ -725,6 +733,44 @@ impl Fs {
         f(m, &ip)
     }
 
+    /// [`Fs::with_inode`] for the owner of `pin` on the inode's glock (the
+    /// pNFS layout service): the holder is taken under the pin.
+    pub(crate) fn with_inode_pinned<T>(
+        &self,
+        pin: &crate::glock::Pin,
+        f: impl FnOnce(Meta<'_>, &Inode) -> Result<T>,
+    ) -> Result<T> {
+        let ino = pin.name().number;
+        let gh = self.glocks.acquire_pinned(pin, Mode::PR)?;
+        let m = Meta {
+            cache: &self.cache,
+            gh: &gh,
+        };
+        let ip = Inode::read(m, ino)?;
+        f(m, &ip)
+    }
+
+    /// Tell whoever caches inode `ino` above the filesystem (the FUSE
+    /// kernel's attributes and pages) that it changed behind their back:
+    /// a pNFS client wrote its blocks on the disk.
+    pub fn notify_inode_changed(&self, ino: u64) {
+        let hook = self
+            .on_changed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(f) = hook {
+            f(ino);
+        }
+    }
+
+    /// Have `f` told the number of every inode whose data or attributes
+    /// changed behind the caches above the filesystem (see
+    /// [`Fs::notify_inode_changed`]); `None` stops it.
+    pub fn on_inode_changed(&self, f: Option<crate::glock::ops::InvalFn>) {
+        *self.on_changed.lock().unwrap_or_else(|e| e.into_inner()) = f;
+    }
+
     /// The superblock.
     pub fn superblock(&self) -> &Superblock {
         &self.sb
@@ -766,7 +812,7 @@ impl Fs {
         &self.opts
     }
 
-    fn attr_of(&self, ip: &Inode) -> Attr {
+    pub(crate) fn attr_of(&self, ip: &Inode) -> Attr {
         let d = &ip.di;
         let rdev = if matches!(ip.kind(), 0o020000 | 0o060000) {
             ip.rdev()
@@ -941,6 +987,16 @@ impl Fs {
         let outcome = match &*done {
             Some(o) => o.clone(),
             None => {
+                // Layouts end with the mount: blocks granted and never
+                // committed past the end of a file are freed first.
+                let svc = self
+                    .layouts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .upgrade();
+                if let Some(svc) = svc {
+                    svc.release_all();
+                }
                 let r = self.sync_and_close_log();
                 tracing::debug!(ok = r.is_ok(), "unmount: log closed");
                 let g = self.glocks.shutdown();

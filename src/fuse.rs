@@ -265,6 +265,7 @@ impl fuser::Filesystem for Gfs2Fuse {
     /// so the disk is clean and free before it returns.
     fn unmounting(&self) {
         self.fs.on_inode_invalidate(None);
+        self.fs.on_inode_changed(None);
         if let Err(e) = self.fs.unmount() {
             tracing::error!("unmount: {e}");
         }
@@ -275,6 +276,7 @@ impl fuser::Filesystem for Gfs2Fuse {
     /// nothing.
     fn destroy(&mut self) {
         self.fs.on_inode_invalidate(None);
+        self.fs.on_inode_changed(None);
         if let Err(e) = self.fs.unmount() {
             tracing::error!("unmount: {e}");
         }
@@ -900,12 +902,12 @@ pub fn config(fs: &Fs, opts: &FuseOptions) -> fuser::Config {
 /// waits for page locks, and a read holding one may be waiting for this
 /// very glock. An attribute reply already on its way when the glock went
 /// is discarded by the kernel (its attribute version is older).
+///
+/// The same notification drops the attributes of a file a pNFS client
+/// changed on the disk (`Fs::notify_inode_changed`), on every node.
 fn invalidate_on_demote(fs: &Arc<Fs>, notifier: fuser::Notifier) {
-    if fs.is_single_node() {
-        return;
-    }
     let root = fs.root();
-    fs.on_inode_invalidate(Some(Arc::new(move |ino| {
+    let f: crate::glock::ops::InvalFn = Arc::new(move |ino| {
         let fino = if ino == root { 1 } else { ino };
         // ENOENT: the kernel has no such inode cached; nothing to drop.
         if let Err(e) = notifier.inval_inode(INodeNo(fino), -1, 0) {
@@ -913,7 +915,11 @@ fn invalidate_on_demote(fs: &Arc<Fs>, notifier: fuser::Notifier) {
                 tracing::debug!(ino, "FUSE invalidation: {e}");
             }
         }
-    })));
+    });
+    fs.on_inode_changed(Some(f.clone()));
+    if !fs.is_single_node() {
+        fs.on_inode_invalidate(Some(f));
+    }
 }
 
 /// Mount `fs` at `mountpoint` and serve it on background threads until the

@@ -30,6 +30,10 @@ struct Args {
     fuse: FuseOptions,
     /// `nfsd=ADDR:PORT`: serve NFSv4.1 (the pNFS metadata server) there too.
     nfsd: Option<String>,
+    /// `pnfs=SOCKET`: serve the layout service on this control socket.
+    pnfs: Option<PathBuf>,
+    /// `pnfs_lease=SECONDS`: the NFS lease bounding recalls.
+    pnfs_lease: Option<u64>,
 }
 
 const USAGE: &str = concat!(
@@ -41,6 +45,7 @@ const USAGE: &str = concat!(
     "       gfs2-fuse umount MOUNTPOINT   (unmount; returns once the disk is clean)\n",
     "       gfs2-fuse glocks MOUNTPOINT   (this node's glocks, like debugfs glocks)\n",
     "       gfs2-fuse scan [--no-local] [TARGET...]   (list GFS2 filesystems)\n",
+    "       gfs2-fuse pnfs layout|device|commit|return|gone|watch SOCKET ...   (pNFS control; --help)\n",
     "DEVICE:  an image file or block device, nbd://host[:port]/export,\n",
     "         nbd+unix:///export?socket=PATH, aoe:eSHELF.SLOT@IFACE,\n",
     "         iscsi://[user[%secret]@]host[:port]/IQN/LUN, UUID=uuid or LOCKTABLE=cluster:fs\n",
@@ -48,6 +53,8 @@ const USAGE: &str = concat!(
     "         commit=SECONDS (log flush interval, default 30), quota=off, allow_other,\n",
     "         nfsd=ADDR:PORT (also serve the filesystem over NFSv4.1 there, e.g. 0.0.0.0:2049:\n",
     "         the pNFS metadata server; with several mount points, the first node's),\n",
+    "         pnfs=SOCKET (pNFS layouts for a metadata server on this Unix socket),\n",
+    "         pnfs_lease=SECONDS (its lease: recalls unanswered for two are fenced; default 90),\n",
     "         default_permissions (always on), and the generic rw, dev, suid, ...\n",
     "unmount: as root the mount is fuseblk and `umount MOUNTPOINT` returns once the disk\n",
     "         is clean; `gfs2-fuse umount MOUNTPOINT` waits for that on every mount."
@@ -100,6 +107,14 @@ fn parse_options(s: &str, a: &mut Args) -> Result<()> {
             ("quota", Some("off")) | ("noquota", None) => {}
             ("quota", Some(v)) => {
                 bail!("quota={v} is not supported: quotas are neither enforced nor accounted (quota=off)")
+            }
+            ("pnfs", Some(v)) if !v.is_empty() => a.pnfs = Some(PathBuf::from(v)),
+            ("pnfs_lease", Some(v)) => {
+                let secs: u64 = v.parse().with_context(|| format!("bad pnfs_lease={v:?}"))?;
+                if secs == 0 {
+                    bail!("pnfs_lease= must be at least 1 second");
+                }
+                a.pnfs_lease = Some(secs);
             }
             ("allow_other", None) => a.fuse.allow_other = true,
             ("nfsd", Some(v)) => {
@@ -163,6 +178,9 @@ fn parse_args() -> Result<Args> {
     if argv.first().map(String::as_str) == Some("umount") {
         gfs2fuse::runstate::umount_main(&argv[1..]);
     }
+    if argv.first().map(String::as_str) == Some("pnfs") {
+        gfs2fuse::pnfs::control::client::main(&argv[1..]);
+    }
     if argv.first().map(String::as_str) == Some("glocks") {
         gfs2fuse::runstate::glocks_main(&argv[1..]);
     }
@@ -177,6 +195,8 @@ fn parse_args() -> Result<Args> {
         mount: MountOptions::default(),
         fuse: FuseOptions::default(),
         nfsd: None,
+        pnfs: None,
+        pnfs_lease: None,
     };
     let mut it = argv.into_iter();
     while let Some(x) = it.next() {
@@ -203,6 +223,9 @@ fn parse_args() -> Result<Args> {
     a.device = PathBuf::from(&pos[0]);
     a.mountpoints = pos[1..].iter().map(PathBuf::from).collect();
     a.fuse.fsname = redact_secret(&pos[0]);
+    if a.mountpoints.len() > 1 && a.pnfs.is_some() {
+        bail!("pnfs= serves one node: give one mount point\n{USAGE}");
+    }
     if a.mountpoints.len() > 1 {
         if a.mount.lockproto.as_deref() != Some("lock_mem") {
             bail!(
@@ -223,6 +246,8 @@ struct Daemon {
     mounted: fuse::Mounted,
     fs: Arc<Fs>,
     mountpoint: PathBuf,
+    /// The pNFS control channel (`pnfs=`), stopped before the unmount.
+    pnfs: Option<gfs2fuse::pnfs::control::ControlServer>,
 }
 
 /// Resolve the device name (`UUID=`, `LOCKTABLE=`) and the mount points,
@@ -259,7 +284,7 @@ fn mount_all(a: &mut Args) -> Result<Vec<Daemon>> {
     }
     let mut out: Vec<Daemon> = Vec::new();
     for (i, mnt) in a.mountpoints.iter().enumerate() {
-        match mount_one(&a.device, mnt, &mount, &a.fuse) {
+        match mount_one(&a.device, mnt, &mount, &a.fuse).and_then(|d| start_pnfs(d, a)) {
             Ok(d) => out.push(d),
             Err(e) => {
                 for d in out.into_iter().rev() {
@@ -276,7 +301,11 @@ fn mount_all(a: &mut Args) -> Result<Vec<Daemon>> {
     if let (Some(addr), Some(first)) = (&a.nfsd, out.first()) {
         // Bound before the parent is told the mount is ready, so that a
         // taken port fails the mount.
-        if let Err(e) = gfs2fuse::pnfs::nfs::start(first.fs.clone(), None, addr) {
+        // Layouts from the node's layout service (shared with `pnfs=`).
+        let svc = gfs2fuse::pnfs::LayoutService::start(&first.fs, Default::default());
+        svc.set_lease(gfs2fuse::pnfs::nfs::server::LEASE);
+        let backend: Arc<dyn gfs2fuse::pnfs::LayoutBackend> = svc;
+        if let Err(e) = gfs2fuse::pnfs::nfs::start(first.fs.clone(), Some(backend), addr) {
             for d in out.into_iter().rev() {
                 d.abandon();
             }
@@ -320,7 +349,30 @@ fn mount_one(
         mounted,
         fs,
         mountpoint: mountpoint.to_path_buf(),
+        pnfs: None,
     })
+}
+
+/// `pnfs=SOCKET`: the layout service of the node on its control socket.
+fn start_pnfs(mut d: Daemon, a: &Args) -> Result<Daemon> {
+    let Some(sock) = &a.pnfs else {
+        return Ok(d);
+    };
+    let mut opts = gfs2fuse::pnfs::LayoutOptions::default();
+    if let Some(s) = a.pnfs_lease {
+        opts.lease = std::time::Duration::from_secs(s);
+    }
+    let svc = gfs2fuse::pnfs::LayoutService::start(&d.fs, opts);
+    match gfs2fuse::pnfs::control::ControlServer::start(svc, sock) {
+        Ok(s) => {
+            d.pnfs = Some(s);
+            Ok(d)
+        }
+        Err(e) => {
+            d.abandon();
+            Err(anyhow!("pNFS control socket {}: {e}", sock.display()))
+        }
+    }
 }
 
 impl Daemon {
@@ -331,7 +383,9 @@ impl Daemon {
             mounted,
             fs,
             mountpoint,
+            pnfs,
         } = self;
+        drop(pnfs);
         let fuseblk = mounted.fuseblk;
         // Closing the session's descriptor first aborts the connection, so
         // a fuseblk umount does not wait for a FUSE_DESTROY reply nobody
@@ -360,6 +414,7 @@ fn serve(ds: Vec<Daemon>) -> i32 {
             mut mounted,
             fs,
             mountpoint,
+            pnfs,
         } = d;
         let state = run_state(&mountpoint);
         if mounted.fuseblk {
@@ -384,7 +439,7 @@ fn serve(ds: Vec<Daemon>) -> i32 {
                 tracing::warn!("no run-state file: no glock dump")
             })),
         }
-        nodes.push((mounted, fs, state));
+        nodes.push((mounted, fs, state, pnfs));
     }
     unmount_on_signal(
         Box::new(move || {
@@ -401,10 +456,10 @@ fn serve(ds: Vec<Daemon>) -> i32 {
     );
     let threads: Vec<_> = nodes
         .into_iter()
-        .map(|(mounted, fs, state)| {
+        .map(|(mounted, fs, state, pnfs)| {
             std::thread::Builder::new()
                 .name("fuse-node".into())
-                .spawn(move || serve_node(mounted, fs, state))
+                .spawn(move || serve_node(mounted, fs, state, pnfs))
         })
         .collect();
     let mut status = 0;
@@ -424,8 +479,15 @@ fn serve(ds: Vec<Daemon>) -> i32 {
 }
 
 /// Serve one node until it is unmounted; whether it left the disk clean.
-fn serve_node(mounted: fuse::Mounted, fs: Arc<Fs>, state: Option<RunState>) -> bool {
+fn serve_node(
+    mounted: fuse::Mounted,
+    fs: Arc<Fs>,
+    state: Option<RunState>,
+    pnfs: Option<gfs2fuse::pnfs::control::ControlServer>,
+) -> bool {
     let served = mounted.session.run();
+    // No layout outlives the mount.
+    drop(pnfs);
     // Done already on FUSE_DESTROY (fuseblk) or as the session ended; this
     // returns how it went.
     let mut outcome = fs.unmount().map_err(|e| e.to_string());

@@ -242,7 +242,18 @@ impl Fs {
         inodes: &[u64],
         f: impl FnMut(&mut Txn<'_>, Alloc<'_>, &mut HashMap<u64, u32>) -> Result<T>,
     ) -> Result<T> {
-        self.modify_as(inodes, true, f)
+        self.modify_as(inodes, true, None, f)
+    }
+
+    /// [`Fs::modify`] of the inode whose glock `pin` keeps (the pNFS layout
+    /// service): its holder is taken under the pin, so neither the pin nor
+    /// a demotion the pin holds back makes the transaction wait.
+    pub(crate) fn modify_pinned<T>(
+        &self,
+        pin: &crate::glock::Pin,
+        f: impl FnMut(&mut Txn<'_>, Alloc<'_>, &mut HashMap<u64, u32>) -> Result<T>,
+    ) -> Result<T> {
+        self.modify_as(&[pin.name().number], true, Some(pin), f)
     }
 
     /// [`Fs::modify`]; `freeze`: hold the freeze lock shared. Every
@@ -254,6 +265,7 @@ impl Fs {
         &self,
         inodes: &[u64],
         freeze: bool,
+        pin: Option<&crate::glock::Pin>,
         mut f: impl FnMut(&mut Txn<'_>, Alloc<'_>, &mut HashMap<u64, u32>) -> Result<T>,
     ) -> Result<T> {
         let w = self.writer().ok_or(errno(libc::EROFS))?;
@@ -266,7 +278,7 @@ impl Fs {
         let mut holders: BTreeMap<ResName, Holder> = BTreeMap::new();
         let mut retried = false;
         loop {
-            self.take_glocks(&want, &mut holders)?;
+            self.take_glocks(&want, &mut holders, pin)?;
             let held: HashMap<ResName, Mode> =
                 holders.iter().map(|(n, h)| (*n, h.mode())).collect();
             let mut wg = w.lock().unwrap_or_else(|e| e.into_inner());
@@ -337,20 +349,41 @@ impl Fs {
         &self,
         want: &BTreeMap<ResName, Mode>,
         holders: &mut BTreeMap<ResName, Holder>,
+        pin: Option<&crate::glock::Pin>,
     ) -> Result<()> {
         let first_missing = want
             .iter()
             .find(|(n, m)| holders.get(n).is_none_or(|h| h.mode() < **m))
             .map(|(n, _)| *n);
-        let Some(first) = first_missing else {
+        let Some(mut first) = first_missing else {
             return Ok(());
         };
-        // Everything from the first missing one on is (re)taken in order.
-        drop(holders.split_off(&first));
-        for (&name, &mode) in want.range(first..) {
-            holders.insert(name, self.glocks().acquire(name, mode)?);
+        'again: loop {
+            // Everything from the first missing one on is (re)taken in order.
+            drop(holders.split_off(&first));
+            for (&name, &mode) in want.range(first..) {
+                let h = match pin {
+                    Some(p) if p.name() == name => self.glocks().acquire_pinned(p, mode)?,
+                    _ => match self.glocks().acquire_unless_pinned(name, mode)? {
+                        Some(h) => h,
+                        None => {
+                            // A pNFS layout keeps it: its owner was told.
+                            // Wait holding nothing, since letting go may
+                            // need a glock we hold (a statfs file's).
+                            holders.clear();
+                            self.glocks().wait_unpinned(name);
+                            match want.keys().next() {
+                                Some(f) => first = *f,
+                                None => return Ok(()),
+                            }
+                            continue 'again;
+                        }
+                    },
+                };
+                holders.insert(name, h);
+            }
+            return Ok(());
         }
-        Ok(())
     }
 
     fn flush_locked(&self, wr: &mut Writer) -> Result<()> {
@@ -431,7 +464,7 @@ impl Fs {
         if local == 0 || master == 0 {
             return Ok(());
         }
-        self.modify_as(&[master, local], freeze, |tx, _, _| {
+        self.modify_as(&[master, local], freeze, None, |tx, _, _| {
             let lb = tx.get(glock(local), local, mt::DI)?;
             let mut l = StatfsChange::parse(&lb[DINODE_SIZE..])?;
             if l == StatfsChange::default() {

@@ -9,6 +9,19 @@
 //! `go_sync` writes back what it covers, `go_inval` drops what it covers from
 //! the caches, and the lock is converted down. With `lock_nolock` grants are
 //! immediate and callbacks never come, but the path is the same.
+//!
+//! A [`Pin`] keeps a glock in a mode for an owner outside any one
+//! operation (the pNFS layout service, whose clients read and write the
+//! file's blocks on the disk while it is held): it is not a holder, so the
+//! owner's own operations take holders under it ([`GlockTable::acquire_pinned`]),
+//! and local readers go on; but a demotion below the pinned mode (another
+//! node's request) and a local exclusive request wait until the pin goes,
+//! and the pin's owner is told once, through its non-blocking callback,
+//! that it must let go. The demotion worker never waits for it: the
+//! demotion simply runs when the last pin is dropped. An operation that
+//! meets a pin waits for it holding no other glock
+//! ([`GlockTable::acquire_unless_pinned`], [`GlockTable::wait_unpinned`]):
+//! the owner may need one of them (a statfs file) to let go.
 
 pub mod ops;
 
@@ -65,6 +78,23 @@ struct GlState {
     /// How long a busy inode glock is kept after its grant before a remote
     /// request is honoured (`gl_hold_time`).
     hold: Duration,
+    /// Pinned (see [`Pin`]).
+    pin: Option<PinState>,
+}
+
+/// Told the glock a pin's owner must give up (see [`Pin`]); must not block.
+pub type PinNotify = Arc<dyn Fn(ResName) + Send + Sync>;
+
+/// The pins of one glock.
+struct PinState {
+    /// The strongest mode any of them asked for.
+    mode: Mode,
+    /// How many [`Pin`]s exist.
+    count: u32,
+    /// Who is told that they must go.
+    notify: PinNotify,
+    /// Told already (once per pinned period).
+    told: bool,
 }
 
 impl GlState {
@@ -98,7 +128,25 @@ impl GlState {
 
     /// A demotion is due and may run now.
     fn demote_due(&self) -> bool {
-        self.idle() && !self.busy && self.demote.is_some()
+        self.idle() && !self.busy && self.demote.is_some() && !self.pin_blocks_demote()
+    }
+
+    /// A pending demotion would go below the pinned mode.
+    fn pin_blocks_demote(&self) -> bool {
+        match (&self.pin, self.demote) {
+            (Some(p), Some(d)) => d < p.mode,
+            _ => false,
+        }
+    }
+
+    /// The pin's callback, the first time it must be told to go.
+    fn pin_tell(&mut self) -> Option<PinNotify> {
+        let p = self.pin.as_mut()?;
+        if p.told {
+            return None;
+        }
+        p.told = true;
+        Some(p.notify.clone())
     }
 }
 
@@ -127,6 +175,17 @@ impl Glock {
         st.waiters -= 1;
         st
     }
+}
+
+/// How a local request treats a pin (see [`Pin`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// Wait for it (telling its owner).
+    Wait,
+    /// Return `None` instead of waiting (telling its owner).
+    UnlessPinned,
+    /// The pin's owner: neither the pin nor a demotion it holds back apply.
+    Pinned,
 }
 
 /// A glock for the demotion worker to look at, now or at an instant.
@@ -178,6 +237,38 @@ impl Drop for Holder {
         }
         if st.idle() && st.nocache && st.held.is_some_and(|h| h > Mode::NL) {
             st.demote = Some(Mode::NL);
+        }
+        let demote = st.demote_due();
+        drop(st);
+        self.gl.cv.notify_all();
+        if demote {
+            self.table.queue_demote(&self.gl);
+        }
+    }
+}
+
+/// A glock kept in a mode beyond any operation (see the module doc): made
+/// by [`GlockTable::pin`], given up when dropped.
+pub struct Pin {
+    table: Arc<GlockTable>,
+    gl: Arc<Glock>,
+}
+
+impl Pin {
+    /// The glock's resource name.
+    pub fn name(&self) -> ResName {
+        self.gl.name
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let mut st = self.gl.lock_st();
+        if let Some(p) = st.pin.as_mut() {
+            p.count = p.count.saturating_sub(1);
+            if p.count == 0 {
+                st.pin = None;
+            }
         }
         let demote = st.demote_due();
         drop(st);
@@ -260,7 +351,12 @@ impl LockCallbacks for GlockCallbacks {
         // grant, so that a node gets work done between two ping-pongs
         // (fairness without thrashing); an idle one goes at once.
         let in_use = !st.idle() || st.waiters > 0;
-        if res.lk_type == gfs2_lockproto::lm_type::INODE && in_use && st.demote.is_none() {
+        let pin_blocks = st.pin.as_ref().is_some_and(|p| target < p.mode);
+        if res.lk_type == gfs2_lockproto::lm_type::INODE
+            && in_use
+            && st.demote.is_none()
+            && !pin_blocks
+        {
             let at = st.granted_at + st.hold;
             if at > Instant::now() {
                 let m = st.pending.map_or(target, |(m, _)| m.min(target));
@@ -282,7 +378,15 @@ impl LockCallbacks for GlockCallbacks {
         }
         st.demote = Some(st.demote.map_or(target, |d| d.min(target)));
         let demote = st.demote_due();
+        let tell = if st.pin_blocks_demote() {
+            st.pin_tell()
+        } else {
+            None
+        };
         drop(st);
+        if let Some(f) = tell {
+            f(res);
+        }
         if demote {
             t.queue_demote(&gl);
         }
@@ -355,6 +459,13 @@ impl GlockTable {
                             if at <= Instant::now() {
                                 st.pending = None;
                                 st.demote = Some(st.demote.map_or(m, |d| d.min(m)));
+                            }
+                        }
+                        if st.pin_blocks_demote() {
+                            if let Some(f) = st.pin_tell() {
+                                drop(st);
+                                f(gl.name);
+                                continue;
                             }
                         }
                         if st.demote_due() {
@@ -445,6 +556,7 @@ impl GlockTable {
                         pending: None,
                         granted_at: Instant::now(),
                         hold: HOLD_MAX,
+                        pin: None,
                     }),
                     cv: Condvar::new(),
                 })
@@ -486,6 +598,92 @@ impl GlockTable {
     /// promoting the lock through the lock module when needed. Blocks until
     /// the lock is granted.
     pub fn acquire(self: &Arc<Self>, name: ResName, mode: Mode) -> Result<Holder> {
+        self.acquire_inner(name, mode, Want::Wait)
+            .and_then(Self::some)
+    }
+
+    fn some(h: Option<Holder>) -> Result<Holder> {
+        h.ok_or_else(|| {
+            FsError::Lock(gfs2_lockproto::LockError::Manager(
+                "a waiting request came back empty".into(),
+            ))
+        })
+    }
+
+    /// [`GlockTable::acquire`], except that a pin the request conflicts
+    /// with is not waited for: its owner is told and `None` comes back, for
+    /// the caller to let go of what it holds and [`GlockTable::wait_unpinned`]
+    /// (whoever waits for a pin while holding other glocks may hold one the
+    /// pin's owner needs to let go).
+    pub fn acquire_unless_pinned(
+        self: &Arc<Self>,
+        name: ResName,
+        mode: Mode,
+    ) -> Result<Option<Holder>> {
+        self.acquire_inner(name, mode, Want::UnlessPinned)
+    }
+
+    /// Wait until `name` has no pin.
+    pub fn wait_unpinned(&self, name: ResName) {
+        let gl = self.get(name);
+        let mut st = gl.lock_st();
+        while st.pin.is_some() {
+            st = gl.wait_as_waiter(st);
+        }
+    }
+
+    /// Pin `name` in `mode` (see [`Pin`]): waits like [`GlockTable::acquire`]
+    /// for the first pin, then keeps the glock at least in `mode` until every
+    /// pin of it is dropped. Further pins of a pinned glock join it (its mode
+    /// the strongest asked) and do not wait for a pending demotion; `notify`
+    /// replaces the callback.
+    pub fn pin(self: &Arc<Self>, name: ResName, mode: Mode, notify: PinNotify) -> Result<Pin> {
+        let mode = if mode >= Mode::PW { Mode::EX } else { Mode::PR };
+        let gl = self.get(name);
+        let how = if gl.lock_st().pin.is_some() {
+            Want::Pinned
+        } else {
+            Want::Wait
+        };
+        let h = self.acquire_inner(name, mode, how).and_then(Self::some)?;
+        let mut st = gl.lock_st();
+        match st.pin.as_mut() {
+            Some(p) => {
+                p.count += 1;
+                p.mode = p.mode.max(mode);
+                p.notify = notify;
+            }
+            None => {
+                st.pin = Some(PinState {
+                    mode,
+                    count: 1,
+                    notify,
+                    told: false,
+                })
+            }
+        }
+        drop(st);
+        drop(h);
+        Ok(Pin {
+            table: self.clone(),
+            gl,
+        })
+    }
+
+    /// A holder for the owner of `pin`: it does not wait for the pin nor for
+    /// a demotion the pin holds back (only for other local holders).
+    pub fn acquire_pinned(self: &Arc<Self>, pin: &Pin, mode: Mode) -> Result<Holder> {
+        self.acquire_inner(pin.gl.name, mode, Want::Pinned)
+            .and_then(Self::some)
+    }
+
+    fn acquire_inner(
+        self: &Arc<Self>,
+        name: ResName,
+        mode: Mode,
+        how: Want,
+    ) -> Result<Option<Holder>> {
+        let pinned = how == Want::Pinned;
         let mode = if mode >= Mode::PW { Mode::EX } else { Mode::PR };
         let gl = self.get(name);
         let asked = Instant::now();
@@ -495,12 +693,31 @@ impl GlockTable {
         let mut promoted = false;
         loop {
             let sufficient = st.held.is_some_and(|h| h >= mode);
+            let pin_conflict = !pinned && mode == Mode::EX && st.pin.is_some();
             let local_ok = if mode == Mode::EX {
-                st.shared == 0 && !st.exclusive
+                st.shared == 0 && !st.exclusive && !pin_conflict
             } else {
                 !st.exclusive
             };
-            if !st.busy && sufficient && local_ok && (st.demote.is_none() || promoted) {
+            if pin_conflict {
+                // A local change to a pinned glock: its owner must let go.
+                let tell = st.pin_tell();
+                if how == Want::UnlessPinned && !promoted {
+                    drop(st);
+                    if let Some(f) = tell {
+                        f(name);
+                    }
+                    return Ok(None);
+                }
+                if let Some(f) = tell {
+                    drop(st);
+                    f(name);
+                    st = gl.lock_st();
+                    continue;
+                }
+            }
+            let demote_waits = st.demote.is_some() && !(pinned && st.pin.is_some());
+            if !st.busy && sufficient && local_ok && (!demote_waits || promoted) {
                 if promoted {
                     st.promoting = false;
                 }
@@ -513,14 +730,14 @@ impl GlockTable {
                 } else {
                     st.shared += 1;
                 }
-                return Ok(Holder {
+                return Ok(Some(Holder {
                     table: self.clone(),
                     gl: gl.clone(),
                     mode,
-                });
+                }));
             }
             let idle = st.idle();
-            if !st.busy && idle && st.demote.is_some() {
+            if !st.busy && idle && demote_waits && !st.pin_blocks_demote() {
                 // A remote request goes first (fairness); the worker
                 // demotes, and we ask again afterwards.
                 drop(st);
@@ -531,7 +748,7 @@ impl GlockTable {
                 }
                 continue;
             }
-            if !st.busy && !sufficient && idle {
+            if !st.busy && !sufficient && idle && !pin_conflict {
                 let was = st.held;
                 st.busy = true;
                 st.promoting = true;
@@ -639,7 +856,13 @@ impl GlockTable {
             st = gl.cv.wait(st).unwrap_or_else(|e| e.into_inner());
         }
         let demote_blocks = st.demote.is_some() && !st.nocache;
-        if st.busy || demote_blocks || st.exclusive || (mode == Mode::EX && st.shared > 0) {
+        let pin_blocks = mode == Mode::EX && st.pin.is_some();
+        if st.busy
+            || demote_blocks
+            || pin_blocks
+            || st.exclusive
+            || (mode == Mode::EX && st.shared > 0)
+        {
             return Ok(None);
         }
         if st.held.is_none_or(|h| h < mode) {

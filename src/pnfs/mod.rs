@@ -30,6 +30,11 @@
 //!   is used.
 
 pub mod nfs;
+pub mod control;
+pub mod layout;
+pub mod recall;
+
+pub use layout::{LayoutOptions, LayoutService};
 
 use crate::error::FsError;
 use crate::fs::Attr;
