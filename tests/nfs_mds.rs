@@ -629,3 +629,143 @@ fn sha256(p: &std::path::Path) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// The block layout: the client VM has the filesystem's disk too, so with
+/// blkmapd it writes and reads file data on the disk itself.
+#[test]
+fn pnfs_block_layout() {
+    use gfs2_oracle::nfs::{NfsClientVm, NfsVmOpts, MNT};
+    use std::process::{Command, Stdio};
+
+    let img = mkfs(4096, 2, 256, "pnfs-blk");
+    let mnt = common::mountpoint("pnfs-blk");
+    let port = common::free_port();
+    let log = std::env::temp_dir().join(format!("gfs2-pnfs-{}.log", std::process::id()));
+    let child = Command::new(common::gfs2_fuse())
+        .arg("mount")
+        .arg(&img.0)
+        .arg(&mnt.0)
+        .args(["-f", "-o", &format!("nfsd=127.0.0.1:{port}")])
+        .env("RUST_LOG", "gfs2fuse::pnfs=trace,info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let daemon_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let t0 = std::time::Instant::now();
+    while !common::is_mounted(&mnt.0) || TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "daemon not up:\n{}",
+            daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let guard = common::MountGuard(mnt.0.clone());
+    let host = |p: &str| mnt.0.join(p);
+    let pcap = std::env::temp_dir().join(format!("gfs2-pnfs-{}.pcap", std::process::id()));
+    let vm = NfsClientVm::start(NfsVmOpts::new().disk(&img.0).pcap(&pcap)).expect("client VM");
+    eprintln!("VM up in {:.1} s", vm.boot_time().as_secs_f64());
+    vm.start_blkmapd().unwrap();
+    vm.mount_nfs(port, "")
+        .unwrap_or_else(|e| panic!("mount: {e:#}\n{}", daemon_log()));
+    let sh = |s: &str| {
+        vm.sh_ok_timeout(&format!("cd {MNT} && {s}"), Duration::from_secs(180))
+            .unwrap_or_else(|e| panic!("{s}: {e:#}\n--- daemon log tail:\n{}\n--- VM:\n{}", tail(&daemon_log()), vm.sh("cat /tmp/blkmapd.log; ps; dmesg | tail -30; for p in /proc/[0-9]*; do grep -q sha256 $p/cmdline 2>/dev/null && cat $p/stack $p/wchan; done").map(|o| o.stdout + &o.stderr).unwrap_or_default()))
+    };
+    let out = sh("dd if=/dev/urandom of=/tmp/src bs=64k count=64 2>/dev/null && cp /tmp/src blk && sync && sha256sum /tmp/src");
+    let sum = out.split_whitespace().next().unwrap().to_string();
+    let st = vm.mountstats(MNT).unwrap();
+    eprintln!(
+        "mountstats: {:?}",
+        st.ops.iter().filter(|(_, n)| **n > 0).collect::<Vec<_>>()
+    );
+    let dmesg = vm.dmesg().unwrap();
+    eprintln!(
+        "dmesg pNFS lines: {:?}",
+        dmesg
+            .lines()
+            .filter(|l| l.contains("NFS") || l.contains("pnfs") || l.contains("block"))
+            .collect::<Vec<_>>()
+    );
+    eprintln!(
+        "blkmapd: {}",
+        vm.sh("cat /tmp/blkmapd.log")
+            .map(|o| o.stdout)
+            .unwrap_or_default()
+    );
+    assert_eq!(
+        sha256(&host("blk")),
+        sum,
+        "the client's data seen through FUSE"
+    );
+    let out = sh("echo 3 > /proc/sys/vm/drop_caches; sha256sum blk");
+    assert!(out.starts_with(&sum), "{out}");
+    for op in ["LAYOUTGET", "GETDEVICEINFO", "LAYOUTCOMMIT"] {
+        assert!(st.op(op) >= 1, "{op}: {st:?}\n{}", tail(&daemon_log()));
+    }
+    assert!(dmesg.contains("pNFS: using block device"), "{dmesg}");
+    assert_eq!(st.op("WRITE"), 0, "{st:?}");
+    // A write through FUSE on the host while the client holds a layout:
+    // recalled (CB_LAYOUTRECALL on the backchannel), returned, then done.
+    // The client holds the file open and has just read through a layout.
+    sh("(exec 3<blk; dd bs=64k count=2 <&3 >/dev/null 2>&1; sleep 300) > /dev/null 2>&1 & echo $! > /tmp/holder; sleep 3");
+    let t = std::time::Instant::now();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(host("blk"))
+            .unwrap();
+        f.write_all_at(b"HOST WROTE THIS", 4096).unwrap();
+        f.sync_all().unwrap();
+    }
+    let took = t.elapsed();
+    eprintln!("host write with a layout out: {:.2} s", took.as_secs_f64());
+    assert!(
+        took < Duration::from_secs(60),
+        "the recall was not answered: the client was fenced"
+    );
+    let out =
+        sh("echo 3 > /proc/sys/vm/drop_caches; dd if=blk bs=1 skip=4096 count=15 2>/dev/null");
+    assert_eq!(out, "HOST WROTE THIS");
+    let st2 = vm.mountstats(MNT).unwrap();
+    eprintln!(
+        "after the recall: {:?}",
+        st2.ops.iter().filter(|(_, n)| **n > 0).collect::<Vec<_>>()
+    );
+    let dl = daemon_log();
+    let answered: Vec<&str> = dl
+        .lines()
+        .filter(|l| {
+            l.contains("CB_LAYOUTRECALL answered") || l.contains("recall: client holds no layout")
+        })
+        .collect();
+    eprintln!("recall: {answered:?}");
+    assert!(
+        !answered.is_empty(),
+        "no CB_LAYOUTRECALL answered:\n{}",
+        tail(&dl)
+    );
+    sh("kill $(cat /tmp/holder); sleep 1");
+    vm.umount(MNT).unwrap();
+    drop(vm);
+    drop(guard);
+    common::wait_daemon_gone(&mnt.0);
+    let mut child = child;
+    let _ = child.wait();
+    common::fsck_clean(&img.0, "after the pNFS client's writes");
+    let out = Command::new(common::tool("tshark"))
+        .arg("-r")
+        .arg(&pcap)
+        .args(["-d", &format!("tcp.port=={port},rpc"), "-V", "-Y", "rpc"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let bad: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("Malformed") || l.contains("Expert Info (Error"))
+        .collect();
+    assert!(bad.is_empty(), "tshark: {:?}", &bad[..bad.len().min(20)]);
+}

@@ -29,9 +29,9 @@
 //!   Linux client sends 0): only what this module recorded at grant time
 //!   is used.
 
-pub mod nfs;
 pub mod control;
 pub mod layout;
+pub mod nfs;
 pub mod recall;
 
 pub use layout::{LayoutOptions, LayoutService};
