@@ -227,6 +227,7 @@ pub fn compound(srv: &Server, conn: &Arc<Conn>, cred: Cred, args: &mut Dec<'_>) 
     let mut done = 0u32;
     // The slot whose reply this is: (session, slot, cache it).
     let mut slot: Option<(Arc<Session>, u32, bool)> = None;
+    let mut opcodes: Vec<u32> = Vec::new();
     for i in 0..nops {
         let Ok(opcode) = args.u32() else {
             status = st::BADXDR;
@@ -234,6 +235,7 @@ pub fn compound(srv: &Server, conn: &Arc<Conn>, cred: Cred, args: &mut Dec<'_>) 
             done += 1;
             break;
         };
+        opcodes.push(opcode);
         let mut body = Enc::new();
         let r = if i >= MAX_OPS {
             Err(st::TOO_MANY_OPS)
@@ -282,6 +284,7 @@ pub fn compound(srv: &Server, conn: &Arc<Conn>, cred: Cred, args: &mut Dec<'_>) 
         }
     }
     let out = reply(status, &tag, &results, done);
+    tracing::trace!(ops = ?opcodes, status, bytes = out.len(), "COMPOUND");
     if let Some((s, sl, cachethis)) = slot {
         let keep = cachethis || out.len() <= CACHE_ALWAYS;
         s.slots

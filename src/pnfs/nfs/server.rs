@@ -256,7 +256,7 @@ impl Server {
     }
 
     fn recall(&self, r: Recall) {
-        let sid = self.states().layout_of(r.client, r.ino);
+        let sid = self.states().layout_recall(r.client, r.ino);
         let Some(sid) = sid else {
             // The client holds no layout of the file (any more): done.
             if let Some(b) = &self.backend {

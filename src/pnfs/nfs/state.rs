@@ -324,6 +324,24 @@ impl StateTable {
         }
     }
 
+    /// A CB_LAYOUTRECALL is about to be sent: the layout stateid's
+    /// sequence id moves on (RFC 8881 section 12.5.3: every LAYOUTGET,
+    /// LAYOUTRETURN and CB_LAYOUTRECALL does), and the recall carries the
+    /// new one; a client seeing an old one answers `NFS4ERR_OLD_STATEID`.
+    pub fn layout_recall(&mut self, client: ClientId, ino: u64) -> Option<Stateid> {
+        let o = self.layouts.get(&(client, ino)).copied()?;
+        match self.states.get_mut(&o) {
+            Some(Kind::Layout(l)) => {
+                l.seq = l.seq.wrapping_add(1).max(1);
+                Some(Stateid {
+                    seq: l.seq,
+                    other: o,
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// LAYOUTRETURN of (part of) a file: the stateid moves on and stays
     /// while `keep` (some layout of the file is left), else it goes.
     pub fn layout_return(&mut self, client: ClientId, ino: u64, keep: bool) -> Option<Stateid> {
@@ -463,8 +481,10 @@ mod tests {
         let l2 = t.layout_get(9, 200);
         assert_eq!((l1.other, l1.seq + 1), (l2.other, l2.seq));
         assert_eq!(t.layout_of(9, 200), Some(l2));
+        let rc = t.layout_recall(9, 200).unwrap();
+        assert_eq!((rc.other, rc.seq), (l2.other, l2.seq + 1));
         let r = t.layout_return(9, 200, true).unwrap();
-        assert_eq!(r.seq, l2.seq + 1);
+        assert_eq!(r.seq, rc.seq + 1);
         assert_eq!(t.layout_return(9, 200, false), None);
         assert_eq!(t.layout_of(9, 200), None);
         t.layout_get(9, 201);
