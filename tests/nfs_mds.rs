@@ -480,7 +480,8 @@ fn linux_client() {
     let pcap = std::env::temp_dir().join(format!("gfs2-nfs-{}.pcap", std::process::id()));
     let vm = NfsClientVm::start(NfsVmOpts::new().pcap(&pcap)).expect("client VM");
     eprintln!("VM up in {:.1} s", vm.boot_time().as_secs_f64());
-    vm.mount_nfs(port, "")
+    // actimeo=1: attributes the host changes are looked at again within 1 s.
+    vm.mount_nfs(port, "actimeo=1")
         .unwrap_or_else(|e| panic!("mount: {e:#}\n{}", daemon_log()));
     let sh = |s: &str| {
         vm.sh_ok_timeout(&format!("cd {MNT} && {s}"), Duration::from_secs(120))
@@ -539,7 +540,7 @@ fn linux_client() {
     // The host changes things; the client sees them (attributes revalidated).
     std::fs::remove_file(host("hard")).unwrap();
     std::fs::create_dir(host("hostdir")).unwrap();
-    let out = sh("sleep 4; stat -c %h f2; ls -d hostdir; ls hard 2>&1 || true");
+    let out = sh("sleep 2; stat -c %h f2; ls -d hostdir; ls hard 2>&1 || true");
     assert!(out.starts_with("1\nhostdir\n"), "{out}");
     // Errors come back as errno: removing a non-empty directory, a missing
     // file, a name that exists.

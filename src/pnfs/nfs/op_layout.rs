@@ -224,6 +224,7 @@ pub fn layoutget(ctx: &mut Ctx<'_>, d: &mut Dec<'_>, e: &mut Enc) -> OpResult {
         ?iomode,
         "LAYOUTGET"
     );
+    tracing::trace!(offset = l.offset, length = l.length, extents = ?l.extents, "LAYOUTGET extents");
     e.bool(false);
     s.encode(e);
     e.buf.extend_from_slice(&body.buf);

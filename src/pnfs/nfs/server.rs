@@ -1,6 +1,8 @@
 //! The NFSv4.1 server's process side: the listener, one reader thread per
-//! connection, a small pool of workers that run COMPOUNDs (so a slow WRITE
-//! does not hold up the other slots of a session), the lease reaper, and
+//! connection, a pool of workers that run COMPOUNDs (so a slow WRITE does
+//! not hold up the other slots of a session; it grows when every worker is
+//! busy, so requests waiting on a glock never starve the LAYOUTRETURN that
+//! would free it), the lease reaper, and
 //! the callback thread that sends CB_LAYOUTRECALL for the layout service
 //! ([`crate::pnfs::RecallSink`]).
 
@@ -370,22 +372,9 @@ pub fn start(
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
     let srv = Server::new(fs, backend);
-    let (tx, rx) = mpsc::channel::<Job>();
-    let rx = Arc::new(Mutex::new(rx));
-    for i in 0..WORKERS {
-        let rx = rx.clone();
-        let srv = srv.clone();
-        std::thread::Builder::new()
-            .name(format!("nfs-worker-{i}"))
-            .spawn(move || loop {
-                let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                let Ok((conn, rec)) = job else { return };
-                if let Some(reply) = srv.handle_record(&conn, &rec) {
-                    if let Err(e) = conn.send(&reply) {
-                        tracing::debug!(conn = conn.id, "reply not sent: {e}");
-                    }
-                }
-            })?;
+    let pool = Pool::new(srv.clone());
+    for _ in 0..WORKERS {
+        pool.spawn_worker()?;
     }
     let s2 = srv.clone();
     std::thread::Builder::new()
@@ -395,10 +384,10 @@ pub fn start(
                 match c {
                     Ok(stream) => {
                         let id = s2.next_conn.fetch_add(1, Ordering::Relaxed);
-                        let tx = tx.clone();
+                        let pool = pool.clone();
                         if let Err(e) = std::thread::Builder::new()
                             .name(format!("nfs-conn-{id}"))
-                            .spawn(move || connection(id, stream, tx))
+                            .spawn(move || connection(id, stream, pool))
                         {
                             tracing::error!("NFS connection thread: {e}");
                         }
@@ -414,7 +403,71 @@ pub fn start(
     })
 }
 
-fn connection(id: u64, stream: TcpStream, jobs: mpsc::Sender<Job>) {
+/// Most worker threads: past [`WORKERS`] a worker is added whenever none
+/// is idle, so that requests blocked on a glock (held by a layout being
+/// recalled) never keep the LAYOUTRETURN that frees it from running.
+const MAX_WORKERS: usize = 128;
+
+/// The workers running COMPOUNDs, fed by the connections' readers.
+#[derive(Clone)]
+struct Pool {
+    srv: Arc<Server>,
+    tx: mpsc::Sender<Job>,
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    idle: Arc<AtomicU64>,
+    total: Arc<AtomicU64>,
+}
+
+impl Pool {
+    fn new(srv: Arc<Server>) -> Pool {
+        // Unbounded on purpose: a connection's reader must never wait for
+        // a worker, since it also delivers the replies to our callbacks.
+        let (tx, rx) = mpsc::channel::<Job>();
+        Pool {
+            srv,
+            tx,
+            rx: Arc::new(Mutex::new(rx)),
+            idle: Arc::new(AtomicU64::new(0)),
+            total: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn spawn_worker(&self) -> io::Result<()> {
+        let n = self.total.fetch_add(1, Ordering::SeqCst);
+        let p = self.clone();
+        let r = std::thread::Builder::new()
+            .name(format!("nfs-worker-{n}"))
+            .spawn(move || loop {
+                p.idle.fetch_add(1, Ordering::SeqCst);
+                let job = p.rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                p.idle.fetch_sub(1, Ordering::SeqCst);
+                let Ok((conn, rec)) = job else { return };
+                if let Some(reply) = p.srv.handle_record(&conn, &rec) {
+                    if let Err(e) = conn.send(&reply) {
+                        tracing::debug!(conn = conn.id, "reply not sent: {e}");
+                    }
+                }
+            });
+        if r.is_err() {
+            self.total.fetch_sub(1, Ordering::SeqCst);
+        }
+        r.map(|_| ())
+    }
+
+    /// Queue a request, adding a worker if every one is busy.
+    fn submit(&self, job: Job) -> bool {
+        if self.idle.load(Ordering::SeqCst) == 0
+            && (self.total.load(Ordering::SeqCst) as usize) < MAX_WORKERS
+        {
+            if let Err(e) = self.spawn_worker() {
+                tracing::warn!("no extra NFS worker: {e}");
+            }
+        }
+        self.tx.send(job).is_ok()
+    }
+}
+
+fn connection(id: u64, stream: TcpStream, jobs: Pool) {
     let peer = stream.peer_addr().ok();
     tracing::info!(conn = id, ?peer, "NFS connection");
     let _ = stream.set_nodelay(true);
@@ -438,7 +491,7 @@ fn connection(id: u64, stream: TcpStream, jobs: mpsc::Sender<Job>) {
                     }
                     continue;
                 }
-                if jobs.send((conn.clone(), rec)).is_err() {
+                if !jobs.submit((conn.clone(), rec)) {
                     break;
                 }
             }
