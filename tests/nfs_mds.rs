@@ -673,7 +673,7 @@ fn pnfs_block_layout() {
         .unwrap_or_else(|e| panic!("mount: {e:#}\n{}", daemon_log()));
     let sh = |s: &str| {
         vm.sh_ok_timeout(&format!("cd {MNT} && {s}"), Duration::from_secs(180))
-            .unwrap_or_else(|e| panic!("{s}: {e:#}\n--- daemon log tail:\n{}\n--- VM:\n{}", tail(&daemon_log()), vm.sh("cat /tmp/blkmapd.log; ps; dmesg | tail -30; for p in /proc/[0-9]*; do grep -q sha256 $p/cmdline 2>/dev/null && cat $p/stack $p/wchan; done").map(|o| o.stdout + &o.stderr).unwrap_or_default()))
+            .unwrap_or_else(|e| panic!("{s}: {e:#}\n--- daemon log tail:\n{}\n--- VM:\n{}", tail(&daemon_log()), vm.sh("cat /tmp/blkmapd.log; ps; dmesg | tail -30; for p in /proc/[0-9]*; do grep -q sha256 $p/comm 2>/dev/null && cat $p/stack $p/wchan; done").map(|o| o.stdout + &o.stderr).unwrap_or_default()))
     };
     let out = sh("dd if=/dev/urandom of=/tmp/src bs=64k count=64 2>/dev/null && cp /tmp/src blk && sync && sha256sum /tmp/src");
     let sum = out.split_whitespace().next().unwrap().to_string();
