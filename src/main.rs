@@ -22,6 +22,7 @@ use std::os::fd::FromRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+#[derive(Default)]
 struct Args {
     /// `-s` of a mount helper: unknown options are ignored, not refused.
     sloppy: bool,
@@ -31,6 +32,8 @@ struct Args {
     foreground: bool,
     mount: MountOptions,
     fuse: FuseOptions,
+    /// `nfsd=ADDR:PORT`: serve NFSv4.1 (the pNFS metadata server) there too.
+    nfsd: Option<String>,
     /// `pnfs=SOCKET`: serve the layout service on this control socket.
     pnfs: Option<PathBuf>,
     /// `pnfs_lease=SECONDS`: the NFS lease bounding recalls.
@@ -55,6 +58,8 @@ const USAGE: &str = concat!(
     "         iscsi://[user[%secret]@]host[:port]/IQN/LUN, UUID=uuid or LOCKTABLE=cluster:fs\n",
     "options: lockproto= (lock_nolock, lock_mem, lock_dlm), locktable=, hostdata=jid=N, ro, acl, norecovery, spectator,\n",
     "         commit=SECONDS (log flush interval, default 30), quota=off, allow_other,\n",
+    "         nfsd=ADDR:PORT (also serve the filesystem over NFSv4.1 there, e.g. 0.0.0.0:2049:\n",
+    "         the pNFS metadata server; with several mount points, the first node's),\n",
     "         pnfs=SOCKET (pNFS layouts for a metadata server on this Unix socket),\n",
     "         pnfs_lease=SECONDS (its lease: recalls unanswered for two are fenced; default 90),\n",
     "         default_permissions (always on), and the generic rw, dev, suid, ...\n",
@@ -119,6 +124,14 @@ fn parse_options(s: &str, a: &mut Args) -> Result<()> {
                 a.pnfs_lease = Some(secs);
             }
             ("allow_other", None) => a.fuse.allow_other = true,
+            ("nfsd", Some(v)) => {
+                if v.rsplit_once(':')
+                    .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+                {
+                    bail!("nfsd= needs ADDR:PORT, e.g. nfsd=0.0.0.0:2049 (got {v:?})");
+                }
+                a.nfsd = Some(v.to_string());
+            }
             ("threads", Some(v)) => a.fuse.threads = Some(v.parse().context("threads=")?),
             ("nosuid", None) => a.fuse.nosuid = true,
             ("suid", None) => a.fuse.nosuid = false,
@@ -177,16 +190,7 @@ fn scan_main(args: &[String]) -> ! {
 /// [-o OPTIONS] [-t TYPE]`. `-f` is mount(8)'s fake mode (do nothing),
 /// not the daemon's foreground flag; the mount always detaches.
 fn helper_args(argv: Vec<String>) -> Result<Args> {
-    let mut a = Args {
-        sloppy: false,
-        device: PathBuf::new(),
-        mountpoints: Vec::new(),
-        foreground: false,
-        mount: MountOptions::default(),
-        fuse: FuseOptions::default(),
-        pnfs: None,
-        pnfs_lease: None,
-    };
+    let mut a = Args::default();
     let mut pos = Vec::new();
     let mut opts = Vec::new();
     let mut fake = false;
@@ -275,16 +279,7 @@ fn parse_args() -> Result<Args> {
         argv.remove(0);
     }
     let mut pos = Vec::new();
-    let mut a = Args {
-        sloppy: false,
-        device: PathBuf::new(),
-        mountpoints: Vec::new(),
-        foreground: false,
-        mount: MountOptions::default(),
-        fuse: FuseOptions::default(),
-        pnfs: None,
-        pnfs_lease: None,
-    };
+    let mut a = Args::default();
     let mut it = argv.into_iter();
     while let Some(x) = it.next() {
         match x.as_str() {
@@ -383,6 +378,20 @@ fn mount_all(a: &mut Args) -> Result<Vec<Daemon>> {
                     e
                 });
             }
+        }
+    }
+    if let (Some(addr), Some(first)) = (&a.nfsd, out.first()) {
+        // Bound before the parent is told the mount is ready, so that a
+        // taken port fails the mount.
+        // Layouts from the node's layout service (shared with `pnfs=`).
+        let svc = gfs2fuse::pnfs::LayoutService::start(&first.fs, Default::default());
+        svc.set_lease(gfs2fuse::pnfs::nfs::server::LEASE);
+        let backend: Arc<dyn gfs2fuse::pnfs::LayoutBackend> = svc;
+        if let Err(e) = gfs2fuse::pnfs::nfs::start(first.fs.clone(), Some(backend), addr) {
+            for d in out.into_iter().rev() {
+                d.abandon();
+            }
+            return Err(anyhow!("NFS server on {addr}: {e}"));
         }
     }
     Ok(out)

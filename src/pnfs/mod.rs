@@ -31,6 +31,7 @@
 
 pub mod control;
 pub mod layout;
+pub mod nfs;
 pub mod recall;
 
 pub use layout::{LayoutOptions, LayoutService};

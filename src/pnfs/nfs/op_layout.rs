@@ -1,0 +1,529 @@
+//! The pNFS operations (RFC 8881 section 18.40-18.44) with the block
+//! layout's bodies (RFC 5663): GETDEVICEINFO (one simple volume found by
+//! the superblock UUID), LAYOUTGET (`pnfs_block_layout4` extents),
+//! LAYOUTCOMMIT (`pnfs_block_layoutupdate4`, parsed, its storage offsets
+//! ignored: only the layout service's own records count) and LAYOUTRETURN;
+//! and the CB_LAYOUTRECALL the server sends on the backchannel.
+//!
+//! Layout decisions belong to the layout service
+//! ([`crate::pnfs::LayoutBackend`]); without one, LAYOUTGET answers
+//! `NFS4ERR_LAYOUTUNAVAILABLE` and clients do their I/O through us.
+
+use super::compound::{fs_status, xdr, Ctx, OpResult};
+use super::proto::*;
+use super::state::Stateid;
+use super::xdr::{Dec, Enc, XResult, XdrError};
+use crate::pnfs::{Commit, DeviceInfo, Extent, ExtentState, IoMode, Layout, LayoutError};
+
+/// The id of the one device (volume) every layout refers to.
+pub const DEVICE_ID: [u8; 16] = *b"gfs2-fuse-vol-01";
+
+/// A `pnfs_block_sig_component4`: offset and bytes.
+pub type SigComponent = (i64, Vec<u8>);
+
+/// `pnfs_block_deviceaddr4` of a simple volume.
+pub fn encode_deviceaddr(dev: &DeviceInfo) -> Vec<u8> {
+    let mut e = Enc::new();
+    e.u32(1) // one volume, the top-level one
+        .u32(PNFS_BLOCK_VOLUME_SIMPLE)
+        .u32(1) // one signature component
+        .i64(dev.sig_offset as i64)
+        .opaque(&dev.signature);
+    e.buf
+}
+
+/// Decode a `pnfs_block_deviceaddr4` holding simple volumes: their
+/// signature components (offset, bytes).
+pub fn decode_deviceaddr(b: &[u8]) -> XResult<Vec<Vec<SigComponent>>> {
+    let mut d = Dec::new(b);
+    let n = d.count(16, 8)?;
+    let mut vols = Vec::new();
+    for _ in 0..n {
+        if d.u32()? != PNFS_BLOCK_VOLUME_SIMPLE {
+            return Err(XdrError::Bad);
+        }
+        let k = d.count(16, 12)?;
+        let mut sigs = Vec::new();
+        for _ in 0..k {
+            let off = d.i64()?;
+            sigs.push((off, d.opaque(256)?.to_vec()));
+        }
+        vols.push(sigs);
+    }
+    if d.remaining() != 0 {
+        return Err(XdrError::Bad);
+    }
+    Ok(vols)
+}
+
+fn state_code(s: ExtentState) -> u32 {
+    s as u32
+}
+
+fn state_of(v: u32) -> XResult<ExtentState> {
+    Ok(match v {
+        0 => ExtentState::ReadWriteData,
+        1 => ExtentState::ReadData,
+        2 => ExtentState::InvalidData,
+        3 => ExtentState::NoneData,
+        _ => return Err(XdrError::Bad),
+    })
+}
+
+fn put_extents(e: &mut Enc, xs: &[Extent]) {
+    e.u32(xs.len() as u32);
+    for x in xs {
+        e.fixed(&DEVICE_ID)
+            .u64(x.file_offset)
+            .u64(x.length)
+            .u64(x.storage_offset)
+            .u32(state_code(x.state));
+    }
+}
+
+fn get_extents(d: &mut Dec<'_>) -> XResult<Vec<Extent>> {
+    let n = d.count(1 << 16, 44)?;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let _vol: [u8; 16] = d.array()?;
+        v.push(Extent {
+            file_offset: d.u64()?,
+            length: d.u64()?,
+            storage_offset: d.u64()?,
+            state: state_of(d.u32()?)?,
+        });
+    }
+    Ok(v)
+}
+
+/// `pnfs_block_layout4`.
+pub fn encode_block_layout(xs: &[Extent]) -> Vec<u8> {
+    let mut e = Enc::new();
+    put_extents(&mut e, xs);
+    e.buf
+}
+
+/// Decode a `pnfs_block_layout4` (the extents with their volume id dropped).
+pub fn decode_block_layout(b: &[u8]) -> XResult<Vec<Extent>> {
+    let mut d = Dec::new(b);
+    let v = get_extents(&mut d)?;
+    if d.remaining() != 0 {
+        return Err(XdrError::Bad);
+    }
+    Ok(v)
+}
+
+/// `pnfs_block_layoutupdate4` as the client sends it (same shape).
+pub fn decode_layoutupdate(b: &[u8]) -> XResult<Vec<Extent>> {
+    decode_block_layout(b)
+}
+
+/// `layout4` of a granted layout.
+fn put_layout(e: &mut Enc, l: &Layout) {
+    e.u32(1)
+        .u64(l.offset)
+        .u64(l.length)
+        .u32(l.iomode as u32)
+        .u32(LAYOUT4_BLOCK_VOLUME)
+        .opaque(&encode_block_layout(&l.extents));
+}
+
+fn layout_status(e: &LayoutError) -> u32 {
+    match e {
+        LayoutError::Unavailable => st::LAYOUTUNAVAILABLE,
+        LayoutError::TryLater => st::LAYOUTTRYLATER,
+        LayoutError::BadRange => st::INVAL,
+        LayoutError::Fs(f) => fs_status(f),
+    }
+}
+
+/// GETDEVICEINFO.
+pub fn getdeviceinfo(ctx: &mut Ctx<'_>, d: &mut Dec<'_>, e: &mut Enc) -> OpResult {
+    let id: [u8; 16] = d.array().map_err(xdr)?;
+    let ltype = d.u32().map_err(xdr)?;
+    let maxcount = d.u32().map_err(xdr)?;
+    let _notify = d.u32s(8).map_err(xdr)?;
+    ctx.client()?;
+    let Some(b) = ctx.srv.backend() else {
+        return Err(st::UNKNOWN_LAYOUTTYPE);
+    };
+    if ltype != LAYOUT4_BLOCK_VOLUME {
+        return Err(st::UNKNOWN_LAYOUTTYPE);
+    }
+    if id != DEVICE_ID {
+        return Err(st::NOENT);
+    }
+    let addr = encode_deviceaddr(&b.device_info());
+    let mut body = Enc::new();
+    body.u32(LAYOUT4_BLOCK_VOLUME).opaque(&addr).u32s(&[]);
+    if maxcount != 0 && body.len() > maxcount as usize {
+        e.u32(body.len() as u32);
+        return Err(st::TOOSMALL);
+    }
+    e.buf.extend_from_slice(&body.buf);
+    Ok(())
+}
+
+/// LAYOUTGET.
+pub fn layoutget(ctx: &mut Ctx<'_>, d: &mut Dec<'_>, e: &mut Enc) -> OpResult {
+    let _signal = d.bool().map_err(xdr)?;
+    let ltype = d.u32().map_err(xdr)?;
+    let iomode = d.u32().map_err(xdr)?;
+    let offset = d.u64().map_err(xdr)?;
+    let length = d.u64().map_err(xdr)?;
+    let minlength = d.u64().map_err(xdr)?;
+    let sid = ctx.stateid(Stateid::decode(d).map_err(xdr)?);
+    let maxcount = d.u32().map_err(xdr)?;
+    let client = ctx.client()?;
+    let Some(b) = ctx.srv.backend() else {
+        return Err(st::LAYOUTUNAVAILABLE);
+    };
+    if ltype != LAYOUT4_BLOCK_VOLUME {
+        return Err(st::UNKNOWN_LAYOUTTYPE);
+    }
+    let iomode = match iomode {
+        1 => IoMode::Read,
+        2 => IoMode::ReadWrite,
+        _ => return Err(st::BADIOMODE),
+    };
+    if length == 0 || (length != u64::MAX && offset.checked_add(length).is_none()) {
+        return Err(st::INVAL);
+    }
+    let a = ctx.cur_attr()?;
+    if a.mode & 0o170000 != 0o100000 {
+        return Err(st::LAYOUTUNAVAILABLE);
+    }
+    ctx.srv.states().check_layout_arg(client, &sid, a.ino)?;
+    if iomode == IoMode::ReadWrite {
+        ctx.writable()?;
+    }
+    let l = match b.layout_get(client, a.ino, offset, length, minlength, iomode) {
+        Ok(l) => l,
+        Err(err) => {
+            let s = layout_status(&err);
+            if s == st::LAYOUTTRYLATER {
+                e.bool(false);
+            }
+            tracing::debug!(client, ino = a.ino, "LAYOUTGET refused: {err}");
+            return Err(s);
+        }
+    };
+    let mut body = Enc::new();
+    put_layout(&mut body, &l);
+    if maxcount != 0 && body.len() + 24 > maxcount as usize {
+        // The client cannot take it: give it back at once.
+        let _ = b.layout_return(client, Some(a.ino), l.offset, l.length);
+        return Err(st::TOOSMALL);
+    }
+    let s = ctx.srv.states().layout_get(client, a.ino);
+    ctx.cur_stateid = Some(s);
+    tracing::debug!(
+        client,
+        ino = a.ino,
+        extents = l.extents.len(),
+        ?iomode,
+        "LAYOUTGET"
+    );
+    tracing::trace!(offset = l.offset, length = l.length, extents = ?l.extents, "LAYOUTGET extents");
+    e.bool(false);
+    s.encode(e);
+    e.buf.extend_from_slice(&body.buf);
+    Ok(())
+}
+
+/// LAYOUTCOMMIT.
+pub fn layoutcommit(ctx: &mut Ctx<'_>, d: &mut Dec<'_>, e: &mut Enc) -> OpResult {
+    let offset = d.u64().map_err(xdr)?;
+    let length = d.u64().map_err(xdr)?;
+    let _reclaim = d.bool().map_err(xdr)?;
+    let sid = ctx.stateid(Stateid::decode(d).map_err(xdr)?);
+    let last_write = if d.bool().map_err(xdr)? {
+        Some(d.u64().map_err(xdr)?)
+    } else {
+        None
+    };
+    let mtime = if d.bool().map_err(xdr)? {
+        let s = d.i64().map_err(xdr)?;
+        Some((s, d.u32().map_err(xdr)?))
+    } else {
+        None
+    };
+    let utype = d.u32().map_err(xdr)?;
+    let ubody = d.opaque(1 << 20).map_err(xdr)?;
+    let client = ctx.client()?;
+    let Some(b) = ctx.srv.backend() else {
+        return Err(st::BADLAYOUT);
+    };
+    if utype != LAYOUT4_BLOCK_VOLUME {
+        return Err(st::UNKNOWN_LAYOUTTYPE);
+    }
+    // Parsed to refuse garbage; the offsets in it are not trusted.
+    let reported = decode_layoutupdate(ubody).map_err(|_| st::BADLAYOUT)?;
+    let a = ctx.cur_attr()?;
+    ctx.srv.states().check_layout_arg(client, &sid, a.ino)?;
+    ctx.writable()?;
+    let c = Commit {
+        offset,
+        length,
+        last_write,
+        mtime,
+    };
+    let after = b
+        .layout_commit(client, a.ino, c)
+        .map_err(|err| layout_status(&err))?;
+    tracing::debug!(
+        client,
+        ino = a.ino,
+        extents = reported.len(),
+        size = after.size,
+        "LAYOUTCOMMIT"
+    );
+    e.bool(true).u64(after.size);
+    Ok(())
+}
+
+/// LAYOUTRETURN.
+pub fn layoutreturn(ctx: &mut Ctx<'_>, d: &mut Dec<'_>, e: &mut Enc) -> OpResult {
+    let _reclaim = d.bool().map_err(xdr)?;
+    let ltype = d.u32().map_err(xdr)?;
+    let _iomode = d.u32().map_err(xdr)?;
+    let rtype = d.u32().map_err(xdr)?;
+    let file = match rtype {
+        LAYOUTRETURN4_FILE => {
+            let offset = d.u64().map_err(xdr)?;
+            let length = d.u64().map_err(xdr)?;
+            let sid = ctx.stateid(Stateid::decode(d).map_err(xdr)?);
+            let _body = d.opaque(1 << 16).map_err(xdr)?;
+            Some((offset, length, sid))
+        }
+        LAYOUTRETURN4_FSID | LAYOUTRETURN4_ALL => None,
+        _ => return Err(st::INVAL),
+    };
+    let client = ctx.client()?;
+    if ltype != LAYOUT4_BLOCK_VOLUME {
+        return Err(st::UNKNOWN_LAYOUTTYPE);
+    }
+    let backend = ctx.srv.backend();
+    match file {
+        Some((offset, length, sid)) => {
+            let a = ctx.cur_attr()?;
+            let mut states = ctx.srv.states();
+            if states.layout_of(client, a.ino).is_none() {
+                // Nothing held: a return after a revocation, or a repeat.
+                drop(states);
+                e.bool(false);
+                return Ok(());
+            }
+            states.check_layout_arg(client, &sid, a.ino)?;
+            let whole = offset == 0 && length == u64::MAX;
+            let s = states.layout_return(client, a.ino, !whole);
+            drop(states);
+            if let Some(b) = backend {
+                b.layout_return(client, Some(a.ino), offset, length)
+                    .map_err(|err| layout_status(&err))?;
+            }
+            match s {
+                Some(s) => {
+                    e.bool(true);
+                    s.encode(e);
+                }
+                None => {
+                    e.bool(false);
+                }
+            }
+        }
+        None => {
+            ctx.srv.states().drop_layouts(client);
+            if let Some(b) = backend {
+                b.layout_return(client, None, 0, u64::MAX)
+                    .map_err(|err| layout_status(&err))?;
+            }
+            e.bool(false);
+        }
+    }
+    Ok(())
+}
+
+/// The arguments of a CB_COMPOUND with CB_SEQUENCE and CB_LAYOUTRECALL of
+/// a file's range.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_cb_layoutrecall(
+    sessionid: &[u8; 16],
+    seq: u32,
+    fh: &[u8],
+    offset: u64,
+    length: u64,
+    iomode: IoMode,
+    stateid: &Stateid,
+) -> Vec<u8> {
+    let mut e = Enc::new();
+    e.opaque(b"").u32(1).u32(0).u32(2);
+    e.u32(cbop::CB_SEQUENCE)
+        .fixed(sessionid)
+        .u32(seq)
+        .u32(0)
+        .u32(0)
+        .bool(false)
+        .u32(0);
+    e.u32(cbop::CB_LAYOUTRECALL)
+        .u32(LAYOUT4_BLOCK_VOLUME)
+        .u32(iomode as u32)
+        .bool(false)
+        .u32(LAYOUTRECALL4_FILE)
+        .opaque(fh)
+        .u64(offset)
+        .u64(length);
+    stateid.encode(&mut e);
+    e.buf
+}
+
+/// The status of a CB_COMPOUND reply and of its CB_LAYOUTRECALL (if it
+/// got that far).
+pub fn decode_cb_reply(b: &[u8]) -> XResult<(u32, Option<u32>)> {
+    let mut d = Dec::new(b);
+    let status = d.u32()?;
+    d.opaque(1024)?;
+    let n = d.count(16, 8)?;
+    let mut recall = None;
+    for _ in 0..n {
+        let op = d.u32()?;
+        let s = d.u32()?;
+        if op == cbop::CB_SEQUENCE && s == st::OK {
+            d.fixed(16)?;
+            for _ in 0..4 {
+                d.u32()?;
+            }
+        } else if op == cbop::CB_LAYOUTRECALL {
+            recall = Some(s);
+        }
+        if s != st::OK {
+            break;
+        }
+    }
+    Ok((status, recall))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ext(fo: u64, len: u64, so: u64, state: ExtentState) -> Extent {
+        Extent {
+            file_offset: fo,
+            length: len,
+            storage_offset: so,
+            state,
+        }
+    }
+
+    #[test]
+    fn deviceaddr_is_rfc5663_simple_volume() {
+        let dev = DeviceInfo {
+            sig_offset: 65792,
+            signature: (1..=16).collect(),
+            size: 1 << 30,
+            block_size: 4096,
+        };
+        let b = encode_deviceaddr(&dev);
+        // volumes<1>, SIMPLE, sigs<1>, offset (hyper), contents<16>.
+        assert_eq!(b.len(), 4 + 4 + 4 + 8 + 4 + 16);
+        assert_eq!(&b[12..20], &65792u64.to_be_bytes());
+        assert_eq!(
+            decode_deviceaddr(&b),
+            Ok(vec![vec![(65792, dev.signature.clone())]])
+        );
+    }
+
+    #[test]
+    fn block_layout_round_trip() {
+        let xs = vec![
+            ext(0, 8192, 1 << 20, ExtentState::ReadWriteData),
+            ext(8192, 4096, 0, ExtentState::NoneData),
+            ext(12288, 4096, 3 << 20, ExtentState::InvalidData),
+            ext(16384, 4096, 5 << 20, ExtentState::ReadData),
+        ];
+        let b = encode_block_layout(&xs);
+        assert_eq!(b.len(), 4 + 4 * 44);
+        assert_eq!(decode_block_layout(&b), Ok(xs.clone()));
+        // A bad extent state, a short buffer, trailing bytes.
+        let mut bad = b.clone();
+        let last = bad.len() - 1;
+        bad[last] = 9;
+        assert_eq!(decode_block_layout(&bad), Err(XdrError::Bad));
+        assert!(decode_block_layout(&b[..b.len() - 1]).is_err());
+        let mut long = b;
+        long.extend_from_slice(&[0; 4]);
+        assert!(decode_block_layout(&long).is_err());
+    }
+
+    #[test]
+    fn layout4_in_a_layoutget_reply() {
+        let l = Layout {
+            ino: 7,
+            iomode: IoMode::ReadWrite,
+            offset: 0,
+            length: u64::MAX,
+            extents: vec![ext(0, 4096, 8192, ExtentState::InvalidData)],
+        };
+        let mut e = Enc::new();
+        put_layout(&mut e, &l);
+        let mut d = Dec::new(&e.buf);
+        assert_eq!(d.u32(), Ok(1));
+        assert_eq!(d.u64(), Ok(0));
+        assert_eq!(d.u64(), Ok(u64::MAX));
+        assert_eq!(d.u32(), Ok(2));
+        assert_eq!(d.u32(), Ok(LAYOUT4_BLOCK_VOLUME));
+        let body = d.opaque(1000).unwrap();
+        assert_eq!(decode_block_layout(body), Ok(l.extents));
+        assert_eq!(d.remaining(), 0);
+    }
+
+    #[test]
+    fn cb_layoutrecall_encoding() {
+        let sid = Stateid {
+            seq: 3,
+            other: [7; 12],
+        };
+        let b = encode_cb_layoutrecall(&[9; 16], 5, &[1; 20], 0, u64::MAX, IoMode::Read, &sid);
+        let mut d = Dec::new(&b);
+        assert_eq!(d.opaque(10), Ok(&b""[..]));
+        assert_eq!((d.u32(), d.u32(), d.u32()), (Ok(1), Ok(0), Ok(2)));
+        assert_eq!(d.u32(), Ok(cbop::CB_SEQUENCE));
+        assert_eq!(d.fixed(16), Ok(&[9u8; 16][..]));
+        assert_eq!((d.u32(), d.u32(), d.u32()), (Ok(5), Ok(0), Ok(0)));
+        assert_eq!((d.bool(), d.u32()), (Ok(false), Ok(0)));
+        assert_eq!(d.u32(), Ok(cbop::CB_LAYOUTRECALL));
+        assert_eq!((d.u32(), d.u32(), d.bool()), (Ok(3), Ok(1), Ok(false)));
+        assert_eq!(d.u32(), Ok(LAYOUTRECALL4_FILE));
+        assert_eq!(d.opaque(128), Ok(&[1u8; 20][..]));
+        assert_eq!((d.u64(), d.u64()), (Ok(0), Ok(u64::MAX)));
+        assert_eq!(Stateid::decode(&mut d), Ok(sid));
+        assert_eq!(d.remaining(), 0);
+        // A client's reply: OK to both.
+        let mut r = Enc::new();
+        r.u32(0).opaque(b"").u32(2);
+        r.u32(cbop::CB_SEQUENCE)
+            .u32(0)
+            .fixed(&[9; 16])
+            .u32(5)
+            .u32(0)
+            .u32(0)
+            .u32(0);
+        r.u32(cbop::CB_LAYOUTRECALL).u32(0);
+        assert_eq!(decode_cb_reply(&r.buf), Ok((0, Some(0))));
+        let mut r = Enc::new();
+        r.u32(st::NOMATCHING_LAYOUT).opaque(b"").u32(2);
+        r.u32(cbop::CB_SEQUENCE)
+            .u32(0)
+            .fixed(&[9; 16])
+            .u32(5)
+            .u32(0)
+            .u32(0)
+            .u32(0);
+        r.u32(cbop::CB_LAYOUTRECALL).u32(st::NOMATCHING_LAYOUT);
+        assert_eq!(
+            decode_cb_reply(&r.buf),
+            Ok((st::NOMATCHING_LAYOUT, Some(st::NOMATCHING_LAYOUT)))
+        );
+    }
+}
