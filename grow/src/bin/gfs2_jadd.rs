@@ -1,0 +1,96 @@
+//! `gfs2_jadd`: add journals (and their per-node files) to a GFS2
+//! filesystem.
+//!
+//! Exit status as gfs2-utils': 0 when done, 1 for command-line errors, 255
+//! when the journals could not be added (no GFS2 at the path, the device in
+//! use, too little space, a failure while adding).
+
+use gfs2_grow::cli::parse_jadd;
+use gfs2_grow::offline::{self, Target};
+use gfs2_mkfs::plan::space_for_data;
+use gfs2fuse::jadd::JournalSpec;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::process::ExitCode;
+
+fn fail(msg: &str) -> ExitCode {
+    let _ = std::io::stdout().flush();
+    eprintln!("{msg}");
+    ExitCode::from(255)
+}
+
+fn main() -> ExitCode {
+    offline::init_logging();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let o = match parse_jadd(&argv) {
+        Ok(o) => o,
+        Err(x) => {
+            print!("{}", x.stdout);
+            let _ = std::io::stdout().flush();
+            eprint!("{}", x.stderr);
+            return ExitCode::from(x.code);
+        }
+    };
+    print!("{}", o.printed);
+    let name = String::from_utf8_lossy(o.path.as_bytes()).into_owned();
+    let dev = match offline::open(&o.path, false) {
+        Ok(Target::Device(d)) => d,
+        Ok(Target::NotGfs2) => return fail(&format!("{name}: not a mounted gfs2 file system")),
+        Err(e) => return fail(&format!("Error looking up mount '{name}': {e}")),
+    };
+    let fs = match offline::mount(dev, false) {
+        Ok(f) => f,
+        Err(e) => return fail(&format!("{name}: {e}")),
+    };
+    let run = || -> Result<u32, String> {
+        let st = fs.statfs().map_err(|e| e.to_string())?;
+        let bsize = st.bsize;
+        let orig = fs.journal_count().map_err(|e| e.to_string())?;
+        if orig == 0 {
+            return Err(
+                "No journals found. Did you run mkfs.gfs2 correctly?\n: Invalid argument".into(),
+            );
+        }
+        let qc_bytes = u64::from(o.qcsize_mb) << 20;
+        let j_bytes = u64::from(o.jsize_mb) << 20;
+        let per_j = 2 + space_for_data(bsize, qc_bytes) + space_for_data(bsize, j_bytes);
+        let total = u64::from(o.journals) * per_j;
+        let avail = st.bfree;
+        if total > avail {
+            print!(
+                "\nInsufficient space on the device to add {} {}MB journals ({}MB QC size)\n\n",
+                o.journals, o.jsize_mb, o.qcsize_mb
+            );
+            print!("Required space  : {total:>10} blks ({per_j} blks per journal)\n");
+            print!("Available space : {avail:>10} blks\n\n");
+            return Err("Failed to add journals: No space left on device".into());
+        }
+        for _ in 0..o.journals {
+            let spec = JournalSpec {
+                journal_bytes: j_bytes,
+                quota_change_bytes: qc_bytes,
+                first_sequence: offline::random_u64(),
+            };
+            fs.add_journal(&spec).map_err(|e| e.to_string())?;
+        }
+        Ok(orig)
+    };
+    let r = run();
+    let u = fs.unmount();
+    let orig = match r {
+        Ok(n) => n,
+        Err(e) => return fail(&e),
+    };
+    if let Err(e) = u {
+        return fail(&format!("{name}: {e}"));
+    }
+    if o.debug {
+        println!();
+    } else if o.quiet {
+        return ExitCode::SUCCESS;
+    }
+    println!("Filesystem: {name}");
+    println!("Old journals: {orig}");
+    println!("New journals: {}", orig + o.journals);
+    ExitCode::SUCCESS
+}
