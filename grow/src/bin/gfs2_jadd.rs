@@ -61,7 +61,7 @@ fn main() -> ExitCode {
                 "\nInsufficient space on the device to add {} {}MB journals ({}MB QC size)\n\n",
                 o.journals, o.jsize_mb, o.qcsize_mb
             );
-            print!("Required space  : {total:>10} blks ({per_j} blks per journal)\n");
+            println!("Required space  : {total:>10} blks ({per_j} blks per journal)");
             print!("Available space : {avail:>10} blks\n\n");
             return Err("Failed to add journals: No space left on device".into());
         }
