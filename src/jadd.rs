@@ -2,31 +2,35 @@
 //! `statfs_changeN`, `quota_changeN` and `jindex/journalN`), made by the
 //! write path as it makes any file.
 //!
-//! The order and shape are gfs2-utils' `gfs2_jadd`'s (which makes them
-//! through the kernel's metafs): each file is created as `new_inode` in the
-//! master directory, given its flags (`GFS2_DIF_SYSTEM` inherited from the
+//! The files and their content are gfs2-utils' `gfs2_jadd`'s (which makes
+//! them through the kernel's metafs): the system flag inherited from the
 //! master directory as the kernel does, journaled data for the two small
-//! per-node files only), filled, made durable, and only then renamed into
-//! `per_node` or `jindex` under its final name. A file therefore appears
-//! under its name complete or not at all.
+//! per-node files only, a quota change header in every block of
+//! `quota_changeN`, a clean unmount log header in every block of the
+//! journal. Unlike gfs2_jadd, which renames each file into place as soon
+//! as it is made, the four are made under scratch names in the master
+//! directory (`new_inode.<name>`), made durable, and then renamed into
+//! `per_node` and `jindex` together, in **one** transaction. gfs2-utils'
+//! fsck takes per-node files without their journal for a destroyed
+//! journal, so they must appear together or not at all.
 //!
 //! What a crash (kill -9, power loss) can leave, at each point:
-//! - while a file is being made: a `new_inode` in the master directory,
-//!   complete or not, named nowhere else. Nothing reads it; the next jadd
-//!   removes it first (as gfs2_jadd unlinks a stale one).
-//! - between two files of one journal: `per_node` holds some of jid N's
-//!   files but `jindex` has no `journalN`. Mounts count journals from the
-//!   jindex alone, so N does not exist yet; the next jadd makes N again
-//!   and its renames replace the earlier files.
-//! - during the journal's log headers: the journal is still `new_inode`,
-//!   so a half-written journal is never named `journalN`.
+//! - before the renaming transaction is in the log: scratch files in the
+//!   master directory, complete or not, that nothing else refers to (fsck
+//!   counts their entries as links: the filesystem is consistent). The
+//!   next jadd removes them first, as gfs2_jadd removes a stale
+//!   `new_inode`.
+//! - after it: the journal and its per-node files, complete, in place
+//!   (the log replay at the next mount or fsck puts the transaction in
+//!   place if the crash came before the checkpoint).
 //!
-//! Every step is a transaction of the write path, so the journal replay at
-//! the next mount (or fsck) completes or drops each one whole.
+//! Per-node files of a jid that has no journal (left by an interrupted
+//! gfs2-utils jadd) are removed before the new ones are made.
 
 use crate::error::{FsError, Result};
 use crate::format::dif;
 use crate::fs::{journal_extents, Fs};
+use crate::inode::dirops;
 use crate::inode::write::{dinode, put_dinode};
 use gfs2_ondisk::consts::{format, lh, metatype};
 use gfs2_ondisk::{InumRange, LogHeader, MetaHeader, StatfsChange};
@@ -43,14 +47,22 @@ pub struct JournalSpec {
     pub first_sequence: u64,
 }
 
-/// The scratch name every file is made under before it is renamed into place.
-pub const NEW_INODE: &[u8] = b"new_inode";
+/// The prefix of the scratch names the files are made under (gfs2_jadd
+/// uses `new_inode` itself).
+pub const NEW_INODE: &str = "new_inode";
 
 /// Allocate (and zero) a big file this many bytes per transaction, so that
 /// no transaction outgrows the log of the journal that carries it.
 const FALLOCATE_CHUNK: u64 = 16 << 20;
 
 const S_IFREG: u32 = 0o100000;
+
+fn now() -> (u64, u32) {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (d.as_secs(), d.subsec_nanos())
+}
 
 impl Fs {
     /// The jindex and per_node directories' inodes.
@@ -87,42 +99,79 @@ impl Fs {
             return Err(FsError::Errno(libc::EINVAL));
         }
         let (jindex, per_node) = self.system_dirs()?;
+        let master = self.superblock().master_dir.addr;
         let jid = self.journal_count()?;
         tracing::info!(jid, "adding a journal");
+        self.remove_leftovers(master, per_node, jid)?;
 
-        let ir = self.new_system_file(true)?;
+        let names = [
+            format!("inum_range{jid}"),
+            format!("statfs_change{jid}"),
+            format!("quota_change{jid}"),
+            format!("journal{jid}"),
+        ];
+        let scratch: Vec<String> = names.iter().map(|n| format!("{NEW_INODE}.{n}")).collect();
+
+        let ir = self.new_system_file(&scratch[0], true)?;
         let mut b = [0u8; InumRange::SIZE];
         InumRange::default().write(&mut b)?;
         self.write(ir, 0, &b)?;
-        self.put_in_place(per_node, &format!("inum_range{jid}"))?;
 
-        let sc = self.new_system_file(true)?;
+        let sc = self.new_system_file(&scratch[1], true)?;
         let mut b = [0u8; StatfsChange::SIZE];
         StatfsChange::default().write(&mut b)?;
         self.write(sc, 0, &b)?;
-        self.put_in_place(per_node, &format!("statfs_change{jid}"))?;
 
-        let qc = self.new_system_file(false)?;
+        let qc = self.new_system_file(&scratch[2], false)?;
         self.fill_quota_change(qc, spec.quota_change_bytes)?;
-        self.put_in_place(per_node, &format!("quota_change{jid}"))?;
 
-        let j = self.new_system_file(false)?;
+        let j = self.new_system_file(&scratch[3], false)?;
         self.fill_journal(j, spec)?;
-        self.put_in_place(jindex, &format!("journal{jid}"))?;
+
+        // Everything durable before anything names it.
+        self.sync()?;
+        let moves: Vec<(&str, u64, &str)> = vec![
+            (&scratch[0], per_node, &names[0]),
+            (&scratch[1], per_node, &names[1]),
+            (&scratch[2], per_node, &names[2]),
+            (&scratch[3], jindex, &names[3]),
+        ];
+        self.move_into_place(master, &moves)?;
+        self.sync()?;
         Ok(jid)
     }
 
-    /// A fresh empty `new_inode` in the master directory (a stale one from
-    /// an interrupted jadd is removed first), with the system flag of its
-    /// directory and journaled data or not; returns its inode.
-    fn new_system_file(&self, jdata: bool) -> Result<u64> {
-        let master = self.superblock().master_dir.addr;
-        match self.remove(master, NEW_INODE, false) {
-            Ok(()) | Err(FsError::Errno(libc::ENOENT)) => {}
-            Err(e) => return Err(e),
+    /// Remove scratch files of an interrupted jadd from the master
+    /// directory, and per-node files of `jid` (which has no journal yet).
+    fn remove_leftovers(&self, master: u64, per_node: u64, jid: u32) -> Result<()> {
+        let mut stale = Vec::new();
+        self.readdir(master, 0, |e| {
+            if e.name.starts_with(NEW_INODE.as_bytes()) {
+                stale.push(e.name.to_vec());
+            }
+            true
+        })?;
+        for n in stale {
+            tracing::info!(name = %String::from_utf8_lossy(&n), "removing a scratch file of an interrupted jadd");
+            self.remove(master, &n, false)?;
         }
+        for n in ["inum_range", "statfs_change", "quota_change"] {
+            let name = format!("{n}{jid}");
+            match self.remove(per_node, name.as_bytes(), false) {
+                Ok(()) => tracing::info!(name, "removed a per-node file of a missing journal"),
+                Err(FsError::Errno(libc::ENOENT)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// A fresh empty file `name` in the master directory, with the system
+    /// flag of its directory and journaled data or not; returns its inode.
+    fn new_system_file(&self, name: &str, jdata: bool) -> Result<u64> {
+        let master = self.superblock().master_dir.addr;
         let ino = self
-            .mknod(master, NEW_INODE, S_IFREG | 0o600, 0, 0, 0, 0, None)?
+            .mknod(master, name.as_bytes(), S_IFREG | 0o600, 0, 0, 0, 0, None)?
             .ino;
         self.modify(&[master, ino], |tx, _, _| {
             let system = dinode(tx, master)?.flags & dif::SYSTEM;
@@ -135,14 +184,44 @@ impl Fs {
         Ok(ino)
     }
 
-    /// Make `new_inode` durable, then rename it to `name` in `dir`
-    /// (replacing what an interrupted jadd may have left there) and make
-    /// that durable too.
-    fn put_in_place(&self, dir: u64, name: &str) -> Result<()> {
-        self.sync()?;
-        let master = self.superblock().master_dir.addr;
-        self.rename(master, NEW_INODE, dir, name.as_bytes(), 0)?;
-        self.sync()
+    /// Rename every `(scratch name in master, directory, final name)` in
+    /// one transaction: all are in place after it, or none.
+    fn move_into_place(&self, master: u64, moves: &[(&str, u64, &str)]) -> Result<()> {
+        let dev = self.device().clone();
+        let mut inodes = vec![master];
+        for (scratch, dir, _) in moves {
+            inodes.push(*dir);
+            inodes.push(self.lookup(master, scratch.as_bytes())?.ino);
+        }
+        inodes.sort_unstable();
+        inodes.dedup();
+        self.modify(&inodes, |tx, al, _| {
+            let (s, ns) = now();
+            for (scratch, dir, name) in moves {
+                if dirops::find(tx, al, *dir, name.as_bytes())?.is_some() {
+                    return Err(FsError::Errno(libc::EEXIST));
+                }
+                let (inum, dt) = dirops::remove(tx, al, master, scratch.as_bytes())?
+                    .ok_or(FsError::Errno(libc::ENOENT))?;
+                dirops::add(tx, al, *dir, name.as_bytes(), inum, dt, dev.as_ref())?;
+                let mut di = dinode(tx, inum.addr)?;
+                di.ctime = s;
+                di.ctime_nsec = ns;
+                put_dinode(tx, &di)?;
+            }
+            for d in inodes
+                .iter()
+                .filter(|i| **i == master || moves.iter().any(|m| m.1 == **i))
+            {
+                let mut di = dinode(tx, *d)?;
+                di.mtime = s;
+                di.mtime_nsec = ns;
+                di.ctime = s;
+                di.ctime_nsec = ns;
+                put_dinode(tx, &di)?;
+            }
+            Ok(())
+        })
     }
 
     /// Allocate `bytes` of zeroed blocks to file `ino`, in transactions of

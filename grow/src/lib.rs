@@ -5,9 +5,11 @@
 //! `cli` parses both command lines (`getopt` is GNU getopt's behaviour),
 //! `newrgrps` places and writes the new resource groups, `offline` claims
 //! and mounts the device through the library, whose `grow` and `jadd`
-//! modules make the changes crash-safe.
+//! modules make the changes crash-safe. `killpoint` is the crash tests'
+//! hook (kill -9 at the N-th device write).
 
 pub mod cli;
 pub mod getopt;
+pub mod killpoint;
 pub mod newrgrps;
 pub mod offline;

@@ -39,7 +39,7 @@ pub fn open(path: &OsStr, read_only: bool) -> Result<Target, String> {
     }
     let dev = spec::open_os(path, read_only).map_err(|e| strerror(&e))?;
     match gfs2fuse::sb::read_sb(dev.as_ref()) {
-        Ok(_) => Ok(Target::Device(dev)),
+        Ok(_) => Ok(Target::Device(crate::killpoint::wrap(dev))),
         Err(_) => Ok(Target::NotGfs2),
     }
 }

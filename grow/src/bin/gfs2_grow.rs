@@ -126,5 +126,6 @@ fn main() -> ExitCode {
     if o.level >= 5 {
         println!("gfs2_grow complete.");
     }
+    gfs2_grow::killpoint::report();
     ExitCode::from(code)
 }

@@ -77,6 +77,7 @@ fn main() -> ExitCode {
     };
     let r = run();
     let u = fs.unmount();
+    gfs2_grow::killpoint::report();
     let orig = match r {
         Ok(n) => n,
         Err(e) => return fail(&e),
