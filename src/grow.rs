@@ -26,13 +26,6 @@ use crate::inode::write::{dinode, glock};
 use crate::ops::write_tx;
 
 impl Fs {
-    /// The rindex system file's inode.
-    pub fn rindex_inode(&self) -> Result<u64> {
-        Ok(self
-            .lookup(self.superblock().master_dir.addr, b"rindex")?
-            .ino)
-    }
-
     /// Append `new` to the rindex and add its data blocks to the statfs
     /// totals, as one transaction. The new resource groups' blocks must be
     /// written and flushed already; they must follow the last existing one
@@ -45,7 +38,7 @@ impl Fs {
         }
         let bs = u64::from(self.superblock().bsize);
         let dev_blocks = self.device().size() / bs;
-        let rindex_ino = self.rindex_inode()?;
+        let rindex_ino = self.rindex_inode();
         let (master, local) = {
             let wg = w.lock().unwrap_or_else(|e| e.into_inner());
             (wg.master_statfs, wg.local_statfs)
@@ -110,8 +103,7 @@ impl Fs {
             Ok((all, gained as u64))
         })?;
         // The allocator may use the new resource groups from now on.
-        let mut wg = w.lock().unwrap_or_else(|e| e.into_inner());
-        wg.rindex = all;
+        self.install_rindex(all);
         tracing::info!(
             rgrps = new.len(),
             blocks = gained,

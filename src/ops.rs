@@ -349,6 +349,11 @@ impl Fs {
         mut f: impl FnMut(&mut Txn<'_>, Alloc<'_>, &mut HashMap<u64, u32>) -> Result<T>,
     ) -> Result<T> {
         let w = self.writer().ok_or(errno(libc::EROFS))?;
+        // Not on the freeze path: that runs on the glock worker thread,
+        // which must never wait for a glock.
+        if freeze {
+            self.refresh_rindex()?;
+        }
         let mut want: BTreeMap<ResName, Mode> =
             inodes.iter().map(|&i| (glock(i), Mode::EX)).collect();
         // It sorts before every other glock taken here.

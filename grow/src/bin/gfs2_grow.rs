@@ -59,7 +59,7 @@ fn grow_one(o: &GrowOptions, path: &std::ffi::OsStr) -> Done {
         }
         None => real_blocks,
     };
-    let Some(plan) = newrgrps::plan(bsize, fs.rindex(), dev_blocks) else {
+    let Some(plan) = newrgrps::plan(bsize, &fs.rindex(), dev_blocks) else {
         if o.level >= 3 {
             eprintln!("The calculated resource group size is too small.");
             eprintln!("{name} has not grown.");
