@@ -1,15 +1,19 @@
 //! Growing a filesystem: resource groups beyond the last one join the rindex.
 //!
 //! `gfs2_grow` (offline through a `lock_nolock` mount of this library, or
-//! online in the daemon that has the filesystem mounted) first writes the
-//! new resource groups' headers and bitmaps past the end of the filesystem
-//! and flushes the device. Nothing refers to those blocks yet: a crash at
-//! that point leaves the old filesystem untouched, with some initialised
-//! blocks beyond its end (gfs2-utils' `gfs2_grow` killed before it writes
-//! the rindex leaves the same).
+//! online through the daemon that has the filesystem mounted, see
+//! [`crate::control`]) plans the new resource groups and hands them to
+//! [`Fs::append_rgrps`], which holds the rindex inode's glock exclusively
+//! throughout (no other node can grow at the same time, and a plan made
+//! from an rindex that changed meanwhile is refused before anything is
+//! written). It first writes the new groups' headers and bitmaps past the
+//! end of the filesystem and flushes the device. Nothing refers to those
+//! blocks yet: a crash at that point leaves the old filesystem untouched,
+//! with some initialised blocks beyond its end (gfs2-utils' `gfs2_grow`
+//! killed before it writes the rindex leaves the same; gfs2-utils' fsck
+//! then adds them to the rindex itself).
 //!
-//! [`Fs::append_rgrps`] then makes them part of the filesystem in **one**
-//! transaction: the rindex file grows by their entries and the master statfs
+//! It then makes them part of the filesystem in **one** transaction: the rindex file grows by their entries and the master statfs
 //! file by their space (the kernel's `adjust_fs_space`, which its rindex
 //! write path runs in the same transaction). The transaction is logged as a
 //! whole, so after a crash the journal replay gives either the old rindex
@@ -26,18 +30,23 @@ use crate::inode::write::{dinode, glock};
 use crate::ops::write_tx;
 
 impl Fs {
-    /// Append `new` to the rindex and add its data blocks to the statfs
-    /// totals, as one transaction. The new resource groups' blocks must be
-    /// written and flushed already; they must follow the last existing one
-    /// in ascending, non-overlapping order and lie on the device. Returns
-    /// the number of data blocks the filesystem gained.
+    /// Write the resource groups `new` (headers and empty bitmaps), then
+    /// append them to the rindex and add their data blocks to the statfs
+    /// totals in one transaction, all under the rindex glock held
+    /// exclusively. They must follow the last existing one in ascending,
+    /// non-overlapping order and lie on the device (whose size is looked
+    /// at again first). Returns the number of data blocks the filesystem
+    /// gained.
     pub fn append_rgrps(&self, new: &[Rindex]) -> Result<u64> {
         let w = self.writer().ok_or(FsError::Errno(libc::EROFS))?;
         if new.is_empty() {
             return Ok(0);
         }
         let bs = u64::from(self.superblock().bsize);
-        let dev_blocks = self.device().size() / bs;
+        let dev_blocks = self.device().refresh_size().map_err(|source| FsError::Io {
+            what: "the device's size".into(),
+            source,
+        })? / bs;
         let rindex_ino = self.rindex_inode();
         let (master, local) = {
             let wg = w.lock().unwrap_or_else(|e| e.into_inner());
@@ -63,6 +72,20 @@ impl Fs {
                 ));
             }
             check_new(&old, new, dev_blocks)?;
+            // Under the rindex glock, before the rindex names them.
+            for (i, r) in new.iter().enumerate() {
+                let skip = new.get(i + 1).map_or(0, |n| (n.addr - r.addr) as u32);
+                let blocks = rgrp_blocks(bs as u32, r, skip)?;
+                dev.write_at(&blocks, r.addr * bs)
+                    .map_err(|source| FsError::Io {
+                        what: format!("writing the new resource group at {}", r.addr),
+                        source,
+                    })?;
+            }
+            dev.flush().map_err(|source| FsError::Io {
+                what: "flushing the new resource groups".into(),
+                source,
+            })?;
             let mut bytes = vec![0u8; new.len() * Rindex::SIZE];
             for (r, b) in new.iter().zip(bytes.chunks_exact_mut(Rindex::SIZE)) {
                 r.write(b)?;
@@ -111,6 +134,27 @@ impl Fs {
         );
         Ok(gained)
     }
+}
+
+/// The header and bitmap blocks of an empty resource group (`skip`: the
+/// distance to the next one, 0 for the last), as gfs2-utils writes them.
+pub fn rgrp_blocks(bsize: u32, r: &Rindex, skip: u32) -> Result<Vec<u8>> {
+    use gfs2_ondisk::consts::{format, metatype};
+    let bs = bsize as usize;
+    let mut buf = vec![0u8; bs * r.length as usize];
+    gfs2_ondisk::Rgrp {
+        free: r.data,
+        skip,
+        data0: r.data0,
+        data: r.data,
+        bitbytes: r.bitbytes,
+        ..gfs2_ondisk::Rgrp::default()
+    }
+    .write_with_crc(&mut buf[..bs])?;
+    for b in buf.chunks_exact_mut(bs).skip(1) {
+        gfs2_ondisk::MetaHeader::new(metatype::RB, format::RB).write(b)?;
+    }
+    Ok(buf)
 }
 
 /// The new entries must be well formed, follow the existing ones in order

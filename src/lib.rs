@@ -4,6 +4,7 @@
 //! on-disk format and the lock modules (`gfs2-lockproto`).
 
 pub mod buf;
+pub mod control;
 pub mod dev;
 pub mod error;
 pub mod format;

@@ -47,6 +47,15 @@ fn mount_entry(mountpoint: &Path) -> Option<(String, String)> {
         .map(|m| (m.dev, m.fstype))
 }
 
+/// The control socket of the gfs2-fuse daemon serving the mount at `path`
+/// (made absolute and canonical here); `None` when `path` is not a mount
+/// point or its daemon left no socket (not gfs2-fuse, or too old).
+pub fn control_socket_of(path: &Path) -> Option<PathBuf> {
+    let canon = path.canonicalize().ok()?;
+    let p = crate::control::socket_path(&state_path(&canon).ok()?);
+    p.exists().then_some(p)
+}
+
 /// The state file of the mount at `mountpoint` (absolute and canonical).
 fn state_path(mountpoint: &Path) -> io::Result<PathBuf> {
     let (dev, _) = mount_entry(mountpoint).ok_or_else(|| {
@@ -68,6 +77,11 @@ impl RunState {
         }
         std::fs::write(&path, format!("{}\n", std::process::id()))?;
         Ok(RunState { path })
+    }
+
+    /// This daemon's control socket (see [`crate::control`]).
+    pub fn control_path(&self) -> PathBuf {
+        crate::control::socket_path(&self.path)
     }
 
     /// Where this daemon writes its glock dump (`gfs2-fuse glocks`).

@@ -7,14 +7,12 @@
 //! is split by mkfs's planner ([`gfs2_mkfs::plan::plan_rgrps`]) into
 //! resource groups of at most 2 GiB, at most two sizes, each header
 //! recording the distance to the next (`rg_skip`, 0 in the last new one).
-//! Every block of a new group is free; the headers and bitmaps are written
-//! and flushed before anything refers to them (see [`gfs2fuse::grow`]).
+//! Every block of a new group is free; the library writes the headers and
+//! bitmaps and flushes them before the rindex names them (see
+//! [`gfs2fuse::grow`]).
 
 use gfs2_mkfs::plan::{plan_rgrps, Align, RgrpSpec, MAX_RGSIZE_MB};
-use gfs2_ondisk::consts::{format, metatype};
-use gfs2_ondisk::{MetaHeader, Rgrp, Rindex};
-use gfs2fuse::dev::BlockDevice;
-use std::io;
+use gfs2_ondisk::Rindex;
 
 /// Where the new resource groups go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,33 +83,4 @@ pub fn plan(bsize: u32, old: &[Rindex], dev_blocks: u64) -> Option<GrowPlan> {
         dev_blocks,
         rgrps,
     })
-}
-
-/// The header and bitmap blocks of an empty resource group.
-pub fn encode(bsize: u32, s: &RgrpSpec) -> Result<Vec<u8>, gfs2_ondisk::FormatError> {
-    let bs = bsize as usize;
-    let mut buf = vec![0u8; bs * s.length as usize];
-    Rgrp {
-        free: s.data,
-        skip: s.skip,
-        data0: s.data0,
-        data: s.data,
-        bitbytes: s.bitbytes,
-        ..Rgrp::default()
-    }
-    .write_with_crc(&mut buf[..bs])?;
-    for b in buf.chunks_exact_mut(bs).skip(1) {
-        MetaHeader::new(metatype::RB, format::RB).write(b)?;
-    }
-    Ok(buf)
-}
-
-/// Write every new resource group's header and bitmaps, then flush the
-/// device: they must be durable before the rindex names them.
-pub fn write(dev: &dyn BlockDevice, bsize: u32, plan: &GrowPlan) -> io::Result<()> {
-    for s in &plan.rgrps {
-        let buf = encode(bsize, s).map_err(io::Error::other)?;
-        dev.write_at(&buf, s.addr * u64::from(bsize))?;
-    }
-    dev.flush()
 }

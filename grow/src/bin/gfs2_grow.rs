@@ -8,6 +8,7 @@
 use gfs2_grow::cli::{parse_grow, GrowOptions};
 use gfs2_grow::newrgrps;
 use gfs2_grow::offline::{self, Target};
+use gfs2_grow::online;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
@@ -21,8 +22,66 @@ enum Done {
     Exit(u8),
 }
 
+/// The notices gfs2-utils prints before growing.
+fn print_info(o: &GrowOptions, mnt: &str, dev: &str, plan: &newrgrps::GrowPlan, bsize: u32) {
+    if o.level >= 5 {
+        println!("Mount point: {mnt}");
+        println!("Device: {dev}");
+        println!("Size: {} blocks", plan.start);
+        println!("Length: {} blocks", plan.dev_blocks);
+        println!("The file system will grow by {}MB.", plan.growth_mb(bsize));
+    }
+}
+
+fn too_small(o: &GrowOptions, name: &str) -> Done {
+    if o.level >= 3 {
+        eprintln!("The calculated resource group size is too small.");
+        eprintln!("{name} has not grown.");
+    }
+    Done::Failed
+}
+
+/// A filesystem gfs2-fuse has mounted: the daemon grows it.
+fn grow_online(o: &GrowOptions, path: &std::ffi::OsStr, sock: &std::path::Path) -> Done {
+    let name = String::from_utf8_lossy(path.as_bytes()).into_owned();
+    let info = match online::info(sock) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return Done::Exit(1);
+        }
+    };
+    let bs = u64::from(info.bsize);
+    let dev_blocks = o.device_bytes.unwrap_or(info.device_bytes) / bs;
+    let Some(plan) = newrgrps::plan(info.bsize, &info.rindex, dev_blocks) else {
+        return too_small(o, &name);
+    };
+    let source = online::source_of(path).unwrap_or_else(|| "?".into());
+    print_info(o, &name, &source, &plan, info.bsize);
+    if o.level >= 6 {
+        println!("{} new rindex entries.", plan.rgrps.len());
+    }
+    if o.test {
+        return Done::Ok;
+    }
+    if dev_blocks > info.device_bytes / bs {
+        eprintln!("{name}: -D is larger than the device");
+        return Done::Exit(1);
+    }
+    match online::grow(sock, &plan.rindex()) {
+        Ok(_) => Done::Ok,
+        Err(e) => {
+            eprintln!("Error writing new rindex entries; aborted: {e}");
+            Done::Failed
+        }
+    }
+}
+
 fn grow_one(o: &GrowOptions, path: &std::ffi::OsStr) -> Done {
     let name = String::from_utf8_lossy(path.as_bytes()).into_owned();
+    if let Some(sock) = online::find(path) {
+        return grow_online(o, path, &sock);
+    }
     let dev = match offline::open(path, o.test) {
         Ok(Target::Device(d)) => d,
         Ok(Target::NotGfs2) => {
@@ -75,13 +134,6 @@ fn grow_one(o: &GrowOptions, path: &std::ffi::OsStr) -> Done {
         println!("The file system will grow by {}MB.", plan.growth_mb(bsize));
     }
     let mut result = Done::Ok;
-    if !o.test {
-        if let Err(e) = newrgrps::write(dev.as_ref(), bsize, &plan) {
-            eprintln!("Failed to write resource group: {}", offline::strerror(&e));
-            let _ = fs.unmount();
-            return Done::Failed;
-        }
-    }
     if o.level >= 6 {
         println!("{} new rindex entries.", plan.rgrps.len());
     }
