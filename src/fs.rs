@@ -285,14 +285,6 @@ impl Fs {
             fs.jid = jid;
             fs.journal_gh = Some(holder);
         }
-        let rindex = fs.lookup_sys(master, b"rindex")?;
-        fs.rindex_ino = rindex;
-        let ri = fs.read_rindex(rindex)?;
-        // The kernel trusts rgrp LVBs from format 1802 on (`rgrplvb`).
-        fs.cache_ops
-            .set_rindex(ri.clone(), fs.sb.fs_format > 1801 && !nolock);
-        fs.cache_ops.watch_rindex(rindex, fs.rindex_stale.clone());
-        fs.rindex = std::sync::RwLock::new(ri);
         let statfs = fs.lookup_sys(master, b"statfs")?;
         fs.statfs_inos.push(statfs);
         let per_node = fs.lookup_sys(master, b"per_node")?;
@@ -334,6 +326,17 @@ impl Fs {
         if info.first {
             fs.glocks.lockspace().first_done()?;
         }
+        // After the replay, as the kernel reads it (at the first
+        // allocation): a crash halfway through writing a grow in place
+        // leaves the rindex whole only in the log.
+        let rindex = fs.lookup_sys(master, b"rindex")?;
+        fs.rindex_ino = rindex;
+        let ri = fs.read_rindex(rindex)?;
+        // The kernel trusts rgrp LVBs from format 1802 on (`rgrplvb`).
+        fs.cache_ops
+            .set_rindex(ri.clone(), fs.sb.fs_format > 1801 && !nolock);
+        fs.cache_ops.watch_rindex(rindex, fs.rindex_stale.clone());
+        fs.rindex = std::sync::RwLock::new(ri);
         // `norecovery` is the kernel's alias of `spectator`: no journal of
         // our own, so no writes (writing on an unreplayed journal would
         // mark it clean and lose the crashed node's transactions).

@@ -22,7 +22,12 @@
 //!   `new_inode`.
 //! - after it: the journal and its per-node files, complete, in place
 //!   (the log replay at the next mount or fsck puts the transaction in
-//!   place if the crash came before the checkpoint).
+//!   place if the crash came before the checkpoint). The files were
+//!   written in place (a checkpoint) before the renaming transaction, so a
+//!   crash halfway through that transaction's own checkpoint, which may
+//!   leave the jindex entry in place before anything else, still names a
+//!   valid journal: mounts read the jindex and the journals' block maps
+//!   before they replay the log.
 //!
 //! Per-node files of a jid that has no journal (left by an interrupted
 //! gfs2-utils jadd) are removed before the new ones are made.
@@ -51,8 +56,9 @@ pub struct JournalSpec {
 /// uses `new_inode` itself).
 pub const NEW_INODE: &str = "new_inode";
 
-/// Allocate (and zero) a big file this many bytes per transaction, so that
-/// no transaction outgrows the log of the journal that carries it.
+/// Fill a big file this many bytes per call, so that no transaction
+/// outgrows the log of the journal that carries it (the write path splits
+/// it further, into 1 MiB transactions).
 const FALLOCATE_CHUNK: u64 = 16 << 20;
 
 const S_IFREG: u32 = 0o100000;
@@ -128,8 +134,13 @@ impl Fs {
         let j = self.new_system_file(&scratch[3], false)?;
         self.fill_journal(j, spec)?;
 
-        // Everything durable before anything names it.
+        // Everything durable, and in place, before anything names it: the
+        // journal's dinode and indirect blocks must be valid where they
+        // lie even if a crash comes halfway through writing the renaming
+        // transaction in place (mounts read the jindex and each journal's
+        // block map before they replay anything).
         self.sync()?;
+        self.checkpoint()?;
         let moves: Vec<(&str, u64, &str)> = vec![
             (&scratch[0], per_node, &names[0]),
             (&scratch[1], per_node, &names[1]),
@@ -224,14 +235,16 @@ impl Fs {
         })
     }
 
-    /// Allocate `bytes` of zeroed blocks to file `ino`, in transactions of
-    /// bounded size.
+    /// Allocate `bytes` of zeroed blocks to file `ino` by writing zeros, a
+    /// bounded piece per transaction (the write path gathers contiguous
+    /// blocks into few device writes).
     fn allocate(&self, ino: u64, bytes: u64) -> Result<()> {
+        let zeros = vec![0u8; FALLOCATE_CHUNK as usize];
         let mut off = 0;
         while off < bytes {
-            let len = FALLOCATE_CHUNK.min(bytes - off);
-            self.fallocate(ino, off, len, 0)?;
-            off += len;
+            let len = FALLOCATE_CHUNK.min(bytes - off) as usize;
+            self.write(ino, off, &zeros[..len])?;
+            off += len as u64;
         }
         Ok(())
     }

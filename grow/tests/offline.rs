@@ -446,8 +446,9 @@ fn cli_errors_match_gfs2_utils() {
     }
 }
 
-/// Kill a tool at `points` device writes spread over its run (picked by
-/// `seed`), and after each: fsck.gfs2 -n accepts the image, or
+/// Kill a tool at 10 device writes (or every one, when fewer) spread over its run (picked by `seed`),
+/// and after each: fsck.gfs2 -n accepts the image unless the journal is
+/// dirty; with the journal replayed by a mount it is clean, and
 /// fsck.gfs2 -y repairs it (then -n is clean); every earlier file reads
 /// back; running the tool again finishes the job cleanly.
 fn kill_points(bin: &str, args: &[&str], prepare: &dyn Fn(&Path), done: &dyn Fn(&Path), seed: u64) {
@@ -470,11 +471,14 @@ fn kill_points(bin: &str, args: &[&str], prepare: &dyn Fn(&Path), done: &dyn Fn(
     // 10 points: the first writes, the last ones, and some in between.
     let mut x = seed | 1;
     let mut points: Vec<u64> = vec![1, 2, total - 1, total];
-    while points.len() < 10 {
+    while points.len() < 10.min(total as usize) {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        points.push(1 + x % total);
+        let p = 1 + x % total;
+        if !points.contains(&p) {
+            points.push(p);
+        }
     }
     for n in points {
         std::fs::copy(&base, &img).expect("copy");
@@ -485,9 +489,15 @@ fn kill_points(bin: &str, args: &[&str], prepare: &dyn Fn(&Path), done: &dyn Fn(
         );
         let what = format!("{bin} killed at write {n} of {total} (seed {seed})");
         assert!(o.code == -9 || n == total, "{what}: exit {}", o.code);
-        // As it stands (fsck -n does not replay the journal)...
+        // As it stands: fsck -n does not replay the journal, so while the
+        // killed run's journal is dirty the blocks in place may be a
+        // checkpoint's half; anything it finds must come with that.
         let f = fsck_n(&img).expect("fsck -n");
-        assert_eq!(f.code, 0, "{what}: fsck.gfs2 -n:\n{}", f.output);
+        assert!(
+            f.code == 0 || f.output.contains("is dirty"),
+            "{what}: fsck.gfs2 -n with a clean journal:\n{}",
+            f.output
+        );
         // ...with the journal replayed as the next mount replays it...
         let replayed = t.join("replayed.img");
         std::fs::copy(&img, &replayed).expect("copy");
@@ -561,16 +571,16 @@ fn kill9_grow() {
     let seed = seed();
     eprintln!("seed {seed} (GFS2_TEST_SEED)");
     let prepare = |img: &Path| {
-        mkfs(img, 100, &["-p", "lock_nolock", "-j", "1", "-b", "1024"]).expect("mkfs");
+        mkfs(img, 64, &["-p", "lock_nolock", "-j", "1"]).expect("mkfs");
         write_files(img);
-        extend(img, 300);
+        extend(img, 160);
     };
     let done = |img: &Path| {
         let fs = mount(img, None);
         let end = fs.rindex().last().map(|r| r.data0 + u64::from(r.data));
         fs.unmount().expect("unmount");
         assert!(
-            end.is_some_and(|e| e > 200 << 10),
+            end.is_some_and(|e| e > (128 << 20) / 4096),
             "grow not finished: {end:?}"
         );
         check_statfs(img, "after the rerun");
@@ -583,7 +593,7 @@ fn kill9_jadd() {
     let seed = seed();
     eprintln!("seed {seed} (GFS2_TEST_SEED)");
     let prepare = |img: &Path| {
-        mkfs(img, 200, &["-p", "lock_nolock", "-j", "1"]).expect("mkfs");
+        mkfs(img, 128, &["-p", "lock_nolock", "-j", "1"]).expect("mkfs");
         write_files(img);
     };
     let done = |img: &Path| {
