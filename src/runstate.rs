@@ -99,8 +99,9 @@ impl RunState {
         }
     }
 
-    /// Record how the unmount ended.
+    /// Record how the unmount ended (and close the control socket).
     pub fn finish(&self, outcome: &Result<(), String>) {
+        let _ = std::fs::remove_file(self.control_path());
         let line = match outcome {
             Ok(()) => "clean\n".to_string(),
             Err(e) => format!("failed: {}\n", e.replace('\n', " ")),
