@@ -3,7 +3,8 @@
 //! GFS2 itself, in one VM boot:
 //! - the same images, grown or given journals by ours on the host and by
 //!   gfs2-utils' `gfs2_grow`/`gfs2_jadd` on a kernel mount in the VM, give
-//!   the same `gfs2_edit -p rindex` entries, the same jindex and per_node
+//!   the same `gfs2_grow -T` report (sizes and growth), the same
+//!   `gfs2_edit -p rindex` entries, the same jindex and per_node
 //!   names, and the same sizes and flags of every new system file;
 //! - the kernel mounts our grown images and writes more than the old
 //!   filesystem could hold, and mounts our jadd'ed image on each new
@@ -112,6 +113,7 @@ fn kernel_and_gfs2_utils_agree() {
     // Grow pairs: (block size, old MB, new MB).
     let grows = [(4096u32, 100u64, 300u64), (1024, 64, 200)];
     let mut disks = Vec::new();
+    let mut test_reports = Vec::new();
     for (bs, from, to) in grows {
         let theirs = t.join(&format!("grow-{bs}-theirs.img"));
         let our = t.join(&format!("grow-{bs}-ours.img"));
@@ -123,6 +125,12 @@ fn kernel_and_gfs2_utils_agree() {
         .expect("mkfs");
         extend(&theirs, to);
         std::fs::copy(&theirs, &our).expect("copy");
+        // Our test run's report, on the image gfs2-utils will grow.
+        let t_out = Command::new(GROW)
+            .args(["-T", s(&theirs)])
+            .output()
+            .expect("gfs2_grow -T");
+        test_reports.push(String::from_utf8_lossy(&t_out.stdout).into_owned());
         ours(GROW, &[s(&our)]);
         disks.push(our);
         disks.push(theirs);
@@ -142,7 +150,7 @@ fn kernel_and_gfs2_utils_agree() {
         let theirs = sh::dev(2 * i + 1);
         let our = sh::dev(2 * i);
         script.push_str(&format!(
-            "mnt {theirs} && {{ /usr/sbin/gfs2_grow /mnt; echo \"GFS2-GROW-RC $?\"; umnt; }}\n"
+            "mnt {theirs} && {{ echo BEGIN-T{i}; /usr/sbin/gfs2_grow -T /mnt; echo END-T{i}; /usr/sbin/gfs2_grow /mnt; echo \"GFS2-GROW-RC $?\"; umnt; }}\n"
         ));
         // More than the old filesystem could hold (its data blocks are
         // fewer than `from` MB).
@@ -202,6 +210,17 @@ fn kernel_and_gfs2_utils_agree() {
         assert_eq!(r.workload_status(tag), Some(0), "workload {tag}:\n{c}");
     }
     for (i, _) in grows.iter().enumerate() {
+        // The same report but for the mount point and device names.
+        let keep = |l: &&str| !l.starts_with("Mount point:") && !l.starts_with("Device:");
+        let theirs_t: Vec<String> = r
+            .raw_section(&format!("T{i}"))
+            .iter()
+            .map(|l| l.trim_end().to_string())
+            .filter(|l| !l.starts_with('['))
+            .collect();
+        let theirs_t: Vec<&str> = theirs_t.iter().map(String::as_str).filter(keep).collect();
+        let ours_t: Vec<&str> = test_reports[i].lines().filter(keep).collect();
+        assert_eq!(ours_t, theirs_t, "gfs2_grow -T report");
         let (our, theirs) = (&disks[2 * i], &disks[2 * i + 1]);
         assert_eq!(rindex(our), rindex(theirs), "rindex of {}", our.display());
         assert_clean(our);
