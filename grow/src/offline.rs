@@ -31,11 +31,18 @@ pub enum Target {
 /// Open `path`: `Err` carries gfs2-utils' "Error looking up mount" reason
 /// (the strerror text) when the path cannot be reached at all.
 pub fn open(path: &OsStr, read_only: bool) -> Result<Target, String> {
-    let p = Path::new(path);
-    let md = std::fs::metadata(p).map_err(|e| strerror(&e))?;
-    if md.is_dir() {
-        // A directory is a mount point or nothing to us.
-        return Ok(Target::NotGfs2);
+    // Network disks (nbd://...) go straight to the device layer.
+    let local = matches!(
+        path.to_str().map(spec::parse),
+        Some(Ok(spec::Spec::Path(_))) | None
+    );
+    if local {
+        let md = std::fs::metadata(Path::new(path)).map_err(|e| strerror(&e))?;
+        if md.is_dir() {
+            // A directory is a gfs2-fuse mount point (see `online`) or
+            // nothing to us.
+            return Ok(Target::NotGfs2);
+        }
     }
     let dev = spec::open_os(path, read_only).map_err(|e| strerror(&e))?;
     match gfs2fuse::sb::read_sb(dev.as_ref()) {
