@@ -4,7 +4,7 @@
 //! - the same images, grown or given journals by ours on the host and by
 //!   gfs2-utils' `gfs2_grow`/`gfs2_jadd` on a kernel mount in the VM, give
 //!   the same `gfs2_grow -T` report (sizes and growth), the same
-//!   `gfs2_edit -p rindex` entries, the same jindex and per_node
+//!   `gfs2_edit -p rindex` entries and new resource group headers, the same jindex and per_node
 //!   names, and the same sizes and flags of every new system file;
 //! - the kernel mounts our grown images and writes more than the old
 //!   filesystem could hold, and mounts our jadd'ed image on each new
@@ -102,6 +102,15 @@ fn system_files(img: &Path) -> Vec<String> {
     out
 }
 
+/// The `ri_addr` of every resource group, in rindex order.
+fn rgrp_addrs(img: &Path) -> Vec<String> {
+    edit(img, "rindex")
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("ri_addr"))
+        .filter_map(|v| v.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
 fn assert_clean(img: &Path) {
     let f = fsck_n(img).expect("fsck.gfs2 -n");
     assert_eq!(f.code, 0, "{}: fsck.gfs2 -n:\n{}", img.display(), f.output);
@@ -114,6 +123,8 @@ fn kernel_and_gfs2_utils_agree() {
     let grows = [(4096u32, 100u64, 300u64), (1024, 64, 200)];
     let mut disks = Vec::new();
     let mut test_reports = Vec::new();
+    let mut kept_images = Vec::new();
+    let mut orig_counts = Vec::new();
     for (bs, from, to) in grows {
         let theirs = t.join(&format!("grow-{bs}-theirs.img"));
         let our = t.join(&format!("grow-{bs}-ours.img"));
@@ -125,6 +136,7 @@ fn kernel_and_gfs2_utils_agree() {
         .expect("mkfs");
         extend(&theirs, to);
         std::fs::copy(&theirs, &our).expect("copy");
+        orig_counts.push(rgrp_addrs(&theirs).len());
         // Our test run's report, on the image gfs2-utils will grow.
         let t_out = Command::new(GROW)
             .args(["-T", s(&theirs)])
@@ -132,6 +144,10 @@ fn kernel_and_gfs2_utils_agree() {
             .expect("gfs2_grow -T");
         test_reports.push(String::from_utf8_lossy(&t_out.stdout).into_owned());
         ours(GROW, &[s(&our)]);
+        // Kept as our grow left it: the kernel fills `our` in the VM.
+        let kept = t.join(&format!("grow-{bs}-ours-kept.img"));
+        std::fs::copy(&our, &kept).expect("copy");
+        kept_images.push(kept);
         disks.push(our);
         disks.push(theirs);
     }
@@ -223,6 +239,19 @@ fn kernel_and_gfs2_utils_agree() {
         assert_eq!(ours_t, theirs_t, "gfs2_grow -T report");
         let (our, theirs) = (&disks[2 * i], &disks[2 * i + 1]);
         assert_eq!(rindex(our), rindex(theirs), "rindex of {}", our.display());
+        // Every new resource group's header as gfs2-utils wrote it.
+        let new_rgrps: Vec<String> = rgrp_addrs(&kept_images[i])
+            .into_iter()
+            .skip(orig_counts[i])
+            .collect();
+        assert!(!new_rgrps.is_empty(), "no new resource groups");
+        for a in new_rgrps {
+            assert_eq!(
+                edit(&kept_images[i], &a),
+                edit(theirs, &a).replace(s(theirs), s(&kept_images[i])),
+                "resource group header at {a}"
+            );
+        }
         assert_clean(our);
         assert_clean(theirs);
     }
