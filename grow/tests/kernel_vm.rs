@@ -4,8 +4,9 @@
 //! - the same images, grown or given journals by ours on the host and by
 //!   gfs2-utils' `gfs2_grow`/`gfs2_jadd` on a kernel mount in the VM, give
 //!   the same `gfs2_grow -T` report (sizes and growth), the same
-//!   `gfs2_edit -p rindex` entries and new resource group headers, the same jindex and per_node
-//!   names, and the same sizes and flags of every new system file;
+//!   `gfs2_edit -p rindex` entries and new resource group headers, the
+//!   same jindex and per_node names, and the same sizes, flags and modes
+//!   of every new system file;
 //! - the kernel mounts our grown images and writes more than the old
 //!   filesystem could hold, and mounts our jadd'ed image on each new
 //!   journal (`hostdata=jid=N`) and writes;
