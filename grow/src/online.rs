@@ -114,3 +114,46 @@ pub fn statfs(path: &OsStr) -> Result<(u32, u64, u64), String> {
     }
     Ok((st.f_bsize as u32, st.f_blocks, st.f_bfree))
 }
+
+/// Whether `path` is the mount point of the kernel's GFS2 (gfs2-utils'
+/// tools work there, through the kernel's metafs).
+pub fn kernel_mount(path: &OsStr) -> bool {
+    let Ok(canon) = Path::new(path).canonicalize() else {
+        return false;
+    };
+    let Some(want) = canon.to_str().map(gfs2fuse::dev::mountinfo::escape) else {
+        return false;
+    };
+    gfs2fuse::dev::mountinfo::mounts()
+        .into_iter()
+        .rev()
+        .find(|m| m.point == want)
+        .is_some_and(|m| m.fstype == "gfs2")
+}
+
+/// Hand the whole command line to gfs2-utils' `tool` (from /usr/sbin or
+/// /sbin, never ourselves): installed under the same name before it in
+/// PATH, we must not take away what it does on kernel mounts. Returns only
+/// if there is none to run.
+pub fn delegate_to_gfs2_utils(tool: &str) -> String {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    let me = std::env::current_exe()
+        .and_then(std::fs::metadata)
+        .map(|m| (m.dev(), m.ino()))
+        .ok();
+    for dir in ["/usr/sbin", "/sbin"] {
+        let p = Path::new(dir).join(tool);
+        let Ok(md) = std::fs::metadata(&p) else {
+            continue;
+        };
+        if Some((md.dev(), md.ino())) == me {
+            continue;
+        }
+        let mut args = std::env::args_os();
+        let argv0 = args.next().unwrap_or_else(|| tool.into());
+        let e = std::process::Command::new(&p).arg0(argv0).args(args).exec();
+        return format!("{}: {e}", p.display());
+    }
+    format!("a kernel GFS2 mount needs gfs2-utils' {tool} (not installed)")
+}

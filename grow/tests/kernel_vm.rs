@@ -10,6 +10,8 @@
 //! - the kernel mounts our grown images and writes more than the old
 //!   filesystem could hold, and mounts our jadd'ed image on each new
 //!   journal (`hostdata=jid=N`) and writes;
+//! - our tools given a kernel mount point hand over to gfs2-utils' (the
+//!   kernel's metafs is theirs);
 //! - afterwards `fsck.gfs2 -n` finds every image clean.
 
 use gfs2_oracle::{edit_field, fsck_n, mkfs, sh, tool, Scratch, Vm};
@@ -160,6 +162,10 @@ fn kernel_and_gfs2_utils_agree() {
     ours(JADD, &["-j", "2", "-J", "32", "-c", "2", s(&jours)]);
     disks.push(jours.clone());
     disks.push(jtheirs.clone());
+    // vdg: our tools on a kernel mount hand over to gfs2-utils'.
+    let kmount = t.join("kernel-mount.img");
+    std::fs::copy(&jtheirs, &kmount).expect("copy");
+    disks.push(kmount.clone());
 
     // vda/vdb: 4k ours/theirs, vdc/vdd: 1k ours/theirs, vde/vdf: jadd.
     let mut script = String::new();
@@ -184,6 +190,10 @@ fn kernel_and_gfs2_utils_agree() {
         "mnt {} && {{ /usr/sbin/gfs2_jadd -j 2 -J 32 -c 2 /mnt; echo \"GFS2-JADD-RC $?\"; umnt; }}\n",
         sh::dev(5)
     ));
+    script.push_str(&format!(
+        "mnt {} && {{ echo BEGIN-DELEGATED; /ours/gfs2_jadd -j 1 -J 32 /mnt; echo \"OURS-JADD-RC $?\"; /ours/gfs2_grow -T /mnt; echo \"OURS-GROW-RC $?\"; echo END-DELEGATED; umnt; }}\n",
+        sh::dev(6)
+    ));
     for jid in [1, 2] {
         script.push_str(&sh::workload_with(
             &sh::dev(4),
@@ -202,6 +212,13 @@ fn kernel_and_gfs2_utils_agree() {
     .iter()
     .find(|p| Path::new(p).exists())
     .expect("libblkid.so.1 (gfs2-utils' gfs2_grow needs it)");
+    let libgcc = [
+        "/lib/x86_64-linux-gnu/libgcc_s.so.1",
+        "/usr/lib/x86_64-linux-gnu/libgcc_s.so.1",
+    ]
+    .iter()
+    .find(|p| Path::new(p).exists())
+    .expect("libgcc_s.so.1 (our binaries need it)");
     let vm = Vm::new(&script)
         .file(
             "usr/sbin/gfs2_grow",
@@ -212,6 +229,9 @@ fn kernel_and_gfs2_utils_agree() {
             &read(s(&tool("gfs2_jadd").expect("gfs2_jadd"))),
         )
         .file("lib/x86_64-linux-gnu/libblkid.so.1", &read(blkid))
+        .file("ours/gfs2_jadd", &read(JADD))
+        .file("ours/gfs2_grow", &read(GROW))
+        .file("lib/x86_64-linux-gnu/libgcc_s.so.1", &read(libgcc))
         .timeout(std::time::Duration::from_secs(240));
     let refs: Vec<&Path> = disks.iter().map(|d| d.as_path()).collect();
     let r = vm.boot(&refs).expect("boot");
@@ -261,6 +281,23 @@ fn kernel_and_gfs2_utils_agree() {
         system_files(&jtheirs),
         "jindex/per_node"
     );
+    // On the kernel's mount our tools ran gfs2-utils' (which added the
+    // journal: the kernel's metafs is theirs, not ours).
+    let d = r.raw_section("DELEGATED").join("\n");
+    assert!(d.contains("OURS-JADD-RC 0"), "{d}");
+    assert!(d.contains("Old journals: 1\nNew journals: 2"), "{d}");
+    assert!(d.contains("OURS-GROW-RC "), "{d}");
+    assert!(!d.contains("not a mounted gfs2 file system"), "{d}");
+    assert!(
+        d.contains("(Test mode - file system will not be changed)"),
+        "{d}"
+    );
+    assert_eq!(
+        entries(&edit(&kmount, "jindex")).len(),
+        2,
+        "journals on vdg"
+    );
+    assert_clean(&kmount);
     assert_clean(&jours);
     assert_clean(&jtheirs);
 }

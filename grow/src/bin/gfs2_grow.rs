@@ -162,6 +162,11 @@ fn main() -> ExitCode {
             return ExitCode::from(x.code);
         }
     };
+    // The kernel's mounts are gfs2-utils' business.
+    if o.devices.iter().any(|d| online::kernel_mount(d)) {
+        eprintln!("gfs2_grow: {}", online::delegate_to_gfs2_utils("gfs2_grow"));
+        return ExitCode::from(1);
+    }
     print!("{}", o.printed);
     let mut code = 0u8;
     for d in &o.devices {

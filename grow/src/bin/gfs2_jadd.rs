@@ -32,6 +32,13 @@ fn main() -> ExitCode {
             return ExitCode::from(x.code);
         }
     };
+    // The kernel's mounts are gfs2-utils' business.
+    if online::kernel_mount(&o.path) {
+        return fail(&format!(
+            "gfs2_jadd: {}",
+            online::delegate_to_gfs2_utils("gfs2_jadd")
+        ));
+    }
     print!("{}", o.printed);
     let name = String::from_utf8_lossy(o.path.as_bytes()).into_owned();
     if let Some(sock) = online::find(&o.path) {
