@@ -1,7 +1,9 @@
 #!/bin/sh
-# Build and install gfs2-fuse, mkfs.gfs2, fsck.gfs2 and tunegfs2 under PREFIX (default /usr/local).
+# Build and install gfs2-fuse, mkfs.gfs2, fsck.gfs2, tunegfs2, gfs2_grow and gfs2_jadd under PREFIX
+# (default /usr/local).
 # Cargo cannot name a binary "mkfs.gfs2", so the binaries are mkfs-gfs2 and fsck-gfs2 and this
-# script adds the drop-in names as symlinks (tunegfs2 is already its own name). Note: PREFIX/sbin
+# script adds the drop-in names as symlinks (tunegfs2, gfs2_grow and gfs2_jadd are already their
+# own names). Note: PREFIX/sbin
 # usually comes before /usr/sbin in PATH, so the installed tools shadow gfs2-utils' ones of the
 # same name.
 # It also installs the mount(8) helper: mount(8) runs /sbin/mount.TYPE, so
@@ -19,7 +21,7 @@ cargo build --release --workspace --manifest-path "$root/Cargo.toml"
 target=$(cargo metadata --format-version 1 --no-deps --manifest-path "$root/Cargo.toml" |
     grep -o '"target_directory":"[^"]*"' | sed 's/.*:"\(.*\)"/\1/')
 install -d "$prefix/sbin"
-for b in gfs2-fuse mkfs-gfs2 fsck-gfs2 tunegfs2; do
+for b in gfs2-fuse mkfs-gfs2 fsck-gfs2 tunegfs2 gfs2_grow gfs2_jadd; do
     install -m 755 "$target/release/$b" "$prefix/sbin/$b"
 done
 ln -sf mkfs-gfs2 "$prefix/sbin/mkfs.gfs2"
@@ -33,6 +35,6 @@ if [ "${MOUNT_GFS2:-0}" = 1 ]; then
     ln -sfn "$sbin/gfs2-fuse" "$helpers/mount.gfs2"
     echo "installed $helpers/mount.gfs2: mount -t gfs2 now mounts through gfs2-fuse"
 fi
-echo "installed gfs2-fuse, mkfs.gfs2 (mkfs-gfs2), fsck.gfs2 (fsck-gfs2), tunegfs2 in $prefix/sbin"
+echo "installed gfs2-fuse, mkfs.gfs2 (mkfs-gfs2), fsck.gfs2 (fsck-gfs2), tunegfs2, gfs2_grow, gfs2_jadd in $prefix/sbin"
 echo "mount with: gfs2-fuse mount DEVICE MOUNTPOINT, or mount -t fuse.gfs2-fuse DEVICE MOUNTPOINT,"
 echo "or an fstab line: DEVICE MOUNTPOINT fuse.gfs2-fuse defaults,_netdev 0 0"

@@ -129,7 +129,12 @@ pub struct Fs {
     glocks: Arc<GlockTable>,
     opts: MountOptions,
     journals: Vec<Journal>,
-    rindex: Vec<Rindex>,
+    /// The resource groups, read at mount and again when the rindex glock
+    /// was invalidated (another node grew the filesystem) or we grew it.
+    rindex: std::sync::RwLock<Arc<Vec<Rindex>>>,
+    /// The rindex inode, and whether our copy may be out of date.
+    rindex_ino: u64,
+    rindex_stale: Arc<std::sync::atomic::AtomicBool>,
     statfs_inos: Vec<u64>,
     per_node: u64,
     jid: u32,
@@ -263,7 +268,9 @@ impl Fs {
             glocks,
             opts,
             journals: Vec::new(),
-            rindex: Vec::new(),
+            rindex: Default::default(),
+            rindex_ino: 0,
+            rindex_stale: Default::default(),
             statfs_inos: Vec::new(),
             per_node: 0,
             jid: 0,
@@ -286,11 +293,6 @@ impl Fs {
             fs.jid = jid;
             fs.journal_gh = Some(holder);
         }
-        let rindex = fs.lookup_sys(master, b"rindex")?;
-        fs.rindex = fs.read_rindex(rindex)?;
-        // The kernel trusts rgrp LVBs from format 1802 on (`rgrplvb`).
-        fs.cache_ops
-            .set_rindex(fs.rindex.clone(), fs.sb.fs_format > 1801 && !nolock);
         let statfs = fs.lookup_sys(master, b"statfs")?;
         fs.statfs_inos.push(statfs);
         let per_node = fs.lookup_sys(master, b"per_node")?;
@@ -332,6 +334,17 @@ impl Fs {
         if info.first {
             fs.glocks.lockspace().first_done()?;
         }
+        // After the replay, as the kernel reads it (at the first
+        // allocation): a crash halfway through writing a grow in place
+        // leaves the rindex whole only in the log.
+        let rindex = fs.lookup_sys(master, b"rindex")?;
+        fs.rindex_ino = rindex;
+        let ri = fs.read_rindex(rindex)?;
+        // The kernel trusts rgrp LVBs from format 1802 on (`rgrplvb`).
+        fs.cache_ops
+            .set_rindex(ri.clone(), fs.sb.fs_format > 1801 && !nolock);
+        fs.cache_ops.watch_rindex(rindex, fs.rindex_stale.clone());
+        fs.rindex = std::sync::RwLock::new(Arc::new(ri));
         // `norecovery` is the kernel's alias of `spectator`: no journal of
         // our own, so no writes (writing on an unreplayed journal would
         // mark it clean and lose the crashed node's transactions).
@@ -472,7 +485,7 @@ impl Fs {
             })?;
             log.set_local_statfs([sc.total, sc.free, sc.dinodes]);
         }
-        let mut rindex = self.rindex.clone();
+        let mut rindex = Vec::clone(&self.rindex());
         rindex.sort_by_key(|r| r.addr);
         Ok(crate::ops::Writer {
             log,
@@ -783,9 +796,72 @@ impl Fs {
     pub fn journals(&self) -> &[Journal] {
         &self.journals
     }
-    /// Resource groups from the rindex.
-    pub fn rindex(&self) -> &[Rindex] {
-        &self.rindex
+    /// Resource groups from the rindex (as last read; a grow replaces the
+    /// whole list, so a caller's copy stays consistent).
+    pub fn rindex(&self) -> Arc<Vec<Rindex>> {
+        self.rindex
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The rindex inode.
+    pub fn rindex_inode(&self) -> u64 {
+        self.rindex_ino
+    }
+
+    /// Take `rindex` (sorted by address) as the resource groups from now
+    /// on: ours, the allocator's and the LVB code's. A shorter one than
+    /// what we have is ignored: a filesystem never shrinks.
+    pub(crate) fn install_rindex(&self, mut rindex: Vec<Rindex>) {
+        rindex.sort_by_key(|r| r.addr);
+        {
+            let mut cur = self.rindex.write().unwrap_or_else(|e| e.into_inner());
+            if rindex.len() <= cur.len() {
+                return;
+            }
+            *cur = Arc::new(rindex.clone());
+        }
+        self.cache_ops
+            .set_rindex(rindex.clone(), self.sb.fs_format > 1801 && !self.nolock);
+        if let Some(w) = self.writer() {
+            w.lock().unwrap_or_else(|e| e.into_inner()).rindex = rindex;
+        }
+    }
+
+    /// Read the rindex again if its glock was invalidated since we last
+    /// read it (another node grew the filesystem: the kernel's
+    /// `gfs2_rindex_update`). The device's size is looked at again first,
+    /// since the new resource groups lie beyond what it was. Runs before
+    /// every transaction, outside the writer lock.
+    pub(crate) fn refresh_rindex(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if !self.rindex_stale.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let r = self
+            .dev
+            .refresh_size()
+            .map_err(|source| FsError::Io {
+                what: "the device's size".into(),
+                source,
+            })
+            .and_then(|_| self.read_rindex(self.rindex_ino));
+        match r {
+            Ok(ri) => {
+                let n = ri.len();
+                let before = self.rindex.read().unwrap_or_else(|e| e.into_inner()).len();
+                if n > before {
+                    tracing::info!(rgrps = n, before, "the filesystem grew: rindex read again");
+                }
+                self.install_rindex(ri);
+                Ok(())
+            }
+            Err(e) => {
+                self.rindex_stale.store(true, Ordering::SeqCst);
+                Err(e)
+            }
+        }
     }
     /// The glock table.
     pub fn glocks(&self) -> &Arc<GlockTable> {

@@ -4,13 +4,16 @@
 //! on-disk format and the lock modules (`gfs2-lockproto`).
 
 pub mod buf;
+pub mod control;
 pub mod dev;
 pub mod error;
 pub mod format;
 pub mod fs;
 pub mod fuse;
 pub mod glock;
+pub mod grow;
 pub mod inode;
+pub mod jadd;
 pub mod log;
 pub mod meta;
 pub mod ops;

@@ -499,6 +499,12 @@ fn serve(ds: Vec<Daemon>) -> i32 {
             pnfs,
         } = d;
         let state = run_state(&mountpoint);
+        // gfs2_grow and gfs2_jadd on this mount ask us (see gfs2fuse::control).
+        if let Some(st) = &state {
+            if let Err(e) = gfs2fuse::control::serve(Arc::downgrade(&fs), st.control_path()) {
+                tracing::warn!("no control socket (gfs2_grow, gfs2_jadd): {e}");
+            }
+        }
         if mounted.fuseblk {
             let mp = mountpoint.clone();
             unmounts.push(Box::new(move || fuse::blkmount::unmount(&mp, true)));

@@ -222,6 +222,98 @@ fn get_data(tx: &Txn<'_>, dev: &dyn BlockDevice, jdata: bool, blk: u64) -> Resul
     Ok(b)
 }
 
+/// Write `data` at `offset` (or at the end of the file, `None`) of regular
+/// file `ino` within transaction `tx`: the body of [`Fs::write`], shared
+/// with writers of system files (the rindex of a grow) that must change
+/// other files in the same transaction. Returns the updated dinode.
+pub(crate) fn write_tx(
+    tx: &mut Txn<'_>,
+    al: Alloc<'_>,
+    dev: &dyn BlockDevice,
+    ino: u64,
+    at: Option<u64>,
+    data: &[u8],
+) -> Result<Dinode> {
+    let bsize = tx.bsize();
+    let bs = u64::from(bsize);
+    let mut di = dinode(tx, ino)?;
+    if di.is_dir() {
+        return Err(errno(libc::EISDIR));
+    }
+    let offset = at.unwrap_or(di.size);
+    let end = offset
+        .checked_add(data.len() as u64)
+        .filter(|e| *e <= i64::MAX as u64)
+        .ok_or(errno(libc::EFBIG))?;
+    if di.height == 0 && end <= layout::stuffed_max(bsize) {
+        let b = tx.get_mut(glock(ino), ino, mt::DI)?;
+        let s = DINODE_SIZE + offset as usize;
+        b[s..s + data.len()].copy_from_slice(data);
+        di = dinode(tx, ino)?;
+    } else {
+        if di.height == 0 {
+            write::unstuff(tx, al, ino, dev)?;
+        }
+        write::ensure_height(tx, al, ino, end.div_ceil(bs))?;
+        let mut run: Vec<u8> = Vec::new();
+        let mut run_start = 0u64;
+        let mut run_next = 0u64;
+        let flush_run = |run: &mut Vec<u8>, start: u64| -> Result<()> {
+            if !run.is_empty() {
+                dev.write_at(run, start * bs).map_err(|e| FsError::Io {
+                    what: format!("writing data of inode {ino}"),
+                    source: e,
+                })?;
+                run.clear();
+            }
+            Ok(())
+        };
+        let jd = is_jdata(&di);
+        for lb in offset / bs..end.div_ceil(bs) {
+            let (phys, new) = write::map(tx, al, ino, lb, true)?
+                .ok_or_else(|| FsError::corrupt(ino, "allocation failed"))?;
+            let bstart = lb * bs;
+            let s = offset.max(bstart) - bstart;
+            let e = end.min(bstart + bs) - bstart;
+            let src = &data[(bstart + s - offset) as usize..(bstart + e - offset) as usize];
+            let mut block = if s == 0 && e == bs {
+                src.to_vec()
+            } else {
+                let mut b = if new {
+                    vec![0u8; bsize as usize]
+                } else {
+                    get_data(tx, dev, jd, phys)?
+                };
+                b[s as usize..e as usize].copy_from_slice(src);
+                b
+            };
+            if jd {
+                put_data(tx, dev, jd, ino, phys, block)?;
+                continue;
+            }
+            if run.is_empty() || phys != run_next {
+                flush_run(&mut run, run_start)?;
+                run_start = phys;
+            }
+            run.append(&mut block);
+            run_next = phys + 1;
+            if run.len() >= 8 << 20 {
+                flush_run(&mut run, run_start)?;
+                run_start = run_next;
+            }
+        }
+        flush_run(&mut run, run_start)?;
+        di = dinode(tx, ino)?;
+    }
+    di.size = di.size.max(end);
+    touch_mc(&mut di);
+    // Set-id bits are the kernel's business: without
+    // FUSE_HANDLE_KILLPRIV it clears them with a setattr before the
+    // write when the writer lacks CAP_FSETID.
+    put_dinode(tx, &di)?;
+    Ok(di)
+}
+
 impl Fs {
     /// Run `f` as one transaction with the given inodes' glocks held
     /// exclusively, and whatever other glocks it turns out to need.
@@ -269,6 +361,11 @@ impl Fs {
         mut f: impl FnMut(&mut Txn<'_>, Alloc<'_>, &mut HashMap<u64, u32>) -> Result<T>,
     ) -> Result<T> {
         let w = self.writer().ok_or(errno(libc::EROFS))?;
+        // Not on the freeze path: that runs on the glock worker thread,
+        // which must never wait for a glock.
+        if freeze {
+            self.refresh_rindex()?;
+        }
         let mut want: BTreeMap<ResName, Mode> =
             inodes.iter().map(|&i| (glock(i), Mode::EX)).collect();
         // It sorts before every other glock taken here.
@@ -1161,83 +1258,7 @@ impl Fs {
         }
         let dev = self.device().clone();
         let sync = self.modify(&[ino], |tx, al, _| {
-            let bsize = tx.bsize();
-            let bs = u64::from(bsize);
-            let mut di = dinode(tx, ino)?;
-            if di.is_dir() {
-                return Err(errno(libc::EISDIR));
-            }
-            let offset = at.unwrap_or(di.size);
-            let end = offset
-                .checked_add(data.len() as u64)
-                .filter(|e| *e <= i64::MAX as u64)
-                .ok_or(errno(libc::EFBIG))?;
-            if di.height == 0 && end <= layout::stuffed_max(bsize) {
-                let b = tx.get_mut(glock(ino), ino, mt::DI)?;
-                let s = DINODE_SIZE + offset as usize;
-                b[s..s + data.len()].copy_from_slice(data);
-                di = dinode(tx, ino)?;
-            } else {
-                if di.height == 0 {
-                    write::unstuff(tx, al, ino, dev.as_ref())?;
-                }
-                write::ensure_height(tx, al, ino, end.div_ceil(bs))?;
-                let mut run: Vec<u8> = Vec::new();
-                let mut run_start = 0u64;
-                let mut run_next = 0u64;
-                let flush_run = |run: &mut Vec<u8>, start: u64| -> Result<()> {
-                    if !run.is_empty() {
-                        dev.write_at(run, start * bs).map_err(|e| FsError::Io {
-                            what: format!("writing data of inode {ino}"),
-                            source: e,
-                        })?;
-                        run.clear();
-                    }
-                    Ok(())
-                };
-                let jd = is_jdata(&di);
-                for lb in offset / bs..end.div_ceil(bs) {
-                    let (phys, new) = write::map(tx, al, ino, lb, true)?
-                        .ok_or_else(|| FsError::corrupt(ino, "allocation failed"))?;
-                    let bstart = lb * bs;
-                    let s = offset.max(bstart) - bstart;
-                    let e = end.min(bstart + bs) - bstart;
-                    let src = &data[(bstart + s - offset) as usize..(bstart + e - offset) as usize];
-                    let mut block = if s == 0 && e == bs {
-                        src.to_vec()
-                    } else {
-                        let mut b = if new {
-                            vec![0u8; bsize as usize]
-                        } else {
-                            get_data(tx, dev.as_ref(), jd, phys)?
-                        };
-                        b[s as usize..e as usize].copy_from_slice(src);
-                        b
-                    };
-                    if jd {
-                        put_data(tx, dev.as_ref(), jd, ino, phys, block)?;
-                        continue;
-                    }
-                    if run.is_empty() || phys != run_next {
-                        flush_run(&mut run, run_start)?;
-                        run_start = phys;
-                    }
-                    run.append(&mut block);
-                    run_next = phys + 1;
-                    if run.len() >= 8 << 20 {
-                        flush_run(&mut run, run_start)?;
-                        run_start = run_next;
-                    }
-                }
-                flush_run(&mut run, run_start)?;
-                di = dinode(tx, ino)?;
-            }
-            di.size = di.size.max(end);
-            touch_mc(&mut di);
-            // Set-id bits are the kernel's business: without
-            // FUSE_HANDLE_KILLPRIV it clears them with a setattr before the
-            // write when the writer lacks CAP_FSETID.
-            put_dinode(tx, &di)?;
+            let di = write_tx(tx, al, dev.as_ref(), ino, at, data)?;
             Ok(di.flags & dif::SYNC != 0)
         })?;
         if sync {

@@ -47,6 +47,15 @@ fn mount_entry(mountpoint: &Path) -> Option<(String, String)> {
         .map(|m| (m.dev, m.fstype))
 }
 
+/// The control socket of the gfs2-fuse daemon serving the mount at `path`
+/// (made absolute and canonical here); `None` when `path` is not a mount
+/// point or its daemon left no socket (not gfs2-fuse, or too old).
+pub fn control_socket_of(path: &Path) -> Option<PathBuf> {
+    let canon = path.canonicalize().ok()?;
+    let p = crate::control::socket_path(&state_path(&canon).ok()?);
+    p.exists().then_some(p)
+}
+
 /// The state file of the mount at `mountpoint` (absolute and canonical).
 fn state_path(mountpoint: &Path) -> io::Result<PathBuf> {
     let (dev, _) = mount_entry(mountpoint).ok_or_else(|| {
@@ -70,6 +79,11 @@ impl RunState {
         Ok(RunState { path })
     }
 
+    /// This daemon's control socket (see [`crate::control`]).
+    pub fn control_path(&self) -> PathBuf {
+        crate::control::socket_path(&self.path)
+    }
+
     /// Where this daemon writes its glock dump (`gfs2-fuse glocks`).
     pub fn glocks_path(&self) -> PathBuf {
         self.path.with_extension("glocks")
@@ -85,8 +99,9 @@ impl RunState {
         }
     }
 
-    /// Record how the unmount ended.
+    /// Record how the unmount ended (and close the control socket).
     pub fn finish(&self, outcome: &Result<(), String>) {
+        let _ = std::fs::remove_file(self.control_path());
         let line = match outcome {
             Ok(()) => "clean\n".to_string(),
             Err(e) => format!("failed: {}\n", e.replace('\n', " ")),

@@ -49,7 +49,7 @@ fn mount_fresh_images_of_every_block_size() {
         let ri = edit(&img, "rindex");
         let n = ri.matches("ri_addr").count();
         assert_eq!(fs.rindex().len(), n, "rgrp count vs gfs2_edit -p rindex");
-        for r in fs.rindex() {
+        for r in fs.rindex().iter() {
             assert!(
                 ri.contains(&format!("{}", r.addr)),
                 "rgrp {} not in gfs2_edit output",

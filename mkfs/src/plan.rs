@@ -216,7 +216,7 @@ pub struct RgrpSpec {
 }
 
 impl RgrpSpec {
-    fn new(bsize: u32, addr: u64, len: u32) -> RgrpSpec {
+    pub fn new(bsize: u32, addr: u64, len: u32) -> RgrpSpec {
         let (length, data) = rgblocks2bitblocks(bsize, len);
         RgrpSpec {
             addr,

@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 pub struct FileDevice {
     file: File,
     path: PathBuf,
-    size: u64,
+    /// Found at open, again by `refresh_size`.
+    size: std::sync::atomic::AtomicU64,
     claim: std::sync::Mutex<Option<Claim>>,
     /// The sector size of direct I/O; `None` for buffered I/O.
     direct: Option<usize>,
@@ -102,7 +103,7 @@ impl FileDevice {
         Ok(FileDevice {
             file,
             path: path.to_path_buf(),
-            size,
+            size: size.into(),
             claim: Default::default(),
             direct,
             ranges: Default::default(),
@@ -175,7 +176,12 @@ impl BlockDevice for FileDevice {
         self.file.sync_data()
     }
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    fn refresh_size(&self) -> io::Result<u64> {
+        let n = device_size(&self.file)?;
+        self.size.store(n, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
     }
     fn describe(&self) -> String {
         self.path.display().to_string()

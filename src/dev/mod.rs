@@ -127,6 +127,13 @@ pub trait BlockDevice: Send + Sync {
     fn flush(&self) -> io::Result<()>;
     /// Size of the device in bytes.
     fn size(&self) -> u64;
+    /// Look at the device's size again (a LUN or image grown since it was
+    /// opened, before a grow, or when another node grew the filesystem)
+    /// and return it; [`BlockDevice::size`] gives it from then on. The
+    /// default keeps the size found at open.
+    fn refresh_size(&self) -> io::Result<u64> {
+        Ok(self.size())
+    }
     /// Tell the device a range is unused. Optional; the default does nothing.
     fn discard(&self, _offset: u64, _len: u64) -> io::Result<()> {
         Ok(())
@@ -162,6 +169,9 @@ impl<T: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<T> {
     }
     fn size(&self) -> u64 {
         (**self).size()
+    }
+    fn refresh_size(&self) -> io::Result<u64> {
+        (**self).refresh_size()
     }
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         (**self).discard(offset, len)

@@ -112,8 +112,13 @@ pub struct CacheOps {
     cache: Arc<BufCache>,
     sync: OnceLock<SyncFn>,
     on_inval: Mutex<Option<InvalFn>>,
-    /// The resource groups (sorted by address), for their LVBs.
-    rindex: OnceLock<Vec<crate::format::Rindex>>,
+    /// The resource groups (sorted by address), for their LVBs; replaced
+    /// when the filesystem grows.
+    rindex: std::sync::RwLock<Vec<crate::format::Rindex>>,
+    /// The rindex inode and the flag its invalidation raises (the kernel's
+    /// `sd_rindex_uptodate` cleared by `inode_go_inval`): another node
+    /// took the rindex glock to change it, so ours is read again.
+    rindex_watch: OnceLock<(u64, Arc<std::sync::atomic::AtomicBool>)>,
     /// Check rgrp LVBs on grant: format 1802, where kernel nodes trust
     /// them (`rgrplvb`).
     check_rgrp_lvb: std::sync::atomic::AtomicBool,
@@ -127,24 +132,32 @@ impl CacheOps {
             cache,
             sync: OnceLock::new(),
             on_inval: Mutex::new(None),
-            rindex: OnceLock::new(),
+            rindex: Default::default(),
+            rindex_watch: OnceLock::new(),
             check_rgrp_lvb: Default::default(),
         })
     }
 
-    /// The resource groups, once read; `check_lvb` for format 1802.
+    /// The resource groups, as read at mount or after a grow; `check_lvb`
+    /// for format 1802.
     pub fn set_rindex(&self, mut rindex: Vec<crate::format::Rindex>, check_lvb: bool) {
         rindex.sort_by_key(|r| r.addr);
-        let _ = self.rindex.set(rindex);
+        *self.rindex.write().unwrap_or_else(|e| e.into_inner()) = rindex;
         self.check_rgrp_lvb
             .store(check_lvb, std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn rgrp(&self, name: ResName) -> Option<&crate::format::Rindex> {
-        let all = self.rindex.get()?;
+    /// Raise `stale` whenever the glock of inode `rindex_ino` is
+    /// invalidated (set once, at mount).
+    pub fn watch_rindex(&self, rindex_ino: u64, stale: Arc<std::sync::atomic::AtomicBool>) {
+        let _ = self.rindex_watch.set((rindex_ino, stale));
+    }
+
+    fn rgrp(&self, name: ResName) -> Option<crate::format::Rindex> {
+        let all = self.rindex.read().unwrap_or_else(|e| e.into_inner());
         all.binary_search_by_key(&name.number, |r| r.addr)
             .ok()
-            .map(|i| &all[i])
+            .map(|i| all[i])
     }
 
     /// What to tell when an inode glock is invalidated (`None`: nobody).
@@ -171,7 +184,7 @@ impl GlockOps for CacheOps {
 
     fn lvb_out(&self, name: ResName) -> Option<Lvb> {
         let ri = self.rgrp(name)?;
-        match crate::rgrp::lvb(&self.cache, ri) {
+        match crate::rgrp::lvb(&self.cache, &ri) {
             Ok(l) => Some(l),
             Err(e) => {
                 // Zeros make every reader rebuild it from the rgrp.
@@ -189,7 +202,7 @@ impl GlockOps for CacheOps {
             return Ok(());
         }
         match (self.rgrp(name), lvb) {
-            (Some(ri), Some(l)) => crate::rgrp::check_lvb(&self.cache, ri, l).inspect_err(|e| {
+            (Some(ri), Some(l)) => crate::rgrp::check_lvb(&self.cache, &ri, l).inspect_err(|e| {
                 tracing::error!("{e}");
             }),
             _ => Ok(()),
@@ -202,6 +215,11 @@ impl GlockOps for CacheOps {
 
     fn go_inval(&self, name: ResName) {
         self.cache.invalidate(name);
+        if let Some((ino, stale)) = self.rindex_watch.get() {
+            if name.lk_type == lm_type::INODE && name.number == *ino {
+                stale.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
         self.tell_invalidated(name);
     }
 }

@@ -88,7 +88,7 @@ impl Fh {
 fn allocated_dinode(fs: &Fs, blk: u64) -> crate::error::Result<bool> {
     use gfs2_ondisk::BlockState;
     let rindex = fs.rindex();
-    let Some(i) = crate::rgrp::locate(rindex, blk) else {
+    let Some(i) = crate::rgrp::locate(&rindex, blk) else {
         return Ok(false);
     };
     let ri = &rindex[i];
