@@ -103,6 +103,78 @@ impl Fsck {
         Ok(Some(ex))
     }
 
+    /// Dirty journals replayed before anything else is read, when the
+    /// journals can be found without repairs. A replay may rewrite what
+    /// the later checks read first: the last transaction of a `gfs2_grow`
+    /// extends the rindex and the master statfs, and a check of the rgrps
+    /// against the old rindex would "repair" the new rgrps away and write
+    /// its in-memory repairs over the replayed blocks. Returns whether a
+    /// journal was replayed; the checks then start again on the disk as it
+    /// is now. With `-n` nothing is replayed and nothing is done here;
+    /// when the journals cannot be found this way (a damaged master
+    /// directory, jindex or per_node), [`Fsck::check_journals`] does the
+    /// work after the repairs, as before.
+    pub(super) fn replay_first(&mut self) -> Res<bool> {
+        if self.r.mode == Mode::No {
+            return Ok(false);
+        }
+        let master = self.sb.master_dir.addr;
+        if !self.dinode(master).is_ok_and(|d| d.0.is_dir()) {
+            return Ok(false);
+        }
+        // The rgrps are not read yet: pointers are bounded by the device.
+        self.fs_blocks = self.dev_blocks;
+        let found = (|| {
+            let jindex = self.lookup(master, "jindex").ok()?.addr;
+            let per_node = self.lookup(master, "per_node").ok()?.addr;
+            let statfs = self.lookup(master, "statfs").ok()?.addr;
+            let js = self.list_dir(jindex).ok()?;
+            let nodes = self.list_dir(per_node).ok()?;
+            Some((statfs, js, nodes))
+        })();
+        let Some((statfs, js, nodes)) = found else {
+            return Ok(false);
+        };
+        let node_file = |name: String| {
+            nodes
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, i)| i.addr)
+                .unwrap_or(0)
+        };
+        let mut replayed = false;
+        for (name, inum) in &js {
+            let Some(j) = name
+                .strip_prefix("journal")
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(Some(ex)) = self.extents(inum.addr) else {
+                continue;
+            };
+            let view = CacheDev {
+                dev: &self.dev,
+                cache: &self.cache,
+                bsize: u64::from(self.bsize),
+            };
+            // A journal with no valid header is reset by the main check.
+            if !recovery::find_head(&view, self.bsize, &ex).is_ok_and(|h| !h.is_clean()) {
+                continue;
+            }
+            let clean = CleanHeader {
+                writer_jid: j,
+                jinode: inum.addr,
+                statfs_addr: node_file(format!("statfs_change{j}")),
+                quota_addr: node_file(format!("quota_change{j}")),
+                master_statfs_addr: statfs,
+            };
+            self.check_journal(j, &ex, &clean, true)?;
+            replayed = true;
+        }
+        Ok(replayed)
+    }
+
     /// The jindex and per_node directories (rebuilt when unreadable), and
     /// each journal: clean, replayed, or reset.
     pub(super) fn check_journals(&mut self) -> Res<()> {

@@ -305,10 +305,15 @@ impl Fsck {
         // A path, or a network disk (nbd://, aoe:, iscsi://) as the mount
         // takes it.
         let dev = gfs2fuse::dev::spec::open(&o.device, o.mode == Mode::No)?;
+        Ok(Self::with_device(dev, Report::new(o.mode, o.verbosity)))
+    }
+
+    /// A checker that has read nothing yet, on `dev`.
+    fn with_device(dev: std::sync::Arc<dyn BlockDevice>, r: Report) -> Self {
         let dev_size = dev.size();
-        Ok(Fsck {
+        Fsck {
             dev: dev.clone(),
-            r: Report::new(o.mode, o.verbosity),
+            r,
             bsize: 4096,
             sb: Superblock::default(),
             dev_blocks: dev_size / 4096,
@@ -337,12 +342,21 @@ impl Fsck {
             alloc_last: 0,
             journals: Vec::new(),
             deferred: Vec::new(),
-        })
+        }
     }
 
     /// Run every check.
     pub fn run(&mut self) -> Res<()> {
         self.check_sb()?;
+        if self.replay_first()? {
+            // Start again on the replayed disk, keeping the report (the
+            // replay counts as a repair).
+            let r = Report::new(self.r.mode, self.r.verbosity);
+            let mut fresh = Self::with_device(self.dev.clone(), r);
+            std::mem::swap(&mut fresh.r, &mut self.r);
+            *self = fresh;
+            self.check_sb()?;
+        }
         self.check_rgrps()?;
         self.check_journals()?;
         self.walk()?;
