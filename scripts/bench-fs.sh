@@ -172,7 +172,7 @@ run() { # op round
         esac
         keep "$op" "$side" "$t"
         # The next round unpacks into an empty place again (untimed).
-        [ "$op" = untar ] && rm -rf "$work/$side/src"
+        if [ "$op" = untar ]; then rm -rf "$work/$side/src"; fi
     done
 }
 # A real source tree to unpack: the system's C headers.
