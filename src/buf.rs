@@ -5,7 +5,6 @@
 //! to bound memory. Reads check the metadata header, so a block of the wrong
 //! kind gives a corruption error (EIO) instead of being misparsed.
 
-use crate::blockhash::BlockHash;
 use crate::dev::BlockDevice;
 use crate::error::{FsError, Result};
 use crate::format::{MetaHeader, MAGIC};
@@ -26,17 +25,17 @@ struct Entry {
 }
 
 struct Inner {
-    lru: LruCache<u64, Entry, BlockHash>,
-    by_glock: HashMap<ResName, HashSet<u64, BlockHash>, BlockHash>,
+    lru: LruCache<u64, Entry>,
+    by_glock: HashMap<ResName, HashSet<u64>>,
     /// Blocks changed by committed transactions whose log flush has not
     /// happened yet: they win over the LRU and are never evicted.
-    dirty: HashMap<u64, Block, BlockHash>,
+    dirty: HashMap<u64, Block>,
     /// Blocks the log holds but the device does not yet hold in place (the
     /// kernel's AIL): read from here until a checkpoint writes them.
-    pinned: HashMap<u64, Block, BlockHash>,
+    pinned: HashMap<u64, Block>,
     /// Which dirty or pinned blocks are journaled file data (no header,
     /// logged with JDATA descriptors, read by the data path only).
-    jdata: HashSet<u64, BlockHash>,
+    jdata: HashSet<u64>,
 }
 
 /// The metadata cache of one mounted filesystem.
@@ -54,14 +53,11 @@ impl BufCache {
             dev,
             bsize,
             inner: Mutex::new(Inner {
-                lru: LruCache::with_hasher(
-                    NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN),
-                    BlockHash::default(),
-                ),
-                by_glock: HashMap::default(),
-                dirty: HashMap::default(),
-                pinned: HashMap::default(),
-                jdata: HashSet::default(),
+                lru: LruCache::new(NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)),
+                by_glock: HashMap::new(),
+                dirty: HashMap::new(),
+                pinned: HashMap::new(),
+                jdata: HashSet::new(),
             }),
         }
     }
@@ -107,15 +103,7 @@ impl BufCache {
     pub fn read_meta_as(&self, glock: ResName, blkno: u64, mh_type: u32) -> Result<Block> {
         let cached = {
             let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            // Most reads find both sets empty: no hashing for them then.
-            fn logged(m: &HashMap<u64, Block, BlockHash>, blkno: u64) -> Option<&Block> {
-                if m.is_empty() {
-                    None
-                } else {
-                    m.get(&blkno)
-                }
-            }
-            match logged(&inner.dirty, blkno).or_else(|| logged(&inner.pinned, blkno)) {
+            match inner.dirty.get(&blkno).or_else(|| inner.pinned.get(&blkno)) {
                 Some(d) => Some(d.clone()),
                 None => inner.lru.get(&blkno).map(|e| e.data.clone()),
             }

@@ -3,7 +3,6 @@
 //! See ARCHITECTURE.md for the layers. This crate holds everything above the
 //! on-disk format and the lock modules (`gfs2-lockproto`).
 
-pub mod blockhash;
 pub mod buf;
 pub mod dev;
 pub mod error;

@@ -135,7 +135,7 @@ type Work = (Arc<Glock>, Option<Instant>);
 /// The node's glocks, keyed by resource name.
 pub struct GlockTable {
     ls: Arc<dyn Lockspace>,
-    glocks: Mutex<HashMap<ResName, Arc<Glock>, crate::blockhash::BlockHash>>,
+    glocks: Mutex<HashMap<ResName, Arc<Glock>>>,
     ops: HashMap<u32, Arc<dyn GlockOps>>,
     /// Glocks with a demotion to run, for the demotion worker (the kernel's
     /// glock workqueue). A demotion flushes the log, which needs the writer
@@ -301,7 +301,7 @@ impl GlockTable {
         let (tx, rx) = mpsc::channel::<Work>();
         let t = Arc::new(GlockTable {
             ls,
-            glocks: Mutex::new(HashMap::default()),
+            glocks: Mutex::new(HashMap::new()),
             ops,
             work: Mutex::new(Some(tx)),
             closed: Default::default(),
