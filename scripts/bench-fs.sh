@@ -1,29 +1,45 @@
 #!/usr/bin/env bash
 # Filesystem benchmark: the same workloads through our gfs2-fuse mount, through fuse2fs on an
-# ext4 image of the same size, and on a plain directory, in one run; prints times and the ratio
-# fuse2fs/ours (above 1.00: ours is faster) for each.
-#   scripts/bench-fs.sh [WORKDIR] [SIZE_MB_FOR_SEQUENTIAL]
-# Workloads: sequential write with fsync at the end, sequential read (cold cache), random 4 KiB
-# writes and reads, create + unlink of 10,000 files, stat of 10,000 files, listing a 100,000-entry
-# directory (first after mounting, and again on the live mount). Needs root (FUSE mounts, dropping caches) and the packages fuse3, fuse2fs, e2fsprogs.
+# ext4 image of the same size, through a passthrough FUSE daemon on gfs2-fuse's own fuser
+# settings (examples/fuse_passthrough.rs: the cost of FUSE itself) and on a plain directory, in
+# one run; prints times (the best of ROUNDS rounds, the sides taken in alternating order) and the
+# ratios fuse2fs/ours (above 1.00: ours is faster) and passthrough/ours (ours as a fraction of the
+# FUSE anchor: 1.00 = as fast as FUSE allows).
+#   [ROUNDS=3] [OPS="randread randwrite ..."] scripts/bench-fs.sh [WORKDIR] [SIZE_MB_FOR_SEQUENTIAL]
+# OPS picks workloads (default all, in the order below; stat and unlink need create, the reads
+# need seqwrite); without list or relist the 100,000-entry directory is not made.
+# Workloads: untar of /usr/include with fsync, sequential write with fsync at the end, sequential
+# read (cold FUSE cache), random 4 KiB writes and reads, create + unlink of 10,000 files, stat of
+# 10,000 files, listing a 100,000-entry directory (first after mounting, and again on the live
+# mount). Needs root (FUSE mounts, dropping caches) and the packages fuse3, fuse2fs, e2fsprogs.
+# The machine's load average is printed before and after: figures from a loaded machine are
+# noisy, the ratios (same round, sides alternating) much less so.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-$(mktemp -d /tmp/bench-fs.XXXXXX)}
 seq_mb=${2:-1024}
+rounds=${ROUNDS:-3}
 : "${CARGO_TARGET_DIR:=$root/target}"
 cargo build --release -q -p gfs2-fuse -p gfs2-mkfs --manifest-path "$root/Cargo.toml"
+cargo build --release -q --example fuse_passthrough --example fuse_floor --manifest-path "$root/Cargo.toml"
 bin=$CARGO_TARGET_DIR/release
 for t in fuse2fs mkfs.ext4 fusermount3 python3 cc; do
     command -v $t >/dev/null || { echo "bench-fs: $t not installed" >&2; exit 1; }
 done
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 size_mb=$((seq_mb * 3 + 2048))
-mkdir -p "$work"/{gfs2,ext4,plain}
+sides="gfs2 ext4 pass plain"
+mkdir -p "$work"/{gfs2,ext4,pass,passback,plain}
+pass_pid=
 cleanup() {
     fusermount3 -u "$work/gfs2" 2>/dev/null || true
     fusermount3 -u "$work/ext4" 2>/dev/null || true
+    fusermount3 -u "$work/pass" 2>/dev/null || true
+    [ -n "$pass_pid" ] && wait "$pass_pid" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 truncate -s ${size_mb}M "$work/gfs2.img" "$work/ext4.img"
 "$bin/mkfs-gfs2" -O -q -p lock_nolock -j 1 "$work/gfs2.img" >/dev/null
 mkfs.ext4 -q -F "$work/ext4.img"
@@ -31,16 +47,29 @@ mkfs.ext4 -q -F "$work/ext4.img"
 mount_all() {
     "$bin/gfs2-fuse" mount "$work/gfs2.img" "$work/gfs2"
     fuse2fs "$work/ext4.img" "$work/ext4" -o fakeroot >/dev/null 2>&1
+    "$bin/examples/fuse_passthrough" "$work/passback" "$work/pass" &
+    pass_pid=$!
+    local i
+    for i in $(seq 100); do mountpoint -q "$work/pass" && break; sleep 0.05; done
+    mountpoint -q "$work/pass" || { echo "bench-fs: passthrough did not mount" >&2; exit 1; }
 }
 umount_all() {
-    fusermount3 -u "$work/gfs2"; fusermount3 -u "$work/ext4"
+    fusermount3 -u "$work/gfs2"; fusermount3 -u "$work/ext4"; fusermount3 -u "$work/pass"
+    wait "$pass_pid" || true
+    pass_pid=
     sleep 0.5
 }
 drop() { sync; [ -w /proc/sys/vm/drop_caches ] && echo 3 > /proc/sys/vm/drop_caches || true; }
 # Before a read workload: remount (the FUSE mounts forget their page cache), then read both
-# images once so that the device is equally warm for both: what is timed is the filesystem,
-# not this machine's disk.
-fresh() { umount_all; drop; cat "$work/gfs2.img" "$work/ext4.img" > /dev/null; mount_all; }
+# images and the plain directories' files once so that every side's storage is equally warm:
+# what is timed is the filesystem, not this machine's disk.
+fresh() {
+    umount_all; drop
+    cat "$work/gfs2.img" "$work/ext4.img" > /dev/null
+    find "$work/passback" "$work/plain" -size +1M -type f -exec cat {} + > /dev/null
+    find "$work/passback" "$work/plain" > /dev/null
+    mount_all
+}
 
 # The workloads, in Python for precise timing and identical syscalls on every side.
 cat > "$work/w.py" <<'PY'
@@ -124,38 +153,42 @@ C
 cc -O2 -o "$work/lister" "$work/lister.c"
 
 declare -A T
-run() { # op
-    local op=$1 side i t
-    case $op in seqread|randread|stat) fresh;; esac
-    if [ "$op" = list ]; then
-        # Tens of milliseconds: the best of three fresh mounts.
-        for i in 1 2 3; do
-            fresh
-            for side in gfs2 ext4 plain; do
-                t=$("$work/lister" "$work/$side/l" 100002)
-                if [ $i = 1 ] || awk -v a="$t" -v b="${T[$op,$side]}" 'BEGIN { exit !(a < b) }'; then
-                    T[$op,$side]=$t
-                fi
-            done
-        done
-        return
+# Keep the smaller of the stored and the new time of (op, side).
+keep() { # op side t
+    if [ -z "${T[$1,$2]:-}" ] || awk -v a="$3" -v b="${T[$1,$2]}" 'BEGIN { exit !(a < b) }'; then
+        T[$1,$2]=$3
     fi
-    for side in gfs2 ext4 plain; do
+}
+order() { # round: the sides, reversed every other round
+    if [ $(($1 % 2)) = 1 ]; then echo $sides; else echo $sides | tr ' ' '\n' | tac | tr '\n' ' '; fi
+}
+run() { # op round
+    local op=$1 side t
+    case $op in seqread|randread|stat|list) fresh;; esac
+    for side in $(order "$2"); do
         case $op in
-            relist) T[$op,$side]=$("$work/lister" "$work/$side/l" 100002) ;;
-            *) T[$op,$side]=$(python3 "$work/w.py" "$op" "$work/$side" "$seq_mb" "$work/src.tar") ;;
+            list|relist) t=$("$work/lister" "$work/$side/l" 100002) ;;
+            *) t=$(python3 "$work/w.py" "$op" "$work/$side" "$seq_mb" "$work/src.tar") ;;
         esac
+        keep "$op" "$side" "$t"
+        # The next round unpacks into an empty place again (untimed).
+        if [ "$op" = untar ]; then rm -rf "$work/$side/src"; fi
     done
 }
 # A real source tree to unpack: the system's C headers.
 tar -cf "$work/src.tar" -C /usr include 2>/dev/null
+ops=${OPS:-untar seqwrite seqread randread randwrite create stat unlink list relist}
 mount_all
-for op in untar seqwrite seqread randread randwrite create stat unlink mkbig list relist; do run $op; done
+case " $ops " in *" list "*|*" relist "*)
+    for side in $sides; do python3 "$work/w.py" mkbig "$work/$side" 0 > /dev/null; done ;;
+esac
+for r in $(seq "$rounds"); do
+    for op in $ops; do run "$op" "$r"; done
+done
 umount_all
 
 # The floor: a FUSE daemon with no disk at all serving 100,000 names from memory
 # (examples/fuse_floor.rs), with the kernel's directory cache (as ours) and without (as fuse2fs).
-cargo build --release -q --example fuse_floor --manifest-path "$root/Cargo.toml"
 mkdir -p "$work/floor"
 floor() { # [--cache-dir]: "first again" in seconds
     "$CARGO_TARGET_DIR/release/examples/fuse_floor" "$work/floor" 100000 "$@" &
@@ -171,17 +204,22 @@ best3() { # best3 [--cache-dir]: the best "first again" of three mounts
     for i in 1 2 3; do read -r a b < <(floor "$@"); r1+=("$a"); r2+=("$b"); done
     echo "$(printf '%s\n' "${r1[@]}" | sort -g | head -1) $(printf '%s\n' "${r2[@]}" | sort -g | head -1)"
 }
-read -r fl_c1 fl_c2 < <(best3 --cache-dir)
-read -r fl_n1 fl_n2 < <(best3)
+fl_c1=- fl_c2=- fl_n1=- fl_n2=-
+case " $ops " in *" list "*|*" relist "*)
+    read -r fl_c1 fl_c2 < <(best3 --cache-dir)
+    read -r fl_n1 fl_n2 < <(best3) ;;
+esac
 
-printf '%-10s %10s %10s %10s %14s\n' workload gfs2-fuse fuse2fs plain fuse2fs/ours
-for op in untar seqwrite seqread randwrite randread create stat unlink list relist; do
-    g=${T[$op,gfs2]}; e=${T[$op,ext4]}; p=${T[$op,plain]}
-    r=$(echo "$e $g" | awk '{ if ($2 > 0) printf "%.2f", $1 / $2; else print "n/a" }')
-    printf '%-10s %9ss %9ss %9ss %14s\n' "$op" "$g" "$e" "$p" "$r"
+ratio() { echo "$1 $2" | awk '{ if ($2 > 0) printf "%.2f", $1 / $2; else print "n/a" }'; }
+printf '%-10s %10s %10s %11s %10s %13s %10s\n' workload gfs2-fuse fuse2fs passthrough plain fuse2fs/ours pass/ours
+for op in $ops; do
+    g=${T[$op,gfs2]}; e=${T[$op,ext4]}; p=${T[$op,pass]}; d=${T[$op,plain]}
+    printf '%-10s %9ss %9ss %10ss %9ss %13s %10s\n' "$op" "$g" "$e" "$p" "$d" "$(ratio "$e" "$g")" "$(ratio "$p" "$g")"
 done
 echo "(untar: /usr/include, $(tar -tf "$work/src.tar" | wc -l) entries; sequential size ${seq_mb} MiB; random I/O: 4000 x 4 KiB; metadata: 10,000 files; list: 100,000 entries;"
-echo " reads and the first list start from freshly mounted filesystems on page-cache-warm images (list: best of 3);"
-echo " relist: the same listing again on the live mount; list and relist by a getdents64 loop)"
+echo " best of $rounds rounds, sides in alternating order; reads and the first list start from freshly mounted filesystems on page-cache-warm storage;"
+echo " relist: the same listing again on the live mount; list and relist by a getdents64 loop;"
+echo " pass/ours: the passthrough FUSE daemon's time over ours, 1.00 = ours as fast as FUSE allows)"
 echo "floor, a diskless FUSE daemon listing 100,000 names: with the kernel's directory cache first ${fl_c1}s, again ${fl_c2}s;"
 echo " without it first ${fl_n1}s, again ${fl_n2}s"
+echo "load average: before $load_before, after $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) CPUs)"

@@ -240,9 +240,19 @@ impl Gfs2Fuse {
     }
 }
 
+/// The sizes asked of the kernel at `init`, shared with the passthrough
+/// daemon of `examples/fuse_passthrough.rs` so that the benchmark's anchor
+/// runs on the same settings. Readahead 1 MiB (the kernel's cap on a
+/// request, `max_pages` 256); WRITE requests up to 1 MiB too (fuser's
+/// default of 16 MiB is cut to `max_pages` by the kernel anyway).
+pub fn tune_kernel_config(config: &mut KernelConfig) {
+    let _ = config.set_max_readahead(1 << 20);
+    let _ = config.set_max_write(1 << 20);
+}
+
 impl fuser::Filesystem for Gfs2Fuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let _ = config.set_max_readahead(1 << 20);
+        tune_kernel_config(config);
         // readdirplus only when the kernel sees it pays (AUTO): listing a
         // big directory needs names only.
         // DONT_MASK: the umask reaches us unapplied, so a directory's

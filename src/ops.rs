@@ -269,6 +269,42 @@ pub(crate) fn write_tx(
             Ok(())
         };
         let jd = is_jdata(&di);
+        if !jd && offset.is_multiple_of(bs) && end.is_multiple_of(bs) {
+            // Whole blocks (every page-cache writeback, every aligned
+            // O_DIRECT or 4 KiB write): each physical run goes to the
+            // device straight from the request's buffer, with no copy and
+            // no allocation per block.
+            let first = offset / bs;
+            let mut span: Option<(u64, u64, u64)> = None; // (lblock, phys, blocks)
+            let put = |(lb, phys, n): (u64, u64, u64)| -> Result<()> {
+                let at = ((lb - first) * bs) as usize;
+                let src = &data[at..at + (n * bs) as usize];
+                dev.write_at(src, phys * bs).map_err(|e| FsError::Io {
+                    what: format!("writing data of inode {ino}"),
+                    source: e,
+                })
+            };
+            for lb in first..end / bs {
+                let (phys, _) = write::map(tx, al, ino, lb, true)?
+                    .ok_or_else(|| FsError::corrupt(ino, "allocation failed"))?;
+                span = match span {
+                    Some((l, p, n)) if p + n == phys => Some((l, p, n + 1)),
+                    Some(done) => {
+                        put(done)?;
+                        Some((lb, phys, 1))
+                    }
+                    None => Some((lb, phys, 1)),
+                };
+            }
+            if let Some(done) = span {
+                put(done)?;
+            }
+            di = dinode(tx, ino)?;
+            di.size = di.size.max(end);
+            touch_mc(&mut di);
+            put_dinode(tx, &di)?;
+            return Ok(di);
+        }
         for lb in offset / bs..end.div_ceil(bs) {
             let (phys, new) = write::map(tx, al, ino, lb, true)?
                 .ok_or_else(|| FsError::corrupt(ino, "allocation failed"))?;
