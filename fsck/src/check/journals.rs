@@ -72,6 +72,15 @@ pub(super) fn clean_log_header(
     Ok(b)
 }
 
+/// The address of per_node's file `name` (0 when it has none).
+fn node_file(nodes: &[(String, Inum)], name: &str) -> u64 {
+    nodes
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, i)| i.addr)
+        .unwrap_or(0)
+}
+
 impl Fsck {
     /// A journal's blocks as extents; `None` if it has holes.
     pub(super) fn extents(&self, addr: u64) -> Res<Option<Vec<JournalExtent>>> {
@@ -135,13 +144,7 @@ impl Fsck {
         let Some((statfs, js, nodes)) = found else {
             return Ok(false);
         };
-        let node_file = |name: String| {
-            nodes
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, i)| i.addr)
-                .unwrap_or(0)
-        };
+        let node_file = |name: String| node_file(&nodes, &name);
         let mut replayed = false;
         for (name, inum) in &js {
             let Some(j) = name
@@ -215,13 +218,7 @@ impl Fsck {
             },
             None => Vec::new(),
         };
-        let node_file = |name: String| {
-            nodes
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, i)| i.addr)
-                .unwrap_or(0)
-        };
+        let node_file = |name: String| node_file(&nodes, &name);
         for (j, jaddr) in js {
             let sc = node_file(format!("statfs_change{j}"));
             if sc != 0 {

@@ -16,20 +16,7 @@ trap 'rm -rf "$R"' EXIT
 mkdir -p "$R"/{mods,usr/sbin,lib/x86_64-linux-gnu,etc/corosync,etc/dlm,var/lib/corosync,var/log/cluster,var/run,run}
 # Modules with their dependencies, in load order (the init skips those the
 # base already loaded). The base has dlm (gfs2 depends on it) and fuse.
-declare -A path seen
-while read -r f; do n=$(basename "$f" .ko); path[${n//-/_}]=$f; done < <(find "$K" -name '*.ko')
-order=()
-add() {
-    local n=${1//-/_}
-    [[ -n ${seen[$n]:-} ]] && return
-    seen[$n]=1
-    local f=${path[$n]:-}
-    [[ -n $f ]] || { echo "module $n not found" >&2; exit 1; }
-    local deps
-    deps=$(grep -a -o 'depends=[^[:cntrl:]]*' "$f" | head -1 | sed 's/^depends=//')
-    for d in ${deps//,/ }; do add "$d"; done
-    order+=("$n")
-}
+. "$HERE/modules.sh"
 for m in dlm gfs2 fuse virtio_net virtio_console; do add $m; done
 for n in "${order[@]}"; do cp "${path[$n]}" "$R/mods/$n.ko"; done
 echo "${order[*]}" > "$R/mods/cluster-order"

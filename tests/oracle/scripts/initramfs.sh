@@ -18,20 +18,7 @@ cp "$BB" "$R/bin/busybox"
 for a in $("$R/bin/busybox" --list); do [ "$a" = busybox ] || ln -sf busybox "$R/bin/$a"; done
 # Modules with their dependencies (from each module's modinfo "depends="),
 # in load order.
-declare -A path seen
-while read -r f; do n=$(basename "$f" .ko); path[${n//-/_}]=$f; done < <(find "$K" -name '*.ko')
-order=()
-add() {
-    local n=${1//-/_}
-    [[ -n ${seen[$n]:-} ]] && return
-    seen[$n]=1
-    local f=${path[$n]:-}
-    [[ -n $f ]] || { echo "module $n not found" >&2; exit 1; }
-    local deps
-    deps=$(grep -a -o 'depends=[^[:cntrl:]]*' "$f" | head -1 | sed 's/^depends=//')
-    for d in ${deps//,/ }; do add "$d"; done
-    order+=("$n")
-}
+. "$HERE/modules.sh"
 for m in crc32c_generic gfs2 fuse virtio_pci virtio_blk; do add $m; done
 for n in "${order[@]}"; do cp "${path[$n]}" "$R/mods/$n.ko"; done
 echo "${order[*]}" > "$R/mods/order"

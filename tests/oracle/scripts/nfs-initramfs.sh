@@ -21,20 +21,7 @@ mkdir -p "$R"/{mods,usr/sbin,lib/x86_64-linux-gnu,etc,var/lib/nfs/v4recovery,run
 # Modules with their dependencies, in load order. The client's modules are
 # loaded at boot (nfs-order); the server's only when a scenario starts the
 # kernel nfsd (nfsd-order), as they cost boot time under TCG.
-declare -A path seen
-while read -r f; do n=$(basename "$f" .ko); path[${n//-/_}]=$f; done < <(find "$K" -name '*.ko')
-order=()
-add() {
-    local n=${1//-/_}
-    [[ -n ${seen[$n]:-} ]] && return
-    seen[$n]=1
-    local f=${path[$n]:-}
-    [[ -n $f ]] || { echo "module $n not found" >&2; exit 1; }
-    local deps
-    deps=$(grep -a -o 'depends=[^[:cntrl:]]*' "$f" | head -1 | sed 's/^depends=//')
-    for d in ${deps//,/ }; do add "$d"; done
-    order+=("$n")
-}
+. "$HERE/modules.sh"
 # Modules the lower layers also carry are copied again (the same files); the
 # init loads each module once.
 for m in nfsv4 blocklayoutdriver dm_mod; do add $m; done

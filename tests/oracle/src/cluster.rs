@@ -921,7 +921,12 @@ pub(crate) fn cluster_layer(k: &Kernel) -> Result<PathBuf> {
         base.file_name()
             .map(|n| n.as_encoded_bytes())
             .unwrap_or_default(),
-        &["cluster-initramfs.sh", "cluster-init", "cluster.sh"],
+        &[
+            "cluster-initramfs.sh",
+            "modules.sh",
+            "cluster-init",
+            "cluster.sh",
+        ],
         &tools,
         "building the cluster initramfs layer",
     )?;

@@ -225,7 +225,13 @@ impl Kernel {
         let out = self.cached_archive(
             "base",
             self.version.as_bytes(),
-            &["initramfs.sh", "init", "oracle.sh", "manifest.sh"],
+            &[
+                "initramfs.sh",
+                "modules.sh",
+                "init",
+                "oracle.sh",
+                "manifest.sh",
+            ],
             &tools,
             "building the base initramfs",
         )?;

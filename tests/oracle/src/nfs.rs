@@ -442,6 +442,10 @@ pub fn tshark(pcap: &Path, filter: &str, extra: &[&str]) -> Result<String> {
     let out = Command::new(tool("tshark").context("apt-get install tshark")?)
         .arg("-r")
         .arg(pcap)
+        // The client's reserved source port (665-1023) can be one tshark
+        // gives to TLS, whose heuristics then take the NFS stream for
+        // SSLv2 and the NFS filters see nothing.
+        .args(["--disable-protocol", "tls"])
         .args(["-Y", filter])
         .args(extra)
         .output()
@@ -515,7 +519,7 @@ fn nfs_layer(k: &Kernel) -> Result<PathBuf> {
             .file_name()
             .map(|n| n.as_encoded_bytes())
             .unwrap_or_default(),
-        &["nfs-initramfs.sh", "nfs-init", "nfs.sh"],
+        &["nfs-initramfs.sh", "modules.sh", "nfs-init", "nfs.sh"],
         &tools,
         "building the NFS initramfs layer",
     )?;
