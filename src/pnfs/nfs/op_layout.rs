@@ -240,6 +240,7 @@ pub fn layoutget(ctx: &mut Ctx<'_>, d: &mut Dec<'_>, e: &mut Enc) -> OpResult {
         let _ = b.layout_return(client, Some(a.ino), l.offset, l.length);
         return Err(st::TOOSMALL);
     }
+    ctx.srv.layout_granted(a.ino, a.generation);
     let s = ctx.srv.states().layout_get(client, a.ino);
     ctx.cur_stateid = Some(s);
     tracing::debug!(
@@ -479,6 +480,16 @@ mod tests {
         let mut long = b;
         long.extend_from_slice(&[0; 4]);
         assert!(decode_block_layout(&long).is_err());
+    }
+
+    #[test]
+    fn device_notifications_granted() {
+        // The Linux client asks for CHANGE and DELETE (bits 1 and 2).
+        assert_eq!(granted_notifications(&[0b110]), vec![0b110]);
+        assert_eq!(granted_notifications(&[0b111]), vec![0b110]);
+        assert_eq!(granted_notifications(&[0b100, 7]), vec![0b100]);
+        assert!(granted_notifications(&[]).is_empty());
+        assert!(granted_notifications(&[1]).is_empty());
     }
 
     #[test]

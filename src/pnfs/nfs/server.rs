@@ -46,6 +46,13 @@ pub struct Server {
     /// finds its file by them).
     excl: Mutex<HashMap<u64, [u8; 8]>>,
     next_conn: AtomicU64,
+    /// The generation of every file a layout was granted on, by inode: a
+    /// recall names the file by its handle, and reading the inode then
+    /// would need the glock the recall is about to give back (another
+    /// node wants it: the read would wait for the return, the return for
+    /// the recall). An inode with layouts out stays allocated, so its
+    /// generation cannot change meanwhile.
+    generations: Mutex<HashMap<u64, u64>>,
     /// The lease clients are given (and expired by).
     lease: Duration,
 }
@@ -105,6 +112,7 @@ impl Server {
             owner,
             excl: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
+            generations: Mutex::new(HashMap::new()),
             lease,
         });
         if let Some(b) = &srv.backend {
@@ -131,6 +139,14 @@ impl Server {
     /// The stateid table.
     pub fn states(&self) -> MutexGuard<'_, StateTable> {
         self.states.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A layout of `ino` (of this generation) was granted.
+    pub fn layout_granted(&self, ino: u64, generation: u64) {
+        self.generations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ino, generation);
     }
 
     /// The layout service, if any.
@@ -275,12 +291,25 @@ impl Server {
             }
             return;
         };
-        let fh = match Fh::of(&self.fs, r.ino) {
-            Ok(f) => f.encode(),
-            Err(e) => {
-                tracing::warn!(ino = r.ino, "recall of an inode that cannot be read: {e}");
-                return;
+        let generation = self
+            .generations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&r.ino)
+            .copied();
+        let fh = match generation {
+            Some(generation) => Fh {
+                ino: r.ino,
+                generation,
             }
+            .encode(),
+            None => match Fh::of(&self.fs, r.ino) {
+                Ok(f) => f.encode(),
+                Err(e) => {
+                    tracing::warn!(ino = r.ino, "recall of an inode that cannot be read: {e}");
+                    return;
+                }
+            },
         };
         let sessions = self.registry().sessions_of(r.client);
         for s in sessions {
