@@ -652,9 +652,9 @@ fn sha256(p: &std::path::Path) -> String {
 ///    is intact. What fencing does not do with the block layout: a client
 ///    that resumes may still have I/O in flight to the disk; nothing stops
 ///    it at the disk without SCSI persistent reservations (the SCSI
-///    layout's PR preempt, not built). Here the client is resumed only
-///    after the disk's contents were checked, and its late I/O (if any) is
-///    to blocks of the layouts it held, which the checks below read again.
+///    layout's PR preempt, not built). The frozen client here holds a
+///    read layout only (nothing of its own in flight), and is resumed after
+///    the checks; the kernel's gfs2 and fsck look at the disk after that.
 /// 4. tshark decodes every reply in the capture, layout bodies included.
 #[test]
 fn pnfs_block_layout() {
