@@ -900,3 +900,25 @@ fn pnfs_block_layout() {
     let _ = std::fs::remove_file(&pcap);
     let _ = std::fs::remove_file(&log);
 }
+
+/// `nfsd=` and `pnfs=` together are refused before anything is mounted:
+/// one layout service per node, its recalls going to one metadata server.
+#[test]
+fn nfsd_with_pnfs_refused() {
+    let img = mkfs(4096, 1, 64, "nfsd-pnfs");
+    let mnt = common::mountpoint("nfsd-pnfs");
+    let sock = std::env::temp_dir().join(format!("gfs2-nfsd-pnfs-{}.sock", std::process::id()));
+    let out = std::process::Command::new(common::gfs2_fuse())
+        .arg("mount")
+        .arg(&img.0)
+        .arg(&mnt.0)
+        .arg("-o")
+        .arg(format!("nfsd=127.0.0.1:0,pnfs={}", sock.display()))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("pnfs= and nfsd="), "{err}");
+    assert!(!common::is_mounted(&mnt.0));
+    assert!(!sock.exists());
+}
