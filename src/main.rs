@@ -60,8 +60,9 @@ const USAGE: &str = concat!(
     "         commit=SECONDS (log flush interval, default 30), quota=off, allow_other,\n",
     "         nfsd=ADDR:PORT (also serve the filesystem over NFSv4.1 there, e.g. 0.0.0.0:2049:\n",
     "         the pNFS metadata server; with several mount points, the first node's),\n",
-    "         pnfs=SOCKET (pNFS layouts for a metadata server on this Unix socket),\n",
-    "         pnfs_lease=SECONDS (its lease: recalls unanswered for two are fenced; default 90),\n",
+    "         pnfs=SOCKET (pNFS layouts for a metadata server on this Unix socket; not with nfsd=),\n",
+    "         pnfs_lease=SECONDS (the lease of pnfs= or nfsd=: recalls unanswered for two are\n",
+    "         fenced; default 90),\n",
     "         default_permissions (always on), and the generic rw, dev, suid, ...\n",
     "unmount: as root the mount is fuseblk and `umount MOUNTPOINT` returns once the disk\n",
     "         is clean; `gfs2-fuse umount MOUNTPOINT` waits for that on every mount."
@@ -305,6 +306,14 @@ fn parse_args() -> Result<Args> {
     a.device = PathBuf::from(&pos[0]);
     a.mountpoints = pos[1..].iter().map(PathBuf::from).collect();
     a.fuse.fsname = redact_secret(&pos[0]);
+    if a.pnfs.is_some() && a.nfsd.is_some() {
+        // One layout service per node, and its recalls go to one metadata
+        // server: the built-in one (nfsd=) or an outside one (pnfs=).
+        bail!(
+            "pnfs= and nfsd= both serve the node's layouts: give one (nfsd= is the \
+             built-in metadata server, pnfs= the socket for an outside one)\n{USAGE}"
+        );
+    }
     if a.mountpoints.len() > 1 && a.pnfs.is_some() {
         bail!("pnfs= serves one node: give one mount point\n{USAGE}");
     }
@@ -383,11 +392,16 @@ fn mount_all(a: &mut Args) -> Result<Vec<Daemon>> {
     if let (Some(addr), Some(first)) = (&a.nfsd, out.first()) {
         // Bound before the parent is told the mount is ready, so that a
         // taken port fails the mount.
-        // Layouts from the node's layout service (shared with `pnfs=`).
+        // Layouts from the node's layout service, with the server's lease
+        // (`pnfs_lease=`): unanswered recalls are fenced after two.
+        let lease = a
+            .pnfs_lease
+            .map(std::time::Duration::from_secs)
+            .unwrap_or(gfs2fuse::pnfs::nfs::server::LEASE);
         let svc = gfs2fuse::pnfs::LayoutService::start(&first.fs, Default::default());
-        svc.set_lease(gfs2fuse::pnfs::nfs::server::LEASE);
+        svc.set_lease(lease);
         let backend: Arc<dyn gfs2fuse::pnfs::LayoutBackend> = svc;
-        if let Err(e) = gfs2fuse::pnfs::nfs::start(first.fs.clone(), Some(backend), addr) {
+        if let Err(e) = gfs2fuse::pnfs::nfs::start(first.fs.clone(), Some(backend), addr, lease) {
             for d in out.into_iter().rev() {
                 d.abandon();
             }

@@ -14,6 +14,14 @@
 //! 3. a client that has not returned within two lease periods is fenced
 //!    ([`RecallSink::fence`](super::RecallSink::fence)) and every layout
 //!    it holds is dropped as if it had gone away.
+//!
+//! What fencing guarantees with the block layout: the metadata side (the
+//! client's layouts revoked, its next SEQUENCE told so, the glock let go,
+//! what it committed before kept). What it does not: the disk itself is
+//! not closed to the client. A client that was only frozen or cut off and
+//! comes back may still have writes in flight to the blocks of the layouts
+//! it held; only the SCSI layout's persistent reservations (PR preempt of
+//! the fenced client's key) stop those at the disk, and that is not built.
 
 use super::layout::Inner;
 use super::Recall;

@@ -137,12 +137,35 @@ fn layout_status(e: &LayoutError) -> u32 {
     }
 }
 
+/// `NOTIFY_DEVICEID4_CHANGE` and `NOTIFY_DEVICEID4_DELETE` (RFC 8881
+/// section 20.12), as bits of a `bitmap4`.
+const NOTIFY_DEVICEID4_CHANGE_DELETE: u32 = (1 << 1) | (1 << 2);
+
+/// The device-id notifications GETDEVICEINFO grants: those asked for among
+/// CHANGE and DELETE. The one device (the shared disk, found by the
+/// superblock UUID) never changes or goes away while the server runs, so
+/// the promise to notify costs nothing. Granting it matters: a Linux client
+/// that is not promised both caches nothing (`NFS_DEVICEID_NOCACHE`) and
+/// asks GETDEVICEINFO again, with a `blkmapd` upcall, after every layout
+/// return; that upcall's wait in the 6.1 client can miss its wake-up and
+/// leave the reading task in D state for good (seen as a read that never
+/// finishes after a layout was returned and fetched again). Linux nfsd
+/// grants both for its block layout.
+fn granted_notifications(asked: &[u32]) -> Vec<u32> {
+    match asked.first() {
+        Some(w) if w & NOTIFY_DEVICEID4_CHANGE_DELETE != 0 => {
+            vec![w & NOTIFY_DEVICEID4_CHANGE_DELETE]
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// GETDEVICEINFO.
 pub fn getdeviceinfo(ctx: &mut Ctx<'_>, d: &mut Dec<'_>, e: &mut Enc) -> OpResult {
     let id: [u8; 16] = d.array().map_err(xdr)?;
     let ltype = d.u32().map_err(xdr)?;
     let maxcount = d.u32().map_err(xdr)?;
-    let _notify = d.u32s(8).map_err(xdr)?;
+    let notify = d.u32s(8).map_err(xdr)?;
     ctx.client()?;
     let Some(b) = ctx.srv.backend() else {
         return Err(st::UNKNOWN_LAYOUTTYPE);
@@ -155,7 +178,9 @@ pub fn getdeviceinfo(ctx: &mut Ctx<'_>, d: &mut Dec<'_>, e: &mut Enc) -> OpResul
     }
     let addr = encode_deviceaddr(&b.device_info());
     let mut body = Enc::new();
-    body.u32(LAYOUT4_BLOCK_VOLUME).opaque(&addr).u32s(&[]);
+    body.u32(LAYOUT4_BLOCK_VOLUME)
+        .opaque(&addr)
+        .u32s(&granted_notifications(&notify));
     if maxcount != 0 && body.len() > maxcount as usize {
         e.u32(body.len() as u32);
         return Err(st::TOOSMALL);
@@ -215,6 +240,7 @@ pub fn layoutget(ctx: &mut Ctx<'_>, d: &mut Dec<'_>, e: &mut Enc) -> OpResult {
         let _ = b.layout_return(client, Some(a.ino), l.offset, l.length);
         return Err(st::TOOSMALL);
     }
+    ctx.srv.layout_granted(a.ino, a.generation);
     let s = ctx.srv.states().layout_get(client, a.ino);
     ctx.cur_stateid = Some(s);
     tracing::debug!(
@@ -454,6 +480,16 @@ mod tests {
         let mut long = b;
         long.extend_from_slice(&[0; 4]);
         assert!(decode_block_layout(&long).is_err());
+    }
+
+    #[test]
+    fn device_notifications_granted() {
+        // The Linux client asks for CHANGE and DELETE (bits 1 and 2).
+        assert_eq!(granted_notifications(&[0b110]), vec![0b110]);
+        assert_eq!(granted_notifications(&[0b111]), vec![0b110]);
+        assert_eq!(granted_notifications(&[0b100, 7]), vec![0b100]);
+        assert!(granted_notifications(&[]).is_empty());
+        assert!(granted_notifications(&[1]).is_empty());
     }
 
     #[test]

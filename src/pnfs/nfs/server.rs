@@ -26,7 +26,8 @@ use std::time::Duration;
 
 /// Largest READ and WRITE (and READDIR reply).
 pub const MAX_IO: u64 = 1 << 20;
-/// The lease clients renew by SEQUENCE.
+/// The lease clients renew by SEQUENCE, unless the daemon is told another
+/// (`pnfs_lease=`).
 pub const LEASE: Duration = Duration::from_secs(90);
 /// Threads running COMPOUNDs.
 const WORKERS: usize = 8;
@@ -45,6 +46,15 @@ pub struct Server {
     /// finds its file by them).
     excl: Mutex<HashMap<u64, [u8; 8]>>,
     next_conn: AtomicU64,
+    /// The generation of every file a layout was granted on, by inode: a
+    /// recall names the file by its handle, and reading the inode then
+    /// would need the glock the recall is about to give back (another
+    /// node wants it: the read would wait for the return, the return for
+    /// the recall). An inode with layouts out stays allocated, so its
+    /// generation cannot change meanwhile.
+    generations: Mutex<HashMap<u64, u64>>,
+    /// The lease clients are given (and expired by).
+    lease: Duration,
 }
 
 /// The [`RecallSink`] the layout service calls.
@@ -62,8 +72,13 @@ impl RecallSink for Sink {
 }
 
 impl Server {
-    /// A server for `fs`, with layouts from `backend` when there is one.
-    pub fn new(fs: Arc<Fs>, backend: Option<Arc<dyn LayoutBackend>>) -> Arc<Server> {
+    /// A server for `fs`, with layouts from `backend` when there is one,
+    /// giving clients `lease`.
+    pub fn new(
+        fs: Arc<Fs>,
+        backend: Option<Arc<dyn LayoutBackend>>,
+        lease: Duration,
+    ) -> Arc<Server> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -75,7 +90,7 @@ impl Server {
         minor.copy_from_slice(&uuid[8..16]);
         let info = FsInfo {
             fsid: (u64::from_be_bytes(major), u64::from_be_bytes(minor)),
-            lease_secs: LEASE.as_secs() as u32,
+            lease_secs: lease.as_secs().clamp(1, u32::MAX as u64) as u32,
             max_io: MAX_IO,
             layouts: backend.is_some(),
             blksize: fs.superblock().bsize,
@@ -97,6 +112,8 @@ impl Server {
             owner,
             excl: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
+            generations: Mutex::new(HashMap::new()),
+            lease,
         });
         if let Some(b) = &srv.backend {
             b.set_recall_sink(Arc::new(Sink(Arc::downgrade(&srv), Mutex::new(tx))));
@@ -122,6 +139,14 @@ impl Server {
     /// The stateid table.
     pub fn states(&self) -> MutexGuard<'_, StateTable> {
         self.states.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A layout of `ino` (of this generation) was granted.
+    pub fn layout_granted(&self, ino: u64, generation: u64) {
+        self.generations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ino, generation);
     }
 
     /// The layout service, if any.
@@ -266,12 +291,25 @@ impl Server {
             }
             return;
         };
-        let fh = match Fh::of(&self.fs, r.ino) {
-            Ok(f) => f.encode(),
-            Err(e) => {
-                tracing::warn!(ino = r.ino, "recall of an inode that cannot be read: {e}");
-                return;
+        let generation = self
+            .generations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&r.ino)
+            .copied();
+        let fh = match generation {
+            Some(generation) => Fh {
+                ino: r.ino,
+                generation,
             }
+            .encode(),
+            None => match Fh::of(&self.fs, r.ino) {
+                Ok(f) => f.encode(),
+                Err(e) => {
+                    tracing::warn!(ino = r.ino, "recall of an inode that cannot be read: {e}");
+                    return;
+                }
+            },
         };
         let sessions = self.registry().sessions_of(r.client);
         for s in sessions {
@@ -342,11 +380,15 @@ fn recall_loop(srv: Weak<Server>, rx: mpsc::Receiver<Recall>) {
 
 fn lease_loop(srv: Weak<Server>) {
     loop {
-        std::thread::sleep(Duration::from_secs(5));
+        let tick = match srv.upgrade() {
+            Some(s) => (s.lease / 4).clamp(Duration::from_millis(250), Duration::from_secs(5)),
+            None => return,
+        };
+        std::thread::sleep(tick);
         let Some(s) = srv.upgrade() else { return };
         // A lease and a half: a client renewing at the lease's end is late
         // by a round trip at most.
-        let dead = s.registry().expire(LEASE + LEASE / 2);
+        let dead = s.registry().expire(s.lease + s.lease / 2);
         for id in dead {
             s.client_gone(id, "lease expired");
         }
@@ -368,10 +410,11 @@ pub fn start(
     fs: Arc<Fs>,
     backend: Option<Arc<dyn LayoutBackend>>,
     addr: &str,
+    lease: Duration,
 ) -> io::Result<Handle> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
-    let srv = Server::new(fs, backend);
+    let srv = Server::new(fs, backend, lease);
     let pool = Pool::new(srv.clone());
     for _ in 0..WORKERS {
         pool.spawn_worker()?;
