@@ -115,6 +115,15 @@ impl Fsck {
         Ok(data)
     }
 
+    /// Write `di` over the dinode at `addr`, the rest of its block (stuffed
+    /// data, the tree's pointers) as it is so far.
+    pub(super) fn put_dinode(&mut self, addr: u64, di: &Dinode) -> Res<()> {
+        let mut b = self.read(addr)?;
+        di.write(&mut b)?;
+        self.write(addr, b);
+        Ok(())
+    }
+
     pub(super) fn write(&mut self, blk: u64, b: Vec<u8>) {
         self.recent.borrow_mut().0.retain(|e| e.0 != blk);
         self.cache.insert(blk, b);

@@ -363,9 +363,7 @@ impl Fsck {
             }
         }
         if dirty {
-            let mut b = self.read(addr)?;
-            di.write(&mut b)?;
-            self.write(addr, b);
+            self.put_dinode(addr, &di)?;
         }
         if is_dir {
             // Follow the entries in block order (sequential reads; the

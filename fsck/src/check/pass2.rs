@@ -324,9 +324,7 @@ impl Fsck {
             }
             if self.r.problem(&msg, true) {
                 di.size = want_size.unwrap_or(0);
-                let mut b = self.read(addr)?;
-                di.write(&mut b)?;
-                self.write(addr, b);
+                self.put_dinode(addr, &di)?;
             }
         }
         let di = &di;

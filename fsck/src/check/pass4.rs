@@ -117,9 +117,7 @@ impl Fsck {
                 )
             {
                 di.entries = total;
-                let mut b = self.read(addr)?;
-                di.write(&mut b)?;
-                self.write(addr, b);
+                self.put_dinode(addr, &di)?;
             }
         }
         // Link counts and block counts.
@@ -158,9 +156,7 @@ impl Fsck {
                 dirty = true;
             }
             if dirty {
-                let mut b = self.read(addr)?;
-                di.write(&mut b)?;
-                self.write(addr, b);
+                self.put_dinode(addr, &di)?;
             }
         }
         Ok(())

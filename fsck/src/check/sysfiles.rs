@@ -164,9 +164,7 @@ impl Fsck {
             }
         }
         if dirty {
-            let mut b = self.read(addr)?;
-            di.write(&mut b)?;
-            self.write(addr, b);
+            self.put_dinode(addr, &di)?;
         }
         Ok(())
     }
