@@ -254,12 +254,24 @@ pub struct LunInfo {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
-    Read { lba: u64, blocks: u32 },
-    Write { lba: u64, blocks: u32 },
+    Read {
+        lba: u64,
+        blocks: u32,
+    },
+    Write {
+        lba: u64,
+        blocks: u32,
+    },
     Sync,
     ReadCapacity16,
     ModeSense6,
     InquiryVpd(u8),
+    /// A 10-byte CDB built by [`super::scsi`] (persistent reservations),
+    /// with data out of the caller's buffer (`out`) or into it.
+    Cdb {
+        cdb: [u8; 10],
+        out: bool,
+    },
 }
 
 impl Op {
@@ -272,6 +284,9 @@ impl Op {
             Op::ReadCapacity16 => "READ CAPACITY(16)",
             Op::ModeSense6 => "MODE SENSE(6)",
             Op::InquiryVpd(_) => "INQUIRY",
+            Op::Cdb { cdb, .. } if cdb[0] == 0x5e => "PERSISTENT RESERVE IN",
+            Op::Cdb { cdb, .. } if cdb[0] == 0x5f => "PERSISTENT RESERVE OUT",
+            Op::Cdb { .. } => "SCSI command",
         }
     }
 
@@ -281,6 +296,7 @@ impl Op {
                 format!("{} of {blocks} blocks at LBA {lba}", self.name(sync10))
             }
             Op::InquiryVpd(p) => format!("INQUIRY page {p:#04x}"),
+            Op::Cdb { cdb, .. } => format!("{} (service action {})", self.name(sync10), cdb[1]),
             _ => self.name(sync10).to_string(),
         }
     }
@@ -431,6 +447,9 @@ pub struct IscsiDevice {
     chunk: usize,
     read_only: bool,
     locks: super::rangelock::RangeLocks,
+    /// The persistent reservation key registered on every session (an
+    /// I_T nexus each); held while sessions are registered or added.
+    pr_key: Arc<Mutex<Option<u64>>>,
 }
 
 /// Spawn the I/O thread with every signal blocked, so that process-directed
@@ -538,6 +557,7 @@ impl IscsiDevice {
             chunk: MAX_CHUNK,
             read_only,
             locks: super::rangelock::RangeLocks::default(),
+            pr_key: Arc::new(Mutex::new(None)),
         };
         dev.info = dev.probe()?;
         if !read_only && dev.info.write_protected {
@@ -686,9 +706,17 @@ impl IscsiDevice {
     /// Log in one more session in the background; callers share the ones
     /// there are meanwhile, and keep doing so if it fails.
     fn grow(&self) {
-        let (cfg, pool) = (self.cfg.clone(), self.pool.clone());
+        let (cfg, pool, pr_key) = (self.cfg.clone(), self.pool.clone(), self.pr_key.clone());
         let r = spawn_quiet("iscsi-grow", move || {
             let s = Session::connect(cfg);
+            // A new session is a new I_T nexus: it carries the device's
+            // reservation key before anyone's commands (a session that
+            // cannot register is not used).
+            let key = lock(&pr_key);
+            let s = match (s, *key) {
+                (Ok(s), Some(k)) => s.register(k).map(|()| s),
+                (s, _) => s,
+            };
             let mut p = lock(&pool);
             p.growing = false;
             match s {
@@ -717,6 +745,20 @@ impl IscsiDevice {
 }
 
 impl Session {
+    /// Register `key` (0: unregister) for this session's I_T nexus.
+    fn register(&self, key: u64) -> io::Result<()> {
+        let mut params = super::scsi::pr_out_params(0, key);
+        let cdb = super::scsi::pr_out_cdb(super::scsi::PrOut::RegisterAndIgnoreExistingKey, None);
+        self.run(&[(
+            Op::Cdb { cdb, out: true },
+            params.as_mut_ptr(),
+            params.len(),
+        )])
+        .pop()
+        .unwrap_or_else(|| Err(iscsi_err(libc::EIO, "no answer".into())))
+        .map(|_| ())
+    }
+
     /// Hand requests `(op, buffer, length)` to the target and wait for all
     /// their answers. When the session is up the calling thread puts them on
     /// the wire itself (no hand-off to the I/O thread); the I/O thread reads
@@ -979,6 +1021,52 @@ impl BlockDevice for IscsiDevice {
 
     fn describe(&self) -> String {
         self.uri.clone()
+    }
+
+    fn scsi(&self) -> Option<&dyn super::scsi::ScsiLun> {
+        Some(self)
+    }
+}
+
+impl super::scsi::ScsiLun for IscsiDevice {
+    fn inquiry_vpd(&self, page: u8, buf: &mut [u8]) -> io::Result<usize> {
+        let len = buf.len().min(u16::MAX as usize);
+        self.run_one(Op::InquiryVpd(page), buf.as_mut_ptr(), len)
+    }
+
+    fn pr_in(&self, sa: super::scsi::PrIn, buf: &mut [u8]) -> io::Result<usize> {
+        let len = buf.len().min(u16::MAX as usize);
+        let cdb = super::scsi::pr_in_cdb(sa, len as u16);
+        self.run_one(Op::Cdb { cdb, out: false }, buf.as_mut_ptr(), len)
+    }
+
+    fn pr_out(
+        &self,
+        sa: super::scsi::PrOut,
+        ty: Option<super::scsi::PrType>,
+        key: u64,
+        sa_key: u64,
+    ) -> io::Result<()> {
+        use super::scsi::PrOut;
+        if matches!(sa, PrOut::Register | PrOut::RegisterAndIgnoreExistingKey) {
+            // One registration per session (I_T nexus), and sessions
+            // logged in later register too (see `grow`).
+            let mut held = lock(&self.pr_key);
+            let sessions = lock(&self.pool).sessions.clone();
+            for s in &sessions {
+                s.register(sa_key)?;
+            }
+            *held = (sa_key != 0).then_some(sa_key);
+            return Ok(());
+        }
+        let mut params = super::scsi::pr_out_params(key, sa_key);
+        let cdb = super::scsi::pr_out_cdb(sa, ty);
+        self.run_one(
+            Op::Cdb { cdb, out: true },
+            params.as_mut_ptr(),
+            params.len(),
+        )
+        .map(|_| ())
     }
 }
 
@@ -1488,6 +1576,31 @@ impl Core {
                     task_cb,
                     private,
                 ),
+                Op::Cdb { mut cdb, out } => {
+                    let dir = if out {
+                        ffi::SCSI_XFER_WRITE
+                    } else {
+                        ffi::SCSI_XFER_READ
+                    };
+                    let t = (lib.scsi_create_task)(10, cdb.as_mut_ptr(), dir, len as c_int);
+                    if t.is_null() {
+                        return false;
+                    }
+                    if !out && len > 0 {
+                        (lib.scsi_task_add_data_in_buffer)(t, len as c_int, buf);
+                    }
+                    let mut data = ffi::IscsiData {
+                        size: len,
+                        data: buf,
+                    };
+                    let d: *mut ffi::IscsiData = if out { &mut data } else { std::ptr::null_mut() };
+                    if (lib.iscsi_scsi_command_async)(ctx, lun, t, task_cb, d, private) != 0 {
+                        (lib.scsi_free_scsi_task)(t);
+                        return false;
+                    }
+                    // Data in is already attached above.
+                    return self.sent_out(id);
+                }
             };
             if !t.is_null() && !matches!(op, Op::Write { .. } | Op::Sync) && len > 0 {
                 // Data in straight into the caller's buffer.
@@ -1498,6 +1611,11 @@ impl Core {
         if task.is_null() {
             return false;
         }
+        self.sent_out(id)
+    }
+
+    /// Note that request `id` is on the wire.
+    fn sent_out(&mut self, id: u64) -> bool {
         if let Some(r) = self.reqs.get_mut(&id) {
             if r.sent {
                 self.shared.resent.fetch_add(1, Ordering::Relaxed);
@@ -1564,6 +1682,11 @@ impl Core {
                     let why = sense(self.lib);
                     self.fail(d.id, libc::EROFS, why);
                 }
+                // A command or field the target does not implement.
+                ffi::SENSE_ILLEGAL_REQUEST if matches!(r.op, Op::Cdb { .. }) => {
+                    let why = sense(self.lib);
+                    self.fail(d.id, libc::EOPNOTSUPP, why);
+                }
                 _ => {
                     let why = sense(self.lib);
                     self.fail(d.id, libc::EIO, why);
@@ -1575,7 +1698,14 @@ impl Core {
                 r.not_before = soon;
             }
             ffi::SCSI_STATUS_RESERVATION_CONFLICT => {
-                self.fail(d.id, libc::EIO, "RESERVATION CONFLICT".into());
+                // Persistent reservation commands report it as the Linux
+                // block layer does (EBADE); data transfers as EIO.
+                let errno = if matches!(r.op, Op::Cdb { .. }) {
+                    libc::EBADE
+                } else {
+                    libc::EIO
+                };
+                self.fail(d.id, errno, "RESERVATION CONFLICT".into());
             }
             ffi::SCSI_STATUS_CANCELLED | ffi::SCSI_STATUS_ERROR | ffi::SCSI_STATUS_TIMEOUT => {
                 r.sent = true;

@@ -13,6 +13,7 @@ pub mod iscsi;
 pub mod mountinfo;
 pub mod nbd;
 mod rangelock;
+pub mod scsi;
 pub mod spec;
 
 use std::io;
@@ -153,6 +154,12 @@ pub trait BlockDevice: Send + Sync {
     /// connection (NBD says goodbye), so that whatever uses the device next
     /// finds it free. Later requests fail. The default does nothing.
     fn release(&self) {}
+    /// The SCSI logical unit behind the device, for commands beyond reads
+    /// and writes (its identity, persistent reservations), when it is one
+    /// the device can reach (an iSCSI LUN). The default: none.
+    fn scsi(&self) -> Option<&dyn scsi::ScsiLun> {
+        None
+    }
 }
 
 /// A shared device is a device: lets `&Arc<dyn BlockDevice>` be passed where
@@ -184,5 +191,8 @@ impl<T: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<T> {
     }
     fn release(&self) {
         (**self).release()
+    }
+    fn scsi(&self) -> Option<&dyn scsi::ScsiLun> {
+        (**self).scsi()
     }
 }

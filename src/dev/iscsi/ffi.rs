@@ -62,6 +62,18 @@ const _: () = {
     assert!(std::mem::offset_of!(ScsiTask, datain) == 64);
 };
 
+/// `struct iscsi_data`: a data-out buffer handed to
+/// `iscsi_scsi_command_async` (referenced, not copied, until the task ends).
+#[repr(C)]
+pub struct IscsiData {
+    pub size: usize,
+    pub data: *mut u8,
+}
+
+/// `enum scsi_xfer_dir`.
+pub const SCSI_XFER_READ: c_int = 1;
+pub const SCSI_XFER_WRITE: c_int = 2;
+
 /// `iscsi_command_cb`.
 pub type CommandCb =
     unsafe extern "C" fn(ctx: *mut Context, status: c_int, data: *mut c_void, private: *mut c_void);
@@ -140,6 +152,9 @@ libiscsi! {
         *mut c_void) -> *mut ScsiTask;
     iscsi_inquiry_task: fn(*mut Context, c_int, c_int, c_int, c_int, CommandCb, *mut c_void)
         -> *mut ScsiTask;
+    scsi_create_task: fn(c_int, *mut u8, c_int, c_int) -> *mut ScsiTask;
+    iscsi_scsi_command_async: fn(*mut Context, c_int, *mut ScsiTask, CommandCb, *mut IscsiData,
+        *mut c_void) -> c_int;
     scsi_task_add_data_in_buffer: fn(*mut ScsiTask, c_int, *mut u8) -> c_int;
     scsi_free_scsi_task: fn(*mut ScsiTask);
     scsi_sense_key_str: fn(c_int) -> *const c_char;
