@@ -400,6 +400,13 @@ fn mount_all(a: &mut Args) -> Result<Vec<Daemon>> {
             .unwrap_or(gfs2fuse::pnfs::nfs::server::LEASE);
         let svc = gfs2fuse::pnfs::LayoutService::start(&first.fs, Default::default());
         svc.set_lease(lease);
+        // The SCSI layout too when the device is a LUN with persistent
+        // reservations (an iscsi:// device); the block layout regardless.
+        match svc.enable_scsi() {
+            Ok(true) => tracing::info!("pNFS: SCSI layout offered, with reservation fencing"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("pNFS: no SCSI layout: {e}"),
+        }
         let backend: Arc<dyn gfs2fuse::pnfs::LayoutBackend> = svc;
         if let Err(e) = gfs2fuse::pnfs::nfs::start(first.fs.clone(), Some(backend), addr, lease) {
             for d in out.into_iter().rev() {

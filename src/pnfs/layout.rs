@@ -121,6 +121,8 @@ pub(crate) struct Inner {
     pub files: Mutex<HashMap<u64, FileRef>>,
     pub sink: Mutex<Option<Arc<dyn RecallSink>>>,
     pub events: Mutex<mpsc::Sender<Event>>,
+    /// The SCSI reservation, once [`LayoutService::enable_scsi`] took it.
+    pub fencing: Mutex<Option<Arc<super::scsi::Fencing>>>,
 }
 
 /// The layout service of one mounted node.
@@ -169,10 +171,29 @@ impl LayoutService {
         );
     }
 
+    /// Offer the SCSI layout too (the built-in metadata server does): if
+    /// the device is a SCSI LUN with persistent reservations, take the
+    /// reservation ([`super::scsi::Fencing::take`]); fenced clients are
+    /// then cut off the LUN. `Ok(false)`: not such a LUN, block layout
+    /// only. An error: a LUN whose reservation could not be taken.
+    pub fn enable_scsi(&self) -> std::io::Result<bool> {
+        let mut slot = lock(&self.inner.fencing);
+        if slot.is_some() {
+            return Ok(true);
+        }
+        match super::scsi::Fencing::take(self.inner.fs.device())? {
+            Some(f) => {
+                *slot = Some(Arc::new(f));
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     /// Drop every layout of every client (the unmount does, before its
     /// last log flush): uncommitted blocks past the end of files are freed
     /// and every glock pin is let go. Clients are not told: their server
-    /// is going away with the mount.
+    /// is going away with the mount. A SCSI reservation is given up.
     pub fn release_all(&self) {
         let files: Vec<FileRef> = lock(&self.inner.files).values().cloned().collect();
         let mut clients: Vec<ClientId> = files
@@ -193,6 +214,9 @@ impl LayoutService {
             st.pin = None;
             st.pin_mode = None;
         }
+        if let Some(f) = lock(&self.inner.fencing).take() {
+            f.release();
+        }
     }
 
     /// A service over `fs` of its own; [`LayoutService::start`] is what a
@@ -208,6 +232,7 @@ impl LayoutService {
             files: Mutex::new(HashMap::new()),
             sink: Mutex::new(None),
             events: Mutex::new(tx),
+            fencing: Mutex::new(None),
         });
         let recaller = Recaller::start(&inner, rx);
         Arc::new(LayoutService {
@@ -242,6 +267,23 @@ impl LayoutService {
 }
 
 impl Inner {
+    /// Cut `client` off the disk if the service holds a SCSI reservation
+    /// (before its layouts' blocks can be freed or handed to anyone else).
+    pub(crate) fn fence_disk(&self, client: ClientId) {
+        let f = lock(&self.fencing).clone();
+        if let Some(f) = f {
+            f.fence(client);
+        }
+    }
+
+    /// Does `client` hold any layout?
+    fn holds_layouts(&self, client: ClientId) -> bool {
+        let files: Vec<FileRef> = lock(&self.files).values().cloned().collect();
+        files
+            .iter()
+            .any(|f| lock(f).grants.iter().any(|g| g.client == client))
+    }
+
     pub(crate) fn file_if(&self, ino: u64) -> Option<FileRef> {
         lock(&self.files).get(&ino).cloned()
     }
@@ -750,6 +792,9 @@ impl LayoutBackend for LayoutService {
             signature: fs.superblock().uuid.to_vec(),
             size: fs.device().size(),
             block_size: fs.superblock().bsize,
+            scsi: lock(&self.inner.fencing)
+                .as_ref()
+                .map(|f| f.volume().clone()),
         }
     }
 
@@ -923,6 +968,12 @@ impl LayoutBackend for LayoutService {
     }
 
     fn client_gone(&self, client: ClientId) {
+        // Gone with layouts in hand (its lease ran out): it may come back
+        // with writes in flight, so it leaves the disk before its blocks
+        // can be reused.
+        if self.inner.holds_layouts(client) {
+            self.inner.fence_disk(client);
+        }
         if let Err(e) = self.layout_return(client, None, 0, u64::MAX) {
             tracing::error!(client, "dropping the layouts of a client that went: {e}");
         }

@@ -33,6 +33,7 @@ pub mod control;
 pub mod layout;
 pub mod nfs;
 pub mod recall;
+pub mod scsi;
 
 pub use layout::{LayoutOptions, LayoutService};
 
@@ -107,6 +108,9 @@ pub struct DeviceInfo {
     pub size: u64,
     /// The filesystem's block size.
     pub block_size: u32,
+    /// The shared disk as a SCSI layout volume (RFC 8154), when it is a
+    /// LUN whose reservation the server holds ([`scsi::Fencing`]).
+    pub scsi: Option<scsi::ScsiVolume>,
 }
 
 /// What a client reports in LAYOUTCOMMIT.
@@ -163,9 +167,9 @@ pub trait RecallSink: Send + Sync {
     /// client's LAYOUTRETURN (or nothing, then [`RecallSink::fence`]).
     fn recall(&self, r: Recall);
     /// The client did not return a recalled layout within two lease
-    /// periods: cut it off from the disk (SCSI persistent reservation
-    /// preempt where there is one) and drop its state. Its layouts are
-    /// then forgotten by the layout service.
+    /// periods: drop its state (the layout service has already cut it off
+    /// the disk where it holds a SCSI reservation). Its layouts are then
+    /// forgotten by the layout service.
     fn fence(&self, client: ClientId);
 }
 

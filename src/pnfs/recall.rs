@@ -20,8 +20,10 @@
 //! what it committed before kept). What it does not: the disk itself is
 //! not closed to the client. A client that was only frozen or cut off and
 //! comes back may still have writes in flight to the blocks of the layouts
-//! it held; only the SCSI layout's persistent reservations (PR preempt of
-//! the fenced client's key) stop those at the disk, and that is not built.
+//! it held. Where the service holds a SCSI reservation (the SCSI layout,
+//! [`super::scsi`]), the client's key is preempted first, before anything
+//! of its layouts is dropped or freed: from then on the LUN refuses its
+//! commands (RESERVATION CONFLICT).
 
 use super::layout::Inner;
 use super::Recall;
@@ -180,6 +182,7 @@ fn fence_overdue(inner: &Arc<Inner>) {
             client,
             "recalled layouts not returned in two lease periods: fencing"
         );
+        inner.fence_disk(client);
         if let Some(s) = &sink {
             s.fence(client);
         }

@@ -7,7 +7,7 @@
 //! is how NFSv4 says "not supported" in GETATTR). Owners are numeric
 //! strings (the Linux client's default with AUTH_SYS, no id mapping).
 
-use super::proto::{fattr as fa, ftype, st, LAYOUT4_BLOCK_VOLUME};
+use super::proto::{fattr as fa, ftype, st, LAYOUT4_BLOCK_VOLUME, LAYOUT4_SCSI};
 use super::xdr::{Dec, Enc, XResult};
 use crate::fs::{Attr, StatFs};
 
@@ -22,6 +22,8 @@ pub struct FsInfo {
     pub max_io: u64,
     /// Layouts offered (`fs_layout_type` = block volume).
     pub layouts: bool,
+    /// The SCSI layout offered too (first: the server's preference).
+    pub scsi: bool,
     /// Block size (`layout_blksize`).
     pub blksize: u32,
 }
@@ -278,7 +280,11 @@ pub fn encode(e: &mut Enc, req: &[u32], a: &Attr, fh: &[u8], info: &FsInfo, sf: 
             fa::TIME_METADATA => time(&mut v, a.ctime),
             fa::TIME_MODIFY => time(&mut v, a.mtime),
             fa::FS_LAYOUT_TYPES => {
-                v.u32s(&[LAYOUT4_BLOCK_VOLUME]);
+                if info.scsi {
+                    v.u32s(&[LAYOUT4_SCSI, LAYOUT4_BLOCK_VOLUME]);
+                } else {
+                    v.u32s(&[LAYOUT4_BLOCK_VOLUME]);
+                }
             }
             fa::LAYOUT_BLKSIZE => {
                 v.u32(info.blksize);
@@ -381,6 +387,7 @@ mod tests {
             lease_secs: 90,
             max_io: 1 << 20,
             layouts: true,
+            scsi: false,
             blksize: 4096,
         }
     }

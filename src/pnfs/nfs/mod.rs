@@ -89,6 +89,7 @@ mod fuzz {
             signature: vec![7; 16],
             size: 1 << 30,
             block_size: 4096,
+            scsi: None,
         }));
         let mut m = Vec::new();
         attr::set(&mut m, proto::fattr::SIZE);

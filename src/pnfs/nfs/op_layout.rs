@@ -1,6 +1,8 @@
 //! The pNFS operations (RFC 8881 section 18.40-18.44) with the block
 //! layout's bodies (RFC 5663): GETDEVICEINFO (one simple volume found by
-//! the superblock UUID), LAYOUTGET (`pnfs_block_layout4` extents),
+//! the superblock UUID; for the SCSI layout, RFC 8154, one base volume
+//! named by the LUN's designator with the client's reservation key),
+//! LAYOUTGET (`pnfs_block_layout4` extents, which the SCSI layout shares),
 //! LAYOUTCOMMIT (`pnfs_block_layoutupdate4`, parsed, its storage offsets
 //! ignored: only the layout service's own records count) and LAYOUTRETURN;
 //! and the CB_LAYOUTRECALL the server sends on the backchannel.
@@ -13,6 +15,7 @@ use super::compound::{fs_status, xdr, Ctx, OpResult};
 use super::proto::*;
 use super::state::Stateid;
 use super::xdr::{Dec, Enc, XResult, XdrError};
+use crate::pnfs::scsi::ScsiVolume;
 use crate::pnfs::{Commit, DeviceInfo, Extent, ExtentState, IoMode, Layout, LayoutError};
 
 /// The id of the one device (volume) every layout refers to.
@@ -30,6 +33,47 @@ pub fn encode_deviceaddr(dev: &DeviceInfo) -> Vec<u8> {
         .i64(dev.sig_offset as i64)
         .opaque(&dev.signature);
     e.buf
+}
+
+/// `pnfs_scsi_deviceaddr4` of one base volume: the LUN's designator and
+/// the reservation key the client registers (RFC 8154 section 2.3.1).
+pub fn encode_scsi_deviceaddr(v: &ScsiVolume, pr_key: u64) -> Vec<u8> {
+    let mut e = Enc::new();
+    e.u32(1)
+        .u32(PNFS_SCSI_VOLUME_BASE)
+        .u32(v.code_set)
+        .u32(v.designator_type)
+        .opaque(&v.designator)
+        .u64(pr_key);
+    e.buf
+}
+
+/// Decode a `pnfs_scsi_deviceaddr4` holding base volumes: (volume, key).
+pub fn decode_scsi_deviceaddr(b: &[u8]) -> XResult<Vec<(ScsiVolume, u64)>> {
+    let mut d = Dec::new(b);
+    let n = d.count(16, 8)?;
+    let mut vols = Vec::new();
+    for _ in 0..n {
+        if d.u32()? != PNFS_SCSI_VOLUME_BASE {
+            return Err(XdrError::Bad);
+        }
+        let code_set = d.u32()?;
+        let designator_type = d.u32()?;
+        let designator = d.opaque(256)?.to_vec();
+        let key = d.u64()?;
+        vols.push((
+            ScsiVolume {
+                code_set,
+                designator_type,
+                designator,
+            },
+            key,
+        ));
+    }
+    if d.remaining() != 0 {
+        return Err(XdrError::Bad);
+    }
+    Ok(vols)
 }
 
 /// Decode a `pnfs_block_deviceaddr4` holding simple volumes: their
@@ -118,14 +162,21 @@ pub fn decode_layoutupdate(b: &[u8]) -> XResult<Vec<Extent>> {
     decode_block_layout(b)
 }
 
-/// `layout4` of a granted layout.
-fn put_layout(e: &mut Enc, l: &Layout) {
+/// `layout4` of a granted layout of type `ltype` (block or SCSI: the
+/// same extents).
+fn put_layout(e: &mut Enc, l: &Layout, ltype: u32) {
     e.u32(1)
         .u64(l.offset)
         .u64(l.length)
         .u32(l.iomode as u32)
-        .u32(LAYOUT4_BLOCK_VOLUME)
+        .u32(ltype)
         .opaque(&encode_block_layout(&l.extents));
+}
+
+/// Is `ltype` one this server hands out (the SCSI layout only while it
+/// holds the LUN's reservation)?
+fn offered(dev_scsi: bool, ltype: u32) -> bool {
+    ltype == LAYOUT4_BLOCK_VOLUME || (ltype == LAYOUT4_SCSI && dev_scsi)
 }
 
 fn layout_status(e: &LayoutError) -> u32 {
@@ -166,19 +217,21 @@ pub fn getdeviceinfo(ctx: &mut Ctx<'_>, d: &mut Dec<'_>, e: &mut Enc) -> OpResul
     let ltype = d.u32().map_err(xdr)?;
     let maxcount = d.u32().map_err(xdr)?;
     let notify = d.u32s(8).map_err(xdr)?;
-    ctx.client()?;
+    let client = ctx.client()?;
     let Some(b) = ctx.srv.backend() else {
         return Err(st::UNKNOWN_LAYOUTTYPE);
     };
-    if ltype != LAYOUT4_BLOCK_VOLUME {
-        return Err(st::UNKNOWN_LAYOUTTYPE);
-    }
+    let info = b.device_info();
+    let addr = match (ltype, &info.scsi) {
+        (LAYOUT4_BLOCK_VOLUME, _) => encode_deviceaddr(&info),
+        (LAYOUT4_SCSI, Some(v)) => encode_scsi_deviceaddr(v, crate::pnfs::scsi::client_key(client)),
+        _ => return Err(st::UNKNOWN_LAYOUTTYPE),
+    };
     if id != DEVICE_ID {
         return Err(st::NOENT);
     }
-    let addr = encode_deviceaddr(&b.device_info());
     let mut body = Enc::new();
-    body.u32(LAYOUT4_BLOCK_VOLUME)
+    body.u32(ltype)
         .opaque(&addr)
         .u32s(&granted_notifications(&notify));
     if maxcount != 0 && body.len() > maxcount as usize {
@@ -203,7 +256,7 @@ pub fn layoutget(ctx: &mut Ctx<'_>, d: &mut Dec<'_>, e: &mut Enc) -> OpResult {
     let Some(b) = ctx.srv.backend() else {
         return Err(st::LAYOUTUNAVAILABLE);
     };
-    if ltype != LAYOUT4_BLOCK_VOLUME {
+    if !offered(b.device_info().scsi.is_some(), ltype) {
         return Err(st::UNKNOWN_LAYOUTTYPE);
     }
     let iomode = match iomode {
@@ -234,13 +287,14 @@ pub fn layoutget(ctx: &mut Ctx<'_>, d: &mut Dec<'_>, e: &mut Enc) -> OpResult {
         }
     };
     let mut body = Enc::new();
-    put_layout(&mut body, &l);
+    put_layout(&mut body, &l, ltype);
     if maxcount != 0 && body.len() + 24 > maxcount as usize {
         // The client cannot take it: give it back at once.
         let _ = b.layout_return(client, Some(a.ino), l.offset, l.length);
         return Err(st::TOOSMALL);
     }
     ctx.srv.layout_granted(a.ino, a.generation);
+    ctx.srv.note_layout_type(client, ltype);
     let s = ctx.srv.states().layout_get(client, a.ino);
     ctx.cur_stateid = Some(s);
     tracing::debug!(
@@ -280,7 +334,7 @@ pub fn layoutcommit(ctx: &mut Ctx<'_>, d: &mut Dec<'_>, e: &mut Enc) -> OpResult
     let Some(b) = ctx.srv.backend() else {
         return Err(st::BADLAYOUT);
     };
-    if utype != LAYOUT4_BLOCK_VOLUME {
+    if !offered(b.device_info().scsi.is_some(), utype) {
         return Err(st::UNKNOWN_LAYOUTTYPE);
     }
     // Parsed to refuse garbage; the offsets in it are not trusted.
@@ -326,10 +380,13 @@ pub fn layoutreturn(ctx: &mut Ctx<'_>, d: &mut Dec<'_>, e: &mut Enc) -> OpResult
         _ => return Err(st::INVAL),
     };
     let client = ctx.client()?;
-    if ltype != LAYOUT4_BLOCK_VOLUME {
+    let backend = ctx.srv.backend();
+    if !offered(
+        backend.is_some_and(|b| b.device_info().scsi.is_some()),
+        ltype,
+    ) {
         return Err(st::UNKNOWN_LAYOUTTYPE);
     }
-    let backend = ctx.srv.backend();
     match file {
         Some((offset, length, sid)) => {
             let a = ctx.cur_attr()?;
@@ -377,6 +434,7 @@ pub fn encode_cb_layoutrecall(
     sessionid: &[u8; 16],
     seq: u32,
     fh: &[u8],
+    ltype: u32,
     offset: u64,
     length: u64,
     iomode: IoMode,
@@ -392,7 +450,7 @@ pub fn encode_cb_layoutrecall(
         .bool(false)
         .u32(0);
     e.u32(cbop::CB_LAYOUTRECALL)
-        .u32(LAYOUT4_BLOCK_VOLUME)
+        .u32(ltype)
         .u32(iomode as u32)
         .bool(false)
         .u32(LAYOUTRECALL4_FILE)
@@ -449,6 +507,7 @@ mod tests {
             signature: (1..=16).collect(),
             size: 1 << 30,
             block_size: 4096,
+            scsi: None,
         };
         let b = encode_deviceaddr(&dev);
         // volumes<1>, SIMPLE, sigs<1>, offset (hyper), contents<16>.
@@ -458,6 +517,36 @@ mod tests {
             decode_deviceaddr(&b),
             Ok(vec![vec![(65792, dev.signature.clone())]])
         );
+    }
+
+    #[test]
+    fn scsi_deviceaddr_is_rfc8154_base_volume() {
+        // The designator tgt gives its first LUN (NAA 6, 16 bytes).
+        let v = ScsiVolume {
+            code_set: 1,
+            designator_type: 3,
+            designator: vec![0x60, 0, 0, 0, 0, 0, 0, 0, 0x0e, 0, 0, 0, 0, 1, 0, 1],
+        };
+        let b = encode_scsi_deviceaddr(&v, 0x6000_0000_0000_0007);
+        // volumes<1>, BASE (4), code set, designator type, designator<16>,
+        // key: the layout of the Linux client's nfs4_block_decode_volume.
+        assert_eq!(b.len(), 4 + 4 + 4 + 4 + 4 + 16 + 8);
+        assert_eq!(
+            &b[..20],
+            &[0, 0, 0, 1, 0, 0, 0, 4, 0, 0, 0, 1, 0, 0, 0, 3, 0, 0, 0, 16]
+        );
+        assert_eq!(&b[36..], &0x6000_0000_0000_0007u64.to_be_bytes());
+        assert_eq!(
+            decode_scsi_deviceaddr(&b),
+            Ok(vec![(v.clone(), 0x6000_0000_0000_0007)])
+        );
+        // A designator with a length past the body, a wrong volume type.
+        let mut bad = b.clone();
+        bad[19] = 40;
+        assert!(decode_scsi_deviceaddr(&bad).is_err());
+        let mut bad = b;
+        bad[7] = 0;
+        assert!(decode_scsi_deviceaddr(&bad).is_err());
     }
 
     #[test]
@@ -502,7 +591,7 @@ mod tests {
             extents: vec![ext(0, 4096, 8192, ExtentState::InvalidData)],
         };
         let mut e = Enc::new();
-        put_layout(&mut e, &l);
+        put_layout(&mut e, &l, LAYOUT4_BLOCK_VOLUME);
         let mut d = Dec::new(&e.buf);
         assert_eq!(d.u32(), Ok(1));
         assert_eq!(d.u64(), Ok(0));
@@ -520,7 +609,16 @@ mod tests {
             seq: 3,
             other: [7; 12],
         };
-        let b = encode_cb_layoutrecall(&[9; 16], 5, &[1; 20], 0, u64::MAX, IoMode::Read, &sid);
+        let b = encode_cb_layoutrecall(
+            &[9; 16],
+            5,
+            &[1; 20],
+            LAYOUT4_SCSI,
+            0,
+            u64::MAX,
+            IoMode::Read,
+            &sid,
+        );
         let mut d = Dec::new(&b);
         assert_eq!(d.opaque(10), Ok(&b""[..]));
         assert_eq!((d.u32(), d.u32(), d.u32()), (Ok(1), Ok(0), Ok(2)));
@@ -529,7 +627,7 @@ mod tests {
         assert_eq!((d.u32(), d.u32(), d.u32()), (Ok(5), Ok(0), Ok(0)));
         assert_eq!((d.bool(), d.u32()), (Ok(false), Ok(0)));
         assert_eq!(d.u32(), Ok(cbop::CB_LAYOUTRECALL));
-        assert_eq!((d.u32(), d.u32(), d.bool()), (Ok(3), Ok(1), Ok(false)));
+        assert_eq!((d.u32(), d.u32(), d.bool()), (Ok(5), Ok(1), Ok(false)));
         assert_eq!(d.u32(), Ok(LAYOUTRECALL4_FILE));
         assert_eq!(d.opaque(128), Ok(&[1u8; 20][..]));
         assert_eq!((d.u64(), d.u64()), (Ok(0), Ok(u64::MAX)));

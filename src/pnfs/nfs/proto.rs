@@ -266,6 +266,10 @@ pub const SET_TO_CLIENT_TIME4: u32 = 1;
 
 /// Layouts.
 pub const LAYOUT4_BLOCK_VOLUME: u32 = 3;
+/// The SCSI layout (RFC 8154).
+pub const LAYOUT4_SCSI: u32 = 5;
+/// `pnfs_scsi_volume_type4` of a LUN (RFC 8154 section 2.3.1).
+pub const PNFS_SCSI_VOLUME_BASE: u32 = 4;
 pub const LAYOUTRETURN4_FILE: u32 = 1;
 pub const LAYOUTRETURN4_FSID: u32 = 2;
 pub const LAYOUTRETURN4_ALL: u32 = 3;

@@ -55,6 +55,8 @@ pub struct Server {
     generations: Mutex<HashMap<u64, u64>>,
     /// The lease clients are given (and expired by).
     lease: Duration,
+    /// The layout type each client was last granted (recalls name it).
+    layout_types: Mutex<HashMap<ClientId, u32>>,
 }
 
 /// The [`RecallSink`] the layout service calls.
@@ -93,6 +95,9 @@ impl Server {
             lease_secs: lease.as_secs().clamp(1, u32::MAX as u64) as u32,
             max_io: MAX_IO,
             layouts: backend.is_some(),
+            scsi: backend
+                .as_ref()
+                .is_some_and(|b| b.device_info().scsi.is_some()),
             blksize: fs.superblock().bsize,
         };
         let mut verifier = [0u8; 8];
@@ -114,6 +119,7 @@ impl Server {
             next_conn: AtomicU64::new(1),
             generations: Mutex::new(HashMap::new()),
             lease,
+            layout_types: Mutex::new(HashMap::new()),
         });
         if let Some(b) = &srv.backend {
             b.set_recall_sink(Arc::new(Sink(Arc::downgrade(&srv), Mutex::new(tx))));
@@ -147,6 +153,14 @@ impl Server {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(ino, generation);
+    }
+
+    /// `client` was granted a layout of type `ltype`.
+    pub fn note_layout_type(&self, client: ClientId, ltype: u32) {
+        self.layout_types
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(client, ltype);
     }
 
     /// The layout service, if any.
@@ -217,6 +231,10 @@ impl Server {
     /// closed, its layouts returned to the layout service.
     pub fn client_gone(&self, id: ClientId, why: &str) {
         self.registry().remove_client(id);
+        self.layout_types
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
         let inos = self.states().client_gone(id);
         tracing::info!(client = id, opens = inos.len(), "client gone: {why}");
         for ino in inos {
@@ -321,8 +339,15 @@ impl Server {
                 b.seq = b.seq.wrapping_add(1);
                 (c, b.prog, b.seq)
             };
+            let ltype = self
+                .layout_types
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&r.client)
+                .copied()
+                .unwrap_or(super::proto::LAYOUT4_BLOCK_VOLUME);
             let args = op_layout::encode_cb_layoutrecall(
-                &s.id, seq, &fh, r.offset, r.length, r.iomode, &sid,
+                &s.id, seq, &fh, ltype, r.offset, r.length, r.iomode, &sid,
             );
             match conn.call(
                 prog,
