@@ -13,8 +13,9 @@
 
 mod common;
 
+use common::tgt::{Setup, Tgt};
 use common::*;
-use gfs2fuse::dev::iscsi::{errno_of, IscsiConfig, IscsiDevice};
+use gfs2fuse::dev::iscsi::{errno_of, IscsiDevice};
 use gfs2fuse::dev::{spec, BlockDevice};
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
@@ -45,241 +46,6 @@ fn image(tag: &str, mb: u64) -> TempPath {
     let f = std::fs::File::create(&p).unwrap();
     f.set_len(mb * MB).unwrap();
     TempPath(p)
-}
-
-/// How the target is set up.
-#[derive(Clone, Default)]
-struct Setup {
-    /// LUN 1 logical block size (tgt's default is 512).
-    block_size: Option<u32>,
-    read_only: bool,
-    /// Incoming CHAP account (user, secret) the initiator must log in with.
-    chap: Option<(&'static str, &'static str)>,
-    /// Outgoing account: the target proves itself with these (mutual CHAP).
-    mutual: Option<(&'static str, &'static str)>,
-}
-
-/// A tgtd on loopback serving one target whose LUN 1 is `img`; killed on drop.
-struct Tgt {
-    img: PathBuf,
-    port: u16,
-    ctl: u16,
-    iqn: String,
-    setup: Setup,
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Tgt {
-    fn start(tag: &str, img: &Path, setup: Setup) -> Tgt {
-        let mut last = String::new();
-        // A port (or control number) taken meanwhile: try another.
-        for _ in 0..5 {
-            let port = free_port();
-            let mut t = Tgt {
-                img: img.to_path_buf(),
-                port,
-                // The control channel is a Unix socket named after this
-                // number, which tgtd wants below 32768.
-                ctl: 1 + port % 32000,
-                iqn: format!(
-                    "iqn.2026-01.org.gfs2-fuse.test:{tag}-{}",
-                    std::process::id()
-                ),
-                setup: setup.clone(),
-                child: None,
-                log: tmp(&format!("{tag}-{port}")).with_extension("log"),
-            };
-            match t.try_spawn() {
-                Ok(()) => return t,
-                Err(e) => last = e,
-            }
-        }
-        panic!("tgtd would not start: {last}");
-    }
-
-    fn tgtadm(&self, args: &[&str]) -> Result<(), String> {
-        let out = Command::new(package_tool("tgtadm", "tgt"))
-            .args(["-C", &self.ctl.to_string(), "--lld", "iscsi"])
-            .args(args)
-            .output()
-            .unwrap();
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "tgtadm {args:?}: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    }
-
-    fn must(&self, args: &[&str]) {
-        if let Err(e) = self.tgtadm(args) {
-            panic!("{e}\ntgtd log: {}", self.log_text());
-        }
-    }
-
-    /// A CHAP account bound to the target: the initiator's (`outgoing`
-    /// false) or the one the target answers with (mutual CHAP).
-    fn account(&self, user: &str, password: &str, outgoing: bool) {
-        self.must(&[
-            "--op",
-            "new",
-            "--mode",
-            "account",
-            "--user",
-            user,
-            "--password",
-            password,
-        ]);
-        let mut bind = vec![
-            "--op", "bind", "--mode", "account", "--tid", "1", "--user", user,
-        ];
-        if outgoing {
-            bind.push("--outgoing");
-        }
-        self.must(&bind);
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Start tgtd and configure the target (tgtd keeps no configuration).
-    fn spawn(&mut self) {
-        if let Err(e) = self.try_spawn() {
-            panic!("{e}");
-        }
-    }
-
-    fn try_spawn(&mut self) -> Result<(), String> {
-        let log = std::fs::File::create(&self.log).unwrap();
-        let child = Command::new(package_tool("tgtd", "tgt"))
-            .args(["-f", "-C", &self.ctl.to_string(), "--iscsi"])
-            .arg(format!("portal=127.0.0.1:{}", self.port))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting tgtd");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.tgtadm(&["--op", "show", "--mode", "sys"]).is_err() {
-            if let Some(st) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
-                return Err(format!("tgtd exited ({st}): {}", self.log_text()));
-            }
-            if Instant::now() > deadline {
-                self.kill();
-                return Err(format!(
-                    "tgtd not answering after 20 s: {}",
-                    self.log_text()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.must(&[
-            "--op", "new", "--mode", "target", "--tid", "1", "-T", &self.iqn,
-        ]);
-        let img = self.img.to_str().unwrap().to_string();
-        let mut lun = vec![
-            "--op",
-            "new",
-            "--mode",
-            "logicalunit",
-            "--tid",
-            "1",
-            "--lun",
-            "1",
-            "-b",
-            &img,
-        ];
-        let bs = self.setup.block_size.map(|b| b.to_string());
-        if let Some(b) = &bs {
-            lun.extend(["--blocksize", b]);
-        }
-        self.must(&lun);
-        if self.setup.read_only {
-            self.set_read_only(true);
-        }
-        self.must(&[
-            "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
-        ]);
-        if let Some((u, p)) = self.setup.chap {
-            self.account(u, p, false);
-        }
-        if let Some((u, p)) = self.setup.mutual {
-            self.account(u, p, true);
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tgtd not listening: {}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
-    }
-
-    fn set_read_only(&self, ro: bool) {
-        let p = format!("readonly={}", u8::from(ro));
-        self.must(&[
-            "--op",
-            "update",
-            "--mode",
-            "logicalunit",
-            "--tid",
-            "1",
-            "--lun",
-            "1",
-            "--params",
-            &p,
-        ]);
-    }
-
-    /// `iscsi://[creds@]127.0.0.1:PORT/IQN/1`
-    fn url(&self, creds: &str) -> String {
-        format!("iscsi://{creds}127.0.0.1:{}/{}/1", self.port, self.iqn)
-    }
-
-    fn config(&self, timeout: Duration) -> IscsiConfig {
-        let mut c = IscsiConfig::new("127.0.0.1", self.port, &self.iqn, 1);
-        c.timeout = timeout;
-        c
-    }
-
-    fn signal(&self, sig: i32) {
-        if let Some(c) = &self.child {
-            // SAFETY: signalling a child we started.
-            unsafe { libc::kill(c.id() as i32, sig) };
-        }
-    }
-
-    /// SIGKILL: no goodbye to the initiators.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Tgt {
-    fn drop(&mut self) {
-        self.signal(libc::SIGCONT);
-        self.kill();
-        let _ = std::fs::remove_file(&self.log);
-        let _ = std::fs::remove_file(format!("/var/run/tgtd/socket.{}", self.ctl));
-        let _ = std::fs::remove_file(format!("/var/run/tgtd/socket.{}.lock", self.ctl));
-    }
 }
 
 fn our_mkfs(url: &str, bsize: u32) {
@@ -968,6 +734,9 @@ fn persistent_reservations() {
     let url = tgt.url("");
     let a = spec::open(&url, false).unwrap();
     let lun = a.scsi().expect("an iSCSI device is a SCSI LUN");
+    // Another device of ours on the LUN, opened before the registration
+    // (as the second node of a daemon is).
+    let early = spec::open(&url, false).unwrap();
 
     let d = scsi::designator(lun).unwrap();
     eprintln!("designator: {d:02x?}");
@@ -1025,8 +794,19 @@ fn persistent_reservations() {
     eprintln!("registrations of the holder's sessions: {}", keys.len());
     assert!(keys.iter().all(|k| *k == KEY), "{keys:x?}");
 
-    // A second device of ours (another I_T nexus) registers and writes.
-    let b = spec::open(&url, false).unwrap();
+    early.write_at(&[0x78; 512], 4096 * 4).unwrap();
+    let mut back = [0u8; 512];
+    early.read_at(&mut back, 4096 * 4).unwrap();
+    drop(early);
+    // A device of ours opened later on the same LUN is registered too
+    // (the nodes of one daemon each open the device): it writes.
+    let c = spec::open(&url, false).unwrap();
+    c.write_at(&[0x77; 512], 4096 * 3).unwrap();
+    drop(c);
+    // A second initiator of ours with a key of its own: devices share the
+    // registration per LUN as named, so it names the portal differently.
+    let url2 = url.replace("127.0.0.1", "localhost");
+    let b = spec::open(&url2, false).unwrap();
     let blun = b.scsi().unwrap();
     assert!(b.write_at(&[0x33; 512], 8192).is_err(), "unregistered");
     scsi::register(blun, OTHER).unwrap();
@@ -1051,6 +831,7 @@ fn persistent_reservations() {
     a.flush().unwrap();
     let file = std::fs::read(&img.0).unwrap();
     assert!(file[8192..8704].iter().all(|b| *b == 0x55));
+    assert!(file[4096 * 3..4096 * 3 + 512].iter().all(|b| *b == 0x77));
     for t in 0..6usize {
         let off = (1 << 20) + t * 200 * 512;
         assert!(file[off..off + 200 * 512].iter().all(|b| *b == t as u8 + 1));

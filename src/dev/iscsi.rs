@@ -124,6 +124,15 @@ pub struct IscsiConfig {
     pub target_password: Option<Secret>,
     /// How long a request may wait (reconnections included) before EIO.
     pub timeout: Duration,
+    /// `?initiator_per_session=1`: each session logs in under an initiator
+    /// name of its own (ours with `.s` and the session's ISID appended)
+    /// rather than one name with several ISIDs. For targets that tie
+    /// persistent reservation access to the initiator name: Linux LIO
+    /// lets only the holder's ISID through among sessions of the holder's
+    /// name under the Registrants Only types, so the other sessions of the
+    /// pNFS server's pool would meet RESERVATION CONFLICT. Not for targets
+    /// that allow initiators by name (ACLs).
+    pub initiator_per_session: bool,
 }
 
 impl IscsiConfig {
@@ -141,6 +150,7 @@ impl IscsiConfig {
             target_user: None,
             target_password: None,
             timeout: timeout_from_env(),
+            initiator_per_session: false,
         }
     }
 
@@ -213,6 +223,18 @@ pub fn parse_spec(spec: &str, rest: &str) -> io::Result<IscsiConfig> {
             }
             "target_user" => cfg.target_user = Some(v.to_string()),
             "target_password" => cfg.target_password = Some(Secret(v.to_string())),
+            "initiator_per_session" => {
+                cfg.initiator_per_session = match v {
+                    "1" => true,
+                    "0" => false,
+                    _ => {
+                        return Err(invalid(
+                            spec,
+                            format!("initiator_per_session={v:?}: 0 or 1"),
+                        ))
+                    }
+                }
+            }
             _ => return Err(invalid(spec, format!("unknown parameter {k:?}"))),
         }
     }
@@ -447,9 +469,37 @@ pub struct IscsiDevice {
     chunk: usize,
     read_only: bool,
     locks: super::rangelock::RangeLocks,
-    /// The persistent reservation key registered on every session (an
-    /// I_T nexus each); held while sessions are registered or added.
-    pr_key: Arc<Mutex<Option<u64>>>,
+    /// What this process's devices on the same LUN share (the
+    /// persistent reservation key).
+    lun: Arc<LunShared>,
+}
+
+/// What every device of this process on one LUN shares: the persistent
+/// reservation key registered on all their sessions (each session is an
+/// I_T nexus of its own, and every node of a daemon opens the device
+/// itself, yet all of them write for the one registered server), and their
+/// pools. `key` is held while sessions are registered or added.
+struct LunShared {
+    key: Mutex<Option<u64>>,
+    pools: Mutex<Vec<std::sync::Weak<Mutex<Pool>>>>,
+}
+
+/// The shared state of LUN `id` (portal, target, LUN) in this process.
+fn lun_shared(id: String) -> Arc<LunShared> {
+    static LUNS: std::sync::OnceLock<
+        Mutex<std::collections::HashMap<String, std::sync::Weak<LunShared>>>,
+    > = std::sync::OnceLock::new();
+    let mut m = lock(LUNS.get_or_init(Default::default));
+    m.retain(|_, w| w.strong_count() > 0);
+    if let Some(s) = m.get(&id).and_then(std::sync::Weak::upgrade) {
+        return s;
+    }
+    let s = Arc::new(LunShared {
+        key: Mutex::new(None),
+        pools: Mutex::new(Vec::new()),
+    });
+    m.insert(id, Arc::downgrade(&s));
+    s
 }
 
 /// Spawn the I/O thread with every signal blocked, so that process-directed
@@ -539,6 +589,13 @@ impl IscsiDevice {
         let uri = cfg.uri();
         let read_only = cfg.read_only;
         let first = Session::connect(cfg.clone())?;
+        let lun = lun_shared(format!("{}/{}/{}", cfg.portal(), cfg.target, cfg.lun));
+        let key = lock(&lun.key);
+        if let Some(k) = *key {
+            // Another device of ours registered the LUN: so does this one,
+            // before its first command.
+            first.register(k)?;
+        }
         let mut dev = IscsiDevice {
             cfg,
             uri: uri.clone(),
@@ -557,8 +614,14 @@ impl IscsiDevice {
             chunk: MAX_CHUNK,
             read_only,
             locks: super::rangelock::RangeLocks::default(),
-            pr_key: Arc::new(Mutex::new(None)),
+            lun: lun.clone(),
         };
+        {
+            let mut pools = lock(&lun.pools);
+            pools.retain(|w| w.strong_count() > 0);
+            pools.push(Arc::downgrade(&dev.pool));
+        }
+        drop(key);
         dev.info = dev.probe()?;
         if !read_only && dev.info.write_protected {
             return Err(io::Error::from_raw_os_error(libc::EROFS));
@@ -706,13 +769,13 @@ impl IscsiDevice {
     /// Log in one more session in the background; callers share the ones
     /// there are meanwhile, and keep doing so if it fails.
     fn grow(&self) {
-        let (cfg, pool, pr_key) = (self.cfg.clone(), self.pool.clone(), self.pr_key.clone());
+        let (cfg, pool, shared) = (self.cfg.clone(), self.pool.clone(), self.lun.clone());
         let r = spawn_quiet("iscsi-grow", move || {
             let s = Session::connect(cfg);
             // A new session is a new I_T nexus: it carries the device's
             // reservation key before anyone's commands (a session that
             // cannot register is not used).
-            let key = lock(&pr_key);
+            let key = lock(&shared.key);
             let s = match (s, *key) {
                 (Ok(s), Some(k)) => s.register(k).map(|()| s),
                 (s, _) => s,
@@ -1049,12 +1112,19 @@ impl super::scsi::ScsiLun for IscsiDevice {
     ) -> io::Result<()> {
         use super::scsi::PrOut;
         if matches!(sa, PrOut::Register | PrOut::RegisterAndIgnoreExistingKey) {
-            // One registration per session (I_T nexus), and sessions
-            // logged in later register too (see `grow`).
-            let mut held = lock(&self.pr_key);
-            let sessions = lock(&self.pool).sessions.clone();
-            for s in &sessions {
-                s.register(sa_key)?;
+            // One registration per session (I_T nexus) of every device of
+            // ours on the LUN; sessions and devices opened later register
+            // too (see `grow` and `connect`).
+            let mut held = lock(&self.lun.key);
+            let pools: Vec<_> = lock(&self.lun.pools)
+                .iter()
+                .filter_map(std::sync::Weak::upgrade)
+                .collect();
+            for p in pools {
+                let sessions = lock(&p).sessions.clone();
+                for s in &sessions {
+                    s.register(sa_key)?;
+                }
             }
             *held = (sa_key != 0).then_some(sa_key);
             return Ok(());
@@ -1322,6 +1392,12 @@ impl Core {
                 .map_or(0, |d| d.as_nanos() as u64);
             x ^= Arc::as_ptr(&shared) as u64;
             (x ^ (x >> 29)) as u32 & 0x00ff_ffff
+        };
+        let initiator = if shared.cfg.initiator_per_session {
+            CString::new(format!("{}.s{isid:06x}", initiator.to_string_lossy()))
+                .unwrap_or(initiator)
+        } else {
+            initiator
         };
         Core {
             lib,

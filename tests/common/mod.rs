@@ -2,6 +2,8 @@
 //! test time and FUSE mounts that are always unmounted.
 #![allow(dead_code)]
 
+pub mod tgt;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

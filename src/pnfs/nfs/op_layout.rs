@@ -162,6 +162,22 @@ pub fn decode_layoutupdate(b: &[u8]) -> XResult<Vec<Extent>> {
     decode_block_layout(b)
 }
 
+/// `pnfs_scsi_layoutupdate4` (RFC 8154 section 2.3.5): the byte ranges
+/// the client wrote, `(offset, length)`, with no extents or storage
+/// offsets (unlike the block layout's update).
+pub fn decode_scsi_layoutupdate(b: &[u8]) -> XResult<Vec<(u64, u64)>> {
+    let mut d = Dec::new(b);
+    let n = d.count(1 << 16, 16)?;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push((d.u64()?, d.u64()?));
+    }
+    if d.remaining() != 0 {
+        return Err(XdrError::Bad);
+    }
+    Ok(v)
+}
+
 /// `layout4` of a granted layout of type `ltype` (block or SCSI: the
 /// same extents).
 fn put_layout(e: &mut Enc, l: &Layout, ltype: u32) {
@@ -338,7 +354,12 @@ pub fn layoutcommit(ctx: &mut Ctx<'_>, d: &mut Dec<'_>, e: &mut Enc) -> OpResult
         return Err(st::UNKNOWN_LAYOUTTYPE);
     }
     // Parsed to refuse garbage; the offsets in it are not trusted.
-    let reported = decode_layoutupdate(ubody).map_err(|_| st::BADLAYOUT)?;
+    let reported = if utype == LAYOUT4_SCSI {
+        decode_scsi_layoutupdate(ubody).map(|r| r.len())
+    } else {
+        decode_layoutupdate(ubody).map(|x| x.len())
+    }
+    .map_err(|_| st::BADLAYOUT)?;
     let a = ctx.cur_attr()?;
     ctx.srv.states().check_layout_arg(client, &sid, a.ino)?;
     ctx.writable()?;
@@ -354,7 +375,7 @@ pub fn layoutcommit(ctx: &mut Ctx<'_>, d: &mut Dec<'_>, e: &mut Enc) -> OpResult
     tracing::debug!(
         client,
         ino = a.ino,
-        extents = reported.len(),
+        extents = reported,
         size = after.size,
         "LAYOUTCOMMIT"
     );
@@ -547,6 +568,25 @@ mod tests {
         let mut bad = b;
         bad[7] = 0;
         assert!(decode_scsi_deviceaddr(&bad).is_err());
+    }
+
+    #[test]
+    fn scsi_layoutupdate() {
+        // Two ranges as the Linux client encodes them (count, then offset
+        // and length of each, in bytes).
+        let mut e = Enc::new();
+        e.u32(2).u64(0).u64(1 << 20).u64(4 << 20).u64(8192);
+        assert_eq!(
+            decode_scsi_layoutupdate(&e.buf),
+            Ok(vec![(0, 1 << 20), (4 << 20, 8192)])
+        );
+        assert!(decode_scsi_layoutupdate(&e.buf[..30]).is_err());
+        let mut lying = Enc::new();
+        lying.u32(1000).u64(0).u64(1);
+        assert!(decode_scsi_layoutupdate(&lying.buf).is_err());
+        // A block-layout update is not a SCSI one.
+        let blk = encode_block_layout(&[ext(0, 4096, 8192, ExtentState::ReadWriteData)]);
+        assert!(decode_scsi_layoutupdate(&blk).is_err());
     }
 
     #[test]

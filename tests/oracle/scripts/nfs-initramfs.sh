@@ -29,9 +29,17 @@ client=("${order[@]}")
 order=()
 for m in nfsd xfs; do add $m; done
 server=("${order[@]}")
-for n in "${client[@]}" "${server[@]}"; do cp "${path[$n]}" "$R/mods/$n.ko"; done
+# The kernel's SCSI target (LIO: iblock backstore, iSCSI fabric, tcm_loop
+# with sd_mod for a local initiator), loaded by nfs_lio_target: a LUN with
+# persistent reservations for the SCSI layout.
+order=()
+seen=()
+for m in target_core_iblock iscsi_target_mod tcm_loop sd_mod; do add $m; done
+lio=("${order[@]}")
+for n in "${client[@]}" "${server[@]}" "${lio[@]}"; do cp "${path[$n]}" "$R/mods/$n.ko"; done
 echo "${client[*]}" > "$R/mods/nfs-order"
 echo "${server[*]}" > "$R/mods/nfsd-order"
+echo "${lio[*]}" > "$R/mods/lio-order"
 for b in mount.nfs blkmapd rpc.nfsd rpc.mountd exportfs mkfs.xfs tcpdump; do
     p=$(command -v $b || true)
     [[ -n $p ]] || { echo "$b not found (apt-get install nfs-common nfs-kernel-server xfsprogs tcpdump)" >&2; exit 1; }

@@ -35,6 +35,66 @@ nfs_blkmapd() {
         sh -c "ls -l /proc/$p/fd 2>/dev/null | grep -q blocklayout"
 }
 
+# nfs_wwn_links: what udev would do for the SCSI layout: a
+# /dev/disk/by-id/wwn-0x<NAA> link to each SCSI disk whose kernel-chosen
+# identifier (sysfs wwid, from VPD page 0x83) is an NAA designator; the
+# Linux client opens the LUN a GETDEVICEINFO names by that path. Waits up
+# to 20 s for at least one such disk (the SCSI scan is asynchronous).
+nfs_wwn_links() {
+    local d w n=0 i=0
+    mkdir -p /dev/disk/by-id
+    while [ $i -lt 100 ]; do
+        for d in /sys/block/sd*; do
+            [ -e "$d/device/wwid" ] || continue
+            w=$(cat "$d/device/wwid")
+            case $w in
+            naa.*) ln -sf "/dev/${d##*/}" "/dev/disk/by-id/wwn-0x${w#naa.}"; n=$((n+1)) ;;
+            esac
+        done
+        [ $n -gt 0 ] && { ls -l /dev/disk/by-id; return 0; }
+        sleep 0.2; i=$((i+1))
+    done
+    echo "NFS-FAIL no SCSI disk with an NAA wwid"; return 1
+}
+
+# nfs_lio_target DEV IQN: serve the disk DEV through the kernel's SCSI
+# target (LIO, configfs by hand) as LUN 0 of the iSCSI target IQN on
+# 10.0.3.15:3260 (the second network card, eth1, which the host reaches
+# through a port forward) with open access, and to this VM itself through
+# tcm_loop (a local initiator: /dev/sdX), then make the wwn- links. LIO
+# implements persistent reservations (APTPL, which the Linux client sets
+# when it registers, included; state under /etc/target and /var/target).
+# LIO lets only the holder's ISID through among the sessions of the
+# holder's initiator name under the Registrants Only types: initiators
+# with several sessions use a name per session (gfs2-fuse:
+# ?initiator_per_session=1).
+nfs_lio_target() {
+    local m T=/sys/kernel/config/target dev=$1 iqn=$2 lo=naa.5001405000000a01
+    for m in $(cat /mods/lio-order); do
+        grep -q "^$m " /proc/modules || nfs_step "insmod $m" insmod /mods/$m.ko || return 1
+    done
+    grep -q " /sys/kernel/config " /proc/mounts ||
+        nfs_step configfs mount -t configfs configfs /sys/kernel/config || return 1
+    mkdir -p /etc/target/pr /etc/target/alua /var/target/pr /var/target/alua
+    ip link set eth1 up && ip addr add 10.0.3.15/24 dev eth1 || { echo "NFS-FAIL eth1"; return 1; }
+    # A unit serial number (as targetcli sets one): LIO derives the LUN's
+    # NAA designator (VPD page 0x83) from it, and without it has none.
+    mkdir -p $T/core/iblock_0/lun && echo "udev_path=$dev" > $T/core/iblock_0/lun/control &&
+        echo 1 > $T/core/iblock_0/lun/enable &&
+        echo 5e1f3c2e-8d4b-4c1a-9f6e-2a7b9c0d1e3f > $T/core/iblock_0/lun/wwn/vpd_unit_serial ||
+        { echo "NFS-FAIL iblock $dev"; return 1; }
+    local t=$T/iscsi/$iqn/tpgt_1
+    mkdir -p $t/lun/lun_0 && ln -s $T/core/iblock_0/lun $t/lun/lun_0/lun &&
+        mkdir $t/np/10.0.3.15:3260 &&
+        echo 1 > $t/attrib/generate_node_acls && echo 1 > $t/attrib/cache_dynamic_acls &&
+        echo 0 > $t/attrib/demo_mode_write_protect && echo 0 > $t/attrib/authentication &&
+        echo 1 > $t/enable || { echo "NFS-FAIL iSCSI target"; return 1; }
+    local l=$T/loopback/$lo/tpgt_1
+    mkdir -p $l/lun/lun_0 && echo naa.5001405000000b02 > $l/nexus &&
+        ln -s $T/core/iblock_0/lun $l/lun/lun_0/lun || { echo "NFS-FAIL tcm_loop"; return 1; }
+    nfs_wwn_links
+}
+
 # nfs_gone PID: process PID has exited (a zombie counts: the init that
 # inherits orphans reaps them late).
 nfs_gone() {

@@ -52,6 +52,7 @@ pub const MNT: &str = "/mnt/nfs";
 #[derive(Clone, Debug)]
 pub struct NfsVmOpts {
     disks: Vec<PathBuf>,
+    iscsi_port: Option<u16>,
     files: cluster::VmFiles,
     pcap: Option<PathBuf>,
     memory_mb: u32,
@@ -62,6 +63,7 @@ impl Default for NfsVmOpts {
     fn default() -> Self {
         NfsVmOpts {
             disks: Vec::new(),
+            iscsi_port: None,
             files: Vec::new(),
             pcap: None,
             memory_mb: 1024,
@@ -80,6 +82,15 @@ impl NfsVmOpts {
     /// shareable with other qemus and with a server on the host.
     pub fn disk(mut self, path: impl Into<PathBuf>) -> Self {
         self.disks.push(path.into());
+        self
+    }
+
+    /// A second network card (`eth1`, 10.0.3.15, its own user-mode
+    /// network, untouched by [`NfsClientVm::set_link`]) with host port
+    /// `port` on 127.0.0.1 forwarded to its port 3260: where
+    /// `nfs_lio_target` serves an iSCSI LUN to the host.
+    pub fn iscsi_port(mut self, port: u16) -> Self {
+        self.iscsi_port = Some(port);
         self
     }
 
@@ -255,6 +266,13 @@ impl NfsClientVm {
                 .arg(format!("file={s},format=raw,if=none,id=d{i},cache={cache}"))
                 .arg("-device")
                 .arg(format!("virtio-blk-pci,drive=d{i},share-rw=on"));
+        }
+        if let Some(p) = opts.iscsi_port {
+            cmd.arg("-netdev")
+                .arg(format!(
+                    "user,id=n1,net=10.0.3.0/24,hostfwd=tcp:127.0.0.1:{p}-10.0.3.15:3260"
+                ))
+                .args(["-device", "virtio-net-pci,netdev=n1,romfile="]);
         }
         let node = Node::spawn(1, cmd, &dir)?;
         let vm = NfsClientVm {
