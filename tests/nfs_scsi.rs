@@ -209,7 +209,7 @@ fn pnfs_scsi_layout() {
     );
     let dl = daemon_log();
     assert!(
-        dl.contains("client fenced at the LUN"),
+        dl.contains("client fenced at the LUN: PREEMPT AND ABORT"),
         "no PR fence:\n{}",
         tail(&dl)
     );

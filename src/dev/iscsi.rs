@@ -175,7 +175,7 @@ pub fn timeout_from_env() -> Duration {
 }
 
 /// Parse the part after `iscsi://`:
-/// `[user[%secret]@]host[:port]/TARGET-IQN/LUN[?timeout=S&target_user=U&target_password=P]`.
+/// `[user[%secret]@]host[:port]/TARGET-IQN/LUN[?timeout=S&target_user=U&target_password=P&initiator_per_session=0|1]`.
 pub fn parse_spec(spec: &str, rest: &str) -> io::Result<IscsiConfig> {
     const FORM: &str = "iSCSI devices are written iscsi://[user[%secret]@]host[:port]/IQN/LUN";
     let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
@@ -2127,6 +2127,14 @@ mod tests {
         );
         assert_eq!(c.user, None);
         assert_eq!(c.uri(), "iscsi://127.0.0.1:3261/iqn.2026-01.x:t/1");
+        let c = parse_spec("x", "h/iqn.a:b/0?initiator_per_session=1").unwrap();
+        assert!(c.initiator_per_session);
+        assert!(
+            !parse_spec("x", "h/iqn.a:b/0")
+                .unwrap()
+                .initiator_per_session
+        );
+        assert!(parse_spec("x", "h/iqn.a:b/0?initiator_per_session=yes").is_err());
         let c = parse_spec("x", "u%s3cr%t@[::1]/iqn.a:b/0?timeout=2.5").unwrap();
         assert_eq!(c.host, "::1");
         assert_eq!(c.port, 3260);

@@ -12,8 +12,14 @@
 //!
 //! Reservations belong to an I_T nexus (an initiator port and a target
 //! port). The iSCSI initiator keeps several sessions (several nexuses) per
-//! device, so it registers a key on every one of them (see
-//! [`super::iscsi`]).
+//! device, and every node of a daemon opens the device itself, so a
+//! registration applies to every session of every device of the process on
+//! that LUN, present and future (see [`super::iscsi`]). Targets differ:
+//! tgt 1.0.85 has no PREEMPT AND ABORT and refuses APTPL (which the Linux
+//! client sets when it registers, so tgt cannot serve the pNFS SCSI layout
+//! to Linux clients); Linux LIO has both, but under the Registrants Only
+//! types lets only the holder's ISID through among sessions sharing its
+//! initiator name (`?initiator_per_session=1` gives each session a name).
 
 use std::io;
 

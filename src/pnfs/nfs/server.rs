@@ -237,13 +237,16 @@ impl Server {
             .remove(&id);
         let inos = self.states().client_gone(id);
         tracing::info!(client = id, opens = inos.len(), "client gone: {why}");
+        // Layouts first (a client gone with layouts in hand is cut off the
+        // disk there, and their glocks let go): releasing an open may need
+        // a glock that a layout's pin holds back.
+        if let Some(b) = &self.backend {
+            b.client_gone(id);
+        }
         for ino in inos {
             if let Err(e) = self.fs.release_inode(ino) {
                 tracing::warn!(ino, "releasing an open of a departed client: {e}");
             }
-        }
-        if let Some(b) = &self.backend {
-            b.client_gone(id);
         }
     }
 
