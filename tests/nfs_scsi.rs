@@ -186,6 +186,7 @@ fn pnfs_scsi_layout() {
         "{resv}"
     );
 
+    let mut expect = std::fs::read(m0.0.join("scsi")).unwrap();
     // 2. The client is cut off while it holds a layout (a reader keeps the
     // file open after reading it through one).
     sh("echo 3 > /proc/sys/vm/drop_caches; rm -f /tmp/held; \
@@ -215,8 +216,9 @@ fn pnfs_scsi_layout() {
     );
     assert!(took >= Duration::from_secs(LEASE / 2), "{took:?}");
     assert!(took < Duration::from_secs(4 * LEASE), "{took:?}");
-    let expect = std::fs::read(m0.0.join("scsi")).unwrap();
-    assert_eq!(&expect[8192..8207], b"AFTER THE FENCE");
+    // What the client committed, with node 1's write over it.
+    expect[8192..8207].copy_from_slice(b"AFTER THE FENCE");
+    assert_eq!(std::fs::read(m0.0.join("scsi")).unwrap(), expect);
     assert_eq!(std::fs::read(m1.0.join("scsi")).unwrap(), expect);
     // The client's nexus is told first: UNIT ATTENTION, registrations
     // preempted (SPC), then its keys are gone.
@@ -276,6 +278,9 @@ fn pnfs_scsi_layout() {
         .filter(|l| l.contains("Malformed") || l.contains("Expert Info (Error"))
         .collect();
     assert!(bad.is_empty(), "tshark: {:?}", &bad[..bad.len().min(20)]);
+    let scsi = text.lines().filter(|l| l.contains("LAYOUT4_SCSI")).count();
+    eprintln!("tshark: {scsi} lines naming LAYOUT4_SCSI");
+    assert!(scsi > 0, "tshark saw no SCSI layout");
     eprintln!(
         "tshark: {} RPC replies decoded, none malformed",
         text.matches("Message Type: Reply (1)").count()
