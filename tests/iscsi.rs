@@ -844,3 +844,57 @@ fn persistent_reservations() {
     let (ok, text) = qemu_io(&url, "write -P 0x66 0 4k");
     assert!(ok, "after CLEAR: {text}");
 }
+
+/// The pNFS SCSI layout's reservation (`pnfs::scsi::Fencing`) on a tgt
+/// LUN: taken with the server's key (READ RESERVATION says so); taken
+/// again by a later "run" (another initiator of ours) while the first one
+/// still holds it, as after a crash: the later one becomes the holder and
+/// writes, the earlier one's registration is gone (its writes refused);
+/// a stale client key is preempted at start; release gives it all up.
+#[test]
+fn scsi_layout_reservation_takeover() {
+    use gfs2fuse::dev::scsi;
+    use gfs2fuse::pnfs::scsi::{Fencing, RESERVATION, SERVER_KEY};
+    let img = image("prt", 16);
+    let tgt = Tgt::start("prt", &img.0, Setup::default());
+    let url = tgt.url("");
+    let first = spec::open(&url, false).unwrap();
+    let f1 = Fencing::take(&first).unwrap().expect("an iSCSI LUN");
+    let lun = first.scsi().unwrap();
+    assert_eq!(
+        scsi::read_reservation(lun).unwrap(),
+        Some(scsi::Reservation {
+            key: SERVER_KEY,
+            ty: RESERVATION
+        })
+    );
+    assert_eq!(f1.volume().designator, scsi::designator(lun).unwrap().bytes);
+    // A client's registration from an earlier run, left behind.
+    let client = spec::open(&url.replace("127.0.0.1", "localhost"), false).unwrap();
+    scsi::register(client.scsi().unwrap(), 0x42).unwrap();
+    // The next run of the server, as another initiator (the first one
+    // never released: a crash). Devices of one process share registrations
+    // per LUN as named, so this one names the portal a third way.
+    let url2 = format!(
+        "iscsi://127.1:{}/{}/1?initiator_per_session=1",
+        tgt.port, tgt.iqn
+    );
+    let second = spec::open(&url2, false).unwrap();
+    let f2 = Fencing::take(&second).unwrap().expect("an iSCSI LUN");
+    let lun2 = second.scsi().unwrap();
+    let keys = scsi::read_keys(lun2).unwrap();
+    assert!(keys.iter().all(|k| *k == SERVER_KEY), "{keys:x?}");
+    second.write_at(&[0x5a; 512], 0).unwrap();
+    let e = first.write_at(&[0xa5; 512], 0).unwrap_err();
+    assert!(e.to_string().contains("RESERVATION CONFLICT"), "{e}");
+    let e = client.write_at(&[0xa5; 512], 0).unwrap_err();
+    assert!(e.to_string().contains("RESERVATION CONFLICT"), "{e}");
+    f2.release();
+    assert_eq!(scsi::read_reservation(lun2).unwrap(), None);
+    assert_eq!(scsi::read_keys(lun2).unwrap(), Vec::<u64>::new());
+    drop(f1);
+    second.flush().unwrap();
+    assert!(std::fs::read(&img.0).unwrap()[..512]
+        .iter()
+        .all(|b| *b == 0x5a));
+}

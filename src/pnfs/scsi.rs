@@ -20,7 +20,8 @@
 //! daemon shares the device and so the registration (the initiator
 //! registers every session it opens). At start, registrations of other
 //! keys (clients of an earlier run, whose layouts died with it) are
-//! preempted and the reservation taken over if another key held it: the
+//! preempted and the reservation taken over if another key held it, or an
+//! earlier run of the server through another nexus: the
 //! metadata server owns the LUN's reservations. Other initiators that must
 //! write the LUN (a kernel gfs2 node, another gfs2-fuse process) need a
 //! registration of their own after that.
@@ -91,7 +92,22 @@ impl Fencing {
                 Err(e) => tracing::warn!("{what}: preempting stale registration {k:#x}: {e}"),
             }
         }
-        scsi::reserve(lun, SERVER_KEY, RESERVATION).map_err(|e| ctx("RESERVE", e))?;
+        if let Err(e) = scsi::reserve(lun, SERVER_KEY, RESERVATION) {
+            // A server of an earlier run (crashed, or killed) still holds
+            // it with our key through a nexus of its own: take it over
+            // (PREEMPT of our own key moves the reservation to this nexus
+            // and drops the others' registrations of the key), then register
+            // every session of ours again.
+            let held = scsi::read_reservation(lun).map_err(|e| ctx("READ RESERVATION", e))?;
+            if held.map(|r| r.key) != Some(SERVER_KEY) {
+                return Err(ctx("RESERVE", e));
+            }
+            lun.pr_out(PrOut::Preempt, Some(RESERVATION), SERVER_KEY, SERVER_KEY)
+                .map_err(|e| ctx("PREEMPT of an earlier run's reservation", e))?;
+            scsi::register(lun, SERVER_KEY).map_err(|e| ctx("REGISTER", e))?;
+            scsi::reserve(lun, SERVER_KEY, RESERVATION).map_err(|e| ctx("RESERVE", e))?;
+            tracing::info!("{what}: the reservation of an earlier run taken over");
+        }
         let volume = ScsiVolume {
             code_set: u32::from(d.code_set),
             designator_type: u32::from(d.kind),
