@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PKGS=(gfs2-utils fuse3 libfuse3-dev pkg-config qemu-system-x86 busybox-static cpio attr acl
       e2fsprogs fuse2fs xz-utils mount nbdkit qemu-utils tgt libiscsi-dev libiscsi-bin
       vblade iproute2 nftables corosync dlm-controld
-      nfs-common nfs-kernel-server nfs-ganesha nfs-ganesha-vfs xfsprogs tcpdump tshark)
+      nfs-common nfs-kernel-server nfs-ganesha nfs-ganesha-vfs xfsprogs tcpdump tshark sg3-utils)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
