@@ -139,7 +139,7 @@ pub struct Fs {
     per_node: u64,
     jid: u32,
     /// The writer state; `None` for read-only and spectator mounts.
-    writer: Option<std::sync::Mutex<crate::ops::Writer>>,
+    writer: Option<crate::ops::Writer>,
     /// The live lock, held shared for the whole mount.
     _live: Holder,
     /// The lock on our journal (type 9, number jid), held exclusively for
@@ -353,7 +353,7 @@ impl Fs {
             && !fs.opts.norecovery
             && !fs.opts.device_read_only
         {
-            fs.writer = Some(std::sync::Mutex::new(fs.open_writer()?));
+            fs.writer = Some(fs.open_writer()?);
         }
         drop(mount_gh);
         // The root must be readable for the mount to be useful.
@@ -485,17 +485,20 @@ impl Fs {
             })?;
             log.set_local_statfs([sc.total, sc.free, sc.dinodes]);
         }
-        let mut rindex = Vec::clone(&self.rindex());
-        rindex.sort_by_key(|r| r.addr);
-        Ok(crate::ops::Writer {
+        // Held for the whole mount, as the kernel holds it: transactions
+        // add their statfs changes to its block as they join the log.
+        let statfs_gh = if hdr.statfs_addr != 0 {
+            Some(self.glocks.acquire(inode_lock(hdr.statfs_addr), Mode::EX)?)
+        } else {
+            None
+        };
+        Ok(crate::ops::Writer::new(
             log,
-            busy: Default::default(),
-            open: Default::default(),
-            iopen: Default::default(),
-            rindex,
-            master_statfs: hdr.master_statfs_addr,
-            local_statfs: hdr.statfs_addr,
-        })
+            Vec::clone(&self.rindex()),
+            hdr.master_statfs_addr,
+            hdr.statfs_addr,
+            statfs_gh,
+        ))
     }
 
     /// Flush the log every `commit` seconds (the kernel's default: 30), so
@@ -527,7 +530,7 @@ impl Fs {
             });
     }
 
-    pub(crate) fn writer(&self) -> Option<&std::sync::Mutex<crate::ops::Writer>> {
+    pub(crate) fn writer(&self) -> Option<&crate::ops::Writer> {
         self.writer.as_ref()
     }
 
@@ -825,7 +828,7 @@ impl Fs {
         self.cache_ops
             .set_rindex(rindex.clone(), self.sb.fs_format > 1801 && !self.nolock);
         if let Some(w) = self.writer() {
-            w.lock().unwrap_or_else(|e| e.into_inner()).rindex = rindex;
+            w.set_rindex(rindex);
         }
     }
 
@@ -833,7 +836,7 @@ impl Fs {
     /// read it (another node grew the filesystem: the kernel's
     /// `gfs2_rindex_update`). The device's size is looked at again first,
     /// since the new resource groups lie beyond what it was. Runs before
-    /// every transaction, outside the writer lock.
+    /// every transaction, outside the flush lock.
     pub(crate) fn refresh_rindex(&self) -> Result<()> {
         use std::sync::atomic::Ordering;
         if !self.rindex_stale.swap(false, Ordering::SeqCst) {
@@ -1033,6 +1036,14 @@ impl Fs {
     pub fn statfs(&self) -> Result<StatFs> {
         let mut sum = StatfsChange::default();
         for &ino in &self.statfs_inos {
+            // Our own statfs_change's glock is held for the whole mount.
+            if let Some(sc) = self.local_statfs(ino) {
+                let sc = sc?;
+                sum.total = sum.total.saturating_add(sc.total);
+                sum.free = sum.free.saturating_add(sc.free);
+                sum.dinodes = sum.dinodes.saturating_add(sc.dinodes);
+                continue;
+            }
             let sc = self.with_inode(ino, |_, ip| {
                 StatfsChange::parse(ip.block.get(DINODE_SIZE..).unwrap_or(&[]))
                     .map_err(|_| FsError::corrupt(ino, "short statfs file"))
