@@ -319,7 +319,7 @@ impl Fs {
         }
 
         if let Some(jid) = fs.opts.replay_only {
-            if !fs.replay_dead_journal(jid)? {
+            if fs.replay_dead_journal(jid)?.is_none() {
                 return Err(FsError::Mount(format!("journal {jid} is busy")));
             }
             // Its statfs changes stay in its statfs_change file, folded by
@@ -594,11 +594,18 @@ impl Fs {
     /// have changed is given out before its journal is replayed), then
     /// fold its statfs changes into the master file and free what it left
     /// unlinked.
+    ///
+    /// The journal's lock is kept until the fold is done, as the kernel
+    /// recovers a journal under its glock: a node that took the journal
+    /// meanwhile would hold its `statfs_change` glock for its whole mount
+    /// (as every writer holds its own), and the fold, holding the master
+    /// statfs file's glock by then, would wait for it for ever; every
+    /// node's statfs sync and unmount would then wait for the master file.
     pub fn recover_dead(&self, jids: &[u32]) {
         for &jid in jids {
             match self.replay_dead_journal(jid) {
-                Ok(false) => tracing::info!(jid, "journal busy: another node recovers it"),
-                Ok(true) => {
+                Ok(None) => tracing::info!(jid, "journal busy: another node recovers it"),
+                Ok(Some(jgh)) => {
                     if let Err(e) = self.glocks.lockspace().recovery_done(jid) {
                         tracing::error!(jid, "reporting recovery: {e}");
                         continue;
@@ -606,6 +613,7 @@ impl Fs {
                     if let Err(e) = self.fold_dead_statfs(jid) {
                         tracing::error!(jid, "folding a dead node's statfs changes: {e}");
                     }
+                    drop(jgh);
                 }
                 // Its locks stay blocked: the cluster waits rather than
                 // read what that node may have half written.
@@ -619,12 +627,13 @@ impl Fs {
     }
 
     /// Replay journal `jid` of a dead node if its lock is ours to take
-    /// (`Ok(false)`: another survivor has it). The replay writes only
+    /// (`Ok(None)`: another survivor has it); the journal's lock comes
+    /// back held. The replay writes only
     /// blocks under locks the dead node still holds (every lock it gave up
     /// was synced and its log tail moved past them), which this node
     /// therefore does not cache; it does not touch the master statfs file
     /// (see [`Fs::fold_dead_statfs`]).
-    fn replay_dead_journal(&self, jid: u32) -> Result<bool> {
+    fn replay_dead_journal(&self, jid: u32) -> Result<Option<Holder>> {
         let j = self
             .journals
             .iter()
@@ -632,7 +641,7 @@ impl Fs {
             .ok_or_else(|| FsError::Mount(format!("no journal {jid}")))?;
         let name = ResName::new(lm_type::JOURNAL, u64::from(jid));
         let Some(jgh) = self.glocks.try_acquire_nocache(name, Mode::EX)? else {
-            return Ok(false);
+            return Ok(None);
         };
         let head = recovery::find_head(self.dev.as_ref(), self.sb.bsize, &j.extents)
             .map_err(|e| FsError::Mount(format!("journal {jid}: {e}")))?;
@@ -655,8 +664,7 @@ impl Fs {
                 "dead node's journal recovered"
             );
         }
-        drop(jgh);
-        Ok(true)
+        Ok(Some(jgh))
     }
 
     /// A per-node system file's inode (0 when missing).

@@ -253,6 +253,7 @@ fn round(base: &Arc<Vec<u8>>, kind: Kind, countdown: i64, seed: u64, tag: &str) 
     let orphaned = mgr.orphans(LS);
     // The survivors keep working for a while after the death.
     let died = Instant::now();
+    let death_at = t0.elapsed().as_secs_f64();
     let before: Vec<usize> = (0..3).map(|k| synced[k].lock().unwrap().len()).collect();
     let progressed = |k: usize| synced[k].lock().unwrap().len() > before[k] + 2;
     while !(progressed(0) && progressed(2)) && died.elapsed() < Duration::from_secs(30) {
@@ -274,6 +275,7 @@ fn round(base: &Arc<Vec<u8>>, kind: Kind, countdown: i64, seed: u64, tag: &str) 
             ));
         }
     }
+    let recovered_at = t0.elapsed().as_secs_f64();
     let mut results = Vec::new();
     for h in hs {
         // A survivor stuck on the dead node's locks would hang here:
@@ -307,7 +309,23 @@ fn round(base: &Arc<Vec<u8>>, kind: Kind, countdown: i64, seed: u64, tag: &str) 
             assert!(got == *body, "{tag}: node {k}'s fsync'd {name} differs");
         }
     }
-    // A node coming back takes the dead node's journal again.
+    let stopped_at = t0.elapsed().as_secs_f64();
+    // A node coming back takes the dead node's journal again, once the
+    // survivor that replayed it has let its lock go (it keeps it until the
+    // dead node's statfs changes are folded).
+    let jlock = gfs2_lockproto::ResName::new(gfs2_lockproto::lm_type::JOURNAL, 1);
+    let t = Instant::now();
+    while mgr
+        .holders(LS, jlock)
+        .iter()
+        .any(|m| *m >= gfs2_lockproto::Mode::PW)
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{tag}: the dead node's journal still locked 30 s after its recovery"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let back = node(
         Arc::new(Mortal {
             disk: disk.clone(),
@@ -339,7 +357,7 @@ fn round(base: &Arc<Vec<u8>>, kind: Kind, countdown: i64, seed: u64, tag: &str) 
     std::fs::write(&out.0, &bytes).unwrap();
     fsck_clean(&out.0, &format!("{tag}: after the death"));
     eprintln!(
-        "{tag}: {kind:?}, death after {countdown} writes holding {orphaned} locks, survivors did {:?} ops, {:.1} s",
+        "{tag}: {kind:?}, death after {countdown} writes holding {orphaned} locks, survivors did {:?} ops, {:.1} s (death at {death_at:.1}, recovered at {recovered_at:.1}, workloads stopped at {stopped_at:.1})",
         results.iter().map(|r| r.as_ref().ok()).collect::<Vec<_>>(),
         t0.elapsed().as_secs_f64()
     );
