@@ -139,7 +139,7 @@ pub struct Fs {
     per_node: u64,
     jid: u32,
     /// The writer state; `None` for read-only and spectator mounts.
-    writer: Option<std::sync::Mutex<crate::ops::Writer>>,
+    writer: Option<crate::ops::Writer>,
     /// The live lock, held shared for the whole mount.
     _live: Holder,
     /// The lock on our journal (type 9, number jid), held exclusively for
@@ -319,7 +319,7 @@ impl Fs {
         }
 
         if let Some(jid) = fs.opts.replay_only {
-            if !fs.replay_dead_journal(jid)? {
+            if fs.replay_dead_journal(jid)?.is_none() {
                 return Err(FsError::Mount(format!("journal {jid} is busy")));
             }
             // Its statfs changes stay in its statfs_change file, folded by
@@ -353,7 +353,7 @@ impl Fs {
             && !fs.opts.norecovery
             && !fs.opts.device_read_only
         {
-            fs.writer = Some(std::sync::Mutex::new(fs.open_writer()?));
+            fs.writer = Some(fs.open_writer()?);
         }
         drop(mount_gh);
         // The root must be readable for the mount to be useful.
@@ -485,17 +485,20 @@ impl Fs {
             })?;
             log.set_local_statfs([sc.total, sc.free, sc.dinodes]);
         }
-        let mut rindex = Vec::clone(&self.rindex());
-        rindex.sort_by_key(|r| r.addr);
-        Ok(crate::ops::Writer {
+        // Held for the whole mount, as the kernel holds it: transactions
+        // add their statfs changes to its block as they join the log.
+        let statfs_gh = if hdr.statfs_addr != 0 {
+            Some(self.glocks.acquire(inode_lock(hdr.statfs_addr), Mode::EX)?)
+        } else {
+            None
+        };
+        Ok(crate::ops::Writer::new(
             log,
-            busy: Default::default(),
-            open: Default::default(),
-            iopen: Default::default(),
-            rindex,
-            master_statfs: hdr.master_statfs_addr,
-            local_statfs: hdr.statfs_addr,
-        })
+            Vec::clone(&self.rindex()),
+            hdr.master_statfs_addr,
+            hdr.statfs_addr,
+            statfs_gh,
+        ))
     }
 
     /// Flush the log every `commit` seconds (the kernel's default: 30), so
@@ -527,7 +530,7 @@ impl Fs {
             });
     }
 
-    pub(crate) fn writer(&self) -> Option<&std::sync::Mutex<crate::ops::Writer>> {
+    pub(crate) fn writer(&self) -> Option<&crate::ops::Writer> {
         self.writer.as_ref()
     }
 
@@ -591,11 +594,18 @@ impl Fs {
     /// have changed is given out before its journal is replayed), then
     /// fold its statfs changes into the master file and free what it left
     /// unlinked.
+    ///
+    /// The journal's lock is kept until the fold is done, as the kernel
+    /// recovers a journal under its glock: a node that took the journal
+    /// meanwhile would hold its `statfs_change` glock for its whole mount
+    /// (as every writer holds its own), and the fold, holding the master
+    /// statfs file's glock by then, would wait for it for ever; every
+    /// node's statfs sync and unmount would then wait for the master file.
     pub fn recover_dead(&self, jids: &[u32]) {
         for &jid in jids {
             match self.replay_dead_journal(jid) {
-                Ok(false) => tracing::info!(jid, "journal busy: another node recovers it"),
-                Ok(true) => {
+                Ok(None) => tracing::info!(jid, "journal busy: another node recovers it"),
+                Ok(Some(jgh)) => {
                     if let Err(e) = self.glocks.lockspace().recovery_done(jid) {
                         tracing::error!(jid, "reporting recovery: {e}");
                         continue;
@@ -603,6 +613,7 @@ impl Fs {
                     if let Err(e) = self.fold_dead_statfs(jid) {
                         tracing::error!(jid, "folding a dead node's statfs changes: {e}");
                     }
+                    drop(jgh);
                 }
                 // Its locks stay blocked: the cluster waits rather than
                 // read what that node may have half written.
@@ -616,12 +627,13 @@ impl Fs {
     }
 
     /// Replay journal `jid` of a dead node if its lock is ours to take
-    /// (`Ok(false)`: another survivor has it). The replay writes only
+    /// (`Ok(None)`: another survivor has it); the journal's lock comes
+    /// back held. The replay writes only
     /// blocks under locks the dead node still holds (every lock it gave up
     /// was synced and its log tail moved past them), which this node
     /// therefore does not cache; it does not touch the master statfs file
     /// (see [`Fs::fold_dead_statfs`]).
-    fn replay_dead_journal(&self, jid: u32) -> Result<bool> {
+    fn replay_dead_journal(&self, jid: u32) -> Result<Option<Holder>> {
         let j = self
             .journals
             .iter()
@@ -629,7 +641,7 @@ impl Fs {
             .ok_or_else(|| FsError::Mount(format!("no journal {jid}")))?;
         let name = ResName::new(lm_type::JOURNAL, u64::from(jid));
         let Some(jgh) = self.glocks.try_acquire_nocache(name, Mode::EX)? else {
-            return Ok(false);
+            return Ok(None);
         };
         let head = recovery::find_head(self.dev.as_ref(), self.sb.bsize, &j.extents)
             .map_err(|e| FsError::Mount(format!("journal {jid}: {e}")))?;
@@ -652,8 +664,7 @@ impl Fs {
                 "dead node's journal recovered"
             );
         }
-        drop(jgh);
-        Ok(true)
+        Ok(Some(jgh))
     }
 
     /// A per-node system file's inode (0 when missing).
@@ -825,7 +836,7 @@ impl Fs {
         self.cache_ops
             .set_rindex(rindex.clone(), self.sb.fs_format > 1801 && !self.nolock);
         if let Some(w) = self.writer() {
-            w.lock().unwrap_or_else(|e| e.into_inner()).rindex = rindex;
+            w.set_rindex(rindex);
         }
     }
 
@@ -833,7 +844,7 @@ impl Fs {
     /// read it (another node grew the filesystem: the kernel's
     /// `gfs2_rindex_update`). The device's size is looked at again first,
     /// since the new resource groups lie beyond what it was. Runs before
-    /// every transaction, outside the writer lock.
+    /// every transaction, outside the flush lock.
     pub(crate) fn refresh_rindex(&self) -> Result<()> {
         use std::sync::atomic::Ordering;
         if !self.rindex_stale.swap(false, Ordering::SeqCst) {
@@ -1033,6 +1044,14 @@ impl Fs {
     pub fn statfs(&self) -> Result<StatFs> {
         let mut sum = StatfsChange::default();
         for &ino in &self.statfs_inos {
+            // Our own statfs_change's glock is held for the whole mount.
+            if let Some(sc) = self.local_statfs(ino) {
+                let sc = sc?;
+                sum.total = sum.total.saturating_add(sc.total);
+                sum.free = sum.free.saturating_add(sc.free);
+                sum.dinodes = sum.dinodes.saturating_add(sc.dinodes);
+                continue;
+            }
             let sc = self.with_inode(ino, |_, ip| {
                 StatfsChange::parse(ip.block.get(DINODE_SIZE..).unwrap_or(&[]))
                     .map_err(|_| FsError::corrupt(ino, "short statfs file"))

@@ -48,15 +48,12 @@ impl Fs {
             source,
         })? / bs;
         let rindex_ino = self.rindex_inode();
-        let (master, local) = {
-            let wg = w.lock().unwrap_or_else(|e| e.into_inner());
-            (wg.master_statfs, wg.local_statfs)
-        };
+        let (master, local) = w.statfs_files();
         let dev = self.device().clone();
-        let mut inodes = vec![rindex_ino, master];
-        if local != 0 {
-            inodes.push(local);
-        }
+        // Our statfs_change file's glock is held for the whole mount: its
+        // changes are read as they stand and taken off it as the
+        // transaction joins the log (see `Fs::fold_own_statfs`).
+        let inodes = [rindex_ino, master];
         let (all, gained) = self.modify(&inodes, |tx, al, _| {
             let di = dinode(tx, rindex_ino)?;
             let old: Vec<Rindex> = al.rindex.to_vec();
@@ -99,11 +96,9 @@ impl Fs {
                 .chain(new.iter())
                 .map(|r| u64::from(r.data))
                 .sum();
-            let mut l = if local != 0 {
-                let b = tx.get(glock(local), local, mt::DI)?;
-                StatfsChange::parse(&b[DINODE_SIZE..])?
-            } else {
-                StatfsChange::default()
+            let l = match self.local_statfs(local) {
+                Some(l) => l?,
+                None => StatfsChange::default(),
             };
             let mb = tx.get_mut(glock(master), master, mt::DI)?;
             let mut m = StatfsChange::parse(&mb[DINODE_SIZE..])?;
@@ -116,11 +111,10 @@ impl Fs {
             m.free = m.free.saturating_add(l.free).saturating_add(gained);
             m.dinodes = m.dinodes.saturating_add(l.dinodes);
             m.write(&mut mb[DINODE_SIZE..])?;
-            if local != 0 {
-                l = StatfsChange::default();
-                let lb = tx.get_mut(glock(local), local, mt::DI)?;
-                l.write(&mut lb[DINODE_SIZE..])?;
-            }
+            // Added to what the rindex's own allocations changed.
+            tx.statfs.total -= l.total;
+            tx.statfs.free -= l.free;
+            tx.statfs.dinodes -= l.dinodes;
             let mut all = old;
             all.extend_from_slice(new);
             Ok((all, gained as u64))

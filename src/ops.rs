@@ -2,8 +2,9 @@
 //! unlink, rmdir, rename, write, setattr (chmod, chown, truncate, times),
 //! fsync, and deallocation of unlinked inodes at last close.
 //!
-//! Each operation runs as one transaction under the writer lock, with the
-//! exclusive glocks of the inodes it changes; its metadata becomes visible
+//! Each operation runs as one transaction with the exclusive glocks of the
+//! inodes it changes, beside the transactions of other threads (the log
+//! flush is their only meeting point, see [`Writer`]); its metadata becomes visible
 //! when it returns and durable at the next log flush (fsync, the commit
 //! timer, a full log, unmount). File data is written to the device before
 //! the flush that makes it reachable (ordered mode).
@@ -23,26 +24,145 @@ use gfs2_lockproto::ResName;
 use gfs2_ondisk::consts::{dt, format};
 use gfs2_ondisk::{ifmt_to_dt, layout, BlockState};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Mutex, RwLock};
 
-/// State of a writable mount, behind the writer lock.
+/// State of a writable mount.
+///
+/// Transactions run in parallel, each under the glocks of what it changes
+/// (local holders of one glock exclude each other as other nodes do); the
+/// log is where they meet, as in the kernel: every transaction holds the
+/// flush lock shared from its first read to its publication (the kernel's
+/// `sd_log_flush_lock`, taken for read in `gfs2_trans_begin`), a log flush
+/// holds it exclusively, so a flush never sees half a transaction. A
+/// finished transaction joins the dirty set under a short lock (`join`),
+/// and fsyncs waiting for the log share one flush (group commit).
 pub struct Writer {
-    pub log: LogWriter,
-    /// Blocks freed since the last log flush.
-    pub busy: HashSet<u64>,
-    /// Open handles per inode (unlinked inodes are freed at last close).
-    pub open: HashMap<u64, u32>,
+    /// The journal; taken by flushes and checkpoints only, before
+    /// `flush_lock`, so that fsyncs queue here without holding up
+    /// transactions, and find their changes flushed by the one before them.
+    log: Mutex<LogState>,
+    /// Shared by every transaction while it runs, exclusive for a flush.
+    flush_lock: RwLock<()>,
+    /// Joins a finished transaction to the dirty set (room in the log, its
+    /// blocks, its statfs changes); counts the transactions joined.
+    join: Mutex<u64>,
+    /// Metadata blocks one flush may carry (the log's capacity).
+    capacity: usize,
+    /// Blocks freed since the last log flush (not reused before it).
+    busy: Mutex<HashSet<u64>>,
+    /// Open handles per inode, and their iopen glocks.
+    open: Opens,
+    /// Resource groups sorted by address (replaced whole by a grow; each
+    /// transaction allocates from the list it started with).
+    rindex: RwLock<std::sync::Arc<Vec<Rindex>>>,
+    /// The master statfs file.
+    master_statfs: u64,
+    /// This node's `statfs_changeN` (0 when the filesystem has none: then
+    /// changes go to the master file directly).
+    local_statfs: u64,
+    /// The glock of `local_statfs`, held exclusively for the whole mount as
+    /// the kernel holds it (`sd_sc_gh`): each transaction adds its
+    /// allocation changes to that one block as it joins, under `join`,
+    /// rather than every allocating transaction taking its glock in turn.
+    statfs_gh: Mutex<Option<Holder>>,
+}
+
+/// The journal and how much of what was joined it holds durably.
+struct LogState {
+    log: LogWriter,
+    /// Transactions joined (`Writer::join`) before the last flush.
+    durable: u64,
+}
+
+/// Open handles per inode (unlinked inodes are freed at last close).
+#[derive(Default)]
+pub struct Opens(Mutex<OpenFiles>);
+
+#[derive(Default)]
+struct OpenFiles {
+    count: HashMap<u64, u32>,
     /// The iopen glock (shared, uncached) of every inode with open handles:
     /// other nodes then know it is in use here. Whoever unlinks or closes an
     /// unlinked inode frees it only if it can take that glock exclusively,
     /// that is when no node has it open (the kernel's iopen protocol).
-    pub iopen: HashMap<u64, Holder>,
-    /// Resource groups sorted by address.
-    pub rindex: Vec<Rindex>,
-    /// The master statfs file.
-    pub master_statfs: u64,
-    /// This node's `statfs_changeN` (0 when the filesystem has none: then
-    /// changes go to the master file directly).
-    pub local_statfs: u64,
+    iopen: HashMap<u64, Holder>,
+}
+
+impl Opens {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OpenFiles> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether inode `ino` has open handles on this node.
+    pub fn contains_key(&self, ino: &u64) -> bool {
+        self.lock().count.get(ino).is_some_and(|&n| n > 0)
+    }
+}
+
+impl Writer {
+    /// The write state of a mount: its journal `log`, the resource groups,
+    /// the master statfs file, this node's statfs_change file and the
+    /// holder of its glock (exclusive, kept until unmount).
+    pub fn new(
+        log: LogWriter,
+        mut rindex: Vec<Rindex>,
+        master_statfs: u64,
+        local_statfs: u64,
+        statfs_gh: Option<Holder>,
+    ) -> Self {
+        rindex.sort_by_key(|r| r.addr);
+        Writer {
+            capacity: log.capacity(),
+            log: Mutex::new(LogState { log, durable: 0 }),
+            flush_lock: RwLock::new(()),
+            join: Mutex::new(0),
+            busy: Mutex::default(),
+            open: Opens::default(),
+            rindex: RwLock::new(std::sync::Arc::new(rindex)),
+            master_statfs,
+            local_statfs,
+            statfs_gh: Mutex::new(statfs_gh),
+        }
+    }
+
+    /// The resource groups, sorted by address.
+    pub fn rindex(&self) -> std::sync::Arc<Vec<Rindex>> {
+        self.rindex
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Allocate from `rindex` (sorted by address) from now on.
+    pub(crate) fn set_rindex(&self, rindex: Vec<Rindex>) {
+        *self.rindex.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(rindex);
+    }
+
+    /// The master statfs file and this node's statfs_change file (0 when
+    /// the filesystem has none).
+    pub fn statfs_files(&self) -> (u64, u64) {
+        (self.master_statfs, self.local_statfs)
+    }
+
+    fn log(&self) -> std::sync::MutexGuard<'_, LogState> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn flush_exclusive(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.flush_lock.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn joined(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.join.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn has_busy(&self) -> bool {
+        !self.busy().is_empty()
+    }
+
+    fn busy(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+        self.busy.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Pinned (logged, not yet in place) blocks beyond which a flush is
@@ -354,21 +474,22 @@ impl Fs {
     /// Run `f` as one transaction with the given inodes' glocks held
     /// exclusively, and whatever other glocks it turns out to need.
     ///
-    /// Glocks are taken before the writer lock and in lock order (by type,
+    /// Glocks are taken before the flush lock and in lock order (by type,
     /// then number: inodes before resource groups, as the kernel's
-    /// `gfs2_glock_nq_m` sorts them), never while holding the writer lock: a
-    /// demotion of one of our glocks that another node waits for needs the
-    /// writer lock for its log flush, so no thread may wait on a remote
-    /// glock while holding it. When the transaction reaches a block whose
-    /// glock is not held (a resource group to allocate from, a new inode,
-    /// the statfs files), it fails with [`FsError::NeedGlock`]; the
-    /// transaction is dropped, the writer lock released, the glock taken
+    /// `gfs2_glock_nq_m` sorts them), never while holding it: a demotion
+    /// of one of our glocks that another node waits for flushes the log,
+    /// which needs the flush lock exclusively, so no thread may wait on a
+    /// glock while holding it shared. When the transaction reaches a block
+    /// whose glock is not held (a resource group to allocate from, a new
+    /// inode, the statfs files), it fails with [`FsError::NeedGlock`]; the
+    /// transaction is dropped, the flush lock released, the glock taken
     /// (after letting go of every glock sorting after it, so the order
-    /// holds) and `f` runs again from the start.
+    /// holds) and `f` runs again from the start. Transactions of other
+    /// threads run at the same time under glocks of their own.
     pub(crate) fn modify<T>(
         &self,
         inodes: &[u64],
-        f: impl FnMut(&mut Txn<'_>, Alloc<'_>, &mut HashMap<u64, u32>) -> Result<T>,
+        f: impl FnMut(&mut Txn<'_>, Alloc<'_>, &Opens) -> Result<T>,
     ) -> Result<T> {
         self.modify_as(inodes, true, None, f)
     }
@@ -379,7 +500,7 @@ impl Fs {
     pub(crate) fn modify_pinned<T>(
         &self,
         pin: &crate::glock::Pin,
-        f: impl FnMut(&mut Txn<'_>, Alloc<'_>, &mut HashMap<u64, u32>) -> Result<T>,
+        f: impl FnMut(&mut Txn<'_>, Alloc<'_>, &Opens) -> Result<T>,
     ) -> Result<T> {
         self.modify_as(&[pin.name().number], true, Some(pin), f)
     }
@@ -394,7 +515,7 @@ impl Fs {
         inodes: &[u64],
         freeze: bool,
         pin: Option<&crate::glock::Pin>,
-        mut f: impl FnMut(&mut Txn<'_>, Alloc<'_>, &mut HashMap<u64, u32>) -> Result<T>,
+        mut f: impl FnMut(&mut Txn<'_>, Alloc<'_>, &Opens) -> Result<T>,
     ) -> Result<T> {
         let w = self.writer().ok_or(errno(libc::EROFS))?;
         // Not on the freeze path: that runs on the glock worker thread,
@@ -414,15 +535,14 @@ impl Fs {
             self.take_glocks(&want, &mut holders, pin)?;
             let held: HashMap<ResName, Mode> =
                 holders.iter().map(|(n, h)| (*n, h.mode())).collect();
-            let mut wg = w.lock().unwrap_or_else(|e| e.into_inner());
-            let wr = &mut *wg;
+            let rindex = w.rindex();
+            let running = w.flush_lock.read().unwrap_or_else(|e| e.into_inner());
             let mut tx = Txn::new(self.cache(), self.glocks(), held);
             let al = Alloc {
-                rindex: &wr.rindex,
-                busy: &wr.busy,
-                shared: !self.is_single_node(),
+                rindex: &rindex,
+                busy: &w.busy,
             };
-            let r = match f(&mut tx, al, &mut wr.open) {
+            let r = match f(&mut tx, al, &w.open) {
                 Ok(r) => r,
                 Err(FsError::NeedGlock(name, mode)) => {
                     let m = want.entry(name).or_insert(mode);
@@ -431,22 +551,19 @@ impl Fs {
                 }
                 // Blocks freed since the last flush become usable after it,
                 // as in the kernel, which flushes the log when it runs out.
-                Err(e) if e.errno() == libc::ENOSPC && !retried && !wr.busy.is_empty() => {
+                Err(e) if e.errno() == libc::ENOSPC && !retried && w.has_busy() => {
                     drop(tx);
-                    self.flush_locked(wr)?;
+                    drop(running);
+                    self.flush_now(w)?;
                     retried = true;
                     continue;
                 }
                 Err(e) => return Err(e),
             };
-            if tx.statfs != Default::default() {
-                // As in the kernel, allocation changes go to this node's
-                // statfs_change file; statfs_sync folds them into the master.
-                let ino = if wr.local_statfs != 0 {
-                    wr.local_statfs
-                } else {
-                    wr.master_statfs
-                };
+            if tx.statfs != Default::default() && w.local_statfs == 0 {
+                // No statfs_change file: the master file takes the changes
+                // in the transaction itself.
+                let ino = w.master_statfs;
                 let d = tx.statfs;
                 let b = match tx.get_mut(glock(ino), ino, mt::DI) {
                     Ok(b) => b,
@@ -457,21 +574,77 @@ impl Fs {
                     Err(e) => return Err(e),
                 };
                 let mut sc = StatfsChange::parse(&b[DINODE_SIZE..])?;
+                sc.total += d.total;
                 sc.free += d.free;
                 sc.dinodes += d.dinodes;
                 sc.write(&mut b[DINODE_SIZE..])?;
+                tx.statfs = Default::default();
+            }
+            // Join the log. What is dirty must fit one flush: a transaction
+            // that would overflow it waits for a flush and runs again (the
+            // kernel reserves log space before a transaction begins).
+            let mut joined = w.joined();
+            let dirty = self.cache().dirty_len();
+            if dirty > 0 && dirty + tx.len() + 1 > w.capacity {
+                drop(joined);
+                drop(tx);
+                drop(running);
+                self.flush_now(w)?;
+                continue;
+            }
+            if tx.statfs != Default::default() {
+                // As in the kernel, allocation changes go to this node's
+                // statfs_change file; statfs_sync folds them into the master.
+                self.add_local_statfs(w, tx.statfs)?;
             }
             let taken = tx.take_holders();
             let freed = tx.publish();
-            wr.busy.extend(freed);
-            if self.cache().dirty_len() > wr.log.capacity() / 2 {
-                Self::flush_locked(self, wr)?;
-            }
-            drop(wg);
+            w.busy().extend(freed);
+            *joined += 1;
+            drop(joined);
+            drop(running);
             drop(taken);
+            if self.cache().dirty_len() > w.capacity / 2 {
+                self.flush_now(w)?;
+            }
             drop(holders);
             return Ok(r);
         }
+    }
+
+    /// Add `d` to this node's statfs_change block (its glock is held for
+    /// the whole mount); under `join`, as a transaction joins the log.
+    fn add_local_statfs(&self, w: &Writer, d: crate::log::trans::StatfsDelta) -> Result<()> {
+        let ino = w.local_statfs;
+        let cur = self.cache().read_meta_as(glock(ino), ino, mt::DI)?;
+        let mut b = cur.to_vec();
+        let rest = b
+            .get_mut(DINODE_SIZE..)
+            .ok_or_else(|| FsError::corrupt(ino, "short statfs_change file"))?;
+        let mut sc = StatfsChange::parse(rest)?;
+        sc.total += d.total;
+        sc.free += d.free;
+        sc.dinodes += d.dinodes;
+        sc.write(rest)?;
+        self.cache()
+            .put_dirty(glock(ino), ino, std::sync::Arc::from(b.into_boxed_slice()));
+        Ok(())
+    }
+
+    /// This node's local statfs changes as they stand (its statfs_change
+    /// file with every joined transaction), `None` when another file holds
+    /// them or the mount does not write.
+    pub(crate) fn local_statfs(&self, ino: u64) -> Option<Result<StatfsChange>> {
+        let w = self.writer()?;
+        if w.local_statfs == 0 || w.local_statfs != ino {
+            return None;
+        }
+        let _joined = w.joined();
+        Some(
+            self.cache()
+                .read_meta_as(glock(ino), ino, mt::DI)
+                .and_then(|b| Ok(StatfsChange::parse(b.get(DINODE_SIZE..).unwrap_or(&[]))?)),
+        )
     }
 
     /// Hold every glock of `want` in (at least) its mode, in lock order.
@@ -519,9 +692,21 @@ impl Fs {
         }
     }
 
-    fn flush_locked(&self, wr: &mut Writer) -> Result<()> {
+    /// Flush the log now: wait for the transactions under way, keep new
+    /// ones out meanwhile.
+    fn flush_now(&self, w: &Writer) -> Result<()> {
+        let mut log = w.log();
+        let _x = w.flush_exclusive();
+        self.flush_locked(w, &mut log).map(|_| ())
+    }
+
+    /// The log flush proper, with the log and the flush lock (exclusively)
+    /// held; `true` if it wrote anything.
+    fn flush_locked(&self, w: &Writer, ls: &mut LogState) -> Result<bool> {
         let cache = self.cache();
-        let mut freed: Vec<u64> = wr.busy.iter().copied().collect();
+        let joined = *w.joined();
+        let mut busy = w.busy();
+        let mut freed: Vec<u64> = busy.iter().copied().collect();
         freed.sort_unstable();
         for &b in &freed {
             cache.drop_freed(b);
@@ -530,52 +715,84 @@ impl Fs {
             .dirty_blocks()
             .into_iter()
             .partition(|(b, _)| cache.is_jdata(*b));
-        let mut revokes: Vec<u64> = freed.into_iter().filter(|b| wr.log.is_logged(*b)).collect();
+        let mut revokes: Vec<u64> = freed.into_iter().filter(|b| ls.log.is_logged(*b)).collect();
         if blocks.is_empty() && jdata.is_empty() && revokes.is_empty() {
-            wr.busy.clear();
-            return Ok(());
+            busy.clear();
+            ls.durable = joined;
+            return Ok(false);
         }
-        if !wr.log.has_room(blocks.len() + jdata.len(), revokes.len()) {
-            self.checkpoint_locked(wr)?;
+        if !ls.log.has_room(blocks.len() + jdata.len(), revokes.len()) {
+            self.checkpoint_locked(ls)?;
             // Nothing is live in the log any more: no revokes needed.
-            revokes.retain(|b| wr.log.is_logged(*b));
+            revokes.retain(|b| ls.log.is_logged(*b));
         }
-        if wr.local_statfs != 0 {
-            if let Some(b) = cache.dirty_block(wr.local_statfs) {
+        if w.local_statfs != 0 {
+            if let Some(b) = cache.dirty_block(w.local_statfs) {
                 let sc = StatfsChange::parse(b.get(DINODE_SIZE..).unwrap_or(&[]))?;
-                wr.log.set_local_statfs([sc.total, sc.free, sc.dinodes]);
+                ls.log.set_local_statfs([sc.total, sc.free, sc.dinodes]);
             }
         }
-        wr.log.flush(&blocks, &jdata, &revokes)?;
+        ls.log.flush(&blocks, &jdata, &revokes)?;
         cache.logged(&blocks);
         cache.logged(&jdata);
-        wr.busy.clear();
-        if wr.log.wants_checkpoint() || cache.pinned_len() > MAX_PINNED {
-            self.checkpoint_locked(wr)?;
+        busy.clear();
+        drop(busy);
+        ls.durable = joined;
+        if ls.log.wants_checkpoint() || cache.pinned_len() > MAX_PINNED {
+            self.checkpoint_locked(ls)?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Write every logged block in place and move the log's tail past them.
-    fn checkpoint_locked(&self, wr: &mut Writer) -> Result<()> {
+    fn checkpoint_locked(&self, ls: &mut LogState) -> Result<()> {
         let ail = self.cache().pinned_blocks();
-        wr.log.checkpoint(&ail)?;
+        ls.log.checkpoint(&ail)?;
         self.cache().unpin(&ail);
         Ok(())
     }
 
     /// Fold this node's statfs changes into the master statfs file and zero
-    /// them, in one transaction under both files' glocks (the kernel's
-    /// `gfs2_statfs_sync`, run every `statfs_quantum` and at unmount).
+    /// them, in one transaction under the master file's glock (the
+    /// kernel's `gfs2_statfs_sync`, run every `statfs_quantum` and at
+    /// unmount).
     pub fn statfs_sync(&self) -> Result<()> {
+        self.fold_own_statfs(true)
+    }
+
+    /// [`Fs::statfs_sync`]; `freeze` as in [`Fs::modify_as`]. The local
+    /// changes read are added to the master file and taken off the local
+    /// file as the transaction joins, so that changes other transactions
+    /// join meanwhile stay in the local file.
+    fn fold_own_statfs(&self, freeze: bool) -> Result<()> {
         let Some(w) = self.writer() else {
             return Ok(());
         };
-        let (master, local) = {
-            let wg = w.lock().unwrap_or_else(|e| e.into_inner());
-            (wg.master_statfs, wg.local_statfs)
-        };
-        self.fold_statfs(master, local, true)
+        let (master, local) = (w.master_statfs, w.local_statfs);
+        if local == 0 || master == 0 {
+            return Ok(());
+        }
+        self.modify_as(&[master], freeze, None, |tx, _, _| {
+            let l = match self.local_statfs(local) {
+                Some(l) => l?,
+                None => return Ok(()),
+            };
+            if l == StatfsChange::default() {
+                return Ok(());
+            }
+            let b = tx.get_mut(glock(master), master, mt::DI)?;
+            let mut m = StatfsChange::parse(&b[DINODE_SIZE..])?;
+            m.total += l.total;
+            m.free += l.free;
+            m.dinodes += l.dinodes;
+            m.write(&mut b[DINODE_SIZE..])?;
+            tx.statfs = crate::log::trans::StatfsDelta {
+                total: -l.total,
+                free: -l.free,
+                dinodes: -l.dinodes,
+            };
+            Ok(())
+        })
     }
 
     /// A dead node's journal was replayed: its local statfs changes (its
@@ -585,19 +802,12 @@ impl Fs {
         let Some(w) = self.writer() else {
             return Ok(());
         };
-        let master = w.lock().unwrap_or_else(|e| e.into_inner()).master_statfs;
+        let master = w.master_statfs;
         let local = self.per_node_file(&format!("statfs_change{jid}"));
-        self.fold_statfs(master, local, true)
-    }
-
-    /// Add the changes of statfs_change file `local` to the master statfs
-    /// file and zero them (`freeze`: as a transaction under the freeze
-    /// lock, see [`Fs::modify_as`]).
-    fn fold_statfs(&self, master: u64, local: u64, freeze: bool) -> Result<()> {
-        if local == 0 || master == 0 {
+        if local == 0 || master == 0 || local == w.local_statfs {
             return Ok(());
         }
-        self.modify_as(&[master, local], freeze, None, |tx, _, _| {
+        self.modify_as(&[master, local], true, None, |tx, _, _| {
             let lb = tx.get(glock(local), local, mt::DI)?;
             let mut l = StatfsChange::parse(&lb[DINODE_SIZE..])?;
             if l == StatfsChange::default() {
@@ -616,13 +826,27 @@ impl Fs {
         })
     }
 
-    /// Make everything done so far durable (fsync, syncfs, the commit timer).
+    /// Make everything done so far durable (fsync, syncfs, the commit
+    /// timer). Group commit: a caller whose changes a flush that started
+    /// after them has made durable returns at once, so fsyncs that wait
+    /// for the log together share one flush.
     pub fn sync(&self) -> Result<()> {
         let Some(w) = self.writer() else {
             return Ok(());
         };
-        let mut wg = w.lock().unwrap_or_else(|e| e.into_inner());
-        self.flush_locked(&mut wg)?;
+        let mine = *w.joined();
+        let mut log = w.log();
+        if log.durable >= mine && mine > 0 {
+            return Ok(());
+        }
+        let x = w.flush_exclusive();
+        let wrote = self.flush_locked(w, &mut log)?;
+        drop(x);
+        drop(log);
+        if wrote {
+            // The flush ended with a device flush of its own.
+            return Ok(());
+        }
         self.device().flush().map_err(|e| FsError::Io {
             what: "flushing the device".into(),
             source: e,
@@ -636,9 +860,10 @@ impl Fs {
         let Some(w) = self.writer() else {
             return Ok(());
         };
-        let mut wg = w.lock().unwrap_or_else(|e| e.into_inner());
-        self.flush_locked(&mut wg)?;
-        self.checkpoint_locked(&mut wg)?;
+        let mut log = w.log();
+        let _x = w.flush_exclusive();
+        self.flush_locked(w, &mut log)?;
+        self.checkpoint_locked(&mut log)?;
         self.device().flush().map_err(|e| FsError::Io {
             what: "flushing the device".into(),
             source: e,
@@ -651,9 +876,10 @@ impl Fs {
         let Some(w) = self.writer() else {
             return Ok(());
         };
-        let mut wg = w.lock().unwrap_or_else(|e| e.into_inner());
-        self.flush_locked(&mut wg)?;
-        self.checkpoint_locked(&mut wg)
+        let mut log = w.log();
+        let _x = w.flush_exclusive();
+        self.flush_locked(w, &mut log)?;
+        self.checkpoint_locked(&mut log)
     }
 
     /// The inode's flags as `FS_IOC_GETFLAGS` reports them (`lsattr`).
@@ -715,7 +941,6 @@ impl Fs {
         })
     }
 
-    /// Flush and leave the journal clean (unmount).
     /// Before the freeze lock goes to a node freezing the filesystem: our
     /// statfs changes in the master file, everything in place, and a clean
     /// header in our journal (the kernel checks that its journal is clean
@@ -724,26 +949,30 @@ impl Fs {
         let Some(w) = self.writer() else {
             return Ok(());
         };
-        let (master, local) = {
-            let wg = w.lock().unwrap_or_else(|e| e.into_inner());
-            (wg.master_statfs, wg.local_statfs)
-        };
-        self.fold_statfs(master, local, false)?;
-        let mut wg = w.lock().unwrap_or_else(|e| e.into_inner());
-        self.flush_locked(&mut wg)?;
-        self.checkpoint_locked(&mut wg)?;
-        wg.log.write_freeze()
+        self.fold_own_statfs(false)?;
+        let mut log = w.log();
+        let _x = w.flush_exclusive();
+        self.flush_locked(w, &mut log)?;
+        self.checkpoint_locked(&mut log)?;
+        log.log.write_freeze()
     }
 
+    /// Flush and leave the journal clean (unmount); the statfs_change
+    /// file's glock goes with it.
     pub(crate) fn sync_and_close_log(&self) -> Result<()> {
         let Some(w) = self.writer() else {
             return Ok(());
         };
         self.statfs_sync()?;
-        let mut wg = w.lock().unwrap_or_else(|e| e.into_inner());
-        self.flush_locked(&mut wg)?;
-        self.checkpoint_locked(&mut wg)?;
-        wg.log.write_unmount()
+        let mut log = w.log();
+        let x = w.flush_exclusive();
+        self.flush_locked(w, &mut log)?;
+        self.checkpoint_locked(&mut log)?;
+        log.log.write_unmount()?;
+        drop(x);
+        drop(log);
+        drop(w.statfs_gh.lock().unwrap_or_else(|e| e.into_inner()).take());
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -758,14 +987,7 @@ impl Fs {
         rdev: u32,
     ) -> Result<Dinode> {
         let pdi = dinode(tx, parent)?;
-        let (addr, generation) = rgrp::alloc(
-            tx,
-            al.rindex,
-            al.busy,
-            parent,
-            BlockState::Dinode,
-            al.shared,
-        )?;
+        let (addr, generation) = rgrp::alloc(tx, al.rindex, al.busy, parent, BlockState::Dinode)?;
         let (s, ns) = now();
         let is_dir = mode & S_IFMT == S_IFDIR;
         let mut mode = mode;
@@ -1008,7 +1230,7 @@ impl Fs {
     fn drop_link(
         tx: &mut Txn<'_>,
         al: Alloc<'_>,
-        open: &HashMap<u64, u32>,
+        open: &Opens,
         ino: u64,
         whole_dir: bool,
     ) -> Result<()> {
@@ -1021,7 +1243,7 @@ impl Fs {
         touch_c(&mut di);
         put_dinode(tx, &di)?;
         if di.nlink == 0 {
-            let open_here = open.get(&ino).copied().unwrap_or(0) > 0;
+            let open_here = open.contains_key(&ino);
             if !open_here && tx.try_take_uncached(iopen_glock(ino), Mode::EX)? {
                 Self::dealloc(tx, al, ino)?;
             } else {
@@ -1043,12 +1265,7 @@ impl Fs {
         let target = ta.ino;
         let unopened = self
             .writer()
-            .map(|w| {
-                !w.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .open
-                    .contains_key(&target)
-            })
+            .map(|w| !w.open.contains_key(&target))
             .unwrap_or(false);
         if !dir
             && ta.nlink == 1
@@ -1408,7 +1625,7 @@ impl Fs {
     /// A file handle was opened on `ino`.
     pub fn open_inode(&self, ino: u64) {
         if let Some(w) = self.writer() {
-            // Taken before the writer lock: it may wait for another node.
+            // Taken before anything else: it may wait for another node.
             let h = match self.glocks().acquire_uncached(iopen_glock(ino), Mode::PR) {
                 Ok(h) => Some(h),
                 Err(e) => {
@@ -1416,10 +1633,10 @@ impl Fs {
                     None
                 }
             };
-            let mut wg = w.lock().unwrap_or_else(|e| e.into_inner());
-            *wg.open.entry(ino).or_default() += 1;
+            let mut o = w.open.lock();
+            *o.count.entry(ino).or_default() += 1;
             if let Some(h) = h {
-                wg.iopen.entry(ino).or_insert(h);
+                o.iopen.entry(ino).or_insert(h);
             }
         }
     }
@@ -1430,21 +1647,21 @@ impl Fs {
         let Some(w) = self.writer() else {
             return Ok(());
         };
-        let last = {
-            let mut wg = w.lock().unwrap_or_else(|e| e.into_inner());
-            match wg.open.get_mut(&ino) {
+        let (last, iopen) = {
+            let mut o = w.open.lock();
+            match o.count.get_mut(&ino) {
                 Some(n) if *n > 1 => {
                     *n -= 1;
-                    false
+                    (false, None)
                 }
                 Some(_) => {
-                    wg.open.remove(&ino);
-                    wg.iopen.remove(&ino);
-                    true
+                    o.count.remove(&ino);
+                    (true, o.iopen.remove(&ino))
                 }
-                None => false,
+                None => (false, None),
             }
         };
+        drop(iopen);
         if !last {
             return Ok(());
         }
@@ -1613,7 +1830,7 @@ impl Fs {
         let Some(w) = self.writer() else {
             return Ok(0);
         };
-        let rindex = w.lock().unwrap_or_else(|e| e.into_inner()).rindex.clone();
+        let rindex = w.rindex().to_vec();
         let mut found = Vec::new();
         for ri in &rindex {
             let gl = rgrp::glock(ri);

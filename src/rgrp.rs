@@ -12,6 +12,7 @@ use crate::log::trans::Txn;
 use gfs2_lockproto::{lm_type, Mode, ResName};
 use gfs2_ondisk::{layout, BlockState, Rgrp};
 use std::collections::HashSet;
+use std::sync::Mutex;
 
 /// The glock covering a resource group.
 pub fn glock(ri: &Rindex) -> ResName {
@@ -80,7 +81,13 @@ fn has_free(b: u8) -> bool {
 
 /// Find a free block in `ri` at or after `from` (wrapping within the rgrp),
 /// skipping `busy` ones.
-fn find_free(tx: &mut Txn<'_>, ri: &Rindex, from: u64, busy: &HashSet<u64>) -> Result<Option<u64>> {
+fn find_free(
+    tx: &mut Txn<'_>,
+    ri: &Rindex,
+    from: u64,
+    busy: &Mutex<HashSet<u64>>,
+) -> Result<Option<u64>> {
+    let is_busy = |b: u64| busy.lock().unwrap_or_else(|e| e.into_inner()).contains(&b);
     let bsize = tx.bsize();
     let data = u64::from(ri.data);
     let first = layout::rgrp_header_blocks_mapped(bsize);
@@ -115,7 +122,7 @@ fn find_free(tx: &mut Txn<'_>, ri: &Rindex, from: u64, busy: &HashSet<u64>) -> R
                     continue;
                 }
                 let shift = ((i - base_idx) % 4) * 2;
-                if (byte >> shift) & 3 == 0 && !busy.contains(&(ri.data0 + i)) {
+                if (byte >> shift) & 3 == 0 && !is_busy(ri.data0 + i) {
                     return Ok(Some(ri.data0 + i));
                 }
                 i += 1;
@@ -131,20 +138,21 @@ fn find_free(tx: &mut Txn<'_>, ri: &Rindex, from: u64, busy: &HashSet<u64>) -> R
 /// out (the kernel's `rd_igeneration`), which becomes the formal inode
 /// number.
 ///
-/// `shared`: other nodes allocate too. A resource group whose glock another
-/// node holds is then passed over for the next one this node can take at
-/// once, as the kernel passes over congested rgrps: nodes allocating at
+/// A resource group whose glock another node holds is passed over for the
+/// next one this node can take at once, as the kernel passes over congested
+/// rgrps: nodes allocating at
 /// the same time settle on rgrps of their own instead of taking one glock
 /// from each other (each take flushes the holder's log). Only when every
 /// rgrp with room is held elsewhere does the transaction wait, for the first
-/// of them.
+/// of them. The same holds for an rgrp another transaction of this node
+/// holds (local holders exclude each other): threads allocating at once
+/// spread over rgrps of their own, as the kernel's reservations make them.
 pub fn alloc(
     tx: &mut Txn<'_>,
     rindex: &[Rindex],
-    busy: &HashSet<u64>,
+    busy: &Mutex<HashSet<u64>>,
     goal: u64,
     st: BlockState,
-    shared: bool,
 ) -> Result<(u64, u64)> {
     let n = rindex.len();
     let start = locate(rindex, goal).unwrap_or(0);
@@ -152,7 +160,7 @@ pub fn alloc(
     for k in 0..n {
         let i = (start + k) % n;
         let ri = &rindex[i];
-        if shared && !tx.try_require(glock(ri), Mode::EX)? {
+        if !tx.try_require(glock(ri), Mode::EX)? {
             held_elsewhere.get_or_insert(glock(ri));
             continue;
         }

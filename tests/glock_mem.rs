@@ -163,7 +163,7 @@ fn names(fs: &Fs, dir: u64) -> std::collections::BTreeSet<String> {
 /// Two nodes write one filesystem at once through `lock_mem`: creates in a
 /// shared directory and in their own, renames into the other node's
 /// directory, unlinks, and interleaved overwrites of one shared file. Every
-/// operation takes its glocks before the writer lock, and each demotion
+/// operation takes its glocks before its transaction starts, and each demotion
 /// flushes and writes in place before the other node reads: both nodes then
 /// list and read the same, and gfs2-utils finds the disk clean.
 #[test]

@@ -196,96 +196,99 @@ fn round(base: &Arc<Vec<u8>>, kind: Kind, countdown: i64, seed: u64, tag: &str) 
     let victim_id = nodes[1].glocks().lockspace().node_id();
     devs[1].countdown.store(countdown, Ordering::SeqCst);
     let synced: Vec<Synced> = (0..3).map(|_| Synced::default()).collect();
-    let stop = AtomicBool::new(false);
-    let mut orphaned = 0;
+    let stop = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
-    let results: Vec<std::result::Result<usize, String>> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..3)
-            .map(|k| {
-                let (fs, synced, stop) = (&nodes[k], &synced[k], &stop);
-                let (o, sh) = (own[k], shared);
-                s.spawn(move || {
-                    let job = Job {
-                        tag: format!("{k}"),
-                        kind,
-                        own: o,
-                        shared: sh,
-                        seed: seed + k as u64,
-                    };
-                    let r = workload(fs, job, synced, stop);
-                    if let Err(e) = &r {
-                        eprintln!("node {k}'s workload ended: {e}");
-                    }
-                    r
-                })
-            })
-            .collect();
-        // The victim's device dies on its own; it is killed in the lock
-        // manager at once.
-        while !devs[1].dead.load(Ordering::SeqCst) {
-            if t0.elapsed() > Duration::from_secs(60) || hs.iter().any(|h| h.is_finished()) {
-                for (k, n) in nodes.iter().enumerate() {
-                    let busy: Vec<String> = n
-                        .glocks()
-                        .dump()
-                        .lines()
-                        .filter(|l| !l.ends_with("h:0/0 w:0") || l.contains('D') || l.contains('b'))
-                        .map(str::to_string)
-                        .collect();
-                    eprintln!("{tag}: node {k}'s busy glocks:\n{}", busy.join("\n"));
-                }
-                // Whatever blocks the others fails the test, not hangs it.
-                stop.store(true, Ordering::SeqCst);
-                for d in &devs {
-                    d.dead.store(true, Ordering::SeqCst);
-                }
-                panic!("{tag}: a workload ended or stalled before the victim's death");
-            }
-            std::thread::sleep(Duration::from_millis(1));
+    // Plain threads, not a scope: a check that fails while a workload is
+    // blocked must fail the test with the nodes' glocks printed, not wait
+    // for ever in the scope's join (the threads end with the process).
+    let stall = |why: String| -> ! {
+        for (k, n) in nodes.iter().enumerate() {
+            let busy: Vec<String> = n
+                .glocks()
+                .dump()
+                .lines()
+                .filter(|l| !l.ends_with("h:0/0 w:0") || l.contains('D') || l.contains('b'))
+                .map(str::to_string)
+                .collect();
+            eprintln!("{tag}: node {k}'s busy glocks:\n{}", busy.join("\n"));
         }
-        let jids = mgr.kill(LS, victim_id);
-        assert_eq!(jids, vec![1], "{tag}: the victim held journal 1");
-        orphaned = mgr.orphans(LS);
-        // The survivors keep working for a while after the death.
-        let died = Instant::now();
-        let before: Vec<usize> = (0..3).map(|k| synced[k].lock().unwrap().len()).collect();
-        let progressed = |k: usize| synced[k].lock().unwrap().len() > before[k] + 2;
-        while !(progressed(0) && progressed(2)) && died.elapsed() < Duration::from_secs(30) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        eprintln!("{tag}: lock manager: {} orphan locks", mgr.orphans(LS));
+        // Whatever blocks the others fails the test, not hangs it.
         stop.store(true, Ordering::SeqCst);
-        // A survivor replayed the journal and said so: the dead node's
-        // locks are free.
-        while mgr.orphans(LS) > 0 && died.elapsed() < Duration::from_secs(30) {
-            std::thread::sleep(Duration::from_millis(20));
+        for d in &devs {
+            d.dead.store(true, Ordering::SeqCst);
         }
-        assert_eq!(
-            mgr.orphans(LS),
-            0,
-            "{tag}: the dead node's locks still held 30 s after its death (no recovery?)"
-        );
-        for k in [0, 2] {
-            assert!(
-                progressed(k),
-                "{tag}: survivor {k} made no progress in 30 s after the death"
-            );
+        panic!("{tag}: {why}");
+    };
+    let hs: Vec<_> = (0..3)
+        .map(|k| {
+            let (fs, synced, stop) = (nodes[k].clone(), synced[k].clone(), stop.clone());
+            let (o, sh) = (own[k], shared);
+            std::thread::spawn(move || {
+                let job = Job {
+                    tag: format!("{k}"),
+                    kind,
+                    own: o,
+                    shared: sh,
+                    seed: seed + k as u64,
+                };
+                let r = workload(&fs, job, &synced, &stop);
+                if let Err(e) = &r {
+                    eprintln!("node {k}'s workload ended: {e}");
+                }
+                r
+            })
+        })
+        .collect();
+    // The victim's device dies on its own; it is killed in the lock
+    // manager at once.
+    while !devs[1].dead.load(Ordering::SeqCst) {
+        if t0.elapsed() > Duration::from_secs(60) || hs.iter().any(|h| h.is_finished()) {
+            stall("a workload ended or stalled before the victim's death".into());
         }
-        let mut out = Vec::new();
-        for h in hs {
-            // A survivor stuck on the dead node's locks would hang here:
-            // bound it.
-            let t = Instant::now();
-            while !h.is_finished() {
-                assert!(
-                    t.elapsed() < Duration::from_secs(60),
-                    "{tag}: a workload is blocked (deadlock?)"
-                );
-                std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let jids = mgr.kill(LS, victim_id);
+    assert_eq!(jids, vec![1], "{tag}: the victim held journal 1");
+    let orphaned = mgr.orphans(LS);
+    // The survivors keep working for a while after the death.
+    let died = Instant::now();
+    let death_at = t0.elapsed().as_secs_f64();
+    let before: Vec<usize> = (0..3).map(|k| synced[k].lock().unwrap().len()).collect();
+    let progressed = |k: usize| synced[k].lock().unwrap().len() > before[k] + 2;
+    while !(progressed(0) && progressed(2)) && died.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::SeqCst);
+    // A survivor replayed the journal and said so: the dead node's
+    // locks are free.
+    while mgr.orphans(LS) > 0 && died.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if mgr.orphans(LS) > 0 {
+        stall("the dead node's locks still held 30 s after its death (no recovery?)".into());
+    }
+    for k in [0, 2] {
+        if !progressed(k) {
+            stall(format!(
+                "survivor {k} made no progress in 30 s after the death"
+            ));
+        }
+    }
+    let recovered_at = t0.elapsed().as_secs_f64();
+    let mut results = Vec::new();
+    for h in hs {
+        // A survivor stuck on the dead node's locks would hang here:
+        // bound it.
+        let t = Instant::now();
+        while !h.is_finished() {
+            if t.elapsed() > Duration::from_secs(60) {
+                stall("a workload is blocked (deadlock?)".into());
             }
-            out.push(h.join().unwrap());
+            std::thread::sleep(Duration::from_millis(10));
         }
-        out
-    });
+        results.push(h.join().unwrap());
+    }
     assert!(
         results[1].is_err(),
         "{tag}: the victim's workload went on after its device died"
@@ -306,7 +309,23 @@ fn round(base: &Arc<Vec<u8>>, kind: Kind, countdown: i64, seed: u64, tag: &str) 
             assert!(got == *body, "{tag}: node {k}'s fsync'd {name} differs");
         }
     }
-    // A node coming back takes the dead node's journal again.
+    let stopped_at = t0.elapsed().as_secs_f64();
+    // A node coming back takes the dead node's journal again, once the
+    // survivor that replayed it has let its lock go (it keeps it until the
+    // dead node's statfs changes are folded).
+    let jlock = gfs2_lockproto::ResName::new(gfs2_lockproto::lm_type::JOURNAL, 1);
+    let t = Instant::now();
+    while mgr
+        .holders(LS, jlock)
+        .iter()
+        .any(|m| *m >= gfs2_lockproto::Mode::PW)
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{tag}: the dead node's journal still locked 30 s after its recovery"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let back = node(
         Arc::new(Mortal {
             disk: disk.clone(),
@@ -338,7 +357,7 @@ fn round(base: &Arc<Vec<u8>>, kind: Kind, countdown: i64, seed: u64, tag: &str) 
     std::fs::write(&out.0, &bytes).unwrap();
     fsck_clean(&out.0, &format!("{tag}: after the death"));
     eprintln!(
-        "{tag}: {kind:?}, death after {countdown} writes holding {orphaned} locks, survivors did {:?} ops, {:.1} s",
+        "{tag}: {kind:?}, death after {countdown} writes holding {orphaned} locks, survivors did {:?} ops, {:.1} s (death at {death_at:.1}, recovered at {recovered_at:.1}, workloads stopped at {stopped_at:.1})",
         results.iter().map(|r| r.as_ref().ok()).collect::<Vec<_>>(),
         t0.elapsed().as_secs_f64()
     );

@@ -197,8 +197,9 @@ pub struct GlockTable {
     glocks: Mutex<HashMap<ResName, Arc<Glock>>>,
     ops: HashMap<u32, Arc<dyn GlockOps>>,
     /// Glocks with a demotion to run, for the demotion worker (the kernel's
-    /// glock workqueue). A demotion flushes the log, which needs the writer
-    /// lock: it never runs on a thread that may hold it (an operation
+    /// glock workqueue). A demotion flushes the log, which waits for the
+    /// transactions under way: it never runs on a thread that may be inside
+    /// one (an operation
     /// dropping its last holder) nor on the lock module's thread (which
     /// must stay free to deliver grants). `None` once shut down.
     work: Mutex<Option<mpsc::Sender<Work>>>,
@@ -821,7 +822,7 @@ impl GlockTable {
     /// once (`LM_FLAG_TRY`). `None` when another node holds it in a
     /// conflicting mode (it is not called back), a local holder conflicts,
     /// or a demotion is pending. Never blocks, so it may be called in any
-    /// lock order and under the writer lock.
+    /// lock order and inside a transaction.
     pub fn try_acquire(self: &Arc<Self>, name: ResName, mode: Mode) -> Result<Option<Holder>> {
         self.try_take(name, mode, false)
     }
@@ -851,7 +852,7 @@ impl GlockTable {
         // for one under way (a down-conversion, granted at once, no other
         // glock involved) and then try from where it left us, rather than
         // failing for nothing. A promotion in flight may wait on another
-        // node: never wait for that (the caller may hold the writer lock).
+        // node: never wait for that (the caller may be inside a transaction).
         while st.nocache && st.busy && !st.promoting {
             st = gl.cv.wait(st).unwrap_or_else(|e| e.into_inner());
         }

@@ -21,11 +21,8 @@ use std::collections::HashSet;
 #[derive(Clone, Copy)]
 pub struct Alloc<'a> {
     pub rindex: &'a [Rindex],
-    pub busy: &'a HashSet<u64>,
-    /// Other nodes allocate from the same resource groups: one another
-    /// node holds is passed over while another is free (see
-    /// [`rgrp::alloc`]).
-    pub shared: bool,
+    /// Blocks freed since the last log flush (not reused before it).
+    pub busy: &'a std::sync::Mutex<HashSet<u64>>,
 }
 
 /// The glock of inode `ino`.
@@ -96,7 +93,6 @@ pub(crate) fn alloc_block(
         al.busy,
         goal.max(di.num.addr),
         BlockState::Used,
-        al.shared,
     )?;
     di.blocks += 1;
     if meta {

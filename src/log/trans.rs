@@ -17,6 +17,7 @@ use std::sync::Arc;
 /// Changes to the master statfs totals made by a transaction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StatfsDelta {
+    pub total: i64,
     pub free: i64,
     pub dinodes: i64,
 }
