@@ -748,6 +748,18 @@ impl Fs {
         ino: u64,
         f: impl FnOnce(Meta<'_>, &Inode) -> Result<T>,
     ) -> Result<T> {
+        // This node's statfs_change file: its glock is the mount's (held
+        // exclusively until unmount), read under that holder.
+        if let Some(own) = self.writer().and_then(|w| w.own_statfs_holder(ino)) {
+            if let Some(gh) = own.as_ref() {
+                let m = Meta {
+                    cache: &self.cache,
+                    gh,
+                };
+                let ip = Inode::read(m, ino)?;
+                return f(m, &ip);
+            }
+        }
         let gh = self.glocks.acquire(inode_lock(ino), Mode::PR)?;
         let m = Meta {
             cache: &self.cache,

@@ -138,6 +138,21 @@ impl Writer {
         *self.rindex.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(rindex);
     }
 
+    /// The mount's own holder of `ino`'s glock, when `ino` is this node's
+    /// statfs_change file and the holder is still kept: the one inode glock
+    /// a mount keeps between operations, so a local reader that asked for
+    /// it again would wait for the unmount. Readers use this holder instead.
+    pub(crate) fn own_statfs_holder(
+        &self,
+        ino: u64,
+    ) -> Option<std::sync::MutexGuard<'_, Option<Holder>>> {
+        if ino == 0 || ino != self.local_statfs {
+            return None;
+        }
+        let g = self.statfs_gh.lock().unwrap_or_else(|e| e.into_inner());
+        g.is_some().then_some(g)
+    }
+
     /// The master statfs file and this node's statfs_change file (0 when
     /// the filesystem has none).
     pub fn statfs_files(&self) -> (u64, u64) {
