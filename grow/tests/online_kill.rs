@@ -234,15 +234,25 @@ impl Node {
     /// `gfs2-fuse umount`: whether the daemon left the journal clean (or
     /// what it said).
     fn try_umount(&self) -> Result<(), String> {
-        let o = Command::new(daemon())
-            .arg("umount")
-            .arg(&self.mnt)
-            .output()
-            .expect("gfs2-fuse umount");
-        if o.status.success() {
-            Ok(())
-        } else {
-            Err(String::from_utf8_lossy(&o.stderr).into_owned())
+        // A child the other test thread forks holds copies of our
+        // descriptors (files in the mount) until its exec: the mount is
+        // busy for that instant.
+        let mut tries = 0;
+        loop {
+            let o = Command::new(daemon())
+                .arg("umount")
+                .arg(&self.mnt)
+                .output()
+                .expect("gfs2-fuse umount");
+            if o.status.success() {
+                return Ok(());
+            }
+            let err = String::from_utf8_lossy(&o.stderr).into_owned();
+            if tries == 50 || !err.contains("Device or resource busy") {
+                return Err(err);
+            }
+            tries += 1;
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
