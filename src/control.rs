@@ -19,8 +19,15 @@
 //! - `jadd JOURNAL_BYTES QUOTA_CHANGE_BYTES FIRST_SEQUENCE` -> `ok JID`
 //!   ([`Fs::add_journal`]).
 //!
+//! An `ok` answer means the change is durable (in the log at least): a
+//! daemon killed after it comes back with the change made. A daemon killed
+//! before it comes back with the change made or not, never half made (see
+//! [`crate::grow`] and [`crate::jadd`]); the crash tests kill it amid the
+//! change through [`killpoint`].
+//!
 //! Requests are bounded (line length, number of lines) and parsed strictly.
 
+use crate::dev::killpoint;
 use crate::format::Rindex;
 use crate::fs::Fs;
 use crate::jadd::JournalSpec;
@@ -152,17 +159,19 @@ fn handle(fs: &Arc<Fs>, c: UnixStream) -> std::io::Result<()> {
                 }
             }
             tracing::info!(rgrps = new.len(), "control: grow");
-            fs.append_rgrps(&new)
+            killpoint::during_request(|| fs.append_rgrps(&new))
                 .map(|g| format!("ok {g}"))
                 .map_err(|e| e.to_string())
         }
         ["jadd", j, q, seq] => match (j.parse(), q.parse(), seq.parse()) {
             (Ok(journal_bytes), Ok(quota_change_bytes), Ok(first_sequence)) => {
                 tracing::info!(journal_bytes, "control: jadd");
-                fs.add_journal(&JournalSpec {
-                    journal_bytes,
-                    quota_change_bytes,
-                    first_sequence,
+                killpoint::during_request(|| {
+                    fs.add_journal(&JournalSpec {
+                        journal_bytes,
+                        quota_change_bytes,
+                        first_sequence,
+                    })
                 })
                 .map(|jid| format!("ok {jid}"))
                 .map_err(|e| e.to_string())

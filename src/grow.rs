@@ -17,7 +17,8 @@
 //! file by their space (the kernel's `adjust_fs_space`, which its rindex
 //! write path runs in the same transaction). The transaction is logged as a
 //! whole, so after a crash the journal replay gives either the old rindex
-//! and old totals or the new ones, never one without the other. The glocks
+//! and old totals or the new ones, never one without the other. The log is
+//! flushed before it returns, so a grow reported done survives a crash. The glocks
 //! are those of the rindex and statfs inodes, held exclusively, as the
 //! kernel's metafs write of the rindex holds them; other nodes (ours or the
 //! kernel's) drop their cached rindex when they lose the rindex glock and
@@ -121,6 +122,10 @@ impl Fs {
         })?;
         // The allocator may use the new resource groups from now on.
         self.install_rindex(all);
+        // Durable before the caller hears of it: `gfs2_grow` reports the
+        // filesystem grown (online, the daemon answers ok) only once the
+        // transaction is in the log.
+        self.sync()?;
         tracing::info!(
             rgrps = new.len(),
             blocks = gained,

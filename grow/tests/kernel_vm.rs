@@ -12,7 +12,14 @@
 //!   journal (`hostdata=jid=N`) and writes;
 //! - our tools given a kernel mount point hand over to gfs2-utils' (the
 //!   kernel's metafs is theirs);
+//! - an image grown and given a journal *online* (our tools on the host,
+//!   through a gfs2-fuse mount of it, with a file written before) is
+//!   mounted by the kernel, which reads that file back, writes more than
+//!   the old filesystem could hold, and mounts it on the new journal and
+//!   writes;
 //! - afterwards `fsck.gfs2 -n` finds every image clean.
+
+mod common;
 
 use gfs2_oracle::{edit_field, fsck_n, mkfs, sh, tool, Scratch, Vm};
 use std::path::Path;
@@ -167,6 +174,12 @@ fn kernel_and_gfs2_utils_agree() {
     std::fs::copy(&jtheirs, &kmount).expect("copy");
     disks.push(kmount.clone());
 
+    // vdh: grown from 100 to 300 MB and given journal 1 online, with a
+    // file written through the mount first.
+    let online = t.join("online.img");
+    let online_sum = grow_online(&t, &online);
+    disks.push(online.clone());
+
     // vda/vdb: 4k ours/theirs, vdc/vdd: 1k ours/theirs, vde/vdf: jadd.
     let mut script = String::new();
     for (i, (_, from, _)) in grows.iter().enumerate() {
@@ -202,6 +215,22 @@ fn kernel_and_gfs2_utils_agree() {
             &format!("hostdata=jid={jid}"),
         ));
     }
+    // The online-grown image: the file written before the change, then
+    // more than the old 100 MB; then on the new journal.
+    let check = format!("echo '{online_sum}  before' | sha256sum -c -");
+    script.push_str(&sh::workload(
+        &sh::dev(7),
+        "online-fill",
+        &format!(
+            "{check}\ndd if=/dev/zero of=big bs=1M count=116 2>&1 | tail -1\nls -l big\ndf -k /mnt"
+        ),
+    ));
+    script.push_str(&sh::workload_with(
+        &sh::dev(7),
+        "online-jid1",
+        &format!("{check}\ndd if=/dev/urandom of=on-jid1 bs=1k count=300 2>/dev/null\ngrep -q 'jid=1' /proc/mounts || dmesg | grep -i 'jid=1' | tail -2"),
+        "hostdata=jid=1",
+    ));
     script.push_str("dmesg | grep -i 'gfs2' | grep -i 'jid\\|journal\\|extended' | tail -20\n");
 
     let read = |p: &str| std::fs::read(p).unwrap_or_else(|e| panic!("{p}: {e}"));
@@ -243,7 +272,14 @@ fn kernel_and_gfs2_utils_agree() {
         "gfs2-utils' gfs2_grow:\n{c}"
     );
     assert!(c.contains("GFS2-JADD-RC 0"), "gfs2-utils' gfs2_jadd:\n{c}");
-    for tag in ["fill0", "fill1", "jid1", "jid2"] {
+    for tag in [
+        "fill0",
+        "fill1",
+        "jid1",
+        "jid2",
+        "online-fill",
+        "online-jid1",
+    ] {
         assert_eq!(r.workload_status(tag), Some(0), "workload {tag}:\n{c}");
     }
     for (i, _) in grows.iter().enumerate() {
@@ -300,4 +336,76 @@ fn kernel_and_gfs2_utils_agree() {
     assert_clean(&kmount);
     assert_clean(&jours);
     assert_clean(&jtheirs);
+    assert_clean(&online);
+}
+
+/// Make `img` (100 MB, one journal), mount it with gfs2-fuse, write a
+/// file, extend the image to 300 MB and run our gfs2_grow and gfs2_jadd
+/// (one 32 MB journal) on the mount point, unmount; returns the file's
+/// SHA-256.
+fn grow_online(t: &Scratch, img: &Path) -> String {
+    mkfs(img, 100, &["-p", "lock_nolock", "-j", "1"]).expect("mkfs");
+    let mnt = t.join("online-mnt");
+    std::fs::create_dir_all(&mnt).expect("mkdir");
+    let st = Command::new(common::daemon())
+        .arg("mount")
+        .arg(img)
+        .arg(&mnt)
+        .status()
+        .expect("gfs2-fuse mount");
+    assert!(st.success(), "gfs2-fuse mount");
+    let data: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i * 7 + i / 4096) as u8)
+        .collect();
+    std::fs::write(mnt.join("before"), &data).expect("write through the mount");
+    extend(img, 300);
+    // The daemon's control socket appears once it serves.
+    let t0 = std::time::Instant::now();
+    while gfs2fuse::runstate::control_socket_of(&mnt).is_none() {
+        assert!(t0.elapsed().as_secs() < 20, "no control socket");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let m = s(&mnt);
+    let grown = Command::new(GROW).arg(m).output().expect("gfs2_grow");
+    let jadd = Command::new(JADD)
+        .args(["-J", "32", m])
+        .output()
+        .expect("gfs2_jadd");
+    let st = Command::new(common::daemon())
+        .arg("umount")
+        .arg(&mnt)
+        .status()
+        .expect("gfs2-fuse umount");
+    for (o, what) in [(&grown, "gfs2_grow"), (&jadd, "gfs2_jadd")] {
+        assert!(
+            o.status.success(),
+            "online {what}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let out = String::from_utf8_lossy(&grown.stdout);
+    assert!(out.contains("The file system will grow by 200MB."), "{out}");
+    assert!(
+        String::from_utf8_lossy(&jadd.stdout).contains("New journals: 2"),
+        "{}",
+        String::from_utf8_lossy(&jadd.stdout)
+    );
+    assert!(st.success(), "gfs2-fuse umount: not clean");
+    assert_clean(img);
+    let sum = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().expect("stdin").write_all(&data)?;
+            c.wait_with_output()
+        })
+        .expect("sha256sum");
+    String::from_utf8_lossy(&sum.stdout)
+        .split_whitespace()
+        .next()
+        .expect("sha256sum output")
+        .to_string()
 }

@@ -8,9 +8,10 @@
 //! `gfs2_grow::killpoint`) and require a filesystem that fsck accepts or
 //! repairs with every earlier file intact.
 
-use gfs2_oracle::{edit_field, fsck_n, mkfs, Scratch};
-use gfs2fuse::dev::spec;
-use gfs2fuse::fs::{Fs, MountOptions};
+mod common;
+
+use common::{after_crash, assert_clean, mount, points, s, seed};
+use gfs2_oracle::{edit_field, mkfs, Scratch};
 use std::path::Path;
 use std::process::Command;
 
@@ -41,46 +42,12 @@ fn run(bin: &str, args: &[&str]) -> Out {
     run_env(bin, args, &[])
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
 fn extend(img: &Path, mb: u64) {
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(img)
         .expect("open image");
     f.set_len(mb << 20).expect("extend image");
-}
-
-fn assert_clean(img: &Path, what: &str) {
-    let f = fsck_n(img).expect("fsck.gfs2 -n");
-    assert_eq!(f.code, 0, "{what}: fsck.gfs2 -n not clean:\n{}", f.output);
-}
-
-fn mount(img: &Path, jid: Option<u32>) -> std::sync::Arc<Fs> {
-    // Another test thread forking a tool may hold a copy of the descriptor
-    // our previous mount's claim was on, for the instant between its fork
-    // and exec: a claim refused then is tried again shortly.
-    let mut tries = 0;
-    loop {
-        let dev = spec::open(s(img), false).expect("open image");
-        match Fs::mount(
-            dev,
-            MountOptions {
-                lockproto: Some("lock_nolock".into()),
-                jid,
-                ..MountOptions::default()
-            },
-        ) {
-            Ok(fs) => return fs,
-            Err(e) if tries < 50 && e.to_string().contains("is in use") => {
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err(e) => panic!("library mount of {}: {e}", img.display()),
-        }
-    }
 }
 
 /// Deterministic file contents.
@@ -469,18 +436,7 @@ fn kill_points(bin: &str, args: &[&str], prepare: &dyn Fn(&Path), done: &dyn Fn(
         .expect("write count");
     assert!(total >= 3, "only {total} writes");
     // 10 points: the first writes, the last ones, and some in between.
-    let mut x = seed | 1;
-    let mut points: Vec<u64> = vec![1, 2, total - 1, total];
-    while points.len() < 10.min(total as usize) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let p = 1 + x % total;
-        if !points.contains(&p) {
-            points.push(p);
-        }
-    }
-    for n in points {
+    for n in points(total, 10, seed) {
         std::fs::copy(&base, &img).expect("copy");
         let o = run_env(
             bin,
@@ -489,33 +445,7 @@ fn kill_points(bin: &str, args: &[&str], prepare: &dyn Fn(&Path), done: &dyn Fn(
         );
         let what = format!("{bin} killed at write {n} of {total} (seed {seed})");
         assert!(o.code == -9 || n == total, "{what}: exit {}", o.code);
-        // As it stands: fsck -n does not replay the journal, so while the
-        // killed run's journal is dirty the blocks in place may be a
-        // checkpoint's half; anything it finds must come with that.
-        let f = fsck_n(&img).expect("fsck -n");
-        assert!(
-            f.code == 0 || f.output.contains("is dirty"),
-            "{what}: fsck.gfs2 -n with a clean journal:\n{}",
-            f.output
-        );
-        // ...with the journal replayed as the next mount replays it...
-        let replayed = t.join("replayed.img");
-        std::fs::copy(&img, &replayed).expect("copy");
-        mount(&replayed, None).unmount().expect("unmount");
-        assert_clean(&replayed, &format!("{what}, replayed by a mount"));
-        check_files(&replayed, &format!("{what}, replayed by a mount"));
-        // ...and repaired by gfs2-utils' fsck.gfs2 -y, which replays it too.
-        std::fs::copy(&img, &replayed).expect("copy");
-        let passes = repair(&replayed, &what);
-        if passes > 1 {
-            eprintln!("{what}: fsck.gfs2 -y needed {passes} passes");
-        }
-        check_files(&replayed, &format!("{what}, repaired by fsck.gfs2 -y"));
-        // ...and by ours, in one pass.
-        std::fs::copy(&img, &replayed).expect("copy");
-        our_repair(&replayed, &what);
-        check_files(&replayed, &format!("{what}, repaired by our fsck -y"));
-        std::fs::remove_file(&replayed).expect("remove");
+        after_crash(&img, t.path(), &what, &check_files);
         // Finish the job.
         let o = run(bin, &a);
         assert!(
@@ -528,64 +458,6 @@ fn kill_points(bin: &str, args: &[&str], prepare: &dyn Fn(&Path), done: &dyn Fn(
         done(&img);
         check_files(&img, &what);
     }
-}
-
-/// Our fsck -y, once: it replays the journal before it reads the rindex
-/// (which the tool's last transaction may extend), so one pass leaves the
-/// image clean for gfs2-utils' fsck.gfs2 -n.
-fn our_repair(img: &Path, what: &str) {
-    use gfs2_fsck::cli::{Mode, Options};
-    let o = Options {
-        mode: Mode::Yes,
-        force: false,
-        verbosity: -1,
-        device: s(img).to_string(),
-    };
-    let mut f = gfs2_fsck::check::Fsck::open(&o)
-        .unwrap_or_else(|e| panic!("{what}: our fsck -y cannot open: {}", e.0));
-    f.run()
-        .unwrap_or_else(|e| panic!("{what}: our fsck -y: {}", e.0));
-    assert_clean(img, &format!("{what}, after our fsck -y"));
-}
-
-/// fsck.gfs2 -y (which replays dirty journals first) until it finds
-/// nothing more (at most 3 passes), then -n must be clean; returns the
-/// passes it took. gfs2-utils 3.5 reads the system directories before it
-/// replays the journal, so a replayed entry in the master directory (the
-/// tool's `new_inode`) or a replayed rindex entry looks wrong to its first
-/// pass, which "repairs" it (lost+found, rindex from rgrp headers) and
-/// leaves the last touches (a link count, the statfs file) to a second.
-fn repair(img: &Path, what: &str) -> u32 {
-    for pass in 1..=3 {
-        let y = Command::new("fsck.gfs2")
-            .args(["-y"])
-            .arg(img)
-            .output()
-            .expect("fsck.gfs2 -y");
-        match y.status.code() {
-            Some(0) => {
-                assert_clean(img, &format!("{what}, after fsck.gfs2 -y"));
-                return pass;
-            }
-            Some(1) => {}
-            c => panic!(
-                "{what}: fsck.gfs2 -y exit {c:?}:\n{}",
-                String::from_utf8_lossy(&y.stdout)
-            ),
-        }
-    }
-    panic!("{what}: fsck.gfs2 -y still finds problems after 3 passes");
-}
-
-fn seed() -> u64 {
-    std::env::var("GFS2_TEST_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        })
 }
 
 #[test]

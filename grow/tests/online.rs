@@ -6,34 +6,18 @@
 //! `fsck.gfs2 -n` is clean and gfs2-utils lists the new journal. The
 //! device path of the mounted filesystem is refused (it is claimed).
 
+mod common;
+
+use common::daemon;
 use gfs2_oracle::{fsck_n, mkfs, Scratch};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 const GROW: &str = env!("CARGO_BIN_EXE_gfs2_grow");
 const JADD: &str = env!("CARGO_BIN_EXE_gfs2_jadd");
-
-/// The `gfs2-fuse` binary of this target directory, built if missing.
-fn daemon() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
-    let bin = dir.join("gfs2-fuse");
-    if !bin.exists() {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "-p", "gfs2-fuse", "--bin", "gfs2-fuse"])
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .status()
-            .expect("cargo build gfs2-fuse");
-        assert!(st.success(), "building gfs2-fuse failed");
-    }
-    bin
-}
 
 fn content(i: usize) -> Vec<u8> {
     let mut v = vec![0u8; 1 << 20];

@@ -10,6 +10,7 @@ pub mod aoe;
 pub mod claim;
 pub mod file;
 pub mod iscsi;
+pub mod killpoint;
 pub mod mountinfo;
 pub mod nbd;
 mod rangelock;
