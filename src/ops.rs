@@ -795,12 +795,7 @@ impl Fs {
             if l == StatfsChange::default() {
                 return Ok(());
             }
-            let b = tx.get_mut(glock(master), master, mt::DI)?;
-            let mut m = StatfsChange::parse(&b[DINODE_SIZE..])?;
-            m.total += l.total;
-            m.free += l.free;
-            m.dinodes += l.dinodes;
-            m.write(&mut b[DINODE_SIZE..])?;
+            add_to_master(tx, master, &l)?;
             tx.statfs = crate::log::trans::StatfsDelta {
                 total: -l.total,
                 free: -l.free,
@@ -828,12 +823,7 @@ impl Fs {
             if l == StatfsChange::default() {
                 return Ok(());
             }
-            let b = tx.get_mut(glock(master), master, mt::DI)?;
-            let mut m = StatfsChange::parse(&b[DINODE_SIZE..])?;
-            m.total += l.total;
-            m.free += l.free;
-            m.dinodes += l.dinodes;
-            m.write(&mut b[DINODE_SIZE..])?;
+            add_to_master(tx, master, &l)?;
             l = StatfsChange::default();
             let b = tx.get_mut(glock(local), local, mt::DI)?;
             l.write(&mut b[DINODE_SIZE..])?;
@@ -1883,4 +1873,16 @@ impl Fs {
         }
         Ok(freed)
     }
+}
+
+/// Add the local statfs changes `l` to the master statfs file's counts in
+/// `tx` (both folds: ours and a dead node's).
+fn add_to_master(tx: &mut Txn<'_>, master: u64, l: &StatfsChange) -> Result<()> {
+    let b = tx.get_mut(glock(master), master, mt::DI)?;
+    let mut m = StatfsChange::parse(&b[DINODE_SIZE..])?;
+    m.total += l.total;
+    m.free += l.free;
+    m.dinodes += l.dinodes;
+    m.write(&mut b[DINODE_SIZE..])?;
+    Ok(())
 }

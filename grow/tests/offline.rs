@@ -50,19 +50,6 @@ fn extend(img: &Path, mb: u64) {
     f.set_len(mb << 20).expect("extend image");
 }
 
-/// Deterministic file contents.
-fn content(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 const FILES: [(&str, usize); 4] = [("a", 100), ("b", 5000), ("c", 300_000), ("d", 1)];
 
 /// Write the test files through our library.
@@ -73,7 +60,8 @@ fn write_files(img: &Path) {
         let a = fs
             .mknod(root, name.as_bytes(), 0o100644, 0, 0, 0, 0, None)
             .expect("create");
-        fs.write(a.ino, 0, &content(i as u64, *len)).expect("write");
+        fs.write(a.ino, 0, &common::content(i as u64, *len))
+            .expect("write");
     }
     fs.unmount().expect("unmount");
 }
@@ -87,7 +75,7 @@ fn check_files(img: &Path, what: &str) {
             .unwrap_or_else(|e| panic!("{what}: file {name} lost: {e}"));
         let got = fs.read(a.ino, 0, len + 10).expect("read");
         assert!(
-            got == content(i as u64, *len),
+            got == common::content(i as u64, *len),
             "{what}: file {name} changed"
         );
     }
@@ -317,7 +305,8 @@ fn jadd_matrix() {
             let a = fs
                 .mknod(fs.root(), b"on-new-journal", 0o100644, 0, 0, 0, 0, None)
                 .expect("create on the new journal");
-            fs.write(a.ino, 0, &content(99, 70_000)).expect("write");
+            fs.write(a.ino, 0, &common::content(99, 70_000))
+                .expect("write");
             fs.unmount().expect("unmount");
             assert_clean(&img, &format!("{what}, after a mount on journal {n}"));
             check_files(&img, &what);

@@ -30,19 +30,6 @@ const JADD: &str = env!("CARGO_BIN_EXE_gfs2_jadd");
 const KILL_AFTER: &str = gfs2fuse::dev::killpoint::DAEMON_KILL_AFTER;
 const COUNT: &str = gfs2fuse::dev::killpoint::DAEMON_COUNT;
 
-/// Deterministic file contents.
-fn content(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Written through the FUSE mount before the tool runs: the first set
 /// when the base image is made (then unmounted), the second by the daemon
 /// that is then killed, each file fsync'd.
@@ -60,7 +47,7 @@ fn all_files() -> impl Iterator<Item = (usize, &'static str, usize)> {
 fn write_files(mnt: &Path, files: &[(&str, usize)], first: usize) {
     for (k, (name, len)) in files.iter().enumerate() {
         let mut f = std::fs::File::create(mnt.join(name)).expect("create");
-        f.write_all(&content((first + k) as u64, *len))
+        f.write_all(&common::content((first + k) as u64, *len))
             .expect("write");
         f.sync_all().expect("fsync");
     }
@@ -77,7 +64,10 @@ fn check_files(img: &Path, what: &str) {
             .lookup(fs.root(), name.as_bytes())
             .unwrap_or_else(|e| panic!("{what}: file {name} lost: {e}"));
         let got = fs.read(a.ino, 0, len + 10).expect("read");
-        assert!(got == content(i as u64, len), "{what}: file {name} changed");
+        assert!(
+            got == common::content(i as u64, len),
+            "{what}: file {name} changed"
+        );
     }
     fs.unmount().expect("unmount");
 }
@@ -355,7 +345,10 @@ fn kill_points(
         for (i, name, len) in all_files() {
             let got = std::fs::read(mnt.join(name))
                 .unwrap_or_else(|e| panic!("{what}: {name} through the new mount: {e}"));
-            assert!(got == content(i as u64, len), "{what}: {name} changed");
+            assert!(
+                got == common::content(i as u64, len),
+                "{what}: {name} changed"
+            );
         }
         let (code, out) = run(tool, args, &mnt);
         assert!(
@@ -425,7 +418,8 @@ fn kill9_online_jadd() {
                 None,
             )
             .unwrap_or_else(|e| panic!("{what}: create on journal {}: {e}", n - 1));
-        fs.write(a.ino, 0, &content(99, 70_000)).expect("write");
+        fs.write(a.ino, 0, &common::content(99, 70_000))
+            .expect("write");
         fs.unmount().expect("unmount on the newest journal");
         assert_clean(img, &format!("{what}, after a mount on journal {}", n - 1));
     };
