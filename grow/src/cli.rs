@@ -20,6 +20,18 @@ pub struct Exit {
     pub code: u8,
 }
 
+impl Exit {
+    /// Print both parts (stdout first, flushed, as gfs2-utils' tools leave
+    /// them) and give the exit status.
+    pub fn report(&self) -> std::process::ExitCode {
+        use std::io::Write;
+        print!("{}", self.stdout);
+        let _ = std::io::stdout().flush();
+        eprint!("{}", self.stderr);
+        std::process::ExitCode::from(self.code)
+    }
+}
+
 fn options_table(rows: &[(&str, Option<&str>, &str)]) -> String {
     rows.iter()
         .map(|(o, p, d)| format!("{o:>3} {:<15} {d}\n", p.unwrap_or("")))

@@ -155,12 +155,7 @@ fn main() -> ExitCode {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let o = match parse_grow(&argv) {
         Ok(o) => o,
-        Err(x) => {
-            print!("{}", x.stdout);
-            let _ = std::io::stdout().flush();
-            eprint!("{}", x.stderr);
-            return ExitCode::from(x.code);
-        }
+        Err(x) => return x.report(),
     };
     // The kernel's mounts are gfs2-utils' business.
     if o.devices.iter().any(|d| online::kernel_mount(d)) {
