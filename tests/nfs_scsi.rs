@@ -11,8 +11,7 @@
 
 mod common;
 
-use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn sha256(p: &std::path::Path) -> String {
@@ -83,35 +82,16 @@ fn pnfs_scsi_layout() {
     let m1 = common::mountpoint("pnfs-scsi1");
     let port = common::free_port();
     let log = std::env::temp_dir().join(format!("gfs2-pnfs-scsi-{}.log", std::process::id()));
-    let child = Command::new(common::gfs2_fuse())
-        .arg("mount")
-        .arg(&url)
-        .arg(&m0.0)
-        .arg(&m1.0)
-        .args([
-            "-f",
-            "-o",
-            &format!("lockproto=lock_mem,nfsd=127.0.0.1:{port},pnfs_lease={LEASE}"),
-        ])
-        .env("RUST_LOG", "gfs2fuse::pnfs=debug,info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let child = common::start_nfsd_pair(
+        url.as_ref(),
+        &m0.0,
+        &m1.0,
+        port,
+        LEASE,
+        "gfs2fuse::pnfs=debug,info",
+        &log,
+    );
     let daemon_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    let t0 = Instant::now();
-    while !common::is_mounted(&m0.0)
-        || !common::is_mounted(&m1.0)
-        || TcpStream::connect(("127.0.0.1", port)).is_err()
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "daemon not up:\n{}",
-            daemon_log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let guards = [
         common::MountGuard(m0.0.clone()),
         common::MountGuard(m1.0.clone()),

@@ -505,3 +505,48 @@ pub fn assert_blocks_in_image(
         );
     }
 }
+
+/// A `gfs2-fuse` daemon serving `source` on two `lock_mem` nodes at `m0`
+/// and `m1`, with its NFSv4.1 server on 127.0.0.1:`port` (pNFS lease
+/// `lease` seconds) and its stderr in `log` under `RUST_LOG=rust_log`;
+/// returned once both mounts and the port answer (a daemon not up within
+/// 30 s fails the test with its log).
+pub fn start_nfsd_pair(
+    source: &std::ffi::OsStr,
+    m0: &Path,
+    m1: &Path,
+    port: u16,
+    lease: u64,
+    rust_log: &str,
+    log: &Path,
+) -> std::process::Child {
+    let child = Command::new(gfs2_fuse())
+        .arg("mount")
+        .arg(source)
+        .arg(m0)
+        .arg(m1)
+        .args([
+            "-f",
+            "-o",
+            &format!("lockproto=lock_mem,nfsd=127.0.0.1:{port},pnfs_lease={lease}"),
+        ])
+        .env("RUST_LOG", rust_log)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !is_mounted(m0)
+        || !is_mounted(m1)
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+    {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(30),
+            "daemon not up:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child
+}
