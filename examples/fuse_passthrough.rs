@@ -349,6 +349,41 @@ impl fuser::Filesystem for Passthrough {
         reply.ok()
     }
 
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        let p = tryr!(reply, self.child(parent, link_name));
+        tryr!(reply, std::os::unix::fs::symlink(target, &p).map_err(err));
+        let a = tryr!(reply, self.remember(p));
+        reply.entry(&TTL, &a, Generation(0))
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let p = tryr!(reply, self.path(ino));
+        let t = tryr!(reply, std::fs::read_link(p).map_err(err));
+        reply.data(std::os::unix::ffi::OsStrExt::as_bytes(t.as_os_str()))
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let from = tryr!(reply, self.path(ino));
+        let to = tryr!(reply, self.child(newparent, newname));
+        tryr!(reply, std::fs::hard_link(&from, &to).map_err(err));
+        let a = tryr!(reply, self.remember(to));
+        reply.entry(&TTL, &a, Generation(0))
+    }
+
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let p = tryr!(reply, self.path(ino));
         let f = tryr!(reply, Self::open_options(flags.0).open(p).map_err(err));
