@@ -30,8 +30,7 @@ pub fn locate(rindex: &[Rindex], blk: u64) -> Option<usize> {
 }
 
 fn header(tx: &mut Txn<'_>, ri: &Rindex) -> Result<Rgrp> {
-    let b = tx.get(glock(ri), ri.addr, mt::RG)?;
-    Ok(Rgrp::parse(&b)?)
+    Ok(Rgrp::parse(tx.view(glock(ri), ri.addr, mt::RG)?)?)
 }
 
 fn put_header(tx: &mut Txn<'_>, ri: &Rindex, rg: &Rgrp) -> Result<()> {
@@ -56,7 +55,7 @@ pub fn state(tx: &mut Txn<'_>, rindex: &[Rindex], blk: u64) -> Result<BlockState
     let ri =
         &rindex[locate(rindex, blk).ok_or_else(|| FsError::corrupt(blk, "not in any rgrp"))?];
     let (bblk, mty, off, shift) = bit_at(tx.bsize(), ri, blk - ri.data0)?;
-    let b = tx.get(glock(ri), bblk, mty)?;
+    let b = tx.view(glock(ri), bblk, mty)?;
     let byte = *b
         .get(off)
         .ok_or_else(|| FsError::corrupt(bblk, "bitmap offset"))?;
@@ -105,7 +104,7 @@ fn find_free(
             let end = (base_idx + span).min(hi);
             let (bblk, mty, _, _) = bit_at(bsize, ri, idx)?;
             let _ = bb;
-            let bytes = tx.get(glock(ri), bblk, mty)?;
+            let bytes = tx.view(glock(ri), bblk, mty)?;
             let hdr = if bblk == ri.addr {
                 Rgrp::SIZE
             } else {
@@ -154,6 +153,61 @@ pub fn alloc(
     goal: u64,
     st: BlockState,
 ) -> Result<(u64, u64)> {
+    alloc_run(tx, rindex, busy, goal, st, 1).map(|(blk, _, generation)| (blk, generation))
+}
+
+/// Allocate up to `max` consecutive data blocks near `goal` as one
+/// extent, as the kernel's reservations hand a writer a multi-block run:
+/// one bitmap edit and one header update for the whole run instead of one
+/// allocation per block. Returns `(first block, blocks)`; the run is the
+/// free blocks following the first free one found, within its bitmap
+/// block, so it may be shorter than asked (at least 1).
+pub fn alloc_extent(
+    tx: &mut Txn<'_>,
+    rindex: &[Rindex],
+    busy: &Mutex<HashSet<u64>>,
+    goal: u64,
+    max: u64,
+) -> Result<(u64, u64)> {
+    alloc_run(tx, rindex, busy, goal, BlockState::Used, max).map(|(blk, n, _)| (blk, n))
+}
+
+/// How many blocks from `blk` (free, found by [`find_free`]) on are free,
+/// not busy and mapped by the same bitmap block, up to `max`.
+fn free_run(
+    tx: &mut Txn<'_>,
+    ri: &Rindex,
+    blk: u64,
+    max: u64,
+    busy: &Mutex<HashSet<u64>>,
+) -> Result<u64> {
+    let bsize = tx.bsize();
+    let idx0 = blk - ri.data0;
+    let (bblk, mty, _, _) = bit_at(bsize, ri, idx0)?;
+    let busy = busy.lock().unwrap_or_else(|e| e.into_inner());
+    let bytes = tx.view(glock(ri), bblk, mty)?;
+    let mut n = 1;
+    while n < max && idx0 + n < u64::from(ri.data) {
+        let (bb, _, off, shift) = bit_at(bsize, ri, idx0 + n)?;
+        let byte = bytes.get(off).copied().unwrap_or(0xff);
+        if bb != bblk || (byte >> shift) & 3 != 0 || busy.contains(&(blk + n)) {
+            break;
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// [`alloc`] of up to `max` blocks in state `st` (more than one only for
+/// data blocks): `(first block, blocks, generation)`.
+fn alloc_run(
+    tx: &mut Txn<'_>,
+    rindex: &[Rindex],
+    busy: &Mutex<HashSet<u64>>,
+    goal: u64,
+    st: BlockState,
+    max: u64,
+) -> Result<(u64, u64, u64)> {
     let n = rindex.len();
     let start = locate(rindex, goal).unwrap_or(0);
     let mut held_elsewhere = None;
@@ -176,9 +230,16 @@ pub fn alloc(
         let Some(blk) = find_free(tx, ri, from, busy)? else {
             continue;
         };
-        set_bits(tx, ri, blk, st)?;
-        rg.free -= 1;
-        tx.statfs.free -= 1;
+        let run = if max > 1 && st == BlockState::Used {
+            free_run(tx, ri, blk, max, busy)?.min(u64::from(rg.free))
+        } else {
+            1
+        };
+        for b in blk..blk + run {
+            set_bits(tx, ri, b, st)?;
+        }
+        rg.free -= run as u32;
+        tx.statfs.free -= run as i64;
         let mut generation = 0;
         if st == BlockState::Dinode {
             rg.dinodes += 1;
@@ -191,7 +252,7 @@ pub fn alloc(
             }
         }
         put_header(tx, ri, &rg)?;
-        return Ok((blk, generation));
+        return Ok((blk, run, generation));
     }
     match held_elsewhere {
         Some(gl) => Err(FsError::NeedGlock(gl, Mode::EX)),
