@@ -298,14 +298,16 @@ fn random_operations_agree_with_the_kernel() {
 /// that are part mapped, part holes, across the dinode's and the indirect
 /// blocks' pointer boundaries (483 and 509 pointers at 4 KiB), into a
 /// sparse file three levels tall, and two files growing in turns (runs that
-/// stop where the other file's blocks begin). gfs2-utils' `fsck.gfs2 -n`
-/// checks every bitmap bit, block count and pointer; a remount reads every
-/// byte back.
+/// stop where the other file's blocks begin); then a truncate and a delete
+/// give runs back (`rgrp::free_run`). gfs2-utils' `fsck.gfs2 -n` checks
+/// every bitmap bit, block count and pointer; a remount reads every byte
+/// back.
 #[test]
 fn block_runs_over_holes_and_pointer_blocks() {
     use std::os::unix::fs::FileExt;
     const B: u64 = 4096;
     let img = mkfs(4096, 1, 512, "runs");
+    const CUT: u64 = (1 << 20) + 100;
     let mut rng = Rng(0x5eed_0018);
     // (name, offset, data) in the order written; later writes win.
     let mut writes: Vec<(&str, u64, Vec<u8>)> = Vec::new();
@@ -339,6 +341,14 @@ fn block_runs_over_holes_and_pointer_blocks() {
             f.write_all_at(data, *off).unwrap();
             f.sync_all().unwrap();
         }
+        // Runs given back: a truncate into the middle of a block, a delete.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(m.join("mixed"))
+            .unwrap();
+        f.set_len(CUT).unwrap();
+        f.sync_all().unwrap();
+        std::fs::remove_file(m.join("turn_a")).unwrap();
     });
     fsck_clean(&img.0, "block runs");
     // What the small files must hold: the writes replayed in memory.
@@ -351,7 +361,12 @@ fn block_runs_over_holes_and_pointer_blocks() {
         }
         v[*off as usize..end].copy_from_slice(data);
     }
+    want.remove("turn_a");
+    if let Some(v) = want.get_mut("mixed") {
+        v.truncate(CUT as usize);
+    }
     with_mount(&img.0, "", "runs2", |m| {
+        assert!(!m.join("turn_a").exists(), "turn_a was deleted");
         for (name, v) in &want {
             let got = std::fs::read(m.join(name)).unwrap();
             assert_eq!(got.len(), v.len(), "{name}: size");

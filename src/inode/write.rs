@@ -433,6 +433,8 @@ pub fn free_range(tx: &mut Txn<'_>, al: Alloc<'_>, ino: u64, first: u64, end: u6
         let s = span(level);
         let mut all_empty = true;
         let mut changes = Vec::new();
+        // Data blocks go back to the bitmaps a disk-contiguous run at a time.
+        let mut run: Option<(u64, u64)> = None;
         for i in 0..n {
             let off = hdr + i * 8;
             let p = get_ptr(&b, off);
@@ -446,7 +448,16 @@ pub fn free_range(tx: &mut Txn<'_>, al: Alloc<'_>, ino: u64, first: u64, end: u6
                 continue;
             }
             if level + 1 == height {
-                rgrp::free(tx, al.rindex, p)?;
+                run = match run {
+                    Some((start, len)) if start.checked_add(len) == Some(p) => {
+                        Some((start, len + 1))
+                    }
+                    Some((start, len)) => {
+                        rgrp::free_run(tx, al.rindex, start, len)?;
+                        Some((p, 1))
+                    }
+                    None => Some((p, 1)),
+                };
                 *freed += 1;
                 changes.push(off);
             } else {
@@ -471,6 +482,9 @@ pub fn free_range(tx: &mut Txn<'_>, al: Alloc<'_>, ino: u64, first: u64, end: u6
                     all_empty = false;
                 }
             }
+        }
+        if let Some((start, len)) = run {
+            rgrp::free_run(tx, al.rindex, start, len)?;
         }
         if !changes.is_empty() {
             let wb = tx.get_mut(glock(ino), blk, mty)?;
