@@ -73,6 +73,25 @@ fn set_bits(tx: &mut Txn<'_>, ri: &Rindex, blk: u64, st: BlockState) -> Result<B
     Ok(old)
 }
 
+/// [`set_bits`] for `n` blocks from `blk`, all mapped by one bitmap block
+/// (as [`free_len`] finds them): one lookup of that block for the run.
+fn set_run_bits(tx: &mut Txn<'_>, ri: &Rindex, blk: u64, n: u64, st: BlockState) -> Result<()> {
+    let bsize = tx.bsize();
+    let (bblk, mty, _, _) = bit_at(bsize, ri, blk - ri.data0)?;
+    let bits = tx.get_mut(glock(ri), bblk, mty)?;
+    for b in blk..blk + n {
+        let (bb, _, off, shift) = bit_at(bsize, ri, b - ri.data0)?;
+        if bb != bblk {
+            return Err(FsError::corrupt(bblk, "block run across bitmap blocks"));
+        }
+        let byte = bits
+            .get_mut(off)
+            .ok_or_else(|| FsError::corrupt(bblk, "bitmap offset"))?;
+        *byte = (*byte & !(3 << shift)) | ((st as u8) << shift);
+    }
+    Ok(())
+}
+
 /// Whether a bitmap byte maps at least one free block.
 fn has_free(b: u8) -> bool {
     ((b & 0x55) | ((b >> 1) & 0x55)) != 0x55
@@ -235,8 +254,10 @@ fn alloc_run(
         } else {
             1
         };
-        for b in blk..blk + run {
-            set_bits(tx, ri, b, st)?;
+        if run == 1 {
+            set_bits(tx, ri, blk, st)?;
+        } else {
+            set_run_bits(tx, ri, blk, run, st)?;
         }
         rg.free -= run as u32;
         tx.statfs.free -= run as i64;
