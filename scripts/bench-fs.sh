@@ -5,7 +5,9 @@
 # one run; prints times (the best of ROUNDS rounds, the sides taken in alternating order) and the
 # ratios fuse2fs/ours (above 1.00: ours is faster) and passthrough/ours (ours as a fraction of the
 # FUSE anchor: 1.00 = as fast as FUSE allows).
-#   [ROUNDS=3] [OPS="randread randwrite ..."] scripts/bench-fs.sh [WORKDIR] [SIZE_MB_FOR_SEQUENTIAL]
+#   [ROUNDS=3] [OPS="randread randwrite ..."] [BASE_BIN=path/to/gfs2-fuse] scripts/bench-fs.sh [WORKDIR] [SIZE_MB_FOR_SEQUENTIAL]
+# BASE_BIN adds a fifth side: another gfs2-fuse build (e.g. main's release binary) on an image of
+# its own, timed in the same rounds, with the ratio base/ours (above 1.00: this build is faster).
 # OPS picks workloads (default all, in the order below; stat and unlink need create, the reads
 # need seqwrite); without list or relist the 100,000-entry directory is not made.
 # Workloads: untar of /usr/include with fsync, sequential write with fsync at the end, sequential
@@ -29,10 +31,16 @@ done
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 size_mb=$((seq_mb * 3 + 2048))
 sides="gfs2 ext4 pass plain"
-mkdir -p "$work"/{gfs2,ext4,pass,passback,plain}
+base_bin=${BASE_BIN:-}
+if [ -n "$base_bin" ]; then
+    [ -x "$base_bin" ] || { echo "bench-fs: BASE_BIN $base_bin is not an executable" >&2; exit 1; }
+    sides="gfs2 base ext4 pass plain"
+fi
+mkdir -p "$work"/{gfs2,base,ext4,pass,passback,plain}
 pass_pid=
 cleanup() {
     fusermount3 -u "$work/gfs2" 2>/dev/null || true
+    fusermount3 -u "$work/base" 2>/dev/null || true
     fusermount3 -u "$work/ext4" 2>/dev/null || true
     fusermount3 -u "$work/pass" 2>/dev/null || true
     [ -n "$pass_pid" ] && wait "$pass_pid" 2>/dev/null || true
@@ -42,10 +50,12 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 truncate -s ${size_mb}M "$work/gfs2.img" "$work/ext4.img"
 "$bin/mkfs-gfs2" -O -q -p lock_nolock -j 1 "$work/gfs2.img" >/dev/null
+if [ -n "$base_bin" ]; then cp --sparse=always "$work/gfs2.img" "$work/base.img"; fi
 mkfs.ext4 -q -F "$work/ext4.img"
 
 mount_all() {
     "$bin/gfs2-fuse" mount "$work/gfs2.img" "$work/gfs2"
+    if [ -n "$base_bin" ]; then "$base_bin" mount "$work/base.img" "$work/base"; fi
     fuse2fs "$work/ext4.img" "$work/ext4" -o fakeroot >/dev/null 2>&1
     "$bin/examples/fuse_passthrough" "$work/passback" "$work/pass" &
     pass_pid=$!
@@ -55,6 +65,7 @@ mount_all() {
 }
 umount_all() {
     fusermount3 -u "$work/gfs2"; fusermount3 -u "$work/ext4"; fusermount3 -u "$work/pass"
+    if [ -n "$base_bin" ]; then fusermount3 -u "$work/base"; fi
     wait "$pass_pid" || true
     pass_pid=
     sleep 0.5
@@ -66,6 +77,7 @@ drop() { sync; [ -w /proc/sys/vm/drop_caches ] && echo 3 > /proc/sys/vm/drop_cac
 fresh() {
     umount_all; drop
     cat "$work/gfs2.img" "$work/ext4.img" > /dev/null
+    if [ -n "$base_bin" ]; then cat "$work/base.img" > /dev/null; fi
     find "$work/passback" "$work/plain" -size +1M -type f -exec cat {} + > /dev/null
     find "$work/passback" "$work/plain" > /dev/null
     mount_all
@@ -211,10 +223,14 @@ case " $ops " in *" list "*|*" relist "*)
 esac
 
 ratio() { echo "$1 $2" | awk '{ if ($2 > 0) printf "%.2f", $1 / $2; else print "n/a" }'; }
-printf '%-10s %10s %10s %11s %10s %13s %10s\n' workload gfs2-fuse fuse2fs passthrough plain fuse2fs/ours pass/ours
+printf '%-10s %10s %10s %11s %10s %13s %10s' workload gfs2-fuse fuse2fs passthrough plain fuse2fs/ours pass/ours
+if [ -n "$base_bin" ]; then printf ' %10s %10s' base base/ours; fi
+echo
 for op in $ops; do
     g=${T[$op,gfs2]}; e=${T[$op,ext4]}; p=${T[$op,pass]}; d=${T[$op,plain]}
-    printf '%-10s %9ss %9ss %10ss %9ss %13s %10s\n' "$op" "$g" "$e" "$p" "$d" "$(ratio "$e" "$g")" "$(ratio "$p" "$g")"
+    printf '%-10s %9ss %9ss %10ss %9ss %13s %10s' "$op" "$g" "$e" "$p" "$d" "$(ratio "$e" "$g")" "$(ratio "$p" "$g")"
+    if [ -n "$base_bin" ]; then b=${T[$op,base]}; printf ' %9ss %10s' "$b" "$(ratio "$b" "$g")"; fi
+    echo
 done
 echo "(untar: /usr/include, $(tar -tf "$work/src.tar" | wc -l) entries; sequential size ${seq_mb} MiB; random I/O: 4000 x 4 KiB; metadata: 10,000 files; list: 100,000 entries;"
 echo " best of $rounds rounds, sides in alternating order; reads and the first list start from freshly mounted filesystems on page-cache-warm storage;"

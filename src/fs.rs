@@ -1003,15 +1003,32 @@ impl Fs {
 
     /// Read file data.
     pub fn read(&self, ino: u64, offset: u64, size: usize) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        let n = self.read_into(ino, offset, size, &mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// Read file data into the front of `buf`, grown as needed but never
+    /// shrunk or cleared: a caller that keeps one buffer per thread (the
+    /// FUSE read path) allocates and zeroes it once, not per request.
+    /// Returns how many bytes of `buf` are the data.
+    pub fn read_into(
+        &self,
+        ino: u64,
+        offset: u64,
+        size: usize,
+        buf: &mut Vec<u8>,
+    ) -> Result<usize> {
         self.with_inode(ino, |m, ip| {
             if ip.is_dir() {
                 return Err(FsError::Errno(libc::EISDIR));
             }
             let size = size.min(ip.di.size.saturating_sub(offset) as usize);
-            let mut buf = vec![0u8; size];
-            let n = bmap::read_data(m, ip, offset, &mut buf)?;
-            buf.truncate(n);
-            Ok(buf)
+            if buf.len() < size {
+                buf.resize(size, 0);
+            }
+            bmap::read_data(m, ip, offset, &mut buf[..size])
         })
     }
 

@@ -419,17 +419,20 @@ pub(crate) fn write_tx(
                     source: e,
                 })
             };
-            for lb in first..end / bs {
-                let (phys, _) = write::map(tx, al, ino, lb, true)?
-                    .ok_or_else(|| FsError::corrupt(ino, "allocation failed"))?;
+            // Mapped (or allocated, holes as one extent each) a run at a
+            // time, runs that continue on the disk written as one.
+            let mut lb = first;
+            while lb < end / bs {
+                let (phys, len) = write::map_run(tx, al, ino, lb, end / bs - lb)?;
                 span = match span {
-                    Some((l, p, n)) if p + n == phys => Some((l, p, n + 1)),
+                    Some((l, p, n)) if p + n == phys => Some((l, p, n + len)),
                     Some(done) => {
                         put(done)?;
-                        Some((lb, phys, 1))
+                        Some((lb, phys, len))
                     }
-                    None => Some((lb, phys, 1)),
+                    None => Some((lb, phys, len)),
                 };
+                lb += len;
             }
             if let Some(done) = span {
                 put(done)?;

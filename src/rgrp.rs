@@ -30,8 +30,7 @@ pub fn locate(rindex: &[Rindex], blk: u64) -> Option<usize> {
 }
 
 fn header(tx: &mut Txn<'_>, ri: &Rindex) -> Result<Rgrp> {
-    let b = tx.get(glock(ri), ri.addr, mt::RG)?;
-    Ok(Rgrp::parse(&b)?)
+    Ok(Rgrp::parse(tx.view(glock(ri), ri.addr, mt::RG)?)?)
 }
 
 fn put_header(tx: &mut Txn<'_>, ri: &Rindex, rg: &Rgrp) -> Result<()> {
@@ -56,7 +55,7 @@ pub fn state(tx: &mut Txn<'_>, rindex: &[Rindex], blk: u64) -> Result<BlockState
     let ri =
         &rindex[locate(rindex, blk).ok_or_else(|| FsError::corrupt(blk, "not in any rgrp"))?];
     let (bblk, mty, off, shift) = bit_at(tx.bsize(), ri, blk - ri.data0)?;
-    let b = tx.get(glock(ri), bblk, mty)?;
+    let b = tx.view(glock(ri), bblk, mty)?;
     let byte = *b
         .get(off)
         .ok_or_else(|| FsError::corrupt(bblk, "bitmap offset"))?;
@@ -72,6 +71,25 @@ fn set_bits(tx: &mut Txn<'_>, ri: &Rindex, blk: u64, st: BlockState) -> Result<B
     let old = BlockState::from_bits(*byte >> shift);
     *byte = (*byte & !(3 << shift)) | ((st as u8) << shift);
     Ok(old)
+}
+
+/// [`set_bits`] for `n` blocks from `blk`, all mapped by one bitmap block
+/// (as [`free_len`] finds them): one lookup of that block for the run.
+fn set_run_bits(tx: &mut Txn<'_>, ri: &Rindex, blk: u64, n: u64, st: BlockState) -> Result<()> {
+    let bsize = tx.bsize();
+    let (bblk, mty, _, _) = bit_at(bsize, ri, blk - ri.data0)?;
+    let bits = tx.get_mut(glock(ri), bblk, mty)?;
+    for b in blk..blk + n {
+        let (bb, _, off, shift) = bit_at(bsize, ri, b - ri.data0)?;
+        if bb != bblk {
+            return Err(FsError::corrupt(bblk, "block run across bitmap blocks"));
+        }
+        let byte = bits
+            .get_mut(off)
+            .ok_or_else(|| FsError::corrupt(bblk, "bitmap offset"))?;
+        *byte = (*byte & !(3 << shift)) | ((st as u8) << shift);
+    }
+    Ok(())
 }
 
 /// Whether a bitmap byte maps at least one free block.
@@ -105,7 +123,7 @@ fn find_free(
             let end = (base_idx + span).min(hi);
             let (bblk, mty, _, _) = bit_at(bsize, ri, idx)?;
             let _ = bb;
-            let bytes = tx.get(glock(ri), bblk, mty)?;
+            let bytes = tx.view(glock(ri), bblk, mty)?;
             let hdr = if bblk == ri.addr {
                 Rgrp::SIZE
             } else {
@@ -154,6 +172,61 @@ pub fn alloc(
     goal: u64,
     st: BlockState,
 ) -> Result<(u64, u64)> {
+    alloc_run(tx, rindex, busy, goal, st, 1).map(|(blk, _, generation)| (blk, generation))
+}
+
+/// Allocate up to `max` consecutive data blocks near `goal` as one
+/// extent, as the kernel's reservations hand a writer a multi-block run:
+/// one bitmap edit and one header update for the whole run instead of one
+/// allocation per block. Returns `(first block, blocks)`; the run is the
+/// free blocks following the first free one found, within its bitmap
+/// block, so it may be shorter than asked (at least 1).
+pub fn alloc_extent(
+    tx: &mut Txn<'_>,
+    rindex: &[Rindex],
+    busy: &Mutex<HashSet<u64>>,
+    goal: u64,
+    max: u64,
+) -> Result<(u64, u64)> {
+    alloc_run(tx, rindex, busy, goal, BlockState::Used, max).map(|(blk, n, _)| (blk, n))
+}
+
+/// How many blocks from `blk` (free, found by [`find_free`]) on are free,
+/// not busy and mapped by the same bitmap block, up to `max`.
+fn free_len(
+    tx: &mut Txn<'_>,
+    ri: &Rindex,
+    blk: u64,
+    max: u64,
+    busy: &Mutex<HashSet<u64>>,
+) -> Result<u64> {
+    let bsize = tx.bsize();
+    let idx0 = blk - ri.data0;
+    let (bblk, mty, _, _) = bit_at(bsize, ri, idx0)?;
+    let busy = busy.lock().unwrap_or_else(|e| e.into_inner());
+    let bytes = tx.view(glock(ri), bblk, mty)?;
+    let mut n = 1;
+    while n < max && idx0 + n < u64::from(ri.data) {
+        let (bb, _, off, shift) = bit_at(bsize, ri, idx0 + n)?;
+        let byte = bytes.get(off).copied().unwrap_or(0xff);
+        if bb != bblk || (byte >> shift) & 3 != 0 || busy.contains(&(blk + n)) {
+            break;
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// [`alloc`] of up to `max` blocks in state `st` (more than one only for
+/// data blocks): `(first block, blocks, generation)`.
+fn alloc_run(
+    tx: &mut Txn<'_>,
+    rindex: &[Rindex],
+    busy: &Mutex<HashSet<u64>>,
+    goal: u64,
+    st: BlockState,
+    max: u64,
+) -> Result<(u64, u64, u64)> {
     let n = rindex.len();
     let start = locate(rindex, goal).unwrap_or(0);
     let mut held_elsewhere = None;
@@ -176,9 +249,18 @@ pub fn alloc(
         let Some(blk) = find_free(tx, ri, from, busy)? else {
             continue;
         };
-        set_bits(tx, ri, blk, st)?;
-        rg.free -= 1;
-        tx.statfs.free -= 1;
+        let run = if max > 1 && st == BlockState::Used {
+            free_len(tx, ri, blk, max, busy)?.min(u64::from(rg.free))
+        } else {
+            1
+        };
+        if run == 1 {
+            set_bits(tx, ri, blk, st)?;
+        } else {
+            set_run_bits(tx, ri, blk, run, st)?;
+        }
+        rg.free -= run as u32;
+        tx.statfs.free -= run as i64;
         let mut generation = 0;
         if st == BlockState::Dinode {
             rg.dinodes += 1;
@@ -191,7 +273,7 @@ pub fn alloc(
             }
         }
         put_header(tx, ri, &rg)?;
-        return Ok((blk, generation));
+        return Ok((blk, run, generation));
     }
     match held_elsewhere {
         Some(gl) => Err(FsError::NeedGlock(gl, Mode::EX)),
@@ -218,6 +300,60 @@ pub fn free(tx: &mut Txn<'_>, rindex: &[Rindex], blk: u64) -> Result<()> {
     put_header(tx, ri, &rg)?;
     tx.freed.push(blk);
     tx.discard(blk);
+    Ok(())
+}
+
+/// Free the `n` consecutive blocks from `start` (a file's data run): one
+/// bitmap edit per bitmap block and one header update per resource group,
+/// where [`free`] would do both per block (a truncate of a big file frees
+/// hundreds of thousands).
+pub fn free_run(tx: &mut Txn<'_>, rindex: &[Rindex], start: u64, n: u64) -> Result<()> {
+    let bsize = tx.bsize();
+    let end = start
+        .checked_add(n)
+        .ok_or_else(|| FsError::corrupt(start, "block run beyond 2^64"))?;
+    let mut blk = start;
+    while blk < end {
+        let i = locate(rindex, blk)
+            .ok_or_else(|| FsError::corrupt(blk, "freeing a block outside every rgrp"))?;
+        let ri = &rindex[i];
+        let stop = end.min(ri.data0 + u64::from(ri.data));
+        let mut dinodes = 0u32;
+        let mut b = blk;
+        while b < stop {
+            let (bblk, mty, _, _) = bit_at(bsize, ri, b - ri.data0)?;
+            let bits = tx.get_mut(glock(ri), bblk, mty)?;
+            while b < stop {
+                let (bb, _, off, shift) = bit_at(bsize, ri, b - ri.data0)?;
+                if bb != bblk {
+                    break;
+                }
+                let byte = bits
+                    .get_mut(off)
+                    .ok_or_else(|| FsError::corrupt(bblk, "bitmap offset"))?;
+                let old = BlockState::from_bits(*byte >> shift);
+                match old {
+                    BlockState::Free => return Err(FsError::corrupt(b, "freeing a free block")),
+                    BlockState::Dinode | BlockState::Unlinked => dinodes += 1,
+                    _ => {}
+                }
+                *byte = (*byte & !(3 << shift)) | ((BlockState::Free as u8) << shift);
+                b += 1;
+            }
+        }
+        let count = stop - blk;
+        let mut rg = header(tx, ri)?;
+        rg.free = rg.free.saturating_add(count as u32);
+        rg.dinodes = rg.dinodes.saturating_sub(dinodes);
+        tx.statfs.free += count as i64;
+        tx.statfs.dinodes -= i64::from(dinodes);
+        put_header(tx, ri, &rg)?;
+        for x in blk..stop {
+            tx.freed.push(x);
+            tx.discard(x);
+        }
+        blk = stop;
+    }
     Ok(())
 }
 

@@ -38,8 +38,12 @@ pub fn map_extent(m: Meta<'_>, ip: &Inode, lblock: u64, max: u64) -> Result<Exte
         return Err(FsError::Errno(libc::EINVAL));
     }
     let (diptrs, inptrs) = ptrs_per_block(m.bsize());
-    // span[l]: data blocks covered by one pointer at level l.
-    let mut span = vec![1u64; h];
+    // span[l]: data blocks covered by one pointer at level l (on the stack:
+    // this runs for every READ request).
+    let mut spans = [1u64; crate::format::MAX_META_HEIGHT as usize + 1];
+    let span = spans
+        .get_mut(..h)
+        .ok_or_else(|| FsError::corrupt(ip.ino, format!("height {h} too large")))?;
     for l in (0..h - 1).rev() {
         span[l] = span[l + 1].saturating_mul(inptrs);
     }

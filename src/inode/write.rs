@@ -32,8 +32,7 @@ pub fn glock(ino: u64) -> ResName {
 
 /// Read the dinode of `ino` from the transaction.
 pub fn dinode(tx: &mut Txn<'_>, ino: u64) -> Result<Dinode> {
-    let b = tx.get(glock(ino), ino, mt::DI)?;
-    let di = Dinode::parse(&b)?;
+    let di = Dinode::parse(tx.view(glock(ino), ino, mt::DI)?)?;
     super::validate(&di, ino, tx.bsize())?;
     // Stricter than a reader needs: the write path slices the stuffed area
     // of every inode kind by its size, devices and linear directories too.
@@ -244,11 +243,11 @@ pub fn map(
             (mt::IN, META_HEADER_SIZE)
         };
         let off = hdr + (*idx as usize) * 8;
-        let b = tx.get(glock(ino), cur, mty)?;
+        let b = tx.view(glock(ino), cur, mty)?;
         if off + 8 > b.len() {
             return Err(FsError::corrupt(cur, "metapath beyond the block"));
         }
-        let mut ptr = get_ptr(&b, off);
+        let mut ptr = get_ptr(b, off);
         if ptr == 0 {
             if !create {
                 return Ok(None);
@@ -282,6 +281,100 @@ pub fn map(
         put_dinode(tx, &di)?;
     }
     Ok(Some((cur, new)))
+}
+
+/// The disk blocks of logical blocks `lblock..lblock + max` as one run
+/// (ending early where the mapping stops being contiguous or the leaf
+/// pointer block ends), allocating missing indirect blocks and, when
+/// `lblock` is a hole, the holes that follow it as one extent
+/// ([`rgrp::alloc_extent`]). Returns `(first disk block, blocks)`, at least
+/// one block. For whole-block writes of regular files, which overwrite
+/// every block they get: fresh blocks are not zeroed.
+pub fn map_run(
+    tx: &mut Txn<'_>,
+    al: Alloc<'_>,
+    ino: u64,
+    lblock: u64,
+    max: u64,
+) -> Result<(u64, u64)> {
+    let bsize = tx.bsize();
+    let dev_blocks = tx.cache().device().size() / u64::from(bsize);
+    let mut di = dinode(tx, ino)?;
+    if di.height == 0 {
+        return Err(FsError::corrupt(ino, "mapping a stuffed inode"));
+    }
+    if capacity(bsize, di.height).is_some_and(|c| lblock >= c) {
+        return Err(FsError::Errno(libc::EFBIG));
+    }
+    let path = metapath(bsize, di.height, lblock);
+    let mut cur = ino;
+    for (l, idx) in path.iter().enumerate() {
+        let (mty, hdr) = if l == 0 {
+            (mt::DI, DINODE_SIZE)
+        } else {
+            (mt::IN, META_HEADER_SIZE)
+        };
+        let off = hdr + (*idx as usize) * 8;
+        let b = tx.view(glock(ino), cur, mty)?;
+        if off + 8 > b.len() {
+            return Err(FsError::corrupt(cur, "metapath beyond the block"));
+        }
+        let ptr = get_ptr(b, off);
+        if l + 1 == path.len() {
+            // The leaf pointers: a mapped run, or holes to fill at once.
+            let room = (((b.len() - off) / 8) as u64).min(max.max(1));
+            let same = |n: u64| {
+                let p = get_ptr(b, off + (n as usize) * 8);
+                if ptr == 0 {
+                    p == 0
+                } else {
+                    p == ptr + n
+                }
+            };
+            let mut n = 1;
+            while n < room && same(n) {
+                n += 1;
+            }
+            if ptr != 0 {
+                if ptr.checked_add(n).is_none_or(|e| e > dev_blocks) {
+                    return Err(FsError::corrupt(
+                        cur,
+                        format!("pointer {ptr} beyond the device"),
+                    ));
+                }
+                return Ok((ptr, n));
+            }
+            let goal = di.goal_data.max(di.num.addr);
+            let (start, got) = rgrp::alloc_extent(tx, al.rindex, al.busy, goal, n)?;
+            di.blocks += got;
+            di.goal_data = start + got - 1;
+            // The block count first: the pointers may live in the dinode
+            // block itself.
+            put_dinode(tx, &di)?;
+            let wb = tx.get_mut(glock(ino), cur, mty)?;
+            for k in 0..got {
+                set_ptr(wb, off + (k as usize) * 8, start + k);
+            }
+            return Ok((start, got));
+        }
+        let ptr = if ptr == 0 {
+            let p = alloc_block(tx, al, &mut di, true)?;
+            tx.new_meta(glock(ino), p, mt::IN, format::IN);
+            put_dinode(tx, &di)?;
+            let wb = tx.get_mut(glock(ino), cur, mty)?;
+            set_ptr(wb, off, p);
+            p
+        } else if dev_blocks <= ptr {
+            return Err(FsError::corrupt(
+                cur,
+                format!("pointer {ptr} beyond the device"),
+            ));
+        } else {
+            ptr
+        };
+        cur = ptr;
+    }
+    Err(FsError::corrupt(ino, "metadata tree walk ended early"))
 }
 
 /// Free every data block from logical block `first` on, and the indirect
@@ -340,6 +433,8 @@ pub fn free_range(tx: &mut Txn<'_>, al: Alloc<'_>, ino: u64, first: u64, end: u6
         let s = span(level);
         let mut all_empty = true;
         let mut changes = Vec::new();
+        // Data blocks go back to the bitmaps a disk-contiguous run at a time.
+        let mut run: Option<(u64, u64)> = None;
         for i in 0..n {
             let off = hdr + i * 8;
             let p = get_ptr(&b, off);
@@ -353,7 +448,16 @@ pub fn free_range(tx: &mut Txn<'_>, al: Alloc<'_>, ino: u64, first: u64, end: u6
                 continue;
             }
             if level + 1 == height {
-                rgrp::free(tx, al.rindex, p)?;
+                run = match run {
+                    Some((start, len)) if start.checked_add(len) == Some(p) => {
+                        Some((start, len + 1))
+                    }
+                    Some((start, len)) => {
+                        rgrp::free_run(tx, al.rindex, start, len)?;
+                        Some((p, 1))
+                    }
+                    None => Some((p, 1)),
+                };
                 *freed += 1;
                 changes.push(off);
             } else {
@@ -378,6 +482,9 @@ pub fn free_range(tx: &mut Txn<'_>, al: Alloc<'_>, ino: u64, first: u64, end: u6
                     all_empty = false;
                 }
             }
+        }
+        if let Some((start, len)) = run {
+            rgrp::free_run(tx, al.rindex, start, len)?;
         }
         if !changes.is_empty() {
             let wb = tx.get_mut(glock(ino), blk, mty)?;
