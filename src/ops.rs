@@ -64,6 +64,7 @@ pub struct Writer {
     /// the kernel holds it (`sd_sc_gh`): each transaction adds its
     /// allocation changes to that one block as it joins, under `join`,
     /// rather than every allocating transaction taking its glock in turn.
+    /// Open to local readers (`GlockTable::acquire_open_to_readers`).
     statfs_gh: Mutex<Option<Holder>>,
 }
 
@@ -136,21 +137,6 @@ impl Writer {
     /// Allocate from `rindex` (sorted by address) from now on.
     pub(crate) fn set_rindex(&self, rindex: Vec<Rindex>) {
         *self.rindex.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(rindex);
-    }
-
-    /// The mount's own holder of `ino`'s glock, when `ino` is this node's
-    /// statfs_change file and the holder is still kept: the one inode glock
-    /// a mount keeps between operations, so a local reader that asked for
-    /// it again would wait for the unmount. Readers use this holder instead.
-    pub(crate) fn own_statfs_holder(
-        &self,
-        ino: u64,
-    ) -> Option<std::sync::MutexGuard<'_, Option<Holder>>> {
-        if ino == 0 || ino != self.local_statfs {
-            return None;
-        }
-        let g = self.statfs_gh.lock().unwrap_or_else(|e| e.into_inner());
-        g.is_some().then_some(g)
     }
 
     /// The master statfs file and this node's statfs_change file (0 when
