@@ -30,8 +30,7 @@ pub fn locate(rindex: &[Rindex], blk: u64) -> Option<usize> {
 }
 
 fn header(tx: &mut Txn<'_>, ri: &Rindex) -> Result<Rgrp> {
-    let b = tx.get(glock(ri), ri.addr, mt::RG)?;
-    Ok(Rgrp::parse(&b)?)
+    Ok(tx.read_with(glock(ri), ri.addr, mt::RG, Rgrp::parse)??)
 }
 
 fn put_header(tx: &mut Txn<'_>, ri: &Rindex, rg: &Rgrp) -> Result<()> {
@@ -56,9 +55,8 @@ pub fn state(tx: &mut Txn<'_>, rindex: &[Rindex], blk: u64) -> Result<BlockState
     let ri =
         &rindex[locate(rindex, blk).ok_or_else(|| FsError::corrupt(blk, "not in any rgrp"))?];
     let (bblk, mty, off, shift) = bit_at(tx.bsize(), ri, blk - ri.data0)?;
-    let b = tx.get(glock(ri), bblk, mty)?;
-    let byte = *b
-        .get(off)
+    let byte = tx
+        .read_with(glock(ri), bblk, mty, |b| b.get(off).copied())?
         .ok_or_else(|| FsError::corrupt(bblk, "bitmap offset"))?;
     Ok(BlockState::from_bits(byte >> shift))
 }

@@ -145,9 +145,33 @@ impl<'c> Txn<'c> {
     }
 
     /// Read-only view of a block (a copy); its glock is needed shared.
+    /// A block only read is not part of the transaction: it is neither
+    /// logged nor published (the glock held keeps it as read until the
+    /// transaction ends).
     pub fn get(&mut self, glock: ResName, blkno: u64, mh_type: u32) -> Result<Vec<u8>> {
         self.require(glock, Mode::PR)?;
-        self.fetch(glock, blkno, mh_type).map(|b| b.clone())
+        if let Some((_, data)) = self.blocks.get(&blkno) {
+            crate::buf::check_header(data, blkno, mh_type)?;
+            return Ok(data.clone());
+        }
+        Ok(self.cache.read_meta_as(glock, blkno, mh_type)?.to_vec())
+    }
+
+    /// `f` of a block as [`Txn::get`] would return it, without copying it
+    /// (for what a caller only parses: an rgrp header per allocation).
+    pub fn read_with<T>(
+        &mut self,
+        glock: ResName,
+        blkno: u64,
+        mh_type: u32,
+        f: impl FnOnce(&[u8]) -> T,
+    ) -> Result<T> {
+        self.require(glock, Mode::PR)?;
+        if let Some((_, data)) = self.blocks.get(&blkno) {
+            crate::buf::check_header(data, blkno, mh_type)?;
+            return Ok(f(data));
+        }
+        Ok(f(&self.cache.read_meta_as(glock, blkno, mh_type)?))
     }
 
     /// A freshly allocated metadata block: zeroed, with a header of the
@@ -194,6 +218,22 @@ impl<'c> Txn<'c> {
     /// Whether nothing was changed.
     pub fn is_empty(&self) -> bool {
         self.blocks.is_empty() && self.jdata.is_empty()
+    }
+
+    /// The inodes whose glocks cover a block this transaction changed
+    /// (what an fsync of one of them must see flushed: the kernel's log
+    /// work of an inode glock).
+    pub fn changed_inodes(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .blocks
+            .values()
+            .chain(self.jdata.values())
+            .filter(|(g, _)| g.lk_type == gfs2_lockproto::lm_type::INODE)
+            .map(|(g, _)| g.number)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 
     /// Make the changes visible and queue them for the next log flush.
