@@ -38,8 +38,10 @@ use std::sync::{Mutex, RwLock};
 /// and fsyncs waiting for the log share one flush (group commit). A flush
 /// holds the flush lock only to take its snapshot of the dirty set; the
 /// journal writes and device flushes run under the log lock alone, while
-/// new transactions go on (as the kernel's log flush lets transactions
-/// into the next one while it waits for the log's I/O).
+/// new transactions go on. (The kernel holds `sd_log_flush_lock` through
+/// its whole flush; here the snapshot is of immutable whole-block copies,
+/// so a transaction that joins meanwhile makes new versions of the blocks,
+/// left dirty for the next flush.)
 pub struct Writer {
     /// The journal; taken by flushes and checkpoints only, before
     /// `flush_lock`, so that fsyncs queue here without holding up
