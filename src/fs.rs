@@ -486,9 +486,14 @@ impl Fs {
             log.set_local_statfs([sc.total, sc.free, sc.dinodes]);
         }
         // Held for the whole mount, as the kernel holds it: transactions
-        // add their statfs changes to its block as they join the log.
+        // add their statfs changes to its block as they join the log, each
+        // time a whole new cached block, so local readers (a walk of the
+        // master directory) may read it beside this holder.
         let statfs_gh = if hdr.statfs_addr != 0 {
-            Some(self.glocks.acquire(inode_lock(hdr.statfs_addr), Mode::EX)?)
+            Some(
+                self.glocks
+                    .acquire_open_to_readers(inode_lock(hdr.statfs_addr))?,
+            )
         } else {
             None
         };
@@ -748,18 +753,6 @@ impl Fs {
         ino: u64,
         f: impl FnOnce(Meta<'_>, &Inode) -> Result<T>,
     ) -> Result<T> {
-        // This node's statfs_change file: its glock is the mount's (held
-        // exclusively until unmount), read under that holder.
-        if let Some(own) = self.writer().and_then(|w| w.own_statfs_holder(ino)) {
-            if let Some(gh) = own.as_ref() {
-                let m = Meta {
-                    cache: &self.cache,
-                    gh,
-                };
-                let ip = Inode::read(m, ino)?;
-                return f(m, &ip);
-            }
-        }
         let gh = self.glocks.acquire(inode_lock(ino), Mode::PR)?;
         let m = Meta {
             cache: &self.cache,

@@ -613,23 +613,23 @@ impl fuser::Filesystem for Gfs2Fuse {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(self.fs.sync(), reply)
+        empty(self.fs.fsync(self.ino(ino)), reply)
     }
 
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(self.fs.sync(), reply)
+        empty(self.fs.fsync(self.ino(ino)), reply)
     }
 
     fn read(

@@ -35,7 +35,13 @@ use std::sync::{Mutex, RwLock};
 /// `sd_log_flush_lock`, taken for read in `gfs2_trans_begin`), a log flush
 /// holds it exclusively, so a flush never sees half a transaction. A
 /// finished transaction joins the dirty set under a short lock (`join`),
-/// and fsyncs waiting for the log share one flush (group commit).
+/// and fsyncs waiting for the log share one flush (group commit). A flush
+/// holds the flush lock only to take its snapshot of the dirty set; the
+/// journal writes and device flushes run under the log lock alone, while
+/// new transactions go on. (The kernel holds `sd_log_flush_lock` through
+/// its whole flush; here the snapshot is of immutable whole-block copies,
+/// so a transaction that joins meanwhile makes new versions of the blocks,
+/// left dirty for the next flush.)
 pub struct Writer {
     /// The journal; taken by flushes and checkpoints only, before
     /// `flush_lock`, so that fsyncs queue here without holding up
@@ -46,6 +52,11 @@ pub struct Writer {
     /// Joins a finished transaction to the dirty set (room in the log, its
     /// blocks, its statfs changes); counts the transactions joined.
     join: Mutex<u64>,
+    /// For each inode, the count of the last joined transaction that
+    /// changed a block under its glock (taken inside `join`): an fsync of
+    /// it waits for that transaction only, as the kernel's fsync flushes the
+    /// log only when the inode's glock has log work.
+    changed: Mutex<HashMap<u64, u64>>,
     /// Metadata blocks one flush may carry (the log's capacity).
     capacity: usize,
     /// Blocks freed since the last log flush (not reused before it).
@@ -64,6 +75,7 @@ pub struct Writer {
     /// the kernel holds it (`sd_sc_gh`): each transaction adds its
     /// allocation changes to that one block as it joins, under `join`,
     /// rather than every allocating transaction taking its glock in turn.
+    /// Open to local readers (`GlockTable::acquire_open_to_readers`).
     statfs_gh: Mutex<Option<Holder>>,
 }
 
@@ -116,6 +128,7 @@ impl Writer {
             log: Mutex::new(LogState { log, durable: 0 }),
             flush_lock: RwLock::new(()),
             join: Mutex::new(0),
+            changed: Mutex::default(),
             busy: Mutex::default(),
             open: Opens::default(),
             rindex: RwLock::new(std::sync::Arc::new(rindex)),
@@ -138,21 +151,6 @@ impl Writer {
         *self.rindex.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(rindex);
     }
 
-    /// The mount's own holder of `ino`'s glock, when `ino` is this node's
-    /// statfs_change file and the holder is still kept: the one inode glock
-    /// a mount keeps between operations, so a local reader that asked for
-    /// it again would wait for the unmount. Readers use this holder instead.
-    pub(crate) fn own_statfs_holder(
-        &self,
-        ino: u64,
-    ) -> Option<std::sync::MutexGuard<'_, Option<Holder>>> {
-        if ino == 0 || ino != self.local_statfs {
-            return None;
-        }
-        let g = self.statfs_gh.lock().unwrap_or_else(|e| e.into_inner());
-        g.is_some().then_some(g)
-    }
-
     /// The master statfs file and this node's statfs_change file (0 when
     /// the filesystem has none).
     pub fn statfs_files(&self) -> (u64, u64) {
@@ -171,6 +169,10 @@ impl Writer {
         self.join.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn changed(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u64>> {
+        self.changed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn has_busy(&self) -> bool {
         !self.busy().is_empty()
     }
@@ -183,6 +185,24 @@ impl Writer {
 /// Pinned (logged, not yet in place) blocks beyond which a flush is
 /// followed by a checkpoint, bounding memory.
 const MAX_PINNED: usize = 16384;
+
+/// Inodes remembered in `Writer::changed` beyond which those a flush made
+/// durable are forgotten (an fsync of a forgotten one flushes what is
+/// pending, as a plain sync does).
+const MAX_CHANGED: usize = 4096;
+
+/// What one log flush writes, taken from the dirty set while the flush
+/// lock is held exclusively (no transaction half done).
+struct FlushSnapshot {
+    /// Transactions joined when it was taken.
+    joined: u64,
+    blocks: Vec<(u64, crate::buf::Block)>,
+    jdata: Vec<(u64, crate::buf::Block)>,
+    /// Blocks freed since the last flush (reusable once it is durable).
+    freed: Vec<u64>,
+    /// This node's statfs changes as of the snapshot.
+    local_statfs: Option<[i64; 3]>,
+}
 
 /// What `setattr` changes.
 #[derive(Debug, Clone, Copy, Default)]
@@ -616,9 +636,16 @@ impl Fs {
                 self.add_local_statfs(w, tx.statfs)?;
             }
             let taken = tx.take_holders();
+            let changed = tx.changed_inodes();
             let freed = tx.publish();
             w.busy().extend(freed);
             *joined += 1;
+            if !changed.is_empty() {
+                let mut c = w.changed();
+                for ino in changed {
+                    c.insert(ino, *joined);
+                }
+            }
             drop(joined);
             drop(running);
             drop(taken);
@@ -711,20 +738,36 @@ impl Fs {
     }
 
     /// Flush the log now: wait for the transactions under way, keep new
-    /// ones out meanwhile.
+    /// ones out while the snapshot is taken.
     fn flush_now(&self, w: &Writer) -> Result<()> {
         let mut log = w.log();
-        let _x = w.flush_exclusive();
-        self.flush_locked(w, &mut log).map(|_| ())
+        self.flush_log(w, &mut log).map(|_| ())
+    }
+
+    /// A log flush with the log held (not the flush lock): the flush lock
+    /// is taken exclusively for the snapshot only, so transactions run on
+    /// while the journal is written; `true` if it wrote anything.
+    fn flush_log(&self, w: &Writer, ls: &mut LogState) -> Result<bool> {
+        let x = w.flush_exclusive();
+        let snap = self.flush_snapshot(w, ls);
+        drop(x);
+        self.flush_write(w, ls, snap)
     }
 
     /// The log flush proper, with the log and the flush lock (exclusively)
     /// held; `true` if it wrote anything.
     fn flush_locked(&self, w: &Writer, ls: &mut LogState) -> Result<bool> {
+        let snap = self.flush_snapshot(w, ls);
+        self.flush_write(w, ls, snap)
+    }
+
+    /// What the next flush writes (see [`FlushSnapshot`]); the flush lock
+    /// is held exclusively and the log is held. Freed blocks are dropped
+    /// from the cache now: nothing may log them or write them in place.
+    fn flush_snapshot(&self, w: &Writer, _log_held: &LogState) -> FlushSnapshot {
         let cache = self.cache();
         let joined = *w.joined();
-        let mut busy = w.busy();
-        let mut freed: Vec<u64> = busy.iter().copied().collect();
+        let mut freed: Vec<u64> = w.busy().iter().copied().collect();
         freed.sort_unstable();
         for &b in &freed {
             cache.drop_freed(b);
@@ -733,10 +776,41 @@ impl Fs {
             .dirty_blocks()
             .into_iter()
             .partition(|(b, _)| cache.is_jdata(*b));
-        let mut revokes: Vec<u64> = freed.into_iter().filter(|b| ls.log.is_logged(*b)).collect();
+        let local_statfs = (w.local_statfs != 0)
+            .then(|| blocks.iter().find(|(b, _)| *b == w.local_statfs))
+            .flatten()
+            .and_then(|(_, b)| StatfsChange::parse(b.get(DINODE_SIZE..).unwrap_or(&[])).ok())
+            .map(|sc| [sc.total, sc.free, sc.dinodes]);
+        FlushSnapshot {
+            joined,
+            blocks,
+            jdata,
+            freed,
+            local_statfs,
+        }
+    }
+
+    /// Write `snap` to the journal (the log held, the flush lock not
+    /// needed: transactions that join meanwhile change other versions of
+    /// the blocks, which stay dirty for the next flush); `true` if it
+    /// wrote anything.
+    fn flush_write(&self, w: &Writer, ls: &mut LogState, snap: FlushSnapshot) -> Result<bool> {
+        let cache = self.cache();
+        let FlushSnapshot {
+            joined,
+            blocks,
+            jdata,
+            freed,
+            local_statfs,
+        } = snap;
+        let mut revokes: Vec<u64> = freed
+            .iter()
+            .copied()
+            .filter(|b| ls.log.is_logged(*b))
+            .collect();
         if blocks.is_empty() && jdata.is_empty() && revokes.is_empty() {
-            busy.clear();
-            ls.durable = joined;
+            Self::forget_freed(w, &freed);
+            Self::made_durable(w, ls, joined);
             return Ok(false);
         }
         if !ls.log.has_room(blocks.len() + jdata.len(), revokes.len()) {
@@ -744,22 +818,39 @@ impl Fs {
             // Nothing is live in the log any more: no revokes needed.
             revokes.retain(|b| ls.log.is_logged(*b));
         }
-        if w.local_statfs != 0 {
-            if let Some(b) = cache.dirty_block(w.local_statfs) {
-                let sc = StatfsChange::parse(b.get(DINODE_SIZE..).unwrap_or(&[]))?;
-                ls.log.set_local_statfs([sc.total, sc.free, sc.dinodes]);
-            }
+        if let Some(l) = local_statfs {
+            ls.log.set_local_statfs(l);
         }
         ls.log.flush(&blocks, &jdata, &revokes)?;
         cache.logged(&blocks);
         cache.logged(&jdata);
-        busy.clear();
-        drop(busy);
-        ls.durable = joined;
+        Self::forget_freed(w, &freed);
+        Self::made_durable(w, ls, joined);
         if ls.log.wants_checkpoint() || cache.pinned_len() > MAX_PINNED {
             self.checkpoint_locked(ls)?;
         }
         Ok(true)
+    }
+
+    /// The blocks a flush made free durably may be allocated again.
+    fn forget_freed(w: &Writer, freed: &[u64]) {
+        if freed.is_empty() {
+            return;
+        }
+        let mut busy = w.busy();
+        for b in freed {
+            busy.remove(b);
+        }
+    }
+
+    /// Transactions up to `joined` are durable.
+    fn made_durable(w: &Writer, ls: &mut LogState, joined: u64) {
+        ls.durable = ls.durable.max(joined);
+        let mut c = w.changed();
+        if c.len() > MAX_CHANGED {
+            let durable = ls.durable;
+            c.retain(|_, &mut n| n > durable);
+        }
     }
 
     /// Write every logged block in place and move the log's tail past them.
@@ -834,22 +925,41 @@ impl Fs {
         })
     }
 
-    /// Make everything done so far durable (fsync, syncfs, the commit
-    /// timer). Group commit: a caller whose changes a flush that started
-    /// after them has made durable returns at once, so fsyncs that wait
-    /// for the log together share one flush.
+    /// Make everything done so far durable (syncfs, the commit timer).
+    /// Group commit: a caller whose changes a flush that started after
+    /// them has made durable returns at once, so syncs that wait for the
+    /// log together share one flush.
     pub fn sync(&self) -> Result<()> {
         let Some(w) = self.writer() else {
             return Ok(());
         };
         let mine = *w.joined();
+        self.sync_upto(w, mine)
+    }
+
+    /// fsync of inode `ino`: the transactions that changed it are durable
+    /// when this returns (its data is written before they join). Only
+    /// when one of them is not yet is the log flushed, as the kernel's
+    /// `gfs2_fsync` flushes the log for the inode's glock only; an inode
+    /// this mount does not remember changing gets a plain [`Fs::sync`].
+    pub fn fsync(&self, ino: u64) -> Result<()> {
+        let Some(w) = self.writer() else {
+            return Ok(());
+        };
+        let mine = w.changed().get(&ino).copied();
+        match mine {
+            Some(n) => self.sync_upto(w, n),
+            None => self.sync(),
+        }
+    }
+
+    /// Make the transactions up to the `mine`th joined durable.
+    fn sync_upto(&self, w: &Writer, mine: u64) -> Result<()> {
         let mut log = w.log();
         if log.durable >= mine && mine > 0 {
             return Ok(());
         }
-        let x = w.flush_exclusive();
-        let wrote = self.flush_locked(w, &mut log)?;
-        drop(x);
+        let wrote = self.flush_log(w, &mut log)?;
         drop(log);
         if wrote {
             // The flush ended with a device flush of its own.
@@ -870,8 +980,20 @@ impl Fs {
         };
         let mut log = w.log();
         let _x = w.flush_exclusive();
-        self.flush_locked(w, &mut log)?;
+        // Every transaction joined was flushed (each flush ends with a
+        // device flush, and file data is written before its transaction
+        // joins): nothing reached the device since (the kernel syncs a
+        // glock only when it has dirty data or log work, `GLF_DIRTY`).
+        // Without this, an unmount flushed the device once per glock held
+        // exclusively.
+        let pending = log.durable < *w.joined();
+        let wrote = self.flush_locked(w, &mut log)?;
+        let pinned = self.cache().pinned_len() > 0;
+        // A checkpoint of pinned blocks ends with a device flush too.
         self.checkpoint_locked(&mut log)?;
+        if wrote || pinned || !pending {
+            return Ok(());
+        }
         self.device().flush().map_err(|e| FsError::Io {
             what: "flushing the device".into(),
             source: e,

@@ -30,7 +30,7 @@ pub fn locate(rindex: &[Rindex], blk: u64) -> Option<usize> {
 }
 
 fn header(tx: &mut Txn<'_>, ri: &Rindex) -> Result<Rgrp> {
-    Ok(Rgrp::parse(tx.view(glock(ri), ri.addr, mt::RG)?)?)
+    Ok(Rgrp::parse(&tx.view(glock(ri), ri.addr, mt::RG)?)?)
 }
 
 fn put_header(tx: &mut Txn<'_>, ri: &Rindex, rg: &Rgrp) -> Result<()> {

@@ -22,6 +22,19 @@
 //! meets a pin waits for it holding no other glock
 //! ([`GlockTable::acquire_unless_pinned`], [`GlockTable::wait_unpinned`]):
 //! the owner may need one of them (a statfs file) to let go.
+//!
+//! Local holders exclude each other as other nodes do, with one exception:
+//! an exclusive holder kept for a whole mount whose user changes what the
+//! glock covers only in whole, atomically published cache blocks (this
+//! node's statfs_change file, held as the kernel's `sd_sc_gh`) is taken
+//! *open to local readers* ([`GlockTable::acquire_open_to_readers`]): a
+//! shared local request is granted beside it, since the lock module's
+//! exclusive grant covers it, instead of waiting for the unmount. The
+//! kernel's `may_grant` shares an exclusive holder only with other
+//! exclusive holders that agree to it (`LM_FLAG_NODE_SCOPE`, the resource
+//! groups) and reads its own statfs changes from memory; a walk of the
+//! master directory here reads that file through the glock. Any other
+//! exclusive holder still keeps local readers out.
 
 pub mod ops;
 
@@ -53,6 +66,9 @@ struct GlState {
     /// Local holders by mode.
     shared: u32,
     exclusive: bool,
+    /// The exclusive holder lets shared local holders in beside it (see
+    /// [`GlockTable::acquire_open_to_readers`]).
+    open_to_readers: bool,
     /// A request to the lock manager (promotion or demotion) is in flight.
     busy: bool,
     /// A blocking callback asked us to go down to this mode.
@@ -124,6 +140,11 @@ impl GlState {
     /// run.
     fn idle(&self) -> bool {
         self.shared == 0 && !self.exclusive && !self.promoting
+    }
+
+    /// A shared local request is granted beside the exclusive holder.
+    fn reader_beside_exclusive(&self, mode: Mode) -> bool {
+        mode < Mode::EX && self.exclusive && self.open_to_readers
     }
 
     /// A demotion is due and may run now.
@@ -233,6 +254,7 @@ impl Drop for Holder {
         let mut st = self.gl.lock_st();
         if self.mode == Mode::EX {
             st.exclusive = false;
+            st.open_to_readers = false;
         } else {
             st.shared = st.shared.saturating_sub(1);
         }
@@ -548,6 +570,7 @@ impl GlockTable {
                         held: None,
                         shared: 0,
                         exclusive: false,
+                        open_to_readers: false,
                         busy: false,
                         demote: None,
                         nocache: false,
@@ -609,6 +632,18 @@ impl GlockTable {
                 "a waiting request came back empty".into(),
             ))
         })
+    }
+
+    /// An exclusive holder of `name` that lets shared local holders in
+    /// beside it (see the module doc): for a holder kept for the whole mount
+    /// whose user changes what the glock covers only by replacing whole
+    /// cached blocks at once, so that a local reader sees either state.
+    /// Other local exclusive requests, and other nodes, still wait for it.
+    pub fn acquire_open_to_readers(self: &Arc<Self>, name: ResName) -> Result<Holder> {
+        let h = self.acquire(name, Mode::EX)?;
+        h.gl.lock_st().open_to_readers = true;
+        h.gl.cv.notify_all();
+        Ok(h)
     }
 
     /// [`GlockTable::acquire`], except that a pin the request conflicts
@@ -695,10 +730,11 @@ impl GlockTable {
         loop {
             let sufficient = st.held.is_some_and(|h| h >= mode);
             let pin_conflict = !pinned && mode == Mode::EX && st.pin.is_some();
+            let beside = st.reader_beside_exclusive(mode);
             let local_ok = if mode == Mode::EX {
                 st.shared == 0 && !st.exclusive && !pin_conflict
             } else {
-                !st.exclusive
+                !st.exclusive || beside
             };
             if pin_conflict {
                 // A local change to a pinned glock: its owner must let go.
@@ -717,7 +753,9 @@ impl GlockTable {
                     continue;
                 }
             }
-            let demote_waits = st.demote.is_some() && !(pinned && st.pin.is_some());
+            // A demotion waits for the exclusive holder a reader joins
+            // anyway (for the whole mount): the reader does not wait for it.
+            let demote_waits = st.demote.is_some() && !(pinned && st.pin.is_some()) && !beside;
             if !st.busy && sufficient && local_ok && (!demote_waits || promoted) {
                 if promoted {
                     st.promoting = false;
@@ -858,10 +896,11 @@ impl GlockTable {
         }
         let demote_blocks = st.demote.is_some() && !st.nocache;
         let pin_blocks = mode == Mode::EX && st.pin.is_some();
+        let beside = st.reader_beside_exclusive(mode);
         if st.busy
-            || demote_blocks
+            || (demote_blocks && !beside)
             || pin_blocks
-            || st.exclusive
+            || (st.exclusive && !beside)
             || (mode == Mode::EX && st.shared > 0)
         {
             return Ok(None);
@@ -896,7 +935,9 @@ impl GlockTable {
                             }
                             return checked.map(|()| None);
                         }
-                        if st.exclusive || (mode == Mode::EX && st.shared > 0) {
+                        if (st.exclusive && !st.reader_beside_exclusive(mode))
+                            || (mode == Mode::EX && st.shared > 0)
+                        {
                             return Ok(None);
                         }
                     }
@@ -1096,5 +1137,70 @@ impl GlockTable {
         }
         self.ls.leave()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gfs2_lockproto::{lm_type, LockProto};
+
+    fn table() -> Arc<GlockTable> {
+        let cb = GlockCallbacks::new();
+        let (ls, _) = gfs2_lockproto::nolock::NoLock
+            .join("test", cb.clone())
+            .expect("nolock join");
+        GlockTable::new(ls, &cb, HashMap::new())
+    }
+
+    /// A shared request on another thread; its holder comes back on the
+    /// channel (kept until the receiver drops it).
+    fn reader(t: &Arc<GlockTable>, name: ResName) -> mpsc::Receiver<Result<Holder>> {
+        let (tx, rx) = mpsc::channel();
+        let t = t.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(t.acquire(name, Mode::PR));
+        });
+        rx
+    }
+
+    #[test]
+    fn reader_is_granted_beside_an_exclusive_holder_open_to_readers() {
+        let t = table();
+        let name = ResName::new(lm_type::INODE, 0x805b);
+        let gh = t.acquire_open_to_readers(name).unwrap();
+        let r = reader(&t, name)
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a local reader waited on the exclusive holder open to readers")
+            .unwrap();
+        assert_eq!(r.mode(), Mode::PR);
+        assert!(t.dump().contains("h:1/1"), "{}", t.dump());
+        let again = t.try_acquire(name, Mode::PR).unwrap();
+        assert!(again.is_some(), "a try-lock reader was refused");
+        // Another local writer still waits for the exclusive holder.
+        drop((r, again));
+        assert!(t.try_acquire(name, Mode::EX).unwrap().is_none());
+        drop(gh);
+        assert!(t.try_acquire(name, Mode::EX).unwrap().is_some());
+    }
+
+    #[test]
+    fn reader_waits_for_an_ordinary_exclusive_holder() {
+        let t = table();
+        let name = ResName::new(lm_type::INODE, 0x805c);
+        // Open to readers once: the flag goes with that holder.
+        drop(t.acquire_open_to_readers(name).unwrap());
+        let gh = t.acquire(name, Mode::EX).unwrap();
+        assert!(t.try_acquire(name, Mode::PR).unwrap().is_none());
+        let rx = reader(&t, name);
+        assert!(
+            rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "a reader was granted beside an ordinary exclusive holder"
+        );
+        drop(gh);
+        let r = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("reader never woke");
+        assert_eq!(r.unwrap().mode(), Mode::PR);
     }
 }

@@ -32,7 +32,7 @@ pub fn glock(ino: u64) -> ResName {
 
 /// Read the dinode of `ino` from the transaction.
 pub fn dinode(tx: &mut Txn<'_>, ino: u64) -> Result<Dinode> {
-    let di = Dinode::parse(tx.view(glock(ino), ino, mt::DI)?)?;
+    let di = Dinode::parse(&tx.view(glock(ino), ino, mt::DI)?)?;
     super::validate(&di, ino, tx.bsize())?;
     // Stricter than a reader needs: the write path slices the stuffed area
     // of every inode kind by its size, devices and linear directories too.
@@ -247,7 +247,7 @@ pub fn map(
         if off + 8 > b.len() {
             return Err(FsError::corrupt(cur, "metapath beyond the block"));
         }
-        let mut ptr = get_ptr(b, off);
+        let mut ptr = get_ptr(&b, off);
         if ptr == 0 {
             if !create {
                 return Ok(None);
@@ -315,7 +315,7 @@ pub fn map_run(
             (mt::IN, META_HEADER_SIZE)
         };
         let off = hdr + (*idx as usize) * 8;
-        let b = tx.view(glock(ino), cur, mty)?;
+        let b = &*tx.view(glock(ino), cur, mty)?;
         if off + 8 > b.len() {
             return Err(FsError::corrupt(cur, "metapath beyond the block"));
         }

@@ -1,11 +1,12 @@
 //! Writing this node's journal: log flushes, checkpoints and the
 //! clean-unmount header.
 //!
-//! As in the kernel, a flush only writes the log: file data reaches the
-//! device first (ordered mode: the device is flushed), then log descriptors
-//! each followed by copies of the metadata blocks they list, revoke records
-//! for blocks freed since the last flush that earlier flushes logged, and a
-//! log header with the kernel's two checksums; then one device flush. The
+//! As in the kernel, a flush only writes the log: log descriptors each
+//! followed by copies of the metadata blocks they list, and revoke records
+//! for blocks freed since the last flush that earlier flushes logged; one
+//! device flush makes them and the file data written before them durable
+//! (ordered mode); then the log header with the kernel's two checksums, and
+//! a device flush for it (the kernel's PREFLUSH and FUA of the header). The
 //! logged blocks stay pinned in the cache (the "AIL") and are written in
 //! place later by a *checkpoint*: when the journal fills up, when too many
 //! blocks are pinned, and at unmount. A checkpoint writes the pinned blocks
@@ -200,9 +201,6 @@ impl LogWriter {
         if n > self.capacity() || !self.has_room(n, revokes.len()) {
             return Err(FsError::Errno(libc::EFBIG));
         }
-        // Ordered data: file data written so far reaches the disk before
-        // the metadata that points at it.
-        self.dev.flush().map_err(|e| io("flushing data", e))?;
         let bs = self.bsize as usize;
         let start = self.next;
         let mut at = start;
@@ -298,14 +296,21 @@ impl LogWriter {
             &self.hdr,
             self.local,
         );
-        jblocks.push((addr, h));
         let mut sorted: Vec<(u64, &[u8])> =
             jblocks.iter().map(|(a, b)| (*a, b.as_slice())).collect();
         sorted.sort_by_key(|(a, _)| *a);
         self.write_blocks(&sorted, "writing the journal")?;
+        // Ordered data and the log's blocks: the file data written so far
+        // and the descriptors and copies reach the disk before the header
+        // that makes them part of the log (the kernel's header goes with
+        // PREFLUSH), then the header itself durably (its FUA).
         self.dev
             .flush()
-            .map_err(|e| io("flushing the journal", e))?;
+            .map_err(|e| io("flushing data and the journal", e))?;
+        self.write_blocks(&[(addr, h.as_slice())], "writing the log header")?;
+        self.dev
+            .flush()
+            .map_err(|e| io("flushing the log header", e))?;
         self.seq = seq;
         self.tail = tail;
         self.next = (hdr_lblock + 1) % self.blocks;
