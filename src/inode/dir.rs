@@ -279,7 +279,8 @@ fn slot_dirents(
 /// each with its cookie, borrowed from `blocks`.
 fn emit_keyed(
     blocks: &[Block],
-    slots: &mut [Slot],
+    slots: &[Slot],
+    order: &mut Vec<u64>,
     from: u64,
     emit: &mut impl FnMut(u64, DirentRef<'_>) -> bool,
 ) -> bool {
@@ -287,11 +288,31 @@ fn emit_keyed(
         let b = &blocks[s.block as usize];
         &b[s.name_at as usize..s.name_at as usize + s.name_len as usize]
     };
-    // Names only break ties between equal hashes.
-    slots.sort_unstable_by(|a, b| a.hash.cmp(&b.hash).then_with(|| name(a).cmp(name(b))));
+    // Sorted as plain integers, `hash << 32 | index`: the slots stay put and
+    // no comparison reads a name. Names only break ties between equal
+    // hashes, which are rare: those runs are sorted again by name.
+    order.clear();
+    order.extend(
+        slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.hash as u64) << 32 | i as u64),
+    );
+    order.sort_unstable();
+    let mut run = 0;
+    while run < order.len() {
+        let h = order[run] >> 32;
+        let end = run + order[run..].partition_point(|k| k >> 32 == h);
+        if end - run > 1 {
+            order[run..end].sort_unstable_by(|a, b| {
+                name(&slots[*a as u32 as usize]).cmp(name(&slots[*b as u32 as usize]))
+            });
+        }
+        run = end;
+    }
     let mut prev = None;
     let mut n = 0u64;
-    for s in slots.iter() {
+    for s in order.iter().map(|k| &slots[*k as u32 as usize]) {
         let g = (s.hash >> 1) as u64;
         if prev == Some(g) {
             n += 1;
@@ -340,7 +361,13 @@ pub fn readdir(
             ));
         }
         slot_dirents(&ip.block, DINODE_SIZE, ip.ino, 0, &mut slots)?;
-        emit_keyed(std::slice::from_ref(&ip.block), &mut slots, from, &mut emit);
+        emit_keyed(
+            std::slice::from_ref(&ip.block),
+            &slots,
+            &mut Vec::new(),
+            from,
+            &mut emit,
+        );
         return Ok(());
     }
     let depth = ip.di.depth;
@@ -352,6 +379,7 @@ pub fn readdir(
     let mut seen = HashSet::new();
     let mut blocks: Vec<Block> = Vec::new();
     let mut addrs = Vec::new();
+    let mut order = Vec::new();
     while slot < nslots {
         let base = slot - slot % CHUNK;
         if cache.0 != base {
@@ -374,7 +402,7 @@ pub fn readdir(
         for (bi, (b, blkno)) in blocks.iter().zip(&addrs).enumerate() {
             slot_dirents(b, LEAF_SIZE, *blkno, bi as u32, &mut slots)?;
         }
-        if !emit_keyed(&blocks, &mut slots, from, &mut emit) {
+        if !emit_keyed(&blocks, &slots, &mut order, from, &mut emit) {
             return Ok(());
         }
         let span = 1u64 << (depth - ld);
