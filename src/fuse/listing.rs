@@ -30,10 +30,14 @@ struct Chunk {
     items: Vec<Item>,
 }
 
+/// 24 bytes: a listing of 100,000 entries is a few MiB of fresh memory,
+/// and touching it is a good part of the walk's cost.
 struct Item {
     next: u64,
     ino: u64,
-    name_end: usize,
+    /// End of the name in `names` (a chunk's names are at most
+    /// `CHUNK * 255` bytes).
+    name_end: u32,
     dtype: u16,
 }
 
@@ -50,7 +54,7 @@ impl Chunk {
         self.items.push(Item {
             next: e.next,
             ino: e.ino,
-            name_end: self.names.len(),
+            name_end: self.names.len() as u32,
             dtype: e.dtype,
         });
     }
@@ -58,10 +62,13 @@ impl Chunk {
     /// The entries after cookie `offset`.
     fn from(&self, offset: u64) -> impl Iterator<Item = DirItem<'_>> {
         let start = self.items.partition_point(|e| e.next <= offset);
-        let mut name_at = start.checked_sub(1).map_or(0, |i| self.items[i].name_end);
+        let mut name_at = start
+            .checked_sub(1)
+            .map_or(0, |i| self.items[i].name_end as usize);
         self.items[start..].iter().map(move |e| {
-            let name = &self.names[name_at..e.name_end];
-            name_at = e.name_end;
+            let end = e.name_end as usize;
+            let name = &self.names[name_at..end];
+            name_at = end;
             DirItem {
                 name,
                 ino: e.ino,

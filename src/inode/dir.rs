@@ -95,28 +95,6 @@ fn hash_ptrs(m: Meta<'_>, ip: &Inode, first: u64, count: u64) -> Result<Vec<u64>
     Ok(data.chunks_exact(8).filter_map(|c| be64(c, 0)).collect())
 }
 
-/// All entries of the leaf chain starting at `leaf`, and the first leaf's depth.
-fn leaf_chain(m: Meta<'_>, ip: &Inode, leaf: u64) -> Result<(Vec<DirEntry>, u16)> {
-    leaf_chain_seen(m, ip, leaf, &mut HashSet::new())
-}
-
-/// As [`leaf_chain`], refusing leaves already in `seen`: within one readdir a
-/// leaf is read once, whatever a damaged hash table or chain claims.
-fn leaf_chain_seen(
-    m: Meta<'_>,
-    ip: &Inode,
-    leaf: u64,
-    seen: &mut HashSet<u64>,
-) -> Result<(Vec<DirEntry>, u16)> {
-    let (mut blocks, mut addrs) = (Vec::new(), Vec::new());
-    let depth = chain_blocks(m, ip, leaf, seen, &mut blocks, &mut addrs)?;
-    let mut out = Vec::new();
-    for (b, blkno) in blocks.iter().zip(&addrs) {
-        out.extend(parse_dirents(b, LEAF_SIZE, *blkno)?);
-    }
-    Ok((out, depth))
-}
-
 /// Read the leaf chain starting at `leaf` into `blocks` (and their addresses
 /// into `addrs`), refusing leaves already in `seen`; the first leaf's depth.
 fn chain_blocks(
@@ -164,30 +142,42 @@ pub fn lookup(m: Meta<'_>, ip: &Inode, name: &[u8]) -> Result<Option<DirEntry>> 
         return Err(FsError::Errno(libc::ENOTDIR));
     }
     let hash = disk_hash(name);
-    let entries = if is_exhash(ip) {
+    // The chain's dirents are checked whole, as a listing would, but only
+    // the match is copied out: no name is allocated for the others.
+    let mut slots = Vec::new();
+    let blocks = if is_exhash(ip) {
         let slot = slot_of(hash, ip.di.depth);
         let leaf = hash_ptrs(m, ip, slot, 1)?
             .first()
             .copied()
             .ok_or_else(|| FsError::corrupt(ip.ino, "short hash table"))?;
-        leaf_chain(m, ip, leaf)?.0
+        let (mut blocks, mut addrs) = (Vec::new(), Vec::new());
+        chain_blocks(m, ip, leaf, &mut HashSet::new(), &mut blocks, &mut addrs)?;
+        for (bi, (b, blkno)) in blocks.iter().zip(&addrs).enumerate() {
+            slot_dirents(b, LEAF_SIZE, *blkno, bi as u32, &mut slots)?;
+        }
+        blocks
     } else {
-        linear_entries(m, ip)?
+        if !ip.is_stuffed() {
+            return Err(FsError::corrupt(
+                ip.ino,
+                "unstuffed directory without a hash table",
+            ));
+        }
+        slot_dirents(&ip.block, DINODE_SIZE, ip.ino, 0, &mut slots)?;
+        vec![ip.block.clone()]
     };
-    Ok(entries
-        .into_iter()
-        .find(|e| e.hash == hash && e.name == name))
-}
-
-fn linear_entries(m: Meta<'_>, ip: &Inode) -> Result<Vec<DirEntry>> {
-    if !ip.is_stuffed() {
-        return Err(FsError::corrupt(
-            ip.ino,
-            "unstuffed directory without a hash table",
-        ));
-    }
-    let _ = m;
-    parse_dirents(&ip.block, DINODE_SIZE, ip.ino)
+    Ok(slots.iter().find_map(|s| {
+        let b = &blocks[s.block as usize];
+        let n = &b[s.name_at as usize..s.name_at as usize + s.name_len as usize];
+        (s.hash == hash && n == name).then(|| DirEntry {
+            name: n.to_vec(),
+            ino: s.ino,
+            formal_ino: s.formal_ino,
+            hash: s.hash,
+            de_type: s.de_type,
+        })
+    }))
 }
 
 /// A directory entry borrowed from the block it was read from.
@@ -279,7 +269,8 @@ fn slot_dirents(
 /// each with its cookie, borrowed from `blocks`.
 fn emit_keyed(
     blocks: &[Block],
-    slots: &mut [Slot],
+    slots: &[Slot],
+    order: &mut Vec<u64>,
     from: u64,
     emit: &mut impl FnMut(u64, DirentRef<'_>) -> bool,
 ) -> bool {
@@ -287,11 +278,31 @@ fn emit_keyed(
         let b = &blocks[s.block as usize];
         &b[s.name_at as usize..s.name_at as usize + s.name_len as usize]
     };
-    // Names only break ties between equal hashes.
-    slots.sort_unstable_by(|a, b| a.hash.cmp(&b.hash).then_with(|| name(a).cmp(name(b))));
+    // Sorted as plain integers, `hash << 32 | index`: the slots stay put and
+    // no comparison reads a name. Names only break ties between equal
+    // hashes, which are rare: those runs are sorted again by name.
+    order.clear();
+    order.extend(
+        slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.hash as u64) << 32 | i as u64),
+    );
+    order.sort_unstable();
+    let mut run = 0;
+    while run < order.len() {
+        let h = order[run] >> 32;
+        let end = run + order[run..].partition_point(|k| k >> 32 == h);
+        if end - run > 1 {
+            order[run..end].sort_unstable_by(|a, b| {
+                name(&slots[*a as u32 as usize]).cmp(name(&slots[*b as u32 as usize]))
+            });
+        }
+        run = end;
+    }
     let mut prev = None;
     let mut n = 0u64;
-    for s in slots.iter() {
+    for s in order.iter().map(|k| &slots[*k as u32 as usize]) {
         let g = (s.hash >> 1) as u64;
         if prev == Some(g) {
             n += 1;
@@ -340,7 +351,13 @@ pub fn readdir(
             ));
         }
         slot_dirents(&ip.block, DINODE_SIZE, ip.ino, 0, &mut slots)?;
-        emit_keyed(std::slice::from_ref(&ip.block), &mut slots, from, &mut emit);
+        emit_keyed(
+            std::slice::from_ref(&ip.block),
+            &slots,
+            &mut Vec::new(),
+            from,
+            &mut emit,
+        );
         return Ok(());
     }
     let depth = ip.di.depth;
@@ -352,6 +369,7 @@ pub fn readdir(
     let mut seen = HashSet::new();
     let mut blocks: Vec<Block> = Vec::new();
     let mut addrs = Vec::new();
+    let mut order = Vec::new();
     while slot < nslots {
         let base = slot - slot % CHUNK;
         if cache.0 != base {
@@ -374,7 +392,7 @@ pub fn readdir(
         for (bi, (b, blkno)) in blocks.iter().zip(&addrs).enumerate() {
             slot_dirents(b, LEAF_SIZE, *blkno, bi as u32, &mut slots)?;
         }
-        if !emit_keyed(&blocks, &mut slots, from, &mut emit) {
+        if !emit_keyed(&blocks, &slots, &mut order, from, &mut emit) {
             return Ok(());
         }
         let span = 1u64 << (depth - ld);

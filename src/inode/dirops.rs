@@ -50,12 +50,9 @@ fn records(block: &[u8], start: usize, blkno: u64) -> Result<Vec<(usize, Dirent)
         .collect()
 }
 
-fn name_at(block: &[u8], off: usize, d: &Dirent) -> Vec<u8> {
+fn name_at<'a>(block: &'a [u8], off: usize, d: &Dirent) -> &'a [u8] {
     let s = off + Dirent::SIZE;
-    block
-        .get(s..s + usize::from(d.name_len))
-        .unwrap_or(&[])
-        .to_vec()
+    block.get(s..s + usize::from(d.name_len)).unwrap_or(&[])
 }
 
 /// Put an entry into the first record of `block` (from `start`) with room.
@@ -298,7 +295,7 @@ fn split_leaf(tx: &mut Txn<'_>, al: Alloc<'_>, dino: u64, index: u64) -> Result<
     let moving: Vec<(Vec<u8>, Dirent)> = records(&ob, Leaf::SIZE, old)?
         .into_iter()
         .filter(|(_, d)| !d.is_unused() && u64::from(d.hash) >= divider)
-        .map(|(off, d)| (name_at(&ob, off, &d), d))
+        .map(|(off, d)| (name_at(&ob, off, &d).to_vec(), d))
         .collect();
     let moved = moving.len() as u16;
     for (name, d) in &moving {
