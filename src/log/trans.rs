@@ -181,7 +181,9 @@ impl<'c> Txn<'c> {
             crate::buf::check_header(data, blkno, mh_type)?;
             return Ok(View::Own(data));
         }
-        Ok(View::Cached(self.cache.read_meta_as(glock, blkno, mh_type)?))
+        Ok(View::Cached(
+            self.cache.read_meta_as(glock, blkno, mh_type)?,
+        ))
     }
 
     /// A freshly allocated metadata block: zeroed, with a header of the
