@@ -109,6 +109,13 @@ fn parse_options(s: &str, a: &mut Args) -> Result<()> {
                 }
                 a.mount.commit_secs = Some(secs);
             }
+            ("max_glocks", Some(v)) => {
+                let n: usize = v.parse().with_context(|| format!("bad max_glocks={v:?}"))?;
+                if n == 0 {
+                    bail!("max_glocks= must be at least 1");
+                }
+                a.mount.max_glocks = Some(n);
+            }
             ("spectator", None) => a.mount.spectator = true,
             // The kernel's default: no quota accounting, so quota_change
             // files are left alone, as the kernel leaves them.
