@@ -58,6 +58,7 @@ const USAGE: &str = concat!(
     "         iscsi://[user[%secret]@]host[:port]/IQN/LUN, UUID=uuid or LOCKTABLE=cluster:fs\n",
     "options: lockproto= (lock_nolock, lock_mem, lock_dlm), locktable=, hostdata=jid=N, ro, acl, norecovery, spectator,\n",
     "         commit=SECONDS (log flush interval, default 30), quota=off, allow_other,\n",
+    "         max_glocks=N (glocks kept at most, default 65536: the oldest idle ones are given up),\n",
     "         nfsd=ADDR:PORT (also serve the filesystem over NFSv4.1 there, e.g. 0.0.0.0:2049:\n",
     "         the pNFS metadata server; with several mount points, the first node's),\n",
     "         pnfs=SOCKET (pNFS layouts for a metadata server on this Unix socket; not with nfsd=),\n",
