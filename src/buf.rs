@@ -123,6 +123,10 @@ impl BufCache {
                     if let Some(s) = inner.by_glock.get_mut(&old.glock) {
                         if old_blk != blkno || old.glock != glock {
                             s.remove(&old_blk);
+                            // No entry per glock once its blocks are gone.
+                            if s.is_empty() {
+                                inner.by_glock.remove(&old.glock);
+                            }
                         }
                     }
                 }

@@ -47,6 +47,9 @@ pub struct MountOptions {
     /// journal of a daemon of this node that died in a cluster, whose locks
     /// the lock manager still keeps (see `LockError::Orphaned`).
     pub replay_only: Option<u32>,
+    /// `max_glocks=`: glocks kept at most, beyond those in use (default
+    /// [`crate::glock::DEFAULT_MAX_GLOCKS`]); the oldest idle ones are given up.
+    pub max_glocks: Option<usize>,
 }
 
 /// Attributes of an inode.
@@ -254,6 +257,9 @@ impl Fs {
         let nondisk = crate::glock::ops::NonDiskOps::new();
         ops.insert(lm_type::NONDISK, nondisk.clone());
         let glocks = GlockTable::new(ls, &callbacks, ops);
+        if let Some(n) = opts.max_glocks {
+            glocks.set_max_glocks(n);
+        }
         let mut leave_on_error = LeaveOnError(Some(glocks.clone()));
 
         // As the kernel: the mount lock serialises mounts and recovery, the

@@ -58,6 +58,7 @@ const USAGE: &str = concat!(
     "         iscsi://[user[%secret]@]host[:port]/IQN/LUN, UUID=uuid or LOCKTABLE=cluster:fs\n",
     "options: lockproto= (lock_nolock, lock_mem, lock_dlm), locktable=, hostdata=jid=N, ro, acl, norecovery, spectator,\n",
     "         commit=SECONDS (log flush interval, default 30), quota=off, allow_other,\n",
+    "         max_glocks=N (glocks kept at most, default 65536: the oldest idle ones are given up),\n",
     "         nfsd=ADDR:PORT (also serve the filesystem over NFSv4.1 there, e.g. 0.0.0.0:2049:\n",
     "         the pNFS metadata server; with several mount points, the first node's),\n",
     "         pnfs=SOCKET (pNFS layouts for a metadata server on this Unix socket; not with nfsd=),\n",
@@ -108,6 +109,13 @@ fn parse_options(s: &str, a: &mut Args) -> Result<()> {
                     bail!("commit= must be at least 1 second");
                 }
                 a.mount.commit_secs = Some(secs);
+            }
+            ("max_glocks", Some(v)) => {
+                let n: usize = v.parse().with_context(|| format!("bad max_glocks={v:?}"))?;
+                if n == 0 {
+                    bail!("max_glocks= must be at least 1");
+                }
+                a.mount.max_glocks = Some(n);
             }
             ("spectator", None) => a.mount.spectator = true,
             // The kernel's default: no quota accounting, so quota_change

@@ -96,6 +96,10 @@ struct GlState {
     hold: Duration,
     /// Pinned (see [`Pin`]).
     pin: Option<PinState>,
+    /// Queued on the table's LRU of idle glocks (the kernel's `GLF_LRU`).
+    in_lru: bool,
+    /// Used again since it was queued there: it gets a second chance.
+    lru_ref: bool,
 }
 
 /// Told the glock a pin's owner must give up (see [`Pin`]); must not block.
@@ -145,6 +149,17 @@ impl GlState {
     /// A shared local request is granted beside the exclusive holder.
     fn reader_beside_exclusive(&self, mode: Mode) -> bool {
         mode < Mode::EX && self.exclusive && self.open_to_readers
+    }
+
+    /// Nobody uses or waits for this glock and nothing is under way on
+    /// it: it may be given up and forgotten (see [`GlockTable::reclaim`]).
+    fn reclaimable(&self) -> bool {
+        self.idle()
+            && self.waiters == 0
+            && !self.busy
+            && self.demote.is_none()
+            && self.pending.is_none()
+            && self.pin.is_none()
     }
 
     /// A demotion is due and may run now.
@@ -209,8 +224,17 @@ enum Want {
     Pinned,
 }
 
-/// A glock for the demotion worker to look at, now or at an instant.
-type Work = (Arc<Glock>, Option<Instant>);
+/// What the demotion worker is asked to do.
+enum Work {
+    /// Look at a glock, now or at an instant.
+    Look(Arc<Glock>, Option<Instant>),
+    /// Give up idle glocks until the table is back under its bound.
+    Reclaim,
+}
+
+/// How many glocks a table keeps by default (`glocks=`): past it, the
+/// oldest idle ones are given up and forgotten.
+pub const DEFAULT_MAX_GLOCKS: usize = 65_536;
 
 /// The node's glocks, keyed by resource name.
 pub struct GlockTable {
@@ -228,6 +252,14 @@ pub struct GlockTable {
     closed: std::sync::atomic::AtomicBool,
     /// Who replays a dead node's journals.
     on_recover: Mutex<Option<RecoverFn>>,
+    /// Idle glocks, oldest first (the kernel's `lru_list`): each glock is
+    /// queued at most once (`GlState::in_lru`); entries whose glock went
+    /// are skipped.
+    lru: Mutex<std::collections::VecDeque<Weak<Glock>>>,
+    /// The bound on the table's size (see [`GlockTable::set_max_glocks`]).
+    max: std::sync::atomic::AtomicUsize,
+    /// A reclaim is queued for the worker.
+    reclaim_queued: std::sync::atomic::AtomicBool,
 }
 
 /// Proof that a glock is held in at least `mode` by the current operation.
@@ -261,6 +293,9 @@ impl Drop for Holder {
         if st.idle() && st.nocache && st.held.is_some_and(|h| h > Mode::NL) {
             st.demote = Some(Mode::NL);
         }
+        if st.idle() {
+            self.table.lru_add(&self.gl, &mut st);
+        }
         let demote = st.demote_due();
         drop(st);
         self.gl.cv.notify_all();
@@ -292,6 +327,9 @@ impl Drop for Pin {
             if p.count == 0 {
                 st.pin = None;
             }
+        }
+        if st.idle() {
+            self.table.lru_add(&self.gl, &mut st);
         }
         let demote = st.demote_due();
         drop(st);
@@ -433,6 +471,9 @@ impl GlockTable {
             work: Mutex::new(Some(tx)),
             closed: Default::default(),
             on_recover: Mutex::new(None),
+            lru: Default::default(),
+            max: DEFAULT_MAX_GLOCKS.into(),
+            reclaim_queued: Default::default(),
         });
         let _ = callbacks.table.set(Arc::downgrade(&t));
         let weak = Arc::downgrade(&t);
@@ -462,12 +503,16 @@ impl GlockTable {
                     };
                     let Some(t) = weak.upgrade() else { break };
                     let due: Vec<Arc<Glock>> = match msg {
-                        Some((gl, Some(at))) => {
+                        Some(Work::Look(gl, Some(at))) => {
                             seq += 1;
                             later.insert((at, seq), gl);
                             Vec::new()
                         }
-                        Some((gl, None)) => vec![gl],
+                        Some(Work::Look(gl, None)) => vec![gl],
+                        Some(Work::Reclaim) => {
+                            t.reclaim();
+                            Vec::new()
+                        }
                         None => {
                             let now = Instant::now();
                             let rest = later.split_off(&(now, u64::MAX));
@@ -522,7 +567,7 @@ impl GlockTable {
             return;
         }
         let sent = match &*self.work.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(tx) => tx.send((gl.clone(), at)).is_ok(),
+            Some(tx) => tx.send(Work::Look(gl.clone(), at)).is_ok(),
             None => false,
         };
         if !sent && at.is_some() {
@@ -562,7 +607,9 @@ impl GlockTable {
 
     fn get(&self, name: ResName) -> Arc<Glock> {
         let mut m = self.glocks.lock().unwrap_or_else(|e| e.into_inner());
-        m.entry(name)
+        let before = m.len();
+        let gl = m
+            .entry(name)
             .or_insert_with(|| {
                 Arc::new(Glock {
                     name,
@@ -581,11 +628,171 @@ impl GlockTable {
                         granted_at: Instant::now(),
                         hold: HOLD_MAX,
                         pin: None,
+                        in_lru: false,
+                        lru_ref: false,
                     }),
                     cv: Condvar::new(),
                 })
             })
-            .clone()
+            .clone();
+        let len = m.len();
+        drop(m);
+        if len > before {
+            // New: idle until someone holds it (a look-up that takes no
+            // holder must not leave it for ever).
+            let mut st = gl.lock_st();
+            if st.idle() {
+                self.lru_add(&gl, &mut st);
+            }
+            drop(st);
+            if len > self.max_glocks() {
+                self.queue_reclaim();
+            }
+        }
+        gl
+    }
+
+    /// How many glocks the table keeps at most (beyond those in use).
+    pub fn max_glocks(&self) -> usize {
+        self.max.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Set the bound on the table's size (`glocks=`; at least 1): once a
+    /// new glock takes the table past it, the demotion worker gives up the
+    /// oldest idle glocks (see [`GlockTable::reclaim`]).
+    pub fn set_max_glocks(&self, max: usize) {
+        self.max
+            .store(max.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many glocks the table holds now.
+    pub fn count(&self) -> usize {
+        self.glocks.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Queue `gl`, whose state `st` is, on the LRU of idle glocks (or mark it
+    /// used again if it is queued already).
+    fn lru_add(&self, gl: &Arc<Glock>, st: &mut GlState) {
+        if st.in_lru {
+            st.lru_ref = true;
+            return;
+        }
+        st.in_lru = true;
+        st.lru_ref = false;
+        self.lru
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(Arc::downgrade(gl));
+    }
+
+    fn queue_reclaim(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.closed.load(SeqCst) || self.reclaim_queued.swap(true, SeqCst) {
+            return;
+        }
+        let sent = match &*self.work.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(tx) => tx.send(Work::Reclaim).is_ok(),
+            None => false,
+        };
+        if !sent {
+            // No worker: the table is not bounded (nothing here may run a
+            // demotion on a thread that may be inside a transaction).
+            self.reclaim_queued.store(false, SeqCst);
+        }
+    }
+
+    /// Give up idle glocks, oldest first, until the table holds at most
+    /// 15/16 of its bound (the kernel's `gfs2_scan_glock_lru`): each is
+    /// demoted to NL through [`GlockTable::demote`] (sync, invalidate,
+    /// convert), its lock is released, and it is removed from the table if
+    /// nobody looked it up meanwhile. Runs on the demotion worker only. A
+    /// glock used again since it was queued goes to the back once (second
+    /// chance); one in use leaves the LRU until its last holder goes. A
+    /// request arriving meanwhile waits (`busy`) and promotes afresh, as
+    /// after any demotion.
+    fn reclaim(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.reclaim_queued.store(false, SeqCst);
+        let max = self.max_glocks();
+        let target = max - max / 16;
+        let lru_len = || self.lru.lock().unwrap_or_else(|e| e.into_inner()).len();
+        // One pass over the LRU at most (second chances included).
+        let mut budget = 2 * lru_len() + 1;
+        let mut freed = 0usize;
+        while budget > 0 && !self.closed.load(SeqCst) && self.count() > target {
+            budget -= 1;
+            let next = self
+                .lru
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front();
+            let Some(weak) = next else { break };
+            let Some(gl) = weak.upgrade() else { continue };
+            let mut st = gl.lock_st();
+            st.in_lru = false;
+            if !st.reclaimable() {
+                // In use: queued again when its last holder goes; idle but
+                // with something under way: looked at again later.
+                if st.idle() && st.pin.is_none() {
+                    self.lru_add(&gl, &mut st);
+                }
+                continue;
+            }
+            if st.lru_ref {
+                self.lru_add(&gl, &mut st);
+                continue;
+            }
+            if st.held.is_some_and(|h| h > Mode::NL) {
+                st.demote = Some(Mode::NL);
+                self.demote(&gl, st);
+                st = gl.lock_st();
+                if !st.reclaimable() || st.held.is_some_and(|h| h > Mode::NL) {
+                    // Used meanwhile, or the sync failed (the lock is kept).
+                    if st.idle() && st.pin.is_none() {
+                        self.lru_add(&gl, &mut st);
+                    }
+                    continue;
+                }
+            }
+            if st.held.is_some() {
+                st.busy = true;
+                drop(st);
+                let r = self.ls.unlock(gl.name, None);
+                st = gl.lock_st();
+                st.busy = false;
+                match r {
+                    Ok(()) => {
+                        st.held = None;
+                        // Whatever another node asked meanwhile is given.
+                        st.demote = None;
+                        st.pending = None;
+                    }
+                    Err(e) => {
+                        tracing::warn!(glock = %gl.name, "unlock of an idle glock failed: {e}");
+                        drop(st);
+                        gl.cv.notify_all();
+                        continue;
+                    }
+                }
+            }
+            drop(st);
+            gl.cv.notify_all();
+            let mut m = self.glocks.lock().unwrap_or_else(|e| e.into_inner());
+            let mut st = gl.lock_st();
+            // Nobody else has it (the table's reference and ours): nobody can
+            // find it after this, so nobody waits on it.
+            if st.reclaimable()
+                && st.held.is_none()
+                && Arc::strong_count(&gl) == 2
+                && m.get(&gl.name).is_some_and(|g| Arc::ptr_eq(g, &gl))
+            {
+                m.remove(&gl.name);
+                freed += 1;
+            } else if st.idle() && st.pin.is_none() {
+                self.lru_add(&gl, &mut st);
+            }
+        }
+        tracing::debug!(freed, left = self.count(), max, "glocks reclaimed");
     }
 
     fn ops_for(&self, name: ResName) -> Option<&Arc<dyn GlockOps>> {
@@ -1162,6 +1369,123 @@ mod tests {
             let _ = tx.send(t.acquire(name, Mode::PR));
         });
         rx
+    }
+
+    /// Counts holders per glock in the test and records any sync or
+    /// invalidation of a glock that a holder of the test still has.
+    #[derive(Default)]
+    struct Watch {
+        held: Mutex<HashMap<u64, u32>>,
+        synced: Mutex<HashMap<u64, u32>>,
+        bad: Mutex<Vec<String>>,
+    }
+
+    impl Watch {
+        fn check(&self, what: &str, name: ResName) {
+            let held = self.held.lock().unwrap().get(&name.number).copied();
+            if held.unwrap_or(0) > 0 {
+                self.bad
+                    .lock()
+                    .unwrap()
+                    .push(format!("{what} of {name} while held"));
+            }
+        }
+    }
+
+    impl GlockOps for Watch {
+        fn go_sync(&self, name: ResName) -> Result<()> {
+            self.check("sync", name);
+            *self.synced.lock().unwrap().entry(name.number).or_default() += 1;
+            Ok(())
+        }
+        fn go_inval(&self, name: ResName) {
+            self.check("invalidation", name);
+        }
+    }
+
+    fn watched_table(max: usize) -> (Arc<GlockTable>, Arc<Watch>) {
+        let cb = GlockCallbacks::new();
+        let (ls, _) = gfs2_lockproto::nolock::NoLock
+            .join("test", cb.clone())
+            .expect("nolock join");
+        let w = Arc::new(Watch::default());
+        let mut ops: HashMap<u32, Arc<dyn GlockOps>> = HashMap::new();
+        ops.insert(lm_type::INODE, w.clone());
+        let t = GlockTable::new(ls, &cb, ops);
+        t.set_max_glocks(max);
+        (t, w)
+    }
+
+    fn wait_until(what: &str, f: impl Fn() -> bool) {
+        let t0 = Instant::now();
+        while !f() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn idle_glocks_are_reclaimed_and_held_ones_kept() {
+        let (t, w) = watched_table(16);
+        let kept = ResName::new(lm_type::INODE, 1);
+        let gh = t.acquire(kept, Mode::EX).unwrap();
+        for n in 100..400u64 {
+            drop(
+                t.acquire(ResName::new(lm_type::INODE, n), Mode::EX)
+                    .unwrap(),
+            );
+        }
+        wait_until("table within its bound", || t.count() <= 16);
+        // The held glock stays, in its mode; reclaimed ones were written
+        // back (EX) through the demotion path and are gone.
+        assert_eq!(t.held_mode(kept), Some(Mode::EX));
+        assert_eq!(w.synced.lock().unwrap().get(&1), None);
+        assert_eq!(t.held_mode(ResName::new(lm_type::INODE, 100)), None);
+        assert_eq!(w.synced.lock().unwrap().get(&100), Some(&1));
+        drop(gh);
+        // Idle now: it may go like any other once the bound is passed again.
+        for n in 400..700u64 {
+            drop(
+                t.acquire(ResName::new(lm_type::INODE, n), Mode::PR)
+                    .unwrap(),
+            );
+        }
+        wait_until("table within its bound again", || t.count() <= 16);
+        assert_eq!(t.held_mode(kept), None);
+        assert_eq!(w.synced.lock().unwrap().get(&1), Some(&1));
+    }
+
+    /// Threads take and drop holders on more glocks than the bound while the
+    /// worker reclaims: no glock is synced or invalidated under a holder,
+    /// every request is granted, and the table ends within its bound.
+    #[test]
+    fn reclaim_never_takes_a_glock_from_its_holder() {
+        let (t, w) = watched_table(8);
+        std::thread::scope(|s| {
+            for k in 0..4u64 {
+                let (t, w) = (&t, &w);
+                s.spawn(move || {
+                    for i in 0..3000u64 {
+                        let n = (i * 7 + k * 13) % 40;
+                        let mode = if i % 3 == 0 { Mode::EX } else { Mode::PR };
+                        let h = t.acquire(ResName::new(lm_type::INODE, n), mode).unwrap();
+                        *w.held.lock().unwrap().entry(n).or_default() += 1;
+                        if i % 50 == 0 {
+                            std::thread::sleep(Duration::from_micros(200));
+                        }
+                        *w.held.lock().unwrap().get_mut(&n).unwrap() -= 1;
+                        drop(h);
+                    }
+                });
+            }
+        });
+        wait_until("table within its bound", || t.count() <= 8);
+        let bad = w.bad.lock().unwrap();
+        assert!(bad.is_empty(), "{bad:?}");
+        assert!(
+            !w.synced.lock().unwrap().is_empty(),
+            "nothing was reclaimed"
+        );
     }
 
     #[test]
