@@ -673,6 +673,13 @@ impl GlockTable {
     /// Queue `gl`, whose state `st` is, on the LRU of idle glocks (or mark it
     /// used again if it is queued already).
     fn lru_add(&self, gl: &Arc<Glock>, st: &mut GlState) {
+        // The mount's non-disk locks (mount, live, freeze, rename) are a
+        // handful, and giving the freeze lock up would flush, checkpoint and
+        // write a freeze header: they stay (the kernel holds them for the
+        // mount).
+        if gl.name.lk_type == gfs2_lockproto::lm_type::NONDISK {
+            return;
+        }
         if st.in_lru {
             st.lru_ref = true;
             return;
