@@ -9,7 +9,7 @@
 
 use crate::error::{FsError, Result};
 use crate::format::{mt, Dinode, Rindex, DINODE_SIZE, META_HEADER_SIZE};
-use crate::log::trans::Txn;
+use crate::log::trans::{Txn, View};
 use crate::rgrp;
 use gfs2_lockproto::{lm_type, ResName};
 use gfs2_ondisk::consts::format;
@@ -237,16 +237,7 @@ pub fn map(
     let mut new = false;
     let mut dirty_di = false;
     for (l, idx) in path.iter().enumerate() {
-        let (mty, hdr) = if l == 0 {
-            (mt::DI, DINODE_SIZE)
-        } else {
-            (mt::IN, META_HEADER_SIZE)
-        };
-        let off = hdr + (*idx as usize) * 8;
-        let b = tx.view(glock(ino), cur, mty)?;
-        if off + 8 > b.len() {
-            return Err(FsError::corrupt(cur, "metapath beyond the block"));
-        }
+        let (mty, b, off) = tree_slot(tx, ino, cur, l, *idx)?;
         let mut ptr = get_ptr(&b, off);
         if ptr == 0 {
             if !create {
@@ -283,6 +274,32 @@ pub fn map(
     Ok(Some((cur, new)))
 }
 
+/// Level `level` of inode `ino`'s metadata tree, block `cur`: its type, the
+/// block, and the offset of its pointer `idx`, checked to lie inside it.
+fn tree_slot<'t>(
+    tx: &'t mut Txn<'_>,
+    ino: u64,
+    cur: u64,
+    level: usize,
+    idx: u64,
+) -> Result<(u32, View<'t>, usize)> {
+    let (mty, hdr) = if level == 0 {
+        (mt::DI, DINODE_SIZE)
+    } else {
+        (mt::IN, META_HEADER_SIZE)
+    };
+    let off = usize::try_from(idx)
+        .ok()
+        .and_then(|i| i.checked_mul(8))
+        .and_then(|i| i.checked_add(hdr))
+        .ok_or_else(|| FsError::corrupt(cur, "metapath beyond the block"))?;
+    let b = tx.view(glock(ino), cur, mty)?;
+    if off + 8 > b.len() {
+        return Err(FsError::corrupt(cur, "metapath beyond the block"));
+    }
+    Ok((mty, b, off))
+}
+
 /// The disk blocks of logical blocks `lblock..lblock + max` as one run
 /// (ending early where the mapping stops being contiguous or the leaf
 /// pointer block ends), allocating missing indirect blocks and, when
@@ -309,16 +326,8 @@ pub fn map_run(
     let path = metapath(bsize, di.height, lblock);
     let mut cur = ino;
     for (l, idx) in path.iter().enumerate() {
-        let (mty, hdr) = if l == 0 {
-            (mt::DI, DINODE_SIZE)
-        } else {
-            (mt::IN, META_HEADER_SIZE)
-        };
-        let off = hdr + (*idx as usize) * 8;
-        let b = &*tx.view(glock(ino), cur, mty)?;
-        if off + 8 > b.len() {
-            return Err(FsError::corrupt(cur, "metapath beyond the block"));
-        }
+        let (mty, view, off) = tree_slot(tx, ino, cur, l, *idx)?;
+        let b = &*view;
         let ptr = get_ptr(b, off);
         if l + 1 == path.len() {
             // The leaf pointers: a mapped run, or holes to fill at once.
