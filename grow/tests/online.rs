@@ -65,13 +65,23 @@ fn grow_and_jadd_while_writing() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("in use"), "{err}");
 
-    // A writer keeps going through the mount.
+    // A writer keeps going through the mount: until the grow has answered
+    // it paces itself and stays within 70 MiB of the 100 MiB filesystem
+    // (writing flat out, it could fill the old size before the grow is
+    // done), then writes more than the old size could hold.
     let stop = Arc::new(AtomicBool::new(false));
+    let grown = Arc::new(AtomicBool::new(false));
     let writer = {
-        let (mnt, stop) = (mnt.clone(), stop.clone());
+        let (mnt, stop, grown) = (mnt.clone(), stop.clone(), grown.clone());
         std::thread::spawn(move || {
             let mut n = 0usize;
             while !stop.load(Ordering::SeqCst) || n < 150 {
+                if !grown.load(Ordering::SeqCst) {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    if n >= 70 {
+                        continue;
+                    }
+                }
                 let mut f = std::fs::File::create(mnt.join(format!("f{n}")))
                     .unwrap_or_else(|e| panic!("create f{n}: {e}"));
                 f.write_all(&content(n))
@@ -99,6 +109,7 @@ fn grow_and_jadd_while_writing() {
         "{out}"
     );
     assert!(out.contains("The file system will grow by 200MB."), "{out}");
+    grown.store(true, Ordering::SeqCst);
     let o = Command::new(JADD)
         .args(["-J", "32"])
         .arg(&mnt)
