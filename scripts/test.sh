@@ -21,7 +21,17 @@ if ((${#missing[@]})); then
     echo "test.sh: installing ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq "${missing[@]}" >/dev/null
+    # Some machine images come with qemu-utils from bookworm-backports, which
+    # no configured source carries and whose version breaks bookworm's
+    # qemu-system: take qemu-utils from bookworm with the rest of qemu.
+    extra=()
+    if [[ " ${missing[*]} " == *" qemu-system-x86 "* ]]; then
+        kept=()
+        for p in "${missing[@]}"; do [[ $p == qemu-utils ]] || kept+=("$p"); done
+        missing=("${kept[@]}")
+        extra=(--allow-downgrades qemu-utils/bookworm)
+    fi
+    apt-get install -y -qq "${missing[@]}" "${extra[@]}" >/dev/null
     # corosync and dlm-controld are here for the cluster VMs (tests/oracle
     # copies them into the VMs' initramfs), not for this machine: the
     # packages enable and start their services with a one-node default

@@ -55,7 +55,15 @@ fn exclusive_request_on_one_node_demotes_the_other() {
     // B wants the root exclusively: A is called back, invalidates and goes
     // down to NL; only then is B granted.
     let gh = b.glocks().acquire(root, Mode::EX).unwrap();
-    assert_eq!(a.glocks().held_mode(root), Some(Mode::NL));
+    // The lock manager granted B only once A had converted to NL.
+    let mut modes = mgr.holders("fs1", root);
+    modes.sort();
+    assert_eq!(modes, vec![Mode::NL, Mode::EX]);
+    // A records the mode it was left with just after its conversion
+    // returns, which may be after B's grant.
+    wait_for("A's record of its NL", || {
+        a.glocks().held_mode(root) == Some(Mode::NL)
+    });
     assert!(
         a.cache().len() < cached_before,
         "A kept blocks of a demoted glock"
