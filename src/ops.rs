@@ -1391,22 +1391,24 @@ impl Fs {
     }
 
     fn remove_once(&self, parent: u64, name: &[u8], dir: bool) -> Result<()> {
-        let ta = self.lookup(parent, name)?;
-        let target = ta.ino;
+        // Which inode to lock with the directory (the transaction finds the
+        // name again under both glocks).
+        let target = self
+            .with_inode(parent, |m, ip| crate::inode::dir::lookup(m, ip, name))?
+            .ok_or(FsError::Errno(libc::ENOENT))?
+            .ino;
         let unopened = self
             .writer()
             .map(|w| !w.open.contains_key(&target))
             .unwrap_or(false);
-        if !dir
-            && ta.nlink == 1
-            && ta.mode & S_IFMT == 0o100000
-            && unopened
-            && self.is_single_node()
-        {
-            // Its data goes with it: free it in bounded transactions first.
-            // (In a cluster another node may have it open: the last to
-            // close it frees it whole, see drop_link.)
-            self.free_tail_in_chunks(target, 0)?;
+        if !dir && unopened && self.is_single_node() {
+            let ta = self.getattr(target)?;
+            if ta.nlink == 1 {
+                // Its data goes with it: free it in bounded transactions
+                // first. (In a cluster another node may have it open: the
+                // last to close it frees it whole, see drop_link.)
+                self.free_tail_in_chunks(target, &ta, 0)?;
+            }
         }
         self.modify(&[parent, target], |tx, al, open| {
             let (inum, _) = dirops::find(tx, al, parent, name)?.ok_or(errno(libc::ENOENT))?;
@@ -1700,7 +1702,7 @@ impl Fs {
     /// `setattr`: mode, owner, size, times; ctime is updated.
     pub fn setattr(&self, ino: u64, a: SetAttr) -> Result<Attr> {
         if let Some(size) = a.size {
-            self.free_tail_in_chunks(ino, size)?;
+            self.free_tail_in_chunks(ino, &self.getattr(ino)?, size)?;
         }
         let dev = self.device().clone();
         self.modify(&[ino], |tx, al, _| {
@@ -1929,9 +1931,9 @@ impl Fs {
     /// (from the end backwards), so that truncating or deleting a huge file
     /// never needs more journal than one flush can carry. The size is left
     /// alone: the caller's own transaction sets it.
-    fn free_tail_in_chunks(&self, ino: u64, size: u64) -> Result<()> {
+    /// `a`: the inode's attributes, as the caller read them.
+    fn free_tail_in_chunks(&self, ino: u64, a: &Attr, size: u64) -> Result<()> {
         const CHUNK: u64 = 1 << 16;
-        let a = self.getattr(ino)?;
         if a.mode & S_IFMT != 0o100000 {
             return Ok(());
         }

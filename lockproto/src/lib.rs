@@ -256,6 +256,13 @@ pub trait Lockspace: Send + Sync {
     fn first_done(&self) -> Result<(), LockError>;
     /// Leave the lockspace, dropping every lock of this node.
     fn leave(&self) -> Result<(), LockError>;
+    /// Whether every request completes on the calling thread at once,
+    /// never waiting for another node (lock_nolock): callers may then
+    /// convert where they would otherwise hand the work to a thread of
+    /// their own.
+    fn completes_at_once(&self) -> bool {
+        false
+    }
     /// This node's id in the lockspace.
     fn node_id(&self) -> u32 {
         0

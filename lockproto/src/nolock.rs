@@ -40,6 +40,9 @@ struct NoLockSpace {
 }
 
 impl Lockspace for NoLockSpace {
+    fn completes_at_once(&self) -> bool {
+        true
+    }
     fn lock(
         &self,
         res: ResName,

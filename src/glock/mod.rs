@@ -300,7 +300,7 @@ impl Drop for Holder {
         drop(st);
         self.gl.cv.notify_all();
         if demote {
-            self.table.queue_demote(&self.gl);
+            self.table.demote_after_release(&self.gl);
         }
     }
 }
@@ -548,6 +548,28 @@ impl GlockTable {
             *t.work.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
         t
+    }
+
+    /// The last holder of `gl` went and a demotion is due. A glock with
+    /// nothing cached under it (no per-type operations: iopen, journal) on a
+    /// lock module that answers at once (lock_nolock) is demoted right here:
+    /// nothing is written back and nothing waits for another node, so the
+    /// rule that keeps demotions off operation threads (a log flush waits
+    /// for the transactions under way) does not apply, and the worker is
+    /// not woken for each file opened or removed. Every other glock goes to
+    /// the worker.
+    fn demote_after_release(&self, gl: &Arc<Glock>) {
+        if self.ops_for(gl.name).is_some() || !self.ls.completes_at_once() {
+            self.queue_demote(gl);
+            return;
+        }
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let st = gl.lock_st();
+        if st.demote_due() {
+            self.demote(gl, st);
+        }
     }
 
     /// Have the demotion worker look at `gl` (it demotes if still due).
@@ -1493,6 +1515,32 @@ mod tests {
             !w.synced.lock().unwrap().is_empty(),
             "nothing was reclaimed"
         );
+    }
+
+    /// On lock_nolock an uncached glock with nothing under it (iopen) goes
+    /// down as its last holder leaves, without the worker; one with
+    /// per-type operations (an inode's) still goes through the worker,
+    /// which writes it back.
+    #[test]
+    fn uncached_glock_without_ops_goes_down_with_its_last_holder() {
+        let (t, w) = watched_table(1000);
+        let iopen = ResName::new(lm_type::IOPEN, 0x805d);
+        let a = t.acquire_uncached(iopen, Mode::PR).unwrap();
+        let b = t.acquire_uncached(iopen, Mode::PR).unwrap();
+        drop(a);
+        assert_eq!(
+            t.held_mode(iopen),
+            Some(Mode::PR),
+            "went down under a holder"
+        );
+        drop(b);
+        assert_eq!(t.held_mode(iopen), Some(Mode::NL));
+        let inode = ResName::new(lm_type::INODE, 0x805d);
+        drop(t.acquire_uncached(inode, Mode::EX).unwrap());
+        wait_until("the inode glock demoted", || {
+            t.held_mode(inode) == Some(Mode::NL)
+        });
+        assert_eq!(w.synced.lock().unwrap().get(&0x805d), Some(&1));
     }
 
     #[test]
