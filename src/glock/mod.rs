@@ -502,6 +502,11 @@ impl GlockTable {
                         },
                     };
                     let Some(t) = weak.upgrade() else { break };
+                    if t.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                        // Unmounting: shutdown gives up every glock itself;
+                        // what was queued before must not convert after it.
+                        break;
+                    }
                     let due: Vec<Arc<Glock>> = match msg {
                         Some(Work::Look(gl, Some(at))) => {
                             seq += 1;
@@ -1344,6 +1349,28 @@ impl GlockTable {
         self.find(name).and_then(|g| g.lock_st().held)
     }
 
+    /// `gl`'s state once a conversion under way on the worker (a demotion,
+    /// a reclaim's unlock) has finished, so that it does not reach the lock
+    /// module after shutdown's own unlock. Bounded: a request waiting for
+    /// another node that does not answer does not hold up the unmount.
+    fn settled(gl: &Glock) -> MutexGuard<'_, GlState> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut st = gl.lock_st();
+        while st.busy {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(glock = %gl.name, "a conversion still under way at unmount");
+                break;
+            }
+            st = gl
+                .cv
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        st
+    }
+
     /// Unmount: sync and drop every glock, then leave the lockspace.
     pub fn shutdown(&self) -> Result<()> {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -1356,7 +1383,7 @@ impl GlockTable {
             .map(|(_, g)| g)
             .collect();
         for gl in all {
-            let held = gl.lock_st().held;
+            let held = Self::settled(&gl).held;
             let mut lvb_out = None;
             if let Some(o) = self.ops_for(gl.name) {
                 if held == Some(Mode::EX) {
