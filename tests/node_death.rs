@@ -98,7 +98,16 @@ struct Job {
     own: u64,
     shared: u64,
     seed: u64,
+    /// A survivor's pace: the victim's fsync'd files and its device. Until
+    /// the victim dies, a survivor stays at most [`LEAD`] fsync'd files
+    /// ahead of it, so that the death comes at a random point of a shared
+    /// workload: a victim slowed down by the others (waiting for their
+    /// glocks) would otherwise let them fill the disk first.
+    pace: Option<(Synced, Arc<Mortal>)>,
 }
+
+/// How far a survivor may run ahead of the victim (fsync'd files).
+const LEAD: usize = 200;
 
 /// Run `job` on `fs` until `stop` or an error (the dead node's device
 /// failing); returns operations done.
@@ -114,12 +123,22 @@ fn workload(
         own,
         shared,
         seed,
+        pace,
     } = job;
     let file = libc::S_IFREG | 0o644;
     let mut rng = Rng(seed);
     let mut done = 0;
     let mut i = 0u64;
     while !stop.load(Ordering::SeqCst) {
+        if let Some((victim, dev)) = &pace {
+            let mine = synced.lock().unwrap().len();
+            while !stop.load(Ordering::SeqCst)
+                && !dev.dead.load(Ordering::SeqCst)
+                && mine > victim.lock().unwrap().len() + LEAD
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
         i += 1;
         let e = |x: gfs2fuse::error::FsError| format!("{tag} op {i}: {x}");
         // A file written and fsync'd: it must survive whatever follows.
@@ -196,6 +215,7 @@ fn round(base: &Arc<Vec<u8>>, kind: Kind, countdown: i64, seed: u64, tag: &str) 
     let victim_id = nodes[1].glocks().lockspace().node_id();
     devs[1].countdown.store(countdown, Ordering::SeqCst);
     let synced: Vec<Synced> = (0..3).map(|_| Synced::default()).collect();
+    let synced_all = synced.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
     // Plain threads, not a scope: a check that fails while a workload is
@@ -224,6 +244,7 @@ fn round(base: &Arc<Vec<u8>>, kind: Kind, countdown: i64, seed: u64, tag: &str) 
         .map(|k| {
             let (fs, synced, stop) = (nodes[k].clone(), synced[k].clone(), stop.clone());
             let (o, sh) = (own[k], shared);
+            let pace = (k != 1).then(|| (synced_all[1].clone(), devs[1].clone()));
             std::thread::spawn(move || {
                 let job = Job {
                     tag: format!("{k}"),
@@ -231,6 +252,7 @@ fn round(base: &Arc<Vec<u8>>, kind: Kind, countdown: i64, seed: u64, tag: &str) 
                     own: o,
                     shared: sh,
                     seed: seed + k as u64,
+                    pace,
                 };
                 let r = workload(&fs, job, &synced, &stop);
                 if let Err(e) = &r {
