@@ -53,6 +53,8 @@ const HOLD_MIN: Duration = Duration::from_millis(10);
 const HOLD_INCR: Duration = Duration::from_millis(50);
 /// Taken away each time it delays another node (`GL_GLOCK_HOLD_DECR`).
 const HOLD_DECR: Duration = Duration::from_millis(25);
+/// How soon a reclaim that left the table over its bound runs again.
+const RECLAIM_RETRY: Duration = Duration::from_millis(200);
 
 pub use ops::{GlockOps, NoOps};
 
@@ -486,8 +488,16 @@ impl GlockTable {
                 let mut later: std::collections::BTreeMap<(Instant, u64), Arc<Glock>> =
                     Default::default();
                 let mut seq = 0u64;
+                // A reclaim that left the table over its bound (glocks in
+                // use then) looks again later: no new glock may come to
+                // queue one.
+                let mut reclaim_at: Option<Instant> = None;
                 loop {
                     let next = later.keys().next().map(|(at, _)| *at);
+                    let next = match (next, reclaim_at) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
                     let msg = match next {
                         Some(at) => {
                             match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
@@ -515,11 +525,14 @@ impl GlockTable {
                         }
                         Some(Work::Look(gl, None)) => vec![gl],
                         Some(Work::Reclaim) => {
-                            t.reclaim();
+                            reclaim_at = t.reclaim().then(|| Instant::now() + RECLAIM_RETRY);
                             Vec::new()
                         }
                         None => {
                             let now = Instant::now();
+                            if reclaim_at.is_some_and(|at| at <= now) {
+                                reclaim_at = t.reclaim().then(|| now + RECLAIM_RETRY);
+                            }
                             let rest = later.split_off(&(now, u64::MAX));
                             std::mem::replace(&mut later, rest).into_values().collect()
                         }
@@ -743,8 +756,9 @@ impl GlockTable {
     /// glock used again since it was queued goes to the back once (second
     /// chance); one in use leaves the LRU until its last holder goes. A
     /// request arriving meanwhile waits (`busy`) and promotes afresh, as
-    /// after any demotion.
-    fn reclaim(&self) {
+    /// after any demotion. Returns whether the table is still over its
+    /// bound (its worker then tries again after [`RECLAIM_RETRY`]).
+    fn reclaim(&self) -> bool {
         use std::sync::atomic::Ordering::SeqCst;
         self.reclaim_queued.store(false, SeqCst);
         let max = self.max_glocks();
@@ -826,7 +840,9 @@ impl GlockTable {
                 self.lru_add(&gl, &mut st);
             }
         }
-        tracing::debug!(freed, left = self.count(), max, "glocks reclaimed");
+        let left = self.count();
+        tracing::debug!(freed, left, max, "glocks reclaimed");
+        left > max
     }
 
     fn ops_for(&self, name: ResName) -> Option<&Arc<dyn GlockOps>> {
@@ -1509,6 +1525,24 @@ mod tests {
         wait_until("table within its bound again", || t.count() <= 16);
         assert_eq!(t.held_mode(kept), None);
         assert_eq!(w.synced.lock().unwrap().get(&1), Some(&1));
+    }
+
+    /// Glocks in use when the reclaim ran are given up once idle, though no
+    /// new glock comes to queue another reclaim.
+    #[test]
+    fn glocks_in_use_at_reclaim_go_once_idle() {
+        let (t, _w) = watched_table(8);
+        let held: Vec<Holder> = (1..=40u64)
+            .map(|n| {
+                t.acquire(ResName::new(lm_type::INODE, n), Mode::PR)
+                    .unwrap()
+            })
+            .collect();
+        // The reclaims queued by the new glocks found them all in use.
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(t.count(), 40);
+        drop(held);
+        wait_until("table within its bound", || t.count() <= 8);
     }
 
     /// Threads take and drop holders on more glocks than the bound while the
