@@ -53,6 +53,9 @@ const HOLD_MIN: Duration = Duration::from_millis(10);
 const HOLD_INCR: Duration = Duration::from_millis(50);
 /// Taken away each time it delays another node (`GL_GLOCK_HOLD_DECR`).
 const HOLD_DECR: Duration = Duration::from_millis(25);
+/// How long a request waits for other nodes before this node gives up the
+/// idle glocks it keeps for their hold time (see [`GlockTable::expedite`]).
+const EXPEDITE_AFTER: Duration = Duration::from_millis(20);
 /// How soon a reclaim that left the table over its bound runs again.
 const RECLAIM_RETRY: Duration = Duration::from_millis(200);
 
@@ -213,6 +216,21 @@ impl Glock {
         st.waiters -= 1;
         st
     }
+
+    /// [`Glock::wait_as_waiter`] for at most `dur`; `true` if it timed out.
+    fn wait_as_waiter_for<'a>(
+        &self,
+        mut st: MutexGuard<'a, GlState>,
+        dur: Duration,
+    ) -> (MutexGuard<'a, GlState>, bool) {
+        st.waiters += 1;
+        let (mut st, r) = self
+            .cv
+            .wait_timeout(st, dur)
+            .unwrap_or_else(|e| e.into_inner());
+        st.waiters -= 1;
+        (st, r.timed_out())
+    }
 }
 
 /// How a local request treats a pin (see [`Pin`]).
@@ -232,6 +250,9 @@ enum Work {
     Look(Arc<Glock>, Option<Instant>),
     /// Give up idle glocks until the table is back under its bound.
     Reclaim,
+    /// A request of this node waits for other nodes: idle glocks kept for
+    /// their hold time go now (see [`GlockTable::expedite`]).
+    Expedite,
 }
 
 /// How many glocks a table keeps by default (`glocks=`): past it, the
@@ -524,6 +545,25 @@ impl GlockTable {
                             Vec::new()
                         }
                         Some(Work::Look(gl, None)) => vec![gl],
+                        Some(Work::Expedite) => {
+                            let mut due = Vec::new();
+                            for (k, gl) in std::mem::take(&mut later) {
+                                let mut st = gl.lock_st();
+                                match st.pending {
+                                    Some((m, _)) if st.idle() && st.waiters == 0 => {
+                                        st.pending = None;
+                                        st.demote = Some(st.demote.map_or(m, |d| d.min(m)));
+                                        drop(st);
+                                        due.push(gl);
+                                    }
+                                    _ => {
+                                        drop(st);
+                                        later.insert(k, gl);
+                                    }
+                                }
+                            }
+                            due
+                        }
                         Some(Work::Reclaim) => {
                             reclaim_at = t.reclaim().then(|| Instant::now() + RECLAIM_RETRY);
                             Vec::new()
@@ -587,6 +627,25 @@ impl GlockTable {
         let st = gl.lock_st();
         if st.demote_due() {
             self.demote(gl, st);
+        }
+    }
+
+    /// One of this node's requests has waited [`EXPEDITE_AFTER`] for other
+    /// nodes: the idle glocks that others asked for and that are kept only
+    /// for their hold time go now. The hold time lets a node get work done
+    /// between two ping-pongs, but a node that waits for another lock does
+    /// no work: keeping them lets a convoy form through the lock order (a
+    /// node in a rename holds the rename lock and waits for a directory
+    /// that a node waiting for the rename lock keeps for its hold time:
+    /// each step then costs a whole hold time, a few operations a second
+    /// for all three nodes of the node-death test). Beyond the kernel,
+    /// whose `gl_hold_time` has the same convoy.
+    fn expedite(&self) {
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        if let Some(tx) = &*self.work.lock().unwrap_or_else(|e| e.into_inner()) {
+            let _ = tx.send(Work::Expedite);
         }
     }
 
@@ -1054,7 +1113,7 @@ impl GlockTable {
                         o.go_before_upconvert(name);
                     }
                 }
-                let r = self.ls.lock(name, mode, self.flags(name, false), None);
+                let r = self.request(name, mode, was);
                 st = gl.lock_st();
                 match r {
                     Ok(Some(g)) => st.apply_grant(&g),
@@ -1069,8 +1128,20 @@ impl GlockTable {
                             }
                             st = gl.lock_st();
                         }
+                        let mut told = false;
                         while st.busy {
-                            st = gl.wait_as_waiter(st);
+                            if told {
+                                st = gl.wait_as_waiter(st);
+                                continue;
+                            }
+                            let (g, timed_out) = gl.wait_as_waiter_for(st, EXPEDITE_AFTER);
+                            st = g;
+                            if timed_out && st.busy {
+                                told = true;
+                                drop(st);
+                                self.expedite();
+                                st = gl.lock_st();
+                            }
                         }
                     }
                     Err(e) => {
@@ -1110,6 +1181,54 @@ impl GlockTable {
             }
             st = gl.wait_as_waiter(st);
         }
+    }
+
+    /// Ask the lock module for `name` in `mode`, the node holding `was`.
+    ///
+    /// The lock manager serves conversions before new requests (the DLM's
+    /// rule, which lock_mem follows): a node asking for a lock it does not
+    /// hold at all would wait as long as other nodes keep passing the lock
+    /// between them by conversions, which nodes that cached it do (seconds
+    /// under a steady load: a node's first rename into a busy directory
+    /// waited while two others did thousands). So a first request that
+    /// cannot be granted at once is made a conversion: NL is taken
+    /// (compatible with every mode, granted without waiting unless new
+    /// requests queue ahead), then converted, which waits in turn behind
+    /// the conversions already queued. A request granted at once costs
+    /// nothing more; the lock module is left to itself where it answers
+    /// at once anyway.
+    fn request(
+        &self,
+        name: ResName,
+        mode: Mode,
+        was: Option<Mode>,
+    ) -> std::result::Result<Option<Grant>, gfs2_lockproto::LockError> {
+        let plain = |try_lock| self.ls.lock(name, mode, self.flags(name, try_lock), None);
+        // (An iopen try would call the holders back: the kernel's
+        // TRY_1CB, which makes kernel nodes try to delete the inode.)
+        if was.is_some()
+            || mode == Mode::NL
+            || name.lk_type == gfs2_lockproto::lm_type::IOPEN
+            || self.ls.completes_at_once()
+        {
+            return plain(false);
+        }
+        match plain(true)? {
+            Some(g) if g.status != GrantStatus::WouldBlock => return Ok(Some(g)),
+            _ => {}
+        }
+        let nl = self.ls.lock(name, Mode::NL, self.flags(name, true), None)?;
+        let took_nl = nl.is_some_and(|g| g.status == GrantStatus::Granted);
+        tracing::trace!(glock = %name, ?mode, took_nl, "first request has to wait");
+        // With NL this is a conversion now; without (new requests queue
+        // ahead) an ordinary request, in their order.
+        let r = plain(false);
+        if r.is_err() && took_nl {
+            // Not recorded as held: give the NL back rather than leave it
+            // in the lock manager until unmount.
+            let _ = self.ls.unlock(name, None);
+        }
+        r
     }
 
     /// Take a holder on `name` in `mode` only if that needs no waiting: the
@@ -1525,6 +1644,51 @@ mod tests {
         wait_until("table within its bound again", || t.count() <= 16);
         assert_eq!(t.held_mode(kept), None);
         assert_eq!(w.synced.lock().unwrap().get(&1), Some(&1));
+    }
+
+    /// A node whose request waits for another node gives up the idle
+    /// glocks it keeps for their hold time: B's request for x is not held
+    /// back for A's hold time (200 ms) while A itself waits for B's y.
+    #[test]
+    fn a_waiting_node_gives_up_what_it_keeps_for_its_hold_time() {
+        let mgr = gfs2_lockproto::mem::MemLockManager::new();
+        let join = || {
+            let cb = GlockCallbacks::new();
+            let (ls, _) = mgr.proto().join("test:hold", cb.clone()).unwrap();
+            GlockTable::new(ls, &cb, HashMap::new())
+        };
+        let (a, b) = (join(), join());
+        let (x, y) = (
+            ResName::new(lm_type::INODE, 1),
+            ResName::new(lm_type::INODE, 2),
+        );
+        let by = b.acquire(y, Mode::EX).unwrap();
+        let ax = a.acquire(x, Mode::EX).unwrap();
+        // B asks for x while A uses it: held back for A's hold time.
+        let bx = {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                let h = b.acquire(x, Mode::EX).unwrap();
+                (t.elapsed(), h)
+            })
+        };
+        wait_until("B's request held back", || a.dump().contains(" f:d "));
+        drop(ax);
+        // A now waits for y, which B uses.
+        let ay = {
+            let a = a.clone();
+            std::thread::spawn(move || a.acquire(y, Mode::PR).map(|_| ()))
+        };
+        let (took, _bx) = bx.join().unwrap();
+        assert!(!ay.is_finished(), "A was granted y while B held it");
+        assert!(
+            took < Duration::from_millis(170),
+            "B waited {took:?} for x, A's whole hold time"
+        );
+        drop(by);
+        drop(_bx);
+        ay.join().unwrap().unwrap();
     }
 
     /// Glocks in use when the reclaim ran are given up once idle, though no
