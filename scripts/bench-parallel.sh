@@ -8,6 +8,8 @@
 #   create: 8 threads each creating 2,500 empty files in a directory of its own, against one thread
 #           creating the same 20,000 files in the same 8 directories one after the other
 #           (target: >= 1.5x).
+# The same workloads run on a plain directory beside the image (the host's own filesystem and
+# disk: how far several fsyncing writers can overlap on this machine at all), printed last.
 # Each BIN (default: this tree's release build) is a gfs2-fuse binary; with several (say the one
 # before a change and the one after), they take turns within each round, on a fresh filesystem
 # for every measurement, and the best time of ROUNDS (default 3) is kept. The load average is
@@ -22,6 +24,7 @@ cargo build --release -q -p gfs2-fuse -p gfs2-mkfs --manifest-path "$root/Cargo.
 mkfs=$CARGO_TARGET_DIR/release/mkfs-gfs2
 bins=("$@")
 [ ${#bins[@]} -gt 0 ] || bins=("$CARGO_TARGET_DIR/release/gfs2-fuse")
+bins+=(plain)
 for t in python3 fusermount3; do
     command -v $t >/dev/null || { echo "bench-parallel: $t not installed" >&2; exit 1; }
 done
@@ -66,6 +69,12 @@ PY
 # One measurement: fresh filesystem, mount with binary $1, run workload $2 with $3 threads.
 measure() {
     local bin=$1 op=$2 n=$3 t
+    if [ "$bin" = plain ]; then
+        # What this machine's own filesystem and disk allow, as the anchor.
+        rm -rf "$work/plain"; mkdir "$work/plain"; sync
+        python3 "$work/w.py" "$op" "$work/plain" "$n"
+        return
+    fi
     rm -f "$work/img"
     truncate -s 4G "$work/img"
     "$mkfs" -O -q -p lock_nolock -j 1 "$work/img" >/dev/null
