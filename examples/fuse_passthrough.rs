@@ -267,6 +267,7 @@ impl fuser::Filesystem for Passthrough {
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<fuser::BsdFileFlags>,
+        _kill_suidgid: bool,
         reply: ReplyAttr,
     ) {
         let p = tryr!(reply, self.path(ino));

@@ -273,6 +273,16 @@ impl fuser::Filesystem for Gfs2Fuse {
                 ));
             }
         }
+        // We clear set-user/group-ID and capabilities on write, truncate
+        // and chown: the kernel then no longer asks for
+        // `security.capability` before every write. A kernel without it
+        // goes on doing that itself (and our clearing finds nothing).
+        if config
+            .add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
+            .is_err()
+        {
+            tracing::debug!("kernel FUSE without HANDLE_KILLPRIV_V2");
+        }
         Ok(())
     }
 
@@ -497,18 +507,16 @@ impl fuser::Filesystem for Gfs2Fuse {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         flags: OpenFlags,
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
         // O_APPEND: the end of the file is ours to find, under its glock;
         // the kernel's offset comes from a size another node may have moved.
-        let r = if flags.0 & libc::O_APPEND != 0 {
-            self.fs.append(self.ino(ino), data)
-        } else {
-            self.fs.write(self.ino(ino), offset, data)
-        };
+        let at = (flags.0 & libc::O_APPEND == 0).then_some(offset);
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        let r = self.fs.write_killing_privs(self.ino(ino), at, data, kill);
         match r {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
@@ -531,6 +539,7 @@ impl fuser::Filesystem for Gfs2Fuse {
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<fuser::BsdFileFlags>,
+        kill_suidgid: bool,
         reply: ReplyAttr,
     ) {
         let t = |x: Option<TimeOrNow>| {
@@ -552,6 +561,8 @@ impl fuser::Filesystem for Gfs2Fuse {
             size,
             atime: t(atime),
             mtime: t(mtime),
+            killpriv: true,
+            kill_suidgid,
         };
         match self.fs.setattr(self.ino(ino), a) {
             Ok(a) => reply.attr(&TTL, &self.attr(&a)),

@@ -213,6 +213,48 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<(i64, u32)>,
     pub mtime: Option<(i64, u32)>,
+    /// The caller leaves killing privileges to us (FUSE's
+    /// `FUSE_HANDLE_KILLPRIV_V2`): a change of owner or group of a
+    /// non-directory clears set-user-ID, and set-group-ID if
+    /// group-executable, as the kernel's `chown` does.
+    pub killpriv: bool,
+    /// `FATTR_KILL_SUIDGID`: the size change is by a caller without
+    /// `CAP_FSETID`, so set-user-ID and set-group-ID go as for a write.
+    pub kill_suidgid: bool,
+}
+
+/// `mode` without set-user-ID, and without set-group-ID if group-executable
+/// (without group execute it means mandatory locking, which a write keeps):
+/// what the kernel's `file_remove_privs` clears.
+fn without_suidgid(mode: u32) -> u32 {
+    let sgid_x = libc::S_ISGID | libc::S_IXGRP;
+    let mut m = mode & !libc::S_ISUID;
+    if mode & sgid_x == sgid_x {
+        m &= !libc::S_ISGID;
+    }
+    m
+}
+
+/// What a write through FUSE must clear besides writing, the kernel leaving
+/// it to us (`FUSE_HANDLE_KILLPRIV_V2`, which spares a `security.capability`
+/// look-up round trip per write): the file's capabilities always, and with
+/// `suidgid` (the writer lacks `CAP_FSETID`: `FUSE_WRITE_KILL_SUIDGID`) its
+/// set-user-ID and set-group-ID bits, as `file_remove_privs` would.
+fn kill_privs(tx: &mut Txn<'_>, al: Alloc<'_>, ino: u64, suidgid: bool) -> Result<()> {
+    use crate::inode::{ea_write, xattr};
+    let mut di = dinode(tx, ino)?;
+    if suidgid && without_suidgid(di.mode) != di.mode {
+        di.mode = without_suidgid(di.mode);
+        put_dinode(tx, &di)?;
+    }
+    if di.eattr != 0 {
+        let (t, n) = xattr::split_name(b"security.capability")
+            .ok_or_else(|| FsError::corrupt(ino, "no security namespace"))?;
+        if ea_write::get(tx, ino, t, n)?.is_some() {
+            ea_write::set(tx, al, ino, t, n, None, ea_write::SetMode::Any)?;
+        }
+    }
+    Ok(())
 }
 
 /// `RENAME_NOREPLACE` and `RENAME_EXCHANGE`.
@@ -1616,7 +1658,20 @@ impl Fs {
 
     /// Write `data` at `offset` of regular file `ino`; returns bytes written.
     pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> Result<usize> {
-        self.write_at(ino, Some(offset), data)
+        self.write_at(ino, Some(offset), data, None)
+    }
+
+    /// A write through FUSE with `FUSE_HANDLE_KILLPRIV_V2`: at `offset`, or
+    /// at the end of the file (`None`, `O_APPEND`), clearing what
+    /// [`kill_privs`] says (`kill_suidgid`: `FUSE_WRITE_KILL_SUIDGID`).
+    pub fn write_killing_privs(
+        &self,
+        ino: u64,
+        offset: Option<u64>,
+        data: &[u8],
+        kill_suidgid: bool,
+    ) -> Result<usize> {
+        self.write_at(ino, offset, data, Some(kill_suidgid))
     }
 
     /// Append `data` at the end of file `ino` as it is on disk when the
@@ -1624,11 +1679,18 @@ impl Fs {
     /// append offset comes from its cached size, which another node may
     /// have moved since: only the holder of the glock knows the end.
     pub fn append(&self, ino: u64, data: &[u8]) -> Result<usize> {
-        self.write_at(ino, None, data)
+        self.write_at(ino, None, data, None)
     }
 
-    /// Write at `offset`, or at the end of the file (`None`).
-    fn write_at(&self, ino: u64, at: Option<u64>, data: &[u8]) -> Result<usize> {
+    /// Write at `offset`, or at the end of the file (`None`); with `kill`,
+    /// clear privileges as [`kill_privs`] says.
+    fn write_at(
+        &self,
+        ino: u64,
+        at: Option<u64>,
+        data: &[u8],
+        kill: Option<bool>,
+    ) -> Result<usize> {
         if data.is_empty() {
             return Ok(0);
         }
@@ -1637,13 +1699,16 @@ impl Fs {
         if data.len() > CHUNK {
             let mut done = 0;
             for piece in data.chunks(CHUNK) {
-                done += self.write_at(ino, at.map(|o| o + done as u64), piece)?;
+                done += self.write_at(ino, at.map(|o| o + done as u64), piece, kill)?;
             }
             return Ok(done);
         }
         let dev = self.device().clone();
         let sync = self.modify(&[ino], |tx, al, _| {
             let di = write_tx(tx, al, dev.as_ref(), ino, at, data)?;
+            if let Some(suidgid) = kill {
+                kill_privs(tx, al, ino, suidgid)?;
+            }
             Ok(di.flags & dif::SYNC != 0)
         })?;
         if sync {
@@ -1739,6 +1804,10 @@ impl Fs {
             }
             if let Some(g) = a.gid {
                 di.gid = g;
+            }
+            let chown = a.killpriv && (a.uid.is_some() || a.gid.is_some()) && a.mode.is_none();
+            if !di.is_dir() && (chown || (a.kill_suidgid && a.size.is_some())) {
+                di.mode = without_suidgid(di.mode);
             }
             if let Some((s, ns)) = a.atime {
                 di.atime = s as u64;

@@ -371,3 +371,140 @@ fn glock_dump_of_a_mounted_filesystem() {
         assert_eq!(out.status.code(), Some(1));
     });
 }
+
+/// We clear privileges ourselves (`FUSE_HANDLE_KILLPRIV_V2`), so the kernel
+/// does not ask for `security.capability` before every write: a write by a
+/// user without `CAP_FSETID` clears set-user-ID and (group-executable)
+/// set-group-ID, a write by root keeps them, any write drops the file's
+/// capabilities, a truncation by such a user and a `chown` clear them too,
+/// exactly as the kernel does on a local filesystem.
+#[test]
+fn writes_truncation_and_chown_clear_privileges() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let img = mkfs(4096, 1, 128, "killpriv");
+    let mnt = mountpoint("killpriv");
+    let out = Command::new(bin())
+        .arg("mount")
+        .arg(&img.0)
+        .arg(&mnt.0)
+        .args(["-o", "allow_other"])
+        .output()
+        .unwrap();
+    let _guard = MountGuard(mnt.0.clone());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let f = |n: &str| mnt.0.join(n);
+    let make = |n: &str, mode: u32| {
+        std::fs::write(f(n), b"0123456789").unwrap();
+        std::fs::set_permissions(f(n), std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    make("user-write", 0o6777);
+    make("user-write-sgid-noexec", 0o2767);
+    make("root-write", 0o6777);
+    make("user-trunc", 0o4777);
+    make("chown", 0o4755);
+    make("caps", 0o755);
+    // A capability set (VFS_CAP_REVISION_2, cap_net_raw permitted).
+    let caps: [u8; 20] = [
+        0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    xattr_set(&f("caps"), "security.capability", &caps);
+    // As an unprivileged user (no CAP_FSETID).
+    let user = |script: &str| {
+        let st = Command::new("setpriv")
+            .args([
+                "--reuid=1000",
+                "--regid=1000",
+                "--clear-groups",
+                "sh",
+                "-c",
+                script,
+            ])
+            .current_dir(&mnt.0)
+            .status()
+            .expect("setpriv (util-linux)");
+        assert!(st.success(), "{script}");
+    };
+    user("printf x >> user-write && printf x >> user-write-sgid-noexec && : > user-trunc");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(f("root-write"))
+        .and_then(|mut o| std::io::Write::write_all(&mut o, b"x"))
+        .unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(f("caps"))
+        .and_then(|mut o| std::io::Write::write_all(&mut o, b"x"))
+        .unwrap();
+    std::os::unix::fs::chown(f("chown"), Some(1000), None).unwrap();
+    // Past the attribute TTL: the modes as stored.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let mode = |n: &str| std::fs::metadata(f(n)).unwrap().mode() & 0o7777;
+    assert_eq!(
+        mode("user-write"),
+        0o0777,
+        "a user's write kept set-ID bits"
+    );
+    assert_eq!(
+        mode("user-write-sgid-noexec"),
+        0o2767,
+        "set-group-ID without group execute is kept"
+    );
+    assert_eq!(
+        mode("root-write"),
+        0o6777,
+        "root's write cleared set-ID bits"
+    );
+    assert_eq!(
+        mode("user-trunc"),
+        0o0777,
+        "a user's truncation kept set-user-ID"
+    );
+    assert_eq!(std::fs::metadata(f("user-trunc")).unwrap().len(), 0);
+    assert_eq!(mode("chown"), 0o0755, "chown kept set-user-ID");
+    assert_eq!(std::fs::metadata(f("chown")).unwrap().uid(), 1000);
+    assert_eq!(
+        xattr_get(&f("caps"), "security.capability"),
+        None,
+        "a write kept the file's capabilities"
+    );
+    assert_eq!(std::fs::read(f("user-write")).unwrap(), b"0123456789x");
+}
+
+fn xattr_set(p: &std::path::Path, name: &str, value: &[u8]) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let r = unsafe {
+        libc::setxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(r, 0, "setxattr {name}: {}", std::io::Error::last_os_error());
+}
+
+fn xattr_get(p: &std::path::Path, name: &str) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    let r = unsafe { libc::getxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        assert_eq!(
+            e.raw_os_error(),
+            Some(libc::ENODATA),
+            "getxattr {name}: {e}"
+        );
+        return None;
+    }
+    buf.truncate(r as usize);
+    Some(buf)
+}

@@ -446,7 +446,8 @@ pub trait Filesystem: Send + Sync + 'static {
         reply.error(Errno::ENOSYS);
     }
 
-    /// Set file attributes.
+    /// Set file attributes. `kill_suidgid`: `FATTR_KILL_SUIDGID`, see
+    /// `InitFlags::FUSE_HANDLE_KILLPRIV_V2`.
     fn setattr(
         &self,
         _req: &Request,
@@ -463,6 +464,7 @@ pub trait Filesystem: Send + Sync + 'static {
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         flags: Option<BsdFileFlags>,
+        _kill_suidgid: bool,
         reply: ReplyAttr,
     ) {
         warn!(

@@ -472,6 +472,12 @@ mod op {
             #[cfg(not(target_os = "macos"))]
             None
         }
+        /// `FATTR_KILL_SUIDGID` (with `FUSE_HANDLE_KILLPRIV_V2`): the caller
+        /// lacks `CAP_FSETID`, so a size change must clear set-user-ID and
+        /// set-group-ID (the latter if group-executable).
+        pub(crate) fn kill_suidgid(&self) -> bool {
+            self.valid().contains(FattrFlags::FATTR_KILL_SUIDGID)
+        }
         pub(crate) fn flags(&self) -> Option<BsdFileFlags> {
             #[cfg(target_os = "macos")]
             if self.valid().contains(FattrFlags::FATTR_FLAGS) {
