@@ -79,22 +79,32 @@ fn mount_fuse3_form_and_errors_before_detaching() {
     assert!(!out.status.success());
     assert!(!is_mounted(&mnt.0));
     // The mount.fuse3 form with kernel-style options works.
-    let out = Command::new(bin())
-        .arg(&img.0)
-        .arg(&mnt.0)
-        .args(["-o", "rw,dev,suid,lockproto=lock_nolock,hostdata=jid=0,acl"])
-        .output()
-        .unwrap();
-    let _guard = MountGuard(mnt.0.clone());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let _guard = mount_ok(
+        &[
+            img.0.as_os_str(),
+            mnt.0.as_os_str(),
+            "-o".as_ref(),
+            "rw,dev,suid,lockproto=lock_nolock,hostdata=jid=0,acl".as_ref(),
+        ],
+        &mnt.0,
     );
     assert!(is_mounted(&mnt.0));
     // A read-write mount: files can be created and read back.
     std::fs::write(mnt.0.join("x"), b"written").unwrap();
     assert_eq!(std::fs::read(mnt.0.join("x")).unwrap(), b"written");
+}
+
+/// Runs `gfs2-fuse ARGS...`, which must mount `mnt`; the guard unmounts it
+/// (also when the mount failed half-way).
+fn mount_ok(args: &[&std::ffi::OsStr], mnt: &std::path::Path) -> MountGuard {
+    let out = Command::new(bin()).args(args).output().unwrap();
+    let guard = MountGuard(mnt.to_path_buf());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    guard
 }
 
 fn field(text: &str, name: &str) -> u64 {
@@ -383,18 +393,15 @@ fn writes_truncation_and_chown_clear_privileges() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let img = mkfs(4096, 1, 128, "killpriv");
     let mnt = mountpoint("killpriv");
-    let out = Command::new(bin())
-        .arg("mount")
-        .arg(&img.0)
-        .arg(&mnt.0)
-        .args(["-o", "allow_other"])
-        .output()
-        .unwrap();
-    let _guard = MountGuard(mnt.0.clone());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let _guard = mount_ok(
+        &[
+            "mount".as_ref(),
+            img.0.as_os_str(),
+            mnt.0.as_os_str(),
+            "-o".as_ref(),
+            "allow_other".as_ref(),
+        ],
+        &mnt.0,
     );
     let f = |n: &str| mnt.0.join(n);
     let make = |n: &str, mode: u32| {
