@@ -239,20 +239,31 @@ fn without_suidgid(mode: u32) -> u32 {
 /// it to us (`FUSE_HANDLE_KILLPRIV_V2`, which spares a `security.capability`
 /// look-up round trip per write): the file's capabilities always, and with
 /// `suidgid` (the writer lacks `CAP_FSETID`: `FUSE_WRITE_KILL_SUIDGID`) its
-/// set-user-ID and set-group-ID bits, as `file_remove_privs` would.
-fn kill_privs(tx: &mut Txn<'_>, al: Alloc<'_>, ino: u64, suidgid: bool) -> Result<()> {
-    use crate::inode::{ea_write, xattr};
-    let mut di = dinode(tx, ino)?;
+/// set-user-ID and set-group-ID bits, as `file_remove_privs` would. `di`:
+/// the dinode as the write left it in the transaction.
+fn kill_privs(
+    tx: &mut Txn<'_>,
+    al: Alloc<'_>,
+    ino: u64,
+    mut di: Dinode,
+    suidgid: bool,
+) -> Result<()> {
+    use crate::inode::{ea_write, xattr::EATYPE_SECURITY};
     if suidgid && without_suidgid(di.mode) != di.mode {
         di.mode = without_suidgid(di.mode);
         put_dinode(tx, &di)?;
     }
-    if di.eattr != 0 {
-        let (t, n) = xattr::split_name(b"security.capability")
-            .ok_or_else(|| FsError::corrupt(ino, "no security namespace"))?;
-        if ea_write::get(tx, ino, t, n)?.is_some() {
-            ea_write::set(tx, al, ino, t, n, None, ea_write::SetMode::Any)?;
-        }
+    let name = b"capability";
+    if di.eattr != 0 && ea_write::get(tx, ino, EATYPE_SECURITY, name)?.is_some() {
+        ea_write::set(
+            tx,
+            al,
+            ino,
+            EATYPE_SECURITY,
+            name,
+            None,
+            ea_write::SetMode::Any,
+        )?;
     }
     Ok(())
 }
@@ -543,9 +554,7 @@ pub(crate) fn write_tx(
     }
     di.size = di.size.max(end);
     touch_mc(&mut di);
-    // Set-id bits are the kernel's business: without
-    // FUSE_HANDLE_KILLPRIV it clears them with a setattr before the
-    // write when the writer lacks CAP_FSETID.
+    // Set-id bits and capabilities: the caller's (see `kill_privs`).
     put_dinode(tx, &di)?;
     Ok(di)
 }
@@ -1706,10 +1715,11 @@ impl Fs {
         let dev = self.device().clone();
         let sync = self.modify(&[ino], |tx, al, _| {
             let di = write_tx(tx, al, dev.as_ref(), ino, at, data)?;
+            let sync = di.flags & dif::SYNC != 0;
             if let Some(suidgid) = kill {
-                kill_privs(tx, al, ino, suidgid)?;
+                kill_privs(tx, al, ino, di, suidgid)?;
             }
-            Ok(di.flags & dif::SYNC != 0)
+            Ok(sync)
         })?;
         if sync {
             // `chattr +S`: every write is durable when it returns.

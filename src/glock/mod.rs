@@ -167,6 +167,15 @@ impl GlState {
             && self.pin.is_none()
     }
 
+    /// The remote request held back for the hold time is served now: it
+    /// becomes a demotion (stopping new local holders), joined with any
+    /// already asked for.
+    fn pending_now(&mut self) {
+        if let Some((m, _)) = self.pending.take() {
+            self.demote = Some(self.demote.map_or(m, |d| d.min(m)));
+        }
+    }
+
     /// A demotion is due and may run now.
     fn demote_due(&self) -> bool {
         self.idle() && !self.busy && self.demote.is_some() && !self.pin_blocks_demote()
@@ -549,17 +558,13 @@ impl GlockTable {
                             let mut due = Vec::new();
                             for (k, gl) in std::mem::take(&mut later) {
                                 let mut st = gl.lock_st();
-                                match st.pending {
-                                    Some((m, _)) if st.idle() && st.waiters == 0 => {
-                                        st.pending = None;
-                                        st.demote = Some(st.demote.map_or(m, |d| d.min(m)));
-                                        drop(st);
-                                        due.push(gl);
-                                    }
-                                    _ => {
-                                        drop(st);
-                                        later.insert(k, gl);
-                                    }
+                                if st.pending.is_some() && st.idle() && st.waiters == 0 {
+                                    st.pending_now();
+                                    drop(st);
+                                    due.push(gl);
+                                } else {
+                                    drop(st);
+                                    later.insert(k, gl);
                                 }
                             }
                             due
@@ -581,11 +586,8 @@ impl GlockTable {
                         let mut st = gl.lock_st();
                         // A hold time ran out: the remote request now stops
                         // new local holders and is served once they go.
-                        if let Some((m, at)) = st.pending {
-                            if at <= Instant::now() {
-                                st.pending = None;
-                                st.demote = Some(st.demote.map_or(m, |d| d.min(m)));
-                            }
+                        if st.pending.is_some_and(|(_, at)| at <= Instant::now()) {
+                            st.pending_now();
                         }
                         if st.pin_blocks_demote() {
                             if let Some(f) = st.pin_tell() {
@@ -671,10 +673,7 @@ impl GlockTable {
         };
         if !sent && at.is_some() {
             // No worker: the hold time is not kept.
-            let mut st = gl.lock_st();
-            if let Some((m, _)) = st.pending.take() {
-                st.demote = Some(st.demote.map_or(m, |d| d.min(m)));
-            }
+            gl.lock_st().pending_now();
         }
         if !sent {
             let st = gl.lock_st();
