@@ -8,6 +8,9 @@
 #   [ROUNDS=3] [OPS="randread randwrite ..."] [BASE_BIN=path/to/gfs2-fuse] scripts/bench-fs.sh [WORKDIR] [SIZE_MB_FOR_SEQUENTIAL]
 # BASE_BIN adds a fifth side: another gfs2-fuse build (e.g. main's release binary) on an image of
 # its own, timed in the same rounds, with the ratio base/ours (above 1.00: this build is faster).
+# GFS2_OPTS and BASE_OPTS are mount options for the two (e.g. GFS2_OPTS=io_uring=on with
+# BASE_BIN the same binary: FUSE over io_uring against /dev/fuse, after
+# `echo Y > /sys/module/fuse/parameters/enable_uring`).
 # OPS picks workloads (default all, in the order below; stat and unlink need create, the reads
 # need seqwrite); without list or relist the 100,000-entry directory is not made.
 # Workloads: untar of /usr/include with fsync, sequential write with fsync at the end, sequential
@@ -54,8 +57,8 @@ if [ -n "$base_bin" ]; then cp --sparse=always "$work/gfs2.img" "$work/base.img"
 mkfs.ext4 -q -F "$work/ext4.img"
 
 mount_all() {
-    "$bin/gfs2-fuse" mount "$work/gfs2.img" "$work/gfs2"
-    if [ -n "$base_bin" ]; then "$base_bin" mount "$work/base.img" "$work/base"; fi
+    "$bin/gfs2-fuse" mount "$work/gfs2.img" "$work/gfs2" ${GFS2_OPTS:+-o "$GFS2_OPTS"}
+    if [ -n "$base_bin" ]; then "$base_bin" mount "$work/base.img" "$work/base" ${BASE_OPTS:+-o "$BASE_OPTS"}; fi
     fuse2fs "$work/ext4.img" "$work/ext4" -o fakeroot >/dev/null 2>&1
     "$bin/examples/fuse_passthrough" "$work/passback" "$work/pass" &
     pass_pid=$!

@@ -51,6 +51,13 @@ pub struct FuseOptions {
     pub nosuid: bool,
     pub nodev: bool,
     pub noexec: bool,
+    /// `io_uring=on`: take requests over io_uring when the kernel offers it
+    /// (Linux 6.14+ with the `fuse` module's `enable_uring` set), served on
+    /// threads pinned to the CPU of their queue. Off by default: the round
+    /// trip halves for a caller that stays on one CPU, but one the
+    /// scheduler moves between CPUs pays more than through `/dev/fuse`
+    /// (figures in ARCHITECTURE.md).
+    pub io_uring: bool,
 }
 
 /// The `fuser::Filesystem` over a mounted [`Fs`].
@@ -934,6 +941,7 @@ pub fn config(fs: &Fs, opts: &FuseOptions) -> fuser::Config {
     }
     c.n_threads = Some(opts.threads.unwrap_or(4).max(1));
     c.clone_fd = true;
+    c.io_uring = opts.io_uring;
     c
 }
 

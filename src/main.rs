@@ -64,6 +64,8 @@ const USAGE: &str = concat!(
     "         pnfs=SOCKET (pNFS layouts for a metadata server on this Unix socket; not with nfsd=),\n",
     "         pnfs_lease=SECONDS (the lease of pnfs= or nfsd=: recalls unanswered for two are\n",
     "         fenced; default 90),\n",
+    "         threads=N (serving threads, default 4), io_uring=on|off (take FUSE requests over\n",
+    "         io_uring when the kernel offers it: the fuse module's enable_uring; default off),\n",
     "         default_permissions (always on), and the generic rw, dev, suid, ...\n",
     "unmount: as root the mount is fuseblk and `umount MOUNTPOINT` returns once the disk\n",
     "         is clean; `gfs2-fuse umount MOUNTPOINT` waits for that on every mount."
@@ -142,6 +144,9 @@ fn parse_options(s: &str, a: &mut Args) -> Result<()> {
                 a.nfsd = Some(v.to_string());
             }
             ("threads", Some(v)) => a.fuse.threads = Some(v.parse().context("threads=")?),
+            ("io_uring", Some("on")) => a.fuse.io_uring = true,
+            ("io_uring", Some("off")) => a.fuse.io_uring = false,
+            ("io_uring", Some(v)) => bail!("io_uring= takes on or off (got {v:?})"),
             ("nosuid", None) => a.fuse.nosuid = true,
             ("suid", None) => a.fuse.nosuid = false,
             ("nodev", None) => a.fuse.nodev = true,

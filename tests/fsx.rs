@@ -11,11 +11,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn mount(img: &Path, mnt: &Path) -> MountGuard {
+fn mount(img: &Path, mnt: &Path, opts: &str) -> MountGuard {
     let out = Command::new(gfs2_fuse())
         .arg("mount")
         .arg(img)
         .arg(mnt)
+        .args(["-o", opts])
         .output()
         .expect("gfs2-fuse");
     assert!(
@@ -168,12 +169,20 @@ fn op(rng: &mut Rng, dir: &Path, s: &mut Subject, max: u64, log: &mut Vec<String
     }
 }
 
+/// The third round takes the requests over io_uring (`io_uring=on`, the
+/// kernel made to offer it), and so does its remount.
 #[test]
 fn random_io_matches_the_model() {
-    for (bsize, secs) in [(1024u32, 12u64), (4096, 12)] {
-        let img = mkfs(bsize, 1, 512, &format!("fsx{bsize}"));
-        let mnt = mountpoint(&format!("fsx{bsize}"));
-        let g = mount(&img.0, &mnt.0);
+    for (bsize, secs, opts) in [
+        (1024u32, 12u64, "rw"),
+        (4096, 12, "rw"),
+        (4096, 8, "io_uring=on"),
+    ] {
+        let _uring = (opts == "io_uring=on").then(|| FuseUring::set(true));
+        let tag = format!("fsx{bsize}{}", if opts == "rw" { "" } else { "u" });
+        let img = mkfs(bsize, 1, 512, &tag);
+        let mnt = mountpoint(&tag);
+        let g = mount(&img.0, &mnt.0, opts);
         let mut rng = Rng(0x1234_5678 ^ u64::from(bsize));
         let mut subjects: Vec<Subject> = (0..4)
             .map(|i| Subject {
@@ -207,7 +216,7 @@ fn random_io_matches_the_model() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let g = mount(&img.0, &mnt.0);
+        let g = mount(&img.0, &mnt.0, opts);
         for s in &subjects {
             let data = std::fs::read(mnt.0.join(&s.name)).expect("read back");
             assert!(data == s.model, "{} differs after remount", s.name);

@@ -71,6 +71,29 @@ impl Drop for MountGuard {
     }
 }
 
+/// The `fuse` module's `enable_uring` (whether the kernel offers FUSE over
+/// io_uring), set for the guard's lifetime and put back after. Mounts that
+/// do not ask for io_uring (`-o io_uring=on`) are not affected by it.
+pub struct FuseUring(String);
+impl FuseUring {
+    const PARAM: &'static str = "/sys/module/fuse/parameters/enable_uring";
+    pub fn set(on: bool) -> Self {
+        let old = std::fs::read_to_string(Self::PARAM).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}: this kernel has no FUSE over io_uring (Linux 6.14+, CONFIG_FUSE_IO_URING)",
+                Self::PARAM
+            )
+        });
+        std::fs::write(Self::PARAM, if on { "Y" } else { "N" }).expect("set enable_uring (root)");
+        FuseUring(old.trim().to_string())
+    }
+}
+impl Drop for FuseUring {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PARAM, &self.0);
+    }
+}
+
 /// Is `p` a mount point listed in /proc/mounts?
 pub fn is_mounted(p: &Path) -> bool {
     let m = std::fs::read_to_string("/proc/mounts").unwrap();

@@ -13,6 +13,7 @@ use std::os::fd::BorrowedFd;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::thread::JoinHandle;
 use std::thread::{self};
 
@@ -48,6 +49,7 @@ use crate::reply::Reply;
 use crate::reply::ReplyRaw;
 use crate::reply::ReplySender;
 use crate::request::RequestWithSender;
+use crate::uring::Rings;
 
 /// The max size of write requests from the kernel. The absolute minimum is 4k,
 /// FUSE recommends at least 128k, max 16M. The FUSE default is 16M on macOS
@@ -139,6 +141,8 @@ pub struct Session<FS: Filesystem> {
     /// The field is set to `Some` when the init message is received.
     pub(crate) proto_version: Option<Version>,
     pub(crate) config: Config,
+    /// The io_uring rings the INIT reply asked for (see `uring.rs`).
+    rings: Option<Rings>,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -186,6 +190,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config: options.clone(),
+            rings: None,
         };
 
         session.handshake()?;
@@ -214,6 +219,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config,
+            rings: None,
         };
 
         session.handshake()?;
@@ -252,6 +258,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner,
             proto_version: _,
             config,
+            rings,
         } = self;
 
         let n_threads = config.n_threads.unwrap_or(1);
@@ -270,6 +277,8 @@ impl<FS: Filesystem> Session<FS> {
         let mut filesystem = Arc::new(filesystem);
 
         let mut channels = Vec::with_capacity(n_threads);
+        let ch_for_rings = ch.clone();
+        let mut ring_served = None;
 
         for _ in 0..n_threads_minus_one {
             if config.clone_fd {
@@ -306,6 +315,27 @@ impl<FS: Filesystem> Session<FS> {
             );
         }
 
+        if let Some(rings) = rings {
+            let served = rings.served.clone();
+            for (i, ring) in rings.threads.into_iter().enumerate() {
+                let thread_name = format!("fuser-ring-{}-{i}", ring.qid);
+                let event_loop = SessionEventLoop {
+                    thread_name: thread_name.clone(),
+                    filesystem: filesystem.clone(),
+                    ch: ch_for_rings.clone(),
+                    allowed,
+                    session_owner,
+                };
+                let served = served.clone();
+                threads.push(
+                    thread::Builder::new()
+                        .name(thread_name)
+                        .spawn(move || event_loop.ring_loop(ring, &served))?,
+                );
+            }
+            ring_served = Some(served);
+        }
+
         let mut reply: io::Result<()> = Ok(());
         for thread in threads {
             let res = match thread.join() {
@@ -327,6 +357,12 @@ impl<FS: Filesystem> Session<FS> {
             ));
         };
 
+        if let Some(served) = ring_served {
+            info!(
+                "served {} requests over io_uring",
+                served.load(std::sync::atomic::Ordering::Relaxed)
+            );
+        }
         filesystem.destroy();
 
         reply
@@ -469,6 +505,34 @@ impl<FS: Filesystem> Session<FS> {
                 config.max_write
             );
 
+            if self.config.io_uring
+                && init
+                    .capabilities()
+                    .contains(InitFlags::FUSE_OVER_IO_URING)
+            {
+                // A ring entry must hold the largest request or reply.
+                let payload = [
+                    8192,
+                    config.max_write as usize,
+                    usize::from(config.max_pages()) * page_size::get(),
+                ]
+                .into_iter()
+                .max()
+                .unwrap_or(8192);
+                let threads = self.config.n_threads.unwrap_or(1);
+                match Rings::new(self.ch.as_fd(), threads, payload) {
+                    Ok(rings) => {
+                        info!(
+                            "FUSE over io_uring: {} serving threads, {payload} byte entries",
+                            rings.threads.len()
+                        );
+                        config.requested |= InitFlags::FUSE_OVER_IO_URING;
+                        self.rings = Some(rings);
+                    }
+                    Err(e) => warn!("FUSE over io_uring offered but not usable: {e}"),
+                }
+            }
+
             let response = init.reply(&config);
             <ReplyRaw as Reply>::new(request.unique(), ReplySender::Channel(self.ch.sender()))
                 .send_ll(&response);
@@ -555,6 +619,51 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
                 Err(err) => return Err(err.into()),
             }
         }
+    }
+}
+
+impl<FS: Filesystem> SessionEventLoop<FS> {
+    /// Serve one io_uring entry until the connection ends (see `uring.rs`).
+    fn ring_loop(&self, ring: crate::uring::RingThread, served: &AtomicU64) -> io::Result<()> {
+        let slot = ring.slot();
+        let qid = ring.qid;
+        let result = ring.serve(served, |bytes| {
+            let Some(req) = RequestWithSender::from_ring(self.ch.sender(), slot.clone(), bytes)
+            else {
+                // Unparsable: answer it, or the caller waits for ever.
+                <ReplyRaw as Reply>::new(
+                    ll::RequestId(u64::from_ne_bytes(
+                        bytes.get(8..16).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]),
+                    )),
+                    ReplySender::Ring(crate::uring::RingReply {
+                        slot: slot.clone(),
+                        ch: self.ch.sender(),
+                    }),
+                )
+                .send_ll(&ResponseErrno(ll::Errno::EIO));
+                return;
+            };
+            match req.request.operation() {
+                Ok(Operation::Destroy(_)) => {
+                    if let Some(fs) = &self.filesystem.fs {
+                        fs.unmounting();
+                    }
+                    req.reply::<ReplyEmpty>().ok();
+                }
+                // No reply is due to these (the kernel sends them through
+                // /dev/fuse anyway); the entry must still be handed back.
+                Ok(Operation::Forget(_) | Operation::BatchForget(_)) => {
+                    req.dispatch(self);
+                    req.reply::<ReplyEmpty>().ok();
+                }
+                _ => req.dispatch(self),
+            }
+        });
+        if let Err(e) = result {
+            // The /dev/fuse threads serve what this one does not.
+            warn!("FUSE over io_uring, queue {qid}: {e}");
+        }
+        Ok(())
     }
 }
 

@@ -18,6 +18,11 @@ pub struct Config {
     /// This enables more efficient request processing
     /// when multiple threads are used. Requires Linux 4.5+.
     pub clone_fd: bool,
+    /// Serve requests over io_uring when the kernel offers it (Linux 6.14+
+    /// with the `fuse` module's `enable_uring` set), `n_threads` threads per
+    /// CPU's queue; the `/dev/fuse` threads stay for what the kernel still
+    /// sends there (FORGET, INTERRUPT).
+    pub io_uring: bool,
 }
 
 /// Mount options accepted by the FUSE filesystem type
