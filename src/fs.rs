@@ -1002,32 +1002,27 @@ impl Fs {
 
     /// Read file data.
     pub fn read(&self, ino: u64, offset: u64, size: usize) -> Result<Vec<u8>> {
-        let mut buf = Vec::new();
-        let n = self.read_into(ino, offset, size, &mut buf)?;
-        buf.truncate(n);
-        Ok(buf)
-    }
-
-    /// Read file data into the front of `buf`, grown as needed but never
-    /// shrunk or cleared: a caller that keeps one buffer per thread (the
-    /// FUSE read path) allocates and zeroes it once, not per request.
-    /// Returns how many bytes of `buf` are the data.
-    pub fn read_into(
-        &self,
-        ino: u64,
-        offset: u64,
-        size: usize,
-        buf: &mut Vec<u8>,
-    ) -> Result<usize> {
         self.with_inode(ino, |m, ip| {
             if ip.is_dir() {
                 return Err(FsError::Errno(libc::EISDIR));
             }
-            let size = size.min(ip.di.size.saturating_sub(offset) as usize);
-            if buf.len() < size {
-                buf.resize(size, 0);
+            let mut buf = vec![0u8; size.min(ip.di.size.saturating_sub(offset) as usize)];
+            let n = bmap::read_data(m, ip, offset, &mut buf)?;
+            buf.truncate(n);
+            Ok(buf)
+        })
+    }
+
+    /// Read file data into `buf`, as much of it as the file holds from
+    /// `offset`; returns how many bytes that is. The FUSE read path hands
+    /// in the reply's own buffer (the io_uring entry, or a buffer its
+    /// thread keeps), so nothing is allocated, zeroed or copied per request.
+    pub fn read_to(&self, ino: u64, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        self.with_inode(ino, |m, ip| {
+            if ip.is_dir() {
+                return Err(FsError::Errno(libc::EISDIR));
             }
-            bmap::read_data(m, ip, offset, &mut buf[..size])
+            bmap::read_data(m, ip, offset, buf)
         })
     }
 

@@ -662,14 +662,15 @@ impl fuser::Filesystem for Gfs2Fuse {
         reply: ReplyData,
     ) {
         thread_local! {
-            /// This serving thread's read buffer (see [`Fs::read_into`]).
+            /// This serving thread's read buffer (see [`Fs::read_to`]).
             static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         BUF.with_borrow_mut(|buf| {
-            match self.fs.read_into(self.ino(ino), offset, size as usize, buf) {
-                Ok(n) => reply.data(&buf[..n]),
-                Err(e) => reply.error(errno(&e)),
-            }
+            reply.data_filled(size as usize, buf, |out| {
+                self.fs
+                    .read_to(self.ino(ino), offset, out)
+                    .map_err(|e| errno(&e))
+            })
         })
     }
 

@@ -214,6 +214,31 @@ impl ReplyData {
         self.reply.send_ll(&ll::ResponseSlice(data));
     }
 
+    /// Reply with up to `size` bytes that `fill` writes into the buffer it is
+    /// given and counts (or an error). Over io_uring the buffer is the
+    /// request's ring entry, so the data is not copied once more on the way
+    /// out; otherwise it is `buf`, which the caller keeps for the next time.
+    pub fn data_filled(
+        mut self,
+        size: usize,
+        buf: &mut Vec<u8>,
+        fill: impl FnOnce(&mut [u8]) -> Result<usize, Errno>,
+    ) {
+        if let Some(ReplySender::Ring(ring)) = &self.reply.sender {
+            let ring = ring.clone();
+            self.reply.sender = None;
+            ring.slot.send_filled(self.reply.unique.0, size, fill);
+            return;
+        }
+        if buf.len() < size {
+            buf.resize(size, 0);
+        }
+        match fill(&mut buf[..size]) {
+            Ok(n) => self.data(&buf[..n.min(size)]),
+            Err(e) => self.error(e),
+        }
+    }
+
     /// Reply to a request with the given error code
     pub fn error(self, err: Errno) {
         self.reply.error(err);

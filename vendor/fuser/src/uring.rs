@@ -160,6 +160,37 @@ impl Slot {
         result
     }
 
+    /// Reply with data `fill` writes straight into the entry's payload (at
+    /// most `size` bytes, and no more than the entry holds), or its error.
+    pub(crate) fn send_filled(
+        &self,
+        unique: u64,
+        size: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<usize, crate::Errno>,
+    ) {
+        let mut replied = self.replied.lock().unwrap_or_else(|e| e.into_inner());
+        if *replied {
+            warn!("FUSE ring entry replied to twice");
+            return;
+        }
+        let size = size.min(self.payload_len);
+        // SAFETY: the payload holds `payload_len` bytes; while `replied` is
+        // false and its lock held nobody else touches it (see the type's
+        // doc), so this is the only reference.
+        let payload = unsafe { std::slice::from_raw_parts_mut(self.payload, size) };
+        let (error, n) = match fill(payload) {
+            Ok(n) => (0, n.min(size)),
+            Err(e) => (-e.code(), 0),
+        };
+        let mut h = [0u8; OUT_HEADER];
+        h[0..4].copy_from_slice(&((OUT_HEADER + n) as u32).to_ne_bytes());
+        h[4..8].copy_from_slice(&error.to_ne_bytes());
+        h[8..16].copy_from_slice(&unique.to_ne_bytes());
+        self.put_header(&h, n);
+        *replied = true;
+        self.wake.notify_all();
+    }
+
     fn write_reply(&self, data: &[IoSlice<'_>]) -> io::Result<()> {
         let Some((head, body)) = data.split_first() else {
             return Err(io::Error::other("empty FUSE reply"));
