@@ -617,6 +617,11 @@ impl fuser::Filesystem for Gfs2Fuse {
         )
     }
 
+    /// Nothing to do at `close`: data is written through (an error shows at
+    /// the write), and POSIX locks are the kernel's (no `FUSE_POSIX_LOCKS`).
+    /// ENOSYS makes the kernel stop sending FLUSH for the mount
+    /// (`fc->no_flush`): one round trip less per `close` (create 10,000
+    /// files: four requests each, now three).
     fn flush(
         &self,
         _req: &Request,
@@ -625,7 +630,7 @@ impl fuser::Filesystem for Gfs2Fuse {
         _lock_owner: fuser::LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok()
+        reply.error(Errno::ENOSYS)
     }
 
     fn fsync(
