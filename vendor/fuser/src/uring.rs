@@ -94,15 +94,23 @@ impl Words {
 ///
 /// The kernel reads and writes the buffers only while the entry is
 /// submitted; the serving thread submits it only after the reply is in
-/// (`replied`), and the reply is written under `replied`'s lock.
+/// (`handover`), and the reply is written under that lock.
 pub(crate) struct Slot {
     header: *mut u8,
     payload: *mut u8,
     payload_len: usize,
     /// Owns the memory `header` and `payload` point into.
     _buffers: (Words, Words),
-    replied: Mutex<bool>,
+    handover: Mutex<Handover>,
     wake: Condvar,
+}
+
+/// Whether the current request's reply is in, and whether the serving
+/// thread sleeps until it is (a reply from the serving thread itself, the
+/// usual case, then wakes nobody: no futex call per request).
+struct Handover {
+    replied: bool,
+    waiting: bool,
 }
 
 impl std::fmt::Debug for Slot {
@@ -112,7 +120,7 @@ impl std::fmt::Debug for Slot {
 }
 
 // SAFETY: the raw pointers point into `_buffers`, owned by the slot, and are
-// written only under `replied`'s lock or by the serving thread while no
+// written only under `handover`'s lock or by the serving thread while no
 // reply is outstanding (see the type's doc).
 unsafe impl Send for Slot {}
 unsafe impl Sync for Slot {}
@@ -126,7 +134,10 @@ impl Slot {
             payload: payload.ptr(),
             payload_len: payload.len(),
             _buffers: (header, payload),
-            replied: Mutex::new(true),
+            handover: Mutex::new(Handover {
+                replied: true,
+                waiting: false,
+            }),
             wake: Condvar::new(),
         }
     }
@@ -149,14 +160,16 @@ impl Slot {
     /// Write a reply (`data[0]` the `fuse_out_header`, the rest its body)
     /// into the entry and wake the serving thread.
     pub(crate) fn send(&self, data: &[IoSlice<'_>]) -> io::Result<()> {
-        let mut replied = self.replied.lock().unwrap_or_else(|e| e.into_inner());
-        let result = if *replied {
+        let mut h = self.handover.lock().unwrap_or_else(|e| e.into_inner());
+        let result = if h.replied {
             Err(io::Error::other("FUSE ring entry replied to twice"))
         } else {
             self.write_reply(data)
         };
-        *replied = true;
-        self.wake.notify_all();
+        h.replied = true;
+        if h.waiting {
+            self.wake.notify_all();
+        }
         result
     }
 
@@ -168,14 +181,14 @@ impl Slot {
         size: usize,
         fill: impl FnOnce(&mut [u8]) -> Result<usize, crate::Errno>,
     ) {
-        let mut replied = self.replied.lock().unwrap_or_else(|e| e.into_inner());
-        if *replied {
+        let mut handover = self.handover.lock().unwrap_or_else(|e| e.into_inner());
+        if handover.replied {
             warn!("FUSE ring entry replied to twice");
             return;
         }
         let size = size.min(self.payload_len);
-        // SAFETY: the payload holds `payload_len` bytes; while `replied` is
-        // false and its lock held nobody else touches it (see the type's
+        // SAFETY: the payload holds `payload_len` bytes; while no reply is
+        // in and the handover's lock is held nobody else touches it (see the type's
         // doc), so this is the only reference.
         let payload = unsafe { std::slice::from_raw_parts_mut(self.payload, size) };
         let (error, n) = match fill(payload) {
@@ -187,8 +200,10 @@ impl Slot {
         h[4..8].copy_from_slice(&error.to_ne_bytes());
         h[8..16].copy_from_slice(&unique.to_ne_bytes());
         self.put_header(&h, n);
-        *replied = true;
-        self.wake.notify_all();
+        handover.replied = true;
+        if handover.waiting {
+            self.wake.notify_all();
+        }
     }
 
     fn write_reply(&self, data: &[IoSlice<'_>]) -> io::Result<()> {
@@ -229,14 +244,16 @@ impl Slot {
     }
 
     fn arm(&self) {
-        *self.replied.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        self.handover.lock().unwrap_or_else(|e| e.into_inner()).replied = false;
     }
 
     fn wait_replied(&self) {
-        let mut replied = self.replied.lock().unwrap_or_else(|e| e.into_inner());
-        while !*replied {
-            replied = self.wake.wait(replied).unwrap_or_else(|e| e.into_inner());
+        let mut h = self.handover.lock().unwrap_or_else(|e| e.into_inner());
+        while !h.replied {
+            h.waiting = true;
+            h = self.wake.wait(h).unwrap_or_else(|e| e.into_inner());
         }
+        h.waiting = false;
     }
 }
 
@@ -387,7 +404,11 @@ impl RingThread {
         let mut cmd = [0u8; 80];
         cmd[8..16].copy_from_slice(&commit_id.to_ne_bytes());
         cmd[16..18].copy_from_slice(&self.qid.to_ne_bytes());
-        let mut b = opcode::UringCmd80::new(types::Fixed(0), op).cmd(cmd);
+        // The plain descriptor, not a registered one: a registration that
+        // failed after the INIT reply asked for io_uring would leave the
+        // kernel waiting for rings that never come; only a REGISTER the
+        // kernel refuses makes it fall back to /dev/fuse.
+        let mut b = opcode::UringCmd80::new(types::Fd(self.fd), op).cmd(cmd);
         if op == CMD_REGISTER {
             b = b.addr(Some(self.iov.as_ptr() as u64));
         }
@@ -421,7 +442,6 @@ impl RingThread {
         mut handle: impl FnMut(&[u8]),
     ) -> io::Result<()> {
         self.pin();
-        self.ring.submitter().register_files(&[self.fd])?;
         let mut next = self.command(CMD_REGISTER, 0);
         let mut registering = true;
         loop {
