@@ -255,5 +255,10 @@ fn requests_over_io_uring_reach_the_disk_as_through_dev_fuse() {
     std::mem::forget(_guard);
     assert_eq!(logged(&log, "FUSE over io_uring:"), None);
     assert_eq!(logged(&log, "served"), None);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("the kernel does not offer it"),
+        "no word of the fallback:\n{text}"
+    );
     fsck_clean(&img.0, "after the fallback mount");
 }

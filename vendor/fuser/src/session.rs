@@ -531,6 +531,11 @@ impl<FS: Filesystem> Session<FS> {
                     }
                     Err(e) => warn!("FUSE over io_uring offered but not usable: {e}"),
                 }
+            } else if self.config.io_uring {
+                warn!(
+                    "FUSE over io_uring asked for, but the kernel does not offer it (Linux 6.14+ \
+                     with /sys/module/fuse/parameters/enable_uring set): serving through /dev/fuse"
+                );
             }
 
             let response = init.reply(&config);
