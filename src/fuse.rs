@@ -620,8 +620,8 @@ impl fuser::Filesystem for Gfs2Fuse {
     /// Nothing to do at `close`: data is written through (an error shows at
     /// the write), and POSIX locks are the kernel's (no `FUSE_POSIX_LOCKS`).
     /// ENOSYS makes the kernel stop sending FLUSH for the mount
-    /// (`fc->no_flush`): one round trip less per `close` (create 10,000
-    /// files: four requests each, now three).
+    /// (`fc->no_flush`): one round trip less per `close` (creating a file
+    /// took five requests, now four).
     fn flush(
         &self,
         _req: &Request,

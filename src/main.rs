@@ -144,7 +144,7 @@ fn parse_options(s: &str, a: &mut Args) -> Result<()> {
                 a.nfsd = Some(v.to_string());
             }
             ("threads", Some(v)) => a.fuse.threads = Some(v.parse().context("threads=")?),
-            ("io_uring", Some("on")) => a.fuse.io_uring = true,
+            ("io_uring", Some("on") | None) => a.fuse.io_uring = true,
             ("io_uring", Some("off")) => a.fuse.io_uring = false,
             ("io_uring", Some(v)) => bail!("io_uring= takes on or off (got {v:?})"),
             ("nosuid", None) => a.fuse.nosuid = true,
