@@ -564,6 +564,15 @@ fn linux_client() {
     assert!(out.contains("Permission denied"), "{out}");
     assert!(out.contains("1000:1000"), "{out}");
     assert_eq!(std::fs::metadata(host("open/u1")).unwrap().uid(), 1000);
+    // Set-user-ID goes when an unprivileged user writes (the client leaves
+    // it to the server, as to the kernel's nfsd), and on chown; root's own
+    // write keeps it.
+    let out = sh(
+        "echo a > suid && chmod 4777 suid && echo b >> suid && stat -c %a suid && \
+        su nfsu -c 'echo c >> suid' && stat -c %a suid && \
+        chmod 6755 suid && chown 1000:1000 suid && stat -c %a suid",
+    );
+    assert_eq!(out, "4777\n777\n755\n", "set-id bits over NFS");
     let st = vm.mountstats(MNT).unwrap();
     eprintln!("mountstats: {:?}", st.ops);
     for op in [

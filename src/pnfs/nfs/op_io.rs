@@ -278,10 +278,12 @@ pub fn write(ctx: &mut Ctx<'_>, d: &mut Dec<'_>, e: &mut Enc) -> OpResult {
     {
         return Err(st::FBIG);
     }
+    // A write drops capabilities, and for a caller without CAP_FSETID
+    // (not root) set-user-ID and set-group-ID, as through the kernel's nfsd.
     let n = ctx
         .srv
         .fs
-        .write(a.ino, offset, data)
+        .write_killing_privs(a.ino, Some(offset), data, ctx.cred.uid() != 0)
         .map_err(|e| fs_status(&e))?;
     let committed = if stable == UNSTABLE4 {
         UNSTABLE4

@@ -333,6 +333,21 @@ pub fn apply_setattr(
         }
         sa.gid = Some(g);
     }
+    // As the kernel's nfsd: a new owner or group of a non-directory revokes
+    // set-user-ID, and set-group-ID if group-executable, also from a mode
+    // set with it (`Fs::setattr` clears them when no mode is given); a
+    // size change by a caller without CAP_FSETID (anyone but root, whose
+    // capabilities nfsd keeps) clears them as a write does.
+    sa.killpriv = true;
+    sa.kill_suidgid = c.uid() != 0;
+    if (sa.uid.is_some() || sa.gid.is_some()) && a.mode & 0o170000 != 0o040000 {
+        if let Some(m) = sa.mode.as_mut() {
+            *m &= !0o4000;
+            if *m & 0o2010 == 0o2010 {
+                *m &= !0o2000;
+            }
+        }
+    }
     for (t, slot) in [(s.atime, &mut sa.atime), (s.mtime, &mut sa.mtime)] {
         match t {
             None => {}
