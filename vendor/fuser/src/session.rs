@@ -636,16 +636,10 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
             let Some(req) = RequestWithSender::from_ring(self.ch.sender(), slot.clone(), bytes)
             else {
                 // Unparsable: answer it, or the caller waits for ever.
-                <ReplyRaw as Reply>::new(
-                    ll::RequestId(u64::from_ne_bytes(
-                        bytes.get(8..16).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]),
-                    )),
-                    ReplySender::Ring(crate::uring::RingReply {
-                        slot: slot.clone(),
-                        ch: self.ch.sender(),
-                    }),
-                )
-                .send_ll(&ResponseErrno(ll::Errno::EIO));
+                let unique = bytes.get(8..16).and_then(|b| b.try_into().ok());
+                slot.send_filled(u64::from_ne_bytes(unique.unwrap_or([0; 8])), 0, |_| {
+                    Err(ll::Errno::EIO)
+                });
                 return;
             };
             match req.request.operation() {

@@ -55,7 +55,10 @@ use io_uring::types;
 use log::debug;
 use log::warn;
 
+use zerocopy::IntoBytes;
+
 use crate::channel::ChannelSender;
+use crate::ll::fuse_abi::fuse_out_header;
 
 /// `FUSE_IO_URING_CMD_REGISTER`: hand the kernel an entry's buffers.
 const CMD_REGISTER: u32 = 1;
@@ -195,11 +198,7 @@ impl Slot {
             Ok(n) => (0, n.min(size)),
             Err(e) => (-e.code(), 0),
         };
-        let mut h = [0u8; OUT_HEADER];
-        h[0..4].copy_from_slice(&((OUT_HEADER + n) as u32).to_ne_bytes());
-        h[4..8].copy_from_slice(&error.to_ne_bytes());
-        h[8..16].copy_from_slice(&unique.to_ne_bytes());
-        self.put_header(&h, n);
+        self.put_header(unique, error, n);
         handover.replied = true;
         if handover.waiting {
             self.wake.notify_all();
@@ -211,34 +210,42 @@ impl Slot {
             return Err(io::Error::other("empty FUSE reply"));
         };
         let body_len: usize = body.iter().map(|b| b.len()).sum();
+        let unique = head
+            .get(8..16)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_ne_bytes);
         if head.len() != OUT_HEADER || body_len > self.payload_len {
             // Tell the kernel the request failed rather than leave it waiting.
-            let mut h = [0u8; OUT_HEADER];
-            h[..head.len().min(OUT_HEADER)].copy_from_slice(&head[..head.len().min(OUT_HEADER)]);
-            h[0..4].copy_from_slice(&(OUT_HEADER as u32).to_ne_bytes());
-            h[4..8].copy_from_slice(&(-libc::EIO).to_ne_bytes());
-            self.put_header(&h, 0);
+            self.put_header(unique, -libc::EIO, 0);
             return Err(io::Error::other(format!(
                 "FUSE reply of {body_len} bytes does not fit the ring entry ({})",
                 self.payload_len
             )));
         }
+        let error = i32::from_ne_bytes([head[4], head[5], head[6], head[7]]);
         let mut at = 0;
         for b in body {
             // SAFETY: `at + b.len() <= body_len <= payload_len`, checked above.
             unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), self.payload.add(at), b.len()) };
             at += b.len();
         }
-        self.put_header(head, body_len);
+        self.put_header(unique, error, body_len);
         Ok(())
     }
 
-    fn put_header(&self, out_header: &[u8], payload_sz: usize) {
+    /// The reply's `fuse_out_header` and the size of its body, already in
+    /// the payload.
+    fn put_header(&self, unique: u64, error: i32, payload_sz: usize) {
+        let out = fuse_out_header {
+            len: (OUT_HEADER + payload_sz) as u32,
+            error,
+            unique,
+        };
         let sz = (payload_sz as u32).to_ne_bytes();
-        // SAFETY: `out_header` is OUT_HEADER (16) bytes, within `in_out`; the
+        // SAFETY: the header is OUT_HEADER (16) bytes, within `in_out`; the
         // payload size field lies inside the 288-byte header.
         unsafe {
-            std::ptr::copy_nonoverlapping(out_header.as_ptr(), self.header, OUT_HEADER);
+            std::ptr::copy_nonoverlapping(out.as_bytes().as_ptr(), self.header, OUT_HEADER);
             std::ptr::copy_nonoverlapping(sz.as_ptr(), self.header.add(ENT_PAYLOAD_SZ), 4);
         }
     }
@@ -495,11 +502,7 @@ impl RingThread {
                 }
                 Err(e) => {
                     warn!("FUSE ring queue {}: {e}", self.qid);
-                    let mut h = [0u8; OUT_HEADER];
-                    h[0..4].copy_from_slice(&(OUT_HEADER as u32).to_ne_bytes());
-                    h[4..8].copy_from_slice(&(-libc::EIO).to_ne_bytes());
-                    h[8..16].copy_from_slice(&commit_id.to_ne_bytes());
-                    self.slot.put_header(&h, 0);
+                    self.slot.put_header(commit_id, -libc::EIO, 0);
                 }
             }
             next = self.command(CMD_COMMIT_AND_FETCH, commit_id);
