@@ -401,7 +401,7 @@ impl Fs {
         // scan does not try their iopen glocks yet, so it is left alone.
         if fs.writer.is_some() && nolock {
             let weak = Arc::downgrade(&fs);
-            let _ = std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name("gfs2-reclaim".into())
                 .spawn(move || {
                     if let Some(fs) = weak.upgrade() {
@@ -410,6 +410,9 @@ impl Fs {
                         }
                     }
                 });
+            if let Err(e) = spawned {
+                tracing::warn!("inodes a crash left unlinked are not reclaimed: no thread: {e}");
+            }
         }
         Ok(fs)
     }
@@ -517,7 +520,7 @@ impl Fs {
     fn start_commit_timer(fs: &Arc<Fs>) {
         let weak = Arc::downgrade(fs);
         let secs = fs.opts.commit_secs.unwrap_or(30).max(1);
-        let _ = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("gfs2-commit".into())
             .spawn(move || loop {
                 // Sleep in short steps so that the thread ends soon after
@@ -539,6 +542,12 @@ impl Fs {
                     tracing::error!("periodic log flush: {e}");
                 }
             });
+        if let Err(e) = spawned {
+            tracing::error!(
+                "no commit timer (no thread: {e}): changes become durable only at fsync, sync \
+                 or unmount"
+            );
+        }
     }
 
     pub(crate) fn writer(&self) -> Option<&crate::ops::Writer> {
