@@ -9,34 +9,11 @@ use gfs2fuse::dev::BlockDevice;
 use gfs2fuse::fs::{Fs, MountOptions};
 use libfuzzer_sys::fuzz_target;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
-struct Base {
-    bytes: Arc<Vec<u8>>,
-    bsize: usize,
-    meta: Vec<u64>,
-}
-
-fn base() -> &'static Base {
-    static B: OnceLock<Base> = OnceLock::new();
-    B.get_or_init(|| {
-        let path = std::env::var("GFS2_FUZZ_IMAGE")
-            .expect("set GFS2_FUZZ_IMAGE to a GFS2 image (scripts/fuzz.sh does)");
-        let bytes = std::fs::read(&path).expect("read GFS2_FUZZ_IMAGE");
-        let bsize = u32::from_be_bytes(bytes[65536 + 36..65536 + 40].try_into().unwrap()) as usize;
-        let meta = bytes
-            .chunks(bsize)
-            .enumerate()
-            .filter(|(_, b)| b.len() >= 4 && b[..4] == [0x01, 0x16, 0x19, 0x70])
-            .map(|(i, _)| i as u64)
-            .collect();
-        Base {
-            bytes: Arc::new(bytes),
-            bsize,
-            meta,
-        }
-    })
-}
+#[path = "common/base_image.rs"]
+mod base_image;
+use base_image::base;
 
 /// Copy-on-write view of the base image, per 512-byte sector.
 struct Overlay {

@@ -11,7 +11,11 @@ use gfs2fuse::dev::BlockDevice;
 use gfs2fuse::meta::{format, restore, save};
 use libfuzzer_sys::fuzz_target;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
+
+#[path = "common/base_image.rs"]
+mod base_image;
+use base_image::base;
 
 /// A device in memory that refuses I/O past its end.
 struct Mem(Mutex<Vec<u8>>);
@@ -44,33 +48,6 @@ impl BlockDevice for Mem {
     fn describe(&self) -> String {
         "fuzz memory device".into()
     }
-}
-
-struct Base {
-    bytes: Arc<Vec<u8>>,
-    bsize: usize,
-    meta: Vec<u64>,
-}
-
-fn base() -> &'static Base {
-    static B: OnceLock<Base> = OnceLock::new();
-    B.get_or_init(|| {
-        let path = std::env::var("GFS2_FUZZ_IMAGE")
-            .expect("set GFS2_FUZZ_IMAGE to a GFS2 image (scripts/fuzz.sh does)");
-        let bytes = std::fs::read(&path).expect("read GFS2_FUZZ_IMAGE");
-        let bsize = u32::from_be_bytes(bytes[65536 + 36..65536 + 40].try_into().unwrap()) as usize;
-        let meta = bytes
-            .chunks(bsize)
-            .enumerate()
-            .filter(|(_, b)| b.len() >= 4 && b[..4] == [0x01, 0x16, 0x19, 0x70])
-            .map(|(i, _)| i as u64)
-            .collect();
-        Base {
-            bytes: Arc::new(bytes),
-            bsize,
-            meta,
-        }
-    })
 }
 
 /// The base image with some blocks replaced.
