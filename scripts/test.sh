@@ -54,6 +54,11 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --workspace --release 2>&1
+# The vendored fuser is outside the workspace (a [patch] of crates.io): its own unit
+# tests (the request parser among them) run from its manifest.
+echo "== vendored fuser's tests"
+cargo test --release --manifest-path vendor/fuser/Cargo.toml \
+    --target-dir "${CARGO_TARGET_DIR:-$PWD/target}" 2>&1
 if [[ -x scripts/fuzz.sh ]]; then
     echo "== bounded fuzzing"
     scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
