@@ -5,7 +5,7 @@
 # (the target: the 1,000,000th create costs no more than 2x the 1,000th), and beside it
 # the average per 1,000 since the previous count, which includes what a window of 1,000 can miss
 # (log flushes, checkpoints). Each count is also printed to stderr as it is reached.
-#   [SIDES="gfs2 ext4"] [FILES=N] scripts/bench-create-curve.sh [WORKDIR]
+#   [SIDES="gfs2 ext4"] [FILES=N] [GFS2_OPTS=mount,options] scripts/bench-create-curve.sh [WORKDIR]
 # SIDES adds fuse2fs on an ext4 image of the same size (slower: minutes more at 1M) and "plain"
 # (a directory on this machine's filesystem); they run one after the other on the same load.
 # Creates are made by a compiled open(O_CREAT)+close loop so that only the filesystem is timed.
@@ -80,7 +80,7 @@ for side in $sides; do
         gfs2)
             truncate -s ${size_mb}M "$work/gfs2.img"
             "$bin/mkfs-gfs2" -O -q -p lock_nolock -j 1 "$work/gfs2.img" >/dev/null
-            "$bin/gfs2-fuse" mount "$work/gfs2.img" "$work/gfs2" ;;
+            "$bin/gfs2-fuse" mount "$work/gfs2.img" "$work/gfs2" ${GFS2_OPTS:+-o "$GFS2_OPTS"} ;;
         ext4)
             command -v fuse2fs >/dev/null || { echo "bench-create-curve: fuse2fs not installed" >&2; exit 1; }
             truncate -s ${size_mb}M "$work/ext4.img"

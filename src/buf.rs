@@ -36,6 +36,40 @@ struct Inner {
     /// Which dirty or pinned blocks are journaled file data (no header,
     /// logged with JDATA descriptors, read by the data path only).
     jdata: HashSet<u64>,
+    /// The glock each dirty or pinned block was last changed under, and
+    /// how many such blocks each glock has: a glock with none has nothing
+    /// to write back before it goes (the kernel's `GLF_DIRTY` and per-glock
+    /// AIL).
+    owner: HashMap<u64, ResName>,
+    unsynced: HashMap<ResName, usize>,
+}
+
+impl Inner {
+    /// `blkno` was changed under `glock` (dirty now).
+    fn own(&mut self, blkno: u64, glock: ResName) {
+        match self.owner.insert(blkno, glock) {
+            Some(old) if old == glock => return,
+            Some(old) => self.uncount(old),
+            None => {}
+        }
+        *self.unsynced.entry(glock).or_default() += 1;
+    }
+
+    /// `blkno` is neither dirty nor pinned any more.
+    fn disown(&mut self, blkno: u64) {
+        if let Some(g) = self.owner.remove(&blkno) {
+            self.uncount(g);
+        }
+    }
+
+    fn uncount(&mut self, glock: ResName) {
+        if let Some(n) = self.unsynced.get_mut(&glock) {
+            *n -= 1;
+            if *n == 0 {
+                self.unsynced.remove(&glock);
+            }
+        }
+    }
 }
 
 /// The metadata cache of one mounted filesystem.
@@ -58,6 +92,8 @@ impl BufCache {
                 dirty: HashMap::new(),
                 pinned: HashMap::new(),
                 jdata: HashSet::new(),
+                owner: HashMap::new(),
+                unsynced: HashMap::new(),
             }),
         }
     }
@@ -151,17 +187,19 @@ impl BufCache {
         inner.lru.pop(&blkno);
         inner.jdata.remove(&blkno);
         inner.dirty.insert(blkno, data.clone());
+        inner.own(blkno, glock);
         inner.by_glock.entry(glock).or_default().insert(blkno);
         inner.lru.push(blkno, Entry { data, glock });
     }
 
     /// A journaled-data block written by a committed transaction: dirty
     /// until logged, like metadata, but never served by [`Self::read_meta`].
-    pub fn put_dirty_jdata(&self, _glock: ResName, blkno: u64, data: Block) {
+    pub fn put_dirty_jdata(&self, glock: ResName, blkno: u64, data: Block) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.lru.pop(&blkno);
         inner.dirty.insert(blkno, data);
         inner.jdata.insert(blkno);
+        inner.own(blkno, glock);
     }
 
     /// The content of journaled data block `blkno` when the device does
@@ -234,6 +272,7 @@ impl BufCache {
                 inner.pinned.remove(b);
                 if !inner.dirty.contains_key(b) {
                     inner.jdata.remove(b);
+                    inner.disown(*b);
                 }
             }
         }
@@ -254,6 +293,15 @@ impl BufCache {
         inner.dirty.remove(&blkno);
         inner.pinned.remove(&blkno);
         inner.jdata.remove(&blkno);
+        inner.disown(blkno);
+    }
+
+    /// Whether a block changed under `glock` is not yet in place on the
+    /// device (dirty, or logged and not yet checkpointed): only then has
+    /// the glock anything to write back before another node may have it.
+    pub fn has_unsynced(&self, glock: ResName) -> bool {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.unsynced.contains_key(&glock)
     }
 
     /// Drop everything (after journal replay wrote behind the cache).
@@ -333,4 +381,69 @@ pub fn check_header(data: &[u8], blkno: u64, mh_type: u32) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gfs2_lockproto::lm_type;
+
+    /// A device the tests never read or write: the cache's bookkeeping alone.
+    struct NoDevice;
+
+    impl BlockDevice for NoDevice {
+        fn read_at(&self, _: &mut [u8], _: u64) -> std::io::Result<()> {
+            Err(std::io::ErrorKind::Unsupported.into())
+        }
+        fn write_at(&self, _: &[u8], _: u64) -> std::io::Result<()> {
+            Err(std::io::ErrorKind::Unsupported.into())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn size(&self) -> u64 {
+            0
+        }
+        fn describe(&self) -> String {
+            "none".into()
+        }
+    }
+
+    fn block(byte: u8) -> Block {
+        Arc::from(vec![byte; 512].into_boxed_slice())
+    }
+
+    #[test]
+    fn a_glock_has_unsynced_blocks_until_they_are_in_place() {
+        let c = BufCache::new(Arc::new(NoDevice), 512, 1 << 20);
+        let (a, b) = (
+            ResName::new(lm_type::INODE, 100),
+            ResName::new(lm_type::INODE, 200),
+        );
+        assert!(!c.has_unsynced(a));
+        let v1 = block(1);
+        c.put_dirty(a, 100, v1.clone());
+        c.put_dirty_jdata(b, 300, block(3));
+        assert!(c.has_unsynced(a) && c.has_unsynced(b));
+        // Logged: pinned, not yet in place.
+        c.logged(&[(100, v1.clone())]);
+        assert!(c.has_unsynced(a));
+        // Changed again before the checkpoint of the first version: the
+        // checkpoint of that version leaves the newer one to write.
+        let v2 = block(2);
+        c.put_dirty(a, 100, v2.clone());
+        c.unpin(&[(100, v1)]);
+        assert!(c.has_unsynced(a));
+        c.logged(&[(100, v2.clone())]);
+        c.unpin(&[(100, v2)]);
+        assert!(!c.has_unsynced(a), "in place: nothing left to sync");
+        assert!(c.has_unsynced(b));
+        // A freed block is forgotten with its changes.
+        c.drop_freed(300);
+        assert!(!c.has_unsynced(b));
+        // A block changed under another glock moves to it.
+        c.put_dirty(a, 400, block(4));
+        c.put_dirty(b, 400, block(5));
+        assert!(!c.has_unsynced(a) && c.has_unsynced(b));
+    }
 }
