@@ -27,7 +27,7 @@ pub struct SetAttr {
 /// `mode` without set-user-ID, and without set-group-ID if group-executable
 /// (without group execute it means mandatory locking, which a write keeps):
 /// what the kernel's `file_remove_privs` clears.
-fn without_suidgid(mode: u32) -> u32 {
+pub(crate) fn without_suidgid(mode: u32) -> u32 {
     let sgid_x = libc::S_ISGID | libc::S_IXGRP;
     let mut m = mode & !libc::S_ISUID;
     if mode & sgid_x == sgid_x {

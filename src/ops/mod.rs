@@ -21,8 +21,8 @@ mod flush;
 mod namespace;
 mod txn;
 
-pub(crate) use file::write_tx;
 pub use file::SetAttr;
+pub(crate) use file::{without_suidgid, write_tx};
 
 use crate::dev::BlockDevice;
 use crate::error::{FsError, Result};

@@ -342,10 +342,7 @@ pub fn apply_setattr(
     sa.kill_suidgid = c.uid() != 0;
     if (sa.uid.is_some() || sa.gid.is_some()) && a.mode & 0o170000 != 0o040000 {
         if let Some(m) = sa.mode.as_mut() {
-            *m &= !0o4000;
-            if *m & 0o2010 == 0o2010 {
-                *m &= !0o2000;
-            }
+            *m = crate::ops::without_suidgid(*m);
         }
     }
     for (t, slot) in [(s.atime, &mut sa.atime), (s.mtime, &mut sa.mtime)] {
